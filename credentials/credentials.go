@@ -1,0 +1,57 @@
+// Package credentials is authproxy's credential store: it decides which
+// username and secret answer a digest challenge, given the upstream server
+// that challenged, the challenge realm and the SIP user the request is sent
+// for.
+//
+// The package is a pure leaf: standard library only, no SIP types, no I/O,
+// no logging. A Store is immutable once built and safe for concurrent
+// lookups; a configuration reload builds a new Store and swaps it.
+package credentials
+
+import (
+	"fmt"
+	"log/slog"
+)
+
+// Secret holds a password or an HA1. It cannot be printed: every formatting
+// path (String, GoString, Format, LogValue, MarshalText) yields "[redacted]",
+// so a Secret that slips into a log line, an error or JSON leaks nothing.
+// The raw value is read only through Reveal, where a digest is computed.
+type Secret struct {
+	value string
+}
+
+// redacted is what every printing path of a Secret shows.
+const redacted = "[redacted]"
+
+// NewSecret wraps s.
+func NewSecret(s string) Secret { return Secret{value: s} }
+
+// Reveal returns the raw secret. Call it only where the digest is computed.
+func (s Secret) Reveal() string { return s.value }
+
+// IsZero reports whether the secret is empty.
+func (s Secret) IsZero() bool { return s.value == "" }
+
+// String redacts.
+func (s Secret) String() string { return redacted }
+
+// GoString redacts, so %#v does not print the value either.
+func (s Secret) GoString() string { return redacted }
+
+// Format redacts for every verb (%s, %v, %+v, %#v, %q, %x, ...).
+func (s Secret) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(redacted)) }
+
+// LogValue redacts in slog output.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// MarshalText redacts in JSON, TOML and any other text encoding.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+
+// Algorithm names as they appear in a digest challenge (RFC 7616 §3.3, RFC
+// 8760), without the "-sess" suffix: an HA1 for "MD5" also serves "MD5-sess".
+const (
+	MD5       = "MD5"
+	SHA256    = "SHA-256"
+	SHA512256 = "SHA-512-256"
+)
