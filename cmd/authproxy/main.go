@@ -1,0 +1,208 @@
+// Command authproxy runs the credential-injecting SIP proxy.
+//
+//	authproxy                      run on the embedded config.example.toml
+//	authproxy -config F            run on F
+//	authproxy -check -config F     validate F, print the errors or a summary
+//	authproxy -version             print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/lmittmann/tint"
+
+	"github.com/authproxy/authproxy"
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/proxy"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// A second signal exits at once, grace or not.
+		<-ctx.Done()
+		stop()
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		<-c
+		os.Exit(1)
+	}()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		rev, dirty := "", ""
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "-dirty"
+				}
+			}
+		}
+		if rev != "" {
+			if len(rev) > 12 {
+				rev = rev[:12]
+			}
+			return "dev-" + rev + dirty
+		}
+		if bi.Main.Version != "" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}
+
+// run is the whole program; it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("authproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "TOML configuration `file` (default: the embedded config.example.toml)")
+	check := fs.Bool("check", false, "validate the configuration, print a summary or every error, and exit")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "try: authproxy -help")
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "authproxy: unexpected argument %q\ntry: authproxy -help\n", fs.Arg(0))
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "authproxy", versionString())
+		return 0
+	}
+
+	source := *configPath
+	var cfg *config.Config
+	var err error
+	if source == "" {
+		source = "embedded config.example.toml"
+		cfg, err = config.Parse(authproxy.ExampleConfig)
+	} else {
+		cfg, err = config.Load(source)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "authproxy: invalid configuration (%s):\n", source)
+		for _, e := range flattenErrors(err) {
+			fmt.Fprintf(stderr, "  %v\n", e)
+		}
+		return 1
+	}
+	store, err := credentials.NewStore(cfg.Credentials)
+	if err != nil {
+		fmt.Fprintf(stderr, "authproxy: invalid credentials (%s):\n", source)
+		for _, e := range flattenErrors(err) {
+			fmt.Fprintf(stderr, "  %v\n", e)
+		}
+		return 1
+	}
+	if *check {
+		fmt.Fprintf(stdout, "%s: ok: %s\n", source, cfg.Summary())
+		return 0
+	}
+
+	log := newLogger(stderr, cfg.Log)
+	sip.SetDefaultLogger(log.With("component", "sipgo"))
+	if cfg.Log.SIPTrace {
+		sip.SIPDebugTracer(proxy.Tracer{Log: log.With("component", "trace")})
+		sip.SIPDebug = true
+	}
+	log.Info("starting", "version", versionString(), "config", source, "summary", cfg.Summary())
+
+	pcfg := proxy.Config{
+		Credentials:   store,
+		MaxChallenges: cfg.Proxy.MaxChallenges,
+		ShutdownGrace: cfg.Proxy.ShutdownGrace,
+		Logger:        log,
+		SIPTrace:      cfg.Log.SIPTrace,
+		Ready:         func() { log.Info("ready") },
+	}
+	for _, l := range cfg.Listen {
+		pcfg.Listeners = append(pcfg.Listeners, proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise})
+	}
+	for _, u := range cfg.Upstreams {
+		pcfg.Upstreams = append(pcfg.Upstreams, proxy.Upstream{
+			Name: u.Name, Address: u.Address, Transport: u.Transport, Domains: u.Domains, Default: u.Default,
+		})
+	}
+	p, err := proxy.New(pcfg)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	if err := p.Run(ctx); err != nil {
+		log.Error("stopped with error", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// flattenErrors unwraps errors.Join trees so each error prints on its line.
+func flattenErrors(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flattenErrors(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+// newLogger builds the process logger: tint on a terminal (unless NO_COLOR
+// asks otherwise), JSON lines elsewhere, or what the configuration forces.
+func newLogger(w io.Writer, c config.Log) *slog.Logger {
+	format := c.Format
+	if format == "auto" || format == "" {
+		format = "json"
+		if isTerminal(w) {
+			format = "tint"
+		}
+	}
+	var h slog.Handler
+	switch format {
+	case "tint":
+		_, noColor := os.LookupEnv("NO_COLOR")
+		h = tint.NewTextHandler(w, &tint.Options{Level: c.Level, TimeFormat: time.TimeOnly, NoColor: noColor})
+	case "text":
+		h = slog.NewTextHandler(w, &slog.HandlerOptions{Level: c.Level})
+	default:
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: c.Level})
+	}
+	return slog.New(h)
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

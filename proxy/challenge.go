@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/icholy/digest"
+)
+
+// parseChallenge parses one WWW-Authenticate / Proxy-Authenticate value into
+// a digest.Challenge.
+//
+// icholy/digest's own ParseChallenge is too strict for SIP peers: parameter
+// names are matched case-sensitively (Realm= is silently dropped), unquoted
+// values may only hold [A-Za-z0-9-] (realm=asterisk.local is an error) and a
+// TAB after a comma is an error. This parser follows the auth-param grammar
+// of RFC 7235 §2.1 (token or quoted-string values, case-insensitive names,
+// any linear whitespace) and fills the library's Challenge type, which the
+// library then uses to compute the response.
+func parseChallenge(value string) (*digest.Challenge, error) {
+	s := strings.TrimLeft(value, " \t")
+	if len(s) < 6 || !strings.EqualFold(s[:6], "Digest") {
+		return nil, errors.New("not a Digest challenge")
+	}
+	s = s[6:]
+	if s != "" && s[0] != ' ' && s[0] != '\t' {
+		return nil, errors.New("not a Digest challenge")
+	}
+	c := &digest.Challenge{}
+	seen := map[string]bool{}
+	for {
+		s = strings.TrimLeft(s, " \t\r\n,")
+		if s == "" {
+			break
+		}
+		// name
+		i := 0
+		for i < len(s) && isTokenChar(s[i]) {
+			i++
+		}
+		if i == 0 {
+			return nil, fmt.Errorf("bad character %q in parameter name", s[0])
+		}
+		name := strings.ToLower(s[:i])
+		s = strings.TrimLeft(s[i:], " \t")
+		if s == "" || s[0] != '=' {
+			return nil, fmt.Errorf("parameter %q has no value", name)
+		}
+		s = strings.TrimLeft(s[1:], " \t")
+		var val string
+		if s != "" && s[0] == '"' {
+			var b strings.Builder
+			j := 1
+			closed := false
+			for j < len(s) {
+				ch := s[j]
+				if ch == '\\' && j+1 < len(s) {
+					b.WriteByte(s[j+1])
+					j += 2
+					continue
+				}
+				if ch == '"' {
+					closed = true
+					j++
+					break
+				}
+				b.WriteByte(ch)
+				j++
+			}
+			if !closed {
+				return nil, fmt.Errorf("parameter %q: unterminated quoted string", name)
+			}
+			val = b.String()
+			s = s[j:]
+		} else {
+			j := 0
+			for j < len(s) && isTokenChar(s[j]) {
+				j++
+			}
+			val = s[:j]
+			s = s[j:]
+		}
+		s = strings.TrimLeft(s, " \t")
+		if s != "" && s[0] != ',' {
+			return nil, fmt.Errorf("parameter %q: unexpected %q after value", name, s[0])
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("parameter %q repeated", name)
+		}
+		seen[name] = true
+		switch name {
+		case "realm":
+			c.Realm = val
+		case "nonce":
+			c.Nonce = val
+		case "opaque":
+			c.Opaque = val
+		case "algorithm":
+			c.Algorithm = strings.ToUpper(val)
+		case "stale":
+			c.Stale = strings.EqualFold(val, "true")
+		case "domain":
+			c.Domain = strings.Fields(val)
+		case "qop":
+			for _, q := range strings.Split(val, ",") {
+				if q = strings.ToLower(strings.TrimSpace(q)); q != "" {
+					c.QOP = append(c.QOP, q)
+				}
+			}
+		case "charset":
+			c.Charset = val
+		case "userhash":
+			c.Userhash = strings.EqualFold(val, "true")
+		}
+	}
+	if !seen["realm"] {
+		return nil, errors.New("challenge has no realm")
+	}
+	if c.Nonce == "" {
+		return nil, errors.New("challenge has no nonce")
+	}
+	return c, nil
+}
+
+// isTokenChar reports whether b may appear in an RFC 7230 token.
+func isTokenChar(b byte) bool {
+	switch {
+	case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
+}

@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/authproxy/authproxy/credentials"
+)
+
+// Listener is one local socket the proxy serves clients (and upstream
+// responses) on.
+type Listener struct {
+	// Transport is "udp" or "tcp".
+	Transport string
+	// Address is the local host:port to bind; port 0 picks a free one
+	// (tests), reported afterwards by Proxy.ListenAddrs.
+	Address string
+	// Advertise is the host written into our Via and Record-Route headers;
+	// empty means the bound host.
+	Advertise string
+}
+
+// Upstream is one configured server authproxy forwards to. Requests only
+// ever go to an Upstream, never to a host a client names.
+type Upstream struct {
+	// Name identifies the upstream in logs.
+	Name string
+	// Address is host:port. It is also the server identity credentials are
+	// looked up with (config resolves a credential's upstream name to it).
+	Address string
+	// Transport is "udp" or "tcp".
+	Transport string
+	// Domains are the Request-URI hosts routed here besides the upstream's
+	// own host.
+	Domains []string
+	// Default makes this upstream take requests whose Request-URI matches no
+	// upstream.
+	Default bool
+}
+
+// Credentials answers which credential to use for a challenge. It is
+// satisfied by *credentials.Store; an interface so that a reload can swap
+// stores behind it.
+type Credentials interface {
+	Lookup(server, realm, user string) credentials.Credential
+}
+
+// Config is everything the proxy needs, as plain values. cmd/authproxy
+// builds it from the TOML configuration.
+type Config struct {
+	Listeners   []Listener
+	Upstreams   []Upstream
+	Credentials Credentials
+	// MaxChallenges bounds how many 401/407 one request may have answered
+	// before the last one is relayed to the client (RFC 3261 §22.1 forbids
+	// retrying rejected credentials; this caps stale-nonce rounds too).
+	// Zero means 3.
+	MaxChallenges int
+	// UpstreamTimeout is how long a non-INVITE request, or an INVITE that has
+	// had no response yet, waits upstream before the client gets 408. Zero
+	// means 32s, RFC 3261 Timer F/B (64*T1).
+	UpstreamTimeout time.Duration
+	// ShutdownGrace bounds how long Run waits for transactions in flight
+	// after its context is cancelled. Zero means 5s.
+	ShutdownGrace time.Duration
+	// Logger receives one line per forwarded request and diagnostics. nil
+	// discards.
+	Logger *slog.Logger
+	// SIPTrace logs every SIP message at debug level, with Authorization and
+	// Proxy-Authorization values redacted.
+	SIPTrace bool
+	// Ready, if set, is called once every listener is bound.
+	Ready func()
+}
+
+const (
+	defaultMaxChallenges   = 3
+	defaultUpstreamTimeout = 32 * time.Second // RFC 3261 Timer F = 64*T1
+	defaultShutdownGrace   = 5 * time.Second
+)
+
+// upstream is an Upstream with its address parsed once.
+type upstream struct {
+	Upstream
+	host      string // lowercased
+	port      int
+	transport string // "UDP" or "TCP", as sipgo spells it
+}
+
+func (c *Config) validate() ([]*upstream, error) {
+	if len(c.Listeners) == 0 {
+		return nil, fmt.Errorf("no listener configured")
+	}
+	for i, l := range c.Listeners {
+		if _, err := normTransport(l.Transport); err != nil {
+			return nil, fmt.Errorf("listener %d: %w", i, err)
+		}
+	}
+	if c.Credentials == nil {
+		return nil, fmt.Errorf("no credential source configured")
+	}
+	ups := make([]*upstream, 0, len(c.Upstreams))
+	for i, u := range c.Upstreams {
+		host, port, err := splitHostPort(u.Address)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %d (%s): address %q: %w", i, u.Name, u.Address, err)
+		}
+		tp, err := normTransport(u.Transport)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %d (%s): %w", i, u.Name, err)
+		}
+		ups = append(ups, &upstream{Upstream: u, host: host, port: port, transport: tp})
+	}
+	return ups, nil
+}
+
+func normTransport(t string) (string, error) {
+	switch strings.ToLower(t) {
+	case "udp", "":
+		return "UDP", nil
+	case "tcp":
+		return "TCP", nil
+	}
+	return "", fmt.Errorf("transport %q: want udp or tcp", t)
+}
+
+// splitHostPort parses host[:port] with the SIP default port 5060.
+func splitHostPort(addr string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		// No port: the whole thing is the host.
+		if strings.Contains(err.Error(), "missing port") {
+			return strings.ToLower(strings.Trim(addr, "[]")), 5060, nil
+		}
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("port %q out of range", portStr)
+	}
+	return strings.ToLower(host), port, nil
+}

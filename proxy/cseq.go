@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+)
+
+// cseqKey identifies one client→upstream CSeq space: RFC 3261 §8.1.1.5 and
+// §12.2.1.1 number requests per Call-ID in each direction, and the From tag
+// names the direction (the client's side).
+type cseqKey struct {
+	callID  string
+	fromTag string
+}
+
+// cseqTable remembers, per client CSeq space, how many numbers authproxy has
+// added upstream. Every answered challenge re-sends the request with CSeq+1
+// (RFC 3261 §22.1), so the upstream has seen more numbers than the client
+// sent. Later requests with the same Call-ID (a REGISTER refresh, §10.3
+// step 7; in-dialog requests) are shifted by the offset so that the upstream
+// still sees increasing numbers, and responses are shifted back.
+//
+// Entries expire after their TTL without use; sweep removes them.
+type cseqTable struct {
+	mu      sync.Mutex
+	entries map[cseqKey]*cseqEntry
+}
+
+type cseqEntry struct {
+	offset  uint32
+	expires time.Time
+}
+
+func newCSeqTable() *cseqTable {
+	return &cseqTable{entries: map[cseqKey]*cseqEntry{}}
+}
+
+// offset returns the current offset for k (0 when none is known).
+func (t *cseqTable) offset(k cseqKey) uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.entries[k]; ok {
+		return e.offset
+	}
+	return 0
+}
+
+// add grows the offset for k by n and keeps the entry until now+ttl at least.
+func (t *cseqTable) add(k cseqKey, n uint32, now time.Time, ttl time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.entries[k]
+	if !ok {
+		e = &cseqEntry{}
+		t.entries[k] = e
+	}
+	e.offset += n
+	if exp := now.Add(ttl); exp.After(e.expires) {
+		e.expires = exp
+	}
+}
+
+// touch extends the life of an existing entry to now+ttl at least.
+func (t *cseqTable) touch(k cseqKey, now time.Time, ttl time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.entries[k]; ok {
+		if exp := now.Add(ttl); exp.After(e.expires) {
+			e.expires = exp
+		}
+	}
+}
+
+// sweep removes expired entries.
+func (t *cseqTable) sweep(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, e := range t.entries {
+		if now.After(e.expires) {
+			delete(t.entries, k)
+		}
+	}
+}
+
+// len returns the number of entries (tests, metrics).
+func (t *cseqTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.entries)
+}

@@ -1,0 +1,311 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+func init() {
+	// sipgo refuses UDP writes above UDPMTUSize-200 (1300 bytes) with
+	// ErrUDPMTUCongestion and never falls back to TCP. A forwarded INVITE
+	// with SDP, our Via and an Authorization header crosses that easily, so
+	// the limit is raised to what a UDP datagram can carry in practice
+	// (loopback and LAN fragment fine). Set here, before any goroutine can
+	// read it, because it is a package global of sipgo.
+	if sip.UDPMTUSize < 9000 {
+		sip.UDPMTUSize = 9000
+	}
+}
+
+// Proxy is authproxy's SIP side: it serves clients on the configured
+// listeners, forwards their requests to the configured upstreams and answers
+// the upstreams' digest challenges with the configured credentials.
+type Proxy struct {
+	cfg       Config
+	log       *slog.Logger
+	upstreams []*upstream
+	creds     atomic.Pointer[credentialsBox]
+
+	ua     *sipgo.UserAgent
+	srv    *sipgo.Server
+	client *sipgo.Client
+
+	cseq   *cseqTable
+	nonces *nonceCounter
+
+	mu        sync.Mutex
+	listeners []*boundListener
+	runCtx    context.Context
+
+	flight inflight
+}
+
+// credentialsBox lets an interface value live in an atomic.Pointer.
+type credentialsBox struct{ Credentials }
+
+// boundListener is a Listener after bind: its real port and the host we
+// advertise in Via and Record-Route.
+type boundListener struct {
+	Listener
+	transport string // "UDP" / "TCP"
+	ip        net.IP
+	port      int
+	advertise string
+	closer    io.Closer
+	udp       net.PacketConn
+	tcp       net.Listener
+}
+
+// New checks cfg and prepares a proxy; nothing is bound until Run.
+func New(cfg Config) (*Proxy, error) {
+	ups, err := cfg.validate()
+	if err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
+	if cfg.MaxChallenges <= 0 {
+		cfg.MaxChallenges = defaultMaxChallenges
+	}
+	if cfg.UpstreamTimeout <= 0 {
+		cfg.UpstreamTimeout = defaultUpstreamTimeout
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = defaultShutdownGrace
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Proxy{
+		cfg:       cfg,
+		log:       log,
+		upstreams: ups,
+		cseq:      newCSeqTable(),
+		nonces:    newNonceCounter(),
+	}
+	p.creds.Store(&credentialsBox{cfg.Credentials})
+	return p, nil
+}
+
+// SetCredentials swaps the credential source for requests that start from
+// now on (a configuration reload); requests in flight keep the one they
+// started with.
+func (p *Proxy) SetCredentials(c Credentials) {
+	p.creds.Store(&credentialsBox{c})
+}
+
+// ListenAddrs returns the bound "transport host:port" of every listener,
+// once Run has bound them (for tests that listen on port 0).
+func (p *Proxy) ListenAddrs() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]string{}
+	for _, l := range p.listeners {
+		key := strings.ToLower(l.transport)
+		if _, ok := out[key]; !ok {
+			out[key] = net.JoinHostPort(l.ip.String(), strconv.Itoa(l.port))
+		}
+	}
+	return out
+}
+
+// Run binds every listener, serves until ctx is cancelled, then stops
+// accepting requests, lets the ones in flight finish within ShutdownGrace,
+// and closes everything it started. It returns nil after a clean stop.
+func (p *Proxy) Run(ctx context.Context) error {
+	bound, err := p.bind()
+	if err != nil {
+		return err
+	}
+	ua, err := sipgo.NewUA(
+		sipgo.WithUserAgent("authproxy"),
+		sipgo.WithUserAgentTransactionLayerOptions(
+			sip.WithTransactionLayerLogger(p.log.With("component", "sipgo")),
+		),
+		sipgo.WithUserAgentTransportLayerOptions(
+			sip.WithTransportLayerLogger(p.log.With("component", "sipgo")),
+		),
+	)
+	if err != nil {
+		closeAll(bound)
+		return fmt.Errorf("sip user agent: %w", err)
+	}
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(p.log.With("component", "sipgo")))
+	if err != nil {
+		closeAll(bound)
+		_ = ua.Close()
+		return fmt.Errorf("sip server: %w", err)
+	}
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(p.log.With("component", "sipgo")))
+	if err != nil {
+		closeAll(bound)
+		_ = ua.Close()
+		return fmt.Errorf("sip client: %w", err)
+	}
+	p.mu.Lock()
+	p.ua, p.srv, p.client = ua, srv, client
+	p.listeners = bound
+	p.runCtx = ctx
+	p.mu.Unlock()
+
+	p.registerHandlers(srv)
+
+	var serving sync.WaitGroup
+	for _, l := range bound {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			var err error
+			if l.udp != nil {
+				err = srv.ServeUDP(l.udp)
+			} else {
+				err = srv.ServeTCP(l.tcp)
+			}
+			if err != nil && ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				p.log.Error("listener stopped", "transport", l.transport, "address", l.Address, "error", err)
+			}
+		}()
+	}
+	for _, l := range bound {
+		p.log.Info("listening", "transport", strings.ToLower(l.transport),
+			"address", net.JoinHostPort(l.ip.String(), strconv.Itoa(l.port)), "advertise", l.advertise)
+	}
+	if p.cfg.Ready != nil {
+		p.cfg.Ready()
+	}
+
+	sweep := time.NewTicker(30 * time.Second)
+	defer sweep.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case now := <-sweep.C:
+			p.cseq.sweep(now)
+			p.nonces.sweep(now)
+		}
+	}
+
+	// Stop: refuse new requests, let those in flight finish (their upstream
+	// responses still arrive on the listeners, so those stay open), then
+	// close the sockets and the UA.
+	p.log.Info("shutting down", "in_flight", p.flight.count(), "grace", p.cfg.ShutdownGrace)
+	if !p.flight.drain(p.cfg.ShutdownGrace) {
+		p.log.Warn("shutdown grace elapsed with requests in flight", "in_flight", p.flight.count())
+	}
+	closeAll(bound)
+	_ = ua.Close()
+	serving.Wait()
+	p.log.Info("stopped")
+	return nil
+}
+
+func (p *Proxy) bind() ([]*boundListener, error) {
+	var out []*boundListener
+	for _, l := range p.cfg.Listeners {
+		tp, _ := normTransport(l.Transport)
+		bl := &boundListener{Listener: l, transport: tp}
+		var laddr net.Addr
+		switch tp {
+		case "UDP":
+			pc, err := net.ListenPacket("udp", l.Address)
+			if err != nil {
+				closeAll(out)
+				return nil, fmt.Errorf("listen udp %s: %w", l.Address, err)
+			}
+			bl.udp, bl.closer, laddr = pc, pc, pc.LocalAddr()
+		case "TCP":
+			ln, err := net.Listen("tcp", l.Address)
+			if err != nil {
+				closeAll(out)
+				return nil, fmt.Errorf("listen tcp %s: %w", l.Address, err)
+			}
+			bl.tcp, bl.closer, laddr = ln, ln, ln.Addr()
+		}
+		host, portStr, _ := net.SplitHostPort(laddr.String())
+		bl.ip = net.ParseIP(host)
+		bl.port, _ = strconv.Atoi(portStr)
+		bl.advertise = l.Advertise
+		if bl.advertise == "" {
+			bl.advertise = host
+		}
+		out = append(out, bl)
+	}
+	return out, nil
+}
+
+func closeAll(ls []*boundListener) {
+	for _, l := range ls {
+		_ = l.closer.Close()
+	}
+}
+
+// inflight counts requests being handled so that shutdown can wait for
+// them; once draining, new requests are refused.
+type inflight struct {
+	mu       sync.Mutex
+	n        int
+	draining bool
+	idle     chan struct{}
+}
+
+// enter registers a request; false means the proxy is shutting down.
+func (f *inflight) enter() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.draining {
+		return false
+	}
+	f.n++
+	return true
+}
+
+func (f *inflight) leave() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n--
+	if f.n == 0 && f.idle != nil {
+		close(f.idle)
+		f.idle = nil
+	}
+}
+
+func (f *inflight) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+// drain refuses new requests and waits up to grace for the others; it
+// reports whether all finished.
+func (f *inflight) drain(grace time.Duration) bool {
+	f.mu.Lock()
+	f.draining = true
+	if f.n == 0 {
+		f.mu.Unlock()
+		return true
+	}
+	idle := make(chan struct{})
+	f.idle = idle
+	f.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return true
+	case <-t.C:
+		return false
+	}
+}
