@@ -97,7 +97,7 @@ func parseChallenge(value string) (*digest.Challenge, error) {
 		case "opaque":
 			c.Opaque = val
 		case "algorithm":
-			c.Algorithm = strings.ToUpper(val)
+			c.Algorithm = val // echoed as received (RFC 7616 §3.4)
 		case "stale":
 			c.Stale = strings.EqualFold(val, "true")
 		case "domain":

@@ -24,7 +24,7 @@ func TestParseChallenge(t *testing.T) {
 		{name: "qop with spaces", in: `Digest realm="r", nonce="n", qop="auth-int, auth"`,
 			realm: "r", nonce: "n", qop: []string{"auth-int", "auth"}},
 		{name: "case-insensitive names", in: `digest Realm="r", NONCE="n", Algorithm=md5-sess, Stale=TRUE`,
-			realm: "r", nonce: "n", alg: "MD5-SESS", stale: true},
+			realm: "r", nonce: "n", alg: "md5-sess", stale: true},
 		{name: "unquoted dotted realm", in: `Digest realm=asterisk.local, nonce=abc`,
 			realm: "asterisk.local", nonce: "abc"},
 		{name: "tabs", in: "Digest\trealm=\"r\",\tnonce=\"n\"", realm: "r", nonce: "n"},
