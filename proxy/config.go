@@ -64,6 +64,13 @@ type Config struct {
 	// had no response yet, waits upstream before the client gets 408. Zero
 	// means 32s, RFC 3261 Timer F/B (64*T1).
 	UpstreamTimeout time.Duration
+	// TimerC bounds how long an INVITE that has had a provisional response
+	// waits for its final one before authproxy CANCELs it upstream and
+	// answers 408 (RFC 3261 §16.8: more than 3 minutes). Zero means 3m30s.
+	TimerC time.Duration
+	// DialogIdleTimeout ends the state of a dialog that has seen no request
+	// for this long (a call whose BYE was lost). Zero means 2h.
+	DialogIdleTimeout time.Duration
 	// ShutdownGrace bounds how long Run waits for transactions in flight
 	// after its context is cancelled. Zero means 5s.
 	ShutdownGrace time.Duration
@@ -81,6 +88,8 @@ const (
 	defaultMaxChallenges   = 3
 	defaultUpstreamTimeout = 32 * time.Second // RFC 3261 Timer F = 64*T1
 	defaultShutdownGrace   = 5 * time.Second
+	defaultTimerC          = 210 * time.Second // RFC 3261 §16.8: greater than 3 minutes
+	defaultDialogIdle      = 2 * time.Hour
 )
 
 // upstream is an Upstream with its address parsed once.

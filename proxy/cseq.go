@@ -71,6 +71,13 @@ func (t *cseqTable) touch(k cseqKey, now time.Time, ttl time.Duration) {
 	}
 }
 
+// remove forgets k (its dialog or transaction ended).
+func (t *cseqTable) remove(k cseqKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.entries, k)
+}
+
 // sweep removes expired entries.
 func (t *cseqTable) sweep(now time.Time) {
 	t.mu.Lock()

@@ -53,26 +53,32 @@ func (p *Proxy) registerHandlers(srv *sipgo.Server) {
 	srv.OnCancel(p.handleCancel)
 }
 
-// forwarding is the state of one client request while it is forwarded.
+// forwarding is the state of one request while it is forwarded, either
+// from a client to an upstream or, inside an established dialog, from the
+// upstream to the client.
 type forwarding struct {
 	p     *Proxy
 	req   *sip.Request
 	tx    sip.ServerTransaction
-	up    *upstream
 	creds Credentials
 	log   *slog.Logger
 	start time.Time
 
-	user    string        // SIP URI user credentials are looked up for
-	key     cseqKey       // the client's CSeq space
-	fwd     *sip.Request  // the request as last sent upstream
-	auth    []authAnswer  // answers carried by fwd
-	rounds  int           // challenges answered
-	realms  []string      // realms answered, for the log
-	credIDs []string      // credentials used, for the log (never secrets)
-	replied bool          // a final response went to the client
-	status  int           // that response's code
-	outcome string        // short word for the log line
+	hop      hop     // where the request goes
+	up       *upstream // the upstream the request goes to; nil toward a client
+	dlg      *dialog // the dialog the request belongs to, if known
+	toClient bool    // the upstream sent it into a dialog, toward the client
+
+	user    string       // SIP URI user credentials are looked up for
+	key     cseqKey      // the sender's CSeq space
+	fwd     *sip.Request // the request as last sent
+	auth    []authAnswer // answers carried by fwd
+	rounds  int          // challenges answered
+	realms  []string     // realms answered, for the log
+	credIDs []string     // credentials used, for the log (never secrets)
+	replied bool         // a final response went to the sender
+	status  int          // that response's code
+	outcome string       // short word for the log line
 	tries   map[string]bool
 }
 
@@ -84,6 +90,12 @@ type authAnswer struct {
 	value  string
 }
 
+// hop is the next hop of a forwarded request.
+type hop struct {
+	transport string // "UDP" / "TCP"
+	addr      string // host:port
+}
+
 // handle is the sipgo handler for every forwarded request. It returns only
 // once a final response went to the client: sipgo terminates the server
 // transaction when a handler returns (see ../shared notes §1.2).
@@ -91,7 +103,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	f := &forwarding{
 		p: p, req: req, tx: tx, start: time.Now(),
 		creds: p.creds.Load().Credentials,
-		log: p.log.With(logMethod, req.Method.String(), logCallID, callID(req)),
+		log:   p.log.With(logMethod, req.Method.String(), logCallID, callID(req)),
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -122,7 +134,8 @@ func (f *forwarding) run() {
 		return
 	}
 	// §16.3 step 4: loop detection. authproxy only forwards to configured
-	// upstreams, so a request carrying our own sent-by came back to us.
+	// upstreams and to clients in known dialogs, so a request carrying our
+	// own sent-by came back to us.
 	for _, h := range req.GetHeaders("Via") {
 		if v, ok := h.(*sip.ViaHeader); ok && p.isOwnVia(v) {
 			f.respondLocal(sip.StatusLoopDetected, "Loop Detected", "loop")
@@ -139,40 +152,78 @@ func (f *forwarding) run() {
 			sip.NewHeader("Unsupported", strings.Join(vals, ", ")))
 		return
 	}
-
-	// §16.4: remove our own Route; §16.5: the target is the next Route, else
-	// the Request-URI, and it must be a configured upstream.
-	routes := req.GetHeaders("Route")
-	ownRoute := false
-	if len(routes) > 0 {
-		if r, ok := routes[0].(*sip.RouteHeader); ok && p.isOwnURI(r.Address) {
-			ownRoute = true
-			routes = routes[1:]
-		}
+	if !f.route() {
+		return
 	}
-	if len(routes) > 0 {
-		r, ok := routes[0].(*sip.RouteHeader)
-		if ok {
-			f.up = p.matchUpstream(r.Address)
+	fwd, err := f.buildForward()
+	if err != nil {
+		f.log.Warn("cannot build forwarded request", "error", err)
+		f.respondLocal(sip.StatusBadRequest, "Bad Request", "bad-request")
+		return
+	}
+	f.fwd = fwd
+	clTx, err := f.send(fwd)
+	if err != nil {
+		f.log.Warn("next hop unreachable", "error", err)
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		return
+	}
+	if req.Method == sip.INVITE {
+		f.inviteLoop(clTx)
+		return
+	}
+	f.relayLoop(clTx)
+}
+
+// route decides where the request goes (§16.4, §16.5) and fills f.hop,
+// f.up, f.dlg, f.toClient, f.user and f.key. It answers the client itself
+// and returns false when the request goes nowhere.
+func (f *forwarding) route() bool {
+	p, req := f.p, f.req
+	fromTag, toTag := tags(req)
+	f.key = cseqKey{callID: callID(req), fromTag: fromTag}
+	now := time.Now()
+	if toTag != "" {
+		if d := p.dialogs.fromUpstream(f.key.callID, fromTag, toTag, now); d != nil {
+			// The upstream sends into an established dialog (callee BYE,
+			// re-INVITE, NOTIFY): to the client, where its INVITE came from.
+			f.dlg, f.toClient = d, true
+			f.hop = hop{transport: d.clientTransport, addr: d.clientAddr}
+			f.log = f.log.With(logUpstream, d.up.Name, "direction", "to-client")
+			return true
 		}
+		f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
+	}
+	// Our own Route entries (one, or two after a double Record-Route) are
+	// removed in buildForward; the target is the next Route, else the
+	// Request-URI, and it must be a configured upstream.
+	routes := f.foreignRoutes()
+	if len(routes) > 0 {
+		f.up = p.matchUpstream(routes[0].Address)
 		if f.up == nil {
 			f.respondLocal(sip.StatusNotFound, "No Upstream For Route", "no-route")
-			return
+			return false
 		}
 	} else {
 		f.up = p.matchUpstream(req.Recipient)
 		if f.up == nil && p.isOwnURI(req.Recipient) && req.Recipient.User == "" && req.Method == sip.OPTIONS {
 			f.respondLocal(sip.StatusOK, "OK", "local")
-			return
+			return false
+		}
+		if f.up == nil && f.dlg != nil {
+			// In a dialog the Request-URI is the remote target (the callee's
+			// Contact), which need not be the upstream's address.
+			f.up = f.dlg.up
 		}
 		if f.up == nil {
 			f.up = p.defaultUpstream()
 		}
 		if f.up == nil {
 			f.respondLocal(sip.StatusNotFound, "No Upstream For Request-URI", "no-route")
-			return
+			return false
 		}
 	}
+	f.hop = hop{transport: f.up.transport, addr: net.JoinHostPort(f.up.host, strconv.Itoa(f.up.port))}
 	f.log = f.log.With(logUpstream, f.up.Name)
 
 	// The SIP user credentials are chosen for: the To user for REGISTER (the
@@ -184,49 +235,57 @@ func (f *forwarding) run() {
 	} else if from := req.From(); from != nil {
 		f.user = from.Address.User
 	}
-	f.key = cseqKey{callID: callID(req)}
-	if from := req.From(); from != nil {
-		f.key.fromTag, _ = from.Params.Get("tag")
-	}
-
-	fwd, err := f.buildForward(ownRoute)
-	if err != nil {
-		f.log.Warn("cannot build upstream request", "error", err)
-		f.respondLocal(sip.StatusBadRequest, "Bad Request", "bad-request")
-		return
-	}
-	f.fwd = fwd
-	clTx, err := f.send(fwd)
-	if err != nil {
-		f.log.Warn("upstream unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-		return
-	}
-	f.relayLoop(clTx)
+	return true
 }
 
-// buildForward makes the upstream copy of the client's request (never the
+// foreignRoutes returns the request's Route entries after ours.
+func (f *forwarding) foreignRoutes() []*sip.RouteHeader {
+	var out []*sip.RouteHeader
+	own := true
+	for _, h := range f.req.GetHeaders("Route") {
+		r, ok := h.(*sip.RouteHeader)
+		if !ok {
+			continue
+		}
+		if own && f.p.isOwnURI(r.Address) {
+			continue
+		}
+		own = false
+		out = append(out, r)
+	}
+	return out
+}
+
+// buildForward makes the copy of the request that is sent on (never the
 // request itself: it belongs to the server transaction, whose 100 and 487
 // are built from it).
-func (f *forwarding) buildForward(ownRoute bool) (*sip.Request, error) {
-	req, up := f.req, f.up
+func (f *forwarding) buildForward() (*sip.Request, error) {
+	req := f.req
 	fwd := req.Clone()
-	if ownRoute {
+	// §16.4: remove the Route entries that name us.
+	for {
+		r := fwd.Route()
+		if r == nil || !f.p.isOwnURI(r.Address) {
+			break
+		}
 		removeFirst(fwd, "Route")
 	}
-	fwd.SetDestination(net.JoinHostPort(up.host, strconv.Itoa(up.port)))
-	fwd.SetTransport(up.transport)
+	fwd.SetDestination(f.hop.addr)
+	fwd.SetTransport(f.hop.transport)
 	fwd.Laddr = sip.Addr{}
-	if up.transport == "UDP" {
+	if f.hop.transport == "UDP" {
 		if l := f.p.listenerFor("UDP"); l != nil && !l.ip.IsUnspecified() {
-			// Send from the listening socket: the upstream then sees the
-			// address it can reach us on.
+			// Send from the listening socket: the peer then sees the address
+			// it can reach us on.
 			fwd.Laddr = sip.Addr{IP: l.ip, Port: l.port}
 		}
 	}
-	// Clients hold no passwords; whatever they send is not ours to forward.
-	removeAll(fwd, "Authorization")
-	removeAll(fwd, "Proxy-Authorization")
+	if !f.toClient {
+		// Clients hold no passwords; whatever they send is not ours to
+		// forward.
+		removeAll(fwd, "Authorization")
+		removeAll(fwd, "Proxy-Authorization")
+	}
 
 	// §16.6 step 3: decrement Max-Forwards, 70 when absent. The clone shares
 	// the MaxForwardsHeader pointer with the original, so replace, never Dec.
@@ -238,7 +297,7 @@ func (f *forwarding) buildForward(ownRoute bool) (*sip.Request, error) {
 		fwd.AppendHeader(&mf)
 	}
 
-	// RFC 3581: record where the client really sent from in its Via.
+	// RFC 3581: record where the sender really sent from in its Via.
 	if v := fwd.Via(); v != nil {
 		srcHost, srcPort, err := net.SplitHostPort(req.Source())
 		if err == nil {
@@ -255,35 +314,119 @@ func (f *forwarding) buildForward(ownRoute bool) (*sip.Request, error) {
 	if cseq == nil {
 		return nil, errors.New("request has no CSeq")
 	}
-	if off := f.p.cseq.offset(f.key); off > 0 {
-		cseq.SeqNo += off
-		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
+	if !f.toClient {
+		if off := f.p.cseq.offset(f.key); off > 0 {
+			// Every request after an answered challenge is shifted by the
+			// numbers authproxy added upstream (§12.2.1.1, §10.3 step 7).
+			cseq.SeqNo += off
+			if f.req.Method == sip.PRACK {
+				shiftRAck(fwd, off)
+			}
+			f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
+		}
+		if _, toTag := tags(req); toTag == "" && createsDialog(req.Method) {
+			f.p.addRecordRoute(fwd, req.Transport(), f.hop.transport)
+		}
 	}
 	return fwd, nil
+}
+
+// createsDialog reports whether an out-of-dialog request of this method
+// may create a dialog, so that authproxy Record-Routes it (§16.6 step 4):
+// later requests of the dialog must cross authproxy for their CSeq to be
+// shifted and their challenges answered.
+func createsDialog(m sip.RequestMethod) bool {
+	switch m {
+	case sip.INVITE, sip.SUBSCRIBE, sip.REFER:
+		return true
+	}
+	return false
+}
+
+// addRecordRoute puts our Record-Route on r: one entry when the client and
+// upstream sides use the same listener, else two (RFC 5658 double
+// Record-Route), the upstream-facing one on top, so that each side's route
+// set starts with the address it can reach us on.
+func (p *Proxy) addRecordRoute(r *sip.Request, clientTransport, upstreamTransport string) {
+	cl := p.listenerFor(clientTransport)
+	ul := p.listenerFor(upstreamTransport)
+	mk := func(l *boundListener) *sip.RecordRouteHeader {
+		u := sip.Uri{Scheme: "sip", Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
+		if l.transport != "UDP" {
+			u.UriParams.Add("transport", strings.ToLower(l.transport))
+		}
+		u.UriParams.Add("lr", "")
+		return &sip.RecordRouteHeader{Address: u}
+	}
+	switch {
+	case cl == nil && ul == nil:
+		return
+	case cl == nil || ul == nil || cl == ul:
+		l := ul
+		if l == nil {
+			l = cl
+		}
+		r.PrependHeader(mk(l))
+	default:
+		r.PrependHeader(mk(ul), mk(cl))
+	}
+}
+
+// shiftRAck adds off to the CSeq number inside a PRACK's RAck header
+// ("RSeq CSeq-num Method", RFC 3262 §7.2), which names the INVITE in the
+// upstream's numbering.
+func shiftRAck(r *sip.Request, off uint32) {
+	h := r.GetHeader("RAck")
+	if h == nil {
+		return
+	}
+	parts := strings.Fields(h.Value())
+	if len(parts) != 3 {
+		return
+	}
+	n, err := strconv.ParseUint(parts[1], 10, 32)
+	if err != nil {
+		return
+	}
+	removeAll(r, "RAck")
+	r.AppendHeader(sip.NewHeader("RAck", parts[0]+" "+strconv.FormatUint(n+uint64(off), 10)+" "+parts[2]))
+}
+
+// tags returns the From and To tags of m.
+func tags(m *sip.Request) (from, to string) {
+	if h := m.From(); h != nil {
+		from, _ = h.Params.Get("tag")
+	}
+	if h := m.To(); h != nil {
+		to, _ = h.Params.Get("tag")
+	}
+	return from, to
 }
 
 // send starts a client transaction for r with our Via on top (§16.6 step 8).
 func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 	ctx, cancel := context.WithTimeout(f.p.runCtx, 10*time.Second) // bounds a TCP dial
 	defer cancel()
-	return f.p.client.TransactionRequest(ctx, r, f.p.addVia(f.up))
+	return f.p.client.TransactionRequest(ctx, r, f.p.addVia(f.hop.transport))
 }
 
-// addVia returns the option that prepends our Via for a request to up.
-func (p *Proxy) addVia(up *upstream) sipgo.ClientRequestOption {
+// addVia returns the option that prepends our Via for a request sent over
+// transport.
+func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
 	return func(_ *sipgo.Client, r *sip.Request) error {
 		via := &sip.ViaHeader{
 			ProtocolName:    "SIP",
 			ProtocolVersion: "2.0",
-			Transport:       up.transport,
+			Transport:       transport,
 			Params:          sip.NewParams(),
 		}
-		if l := p.listenerFor(up.transport); l != nil {
+		if l := p.listenerFor(transport); l != nil {
 			via.Host, via.Port = l.advertise, l.port
-		} else if l := p.listenerFor("UDP"); l != nil && up.transport == "TCP" {
-			// No TCP listener: responses come back on the connection we
-			// open; advertise our host, the port is filled from the socket.
-			via.Host = l.advertise
+		} else if len(p.listeners) > 0 {
+			// No listener of this transport: responses come back on the
+			// connection we open; advertise our host, sipgo fills the port
+			// from the socket.
+			via.Host = p.listeners[0].advertise
 		}
 		via.Params.Add("branch", sip.GenerateBranchN(16))
 		via.Params.Add("rport", "")
@@ -292,8 +435,8 @@ func (p *Proxy) addVia(up *upstream) sipgo.ClientRequestOption {
 	}
 }
 
-// relayLoop reads the upstream's responses until the client has its final
-// response, answering challenges on the way.
+// relayLoop reads the responses to a non-INVITE request until the sender
+// has its final response, answering challenges on the way.
 func (f *forwarding) relayLoop(clTx sip.ClientTransaction) {
 	timeout := time.NewTimer(f.p.cfg.UpstreamTimeout)
 	defer timeout.Stop()
@@ -302,50 +445,76 @@ func (f *forwarding) relayLoop(clTx sip.ClientTransaction) {
 		select {
 		case res := <-clTx.Responses():
 			if res.StatusCode == sip.StatusTrying {
-				// §16.7 step 3: a 100 is not forwarded; sipgo sent ours.
+				// §16.7 step 3: a 100 is not forwarded.
 				continue
 			}
 			if res.IsProvisional() {
 				f.relay(res)
 				continue
 			}
-			if res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired {
-				next, err := f.answer(res)
-				if err != nil {
-					f.log.Warn("upstream unreachable on retry", "error", err)
-					f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+			if next, ok := f.maybeAnswer(res); ok {
+				if next == nil {
 					return
 				}
-				if next != nil {
-					clTx = next
-					if !timeout.Stop() {
-						<-timeout.C
-					}
-					timeout.Reset(f.p.cfg.UpstreamTimeout)
-					continue
-				}
+				clTx = next
+				resetTimer(timeout, f.p.cfg.UpstreamTimeout)
+				continue
 			}
 			f.relay(res)
 			return
 		case <-clTx.Done():
-			err := clTx.Err()
-			if errors.Is(err, sip.ErrTransactionTimeout) {
-				f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
-			} else {
-				f.log.Warn("upstream transaction failed", "error", err)
-				f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-			}
+			f.transactionEnded(clTx)
 			return
 		case <-timeout.C:
 			f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
 			return
 		case <-f.tx.Done():
-			// The client side ended first (transport error, or CANCEL of an
-			// INVITE, which sipgo answered with 487 itself).
+			// The sender's side ended first (transport error).
 			f.outcome = "client-gone"
 			return
 		}
 	}
+}
+
+// maybeAnswer answers a 401/407 from an upstream. ok is false when res is to
+// be relayed; otherwise next is the new client transaction, or nil when the
+// re-send failed and the sender was already answered.
+func (f *forwarding) maybeAnswer(res *sip.Response) (next sip.ClientTransaction, ok bool) {
+	if f.toClient || (res.StatusCode != sip.StatusUnauthorized && res.StatusCode != sip.StatusProxyAuthRequired) {
+		return nil, false
+	}
+	next, err := f.answer(res)
+	if err != nil {
+		f.log.Warn("upstream unreachable on retry", "error", err)
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		return nil, true
+	}
+	if next == nil {
+		return nil, false
+	}
+	return next, true
+}
+
+// transactionEnded answers the sender when the client transaction ended
+// without a final response: 408 on timeout (Timer B/F), 503 otherwise.
+func (f *forwarding) transactionEnded(clTx sip.ClientTransaction) {
+	err := clTx.Err()
+	if errors.Is(err, sip.ErrTransactionTimeout) {
+		f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
+		return
+	}
+	f.log.Warn("transaction failed", "error", err)
+	f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(d)
 }
 
 // answer handles a 401/407. It returns the client transaction of the
@@ -433,9 +602,35 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 	return f.send(next)
 }
 
-// relay sends an upstream response to the client: our Via removed (§16.7
-// step 3), the client's own CSeq number restored.
+// relay sends a response back to the request's sender: our Via removed
+// (§16.7 step 3), the sender's own CSeq number restored, dialog state
+// updated.
 func (f *forwarding) relay(res *sip.Response) {
+	f.prepareRelay(res)
+	if res.IsSuccess() {
+		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(res))
+		if f.req.Method == sip.BYE && f.dlg != nil {
+			// The dialog ends with the 2xx to BYE, in either direction.
+			f.p.dialogs.remove(f.dlg.key)
+			f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
+		}
+	}
+	if err := f.tx.Respond(res); err != nil {
+		f.log.Warn("cannot send response", logStatus, res.StatusCode, "error", err)
+	}
+	if !res.IsProvisional() {
+		f.replied = true
+		f.status = res.StatusCode
+		if f.outcome == "" {
+			f.outcome = "relayed"
+		}
+	}
+}
+
+// prepareRelay rewrites a response for the sender of f.req. It reads only
+// what does not change during the forwarding, so it is also safe from
+// sipgo's retransmission callback.
+func (f *forwarding) prepareRelay(res *sip.Response) {
 	if v := res.Via(); v != nil && f.p.isOwnVia(v) {
 		removeFirst(res, "Via")
 	}
@@ -444,19 +639,6 @@ func (f *forwarding) relay(res *sip.Response) {
 	}
 	if f.req.Transport() == "UDP" {
 		res.SetDestination(f.req.Source())
-	}
-	if res.IsSuccess() {
-		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(res))
-	}
-	if err := f.tx.Respond(res); err != nil {
-		f.log.Warn("cannot send response to client", logStatus, res.StatusCode, "error", err)
-	}
-	if !res.IsProvisional() {
-		f.replied = true
-		f.status = res.StatusCode
-		if f.outcome == "" {
-			f.outcome = "relayed"
-		}
 	}
 }
 
@@ -558,44 +740,44 @@ func removeFirst(m headerEditor, name string) {
 	}
 }
 
-// handleAck forwards an ACK for a 2xx (end to end, a transaction of its own;
-// the ACK for a non-2xx is hop-by-hop and never reaches this handler on UDP).
-// The CSeq is shifted like every request of the dialog.
+// handleAck forwards an ACK for a 2xx: end to end, a transaction of its
+// own, shifted in CSeq like every request of the dialog and carrying the
+// credentials its INVITE was accepted with (RFC 3261 §22.1: a server must
+// accept them and must not challenge an ACK). The ACK for a non-2xx is hop
+// by hop: on UDP sipgo absorbs it in the INVITE server transaction, on TCP
+// it arrives here and is dropped, our client transaction having ACKed the
+// upstream itself.
 func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	log := p.log.With(logMethod, "ACK", logCallID, callID(req))
-	routes := req.GetHeaders("Route")
-	ownRoute := false
-	if len(routes) > 0 {
-		if r, ok := routes[0].(*sip.RouteHeader); ok && p.isOwnURI(r.Address) {
-			ownRoute = true
-			routes = routes[1:]
+	if v := req.Via(); v != nil {
+		if b, ok := v.Params.Get("branch"); ok && p.finals.has(b) {
+			return
 		}
 	}
-	var up *upstream
-	if len(routes) > 0 {
-		if r, ok := routes[0].(*sip.RouteHeader); ok {
-			up = p.matchUpstream(r.Address)
-		}
-	} else if up = p.matchUpstream(req.Recipient); up == nil {
-		up = p.defaultUpstream()
-	}
-	if up == nil {
-		log.Debug("dropping ACK with no upstream")
+	f := &forwarding{p: p, req: req, creds: p.creds.Load().Credentials, log: log}
+	if !f.routeQuiet() {
+		log.Debug("dropping ACK with no next hop")
 		return
 	}
-	f := &forwarding{p: p, req: req, up: up}
-	f.key = cseqKey{callID: callID(req)}
-	if from := req.From(); from != nil {
-		f.key.fromTag, _ = from.Params.Get("tag")
-	}
-	fwd, err := f.buildForward(ownRoute)
+	fwd, err := f.buildForward()
 	if err != nil {
 		log.Debug("dropping malformed ACK", "error", err)
 		return
 	}
-	if err := p.client.WriteRequest(fwd, p.addVia(up)); err != nil {
-		log.Warn("cannot forward ACK", logUpstream, up.Name, "error", err)
+	if f.dlg != nil && !f.toClient {
+		for _, a := range f.dlg.inviteAuth {
+			fwd.AppendHeader(sip.NewHeader(a.header, a.value))
+		}
 	}
+	if err := p.client.WriteRequest(fwd, p.addVia(f.hop.transport)); err != nil {
+		log.Warn("cannot forward ACK", "error", err)
+	}
+}
+
+// routeQuiet is route for requests that get no response (ACK).
+func (f *forwarding) routeQuiet() bool {
+	f.tx = discardTx{}
+	return f.route()
 }
 
 // handleCancel answers a CANCEL that matched no pending INVITE (sipgo itself
@@ -606,3 +788,9 @@ func (p *Proxy) handleCancel(req *sip.Request, tx sip.ServerTransaction) {
 		p.log.Debug("cannot answer CANCEL", "error", err)
 	}
 }
+
+// discardTx stands in for a server transaction where none exists (ACK):
+// responses to it go nowhere.
+type discardTx struct{ sip.ServerTransaction }
+
+func (discardTx) Respond(*sip.Response) error { return nil }

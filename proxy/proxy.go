@@ -42,8 +42,10 @@ type Proxy struct {
 	srv    *sipgo.Server
 	client *sipgo.Client
 
-	cseq   *cseqTable
-	nonces *nonceCounter
+	cseq    *cseqTable
+	nonces  *nonceCounter
+	dialogs *dialogTable
+	finals  recentFinals
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -80,6 +82,12 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.UpstreamTimeout <= 0 {
 		cfg.UpstreamTimeout = defaultUpstreamTimeout
 	}
+	if cfg.TimerC <= 0 {
+		cfg.TimerC = defaultTimerC
+	}
+	if cfg.DialogIdleTimeout <= 0 {
+		cfg.DialogIdleTimeout = defaultDialogIdle
+	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = defaultShutdownGrace
 	}
@@ -93,6 +101,7 @@ func New(cfg Config) (*Proxy, error) {
 		upstreams: ups,
 		cseq:      newCSeqTable(),
 		nonces:    newNonceCounter(),
+		dialogs:   newDialogTable(),
 	}
 	p.creds.Store(&credentialsBox{cfg.Credentials})
 	return p, nil
@@ -104,6 +113,9 @@ func New(cfg Config) (*Proxy, error) {
 func (p *Proxy) SetCredentials(c Credentials) {
 	p.creds.Store(&credentialsBox{c})
 }
+
+// DialogCount returns the number of established dialogs authproxy tracks.
+func (p *Proxy) DialogCount() int { return p.dialogs.len() }
 
 // ListenAddrs returns the bound "transport host:port" of every listener,
 // once Run has bound them (for tests that listen on port 0).
@@ -195,6 +207,8 @@ loop:
 		case now := <-sweep.C:
 			p.cseq.sweep(now)
 			p.nonces.sweep(now)
+			p.dialogs.sweep(now, p.cfg.DialogIdleTimeout)
+			p.finals.sweep(now)
 		}
 	}
 

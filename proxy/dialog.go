@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+)
+
+// dialogKey identifies a dialog by Call-ID and the tags of its two ends:
+// the caller (client side, the From tag of the INVITE) and the callee
+// (upstream side, the To tag of its 2xx). Forked 2xx responses with other To
+// tags are other dialogs.
+type dialogKey struct {
+	callID    string
+	callerTag string
+	calleeTag string
+}
+
+// dialog is what authproxy remembers of an established call: which
+// upstream it runs through and where the client is, so that requests the
+// upstream sends into the dialog (callee BYE, re-INVITE, NOTIFY) reach the
+// client, and so that the ACK for the 2xx carries the INVITE's credentials
+// (RFC 3261 §22.1).
+type dialog struct {
+	key dialogKey
+	up  *upstream
+	// clientTransport and clientAddr are where the INVITE came from:
+	// requests toward the client are sent there (symmetric routing, which
+	// also crosses a NAT the client is behind).
+	clientTransport string
+	clientAddr      string
+	// inviteAuth are the Authorization/Proxy-Authorization values the
+	// initial INVITE was accepted with; the ACK for its 2xx repeats them.
+	inviteAuth []authAnswer
+	lastUse    time.Time
+}
+
+// dialogTable holds established dialogs. Entries end at a 2xx to BYE or
+// after the idle bound without any request in the dialog.
+type dialogTable struct {
+	mu      sync.Mutex
+	entries map[dialogKey]*dialog
+}
+
+func newDialogTable() *dialogTable {
+	return &dialogTable{entries: map[dialogKey]*dialog{}}
+}
+
+// put stores d (replacing an entry with the same key: a retransmitted 2xx).
+func (t *dialogTable) put(d *dialog) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.entries[d.key] = d
+}
+
+// fromClient finds the dialog a client request belongs to (From tag =
+// caller tag, To tag = callee tag) and marks it used.
+func (t *dialogTable) fromClient(callID, fromTag, toTag string, now time.Time) *dialog {
+	return t.touch(dialogKey{callID: callID, callerTag: fromTag, calleeTag: toTag}, now)
+}
+
+// fromUpstream finds the dialog an upstream request belongs to (From tag =
+// callee tag, To tag = caller tag) and marks it used.
+func (t *dialogTable) fromUpstream(callID, fromTag, toTag string, now time.Time) *dialog {
+	return t.touch(dialogKey{callID: callID, callerTag: toTag, calleeTag: fromTag}, now)
+}
+
+func (t *dialogTable) touch(k dialogKey, now time.Time) *dialog {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d, ok := t.entries[k]
+	if !ok {
+		return nil
+	}
+	d.lastUse = now
+	cp := *d
+	return &cp
+}
+
+// remove ends a dialog.
+func (t *dialogTable) remove(k dialogKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.entries, k)
+}
+
+// sweep ends dialogs idle for longer than idle.
+func (t *dialogTable) sweep(now time.Time, idle time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, d := range t.entries {
+		if now.Sub(d.lastUse) > idle {
+			delete(t.entries, k)
+		}
+	}
+}
+
+func (t *dialogTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.entries)
+}
+
+// recentFinals remembers INVITE transactions whose non-2xx final response
+// authproxy relayed, for a while: on TCP the client's ACK for it arrives as
+// a request of its own (sipgo has already ended the server transaction), and
+// it must be absorbed, never forwarded: the upstream leg was ACKed hop by hop
+// by our client transaction (RFC 3261 §17.1.1.3).
+type recentFinals struct {
+	mu      sync.Mutex
+	entries map[string]time.Time // top Via branch of the client's INVITE -> expiry
+}
+
+func (r *recentFinals) add(branch string, until time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.entries == nil {
+		r.entries = map[string]time.Time{}
+	}
+	r.entries[branch] = until
+}
+
+func (r *recentFinals) has(branch string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.entries[branch]
+	return ok
+}
+
+func (r *recentFinals) sweep(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, until := range r.entries {
+		if now.After(until) {
+			delete(r.entries, k)
+		}
+	}
+}

@@ -1,0 +1,320 @@
+package proxy
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// inviteLoop relays the responses to an INVITE until the client has its
+// final response, answering challenges, honouring CANCEL and Timer C, and
+// recording the dialogs that 2xx responses establish.
+func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
+	cancelled := make(chan struct{}, 1)
+	var isCancelled atomic.Bool
+	// sipgo answers the CANCEL (200) and the INVITE (487) to the client
+	// itself, then calls this under its transaction lock: only signal.
+	f.tx.OnCancel(func(*sip.Request) {
+		isCancelled.Store(true)
+		select {
+		case cancelled <- struct{}{}:
+		default:
+		}
+	})
+	f.watch2xxRetransmissions(clTx, &isCancelled)
+
+	timer := time.NewTimer(f.p.cfg.UpstreamTimeout)
+	defer timer.Stop()
+	provisional := false // the current upstream INVITE had a provisional response
+	cancelSent := false
+	cancelling := false
+	clientDone := f.tx.Done()
+
+	cancelUpstream := func() {
+		if cancelSent || !provisional {
+			return // §9.1: a CANCEL waits for a provisional response
+		}
+		cancelSent = true
+		f.sendCancel(f.fwd)
+	}
+	for {
+		select {
+		case <-cancelled:
+			cancelling = true
+			clientDone = nil // the server transaction now ends on its own
+			f.outcome = "cancelled"
+			f.status = sip.StatusRequestTerminated
+			f.replied = true
+			cancelUpstream()
+			// Bound the wait for the upstream's final response.
+			resetTimer(timer, f.p.cfg.UpstreamTimeout)
+
+		case res := <-clTx.Responses():
+			if res.IsProvisional() {
+				provisional = true
+				if cancelling {
+					cancelUpstream()
+					continue
+				}
+				if res.StatusCode != sip.StatusTrying {
+					// §16.7 step 3: a 100 is not forwarded; sipgo sent ours.
+					f.relay(res)
+				}
+				// §16.8 Timer C: a provisional response restarts it.
+				resetTimer(timer, f.p.cfg.TimerC)
+				continue
+			}
+			if cancelling {
+				if res.IsSuccess() {
+					// The 2xx crossed the CANCEL. The client already has
+					// its 487, so no one else will end this call: ACK it and
+					// hang up upstream (§16.10 leaves this to the UAC, which
+					// sipgo has made impossible).
+					f.outcome = "cancel-raced-2xx"
+					f.hangUpUpstream(res)
+				}
+				// A 401/407 is not answered after a CANCEL (the INVITE
+				// client transaction has ACKed it); a 487 is expected.
+				return
+			}
+			if next, ok := f.maybeAnswer(res); ok {
+				if next == nil {
+					return
+				}
+				clTx = next
+				provisional = false
+				f.watch2xxRetransmissions(clTx, &isCancelled)
+				resetTimer(timer, f.p.cfg.UpstreamTimeout)
+				continue
+			}
+			if res.IsSuccess() {
+				f.recordDialog(res, f.auth)
+				f.relay(res)
+				// Keep the client transaction: sipgo hands 2xx
+				// retransmissions and forked 2xx to the hook until Timer M.
+				return
+			}
+			f.relay(res)
+			if _, toTag := tags(f.req); toTag == "" {
+				// No dialog came of this INVITE: forget its CSeq offset.
+				f.p.cseq.remove(f.key)
+			}
+			if f.req.Transport() != "UDP" {
+				if b, ok := f.req.Via().Params.Get("branch"); ok {
+					f.p.finals.add(b, time.Now().Add(sip.Timer_M))
+				}
+			}
+			clTx.Terminate()
+			return
+
+		case <-clTx.Done():
+			if cancelling {
+				return
+			}
+			f.transactionEnded(clTx)
+			return
+
+		case <-timer.C:
+			if cancelling {
+				f.log.Warn("no final response after CANCEL")
+				clTx.Terminate()
+				return
+			}
+			if provisional {
+				// Timer C fired: the callee rang but never answered.
+				f.outcome = "timer-c"
+				cancelling = true
+				cancelUpstream()
+				f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timer-c")
+				resetTimer(timer, f.p.cfg.UpstreamTimeout)
+				continue
+			}
+			clTx.Terminate()
+			f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
+			return
+
+		case <-clientDone:
+			// The client side is gone without a CANCEL (transport error).
+			clientDone = nil
+			cancelling = true
+			f.outcome = "client-gone"
+			cancelUpstream()
+			resetTimer(timer, f.p.cfg.UpstreamTimeout)
+		}
+	}
+}
+
+// watch2xxRetransmissions relays the 2xx responses that sipgo does not put
+// on Responses(): retransmissions of the 2xx and 2xx from other forks
+// (other To tags), which establish dialogs of their own. The hook runs on
+// sipgo's goroutine; it captures what it needs now.
+func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancelled *atomic.Bool) {
+	auth := f.auth
+	clTx.OnRetransmission(func(res *sip.Response) {
+		if !res.IsSuccess() {
+			return
+		}
+		if cancelled.Load() {
+			f.hangUpUpstream(res)
+			return
+		}
+		f.recordDialog(res, auth)
+		f.prepareRelay(res)
+		if err := f.tx.Respond(res); err != nil {
+			f.log.Debug("cannot relay 2xx retransmission", "error", err)
+		}
+	})
+}
+
+// recordDialog remembers the dialog a 2xx to an INVITE establishes (or
+// refreshes it, for a re-INVITE): the credentials it was accepted with, for
+// the ACK, and where the client is, for requests from the upstream.
+func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer) {
+	if f.toClient {
+		return
+	}
+	fromTag, _ := tags(f.req)
+	toTag := ""
+	if to := res.To(); to != nil {
+		toTag, _ = to.Params.Get("tag")
+	}
+	d := &dialog{
+		key:             dialogKey{callID: f.key.callID, callerTag: fromTag, calleeTag: toTag},
+		up:              f.up,
+		clientTransport: f.req.Transport(),
+		clientAddr:      f.req.Source(),
+		inviteAuth:      auth,
+		lastUse:         time.Now(),
+	}
+	if f.dlg != nil {
+		// A re-INVITE keeps the client's recorded address.
+		d.clientTransport, d.clientAddr = f.dlg.clientTransport, f.dlg.clientAddr
+	}
+	f.p.dialogs.put(d)
+}
+
+// sendCancel cancels the INVITE authproxy has outstanding upstream: same
+// Request-URI, Call-ID, From, To, Route, top Via (our branch) and CSeq
+// number as that INVITE — after an answered challenge, the authenticated
+// re-send, not the client's original (RFC 3261 §9.1).
+func (f *forwarding) sendCancel(inv *sip.Request) {
+	c := sip.NewRequest(sip.CANCEL, *inv.Recipient.Clone())
+	c.SipVersion = inv.SipVersion
+	c.AppendHeader(inv.Via().Clone())
+	for _, r := range inv.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(r))
+	}
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	c.AppendHeader(sip.HeaderClone(inv.From()))
+	c.AppendHeader(sip.HeaderClone(inv.To()))
+	c.AppendHeader(sip.HeaderClone(inv.CallID()))
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil)
+	c.SetTransport(inv.Transport())
+	c.SetDestination(inv.Destination())
+	c.Laddr = inv.Laddr
+	ctx, cancel := context.WithTimeout(f.p.runCtx, 10*time.Second)
+	defer cancel()
+	tx, err := f.p.client.TransactionRequest(ctx, c, keepAsIs)
+	if err != nil {
+		f.log.Warn("cannot send CANCEL upstream", "error", err)
+		return
+	}
+	go drainTransaction(tx)
+}
+
+// keepAsIs is a client request option that changes nothing: passing any
+// option stops sipgo from filling in headers of its own.
+func keepAsIs(*sipgo.Client, *sip.Request) error { return nil }
+
+// drainTransaction reads a client transaction's responses until it ends,
+// so that sipgo never blocks passing one up.
+func drainTransaction(tx sip.ClientTransaction) {
+	for {
+		select {
+		case <-tx.Responses():
+		case <-tx.Done():
+			return
+		}
+	}
+}
+
+// hangUpUpstream ends a call the client can no longer see (its INVITE was
+// cancelled): ACK the 2xx with the INVITE's credentials, then BYE, answering
+// a challenge to the BYE like any other.
+func (f *forwarding) hangUpUpstream(res *sip.Response) {
+	inv := f.fwd
+	mk := func(method sip.RequestMethod, seq uint32) *sip.Request {
+		target := inv.Recipient
+		if c := res.Contact(); c != nil {
+			target = c.Address
+		}
+		r := sip.NewRequest(method, *target.Clone())
+		// The UAC's route set is the 2xx's Record-Route in reverse order
+		// (§12.1.2), minus our own entries.
+		rr := res.GetHeaders("Record-Route")
+		for i := len(rr) - 1; i >= 0; i-- {
+			if h, ok := rr[i].(*sip.RecordRouteHeader); ok && !f.p.isOwnURI(h.Address) {
+				r.AppendHeader(&sip.RouteHeader{Address: *h.Address.Clone()})
+			}
+		}
+		mf := sip.MaxForwardsHeader(70)
+		r.AppendHeader(&mf)
+		r.AppendHeader(sip.HeaderClone(inv.From()))
+		r.AppendHeader(sip.HeaderClone(res.To()))
+		r.AppendHeader(sip.HeaderClone(inv.CallID()))
+		r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
+		r.SetBody(nil)
+		r.SetTransport(inv.Transport())
+		r.SetDestination(inv.Destination())
+		r.Laddr = inv.Laddr
+		return r
+	}
+	ack := mk(sip.ACK, inv.CSeq().SeqNo)
+	for _, a := range f.auth {
+		ack.AppendHeader(sip.NewHeader(a.header, a.value))
+	}
+	if err := f.p.client.WriteRequest(ack, f.p.addVia(f.hop.transport)); err != nil {
+		f.log.Warn("cannot ACK the 2xx that raced a CANCEL", "error", err)
+	}
+	bye := mk(sip.BYE, inv.CSeq().SeqNo+1)
+	g := &forwarding{
+		p: f.p, req: bye, tx: discardTx{}, creds: f.creds, log: f.log.With("hangup", true),
+		hop: f.hop, up: f.up, user: f.user, key: f.key, fwd: bye,
+	}
+	go g.hangUp()
+}
+
+// hangUp sends g.fwd (a BYE authproxy originates) and answers challenges to
+// it, until a final response.
+func (g *forwarding) hangUp() {
+	tx, err := g.send(g.fwd)
+	if err != nil {
+		g.log.Warn("cannot send BYE upstream", "error", err)
+		return
+	}
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.IsProvisional() {
+				continue
+			}
+			if res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired {
+				next, err := g.answer(res)
+				if err == nil && next != nil {
+					tx = next
+					continue
+				}
+			}
+			g.log.Info("hung up upstream after CANCEL race", logStatus, res.StatusCode)
+			return
+		case <-tx.Done():
+			g.log.Warn("BYE upstream got no final response", "error", tx.Err())
+			return
+		}
+	}
+}
