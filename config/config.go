@@ -1,0 +1,175 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/authproxy/authproxy/credentials"
+)
+
+// Config is a validated authproxy configuration as plain values. Every
+// default is filled in and every address is normalised, so consumers never
+// re-parse or re-default anything.
+type Config struct {
+	// Log configures logging; cmd/authproxy builds the handler from it.
+	Log Log
+	// Proxy tunes the proxy core.
+	Proxy Proxy
+	// Listen has at least one entry.
+	Listen []Listen
+	// Upstreams has at least one entry; names are unique, at most one is
+	// the default.
+	Upstreams []Upstream
+	// Credentials are in file order, each with exactly one kind of secret
+	// (Password, or one or more HA1s) and its Server resolved: an upstream
+	// name is replaced by that upstream's normalised address.
+	Credentials []credentials.Entry
+}
+
+// Log is the [log] table: how cmd/authproxy builds its slog handler.
+type Log struct {
+	// Level is the minimum level logged (default info).
+	Level slog.Level
+	// Format is "auto" (tint on a terminal, JSON otherwise; the default),
+	// "text" or "json".
+	Format string
+	// SIPTrace logs every SIP message at debug level, with authorization
+	// header values redacted (default false).
+	SIPTrace bool
+}
+
+// Proxy is the [proxy] table: behaviour of the proxy core.
+type Proxy struct {
+	// MaxChallenges is how many 401/407 challenges one request may have
+	// answered before the last one is relayed to the client, 1..10
+	// (default 3). It bounds loops on rejected credentials and stale nonces.
+	MaxChallenges int
+	// ShutdownGrace is how long transactions in flight may finish after
+	// SIGTERM (default 5s).
+	ShutdownGrace time.Duration
+}
+
+// Listen is one [[listen]] entry: a local socket serving SIP clients.
+type Listen struct {
+	// Transport is "udp" (the default) or "tcp".
+	Transport string
+	// Address is the local host:port to bind, host lowercased. Port 0
+	// means any free port.
+	Address string
+	// Advertise is the host written into Via and Record-Route. It defaults
+	// to the host of Address, and is required when that host is unspecified
+	// (0.0.0.0, :: or empty), because no peer can route to those.
+	Advertise string
+}
+
+// Upstream is one [[upstream]] entry: a PBX requests are forwarded to.
+type Upstream struct {
+	// Name identifies the upstream in logs and in credential scopes.
+	Name string
+	// Address is the normalised "host:port": host lowercased, IPv6 in
+	// brackets, port 5060 if the file gave none. It is also the server
+	// identity credentials are scoped by.
+	Address string
+	// Transport is "udp" (the default) or "tcp".
+	Transport string
+	// Domains are the Request-URI hosts routed here besides the upstream's
+	// own host, lowercased and unique across all upstreams.
+	Domains []string
+	// Default makes this upstream take Request-URIs that match no
+	// upstream. At most one upstream is the default.
+	Default bool
+}
+
+// Summary describes the configuration in one line for the startup log, e.g.
+// "2 listeners, 2 upstreams, 3 credentials". It never shows a secret.
+func (c *Config) Summary() string {
+	return plural(len(c.Listen), "listener") + ", " +
+		plural(len(c.Upstreams), "upstream") + ", " +
+		plural(len(c.Credentials), "credential")
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// Option adjusts how Parse and Load resolve what a configuration refers
+// to outside itself.
+type Option func(*options)
+
+type options struct {
+	baseDir   string
+	lookupEnv func(string) (string, bool)
+}
+
+// WithBaseDir sets the directory relative password_file paths resolve
+// against. Parse defaults to the working directory; Load to the directory
+// of the file it loads (an explicit WithBaseDir passed to Load wins).
+func WithBaseDir(dir string) Option {
+	return func(o *options) { o.baseDir = dir }
+}
+
+// WithLookupEnv replaces os.LookupEnv as the source of environment
+// variables, both the AUTHPROXY_<TABLE>__<KEY> overrides and the variables
+// password_env names. Tests use it to inject a map instead of mutating the
+// process environment.
+func WithLookupEnv(lookup func(key string) (string, bool)) Option {
+	return func(o *options) { o.lookupEnv = lookup }
+}
+
+// Parse parses and validates a TOML configuration. Defaults are applied
+// first, then data, then AUTHPROXY_<TABLE>__<KEY> environment overrides
+// (see the package documentation). All validation problems are returned
+// together, joined with errors.Join; each is a *FieldError. A TOML syntax
+// error is returned alone and wraps ErrSyntax.
+//
+// Parse reads the environment variables and files that password_env and
+// password_file name, and nothing else.
+func Parse(data []byte, opts ...Option) (*Config, error) {
+	o := options{lookupEnv: os.LookupEnv}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.lookupEnv == nil {
+		o.lookupEnv = os.LookupEnv
+	}
+
+	v := &validator{opts: o, bad: map[string]bool{}}
+	raw, err := v.load(data)
+	if err != nil {
+		return nil, err
+	}
+	var fc fileConfig
+	v.checkKeys("", raw, fileConfigType)
+	v.decode(raw, &fc)
+	cfg := v.build(&fc)
+	if err := errors.Join(v.errs...); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Load reads the TOML file at path and parses it like Parse, with relative
+// password_file paths resolved against the file's directory. Errors read
+// "load <path>: ...".
+func Load(path string, opts ...Option) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	cfg, err := Parse(data, append([]Option{WithBaseDir(dir)}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
+	return cfg, nil
+}

@@ -1,0 +1,37 @@
+// Package config turns authproxy's TOML configuration into validated plain
+// values: listeners, upstreams, log and proxy settings, and the
+// credentials.Entry list the credential store is built from.
+//
+// The package is pure: Parse never opens a socket, starts a goroutine or
+// configures logging. It reads only what the configuration points at
+// (password_env variables, password_file files). cmd/authproxy wires the
+// result into the proxy and the log handlers.
+//
+// # Layers
+//
+// Each Parse call builds its own koanf instance and merges, in order:
+//
+//  1. built-in defaults (log.level "info", log.format "auto",
+//     log.sip_trace false, proxy.max_challenges 3, proxy.shutdown_grace "5s");
+//  2. the TOML file;
+//  3. environment overrides for the scalar keys of the [log] and [proxy]
+//     tables, named AUTHPROXY_<TABLE>__<KEY> with a double underscore
+//     between table and key, e.g. AUTHPROXY_LOG__LEVEL=debug or
+//     AUTHPROXY_PROXY__MAX_CHALLENGES=5 (single underscores belong to the
+//     key name). An empty variable counts as unset. The arrays of tables
+//     ([[listen]], [[upstream]], [[credential]]) are not addressable from the
+//     environment: there is no index to name an element by, and a partial
+//     override of a list is more surprising than helpful. Secrets come from
+//     the environment through password_env instead.
+//
+// and then validates the result.
+//
+// # Errors
+//
+// Parse reports every problem at once (errors.Join). Each is a *FieldError
+// naming the key path (e.g. "credential[2].server"), the offending value
+// (passwords and HA1s as "[redacted]") and the rule, and wraps one of
+// ErrUnknownKey, ErrRequired, ErrInvalid or ErrDuplicate. A TOML syntax error
+// stops parsing early and wraps ErrSyntax. No error text ever contains a
+// password or HA1, whether it came from the file, a variable or a file.
+package config

@@ -1,0 +1,105 @@
+package config
+
+import (
+	"reflect"
+	"testing"
+)
+
+// TestEnvKeys pins the environment variable names the documentation and
+// config.example.toml promise.
+func TestEnvKeys(t *testing.T) {
+	got := map[string]string{}
+	for _, k := range envKeys() {
+		got[k.name] = k.key
+	}
+	want := map[string]string{
+		"AUTHPROXY_LOG__LEVEL":            "log.level",
+		"AUTHPROXY_LOG__FORMAT":           "log.format",
+		"AUTHPROXY_LOG__SIP_TRACE":        "log.sip_trace",
+		"AUTHPROXY_PROXY__MAX_CHALLENGES": "proxy.max_challenges",
+		"AUTHPROXY_PROXY__SHUTDOWN_GRACE": "proxy.shutdown_grace",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("envKeys() = %v, want %v", got, want)
+	}
+}
+
+// TestDefaultsLoad guards the defaults layer, whose failure Parse treats
+// as a bug.
+func TestDefaultsLoad(t *testing.T) {
+	v := &validator{opts: options{lookupEnv: func(string) (string, bool) { return "", false }}, bad: map[string]bool{}}
+	raw, err := v.load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fc fileConfig
+	v.checkKeys("", raw, fileConfigType)
+	v.decode(raw, &fc)
+	if len(v.errs) != 0 {
+		t.Fatalf("defaults do not decode cleanly: %v", v.errs)
+	}
+	want := fileConfig{
+		Log:   fileLog{Level: "info", Format: "auto"},
+		Proxy: fileProxy{MaxChallenges: 3, ShutdownGrace: "5s"},
+	}
+	if !reflect.DeepEqual(fc, want) {
+		t.Errorf("defaults = %+v, want %+v", fc, want)
+	}
+}
+
+func TestSchemaType(t *testing.T) {
+	for _, tc := range []struct {
+		key  string
+		want reflect.Type
+	}{
+		{"log.level", reflect.TypeFor[string]()},
+		{"proxy.max_challenges", reflect.TypeFor[int]()},
+		{"listen", reflect.TypeFor[[]fileListen]()},
+		{"listen[3]", reflect.TypeFor[fileListen]()},
+		{"upstream[1].domains[0]", reflect.TypeFor[string]()},
+		{"credential[0].password", reflect.TypeFor[*string]()},
+		{"credential[0].nope", nil},
+		{"log[0]", nil},
+	} {
+		if got := schemaType(tc.key); got != tc.want {
+			t.Errorf("schemaType(%q) = %v, want %v", tc.key, got, tc.want)
+		}
+	}
+}
+
+func TestLookupPath(t *testing.T) {
+	raw := map[string]any{
+		"upstream": []any{
+			map[string]any{"name": "a"},
+			map[string]any{"domains": []any{"x", int64(1)}},
+		},
+	}
+	for _, tc := range []struct {
+		key  string
+		want any
+	}{
+		{"upstream[0].name", "a"},
+		{"upstream[1].domains[1]", int64(1)},
+		{"upstream[2].name", nil},
+		{"upstream[x]", nil},
+		{"nope.deeper", nil},
+	} {
+		if got := lookupPath(raw, tc.key); got != tc.want {
+			t.Errorf("lookupPath(%q) = %v, want %v", tc.key, got, tc.want)
+		}
+	}
+}
+
+func TestSuggest(t *testing.T) {
+	fields := map[string]reflect.StructField{"address": {}, "advertise": {}, "transport": {}}
+	for _, tc := range []struct{ name, want string }{
+		{"adress", ` (did you mean "address"?)`},
+		{"transprot", ` (did you mean "transport"?)`},
+		{"colour", ""},
+		{"a.b", ` (a quoted key cannot contain "."; use a [table] header or a bare dotted key)`},
+	} {
+		if got := suggest(tc.name, fields); got != tc.want {
+			t.Errorf("suggest(%q) = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
