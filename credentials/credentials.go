@@ -17,21 +17,39 @@ import (
 // path (String, GoString, Format, LogValue, MarshalText) yields "[redacted]",
 // so a Secret that slips into a log line, an error or JSON leaks nothing.
 // The raw value is read only through Reveal, where a digest is computed.
+//
+// The value sits behind a pointer on purpose: fmt cannot call String or
+// Format on a Secret held in an unexported struct field, and falls back to
+// printing the fields by reflection. With a plain string field that printed
+// the password; behind a pointer it prints an address. A consequence is that
+// == compares identity, not content: compare Reveal() values (in constant
+// time) if content equality is ever needed. reflect.DeepEqual still compares
+// content. The zero Secret is the empty secret.
 type Secret struct {
-	value string
+	p *string
 }
 
 // redacted is what every printing path of a Secret shows.
 const redacted = "[redacted]"
 
-// NewSecret wraps s.
-func NewSecret(s string) Secret { return Secret{value: s} }
+// NewSecret wraps s. NewSecret("") is the zero Secret.
+func NewSecret(s string) Secret {
+	if s == "" {
+		return Secret{}
+	}
+	return Secret{p: &s}
+}
 
 // Reveal returns the raw secret. Call it only where the digest is computed.
-func (s Secret) Reveal() string { return s.value }
+func (s Secret) Reveal() string {
+	if s.p == nil {
+		return ""
+	}
+	return *s.p
+}
 
 // IsZero reports whether the secret is empty.
-func (s Secret) IsZero() bool { return s.value == "" }
+func (s Secret) IsZero() bool { return s.p == nil || *s.p == "" }
 
 // String redacts.
 func (s Secret) String() string { return redacted }
