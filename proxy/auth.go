@@ -132,7 +132,7 @@ func canAnswer(c challenge, cred credentials.Credential) bool {
 		// -sess needs a cnonce, which only a qop exchange carries.
 		return false
 	}
-	if _, ok := cred.HA1[base]; ok {
+	if _, ok := cred.HA1For(base); ok {
 		return true
 	}
 	return !cred.Password.IsZero() || cred.Anonymous
@@ -157,7 +157,7 @@ func computeAuthorization(c challenge, cred credentials.Credential, method, uri 
 		return "", fmt.Errorf("unsupported qop %q", strings.Join(c.QOP, ","))
 	}
 	ha1 := ""
-	if s, ok := cred.HA1[base]; ok {
+	if s, ok := cred.HA1For(base); ok {
 		ha1 = strings.ToLower(s.Reveal())
 	} else if !cred.Password.IsZero() || cred.Anonymous {
 		if sess {

@@ -1,0 +1,352 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
+)
+
+// phone is a SIP user agent on loopback that calls through authproxy and
+// holds no password: the client side of the call tests. It answers every
+// request it receives (callee BYE, re-INVITE, NOTIFY) with 200 and keeps
+// them for assertions.
+type phone struct {
+	t         *testing.T
+	user      string
+	transport string // "UDP" / "TCP"
+	addr      string // where it listens
+	proxy     string // authproxy's address for transport
+	client    *sipgo.Client
+
+	mu       sync.Mutex
+	received []*sip.Request
+	changed  chan struct{}
+}
+
+func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
+	t.Helper()
+	transport = strings.ToUpper(transport)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("e2e-phone-" + user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := sipgo.NewServer(ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ph := &phone{t: t, user: user, transport: transport, proxy: proxyAddr, changed: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	var closer func()
+	done := make(chan struct{})
+	if transport == "UDP" {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ph.addr = pc.LocalAddr().String()
+		closer = func() { _ = pc.Close() }
+		go func() { defer close(done); _ = srv.ServeUDP(pc) }()
+	} else {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ph.addr = ln.Addr().String()
+		closer = func() { _ = ln.Close() }
+		go func() { defer close(done); _ = srv.ServeTCP(ln) }()
+	}
+	host, port := splitAddr(t, ph.addr)
+	ph.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(host), sipgo.WithClientPort(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer := func(req *sip.Request, tx sip.ServerTransaction) {
+		ph.mu.Lock()
+		ph.received = append(ph.received, req)
+		close(ph.changed)
+		ph.changed = make(chan struct{})
+		ph.mu.Unlock()
+		if req.Method == sip.ACK {
+			return
+		}
+		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+		if req.Method == sip.INVITE {
+			res.AppendHeader(ph.contact())
+		}
+		_ = tx.Respond(res)
+	}
+	for _, m := range []sip.RequestMethod{sip.INVITE, sip.BYE, sip.NOTIFY, sip.INFO, sip.UPDATE, sip.OPTIONS, sip.MESSAGE, sip.ACK} {
+		srv.OnRequest(m, answer)
+	}
+	t.Cleanup(func() {
+		cancel()
+		closer()
+		_ = ua.Close()
+		<-done
+		_ = ctx
+	})
+	return ph
+}
+
+func splitAddr(t *testing.T, addr string) (string, int) {
+	t.Helper()
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(p)
+	return h, n
+}
+
+func (ph *phone) contact() *sip.ContactHeader {
+	host, port := splitAddr(ph.t, ph.addr)
+	u := sip.Uri{Scheme: "sip", User: ph.user, Host: host, Port: port, UriParams: sip.NewParams()}
+	if ph.transport == "TCP" {
+		u.UriParams.Add("transport", "tcp")
+	}
+	return &sip.ContactHeader{Address: u}
+}
+
+// waitReceived waits until the phone has received a request of method m
+// and returns it.
+func (ph *phone) waitReceived(m sip.RequestMethod, timeout time.Duration) *sip.Request {
+	ph.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		ph.mu.Lock()
+		for _, r := range ph.received {
+			if r.Method == m {
+				ph.mu.Unlock()
+				return r
+			}
+		}
+		ch := ph.changed
+		ph.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline:
+			ph.t.Fatalf("phone %s: no %s within %s", ph.user, m, timeout)
+		}
+	}
+}
+
+// call is one call placed by a phone.
+type call struct {
+	ph        *phone
+	callID    string
+	fromTag   string
+	toTag     string
+	cseq      uint32
+	ruri      sip.Uri
+	invite    *sip.Request
+	tx        sip.ClientTransaction
+	responses []*sip.Response
+	target    sip.Uri           // the callee's Contact
+	routes    []sip.RouteHeader // route set (Record-Route reversed)
+}
+
+// dial sends an INVITE to ruri through authproxy and returns at once.
+func (ph *phone) dial(ruri string, sdp []byte, extra ...sip.Header) *call {
+	ph.t.Helper()
+	c := &call{ph: ph, callID: uuid.NewString(), fromTag: sip.GenerateTagN(8), cseq: 1}
+	if err := sip.ParseUri(ruri, &c.ruri); err != nil {
+		ph.t.Fatal(err)
+	}
+	req := c.newRequest(sip.INVITE, c.ruri, nil)
+	req.AppendHeader(ph.contact())
+	for _, h := range extra {
+		req.AppendHeader(h)
+	}
+	if sdp != nil {
+		ct := sip.ContentTypeHeader("application/sdp")
+		req.AppendHeader(&ct)
+	}
+	req.SetBody(sdp)
+	c.invite = req
+	c.tx = ph.send(req)
+	return c
+}
+
+// newRequest builds a request of the call; in-dialog when toTag is known.
+func (c *call) newRequest(m sip.RequestMethod, target sip.Uri, routes []sip.RouteHeader) *sip.Request {
+	req := sip.NewRequest(m, target)
+	for i := range routes {
+		r := routes[i]
+		req.AppendHeader(&r)
+	}
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: c.ph.user, Host: c.ruri.Host}, Params: sip.NewParams()}
+	from.Params.Add("tag", c.fromTag)
+	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: c.ruri.User, Host: c.ruri.Host}, Params: sip.NewParams()}
+	if c.toTag != "" {
+		to.Params.Add("tag", c.toTag)
+	}
+	callID := sip.CallIDHeader(c.callID)
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(from)
+	req.AppendHeader(to)
+	req.AppendHeader(&callID)
+	seq := c.cseq
+	if m == sip.ACK {
+		seq = c.invite.CSeq().SeqNo
+	}
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: m})
+	req.AppendHeader(&mf)
+	req.SetBody(nil)
+	return req
+}
+
+func (ph *phone) send(req *sip.Request) sip.ClientTransaction {
+	ph.t.Helper()
+	req.SetDestination(ph.proxy)
+	req.SetTransport(ph.transport)
+	if ph.transport == "UDP" {
+		host, port := splitAddr(ph.t, ph.addr)
+		req.Laddr = sip.Addr{IP: net.ParseIP(host), Port: port}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tx, err := ph.client.TransactionRequest(ctx, req, sipgo.ClientRequestAddVia)
+	if err != nil {
+		ph.t.Fatalf("send %s: %v", req.Method, err)
+	}
+	return tx
+}
+
+// waitFinal collects responses until the final one and returns it. A 2xx
+// sets the dialog's To tag, remote target and route set.
+func (c *call) waitFinal(timeout time.Duration) *sip.Response {
+	c.ph.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case res := <-c.tx.Responses():
+			c.responses = append(c.responses, res)
+			if res.IsProvisional() {
+				continue
+			}
+			if res.IsSuccess() {
+				c.learnDialog(res)
+			}
+			return res
+		case <-c.tx.Done():
+			c.ph.t.Fatalf("INVITE transaction ended without final response: %v", c.tx.Err())
+		case <-deadline:
+			c.ph.t.Fatalf("no final response to INVITE within %s", timeout)
+		}
+	}
+}
+
+func (c *call) learnDialog(res *sip.Response) {
+	c.toTag, _ = res.To().Params.Get("tag")
+	if ct := res.Contact(); ct != nil {
+		c.target = ct.Address
+	}
+	c.routes = nil
+	rr := res.GetHeaders("Record-Route")
+	for i := len(rr) - 1; i >= 0; i-- {
+		c.routes = append(c.routes, sip.RouteHeader{Address: rr[i].(*sip.RecordRouteHeader).Address})
+	}
+}
+
+// ack sends the ACK for the 2xx.
+func (c *call) ack() {
+	c.ph.t.Helper()
+	req := c.newRequest(sip.ACK, c.target, c.routes)
+	req.SetDestination(c.ph.proxy)
+	req.SetTransport(c.ph.transport)
+	if c.ph.transport == "UDP" {
+		host, port := splitAddr(c.ph.t, c.ph.addr)
+		req.Laddr = sip.Addr{IP: net.ParseIP(host), Port: port}
+	}
+	if err := c.ph.client.WriteRequest(req, sipgo.ClientRequestAddVia); err != nil {
+		c.ph.t.Fatalf("ACK: %v", err)
+	}
+}
+
+// request sends an in-dialog request and returns its final response.
+func (c *call) request(m sip.RequestMethod, body []byte, extra ...sip.Header) *sip.Response {
+	c.ph.t.Helper()
+	c.cseq++
+	req := c.newRequest(m, c.target, c.routes)
+	for _, h := range extra {
+		req.AppendHeader(h)
+	}
+	if m == sip.INVITE {
+		req.AppendHeader(c.ph.contact())
+	}
+	if body != nil {
+		ct := sip.ContentTypeHeader("application/sdp")
+		req.AppendHeader(&ct)
+		req.SetBody(body)
+	}
+	tx := c.ph.send(req)
+	defer tx.Terminate()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.IsProvisional() {
+				continue
+			}
+			if res.CSeq().SeqNo != c.cseq {
+				c.ph.t.Fatalf("%s response CSeq %d, sent %d", m, res.CSeq().SeqNo, c.cseq)
+			}
+			if m == sip.INVITE && res.IsSuccess() {
+				inv := c.invite
+				c.invite = req
+				c.ack()
+				c.invite = inv
+			}
+			return res
+		case <-tx.Done():
+			c.ph.t.Fatalf("%s ended without final response: %v", m, tx.Err())
+		case <-deadline:
+			c.ph.t.Fatalf("no final response to %s", m)
+		}
+	}
+}
+
+// cancel sends a CANCEL for the pending INVITE and returns its response.
+func (c *call) cancel() *sip.Response {
+	c.ph.t.Helper()
+	inv := c.invite
+	req := sip.NewRequest(sip.CANCEL, inv.Recipient)
+	req.AppendHeader(inv.Via().Clone())
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	req.AppendHeader(sip.HeaderClone(inv.From()))
+	req.AppendHeader(sip.HeaderClone(inv.To()))
+	req.AppendHeader(sip.HeaderClone(inv.CallID()))
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
+	req.SetBody(nil)
+	req.SetDestination(c.ph.proxy)
+	req.SetTransport(c.ph.transport)
+	req.Laddr = inv.Laddr
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tx, err := c.ph.client.TransactionRequest(ctx, req, func(*sipgo.Client, *sip.Request) error { return nil })
+	if err != nil {
+		c.ph.t.Fatalf("CANCEL: %v", err)
+	}
+	defer tx.Terminate()
+	for {
+		select {
+		case res := <-tx.Responses():
+			if !res.IsProvisional() {
+				return res
+			}
+		case <-tx.Done():
+			c.ph.t.Fatalf("CANCEL ended without final response: %v", tx.Err())
+		}
+	}
+}
+
+var testSDP = []byte("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")

@@ -1,0 +1,930 @@
+// Package fakepbx is an in-process fake SIP upstream for tests: a sipgo
+// server that challenges like Asterisk.
+//
+// Start binds UDP and TCP on the same free port of a loopback address and
+// serves every method. A request without valid digest credentials for every
+// configured realm gets a 401 (REGISTER) or 407 (everything else) with one
+// challenge header per realm and algorithm, each with its own fresh nonce and
+// opaque. A request with valid credentials gets Config.FinalCode. Credentials
+// are verified with the fake's own digest implementation (DigestResponse),
+// not with github.com/icholy/digest, so the fake cross-checks the proxy.
+//
+// Like a strict registrar or UA, the fake also refuses (500 "CSeq out of
+// order") any request whose CSeq is not higher than the last one it saw for
+// the same Call-ID, which catches a proxy that forgets its CSeq offset after
+// an authenticated retry.
+//
+// The fake reads its sockets through a tap that keeps every request's bytes
+// and arrival order: Request.Raw and the digest uri check use the wire text
+// (not sipgo's re-rendering), and Requests() and the CSeq check follow wire
+// order although sipgo handles each message in its own goroutine. Final
+// responses are remembered per transaction, so a retransmission reaching the
+// handler after sipgo dropped its transaction is answered again instead of
+// failing the CSeq check. Responses that sipgo refuses to send over UDP
+// (over sip.UDPMTUSize-200 bytes, e.g. many challenge headers) are written to
+// the socket directly, as a PBX would.
+package fakepbx
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// Config describes one fake PBX.
+type Config struct {
+	// Name identifies the fake in log messages and in its Server header.
+	Name string
+	// Host is the loopback address to serve on, e.g. "127.0.0.2" (default
+	// "127.0.0.1"). UDP and TCP are served on the same free port.
+	Host string
+	// Realm is the primary realm (default "asterisk").
+	Realm string
+	// Accounts maps auth username to password. "anonymous" with "" may be
+	// listed to accept anonymous credentials.
+	Accounts map[string]string
+	// Algorithms lists the offered algorithms, one challenge header per
+	// entry and in this order (default ["MD5"]). Supported, matched
+	// case-insensitively and written into the challenge as spelled here:
+	// MD5, MD5-sess, SHA-256, SHA-256-sess, SHA-512-256, SHA-512-256-sess.
+	Algorithms []string
+	// QOP is the qop offered: "auth" (default), "auth-int",
+	// "auth,auth-int", or "none" (no qop parameter, RFC 2069 style).
+	QOP string
+	// ExtraRealms are challenged in the same 401/407 as Realm, one header
+	// per realm and algorithm. A request must carry a valid answer for every
+	// realm. Accounts are shared by all realms.
+	ExtraRealms []string
+	// ChallengeCode returns the challenge status for a method, 401 (with
+	// WWW-Authenticate, answered in Authorization) or 407 (with
+	// Proxy-Authenticate, answered in Proxy-Authorization); any other value
+	// is treated as 407. Credentials in the other header are ignored.
+	// Default: REGISTER -> 401, everything else -> 407.
+	ChallengeCode func(method string) int
+	// StaleOnce refuses the first correctly computed answer for each nonce
+	// with a fresh challenge carrying stale=true. Nonces issued by such a
+	// stale challenge are exempt, so the retry that uses them succeeds.
+	StaleOnce bool
+	// Silent records requests but never answers anything (not even the
+	// automatic 100 Trying to INVITE), for Timer B/F and 408 tests.
+	Silent bool
+	// FinalCode is the status sent once authentication succeeds (default
+	// 200).
+	FinalCode int
+}
+
+// Request is one request as received by the fake.
+type Request struct {
+	Method     string
+	CallID     string
+	Transport  string // "UDP" or "TCP"
+	Source     string // remote "ip:port" the request came from
+	RequestURI string // exactly as on the request line
+	CSeq       uint32
+	// Authorization holds the raw values of every Authorization and
+	// Proxy-Authorization header, in the order received, whatever the case
+	// of the header name.
+	Authorization []string
+	Body          []byte
+	Raw           string // the whole message as received
+	// Authenticated is true when the request carried valid answers for all
+	// challenged realms (always false for ACK, CANCEL, silent fakes and
+	// requests refused for their CSeq).
+	Authenticated bool
+	// AuthUsername is the username of the credentials the fake evaluated
+	// for the primary realm (or the first parsable credentials in the
+	// expected header), whether they were accepted or not. Empty when the
+	// request carried none.
+	AuthUsername string
+}
+
+// Server is a running fake PBX. Its methods are safe for concurrent use.
+type Server struct {
+	t    testing.TB
+	cfg  Config
+	name string
+
+	ua *sipgo.UserAgent
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	pc   net.PacketConn
+	ln   *tapListener
+	port int
+	raws rawStore
+
+	serveWG   sync.WaitGroup
+	handlerWG sync.WaitGroup
+
+	algorithms []digestAlgorithm // parsed Config.Algorithms
+	algNames   []string          // Config.Algorithms as spelled
+	qops       []string          // offered qop values; empty for "none"
+	realms     []string          // Realm followed by ExtraRealms
+
+	mu         sync.Mutex
+	closed     bool
+	requests   []Request
+	usernames  []string
+	challenges int
+	seqs       []uint64 // arrival number of each entry of requests
+	nonces     map[string]*nonceState
+	changed    chan struct{}            // closed and replaced whenever requests changes
+	sent       map[string]*sip.Response // final response per request key, for retransmissions
+	sentOrder  []string
+}
+
+// nonceState is what the fake remembers about a nonce it issued.
+type nonceState struct {
+	realm     string
+	algorithm digestAlgorithm
+	opaque    string
+	lastNC    uint32 // highest nc accepted so far
+	used      bool   // a correct answer has been seen
+	stale     bool   // refused as stale: never accepted again
+	exempt    bool   // issued by a stale challenge: StaleOnce does not apply
+}
+
+// Start starts a fake PBX serving UDP and TCP on the same free port of
+// cfg.Host. Everything it started is stopped by t.Cleanup.
+func Start(t testing.TB, cfg Config) *Server {
+	t.Helper()
+	s := &Server{
+		t: t, cfg: cfg, nonces: map[string]*nonceState{},
+		changed: make(chan struct{}), sent: map[string]*sip.Response{},
+	}
+	s.name = cfg.Name
+	if s.name == "" {
+		s.name = "fakepbx"
+	}
+	if s.cfg.Host == "" {
+		s.cfg.Host = "127.0.0.1"
+	}
+	if ip := net.ParseIP(s.cfg.Host); ip == nil || !ip.IsLoopback() || ip.To4() == nil {
+		t.Fatalf("fakepbx %s: Host %q is not an IPv4 loopback address (127.0.0.0/8)", s.name, s.cfg.Host)
+	}
+	if s.cfg.Realm == "" {
+		s.cfg.Realm = "asterisk"
+	}
+	s.realms = append([]string{s.cfg.Realm}, s.cfg.ExtraRealms...)
+	s.algNames = s.cfg.Algorithms
+	if len(s.algNames) == 0 {
+		s.algNames = []string{"MD5"}
+	}
+	for _, a := range s.algNames {
+		alg, ok := lookupAlgorithm(a)
+		if !ok || a == "" {
+			t.Fatalf("fakepbx %s: unsupported algorithm %q", s.name, a)
+		}
+		s.algorithms = append(s.algorithms, alg)
+	}
+	switch q := strings.ReplaceAll(s.cfg.QOP, " ", ""); q {
+	case "", "auth":
+		s.qops = []string{"auth"}
+	case "auth-int":
+		s.qops = []string{"auth-int"}
+	case "auth,auth-int", "auth-int,auth":
+		s.qops = strings.Split(q, ",")
+	case "none":
+		s.qops = nil
+	default:
+		t.Fatalf("fakepbx %s: unsupported QOP %q", s.name, s.cfg.QOP)
+	}
+	if s.cfg.FinalCode == 0 {
+		s.cfg.FinalCode = 200
+	}
+	if s.cfg.FinalCode < 200 || s.cfg.FinalCode > 699 {
+		t.Fatalf("fakepbx %s: FinalCode %d is not a final status", s.name, s.cfg.FinalCode)
+	}
+
+	pc, ln, err := listenUDPAndTCP(s.cfg.Host)
+	if err != nil {
+		t.Fatalf("fakepbx %s: %v", s.name, err)
+	}
+	s.pc = &tapPacketConn{PacketConn: pc, raws: &s.raws}
+	s.ln = &tapListener{Listener: ln, raws: &s.raws}
+	s.port = pc.LocalAddr().(*net.UDPAddr).Port
+
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent(s.serverHeader()))
+	if err != nil {
+		pc.Close()
+		ln.Close()
+		t.Fatalf("fakepbx %s: new UA: %v", s.name, err)
+	}
+	srv, err := sipgo.NewServer(ua)
+	if err != nil {
+		ua.Close()
+		pc.Close()
+		ln.Close()
+		t.Fatalf("fakepbx %s: new server: %v", s.name, err)
+	}
+	s.ua = ua
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+
+	for _, m := range []sip.RequestMethod{
+		sip.INVITE, sip.ACK, sip.CANCEL, sip.BYE, sip.REGISTER, sip.OPTIONS,
+		sip.SUBSCRIBE, sip.NOTIFY, sip.PUBLISH, sip.REFER, sip.INFO,
+		sip.MESSAGE, sip.PRACK, sip.UPDATE,
+	} {
+		srv.OnRequest(m, s.handle)
+	}
+	srv.OnNoRoute(s.handle)
+
+	s.serveWG.Add(2)
+	go func() {
+		defer s.serveWG.Done()
+		_ = srv.ServeUDP(s.pc) // returns when pc is closed
+	}()
+	go func() {
+		defer s.serveWG.Done()
+		_ = srv.ServeTCP(s.ln) // returns when ln is closed
+	}()
+	t.Cleanup(s.close)
+	return s
+}
+
+// listenUDPAndTCP binds UDP on host:0, then TCP on the same port, retrying
+// with another port if TCP's is taken.
+func listenUDPAndTCP(host string) (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for range 50 {
+		pc, err := net.ListenPacket("udp4", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen udp: %w", err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+	}
+	return nil, nil, fmt.Errorf("no port free for both UDP and TCP: %w", lastErr)
+}
+
+// close stops the fake: it runs from t.Cleanup.
+func (s *Server) close() {
+	s.cancel() // releases handlers waiting for an ACK
+	s.pc.Close()
+	s.ln.Close()
+	s.serveWG.Wait() // no more reads from the sockets
+
+	s.mu.Lock()
+	s.closed = true // handlers that start from now on do nothing
+	s.mu.Unlock()
+	s.handlerWG.Wait()
+
+	// Closing accepted TCP connections before the UA lets sipgo's readers
+	// release them normally (ua.Close first makes its refcounts go negative
+	// and log warnings).
+	s.ln.closeConns()
+	s.ua.Close()
+}
+
+// Addr returns the "host:port" the fake serves UDP and TCP on.
+func (s *Server) Addr() string {
+	return net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.port))
+}
+
+// Port returns the port the fake serves UDP and TCP on.
+func (s *Server) Port() int { return s.port }
+
+// Requests returns a copy of every request received, in order, ACKs
+// included. Retransmissions absorbed by a transaction (or answered again
+// from the fake's own response cache) are not recorded, except on a Silent
+// fake, which records every copy it receives. Requests are recorded before
+// they are answered; an ACK is recorded whenever it arrives, so wait for it
+// with WaitFor.
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return cloneRequests(s.requests)
+}
+
+// AuthUsernames returns the username of every parsable Authorization and
+// Proxy-Authorization header of every recorded request (ACKs included),
+// accepted or not, in order.
+func (s *Server) AuthUsernames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.usernames)
+}
+
+// Challenges returns how many 401/407 responses the fake has sent.
+func (s *Server) Challenges() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.challenges
+}
+
+// WaitFor waits until cond, called with a copy of Requests() after every
+// change, returns true, and returns that copy. It fails the test after
+// timeout.
+func (s *Server) WaitFor(t testing.TB, timeout time.Duration, cond func([]Request) bool) []Request {
+	t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		reqs := cloneRequests(s.requests)
+		changed := s.changed
+		s.mu.Unlock()
+		if cond(reqs) {
+			return reqs
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			t.Fatalf("fakepbx %s: condition not met within %v; %d requests received", s.name, timeout, len(reqs))
+			return reqs
+		}
+	}
+}
+
+func cloneRequests(in []Request) []Request {
+	out := make([]Request, len(in))
+	for i, r := range in {
+		r.Authorization = slices.Clone(r.Authorization)
+		r.Body = slices.Clone(r.Body)
+		out[i] = r
+	}
+	return out
+}
+
+func (s *Server) serverHeader() string { return "FakePBX " + s.name }
+
+// handle is the sipgo handler for every method.
+func (s *Server) handle(req *sip.Request, tx sip.ServerTransaction) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.handlerWG.Add(1)
+	s.mu.Unlock()
+	defer s.handlerWG.Done()
+
+	in := s.newIncoming(req, nil)
+
+	if s.cfg.Silent {
+		// Dropping the transaction at once stops sipgo's 100 Trying timer
+		// (200ms) for INVITE. UDP retransmissions therefore reach this
+		// handler again and are recorded too.
+		tx.Terminate()
+		s.record(in)
+		return
+	}
+
+	if req.IsAck() {
+		// An ACK to a 2xx (new branch), or one arriving after the INVITE
+		// transaction ended (TCP): record and ignore.
+		s.record(in)
+		return
+	}
+	if res := s.answered(in.key); res != nil {
+		// A retransmission that sipgo's transaction layer did not absorb
+		// (its transaction is gone): answer it again, as the transaction
+		// would have, without recording or re-checking it.
+		s.respond(req, tx, in.key, res)
+		return
+	}
+	if req.IsCancel() {
+		// A CANCEL matching a pending INVITE is answered by sipgo itself;
+		// only unmatched ones get here. CANCEL is never challenged.
+		s.record(in)
+		s.respond(req, tx, in.key, s.newResponse(req, 481, ""))
+		return
+	}
+
+	var res *sip.Response
+	if !in.cseqOK {
+		s.t.Logf("fakepbx %s: %s CSeq %d for Call-ID %s is not above an earlier one: 500", s.name, req.Method, in.rec.CSeq, in.rec.CallID)
+		res = s.newResponse(req, 500, "CSeq out of order")
+	} else if res = s.authenticate(req, in); res == nil {
+		res = s.finalResponse(req)
+	}
+	s.record(in)
+	if s.respond(req, tx, in.key, res) {
+		s.awaitAck(req, tx)
+	}
+}
+
+// incoming is a received request being handled.
+type incoming struct {
+	rec    Request
+	key    string       // identifies its transaction, and retransmissions of it
+	seq    uint64       // arrival order
+	cseqOK bool         // CSeq above every earlier one of the Call-ID, by arrival
+	creds  []credential // every parsable Authorization and Proxy-Authorization
+}
+
+// credential is one parsed Authorization or Proxy-Authorization header.
+type credential struct {
+	header string // lowercased header name
+	params map[string]string
+}
+
+// newIncoming builds the record for req, with its raw bytes (taken from the
+// tap unless given), and parses its credentials.
+func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
+	r := Request{
+		Method:     req.Method.String(),
+		Transport:  strings.ToUpper(req.Transport()),
+		Source:     req.Source(),
+		RequestURI: req.Recipient.String(),
+		Body:       slices.Clone(req.Body()),
+		Raw:        req.String(),
+	}
+	if h := req.CallID(); h != nil {
+		r.CallID = h.Value()
+	}
+	var cseqMethod string
+	if h := req.CSeq(); h != nil {
+		r.CSeq = h.SeqNo
+		cseqMethod = h.MethodName.String()
+	}
+	key := rawKey(r.Transport, r.Source, branchOf(req), uint64(r.CSeq), cseqMethod)
+	if raw == nil {
+		if rr, ok := s.raws.take(key); ok {
+			raw = &rr
+		}
+	}
+	in := &incoming{key: key}
+	if raw != nil {
+		r.Raw, r.RequestURI = raw.raw, raw.ruri
+		in.seq, in.cseqOK = raw.seq, raw.cseqOK
+	} else {
+		s.t.Logf("fakepbx %s: %s: raw bytes not found; CSeq not checked", s.name, r.Method)
+		in.seq, in.cseqOK = s.raws.nextSeq(), true
+	}
+	expected := s.credentialHeader(r.Method)
+	for _, h := range req.Headers() {
+		name := strings.ToLower(h.Name())
+		if name != "authorization" && name != "proxy-authorization" {
+			continue
+		}
+		r.Authorization = append(r.Authorization, h.Value())
+		p, err := parseDigestParams(h.Value())
+		if err != nil {
+			s.t.Logf("fakepbx %s: %s: unparsable %s: %v", s.name, r.Method, h.Name(), err)
+			continue
+		}
+		in.creds = append(in.creds, credential{header: name, params: p})
+		if name == expected && r.AuthUsername == "" {
+			r.AuthUsername = p["username"]
+		}
+	}
+	in.rec = r
+	return in
+}
+
+// record appends in to Requests() and its usernames to AuthUsernames().
+func (s *Server) record(in *incoming) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Keep arrival order: handlers run concurrently.
+	i := len(s.seqs)
+	for i > 0 && s.seqs[i-1] > in.seq {
+		i--
+	}
+	s.requests = slices.Insert(s.requests, i, in.rec)
+	s.seqs = slices.Insert(s.seqs, i, in.seq)
+	for _, c := range in.creds {
+		if u, ok := c.params["username"]; ok {
+			s.usernames = append(s.usernames, u)
+		}
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// branchOf returns the branch of req's top Via (parameter name matched
+// case-insensitively, as the tap does).
+func branchOf(req *sip.Request) string {
+	via := req.Via()
+	if via == nil {
+		return ""
+	}
+	for _, kv := range via.Params {
+		if strings.EqualFold(kv.K, "branch") {
+			return kv.V
+		}
+	}
+	return ""
+}
+
+// authVerdict is the outcome of checking the answers for one realm.
+type authVerdict int
+
+const (
+	verdictMissing authVerdict = iota
+	verdictInvalid
+	verdictStale
+	verdictOK
+)
+
+func (s *Server) challengeCode(method string) int {
+	if s.cfg.ChallengeCode != nil {
+		if s.cfg.ChallengeCode(method) == 401 {
+			return 401
+		}
+		return 407
+	}
+	if method == string(sip.REGISTER) {
+		return 401
+	}
+	return 407
+}
+
+// credentialHeader is the lowercased header that answers method's challenge.
+func (s *Server) credentialHeader(method string) string {
+	if s.challengeCode(method) == 401 {
+		return "authorization"
+	}
+	return "proxy-authorization"
+}
+
+// authenticate checks the credentials of req. It fills the auth fields of
+// in.rec and returns the challenge to send, or nil when req is authenticated.
+func (s *Server) authenticate(req *sip.Request, in *incoming) *sip.Response {
+	rec := &in.rec
+	code := s.challengeCode(rec.Method)
+	credHeader := s.credentialHeader(rec.Method)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	for _, c := range in.creds {
+		if c.header != credHeader {
+			s.t.Logf("fakepbx %s: %s: %s of user %q ignored: a %d is answered in %s",
+				s.name, rec.Method, c.header, c.params["username"], code, credHeader)
+		}
+	}
+	verdicts := make([]authVerdict, len(s.realms))
+	anyStale, allOK := false, true
+	for i, realm := range s.realms {
+		for _, c := range in.creds {
+			if c.header != credHeader || c.params["realm"] != realm {
+				continue
+			}
+			v, why := s.verify(c.params, realm, req.Method.String(), rec.RequestURI, req.Body())
+			if v == verdictOK && i == 0 {
+				rec.AuthUsername = c.params["username"]
+			}
+			if why != "" {
+				s.t.Logf("fakepbx %s: %s realm %q user %q: %s", s.name, req.Method, realm, c.params["username"], why)
+			}
+			verdicts[i] = max(verdicts[i], v)
+		}
+		anyStale = anyStale || verdicts[i] == verdictStale
+		allOK = allOK && verdicts[i] == verdictOK
+	}
+	if allOK {
+		rec.Authenticated = true
+		return nil
+	}
+
+	reason := "Proxy Authentication Required"
+	authHeader := "Proxy-Authenticate"
+	if code == 401 {
+		reason, authHeader = "Unauthorized", "WWW-Authenticate"
+	}
+	res := s.newResponse(req, code, reason)
+	for i, realm := range s.realms {
+		for j, alg := range s.algorithms {
+			nonce := strconv.FormatInt(time.Now().Unix(), 10) + "/" + randomHex(16)
+			opaque := randomHex(16)
+			s.nonces[nonce] = &nonceState{realm: realm, algorithm: alg, opaque: opaque, exempt: anyStale}
+			res.AppendHeader(sip.NewHeader(authHeader, s.challengeValue(realm, s.algNames[j], nonce, opaque, verdicts[i] == verdictStale)))
+		}
+	}
+	s.challenges++
+	return res
+}
+
+// challengeValue formats one challenge like pjsip (Asterisk) does.
+func (s *Server) challengeValue(realm, algorithm, nonce, opaque string, stale bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Digest realm=%s,nonce=%s,opaque=%s", quote(realm), quote(nonce), quote(opaque))
+	if stale {
+		b.WriteString(",stale=true")
+	}
+	b.WriteString(",algorithm=" + algorithm)
+	if len(s.qops) > 0 {
+		b.WriteString(",qop=" + quote(strings.Join(s.qops, ",")))
+	}
+	return b.String()
+}
+
+func quote(v string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v) + `"`
+}
+
+// verify checks one credential for realm. s.mu must be held. It returns a
+// non-empty explanation for every verdict other than verdictOK.
+func (s *Server) verify(p map[string]string, realm, method, ruri string, body []byte) (authVerdict, string) {
+	user := p["username"]
+	if _, ok := p["username"]; !ok {
+		return verdictInvalid, "no username"
+	}
+	if strings.EqualFold(p["userhash"], "true") {
+		return verdictInvalid, "userhash is not supported"
+	}
+	password, ok := s.cfg.Accounts[user]
+	if !ok {
+		return verdictInvalid, "unknown user"
+	}
+	n := s.nonces[p["nonce"]]
+	if n == nil {
+		return verdictInvalid, fmt.Sprintf("nonce %q was not issued by this server", p["nonce"])
+	}
+	if n.realm != realm {
+		return verdictInvalid, fmt.Sprintf("nonce was issued for realm %q", n.realm)
+	}
+	alg, ok := lookupAlgorithm(p["algorithm"])
+	if !ok || alg.name != n.algorithm.name {
+		return verdictInvalid, fmt.Sprintf("algorithm %q does not match the nonce's %s", p["algorithm"], n.algorithm.name)
+	}
+	if p["opaque"] != n.opaque {
+		return verdictInvalid, fmt.Sprintf("opaque %q does not match the challenge's %q", p["opaque"], n.opaque)
+	}
+	if p["uri"] != ruri {
+		return verdictInvalid, fmt.Sprintf("uri %q is not the Request-URI %q", p["uri"], ruri)
+	}
+	qop, cnonce := p["qop"], p["cnonce"]
+	var nc uint32
+	if len(s.qops) == 0 {
+		if qop != "" {
+			return verdictInvalid, fmt.Sprintf("qop %q answered but none offered", qop)
+		}
+	} else {
+		if !slices.Contains(s.qops, qop) {
+			return verdictInvalid, fmt.Sprintf("qop %q is not one offered (%s)", qop, strings.Join(s.qops, ","))
+		}
+		ncs := p["nc"]
+		v, err := strconv.ParseUint(ncs, 16, 32)
+		if len(ncs) != 8 || err != nil {
+			return verdictInvalid, fmt.Sprintf("nc %q is not 8 hex digits", ncs)
+		}
+		nc = uint32(v)
+		if cnonce == "" {
+			return verdictInvalid, "qop without cnonce"
+		}
+		if nc <= n.lastNC {
+			return verdictInvalid, fmt.Sprintf("nc %08x replayed (last accepted %08x)", nc, n.lastNC)
+		}
+	}
+	if alg.sess && cnonce == "" {
+		return verdictInvalid, "-sess algorithm without cnonce"
+	}
+	want, err := DigestResponse(DigestInput{
+		Algorithm: alg.name, Username: user, Realm: realm, Password: password,
+		Method: method, URI: ruri, Nonce: p["nonce"], Cnonce: cnonce, NC: nc, QOP: qop, Body: body,
+	})
+	if err != nil {
+		return verdictInvalid, err.Error()
+	}
+	if p["response"] != want {
+		return verdictInvalid, "wrong response (wrong password, method, body or hash input)"
+	}
+	if qop != "" {
+		n.lastNC = nc
+	}
+	switch {
+	case n.stale:
+		return verdictStale, "nonce is stale"
+	case s.cfg.StaleOnce && !n.exempt && !n.used:
+		n.used, n.stale = true, true
+		return verdictStale, "correct, but refused once as stale (StaleOnce)"
+	}
+	n.used = true
+	return verdictOK, ""
+}
+
+// finalResponse builds the answer to an authenticated request.
+func (s *Server) finalResponse(req *sip.Request) *sip.Response {
+	code := s.cfg.FinalCode
+	res := s.newResponse(req, code, "")
+	if code >= 300 {
+		return res
+	}
+	switch req.Method {
+	case sip.REGISTER:
+		expires := "3600"
+		if h := req.GetHeader("Expires"); h != nil {
+			expires = strings.TrimSpace(h.Value())
+		}
+		for _, h := range req.GetHeaders("Contact") {
+			c, ok := h.(*sip.ContactHeader)
+			if !ok || c.Address.Wildcard {
+				continue
+			}
+			c = c.Clone()
+			if !c.Params.Has("expires") {
+				c.Params.Add("expires", expires)
+			}
+			if v, _ := c.Params.Get("expires"); strings.TrimSpace(v) == "0" {
+				continue // removed binding: not listed, as a registrar does
+			}
+			res.AppendHeader(c)
+		}
+	case sip.SUBSCRIBE:
+		expires := "3600"
+		if h := req.GetHeader("Expires"); h != nil {
+			expires = strings.TrimSpace(h.Value())
+		}
+		res.AppendHeader(sip.NewHeader("Expires", expires))
+		res.AppendHeader(s.contact(req))
+	case sip.INVITE:
+		res.AppendHeader(s.contact(req))
+	}
+	return res
+}
+
+// contact is the fake's own Contact for dialog-creating 2xx responses.
+func (s *Server) contact(req *sip.Request) *sip.ContactHeader {
+	c := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "fakepbx", Host: s.cfg.Host, Port: s.port}}
+	c.Address.UriParams = sip.NewParams()
+	c.Address.UriParams.Add("transport", strings.ToLower(req.Transport()))
+	return c
+}
+
+// newResponse builds a response with the fake's Server header; an empty
+// reason uses the standard phrase.
+func (s *Server) newResponse(req *sip.Request, code int, reason string) *sip.Response {
+	if reason == "" {
+		reason = reasonPhrase(code)
+	}
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res.AppendHeader(sip.NewHeader("Server", s.serverHeader()))
+	return res
+}
+
+// answered returns the final response already sent for the request key.
+func (s *Server) answered(key string) *sip.Response {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent[key]
+}
+
+const sentMax = 1024
+
+// respond sends the final response res to req through tx and remembers it
+// for retransmissions. It reports whether tx is still alive (false after the
+// oversized UDP fallback).
+func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, key string, res *sip.Response) bool {
+	s.mu.Lock()
+	if _, ok := s.sent[key]; !ok {
+		if len(s.sentOrder) >= sentMax {
+			delete(s.sent, s.sentOrder[0])
+			s.sentOrder = s.sentOrder[1:]
+		}
+		s.sentOrder = append(s.sentOrder, key)
+	}
+	s.sent[key] = res
+	s.mu.Unlock()
+
+	err := tx.Respond(res)
+	if errors.Is(err, sip.ErrUDPMTUCongestion) {
+		// sipgo refuses UDP messages over sip.UDPMTUSize-200 bytes, even
+		// responses (which cannot change transport). A PBX sends such a
+		// datagram anyway (e.g. many challenge headers): do that on the
+		// socket directly. sipgo already terminated the transaction.
+		tx.Terminate()
+		addr, rerr := net.ResolveUDPAddr("udp4", res.Destination())
+		if rerr == nil {
+			_, rerr = s.pc.WriteTo([]byte(res.String()), addr)
+		}
+		if rerr != nil && s.ctx.Err() == nil {
+			s.t.Logf("fakepbx %s: sending oversized %d to %s: %v", s.name, res.StatusCode, res.Destination(), rerr)
+		}
+		return false
+	}
+	if err != nil && s.ctx.Err() == nil {
+		s.t.Logf("fakepbx %s: sending %d for %s: %v", s.name, res.StatusCode, req.Method, err)
+	}
+	return err == nil
+}
+
+// awaitAck keeps an INVITE transaction's handler alive until its ACK (for a
+// non-2xx final, or a same-branch ACK for a 2xx) arrives through the
+// transaction, and records it. Without this, such ACKs are absorbed by
+// sipgo's transaction and never seen (on UDP). A CANCEL arriving meanwhile is
+// answered by sipgo itself (200) and recorded here.
+func (s *Server) awaitAck(req *sip.Request, tx sip.ServerTransaction) {
+	if !req.IsInvite() {
+		return
+	}
+	var cseq uint32
+	if h := req.CSeq(); h != nil {
+		cseq = h.SeqNo
+	}
+	transport, source, branch := strings.ToUpper(req.Transport()), req.Source(), branchOf(req)
+	cancelKey := rawKey(transport, source, branch, uint64(cseq), "CANCEL")
+	cancelled, unwatch := s.raws.watch(cancelKey)
+	defer unwatch()
+	for {
+		select {
+		case ack := <-tx.Acks():
+			s.record(s.newIncoming(ack, nil))
+			return
+		case <-cancelled:
+			cancelled = nil
+			s.recordFromTap(cancelKey, transport, source)
+		case <-tx.Done():
+			// On TCP, Timer I is 0: the transaction ends as soon as the
+			// ACK confirms it, and sipgo may drop the ACK instead of
+			// handing it over. The tap saw it, though.
+			s.recordFromTap(rawKey(transport, source, branch, uint64(cseq), "ACK"), transport, source)
+			return
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// recordFromTap records the request with key from the raw bytes the tap
+// kept, if they are still there (nobody else handled it).
+func (s *Server) recordFromTap(key, transport, source string) {
+	raw, ok := s.raws.take(key)
+	if !ok {
+		return
+	}
+	msg, err := sip.ParseMessage([]byte(raw.raw))
+	r, isReq := msg.(*sip.Request)
+	if err != nil || !isReq {
+		s.t.Logf("fakepbx %s: cannot parse %q: %v", s.name, raw.raw, err)
+		return
+	}
+	r.SetTransport(transport)
+	r.SetSource(source)
+	s.record(s.newIncoming(r, &raw))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(errors.Join(errors.New("fakepbx: crypto/rand"), err))
+	}
+	return hex.EncodeToString(b)
+}
+
+func reasonPhrase(code int) string {
+	switch code {
+	case 200:
+		return "OK"
+	case 202:
+		return "Accepted"
+	case 400:
+		return "Bad Request"
+	case 401:
+		return "Unauthorized"
+	case 403:
+		return "Forbidden"
+	case 404:
+		return "Not Found"
+	case 407:
+		return "Proxy Authentication Required"
+	case 408:
+		return "Request Timeout"
+	case 480:
+		return "Temporarily Unavailable"
+	case 481:
+		return "Call/Transaction Does Not Exist"
+	case 486:
+		return "Busy Here"
+	case 487:
+		return "Request Terminated"
+	case 488:
+		return "Not Acceptable Here"
+	case 500:
+		return "Server Internal Error"
+	case 503:
+		return "Service Unavailable"
+	case 603:
+		return "Decline"
+	}
+	switch code / 100 {
+	case 2:
+		return "OK"
+	case 3:
+		return "Redirect"
+	case 4:
+		return "Client Error"
+	case 5:
+		return "Server Error"
+	}
+	return "Global Failure"
+}
