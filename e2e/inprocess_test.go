@@ -74,6 +74,7 @@ type harnessOptions struct {
 	UpstreamTCP     bool // upstreams reached over TCP instead of UDP
 	Credentials     func(a, b string) []credentials.Entry
 	UpstreamTimeout time.Duration
+	TimerC          time.Duration
 	// ExtraUpstreams are configured after pbx-a and pbx-b.
 	ExtraUpstreams []proxy.Upstream
 	// Lookup replaces the credential store built from Credentials.
@@ -125,6 +126,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		}, o.ExtraUpstreams...),
 		Credentials:     lookupOr(o.Lookup, store),
 		UpstreamTimeout: o.UpstreamTimeout,
+		TimerC:          o.TimerC,
 		ShutdownGrace:   2 * time.Second,
 		Logger:          slog.New(slog.NewJSONHandler(h.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		SIPTrace:        true,

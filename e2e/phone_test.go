@@ -151,6 +151,17 @@ type call struct {
 	responses []*sip.Response
 	target    sip.Uri           // the callee's Contact
 	routes    []sip.RouteHeader // route set (Record-Route reversed)
+
+	mu    sync.Mutex
+	forks []*sip.Response // 2xx from other forks (and 2xx retransmissions)
+}
+
+// extra2xx returns the 2xx responses sipgo handed to the retransmission
+// hook: retransmissions and 2xx of other forks.
+func (c *call) extra2xx() []*sip.Response {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*sip.Response(nil), c.forks...)
 }
 
 // dial sends an INVITE to ruri through authproxy and returns at once.
@@ -172,6 +183,11 @@ func (ph *phone) dial(ruri string, sdp []byte, extra ...sip.Header) *call {
 	req.SetBody(sdp)
 	c.invite = req
 	c.tx = ph.send(req)
+	c.tx.OnRetransmission(func(res *sip.Response) {
+		c.mu.Lock()
+		c.forks = append(c.forks, res)
+		c.mu.Unlock()
+	})
 	return c
 }
 
@@ -230,6 +246,9 @@ func (c *call) waitFinal(timeout time.Duration) *sip.Response {
 		case res := <-c.tx.Responses():
 			c.responses = append(c.responses, res)
 			if res.IsProvisional() {
+				if req := res.GetHeader("Require"); req != nil && strings.Contains(req.Value(), "100rel") {
+					c.prack(res)
+				}
 				continue
 			}
 			if res.IsSuccess() {
@@ -256,10 +275,70 @@ func (c *call) learnDialog(res *sip.Response) {
 	}
 }
 
+// waitProvisional waits for a provisional response other than 100.
+func (c *call) waitProvisional(timeout time.Duration) *sip.Response {
+	c.ph.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case res := <-c.tx.Responses():
+			c.responses = append(c.responses, res)
+			if res.IsProvisional() && res.StatusCode != 100 {
+				return res
+			}
+			if !res.IsProvisional() {
+				c.ph.t.Fatalf("final %d while waiting for a provisional response", res.StatusCode)
+			}
+		case <-deadline:
+			c.ph.t.Fatalf("no provisional response within %s", timeout)
+		}
+	}
+}
+
+// prack acknowledges a reliable provisional response (RFC 3262) in the
+// early dialog it establishes.
+func (c *call) prack(res *sip.Response) {
+	c.ph.t.Helper()
+	c.learnDialog(res)
+	rseq := res.GetHeader("RSeq")
+	if rseq == nil {
+		c.ph.t.Fatal("reliable provisional response without RSeq")
+	}
+	c.cseq++
+	req := c.newRequest(sip.PRACK, c.target, c.routes)
+	req.AppendHeader(sip.NewHeader("RAck", strings.TrimSpace(rseq.Value())+" "+strconv.Itoa(int(c.invite.CSeq().SeqNo))+" INVITE"))
+	tx := c.ph.send(req)
+	go func() {
+		defer tx.Terminate()
+		for {
+			select {
+			case res := <-tx.Responses():
+				if !res.IsProvisional() {
+					return
+				}
+			case <-tx.Done():
+				return
+			}
+		}
+	}()
+}
+
 // ack sends the ACK for the 2xx.
 func (c *call) ack() {
 	c.ph.t.Helper()
-	req := c.newRequest(sip.ACK, c.target, c.routes)
+	c.ackFork(nil)
+}
+
+// ackFork sends the ACK for the 2xx res of another fork (nil: the dialog's
+// own 2xx).
+func (c *call) ackFork(res *sip.Response) {
+	c.ph.t.Helper()
+	d := c
+	if res != nil {
+		d = &call{ph: c.ph, callID: c.callID, fromTag: c.fromTag, cseq: c.cseq, ruri: c.ruri, invite: c.invite}
+		d.learnDialog(res)
+	}
+	req := d.newRequest(sip.ACK, d.target, d.routes)
 	req.SetDestination(c.ph.proxy)
 	req.SetTransport(c.ph.transport)
 	if c.ph.transport == "UDP" {
@@ -269,6 +348,13 @@ func (c *call) ack() {
 	if err := c.ph.client.WriteRequest(req, sipgo.ClientRequestAddVia); err != nil {
 		c.ph.t.Fatalf("ACK: %v", err)
 	}
+}
+
+// fork returns the call as seen in the dialog of another fork's 2xx.
+func (c *call) fork(res *sip.Response) *call {
+	d := &call{ph: c.ph, callID: c.callID, fromTag: c.fromTag, cseq: c.cseq, ruri: c.ruri, invite: c.invite}
+	d.learnDialog(res)
+	return d
 }
 
 // request sends an in-dialog request and returns its final response.

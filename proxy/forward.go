@@ -608,6 +608,11 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 func (f *forwarding) relay(res *sip.Response) {
 	f.prepareRelay(res)
 	if res.IsSuccess() {
+		if _, toTag := tags(f.req); toTag == "" && f.req.Method != sip.INVITE && createsDialog(f.req.Method) {
+			// A subscription (or REFER's implicit one): the NOTIFYs the
+			// upstream sends into it must find their way to the client.
+			f.recordDialog(res, nil)
+		}
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(res))
 		if f.req.Method == sip.BYE && f.dlg != nil {
 			// The dialog ends with the 2xx to BYE, in either direction.

@@ -1,0 +1,46 @@
+// Package proxy is authproxy's SIP core: it serves password-less clients,
+// forwards their requests statefully to configured upstreams, answers the
+// upstreams' 401/407 digest challenges with credentials chosen by upstream,
+// realm and SIP user, and keeps every later request of the dialog
+// consistent with what the upstream has seen.
+//
+// # One call, end to end
+//
+// Phone 1001 calls 1002 on pbx-a, which challenges INVITE and BYE with
+// 407. CSeq numbers on each side (the phone's, then the upstream's):
+//
+//	phone                      authproxy                         pbx-a
+//	INVITE   CSeq 1  ───────►  clone, Via+RR, Max-Forwards-1 ──►  INVITE  CSeq 1
+//	                           ◄── 407 Proxy-Authenticate ──────  407     CSeq 1
+//	                           (sipgo ACKs the 407, same branch)─►  ACK     CSeq 1
+//	                           pick credential (pbx-a, realm, 1001),
+//	                           new branch, CSeq+1, offset=1 ─────►  INVITE  CSeq 2 + Proxy-Authorization
+//	180      CSeq 1  ◄───────  our Via off, CSeq back to 1 ◄────  180     CSeq 2
+//	200      CSeq 1  ◄───────  dialog recorded (tags, upstream,  ◄  200     CSeq 2
+//	                           client address, credentials)
+//	ACK      CSeq 1  ───────►  own Route off, offset +1,
+//	                           the INVITE's Proxy-Authorization ─►  ACK     CSeq 2
+//	BYE      CSeq 2  ───────►  offset +1 ────────────────────────►  BYE     CSeq 3
+//	                           ◄── 407 (in-dialog challenge) ────  407     CSeq 3
+//	                           answered, CSeq+1, offset=2 ───────►  BYE     CSeq 4 + Proxy-Authorization
+//	200      CSeq 2  ◄───────  CSeq back to 2, dialog removed ◄──  200     CSeq 4
+//
+// The offset lives per Call-ID and From tag (the client's CSeq space), so
+// it also shifts REGISTER refreshes, re-INVITEs, PRACK and the CSeq inside
+// its RAck. Requests the upstream sends into the dialog (a callee BYE, a
+// re-INVITE) keep their own numbering and go to where the client's INVITE
+// came from. A CANCEL from the phone cancels the INVITE authproxy has
+// outstanding (CSeq 2 and its branch above), once that INVITE had a
+// provisional response (RFC 3261 §9.1).
+//
+// # What sipgo does and what this package does
+//
+// sipgo v1.7.3 provides the transports, the parser and the transaction
+// state machines (retransmissions, the ACK for non-2xx finals, 100 Trying
+// and the 487 after a CANCEL). This package writes the proxy logic on top:
+// routing to configured upstreams only, RFC 3261 §16 checks, the challenge
+// answers (icholy/digest computes the responses; challenges are parsed
+// here), the CSeq offsets, the dialog table, the CANCEL builder, Timer C,
+// and the relay of 2xx retransmissions and forked 2xx, which sipgo hands
+// only to an OnRetransmission hook.
+package proxy
