@@ -1,0 +1,29 @@
+// Package peers runs real SIP peers (Kamailio, SIPp) on loopback addresses
+// for authproxy's interop tests (see ../../e2e).
+//
+// Everything here is test support: functions take a testing.TB, call
+// t.Helper, put their files under t.TempDir and stop what they started in
+// t.Cleanup. Nothing sends traffic outside 127.0.0.0/8: every address a
+// helper binds or dials must be a literal IPv4 loopback address. Linux routes
+// all of 127.0.0.0/8 to lo, so each peer can have an address of its own
+// (127.0.0.2 for one PBX, 127.0.0.3 for the next, ...).
+//
+// The pieces:
+//
+//   - Require skips a test (or, when CI=true, fails it) if a peer binary is
+//     missing; Missing and InstallHint serve installers such as TestMain.
+//   - FreePort finds a port free for both UDP and TCP on a loopback host.
+//   - StartKamailio runs Kamailio 5.6 as a registrar/UAS that challenges
+//     like an Asterisk PBX: 401 for REGISTER, 407 for everything else, in one
+//     realm ("asterisk" by default), with plain-text users rendered into a
+//     generated kamailio.cfg. It logs one PEERS| line per auth decision;
+//     Events, AuthUsernames and SeenUsernames read them back, so a test can
+//     assert which credentials reached which server.
+//   - RunSipp runs one SIPp scenario to completion and returns its exit
+//     status, call counters and message trace.
+//   - StartProcess runs any daemon in a process group of its own with its
+//     output captured, stopping it with SIGTERM and then SIGKILL; the e2e
+//     authproxy runner uses it too.
+//   - UDPExchange sends one hand-written SIP request and returns the answer,
+//     for tests that need a client SIPp cannot be (SIPp digests MD5 only).
+package peers

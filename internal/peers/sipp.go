@@ -1,0 +1,285 @@
+package peers
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// SippRun describes one SIPp run for RunSipp.
+type SippRun struct {
+	// Scenario is the path of the scenario XML (-sf).
+	Scenario string
+	// Remote is the "host:port" SIPp sends to; it must be on loopback.
+	Remote string
+	// Local is the local loopback IP (-i); empty means "127.0.0.1".
+	Local string
+	// LocalPort is the local port (-p); zero picks a free one.
+	LocalPort int
+	// Transport is "u1" (UDP, one socket; the default) or "t1" (TCP, one
+	// connection).
+	Transport string
+	// Calls is the number of calls to run (-m); zero means 1.
+	Calls int
+	// Rate is the number of new calls per second (-r); zero means 10.
+	Rate int
+	// Service is the user part of the Request-URI, [service] (-s).
+	Service string
+	// Domain is the [domain] keyword of this package's scenarios, the host
+	// part of Request-URI, From and To (e.g. an upstream's domain). Empty
+	// means the host of Remote.
+	Domain string
+	// AuthUser and AuthPass answer challenges in scenarios that use
+	// [authentication] (-au, -ap). Keep them empty for the scenarios that
+	// go through authproxy: the client has no password.
+	AuthUser, AuthPass string
+	// Keys are more [keyword] values (-key name value).
+	Keys map[string]string
+	// Extra is appended to the command line.
+	Extra []string
+	// Timeout bounds the whole run (SIPp's -timeout, counted as an error).
+	// Zero means 20s. It is shorter than a UDP non-INVITE transaction's
+	// Timer F (32s): on loopback, a proxy's challenge round trips take
+	// milliseconds, and a test should not wait half a minute to fail.
+	Timeout time.Duration
+}
+
+func (r SippRun) timeout() time.Duration {
+	if r.Timeout <= 0 {
+		return 20 * time.Second
+	}
+	return r.Timeout
+}
+
+// SippResult is the outcome of RunSipp.
+type SippResult struct {
+	// ExitCode is SIPp's: 0 all calls succeeded, 1 at least one failed,
+	// 97 stopped by an internal command, 99 no call processed, 255 (-1)
+	// fatal error, 254 (-2) could not bind a socket. -1 when SIPp was
+	// killed at the test's own deadline.
+	ExitCode int
+	// Successful and Failed are SIPp's cumulative call counters.
+	Successful, Failed int
+	// Messages is the message trace (-trace_msg): every message SIPp sent
+	// and received.
+	Messages string
+	// Errors is the unexpected-message trace (-trace_err).
+	Errors string
+	// Output is SIPp's stdout and stderr (its final statistics screen).
+	Output string
+	// Args is the command line, with the password redacted.
+	Args     []string
+	Duration time.Duration
+}
+
+// OK reports whether every call succeeded.
+func (r SippResult) OK() bool { return r.ExitCode == 0 && r.Failed == 0 && r.Successful > 0 }
+
+// String summarises the run for a failure message, with both traces.
+func (r SippResult) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "sipp %s\nexit %d, %d successful, %d failed, in %v\n",
+		strings.Join(r.Args, " "), r.ExitCode, r.Successful, r.Failed, r.Duration.Round(time.Millisecond))
+	if r.Errors != "" {
+		fmt.Fprintf(&b, "--- unexpected messages ---\n%s\n", r.Errors)
+	}
+	fmt.Fprintf(&b, "--- message trace ---\n%s\n", r.Messages)
+	if r.ExitCode != 0 {
+		fmt.Fprintf(&b, "--- output ---\n%s\n", lastLines(r.Output, 40))
+	}
+	return b.String()
+}
+
+// RunSipp runs one SIPp scenario in the foreground until it finishes or
+// times out and returns what happened; asserting on it is the caller's job.
+// Trace files go into a directory under t.TempDir(). It fails the test only
+// when SIPp cannot be started at all.
+func RunSipp(t testing.TB, run SippRun) SippResult {
+	t.Helper()
+	bin, err := LookPath("sipp")
+	if err != nil {
+		t.Fatalf("peers: %v (call peers.Require first; %s)", err, InstallHint)
+	}
+	res := runSippOnce(t, bin, run)
+	if res.ExitCode == sippExitBind && run.LocalPort == 0 {
+		// The free port we picked was taken before SIPp bound it.
+		t.Logf("peers: sipp could not bind its port, retrying once")
+		res = runSippOnce(t, bin, run)
+	}
+	return res
+}
+
+// sippExitBind is SIPp's exit status -2, "fatal error binding a socket".
+const sippExitBind = 254
+
+func runSippOnce(t testing.TB, bin string, run SippRun) SippResult {
+	t.Helper()
+	args, dir, err := sippArgs(t, run)
+	if err != nil {
+		t.Fatalf("peers: RunSipp: %v", err)
+	}
+	// SIPp stops itself at -timeout; the context is the backstop.
+	ctx, cancel := context.WithTimeout(t.Context(), run.timeout()+10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = dir
+	cmd.WaitDelay = 2 * time.Second
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	start := time.Now()
+	err = cmd.Run()
+	res := SippResult{Output: out.String(), Duration: time.Since(start), Args: redactArgs(args)}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		res.ExitCode = ee.ExitCode() // -1 if killed by a signal
+	default:
+		t.Fatalf("peers: run sipp: %v", err)
+	}
+	read := func(name string) string {
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		return string(b)
+	}
+	res.Messages = read("messages.log")
+	res.Errors = read("errors.log")
+	res.Successful, res.Failed = sippCounters(read("stats.csv"))
+	return res
+}
+
+func sippArgs(t testing.TB, run SippRun) (args []string, dir string, err error) {
+	t.Helper()
+	if run.Scenario == "" {
+		return nil, "", errors.New("no scenario")
+	}
+	scenario, err := filepath.Abs(run.Scenario)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := os.Stat(scenario); err != nil {
+		return nil, "", err
+	}
+	if err := checkLoopbackAddr(run.Remote); err != nil {
+		return nil, "", err
+	}
+	if run.Local == "" {
+		run.Local = "127.0.0.1"
+	}
+	if err := checkLoopback(run.Local); err != nil {
+		return nil, "", err
+	}
+	if run.LocalPort == 0 {
+		run.LocalPort = FreePort(t, run.Local)
+	}
+	switch run.Transport {
+	case "":
+		run.Transport = "u1"
+	case "u1", "t1":
+	default:
+		return nil, "", fmt.Errorf("transport %q: want u1 or t1", run.Transport)
+	}
+	if run.Calls <= 0 {
+		run.Calls = 1
+	}
+	if run.Rate <= 0 {
+		run.Rate = 10
+	}
+	if run.Domain == "" {
+		run.Domain, _, _ = net.SplitHostPort(run.Remote)
+	}
+	dir, err = os.MkdirTemp(t.TempDir(), "sipp-")
+	if err != nil {
+		return nil, "", err
+	}
+	args = []string{
+		run.Remote,
+		"-sf", scenario,
+		"-i", run.Local,
+		"-p", strconv.Itoa(run.LocalPort),
+		"-t", run.Transport,
+		"-m", strconv.Itoa(run.Calls),
+		"-r", strconv.Itoa(run.Rate),
+		"-key", "domain", run.Domain,
+		"-nostdin",
+		"-trace_msg", "-message_file", filepath.Join(dir, "messages.log"),
+		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"),
+		"-trace_stat", "-stf", filepath.Join(dir, "stats.csv"),
+		"-timeout", fmt.Sprintf("%ds", max(1, int(run.timeout().Round(time.Second)/time.Second))),
+		"-timeout_error",
+		// Abort a call on an unexpected message (a relayed 401/407 must fail
+		// the call), but send no BYE for it: these scenarios make no dialogs.
+		"-default_behaviors", "all,-bye",
+	}
+	if run.Service != "" {
+		args = append(args, "-s", run.Service)
+	}
+	if run.AuthUser != "" {
+		args = append(args, "-au", run.AuthUser)
+	}
+	if run.AuthPass != "" {
+		args = append(args, "-ap", run.AuthPass)
+	}
+	keys := make([]string, 0, len(run.Keys))
+	for k := range run.Keys {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		args = append(args, "-key", k, run.Keys[k])
+	}
+	args = append(args, run.Extra...)
+	return args, dir, nil
+}
+
+func redactArgs(args []string) []string {
+	out := slices.Clone(args)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "-ap" {
+			out[i+1] = "[redacted]"
+		}
+	}
+	return out
+}
+
+// sippCounters reads the cumulative SuccessfulCall and FailedCall counters
+// from the last row of SIPp's -trace_stat CSV (";"-separated).
+func sippCounters(stats string) (ok, failed int) {
+	r := csv.NewReader(strings.NewReader(stats))
+	r.Comma = ';'
+	r.FieldsPerRecord = -1
+	r.LazyQuotes = true
+	rows, err := r.ReadAll()
+	if err != nil || len(rows) < 2 {
+		return 0, 0
+	}
+	head, last := rows[0], rows[len(rows)-1]
+	col := func(name string) int {
+		i := slices.Index(head, name)
+		if i < 0 || i >= len(last) {
+			return 0
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(last[i]))
+		return n
+	}
+	return col("SuccessfulCall(C)"), col("FailedCall(C)")
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
