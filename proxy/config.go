@@ -80,6 +80,8 @@ type Config struct {
 	// SIPTrace logs every SIP message at debug level, with Authorization and
 	// Proxy-Authorization values redacted.
 	SIPTrace bool
+	// Observer, if set, is told about every request, for metrics.
+	Observer Observer
 	// Ready, if set, is called once every listener is bound.
 	Ready func()
 }

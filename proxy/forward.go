@@ -58,27 +58,29 @@ func (p *Proxy) registerHandlers(srv *sipgo.Server) {
 // upstream to the client.
 type forwarding struct {
 	p     *Proxy
+	rt    *routing // the configuration this request started with
 	req   *sip.Request
 	tx    sip.ServerTransaction
-	creds Credentials
 	log   *slog.Logger
 	start time.Time
 
-	hop      hop     // where the request goes
+	hop      hop       // where the request goes
 	up       *upstream // the upstream the request goes to; nil toward a client
-	dlg      *dialog // the dialog the request belongs to, if known
-	toClient bool    // the upstream sent it into a dialog, toward the client
+	dlg      *dialog   // the dialog the request belongs to, if known
+	toClient bool      // the upstream sent it into a dialog, toward the client
 
-	user    string       // SIP URI user credentials are looked up for
-	key     cseqKey      // the sender's CSeq space
-	fwd     *sip.Request // the request as last sent
-	auth    []authAnswer // answers carried by fwd
-	rounds  int          // challenges answered
-	realms  []string     // realms answered, for the log
-	credIDs []string     // credentials used, for the log (never secrets)
-	replied bool         // a final response went to the sender
-	status  int          // that response's code
-	outcome string       // short word for the log line
+	user    string        // SIP URI user credentials are looked up for
+	key     cseqKey       // the sender's CSeq space
+	fwd     *sip.Request  // the request as last sent
+	auth    []authAnswer  // answers carried by fwd
+	rounds  int           // challenges answered
+	realms  []string      // realms answered, for the log
+	credIDs []string      // credentials used, for the log (never secrets)
+	replied bool          // a final response went to the sender
+	status  int           // that response's code
+	outcome string        // short word for the log line
+	sentAt  time.Time     // when the request first went to the next hop
+	hopTime time.Duration // time from sentAt to the final response
 	tries   map[string]bool
 }
 
@@ -101,9 +103,8 @@ type hop struct {
 // transaction when a handler returns (see ../shared notes §1.2).
 func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	f := &forwarding{
-		p: p, req: req, tx: tx, start: time.Now(),
-		creds: p.creds.Load().Credentials,
-		log:   p.log.With(logMethod, req.Method.String(), logCallID, callID(req)),
+		p: p, req: req, tx: tx, start: time.Now(), rt: p.rt.Load(),
+		log: p.log.With(logMethod, req.Method.String(), logCallID, callID(req)),
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -162,6 +163,7 @@ func (f *forwarding) run() {
 		return
 	}
 	f.fwd = fwd
+	f.sentAt = time.Now()
 	clTx, err := f.send(fwd)
 	if err != nil {
 		f.log.Warn("next hop unreachable", "error", err)
@@ -199,13 +201,13 @@ func (f *forwarding) route() bool {
 	// Request-URI, and it must be a configured upstream.
 	routes := f.foreignRoutes()
 	if len(routes) > 0 {
-		f.up = p.matchUpstream(routes[0].Address)
+		f.up = f.rt.matchUpstream(routes[0].Address)
 		if f.up == nil {
 			f.respondLocal(sip.StatusNotFound, "No Upstream For Route", "no-route")
 			return false
 		}
 	} else {
-		f.up = p.matchUpstream(req.Recipient)
+		f.up = f.rt.matchUpstream(req.Recipient)
 		if f.up == nil && p.isOwnURI(req.Recipient) && req.Recipient.User == "" && req.Method == sip.OPTIONS {
 			f.respondLocal(sip.StatusOK, "OK", "local")
 			return false
@@ -216,7 +218,7 @@ func (f *forwarding) route() bool {
 			f.up = f.dlg.up
 		}
 		if f.up == nil {
-			f.up = p.defaultUpstream()
+			f.up = f.rt.defaultUpstream()
 		}
 		if f.up == nil {
 			f.respondLocal(sip.StatusNotFound, "No Upstream For Request-URI", "no-route")
@@ -530,7 +532,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 		f.outcome = "no-challenge"
 		return nil, nil
 	}
-	if f.rounds >= f.p.cfg.MaxChallenges {
+	if f.rounds >= f.rt.maxChallenges {
 		f.outcome = "challenge-limit"
 		return nil, nil
 	}
@@ -548,7 +550,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 		if picked[k] {
 			continue // RFC 8760 §2.4: the topmost supported challenge per realm
 		}
-		cred := f.creds.Lookup(f.up.Address, c.Realm, f.user)
+		cred := f.rt.creds.Lookup(f.up.Address, c.Realm, f.user)
 		if !canAnswer(c, cred) {
 			continue
 		}
@@ -556,6 +558,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 			// We answered this realm and got challenged again without
 			// stale=true: the credentials were rejected.
 			f.outcome = "rejected"
+			f.p.cfg.Observer.AuthRejected(f.up.Name)
 			return nil, nil
 		}
 		picked[k] = true
@@ -588,6 +591,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 		}
 		answers = append(answers, authAnswer{key: pk.ch.key(), header: pk.ch.authHeaderName(), value: val})
 		f.tries[pk.ch.key()] = true
+		f.p.cfg.Observer.ChallengeAnswered(f.up.Name, pk.ch.Realm, pk.ch.Stale)
 		f.realms = append(f.realms, pk.ch.Realm)
 		f.credIDs = append(f.credIDs, pk.cred.String())
 	}
@@ -626,6 +630,9 @@ func (f *forwarding) relay(res *sip.Response) {
 	if !res.IsProvisional() {
 		f.replied = true
 		f.status = res.StatusCode
+		if !f.sentAt.IsZero() {
+			f.hopTime = time.Since(f.sentAt)
+		}
 		if f.outcome == "" {
 			f.outcome = "relayed"
 		}
@@ -680,6 +687,13 @@ func (f *forwarding) cseqTTL(res *sip.Response) time.Duration {
 }
 
 func (f *forwarding) logDone() {
+	upName := ""
+	if f.up != nil {
+		upName = f.up.Name
+	} else if f.dlg != nil {
+		upName = f.dlg.up.Name
+	}
+	f.p.cfg.Observer.RequestDone(f.req.Method.String(), upName, f.status, f.outcome, time.Since(f.start), f.hopTime)
 	lvl := slog.LevelInfo
 	if f.status >= 500 || !f.replied {
 		lvl = slog.LevelWarn
@@ -759,7 +773,7 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 			return
 		}
 	}
-	f := &forwarding{p: p, req: req, creds: p.creds.Load().Credentials, log: log}
+	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log}
 	if !f.routeQuiet() {
 		log.Debug("dropping ACK with no next hop")
 		return

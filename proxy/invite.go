@@ -283,7 +283,7 @@ func (f *forwarding) hangUpUpstream(res *sip.Response) {
 	}
 	bye := mk(sip.BYE, inv.CSeq().SeqNo+1)
 	g := &forwarding{
-		p: f.p, req: bye, tx: discardTx{}, creds: f.creds, log: f.log.With("hangup", true),
+		p: f.p, rt: f.rt, req: bye, tx: discardTx{}, log: f.log.With("hangup", true),
 		hop: f.hop, up: f.up, user: f.user, key: f.key, fwd: bye,
 	}
 	go g.hangUp()

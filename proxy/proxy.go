@@ -33,10 +33,9 @@ func init() {
 // listeners, forwards their requests to the configured upstreams and answers
 // the upstreams' digest challenges with the configured credentials.
 type Proxy struct {
-	cfg       Config
-	log       *slog.Logger
-	upstreams []*upstream
-	creds     atomic.Pointer[credentialsBox]
+	cfg Config
+	log *slog.Logger
+	rt  atomic.Pointer[routing]
 
 	ua     *sipgo.UserAgent
 	srv    *sipgo.Server
@@ -53,9 +52,6 @@ type Proxy struct {
 
 	flight inflight
 }
-
-// credentialsBox lets an interface value live in an atomic.Pointer.
-type credentialsBox struct{ Credentials }
 
 // boundListener is a Listener after bind: its real port and the host we
 // advertise in Via and Record-Route.
@@ -91,27 +87,60 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = defaultShutdownGrace
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Proxy{
-		cfg:       cfg,
-		log:       log,
-		upstreams: ups,
-		cseq:      newCSeqTable(),
-		nonces:    newNonceCounter(),
-		dialogs:   newDialogTable(),
+		cfg:     cfg,
+		log:     log,
+		cseq:    newCSeqTable(),
+		nonces:  newNonceCounter(),
+		dialogs: newDialogTable(),
 	}
-	p.creds.Store(&credentialsBox{cfg.Credentials})
+	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges})
 	return p, nil
 }
 
-// SetCredentials swaps the credential source for requests that start from
-// now on (a configuration reload); requests in flight keep the one they
-// started with.
-func (p *Proxy) SetCredentials(c Credentials) {
-	p.creds.Store(&credentialsBox{c})
+// ErrRestartRequired is wrapped by Reload when the new configuration
+// changes something only a restart can apply (the listeners).
+var ErrRestartRequired = errors.New("listener changes need a restart")
+
+// Reload applies a new configuration to requests that start from now on:
+// upstreams, routes, credentials and the challenge budget are swapped as
+// one. Requests, transactions and dialogs in progress keep what they
+// started with. An invalid configuration is rejected whole and the old one
+// stays. Listener changes are not applied (they need new sockets): Reload
+// then applies everything else and returns an error wrapping
+// ErrRestartRequired.
+func (p *Proxy) Reload(cfg Config) error {
+	ups, err := cfg.validate()
+	if err != nil {
+		return fmt.Errorf("proxy config: %w", err)
+	}
+	if cfg.MaxChallenges <= 0 {
+		cfg.MaxChallenges = defaultMaxChallenges
+	}
+	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges})
+	if !sameListeners(p.cfg.Listeners, cfg.Listeners) {
+		return fmt.Errorf("reload: %w", ErrRestartRequired)
+	}
+	return nil
+}
+
+func sameListeners(a, b []Listener) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !strings.EqualFold(a[i].Transport, b[i].Transport) || a[i].Address != b[i].Address || a[i].Advertise != b[i].Advertise {
+			return false
+		}
+	}
+	return true
 }
 
 // DialogCount returns the number of established dialogs authproxy tracks.

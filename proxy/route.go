@@ -46,13 +46,23 @@ func (p *Proxy) isOwnVia(v *sip.ViaHeader) bool {
 	return false
 }
 
+// routing is the part of the configuration a reload swaps as one: the
+// upstreams and the credentials that answer them. A request reads it once
+// when it starts and keeps it to the end, so a reload never changes the
+// rules under a request in flight.
+type routing struct {
+	upstreams     []*upstream
+	creds         Credentials
+	maxChallenges int
+}
+
 // matchUpstream returns the configured upstream u names, if any: by address
 // host (and port, when u carries one and two upstreams share the host) or by
 // one of its domains. Never an arbitrary host.
-func (p *Proxy) matchUpstream(u sip.Uri) *upstream {
+func (rt *routing) matchUpstream(u sip.Uri) *upstream {
 	host := strings.ToLower(strings.Trim(u.Host, "[]"))
 	var byHost *upstream
-	for _, up := range p.upstreams {
+	for _, up := range rt.upstreams {
 		if up.host == host {
 			if u.Port == 0 || u.Port == up.port {
 				if u.Port != 0 || byHost == nil {
@@ -67,7 +77,7 @@ func (p *Proxy) matchUpstream(u sip.Uri) *upstream {
 	if byHost != nil {
 		return byHost
 	}
-	for _, up := range p.upstreams {
+	for _, up := range rt.upstreams {
 		for _, d := range up.Domains {
 			if strings.EqualFold(d, host) {
 				return up
@@ -78,8 +88,8 @@ func (p *Proxy) matchUpstream(u sip.Uri) *upstream {
 }
 
 // defaultUpstream returns the upstream marked default, if any.
-func (p *Proxy) defaultUpstream() *upstream {
-	for _, up := range p.upstreams {
+func (rt *routing) defaultUpstream() *upstream {
+	for _, up := range rt.upstreams {
 		if up.Default {
 			return up
 		}

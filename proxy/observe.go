@@ -1,0 +1,33 @@
+package proxy
+
+import "time"
+
+// Observer is told what the proxy does, for metrics. Its methods run on the
+// request path: they must be fast and safe for concurrent use. Every value
+// passed is bounded and public — a method, a status, an upstream's
+// configured name, a realm, an outcome word — never a username, a Call-ID
+// or anything secret, so an implementation may use them as labels.
+type Observer interface {
+	// RequestDone reports a finished request: its method, the upstream it
+	// went to ("" when it went nowhere or to a client), the final status
+	// sent back (0 when none was, e.g. after a CANCEL), a one-word outcome,
+	// the time from receipt to the final response, and the part of it spent
+	// waiting on the next hop.
+	RequestDone(method, upstream string, status int, outcome string, total, nextHop time.Duration)
+	// ChallengeAnswered reports a 401/407 answered for realm; stale when the
+	// upstream had marked the previous nonce stale.
+	ChallengeAnswered(upstream, realm string, stale bool)
+	// AuthRejected reports credentials the upstream refused: its re-challenge
+	// was relayed to the client.
+	AuthRejected(upstream string)
+}
+
+// noObserver is the Observer used when Config.Observer is nil.
+type noObserver struct{}
+
+func (noObserver) RequestDone(string, string, int, string, time.Duration, time.Duration) {}
+func (noObserver) ChallengeAnswered(string, string, bool)                                {}
+func (noObserver) AuthRejected(string)                                                   {}
+
+// InFlight returns the number of requests being handled now.
+func (p *Proxy) InFlight() int { return p.flight.count() }
