@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -19,6 +20,12 @@ type Config struct {
 	Log Log
 	// Proxy tunes the proxy core.
 	Proxy Proxy
+	// Admin configures the HTTP admin listener (metrics, health, status).
+	Admin Admin
+	// Health configures the OPTIONS health checks of the upstreams.
+	Health Health
+	// Reload configures live reloading of the configuration file.
+	Reload Reload
 	// Listen has at least one entry.
 	Listen []Listen
 	// Upstreams has at least one entry; names are unique, at most one is
@@ -28,6 +35,42 @@ type Config struct {
 	// (Password, or one or more HA1s) and its Server resolved: an upstream
 	// name is replaced by that upstream's normalised address.
 	Credentials []credentials.Entry
+	// Clients are the [[client]] groups, in file order: who is admitted,
+	// to which upstreams. At least one (authproxy admits no one by default).
+	Clients []Client
+	// Limits is the [limits] table.
+	Limits Limits
+}
+
+// Client is one [[client]] group.
+type Client struct {
+	// Name identifies the group in logs.
+	Name string
+	// Networks are the admitted source prefixes; empty admits any source
+	// (then Users must be set).
+	Networks []netip.Prefix
+	// Upstreams are the upstream names the group may use; "*" is all.
+	Upstreams []string
+	// Trusted keeps the identity headers (P-Asserted-Identity, ...) its
+	// clients send.
+	Trusted bool
+	// Realm is the realm of authproxy's own challenge (default "authproxy").
+	Realm string
+	// Users are local accounts; when present, clients must authenticate
+	// to authproxy itself.
+	Users map[string]credentials.Secret
+}
+
+// Limits is the [limits] table: abuse limits per source and in total.
+type Limits struct {
+	Rate         float64 // requests per second per source; 0 = off
+	Burst        int
+	MaxPerSource int // requests in progress per source; 0 = off
+	MaxTotal     int // requests in progress in total; 0 = off
+	AuthFailures int // failed local authentications before a block; 0 = off
+	BlockFor     time.Duration
+	MaxSources   int
+	Drop         bool // deny = "drop": refused UDP requests are not answered
 }
 
 // Log is the [log] table: how cmd/authproxy builds its slog handler.
@@ -51,6 +94,37 @@ type Proxy struct {
 	// ShutdownGrace is how long transactions in flight may finish after
 	// SIGTERM (default 5s).
 	ShutdownGrace time.Duration
+}
+
+// Admin is the [admin] table: the HTTP listener serving /metrics,
+// /healthz, /readyz and /status.
+type Admin struct {
+	// Address is the local "host:port" the admin listener binds, host
+	// lowercased; empty (the default) means no admin listener. Port 0 means
+	// any free port. The endpoints have no authentication: bind loopback or
+	// an interface only the monitoring network reaches.
+	Address string
+}
+
+// Health is the [health] table: OPTIONS pings that mark upstreams up or
+// down for /readyz, /status and the metrics.
+type Health struct {
+	// OptionsInterval is the time between two OPTIONS pings to each
+	// upstream; zero (the default) turns the pings off.
+	OptionsInterval time.Duration
+	// DownAfter is how many consecutive unanswered pings mark an upstream
+	// down, 1..100 (default 3).
+	DownAfter int
+	// UpAfter is how many consecutive answered pings mark a down upstream
+	// up again, 1..100 (default 2).
+	UpAfter int
+}
+
+// Reload is the [reload] table.
+type Reload struct {
+	// Watch reloads the configuration when its file changes, as SIGHUP
+	// does (default false).
+	Watch bool
 }
 
 // Listen is one [[listen]] entry: a local socket serving SIP clients.

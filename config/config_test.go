@@ -79,7 +79,7 @@ func fieldErrors(t *testing.T, err error) []*config.FieldError {
 // mustParse parses data with an empty environment and fails on error.
 func mustParse(t *testing.T, data string, opts ...config.Option) *config.Config {
 	t.Helper()
-	cfg, err := config.Parse([]byte(data), append([]config.Option{env(nil)}, opts...)...)
+	cfg, err := config.Parse(withClient(data), append([]config.Option{env(nil)}, opts...)...)
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
@@ -362,7 +362,7 @@ func TestValidationRules(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(t, dir)
 			}
-			_, err := config.Parse([]byte(tc.toml), env(tc.env), config.WithBaseDir(dir))
+			_, err := config.Parse(withClient(tc.toml), env(tc.env), config.WithBaseDir(dir))
 			if err == nil {
 				t.Fatalf("Parse succeeded, want %v at %s", tc.err, tc.key)
 			}
@@ -403,7 +403,7 @@ username = "bob"
 password = "x"
 server = "pbx-z"
 `
-	_, err := config.Parse([]byte(toml), env(nil))
+	_, err := config.Parse(withClient(toml), env(nil))
 	errs := fieldErrors(t, err)
 	if len(errs) != 3 {
 		t.Fatalf("got %d errors, want 3:\n%v", len(errs), err)
@@ -418,7 +418,7 @@ server = "pbx-z"
 }
 
 func TestUnknownKeyMessage(t *testing.T) {
-	_, err := config.Parse([]byte(listenOK+`
+	_, err := config.Parse(withClient(listenOK+`
 [[upstream]]
 name = "pbx-a"
 adress = "127.0.0.2"
@@ -436,7 +436,7 @@ adress = "127.0.0.2"
 }
 
 func TestSyntaxError(t *testing.T) {
-	_, err := config.Parse([]byte("[log]\nlevel = \"info\n"), env(nil))
+	_, err := config.Parse(withClient("[log]\nlevel = \"info\n"), env(nil))
 	if !errors.Is(err, config.ErrSyntax) {
 		t.Fatalf("err = %v, want ErrSyntax", err)
 	}
@@ -486,7 +486,7 @@ shutdown_grace = "1s"
 		}
 	})
 	t.Run("WrongTypeNamesVariable", func(t *testing.T) {
-		_, err := config.Parse([]byte(file), env(map[string]string{"AUTHPROXY_PROXY__MAX_CHALLENGES": "many"}))
+		_, err := config.Parse(withClient(file), env(map[string]string{"AUTHPROXY_PROXY__MAX_CHALLENGES": "many"}))
 		errs := fieldErrors(t, err)
 		if len(errs) != 1 {
 			t.Fatalf("got %d errors, want 1: %v", len(errs), err)
@@ -501,7 +501,7 @@ shutdown_grace = "1s"
 		}
 	})
 	t.Run("InvalidValueNamesVariable", func(t *testing.T) {
-		_, err := config.Parse([]byte(file), env(map[string]string{"AUTHPROXY_PROXY__SHUTDOWN_GRACE": "soon"}))
+		_, err := config.Parse(withClient(file), env(map[string]string{"AUTHPROXY_PROXY__SHUTDOWN_GRACE": "soon"}))
 		if err == nil || !strings.Contains(err.Error(), "$AUTHPROXY_PROXY__SHUTDOWN_GRACE") {
 			t.Errorf("err = %v, want it to name $AUTHPROXY_PROXY__SHUTDOWN_GRACE", err)
 		}
@@ -511,7 +511,7 @@ shutdown_grace = "1s"
 		// [log] and [proxy] keys and the password_env variables, nothing
 		// else.
 		var asked []string
-		_, err := config.Parse([]byte(listenOK+upstreamsOK+"[[credential]]\nusername = \"a\"\npassword_env = \"A_PW\"\n"),
+		_, err := config.Parse(withClient(listenOK+upstreamsOK+"[[credential]]\nusername = \"a\"\npassword_env = \"A_PW\"\n"),
 			config.WithLookupEnv(func(k string) (string, bool) {
 				asked = append(asked, k)
 				if k == "A_PW" {
@@ -522,13 +522,15 @@ shutdown_grace = "1s"
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := []string{
-			"AUTHPROXY_LOG__LEVEL", "AUTHPROXY_LOG__FORMAT", "AUTHPROXY_LOG__SIP_TRACE",
-			"AUTHPROXY_PROXY__MAX_CHALLENGES", "AUTHPROXY_PROXY__SHUTDOWN_GRACE",
-			"A_PW",
+		// Only AUTHPROXY_<TABLE>__<KEY> variables of scalar tables, and the
+		// one password_env names.
+		for _, k := range asked {
+			if k != "A_PW" && (!strings.HasPrefix(k, "AUTHPROXY_") || !strings.Contains(k, "__")) {
+				t.Errorf("read variable %q", k)
+			}
 		}
-		if !reflect.DeepEqual(asked, want) {
-			t.Errorf("variables read = %q, want %q", asked, want)
+		if len(asked) == 0 || asked[len(asked)-1] != "A_PW" {
+			t.Errorf("variables read = %q, want password_env's A_PW last", asked)
 		}
 	})
 }
@@ -591,7 +593,7 @@ func TestSecretSources(t *testing.T) {
 }
 
 func TestPasswordFileErrorWrapsOSError(t *testing.T) {
-	_, err := config.Parse([]byte(baseOK+"[[credential]]\nusername = \"bob\"\nrealm = \"r\"\npassword_file = \"missing\"\n"),
+	_, err := config.Parse(withClient(baseOK+"[[credential]]\nusername = \"bob\"\nrealm = \"r\"\npassword_file = \"missing\"\n"),
 		env(nil), config.WithBaseDir(t.TempDir()))
 	if !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, config.ErrInvalid) {
 		t.Errorf("err = %v, want ErrInvalid and fs.ErrNotExist", err)
@@ -659,7 +661,7 @@ func TestNoSecretInErrors(t *testing.T) {
 		"EverythingWrong": "[log]\nlevel = 1\n[[credential]]\npassword = \"" + secret + "\"\nserver = \"nowhere\"\n",
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := config.Parse([]byte(toml), env(map[string]string{"PW": secret}), config.WithBaseDir(dir))
+			_, err := config.Parse(withClient(toml), env(map[string]string{"PW": secret}), config.WithBaseDir(dir))
 			if err == nil {
 				t.Fatal("Parse succeeded, want an error")
 			}
@@ -689,7 +691,7 @@ func TestLoad(t *testing.T) {
 	}
 
 	t.Run("PasswordFileRelativeToConfig", func(t *testing.T) {
-		write(t, listenOK+upstreamsOK+"[[credential]]\nusername = \"alice\"\npassword_file = \"secrets/alice\"\n")
+		write(t, string(withClient(listenOK+upstreamsOK+"[[credential]]\nusername = \"alice\"\npassword_file = \"secrets/alice\"\n")))
 		t.Chdir(t.TempDir()) // the working directory must not matter
 		cfg, err := config.Load(path, env(nil))
 		if err != nil {
@@ -733,4 +735,83 @@ func TestParsesAreIndependent(t *testing.T) {
 	if a.Log.Level != slog.LevelDebug || b.Log.Level != slog.LevelInfo {
 		t.Errorf("levels = %v, %v; want debug, info", a.Log.Level, b.Log.Level)
 	}
+}
+
+// withClient adds a loopback [[client]] group to a test configuration that
+// has none, since a configuration without one is an error of its own.
+func withClient(toml string) []byte {
+	if strings.Contains(toml, "[[client]]") {
+		return []byte(toml)
+	}
+	return []byte(toml + "\n[[client]]\nname = \"local\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n")
+}
+
+// TestClientsAndLimits covers the access-control tables: closed by default,
+// every rule names its key, user passwords never appear in errors.
+func TestClientsAndLimits(t *testing.T) {
+	base := listenOK + upstreamsOK + credOK
+	for _, tc := range []struct {
+		name, toml, key string
+		err             error
+	}{
+		{"NoClient", base, "client", config.ErrRequired},
+		{"NameMissing", base + "[[client]]\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n", "client[0].name", config.ErrRequired},
+		{"BadNetwork", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/33\"]\nupstreams = [\"*\"]\n", "client[0].networks[0]", config.ErrInvalid},
+		{"UnknownUpstream", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"pbx-z\"]\n", "client[0].upstreams[0]", config.ErrInvalid},
+		{"NoUpstreams", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\n", "client[0].upstreams", config.ErrRequired},
+		{"OpenToAll", base + "[[client]]\nname = \"a\"\nupstreams = [\"*\"]\n", "client[0].networks", config.ErrRequired},
+		{"UserNoSecret", base + "[[client]]\nname = \"a\"\nupstreams = [\"*\"]\n[[client.user]]\nusername = \"1001\"\n", "client[0].user[0]", config.ErrRequired},
+		{"UserUnknownKey", base + "[[client]]\nname = \"a\"\nupstreams = [\"*\"]\n[[client.user]]\nusername = \"1001\"\npasword = \"" + secret + "\"\n", "client[0].user[0].pasword", config.ErrUnknownKey},
+		{"DuplicateName", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n", "client[1].name", config.ErrDuplicate},
+		{"NegativeRate", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\nrate = -1\n", "limits.rate", config.ErrInvalid},
+		{"BadDeny", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\ndeny = \"maybe\"\n", "limits.deny", config.ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse([]byte(tc.toml), env(nil))
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("error does not name %s: %v", tc.key, err)
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Fatalf("error shows a password: %v", err)
+			}
+		})
+	}
+	t.Run("Valid", func(t *testing.T) {
+		cfg, err := config.Parse([]byte(base+`
+[[client]]
+name = "office"
+networks = ["10.1.0.0/16", "192.0.2.7"]
+upstreams = ["pbx-a"]
+trusted = true
+[[client.user]]
+username = "1001"
+password = "`+secret+`"
+[[client]]
+name = "roaming"
+upstreams = ["*"]
+realm = "roam"
+[[client.user]]
+username = "1002"
+password_env = "PW"
+[limits]
+rate = 5
+deny = "drop"
+`), env(map[string]string{"PW": "x"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		office := cfg.Clients[0]
+		if office.Name != "office" || len(office.Networks) != 2 || office.Networks[1].String() != "192.0.2.7/32" || !office.Trusted || office.Users["1001"].Reveal() != secret {
+			t.Fatalf("office = %+v", office)
+		}
+		if cfg.Clients[1].Realm != "roam" || cfg.Clients[1].Users["1002"].Reveal() != "x" {
+			t.Fatalf("roaming = %+v", cfg.Clients[1])
+		}
+		if cfg.Limits.Rate != 5 || !cfg.Limits.Drop || cfg.Limits.Burst != 100 || cfg.Limits.BlockFor != 5*time.Minute {
+			t.Fatalf("limits = %+v", cfg.Limits)
+		}
+	})
 }

@@ -12,10 +12,13 @@
 // Each Parse call builds its own koanf instance and merges, in order:
 //
 //  1. built-in defaults (log.level "info", log.format "auto",
-//     log.sip_trace false, proxy.max_challenges 3, proxy.shutdown_grace "5s");
+//     log.sip_trace false, proxy.max_challenges 3, proxy.shutdown_grace "5s",
+//     admin.address "" (no admin listener), health.options_interval "0s"
+//     (no health checks), health.down_after 3, health.up_after 2,
+//     reload.watch false);
 //  2. the TOML file;
-//  3. environment overrides for the scalar keys of the [log] and [proxy]
-//     tables, named AUTHPROXY_<TABLE>__<KEY> with a double underscore
+//  3. environment overrides for the scalar keys of the top-level tables
+//     ([log], [proxy], [admin], [health], [reload], ...), named AUTHPROXY_<TABLE>__<KEY> with a double underscore
 //     between table and key, e.g. AUTHPROXY_LOG__LEVEL=debug or
 //     AUTHPROXY_PROXY__MAX_CHALLENGES=5 (single underscores belong to the
 //     key name). An empty variable counts as unset. The arrays of tables

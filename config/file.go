@@ -27,9 +27,41 @@ import (
 type fileConfig struct {
 	Log        fileLog          `koanf:"log"`
 	Proxy      fileProxy        `koanf:"proxy"`
+	Admin      fileAdmin        `koanf:"admin"`
+	Health     fileHealth       `koanf:"health"`
+	Reload     fileReload       `koanf:"reload"`
 	Listen     []fileListen     `koanf:"listen"`
 	Upstream   []fileUpstream   `koanf:"upstream"`
 	Credential []fileCredential `koanf:"credential"`
+	Client     []fileClient     `koanf:"client"`
+	Limits     fileLimits       `koanf:"limits"`
+}
+
+type fileClient struct {
+	Name      string           `koanf:"name"`
+	Networks  []string         `koanf:"networks"`
+	Upstreams []string         `koanf:"upstreams"`
+	Trusted   bool             `koanf:"trusted"`
+	Realm     string           `koanf:"realm"`
+	User      []fileClientUser `koanf:"user"`
+}
+
+type fileClientUser struct {
+	Username     string  `koanf:"username"`
+	Password     *string `koanf:"password"`
+	PasswordEnv  *string `koanf:"password_env"`
+	PasswordFile *string `koanf:"password_file"`
+}
+
+type fileLimits struct {
+	Rate         int     `koanf:"rate"`
+	Burst        int     `koanf:"burst"`
+	MaxPerSource int     `koanf:"max_per_source"`
+	MaxTotal     int     `koanf:"max_total"`
+	AuthFailures int     `koanf:"auth_failures"`
+	BlockFor     string  `koanf:"block_for"`
+	MaxSources   int     `koanf:"max_sources"`
+	Deny         string  `koanf:"deny"`
 }
 
 type fileLog struct {
@@ -41,6 +73,20 @@ type fileLog struct {
 type fileProxy struct {
 	MaxChallenges int    `koanf:"max_challenges"`
 	ShutdownGrace string `koanf:"shutdown_grace"`
+}
+
+type fileAdmin struct {
+	Address string `koanf:"address"`
+}
+
+type fileHealth struct {
+	OptionsInterval string `koanf:"options_interval"`
+	DownAfter       int    `koanf:"down_after"`
+	UpAfter         int    `koanf:"up_after"`
+}
+
+type fileReload struct {
+	Watch bool `koanf:"watch"`
 }
 
 type fileListen struct {
@@ -84,6 +130,11 @@ func isSecretKey(name string) bool {
 	return false
 }
 
+// isDurationKey reports whether a key holds a duration string.
+func isDurationKey(name string) bool {
+	return name == "shutdown_grace" || name == "options_interval"
+}
+
 // defaultsTOML is the first layer. Per-element defaults of the arrays of
 // tables (transport "udp", upstream port 5060) are applied in validation:
 // koanf merges arrays as a whole, so it cannot default inside them.
@@ -96,6 +147,27 @@ sip_trace = false
 [proxy]
 max_challenges = 3
 shutdown_grace = "5s"
+
+[admin]
+address = ""
+
+[health]
+options_interval = "0s"
+down_after = 3
+up_after = 2
+
+[reload]
+watch = false
+
+[limits]
+rate = 50
+burst = 100
+max_per_source = 200
+max_total = 10000
+auth_failures = 5
+block_for = "5m"
+max_sources = 100000
+deny = "reject"
 `
 
 // envPrefix starts every environment override.
@@ -408,7 +480,7 @@ func typeRule(key string, raw any, err error) string {
 		return err.Error()
 	}
 	name := tomlTypeName(want)
-	if lastSegment(key) == "shutdown_grace" {
+	if isDurationKey(lastSegment(key)) {
 		name = `a duration string such as "5s"`
 	}
 	return "must be " + name + ", not " + tomlValueName(raw)

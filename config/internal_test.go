@@ -2,6 +2,7 @@ package config
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -18,9 +19,19 @@ func TestEnvKeys(t *testing.T) {
 		"AUTHPROXY_LOG__SIP_TRACE":        "log.sip_trace",
 		"AUTHPROXY_PROXY__MAX_CHALLENGES": "proxy.max_challenges",
 		"AUTHPROXY_PROXY__SHUTDOWN_GRACE": "proxy.shutdown_grace",
+		"AUTHPROXY_LIMITS__RATE":          "limits.rate",
+		"AUTHPROXY_LIMITS__DENY":          "limits.deny",
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("envKeys() = %v, want %v", got, want)
+	for name, key := range want {
+		if got[name] != key {
+			t.Errorf("envKeys()[%s] = %q, want %q", name, got[name], key)
+		}
+	}
+	// Every variable follows the documented AUTHPROXY_<TABLE>__<KEY> rule.
+	for name, key := range got {
+		if w := "AUTHPROXY_" + strings.ToUpper(strings.Replace(key, ".", "__", 1)); name != w {
+			t.Errorf("variable %s for %s, want %s", name, key, w)
+		}
 	}
 }
 
@@ -38,12 +49,15 @@ func TestDefaultsLoad(t *testing.T) {
 	if len(v.errs) != 0 {
 		t.Fatalf("defaults do not decode cleanly: %v", v.errs)
 	}
-	want := fileConfig{
-		Log:   fileLog{Level: "info", Format: "auto"},
-		Proxy: fileProxy{MaxChallenges: 3, ShutdownGrace: "5s"},
+	if want := (fileLog{Level: "info", Format: "auto"}); fc.Log != want {
+		t.Errorf("log defaults = %+v, want %+v", fc.Log, want)
 	}
-	if !reflect.DeepEqual(fc, want) {
-		t.Errorf("defaults = %+v, want %+v", fc, want)
+	if want := (fileProxy{MaxChallenges: 3, ShutdownGrace: "5s"}); fc.Proxy != want {
+		t.Errorf("proxy defaults = %+v, want %+v", fc.Proxy, want)
+	}
+	want := fileLimits{Rate: 50, Burst: 100, MaxPerSource: 200, MaxTotal: 10000, AuthFailures: 5, BlockFor: "5m", MaxSources: 100000, Deny: "reject"}
+	if fc.Limits != want {
+		t.Errorf("limits defaults = %+v, want %+v", fc.Limits, want)
 	}
 }
 

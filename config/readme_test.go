@@ -50,6 +50,9 @@ func checkMarkdownTOML(t *testing.T, name string, data []byte) {
 			if !strings.Contains(text, "[[listen]]") {
 				text += "\n" + listenOK
 			}
+			if !strings.Contains(text, "[[client]]") {
+				text += "\n[[client]]\nname = \"readme\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n"
+			}
 			if !strings.Contains(text, "[[upstream]]") {
 				text += "\n[[upstream]]\nname = \"pbx-a\"\naddress = \"127.0.0.2:5060\"\n" +
 					"\n[[upstream]]\nname = \"pbx-b\"\naddress = \"127.0.0.3:5060\"\n"

@@ -28,6 +28,13 @@ const (
 	// password, and the bound keeps a mistaken path (a log, a device) from
 	// being read whole.
 	maxPasswordFile = 64 << 10
+	// minOptionsInterval bounds how often authproxy pings each upstream:
+	// ten OPTIONS a second is already more than any PBX needs to prove it
+	// is alive, and a typo ("1ms") must not turn health checks into load.
+	minOptionsInterval = 100 * time.Millisecond
+	// maxHealthThreshold caps down_after and up_after: a larger count would
+	// take minutes to notice anything at any sensible interval.
+	maxHealthThreshold = 100
 )
 
 // validator collects errors while the raw file is loaded, decoded and
@@ -68,12 +75,114 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg := &Config{
 		Log:    v.buildLog(fc.Log),
 		Proxy:  v.buildProxy(fc.Proxy),
+		Admin:  v.buildAdmin(fc.Admin),
+		Health: v.buildHealth(fc.Health),
+		Reload: Reload{Watch: fc.Reload.Watch},
 		Listen: v.buildListen(fc.Listen),
 	}
 	var idx upstreamIndex
 	cfg.Upstreams, idx = v.buildUpstreams(fc.Upstream)
 	cfg.Credentials = v.buildCredentials(fc.Credential, idx)
+	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
+	cfg.Limits = v.buildLimits(fc.Limits)
 	return cfg
+}
+
+func (v *validator) buildClients(cs []fileClient, ups []Upstream) []Client {
+	if len(cs) == 0 {
+		v.add("client", "", "at least one [[client]] group is required: authproxy admits no one by default", ErrRequired, nil)
+		return nil
+	}
+	names := map[string]int{}
+	out := make([]Client, 0, len(cs))
+	for i, c := range cs {
+		key := fmt.Sprintf("client[%d]", i)
+		g := Client{Name: c.Name, Upstreams: c.Upstreams, Trusted: c.Trusted, Realm: c.Realm}
+		if c.Name == "" {
+			v.add(key+".name", "", "is required", ErrRequired, nil)
+		} else if j, dup := names[c.Name]; dup {
+			v.add(key+".name", strconv.Quote(c.Name), fmt.Sprintf("duplicates client[%d].name", j), ErrDuplicate, nil)
+		} else {
+			names[c.Name] = i
+		}
+		for j, n := range c.Networks {
+			p, err := netip.ParsePrefix(n)
+			if err != nil {
+				if a, aerr := netip.ParseAddr(n); aerr == nil {
+					p, err = a.Prefix(a.BitLen())
+				}
+			}
+			if err != nil {
+				v.add(fmt.Sprintf("%s.networks[%d]", key, j), strconv.Quote(n), "must be a CIDR prefix such as 10.0.0.0/8 or an address", ErrInvalid, nil)
+				continue
+			}
+			g.Networks = append(g.Networks, p.Masked())
+		}
+		if len(c.Upstreams) == 0 {
+			v.add(key+".upstreams", "", `is required: the upstream names this group may use, or ["*"]`, ErrRequired, nil)
+		}
+		for j, u := range c.Upstreams {
+			if u == "*" {
+				continue
+			}
+			found := false
+			for _, up := range ups {
+				found = found || up.Name == u
+			}
+			if !found {
+				v.add(fmt.Sprintf("%s.upstreams[%d]", key, j), strconv.Quote(u), "names no configured upstream", ErrInvalid, nil)
+			}
+		}
+		if len(c.User) > 0 {
+			g.Users = map[string]credentials.Secret{}
+		}
+		for j, u := range c.User {
+			ukey := fmt.Sprintf("%s.user[%d]", key, j)
+			if u.Username == "" {
+				v.add(ukey+".username", "", "is required", ErrRequired, nil)
+				continue
+			}
+			if _, dup := g.Users[u.Username]; dup {
+				v.add(ukey+".username", strconv.Quote(u.Username), "duplicates another user of this group", ErrDuplicate, nil)
+				continue
+			}
+			var e credentials.Entry
+			v.loadSecret(ukey, fileCredential{Username: u.Username, Password: u.Password, PasswordEnv: u.PasswordEnv, PasswordFile: u.PasswordFile}, &e)
+			g.Users[u.Username] = e.Password
+		}
+		if len(g.Networks) == 0 && len(g.Users) == 0 {
+			v.add(key+".networks", "", "is required unless the group has users: an empty group would admit everyone", ErrRequired, nil)
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+func (v *validator) buildLimits(l fileLimits) Limits {
+	out := Limits{Rate: float64(l.Rate), Burst: l.Burst, MaxPerSource: l.MaxPerSource, MaxTotal: l.MaxTotal,
+		AuthFailures: l.AuthFailures, MaxSources: l.MaxSources}
+	for _, f := range []struct {
+		key string
+		val float64
+	}{{"limits.rate", float64(l.Rate)}, {"limits.burst", float64(l.Burst)}, {"limits.max_per_source", float64(l.MaxPerSource)},
+		{"limits.max_total", float64(l.MaxTotal)}, {"limits.auth_failures", float64(l.AuthFailures)}, {"limits.max_sources", float64(l.MaxSources)}} {
+		if f.val < 0 {
+			v.add(f.key, strconv.FormatFloat(f.val, 'g', -1, 64), "must not be negative (0 turns the limit off)", ErrInvalid, nil)
+		}
+	}
+	d, err := time.ParseDuration(l.BlockFor)
+	if err != nil || d < 0 {
+		v.add("limits.block_for", strconv.Quote(l.BlockFor), `must be a duration such as "5m"`, ErrInvalid, nil)
+	}
+	out.BlockFor = d
+	switch strings.ToLower(l.Deny) {
+	case "reject":
+	case "drop":
+		out.Drop = true
+	default:
+		v.add("limits.deny", strconv.Quote(l.Deny), `must be "reject" (403/503) or "drop" (no answer on UDP)`, ErrInvalid, nil)
+	}
+	return out
 }
 
 func (v *validator) buildLog(l fileLog) Log {
@@ -114,6 +223,44 @@ func (v *validator) buildProxy(p fileProxy) Proxy {
 		v.add("proxy.shutdown_grace", strconv.Quote(p.ShutdownGrace), "must not be negative", ErrInvalid, nil)
 	}
 	out.ShutdownGrace = d
+	return out
+}
+
+func (v *validator) buildAdmin(a fileAdmin) Admin {
+	if a.Address == "" {
+		return Admin{}
+	}
+	host, port, rule := parseAddress(a.Address, 0)
+	if rule != "" {
+		v.add("admin.address", strconv.Quote(a.Address), rule+`, or "" for no admin listener`, ErrInvalid, nil)
+		return Admin{Address: a.Address}
+	}
+	return Admin{Address: net.JoinHostPort(host, strconv.Itoa(port))}
+}
+
+func (v *validator) buildHealth(h fileHealth) Health {
+	out := Health{DownAfter: h.DownAfter, UpAfter: h.UpAfter}
+	d, err := time.ParseDuration(h.OptionsInterval)
+	switch {
+	case err != nil:
+		v.add("health.options_interval", strconv.Quote(h.OptionsInterval),
+			`must be a duration such as "10s" or "1m", or "0s" for no health checks`, ErrInvalid, nil)
+	case d < 0:
+		v.add("health.options_interval", strconv.Quote(h.OptionsInterval), "must not be negative", ErrInvalid, nil)
+	case d > 0 && d < minOptionsInterval:
+		v.add("health.options_interval", strconv.Quote(h.OptionsInterval),
+			fmt.Sprintf("must be 0s (off) or at least %s", minOptionsInterval), ErrInvalid, nil)
+	default:
+		out.OptionsInterval = d
+	}
+	for _, k := range []struct {
+		key string
+		n   int
+	}{{"health.down_after", h.DownAfter}, {"health.up_after", h.UpAfter}} {
+		if k.n < 1 || k.n > maxHealthThreshold {
+			v.add(k.key, strconv.Itoa(k.n), fmt.Sprintf("must be between 1 and %d", maxHealthThreshold), ErrInvalid, nil)
+		}
+	}
 	return out
 }
 

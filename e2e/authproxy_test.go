@@ -37,8 +37,13 @@ const authproxyStopGrace = 10 * time.Second
 // authproxy has logged the JSON line {"msg":"ready"}, which it prints after
 // every listener is bound. Cleanup sends SIGTERM, waits (bounded), then
 // SIGKILL, and fails the test if the race detector reported anything.
+// A configuration without [[client]] gets one admitting loopback sources to
+// every upstream (authproxy admits no one without a client group).
 func StartAuthproxy(t testing.TB, tomlConfig string) *Authproxy {
 	t.Helper()
+	if !strings.Contains(tomlConfig, "[[client]]") {
+		tomlConfig += "\n[[client]]\nname = \"loopback\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n"
+	}
 	bin := authproxyBinary(t)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "authproxy.toml")

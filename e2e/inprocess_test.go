@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,6 +78,10 @@ type harnessOptions struct {
 	TimerC          time.Duration
 	// ExtraUpstreams are configured after pbx-a and pbx-b.
 	ExtraUpstreams []proxy.Upstream
+	// Clients replaces the default client group (all of 127.0.0.0/8, every
+	// upstream).
+	Clients []proxy.ClientGroup
+	Limits  proxy.Limits
 	// Lookup replaces the credential store built from Credentials.
 	Lookup proxy.Credentials
 }
@@ -125,6 +130,8 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 			{Name: "pbx-b", Address: h.B.Addr(), Transport: tp, Domains: []string{"pbx-b.example.com"}},
 		}, o.ExtraUpstreams...),
 		Credentials:     lookupOr(o.Lookup, store),
+		Clients:         clientsOr(o.Clients),
+		Limits:          o.Limits,
 		UpstreamTimeout: o.UpstreamTimeout,
 		TimerC:          o.TimerC,
 		ShutdownGrace:   2 * time.Second,
@@ -169,6 +176,13 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	return h
+}
+
+func clientsOr(c []proxy.ClientGroup) []proxy.ClientGroup {
+	if c != nil {
+		return c
+	}
+	return []proxy.ClientGroup{{Name: "loopback", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}}
 }
 
 func lookupOr(l proxy.Credentials, store *credentials.Store) proxy.Credentials {

@@ -19,6 +19,39 @@ import (
 // any linear whitespace) and fills the library's Challenge type, which the
 // library then uses to compute the response.
 func parseChallenge(value string) (*digest.Challenge, error) {
+	params, err := parseAuthParams(value)
+	if err != nil {
+		return nil, err
+	}
+	c := &digest.Challenge{
+		Realm:     params["realm"],
+		Nonce:     params["nonce"],
+		Opaque:    params["opaque"],
+		Algorithm: params["algorithm"], // echoed as received (RFC 7616 §3.4)
+		Stale:     strings.EqualFold(params["stale"], "true"),
+		Charset:   params["charset"],
+		Userhash:  strings.EqualFold(params["userhash"], "true"),
+	}
+	if d, ok := params["domain"]; ok {
+		c.Domain = strings.Fields(d)
+	}
+	for _, q := range strings.Split(params["qop"], ",") {
+		if q = strings.ToLower(strings.TrimSpace(q)); q != "" {
+			c.QOP = append(c.QOP, q)
+		}
+	}
+	if _, ok := params["realm"]; !ok {
+		return nil, errors.New("challenge has no realm")
+	}
+	if c.Nonce == "" {
+		return nil, errors.New("challenge has no nonce")
+	}
+	return c, nil
+}
+
+// parseAuthParams parses `Digest name=value, ...` into its parameters,
+// names lowercased, quoted values unquoted. A repeated name is an error.
+func parseAuthParams(value string) (map[string]string, error) {
 	s := strings.TrimLeft(value, " \t")
 	if len(s) < 6 || !strings.EqualFold(s[:6], "Digest") {
 		return nil, errors.New("not a Digest challenge")
@@ -27,14 +60,12 @@ func parseChallenge(value string) (*digest.Challenge, error) {
 	if s != "" && s[0] != ' ' && s[0] != '\t' {
 		return nil, errors.New("not a Digest challenge")
 	}
-	c := &digest.Challenge{}
-	seen := map[string]bool{}
+	params := map[string]string{}
 	for {
 		s = strings.TrimLeft(s, " \t\r\n,")
 		if s == "" {
 			break
 		}
-		// name
 		i := 0
 		for i < len(s) && isTokenChar(s[i]) {
 			i++
@@ -85,42 +116,12 @@ func parseChallenge(value string) (*digest.Challenge, error) {
 		if s != "" && s[0] != ',' {
 			return nil, fmt.Errorf("parameter %q: unexpected %q after value", name, s[0])
 		}
-		if seen[name] {
+		if _, dup := params[name]; dup {
 			return nil, fmt.Errorf("parameter %q repeated", name)
 		}
-		seen[name] = true
-		switch name {
-		case "realm":
-			c.Realm = val
-		case "nonce":
-			c.Nonce = val
-		case "opaque":
-			c.Opaque = val
-		case "algorithm":
-			c.Algorithm = val // echoed as received (RFC 7616 §3.4)
-		case "stale":
-			c.Stale = strings.EqualFold(val, "true")
-		case "domain":
-			c.Domain = strings.Fields(val)
-		case "qop":
-			for _, q := range strings.Split(val, ",") {
-				if q = strings.ToLower(strings.TrimSpace(q)); q != "" {
-					c.QOP = append(c.QOP, q)
-				}
-			}
-		case "charset":
-			c.Charset = val
-		case "userhash":
-			c.Userhash = strings.EqualFold(val, "true")
-		}
+		params[name] = val
 	}
-	if !seen["realm"] {
-		return nil, errors.New("challenge has no realm")
-	}
-	if c.Nonce == "" {
-		return nil, errors.New("challenge has no nonce")
-	}
-	return c, nil
+	return params, nil
 }
 
 // isTokenChar reports whether b may appear in an RFC 7230 token.

@@ -55,6 +55,11 @@ type Config struct {
 	Listeners   []Listener
 	Upstreams   []Upstream
 	Credentials Credentials
+	// Clients are the groups of clients admitted, in order; a request from
+	// a source no group admits is refused. No groups: nobody is admitted.
+	Clients []ClientGroup
+	// Limits bound requests per source and in total.
+	Limits Limits
 	// MaxChallenges bounds how many 401/407 one request may have answered
 	// before the last one is relayed to the client (RFC 3261 §22.1 forbids
 	// retrying rejected credentials; this caps stale-nonce rounds too).
@@ -125,6 +130,20 @@ func (c *Config) validate() ([]*upstream, error) {
 			return nil, fmt.Errorf("upstream %d (%s): %w", i, u.Name, err)
 		}
 		ups = append(ups, &upstream{Upstream: u, host: host, port: port, transport: tp})
+	}
+	for i, g := range c.Clients {
+		for _, name := range g.Upstreams {
+			if name == "*" {
+				continue
+			}
+			found := false
+			for _, u := range c.Upstreams {
+				found = found || u.Name == name
+			}
+			if !found {
+				return nil, fmt.Errorf("client group %d (%s): upstream %q is not configured", i, g.Name, name)
+			}
+		}
 	}
 	return ups, nil
 }

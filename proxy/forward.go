@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -64,10 +65,12 @@ type forwarding struct {
 	log   *slog.Logger
 	start time.Time
 
-	hop      hop       // where the request goes
-	up       *upstream // the upstream the request goes to; nil toward a client
-	dlg      *dialog   // the dialog the request belongs to, if known
-	toClient bool      // the upstream sent it into a dialog, toward the client
+	hop      hop          // where the request goes
+	up       *upstream    // the upstream the request goes to; nil toward a client
+	dlg      *dialog      // the dialog the request belongs to, if known
+	group    *ClientGroup // the client group that admitted the request
+	src      netip.Addr   // the sender's address
+	toClient bool         // the upstream sent it into a dialog, toward the client
 
 	user    string        // SIP URI user credentials are looked up for
 	key     cseqKey       // the sender's CSeq space
@@ -119,8 +122,91 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	defer p.flight.leave()
+	f.src = sourceAddr(req.Source())
+	if v := p.limiter.enter(f.src, f.start); v != limitOK {
+		p.refusalLog(f.log, string(v), f.src)
+		if f.refuse(sip.StatusServiceUnavailable, "Service Unavailable", string(v), sip.NewHeader("Retry-After", "5")) {
+			f.logDone()
+		}
+		return
+	}
+	defer p.limiter.leave(f.src)
 	f.run()
 	f.logDone()
+}
+
+// refuse answers a request that is not admitted, or drops it unanswered on
+// UDP when Limits.Drop asks for that. It reports whether it answered.
+func (f *forwarding) refuse(code int, reason, outcome string, hdrs ...sip.Header) bool {
+	f.p.cfg.Observer.Refused(outcome)
+	if f.p.limiter.drop() && f.req.Transport() == "UDP" {
+		f.outcome = outcome
+		return false
+	}
+	f.respondLocal(code, reason, outcome, hdrs...)
+	return true
+}
+
+// refusalLog logs a refusal, at most once a second, so that a flood cannot
+// turn into a log flood.
+func (p *Proxy) refusalLog(log *slog.Logger, why string, src netip.Addr) {
+	now := time.Now().UnixNano()
+	last := p.lastRefusalLog.Load()
+	if now-last < int64(time.Second) || !p.lastRefusalLog.CompareAndSwap(last, now) {
+		return
+	}
+	log.Warn("request refused", "reason", why, "source", src.String())
+}
+
+// admit applies access control to a request routed toward an upstream:
+// the source must belong to a client group, the group may use the
+// upstream, and, when the group has users, the client must answer
+// authproxy's own challenge. It answers the client and returns false when
+// the request is not admitted; no upstream traffic results.
+func (f *forwarding) admit() bool {
+	g := f.rt.groupFor(f.src)
+	if g == nil {
+		f.p.refusalLog(f.log, "source not admitted", f.src)
+		f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
+		return false
+	}
+	f.group = g
+	if !g.allows(f.up.Name) {
+		// Per-client scope: whatever Request-URI, Route or From the client
+		// sends, it cannot make authproxy use another trunk's credentials.
+		f.log.Warn("upstream not allowed for client group", "group", g.Name, "source", f.src.String())
+		f.refuse(sip.StatusForbidden, "Forbidden", "scope-denied")
+		return false
+	}
+	if len(g.Users) == 0 || f.req.Method == sip.ACK || f.req.Method == sip.CANCEL {
+		return true
+	}
+	if f.dlg != nil && f.dlg.clientAddr == f.req.Source() {
+		// In a dialog its authenticated INVITE created, from the same
+		// address: already admitted.
+		return true
+	}
+	realm := g.Realm
+	if realm == "" {
+		realm = "authproxy"
+	}
+	now := time.Now()
+	verdict, user := f.p.local.verify(f.req, g, realm, f.src, now)
+	switch verdict {
+	case authOK:
+		f.p.limiter.authSucceeded(f.src)
+		f.log = f.log.With("client_user", user)
+		return true
+	case authBad:
+		f.p.cfg.Observer.Refused("local-auth-failed")
+		if f.p.limiter.authFailed(f.src, now) {
+			f.log.Warn("source blocked after failed authentications", "source", f.src.String(), "for", f.p.limiter.blockFor())
+		}
+		f.log.Info("local authentication failed", "source", f.src.String(), "client_user", user)
+	}
+	f.respondLocal(sip.StatusProxyAuthRequired, "Proxy Authentication Required", "local-challenge",
+		sip.NewHeader("Proxy-Authenticate", f.p.local.challenge(realm, f.src, verdict == authStale, now)))
+	return false
 }
 
 func (f *forwarding) run() {
@@ -154,6 +240,15 @@ func (f *forwarding) run() {
 		return
 	}
 	if !f.route() {
+		return
+	}
+	if f.toClient {
+		// Only an upstream may send into a dialog toward the client.
+		if f.rt.fromUpstream(f.src) == nil {
+			f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
+			return
+		}
+	} else if !f.admit() {
 		return
 	}
 	fwd, err := f.buildForward()
@@ -283,10 +378,15 @@ func (f *forwarding) buildForward() (*sip.Request, error) {
 		}
 	}
 	if !f.toClient {
-		// Clients hold no passwords; whatever they send is not ours to
-		// forward.
+		// Clients hold no passwords; whatever they send (including answers
+		// to authproxy's own challenge) is not ours to forward.
 		removeAll(fwd, "Authorization")
 		removeAll(fwd, "Proxy-Authorization")
+		if f.group == nil || !f.group.Trusted {
+			for _, h := range identityHeaders {
+				removeAll(fwd, h)
+			}
+		}
 	}
 
 	// §16.6 step 3: decrement Max-Forwards, 70 when absent. The clone shares
@@ -773,10 +873,20 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 			return
 		}
 	}
-	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log}
+	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log, src: sourceAddr(req.Source())}
 	if !f.routeQuiet() {
 		log.Debug("dropping ACK with no next hop")
 		return
+	}
+	if f.toClient {
+		if f.rt.fromUpstream(f.src) == nil {
+			return
+		}
+	} else if g := f.rt.groupFor(f.src); g == nil || !g.allows(f.up.Name) {
+		log.Debug("dropping ACK from a source not admitted")
+		return
+	} else {
+		f.group = g
 	}
 	fwd, err := f.buildForward()
 	if err != nil {

@@ -20,6 +20,11 @@ type Observer interface {
 	// AuthRejected reports credentials the upstream refused: its re-challenge
 	// was relayed to the client.
 	AuthRejected(upstream string)
+	// Refused reports a request refused before any upstream traffic:
+	// "source-denied", "scope-denied", "local-auth-failed", or a limit
+	// ("rate-limited", "too-many-in-progress", "overloaded", "blocked",
+	// "too-many-sources").
+	Refused(reason string)
 }
 
 // noObserver is the Observer used when Config.Observer is nil.
@@ -28,6 +33,7 @@ type noObserver struct{}
 func (noObserver) RequestDone(string, string, int, string, time.Duration, time.Duration) {}
 func (noObserver) ChallengeAnswered(string, string, bool)                                {}
 func (noObserver) AuthRejected(string)                                                   {}
+func (noObserver) Refused(string)                                                        {}
 
 // InFlight returns the number of requests being handled now.
 func (p *Proxy) InFlight() int { return p.flight.count() }

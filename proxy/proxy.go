@@ -45,6 +45,10 @@ type Proxy struct {
 	nonces  *nonceCounter
 	dialogs *dialogTable
 	finals  recentFinals
+	limiter *limiter
+	local   *localAuth
+
+	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
 	mu        sync.Mutex
 	listeners []*boundListener
@@ -100,8 +104,10 @@ func New(cfg Config) (*Proxy, error) {
 		cseq:    newCSeqTable(),
 		nonces:  newNonceCounter(),
 		dialogs: newDialogTable(),
+		limiter: newLimiter(cfg.Limits),
+		local:   newLocalAuth(),
 	}
-	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges})
+	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
 	return p, nil
 }
 
@@ -124,7 +130,8 @@ func (p *Proxy) Reload(cfg Config) error {
 	if cfg.MaxChallenges <= 0 {
 		cfg.MaxChallenges = defaultMaxChallenges
 	}
-	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges})
+	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
+	p.limiter.setLimits(cfg.Limits)
 	if !sameListeners(p.cfg.Listeners, cfg.Listeners) {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
@@ -238,6 +245,7 @@ loop:
 			p.nonces.sweep(now)
 			p.dialogs.sweep(now, p.cfg.DialogIdleTimeout)
 			p.finals.sweep(now)
+			p.limiter.sweep(now)
 		}
 	}
 

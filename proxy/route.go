@@ -54,6 +54,7 @@ type routing struct {
 	upstreams     []*upstream
 	creds         Credentials
 	maxChallenges int
+	clients       []ClientGroup
 }
 
 // matchUpstream returns the configured upstream u names, if any: by address

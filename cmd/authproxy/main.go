@@ -134,22 +134,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("starting", "version", versionString(), "config", source, "summary", cfg.Summary())
 
-	pcfg := proxy.Config{
-		Credentials:   store,
-		MaxChallenges: cfg.Proxy.MaxChallenges,
-		ShutdownGrace: cfg.Proxy.ShutdownGrace,
-		Logger:        log,
-		SIPTrace:      cfg.Log.SIPTrace,
-		Ready:         func() { log.Info("ready") },
-	}
-	for _, l := range cfg.Listen {
-		pcfg.Listeners = append(pcfg.Listeners, proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise})
-	}
-	for _, u := range cfg.Upstreams {
-		pcfg.Upstreams = append(pcfg.Upstreams, proxy.Upstream{
-			Name: u.Name, Address: u.Address, Transport: u.Transport, Domains: u.Domains, Default: u.Default,
-		})
-	}
+	pcfg := proxyConfig(cfg, store)
+	pcfg.Logger = log
+	pcfg.Ready = func() { log.Info("ready") }
 	p, err := proxy.New(pcfg)
 	if err != nil {
 		log.Error("cannot start", "error", err)
@@ -205,4 +192,35 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// proxyConfig turns a validated configuration into the proxy's plain
+// configuration (without the process-wide parts: logger, ready hook).
+func proxyConfig(cfg *config.Config, store *credentials.Store) proxy.Config {
+	pcfg := proxy.Config{
+		Credentials:   store,
+		MaxChallenges: cfg.Proxy.MaxChallenges,
+		ShutdownGrace: cfg.Proxy.ShutdownGrace,
+		SIPTrace:      cfg.Log.SIPTrace,
+		Limits: proxy.Limits{
+			Rate: cfg.Limits.Rate, Burst: cfg.Limits.Burst,
+			MaxPerSource: cfg.Limits.MaxPerSource, MaxTotal: cfg.Limits.MaxTotal,
+			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
+			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
+		},
+	}
+	for _, l := range cfg.Listen {
+		pcfg.Listeners = append(pcfg.Listeners, proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise})
+	}
+	for _, u := range cfg.Upstreams {
+		pcfg.Upstreams = append(pcfg.Upstreams, proxy.Upstream{
+			Name: u.Name, Address: u.Address, Transport: u.Transport, Domains: u.Domains, Default: u.Default,
+		})
+	}
+	for _, c := range cfg.Clients {
+		pcfg.Clients = append(pcfg.Clients, proxy.ClientGroup{
+			Name: c.Name, Networks: c.Networks, Upstreams: c.Upstreams, Users: c.Users, Realm: c.Realm, Trusted: c.Trusted,
+		})
+	}
+	return pcfg
 }

@@ -103,6 +103,10 @@ address = "127.0.0.2:5060"
 username = "alice"
 password = "Sup3r-Secret-Value"
 server = "pbx-a"
+[[client]]
+name = "local"
+networks = ["127.0.0.0/8"]
+upstreams = ["pbx-a"]
 `)
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw, _ := os.Pipe()
