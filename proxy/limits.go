@@ -48,6 +48,10 @@ type limiter struct {
 	l       Limits
 	sources map[netip.Addr]*sourceState
 	total   int
+	// lastFullSweep bounds how often a full table is swept on the request
+	// path: sweeping is O(sources), and doing it for every new source of a
+	// flood would make the flood quadratic.
+	lastFullSweep time.Time
 }
 
 // limitVerdict says why a request was refused, for the log and metrics.
@@ -80,7 +84,10 @@ func (lm *limiter) enter(src netip.Addr, now time.Time) limitVerdict {
 	s, ok := lm.sources[src]
 	if !ok {
 		if len(lm.sources) >= lm.l.MaxSources {
-			lm.sweepLocked(now)
+			if now.Sub(lm.lastFullSweep) >= fullSweepEvery {
+				lm.lastFullSweep = now
+				lm.sweepLocked(now)
+			}
 			if len(lm.sources) >= lm.l.MaxSources {
 				return limitSources
 			}
@@ -155,6 +162,9 @@ func (lm *limiter) authSucceeded(src netip.Addr) {
 	}
 }
 
+// fullSweepEvery is the least time between two sweeps of a full table.
+const fullSweepEvery = 100 * time.Millisecond
+
 // failMemory is how long a source's failed authentications are remembered
 // without a new request from it.
 const failMemory = 10 * time.Minute
@@ -181,6 +191,12 @@ func (lm *limiter) setLimits(l Limits) {
 	n := newLimiter(l)
 	lm.mu.Lock()
 	defer lm.mu.Unlock()
+	if lm.l.Rate <= 0 && n.l.Rate > 0 {
+		// Buckets were not kept while rate limiting was off: start full.
+		for _, s := range lm.sources {
+			s.tokens = float64(n.l.Burst)
+		}
+	}
 	lm.l = n.l
 }
 
