@@ -223,10 +223,8 @@ func (ph *phone) send(req *sip.Request) sip.ClientTransaction {
 	ph.t.Helper()
 	req.SetDestination(ph.proxy)
 	req.SetTransport(ph.transport)
-	if ph.transport == "UDP" {
-		host, port := splitAddr(ph.t, ph.addr)
-		req.Laddr = sip.Addr{IP: net.ParseIP(host), Port: port}
-	}
+	// No Laddr: sipgo opens (and then reuses) one socket toward the proxy,
+	// which reads what the proxy sends back to it, in-dialog requests too.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	tx, err := ph.client.TransactionRequest(ctx, req, sipgo.ClientRequestAddVia)
@@ -341,10 +339,6 @@ func (c *call) ackFork(res *sip.Response) {
 	req := d.newRequest(sip.ACK, d.target, d.routes)
 	req.SetDestination(c.ph.proxy)
 	req.SetTransport(c.ph.transport)
-	if c.ph.transport == "UDP" {
-		host, port := splitAddr(c.ph.t, c.ph.addr)
-		req.Laddr = sip.Addr{IP: net.ParseIP(host), Port: port}
-	}
 	if err := c.ph.client.WriteRequest(req, sipgo.ClientRequestAddVia); err != nil {
 		c.ph.t.Fatalf("ACK: %v", err)
 	}

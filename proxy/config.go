@@ -89,6 +89,9 @@ type Config struct {
 	Observer Observer
 	// Ready, if set, is called once every listener is bound.
 	Ready func()
+	// Health configures OPTIONS pings to the upstreams; the zero value
+	// turns them off. Reload applies a new one.
+	Health HealthCheck
 }
 
 const (

@@ -31,7 +31,13 @@ type dialog struct {
 	// inviteAuth are the Authorization/Proxy-Authorization values the
 	// initial INVITE was accepted with; the ACK for its 2xx repeats them.
 	inviteAuth []authAnswer
-	lastUse    time.Time
+	// inviteCSeq is the client's CSeq number of the INVITE (initial or
+	// re-INVITE) whose 2xx was last relayed, and inviteUpCSeq the number the
+	// upstream saw for it. The ACK for that 2xx carries inviteCSeq and
+	// must reach the upstream as inviteUpCSeq, whatever the offset has
+	// become meanwhile (a challenged BYE racing the ACK).
+	inviteCSeq, inviteUpCSeq uint32
+	lastUse                  time.Time
 }
 
 // dialogTable holds established dialogs. Entries end at a 2xx to BYE or

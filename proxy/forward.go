@@ -700,6 +700,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 	}
 	f.auth = answers
 	f.rounds++
+	f.p.cfg.Observer.RequestResent(f.up.Name)
 	f.p.cseq.add(f.key, 1, now, f.cseqTTL(nil))
 	f.fwd = next
 	f.log.Debug("answering challenge", logStatus, res.StatusCode, logRealms, f.realms, logCredential, f.credIDs)
@@ -715,7 +716,7 @@ func (f *forwarding) relay(res *sip.Response) {
 		if _, toTag := tags(f.req); toTag == "" && f.req.Method != sip.INVITE && createsDialog(f.req.Method) {
 			// A subscription (or REFER's implicit one): the NOTIFYs the
 			// upstream sends into it must find their way to the client.
-			f.recordDialog(res, nil)
+			f.recordDialog(res, nil, 0)
 		}
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(res))
 		if f.req.Method == sip.BYE && f.dlg != nil {
@@ -894,6 +895,9 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 		return
 	}
 	if f.dlg != nil && !f.toClient {
+		if cs := fwd.CSeq(); f.dlg.inviteUpCSeq != 0 && req.CSeq().SeqNo == f.dlg.inviteCSeq {
+			cs.SeqNo = f.dlg.inviteUpCSeq
+		}
 		for _, a := range f.dlg.inviteAuth {
 			fwd.AppendHeader(sip.NewHeader(a.header, a.value))
 		}

@@ -91,7 +91,7 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 				continue
 			}
 			if res.IsSuccess() {
-				f.recordDialog(res, f.auth)
+				f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
 				f.relay(res)
 				// Keep the client transaction: sipgo hands 2xx
 				// retransmissions and forked 2xx to the hook until Timer M.
@@ -153,6 +153,7 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 // sipgo's goroutine; it captures what it needs now.
 func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancelled *atomic.Bool) {
 	auth := f.auth
+	upCSeq := f.fwd.CSeq().SeqNo
 	clTx.OnRetransmission(func(res *sip.Response) {
 		if !res.IsSuccess() {
 			return
@@ -161,7 +162,7 @@ func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancell
 			f.hangUpUpstream(res)
 			return
 		}
-		f.recordDialog(res, auth)
+		f.recordDialog(res, auth, upCSeq)
 		f.prepareRelay(res)
 		if err := f.tx.Respond(res); err != nil {
 			f.log.Debug("cannot relay 2xx retransmission", "error", err)
@@ -172,7 +173,7 @@ func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancell
 // recordDialog remembers the dialog a 2xx to an INVITE establishes (or
 // refreshes it, for a re-INVITE): the credentials it was accepted with, for
 // the ACK, and where the client is, for requests from the upstream.
-func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer) {
+func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer, upCSeq uint32) {
 	if f.toClient {
 		return
 	}
@@ -187,6 +188,8 @@ func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer) {
 		clientTransport: f.req.Transport(),
 		clientAddr:      f.req.Source(),
 		inviteAuth:      auth,
+		inviteCSeq:      f.req.CSeq().SeqNo,
+		inviteUpCSeq:    upCSeq,
 		lastUse:         time.Now(),
 	}
 	if f.dlg != nil {

@@ -25,6 +25,12 @@ type Observer interface {
 	// ("rate-limited", "too-many-in-progress", "overloaded", "blocked",
 	// "too-many-sources").
 	Refused(reason string)
+	// RequestResent reports a request sent upstream again with answers to
+	// a challenge: one call per re-send, however many realms it answers.
+	RequestResent(upstream string)
+	// UpstreamStateChanged reports an upstream marked up or down by the
+	// OPTIONS health check (HealthCheck).
+	UpstreamStateChanged(upstream string, up bool)
 }
 
 // noObserver is the Observer used when Config.Observer is nil.
@@ -34,6 +40,8 @@ func (noObserver) RequestDone(string, string, int, string, time.Duration, time.D
 func (noObserver) ChallengeAnswered(string, string, bool)                                {}
 func (noObserver) AuthRejected(string)                                                   {}
 func (noObserver) Refused(string)                                                        {}
+func (noObserver) RequestResent(string)                                                  {}
+func (noObserver) UpstreamStateChanged(string, bool)                                     {}
 
 // InFlight returns the number of requests being handled now.
 func (p *Proxy) InFlight() int { return p.flight.count() }

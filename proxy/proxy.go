@@ -47,6 +47,7 @@ type Proxy struct {
 	finals  recentFinals
 	limiter *limiter
 	local   *localAuth
+	health  *healthChecker // OPTIONS pings to the upstreams (health.go)
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
@@ -108,6 +109,7 @@ func New(cfg Config) (*Proxy, error) {
 		local:   newLocalAuth(),
 	}
 	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
+	p.health = newHealthChecker(p, cfg.Health)
 	return p, nil
 }
 
@@ -132,6 +134,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	}
 	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
 	p.limiter.setLimits(cfg.Limits)
+	p.health.configure(cfg.Health)
 	if !sameListeners(p.cfg.Listeners, cfg.Listeners) {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
@@ -208,6 +211,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Unlock()
 
 	p.registerHandlers(srv)
+	healthDone := p.health.start(ctx) // stops with ctx
 
 	var serving sync.WaitGroup
 	for _, l := range bound {
@@ -224,6 +228,25 @@ func (p *Proxy) Run(ctx context.Context) error {
 				p.log.Error("listener stopped", "transport", l.transport, "address", l.Address, "error", err)
 			}
 		}()
+	}
+	// sipgo registers a UDP listener in its connection pool only once its
+	// serve goroutine runs; until then a request sent from that address
+	// would try to bind it again ("address already in use"). Wait for it.
+	for _, l := range bound {
+		if l.udp == nil {
+			continue
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			if c, err := ua.TransportLayer().GetConnection("udp", l.udp.LocalAddr().String()); err == nil && c != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				p.log.Warn("udp listener not registered by sipgo yet", "address", l.udp.LocalAddr().String())
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 	for _, l := range bound {
 		p.log.Info("listening", "transport", strings.ToLower(l.transport),
@@ -256,6 +279,7 @@ loop:
 	if !p.flight.drain(p.cfg.ShutdownGrace) {
 		p.log.Warn("shutdown grace elapsed with requests in flight", "in_flight", p.flight.count())
 	}
+	<-healthDone
 	closeAll(bound)
 	_ = ua.Close()
 	serving.Wait()

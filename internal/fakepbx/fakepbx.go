@@ -11,8 +11,10 @@
 //
 // Like a strict registrar or UA, the fake also refuses (500 "CSeq out of
 // order") any request whose CSeq is not higher than the last one it saw for
-// the same Call-ID, which catches a proxy that forgets its CSeq offset after
-// an authenticated retry.
+// the same Call-ID (for a request within one of the UA's dialogs: the last
+// one of that dialog, the INVITE's to begin with), which catches a proxy
+// that forgets its CSeq offset after an authenticated retry. ACK and CANCEL
+// are exempt.
 //
 // The fake reads its sockets through a tap that keeps every request's bytes
 // and arrival order: Request.Raw and the digest uri check use the wire text
@@ -23,6 +25,13 @@
 // failing the CSeq check. Responses that sipgo refuses to send over UDP
 // (over sip.UDPMTUSize-200 bytes, e.g. many challenge headers) are written to
 // the socket directly, as a PBX would.
+//
+// An authenticated INVITE is answered by a callee user agent (ua.go, see
+// CallConfig): 180 (or a reliable 183), then the final response, with
+// dialogs that are kept and checked (ACK, CSeq, route set), requests in
+// them answered, and requests sent into them (HangUp, ReInvite, Notify).
+// Requests carrying a To tag that matches none of the UA's dialogs are
+// refused with 481 and listed by Strays (see strayRequest for which ones).
 package fakepbx
 
 import (
@@ -81,8 +90,12 @@ type Config struct {
 	// automatic 100 Trying to INVITE), for Timer B/F and 408 tests.
 	Silent bool
 	// FinalCode is the status sent once authentication succeeds (default
-	// 200).
+	// 200). It is also the INVITE's final status unless Call.FinalCode is
+	// set.
 	FinalCode int
+	// Call configures the callee UA that answers authenticated INVITEs.
+	// Its zero value rings once (180) and answers 200 with SDP at once.
+	Call CallConfig
 }
 
 // Request is one request as received by the fake.
@@ -93,6 +106,9 @@ type Request struct {
 	Source     string // remote "ip:port" the request came from
 	RequestURI string // exactly as on the request line
 	CSeq       uint32
+	Branch     string // branch parameter of the top Via
+	FromTag    string
+	ToTag      string
 	// Authorization holds the raw values of every Authorization and
 	// Proxy-Authorization header, in the order received, whatever the case
 	// of the header name.
@@ -100,8 +116,9 @@ type Request struct {
 	Body          []byte
 	Raw           string // the whole message as received
 	// Authenticated is true when the request carried valid answers for all
-	// challenged realms (always false for ACK, CANCEL, silent fakes and
-	// requests refused for their CSeq).
+	// challenged realms (always false for ACK, CANCEL, silent fakes,
+	// requests refused for their CSeq, strays, and requests within a dialog
+	// unless Call.ChallengeInDialog).
 	Authenticated bool
 	// AuthUsername is the username of the credentials the fake evaluated
 	// for the primary realm (or the first parsable credentials in the
@@ -116,7 +133,8 @@ type Server struct {
 	cfg  Config
 	name string
 
-	ua *sipgo.UserAgent
+	ua     *sipgo.UserAgent
+	client *sipgo.Client // sends the UA's requests into its dialogs
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -144,6 +162,14 @@ type Server struct {
 	changed    chan struct{}            // closed and replaced whenever requests changes
 	sent       map[string]*sip.Response // final response per request key, for retransmissions
 	sentOrder  []string
+
+	// The callee UA (ua.go).
+	calls         []*callState          // every dialog, in creation order
+	callIndex     map[string]*callState // by callKey(Call-ID, local tag)
+	invites       map[string]*inviteTx  // INVITE transactions being handled, by top Via branch
+	inviteCallIDs map[string]struct{}   // Call-IDs of every INVITE received
+	strays        []Request
+	straySeqs     []uint64
 }
 
 // nonceState is what the fake remembers about a nonce it issued.
@@ -164,6 +190,8 @@ func Start(t testing.TB, cfg Config) *Server {
 	s := &Server{
 		t: t, cfg: cfg, nonces: map[string]*nonceState{},
 		changed: make(chan struct{}), sent: map[string]*sip.Response{},
+		callIndex: map[string]*callState{}, invites: map[string]*inviteTx{},
+		inviteCallIDs: map[string]struct{}{},
 	}
 	s.name = cfg.Name
 	if s.name == "" {
@@ -208,11 +236,15 @@ func Start(t testing.TB, cfg Config) *Server {
 	if s.cfg.FinalCode < 200 || s.cfg.FinalCode > 699 {
 		t.Fatalf("fakepbx %s: FinalCode %d is not a final status", s.name, s.cfg.FinalCode)
 	}
+	if err := s.cfg.Call.validate(); err != nil {
+		t.Fatalf("fakepbx %s: %v", s.name, err)
+	}
 
 	pc, ln, err := listenUDPAndTCP(s.cfg.Host)
 	if err != nil {
 		t.Fatalf("fakepbx %s: %v", s.name, err)
 	}
+	s.raws.onCancel = s.onTapCancel
 	s.pc = &tapPacketConn{PacketConn: pc, raws: &s.raws}
 	s.ln = &tapListener{Listener: ln, raws: &s.raws}
 	s.port = pc.LocalAddr().(*net.UDPAddr).Port
@@ -224,6 +256,9 @@ func Start(t testing.TB, cfg Config) *Server {
 		t.Fatalf("fakepbx %s: new UA: %v", s.name, err)
 	}
 	srv, err := sipgo.NewServer(ua)
+	if err == nil {
+		s.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(s.cfg.Host), sipgo.WithClientPort(s.port))
+	}
 	if err != nil {
 		ua.Close()
 		pc.Close()
@@ -390,8 +425,9 @@ func (s *Server) handle(req *sip.Request, tx sip.ServerTransaction) {
 
 	if req.IsAck() {
 		// An ACK to a 2xx (new branch), or one arriving after the INVITE
-		// transaction ended (TCP): record and ignore.
-		s.record(in)
+		// transaction ended (TCP): checked against the UA's dialogs and
+		// recorded, never answered.
+		s.handleAck(in)
 		return
 	}
 	if res := s.answered(in.key); res != nil {
@@ -408,27 +444,53 @@ func (s *Server) handle(req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(req, tx, in.key, s.newResponse(req, 481, ""))
 		return
 	}
+	if in.rec.ToTag != "" {
+		if c := s.findCall(in.rec.CallID, in.rec.ToTag, in.rec.FromTag); c != nil {
+			s.handleInDialog(req, tx, in, c)
+			return
+		}
+		if s.strayRequest(in) {
+			s.respond(req, tx, in.key, s.newResponse(req, 481, ""))
+			return
+		}
+	}
 
+	var it *inviteTx
+	if req.IsInvite() {
+		// From now on CANCELs of this INVITE are recorded (and, once the
+		// UA rings, acted upon) by onTapCancel.
+		it = s.registerInvite(req, tx, in)
+		defer s.unregisterInvite(it)
+	}
 	var res *sip.Response
 	if !in.cseqOK {
 		s.t.Logf("fakepbx %s: %s CSeq %d for Call-ID %s is not above an earlier one: 500", s.name, req.Method, in.rec.CSeq, in.rec.CallID)
 		res = s.newResponse(req, 500, "CSeq out of order")
 	} else if res = s.authenticate(req, in); res == nil {
+		if req.IsInvite() {
+			s.record(in)
+			s.runInvite(req, tx, in, it)
+			return
+		}
 		res = s.finalResponse(req)
 	}
 	s.record(in)
-	if s.respond(req, tx, in.key, res) {
+	if s.respond(req, tx, in.key, res) == nil {
 		s.awaitAck(req, tx)
 	}
 }
 
 // incoming is a received request being handled.
 type incoming struct {
+	req    *sip.Request
 	rec    Request
 	key    string       // identifies its transaction, and retransmissions of it
 	seq    uint64       // arrival order
-	cseqOK bool         // CSeq above every earlier one of the Call-ID, by arrival
+	cseqOK bool         // CSeq above every earlier one of the Call-ID (or dialog), by arrival
 	creds  []credential // every parsable Authorization and Proxy-Authorization
+	// auth holds every Authorization and Proxy-Authorization in a
+	// comparable form (header name and parameters), see normCredential.
+	auth []string
 }
 
 // credential is one parsed Authorization or Proxy-Authorization header.
@@ -451,18 +513,25 @@ func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 	if h := req.CallID(); h != nil {
 		r.CallID = h.Value()
 	}
+	r.Branch = branchOf(req)
+	if h := req.From(); h != nil {
+		r.FromTag, _ = h.Params.Get("tag")
+	}
+	if h := req.To(); h != nil {
+		r.ToTag, _ = h.Params.Get("tag")
+	}
 	var cseqMethod string
 	if h := req.CSeq(); h != nil {
 		r.CSeq = h.SeqNo
 		cseqMethod = h.MethodName.String()
 	}
-	key := rawKey(r.Transport, r.Source, branchOf(req), uint64(r.CSeq), cseqMethod)
+	key := rawKey(r.Transport, r.Source, r.Branch, uint64(r.CSeq), cseqMethod)
 	if raw == nil {
 		if rr, ok := s.raws.take(key); ok {
 			raw = &rr
 		}
 	}
-	in := &incoming{key: key}
+	in := &incoming{req: req, key: key}
 	if raw != nil {
 		r.Raw, r.RequestURI = raw.raw, raw.ruri
 		in.seq, in.cseqOK = raw.seq, raw.cseqOK
@@ -477,6 +546,7 @@ func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 			continue
 		}
 		r.Authorization = append(r.Authorization, h.Value())
+		in.auth = append(in.auth, normCredential(name, h.Value()))
 		p, err := parseDigestParams(h.Value())
 		if err != nil {
 			s.t.Logf("fakepbx %s: %s: unparsable %s: %v", s.name, r.Method, h.Name(), err)
@@ -491,22 +561,41 @@ func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 	return in
 }
 
-// record appends in to Requests() and its usernames to AuthUsernames().
-func (s *Server) record(in *incoming) {
+// record appends in to Requests() and its usernames to AuthUsernames(),
+// and to the Requests of each of calls.
+func (s *Server) record(in *incoming, calls ...*callState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// Keep arrival order: handlers run concurrently.
-	i := len(s.seqs)
-	for i > 0 && s.seqs[i-1] > in.seq {
-		i--
+	s.recordLocked(in, calls...)
+}
+
+// recordLocked is record with s.mu held.
+func (s *Server) recordLocked(in *incoming, calls ...*callState) {
+	insertBySeq(&s.requests, &s.seqs, in.rec, in.seq)
+	for _, c := range calls {
+		insertBySeq(&c.Requests, &c.seqs, in.rec, in.seq)
 	}
-	s.requests = slices.Insert(s.requests, i, in.rec)
-	s.seqs = slices.Insert(s.seqs, i, in.seq)
 	for _, c := range in.creds {
 		if u, ok := c.params["username"]; ok {
 			s.usernames = append(s.usernames, u)
 		}
 	}
+	s.bumpLocked()
+}
+
+// insertBySeq inserts r into reqs, keeping arrival order (handlers run
+// concurrently); seqs holds the arrival number of each entry.
+func insertBySeq(reqs *[]Request, seqs *[]uint64, r Request, seq uint64) {
+	i := len(*seqs)
+	for i > 0 && (*seqs)[i-1] > seq {
+		i--
+	}
+	*reqs = slices.Insert(*reqs, i, r)
+	*seqs = slices.Insert(*seqs, i, seq)
+}
+
+// bumpLocked wakes WaitFor and WaitCall. s.mu must be held.
+func (s *Server) bumpLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
@@ -746,18 +835,19 @@ func (s *Server) finalResponse(req *sip.Request) *sip.Response {
 			expires = strings.TrimSpace(h.Value())
 		}
 		res.AppendHeader(sip.NewHeader("Expires", expires))
-		res.AppendHeader(s.contact(req))
+		res.AppendHeader(s.contact(req.Transport()))
 	case sip.INVITE:
-		res.AppendHeader(s.contact(req))
+		res.AppendHeader(s.contact(req.Transport()))
 	}
 	return res
 }
 
-// contact is the fake's own Contact for dialog-creating 2xx responses.
-func (s *Server) contact(req *sip.Request) *sip.ContactHeader {
+// contact is the fake's own Contact, for transport, in dialog-creating
+// responses and in its own INVITEs.
+func (s *Server) contact(transport string) *sip.ContactHeader {
 	c := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "fakepbx", Host: s.cfg.Host, Port: s.port}}
 	c.Address.UriParams = sip.NewParams()
-	c.Address.UriParams.Add("transport", strings.ToLower(req.Transport()))
+	c.Address.UriParams.Add("transport", strings.ToLower(transport))
 	return c
 }
 
@@ -781,11 +871,11 @@ func (s *Server) answered(key string) *sip.Response {
 
 const sentMax = 1024
 
-// respond sends the final response res to req through tx and remembers it
-// for retransmissions. It reports whether tx is still alive (false after the
-// oversized UDP fallback).
-func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, key string, res *sip.Response) bool {
+// remember keeps res as the final response to the request with key, for
+// retransmissions.
+func (s *Server) remember(key string, res *sip.Response) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if _, ok := s.sent[key]; !ok {
 		if len(s.sentOrder) >= sentMax {
 			delete(s.sent, s.sentOrder[0])
@@ -794,8 +884,19 @@ func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, key string,
 		s.sentOrder = append(s.sentOrder, key)
 	}
 	s.sent[key] = res
-	s.mu.Unlock()
+}
 
+// errSentDirectly is respond's answer when the response went to the socket
+// directly (oversized for sipgo over UDP): the transaction is gone.
+var errSentDirectly = errors.New("sent on the socket directly; transaction terminated")
+
+// respond sends the final response res to req through tx and remembers it
+// for retransmissions. A nil error means tx is still alive (so an ACK may
+// come through it); errSentDirectly follows the oversized UDP fallback;
+// sip.ErrTransactionCanceled means sipgo answered a CANCEL with 487 first
+// and res was not sent.
+func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, key string, res *sip.Response) error {
+	s.remember(key, res)
 	err := tx.Respond(res)
 	if errors.Is(err, sip.ErrUDPMTUCongestion) {
 		// sipgo refuses UDP messages over sip.UDPMTUSize-200 bytes, even
@@ -810,20 +911,21 @@ func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, key string,
 		if rerr != nil && s.ctx.Err() == nil {
 			s.t.Logf("fakepbx %s: sending oversized %d to %s: %v", s.name, res.StatusCode, res.Destination(), rerr)
 		}
-		return false
+		return errSentDirectly
 	}
-	if err != nil && s.ctx.Err() == nil {
+	if err != nil && s.ctx.Err() == nil && !errors.Is(err, sip.ErrTransactionCanceled) {
 		s.t.Logf("fakepbx %s: sending %d for %s: %v", s.name, res.StatusCode, req.Method, err)
 	}
-	return err == nil
+	return err
 }
 
 // awaitAck keeps an INVITE transaction's handler alive until its ACK (for a
 // non-2xx final, or a same-branch ACK for a 2xx) arrives through the
-// transaction, and records it. Without this, such ACKs are absorbed by
-// sipgo's transaction and never seen (on UDP). A CANCEL arriving meanwhile is
-// answered by sipgo itself (200) and recorded here.
-func (s *Server) awaitAck(req *sip.Request, tx sip.ServerTransaction) {
+// transaction, and records it (also in calls). Without this, such ACKs are
+// absorbed by sipgo's transaction and never seen (on UDP). A CANCEL
+// arriving meanwhile is answered by sipgo itself (200) and recorded by
+// onTapCancel.
+func (s *Server) awaitAck(req *sip.Request, tx sip.ServerTransaction, calls ...*callState) {
 	if !req.IsInvite() {
 		return
 	}
@@ -832,22 +934,18 @@ func (s *Server) awaitAck(req *sip.Request, tx sip.ServerTransaction) {
 		cseq = h.SeqNo
 	}
 	transport, source, branch := strings.ToUpper(req.Transport()), req.Source(), branchOf(req)
-	cancelKey := rawKey(transport, source, branch, uint64(cseq), "CANCEL")
-	cancelled, unwatch := s.raws.watch(cancelKey)
-	defer unwatch()
 	for {
 		select {
 		case ack := <-tx.Acks():
-			s.record(s.newIncoming(ack, nil))
+			s.record(s.newIncoming(ack, nil), calls...)
 			return
-		case <-cancelled:
-			cancelled = nil
-			s.recordFromTap(cancelKey, transport, source)
 		case <-tx.Done():
 			// On TCP, Timer I is 0: the transaction ends as soon as the
 			// ACK confirms it, and sipgo may drop the ACK instead of
 			// handing it over. The tap saw it, though.
-			s.recordFromTap(rawKey(transport, source, branch, uint64(cseq), "ACK"), transport, source)
+			if in := s.incomingFromTap(rawKey(transport, source, branch, uint64(cseq), "ACK"), transport, source); in != nil {
+				s.record(in, calls...)
+			}
 			return
 		case <-s.ctx.Done():
 			return
@@ -855,22 +953,27 @@ func (s *Server) awaitAck(req *sip.Request, tx sip.ServerTransaction) {
 	}
 }
 
-// recordFromTap records the request with key from the raw bytes the tap
-// kept, if they are still there (nobody else handled it).
-func (s *Server) recordFromTap(key, transport, source string) {
+// incomingFromTap builds the incoming request with key from the raw bytes
+// the tap kept, if they are still there (nobody else handled it).
+func (s *Server) incomingFromTap(key, transport, source string) *incoming {
 	raw, ok := s.raws.take(key)
 	if !ok {
-		return
+		return nil
 	}
+	return s.incomingFromRaw(raw, transport, source)
+}
+
+// incomingFromRaw parses raw bytes the tap kept into an incoming request.
+func (s *Server) incomingFromRaw(raw rawRequest, transport, source string) *incoming {
 	msg, err := sip.ParseMessage([]byte(raw.raw))
 	r, isReq := msg.(*sip.Request)
 	if err != nil || !isReq {
 		s.t.Logf("fakepbx %s: cannot parse %q: %v", s.name, raw.raw, err)
-		return
+		return nil
 	}
 	r.SetTransport(transport)
 	r.SetSource(source)
-	s.record(s.newIncoming(r, &raw))
+	return s.newIncoming(r, &raw)
 }
 
 func randomHex(n int) string {
@@ -885,6 +988,10 @@ func reasonPhrase(code int) string {
 	switch code {
 	case 200:
 		return "OK"
+	case 180:
+		return "Ringing"
+	case 183:
+		return "Session Progress"
 	case 202:
 		return "Accepted"
 	case 400:
@@ -909,6 +1016,8 @@ func reasonPhrase(code int) string {
 		return "Request Terminated"
 	case 488:
 		return "Not Acceptable Here"
+	case 491:
+		return "Request Pending"
 	case 500:
 		return "Server Internal Error"
 	case 503:

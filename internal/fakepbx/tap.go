@@ -16,7 +16,10 @@ import (
 //     "Via:");
 //   - numbers it, and decides the CSeq check, in arrival order. sipgo hands
 //     every message to its own goroutine, so two requests pipelined on one
-//     TCP connection can reach the handlers in either order.
+//     TCP connection can reach the handlers in either order;
+//   - hands every new CANCEL to the UA (onCancel) synchronously, before sipgo
+//     has parsed it, and drops it from what sipgo reads when the UA consumed
+//     it (see Server.onTapCancel).
 
 // rawRequest is one request as received on the wire.
 type rawRequest struct {
@@ -39,18 +42,58 @@ type rawStore struct {
 	mu       sync.Mutex
 	m        map[string]rawRequest
 	seq      uint64
-	lastCSeq map[string]uint64        // per Call-ID, in arrival order
-	watches  map[string]chan struct{} // closed when a request with the key arrives
+	lastCSeq map[string]uint64 // per Call-ID, in arrival order
+	dialogs  map[string]uint64 // last remote CSeq per dialog of the UA (dialogCSeqKey)
+
+	// onCancel, when set (before serving), is called for every CANCEL that
+	// was stored (not for a copy of one still pending), on the reader
+	// goroutine, after the store's lock is released. It returns true when
+	// it consumed the CANCEL: sipgo must not see it.
+	onCancel func(transport, source string, f rawFields, key string) bool
+}
+
+// dialogCSeqKey identifies a dialog from the remote side's point of view:
+// its requests carry the remote tag in From and the fake's tag in To.
+func dialogCSeqKey(callID, remoteTag, localTag string) string {
+	return callID + "\x00" + remoteTag + "\x00" + localTag
+}
+
+// openDialog makes the CSeq check of requests carrying these tags per
+// dialog (strictly above the last one of the dialog, starting from the
+// INVITE's cseq) instead of per Call-ID, so that forked dialogs sharing a
+// Call-ID each have their own CSeq space, as their UAC has.
+func (rs *rawStore) openDialog(callID, remoteTag, localTag string, cseq uint64) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.dialogs == nil {
+		rs.dialogs = map[string]uint64{}
+	}
+	k := dialogCSeqKey(callID, remoteTag, localTag)
+	if last, ok := rs.dialogs[k]; !ok || cseq > last {
+		rs.dialogs[k] = cseq
+	}
 }
 
 const rawStoreMax = 4096
 
-func (rs *rawStore) put(transport, source string, msg []byte) {
+// put stores a received message (requests only). It reports whether the
+// message was consumed and must not reach sipgo.
+func (rs *rawStore) put(transport, source string, msg []byte) (consumed bool) {
 	f, ok := parseRawRequest(msg)
 	if !ok {
-		return // a response, or nothing we can parse
+		return false // a response, or nothing we can parse
 	}
 	key := rawKey(transport, source, f.branch, f.cseq, f.cseqMethod)
+	if rs.store(key, f, msg) && rs.onCancel != nil &&
+		strings.EqualFold(f.method, "CANCEL") && strings.EqualFold(f.cseqMethod, "CANCEL") {
+		return rs.onCancel(transport, source, f, key)
+	}
+	return false
+}
+
+// store records one request; it reports whether it was new (not a copy of
+// one still pending).
+func (rs *rawStore) store(key string, f rawFields, msg []byte) bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	rs.seq++
@@ -60,47 +103,32 @@ func (rs *rawStore) put(transport, source string, msg []byte) {
 		rs.m = map[string]rawRequest{}
 	}
 	if _, pending := rs.m[key]; pending {
-		return // a retransmission of a request not handled yet: keep the original
+		return false // a retransmission of a request not handled yet: keep the original
 	}
 	if rs.lastCSeq == nil {
 		rs.lastCSeq = map[string]uint64{}
 	}
 	cseqOK := true
 	if m := strings.ToUpper(f.cseqMethod); m != "ACK" && m != "CANCEL" {
-		last, seen := rs.lastCSeq[f.callID]
-		cseqOK = !seen || f.cseq > last
-		if cseqOK {
-			rs.lastCSeq[f.callID] = f.cseq
+		last, inDialog := rs.dialogs[dialogCSeqKey(f.callID, f.fromTag, f.toTag)]
+		if f.toTag != "" && inDialog {
+			// A request within a dialog of the UA: strictly above the
+			// dialog's last CSeq (the INVITE's to begin with).
+			cseqOK = f.cseq > last
+			if cseqOK {
+				rs.dialogs[dialogCSeqKey(f.callID, f.fromTag, f.toTag)] = f.cseq
+				rs.lastCSeq[f.callID] = max(rs.lastCSeq[f.callID], f.cseq)
+			}
+		} else {
+			last, seen := rs.lastCSeq[f.callID]
+			cseqOK = !seen || f.cseq > last
+			if cseqOK {
+				rs.lastCSeq[f.callID] = f.cseq
+			}
 		}
 	}
 	rs.m[key] = rawRequest{raw: string(msg), ruri: f.ruri, seq: rs.seq, cseqOK: cseqOK}
-	if ch, ok := rs.watches[key]; ok {
-		close(ch)
-		delete(rs.watches, key)
-	}
-}
-
-// watch returns a channel closed when a request with key arrives (at once
-// if it has arrived and was not taken yet), and a function to stop watching.
-func (rs *rawStore) watch(key string) (<-chan struct{}, func()) {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.watches == nil {
-		rs.watches = map[string]chan struct{}{}
-	}
-	ch := make(chan struct{})
-	if _, arrived := rs.m[key]; arrived {
-		close(ch)
-		return ch, func() {}
-	}
-	rs.watches[key] = ch
-	return ch, func() {
-		rs.mu.Lock()
-		defer rs.mu.Unlock()
-		if rs.watches[key] == ch {
-			delete(rs.watches, key)
-		}
-	}
+	return true
 }
 
 func (rs *rawStore) take(key string) (rawRequest, bool) {
@@ -123,12 +151,13 @@ func (rs *rawStore) nextSeq() uint64 {
 
 // rawFields are what the tap reads from a raw request.
 type rawFields struct {
-	ruri, branch, callID, cseqMethod string
-	cseq                             uint64
+	method, ruri, branch, callID, cseqMethod string
+	fromTag, toTag                           string
+	cseq                                     uint64
 }
 
-// parseRawRequest extracts the Request-URI, top Via branch, Call-ID and
-// CSeq from a raw request. It returns ok=false for responses and
+// parseRawRequest extracts the method, Request-URI, top Via branch,
+// Call-ID, From and To tags and CSeq from a raw request. It returns ok=false for responses and
 // unparsable input.
 func parseRawRequest(msg []byte) (f rawFields, ok bool) {
 	head := msg
@@ -148,7 +177,7 @@ func parseRawRequest(msg []byte) (f rawFields, ok bool) {
 	if len(start) != 3 || strings.HasPrefix(strings.ToUpper(start[0]), "SIP/") {
 		return f, false
 	}
-	f.ruri = start[1]
+	f.method, f.ruri = start[0], start[1]
 	seenVia, seenCSeq := false, false
 	for _, line := range lines[1:] {
 		line = strings.TrimRight(line, "\r")
@@ -167,6 +196,10 @@ func parseRawRequest(msg []byte) (f rawFields, ok bool) {
 			f.branch = viaBranch(first)
 		case "call-id", "i":
 			f.callID = value
+		case "from", "f":
+			f.fromTag = headerTag(value)
+		case "to", "t":
+			f.toTag = headerTag(value)
 		case "cseq":
 			if seenCSeq {
 				continue
@@ -184,6 +217,25 @@ func parseRawRequest(msg []byte) (f rawFields, ok bool) {
 		}
 	}
 	return f, seenCSeq
+}
+
+// headerTag returns the tag parameter of a From or To value (name-addr or
+// addr-spec form), "" when it has none.
+func headerTag(value string) string {
+	if i := strings.LastIndexByte(value, '>'); i >= 0 {
+		value = value[i+1:]
+	} else if i := strings.IndexByte(value, ';'); i >= 0 {
+		value = value[i:]
+	} else {
+		return ""
+	}
+	for _, p := range strings.Split(value, ";") {
+		k, v, _ := strings.Cut(p, "=")
+		if strings.EqualFold(strings.TrimSpace(k), "tag") {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // viaBranch returns the branch parameter of one Via value.
@@ -205,11 +257,13 @@ type tapPacketConn struct {
 }
 
 func (c *tapPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	n, addr, err := c.PacketConn.ReadFrom(b)
-	if err == nil && n > 0 {
-		c.raws.put("UDP", addr.String(), b[:n])
+	for {
+		n, addr, err := c.PacketConn.ReadFrom(b)
+		if err == nil && n > 0 && c.raws.put("UDP", addr.String(), b[:n]) {
+			continue // consumed by the UA: sipgo reads the next datagram
+		}
+		return n, addr, err
 	}
-	return n, addr, err
 }
 
 // tapListener wraps accepted TCP connections in tapConn and tracks them, so
@@ -273,26 +327,35 @@ func (l *tapListener) closeConns() {
 }
 
 // tapConn frames the TCP byte stream into SIP messages (by Content-Length)
-// for the raw store. Read is only ever called by sipgo's single reader
-// goroutine for the connection.
+// for the raw store, and hands sipgo the same bytes, in order, a whole
+// message at a time, minus the messages the UA consumed. Read is only ever
+// called by sipgo's single reader goroutine for the connection.
 type tapConn struct {
 	net.Conn
 	raws   *rawStore
 	remote string
-	buf    []byte
+	buf    []byte // received, not framed yet
+	out    []byte // framed, for sipgo
+	rerr   error  // read error, returned once out is drained
 	once   sync.Once
 	done   func()
 }
 
 func (c *tapConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.feed(b[:n])
+	for len(c.out) == 0 && c.rerr == nil {
+		n, err := c.Conn.Read(b) // b is scratch space here
+		if n > 0 {
+			c.feed(b[:n])
+		}
+		c.rerr = err
 	}
-	if err != nil {
-		c.once.Do(c.done)
+	if len(c.out) > 0 {
+		n := copy(b, c.out)
+		c.out = c.out[n:]
+		return n, nil
 	}
-	return n, err
+	c.once.Do(c.done)
+	return 0, c.rerr
 }
 
 // Close closes the connection. sipgo calls it when its reader stops for any
@@ -306,8 +369,11 @@ func (c *tapConn) Close() error {
 func (c *tapConn) feed(p []byte) {
 	c.buf = append(c.buf, p...)
 	for {
-		// Keep-alive CRLFs between messages (RFC 5626 §3.5.1).
-		c.buf = bytes.TrimLeft(c.buf, "\r\n")
+		// Keep-alive CRLFs between messages (RFC 5626 §3.5.1) go to sipgo,
+		// which answers them.
+		rest := bytes.TrimLeft(c.buf, "\r\n")
+		c.out = append(c.out, c.buf[:len(c.buf)-len(rest)]...)
+		c.buf = rest
 		end := bytes.Index(c.buf, []byte("\r\n\r\n"))
 		if end < 0 {
 			return
@@ -316,7 +382,9 @@ func (c *tapConn) feed(p []byte) {
 		if len(c.buf) < total {
 			return
 		}
-		c.raws.put("TCP", c.remote, c.buf[:total])
+		if !c.raws.put("TCP", c.remote, c.buf[:total]) {
+			c.out = append(c.out, c.buf[:total]...)
+		}
 		c.buf = append([]byte(nil), c.buf[total:]...)
 	}
 }

@@ -1,0 +1,481 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/internal/fakepbx"
+)
+
+// callTarget is one of the two fake PBXs as the callee of a call.
+type callTarget struct {
+	name, ruri string
+	pbx        func(h *harness) *fakepbx.Server
+}
+
+var callTargets = []callTarget{
+	{"pbx-a", "sip:1002@pbx-a.example.com", func(h *harness) *fakepbx.Server { return h.A }},
+	{"pbx-b", "sip:2002@pbx-b.example.com", func(h *harness) *fakepbx.Server { return h.B }},
+}
+
+// waitCallState waits until the fake has a call with this Call-ID in state.
+func waitCallState(t *testing.T, pbx *fakepbx.Server, callID, state string) fakepbx.Call {
+	t.Helper()
+	var found fakepbx.Call
+	pbx.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
+		for _, c := range cs {
+			if c.CallID == callID && c.State == state {
+				found = c
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+func assertNoCallErrors(t *testing.T, pbx *fakepbx.Server) {
+	t.Helper()
+	for _, c := range pbx.Calls() {
+		if len(c.Errors) > 0 {
+			t.Errorf("call %s: upstream saw protocol errors: %q", c.CallID, c.Errors)
+		}
+	}
+	if s := pbx.Strays(); len(s) > 0 {
+		t.Errorf("upstream got requests for unknown dialogs: %v", summarize(s))
+	}
+}
+
+// waitDialogs waits until the proxy tracks n dialogs.
+func waitDialogs(t *testing.T, h *harness, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Proxy.DialogCount() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy tracks %d dialogs, want %d", h.Proxy.DialogCount(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCall: a challenged call to each upstream, over every combination of
+// client and upstream transport, caller hangs up. The upstream must see the
+// ACK with the INVITE's CSeq and credentials, and no CSeq going backwards.
+func TestCall(t *testing.T) {
+	for _, upTCP := range []bool{false, true} {
+		for _, clientTP := range []string{"udp", "tcp"} {
+			t.Run(fmt.Sprintf("client=%s/upstream_tcp=%v", clientTP, upTCP), func(t *testing.T) {
+				h := startHarness(t, harnessOptions{UpstreamTCP: upTCP,
+					A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}},
+					B: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}}})
+				for _, tg := range callTargets {
+					t.Run(tg.name, func(t *testing.T) {
+						ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
+						c := ph.dial(tg.ruri, testSDP)
+						res := c.waitFinal(10 * time.Second)
+						if res.StatusCode != 200 {
+							t.Fatalf("INVITE: %d %s", res.StatusCode, res.Reason)
+						}
+						var ringing bool
+						for _, r := range c.responses {
+							if r.StatusCode == 401 || r.StatusCode == 407 {
+								t.Fatalf("client saw the challenge %d", r.StatusCode)
+							}
+							if r.StatusCode == 180 {
+								ringing = true
+							}
+							if r.CSeq().SeqNo != 1 {
+								t.Fatalf("%d relayed with CSeq %d, client sent 1", r.StatusCode, r.CSeq().SeqNo)
+							}
+						}
+						if !ringing {
+							t.Fatal("180 Ringing not relayed")
+						}
+						if len(c.routes) == 0 {
+							t.Fatal("2xx carries no Record-Route: in-dialog requests would bypass authproxy")
+						}
+						c.ack()
+						fc := waitCallState(t, tg.pbx(h), c.callID, "confirmed")
+						fc = waitAck(t, tg.pbx(h), c.callID)
+						if !fc.AckCSeqOK || !fc.AckAuthOK {
+							t.Fatalf("ACK at upstream: CSeq ok %v, credentials ok %v", fc.AckCSeqOK, fc.AckAuthOK)
+						}
+						if bye := c.request(sip.BYE, nil); bye.StatusCode != 200 {
+							t.Fatalf("BYE: %d", bye.StatusCode)
+						}
+						waitCallState(t, tg.pbx(h), c.callID, "terminated")
+						assertNoCallErrors(t, tg.pbx(h))
+					})
+				}
+				waitDialogs(t, h, 0)
+			})
+		}
+	}
+}
+
+// waitAck waits until the fake has seen the ACK of the call.
+func waitAck(t *testing.T, pbx *fakepbx.Server, callID string) fakepbx.Call {
+	t.Helper()
+	var found fakepbx.Call
+	pbx.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
+		for _, c := range cs {
+			if c.CallID != callID {
+				continue
+			}
+			for _, r := range c.Requests {
+				if r.Method == "ACK" {
+					found = c
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// waitAcks waits until the fake has seen n ACKs in the call.
+func waitAcks(t *testing.T, pbx *fakepbx.Server, callID string, n int) {
+	t.Helper()
+	pbx.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
+		for _, c := range cs {
+			if c.CallID != callID {
+				continue
+			}
+			acks := 0
+			for _, r := range c.Requests {
+				if r.Method == "ACK" {
+					acks++
+				}
+			}
+			if acks >= n {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestCalleeHangsUp: the BYE the upstream sends reaches the client through
+// authproxy, with the upstream's own CSeq.
+func TestCalleeHangsUp(t *testing.T) {
+	for _, clientTP := range []string{"udp", "tcp"} {
+		t.Run(clientTP, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{})
+			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
+			c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+			if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+				t.Fatalf("INVITE: %d", res.StatusCode)
+			}
+			c.ack()
+			waitAck(t, h.A, c.callID)
+			if code := h.A.HangUp(t, c.callID); code != 200 {
+				t.Fatalf("callee BYE: %d", code)
+			}
+			bye := ph.waitReceived(sip.BYE, 5*time.Second)
+			if bye.CallID().Value() != c.callID {
+				t.Fatalf("BYE for call %s", bye.CallID().Value())
+			}
+			waitDialogs(t, h, 0)
+			assertNoCallErrors(t, h.A)
+		})
+	}
+}
+
+// TestReInviteHoldAndBack: two re-INVITEs in the dialog, each answered and
+// ACKed; the upstream's strict CSeq check passes only if every request of
+// the dialog is shifted by the challenge's offset.
+func TestReInviteHoldAndBack(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c.ack()
+	hold := []byte(strings.Replace(string(testSDP), "a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU/8000\r\na=sendonly", 1))
+	for i, body := range [][]byte{hold, testSDP} {
+		if res := c.request(sip.INVITE, body); res.StatusCode != 200 {
+			t.Fatalf("re-INVITE: %d", res.StatusCode)
+		}
+		// The fake judges an ACK against the latest INVITE; let this one's
+		// ACK arrive before the next INVITE (sipgo may reorder them).
+		waitAcks(t, h.A, c.callID, i+2)
+	}
+	if res := c.request(sip.INFO, nil); res.StatusCode != 200 {
+		t.Fatalf("INFO: %d", res.StatusCode)
+	}
+	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE: %d", res.StatusCode)
+	}
+	waitCallState(t, h.A, c.callID, "terminated")
+	assertNoCallErrors(t, h.A)
+	// The callee's own re-INVITE reaches the client too.
+	c2 := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c2.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c2.ack()
+	waitAck(t, h.A, c2.callID)
+	if code := h.A.ReInvite(t, c2.callID); code != 200 {
+		t.Fatalf("callee re-INVITE: %d", code)
+	}
+	ph.waitReceived(sip.INVITE, 5*time.Second)
+	if res := c2.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE after callee re-INVITE: %d", res.StatusCode)
+	}
+	assertNoCallErrors(t, h.A)
+}
+
+// TestInDialogChallenges: the upstream challenges every in-dialog request
+// too; authproxy answers, the offset grows, the client never notices.
+func TestInDialogChallenges(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{ChallengeInDialog: true}}})
+	ph := startPhone(t, "1001", "tcp", h.Addr["tcp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c.ack()
+	if res := c.request(sip.INVITE, testSDP); res.StatusCode != 200 {
+		t.Fatalf("challenged re-INVITE: %d", res.StatusCode)
+	}
+	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("challenged BYE: %d", res.StatusCode)
+	}
+	waitCallState(t, h.A, c.callID, "terminated")
+	assertNoCallErrors(t, h.A)
+}
+
+// TestCancelBeforeAnswer: the client's CANCEL cancels the authenticated
+// INVITE authproxy has outstanding (its branch and CSeq), and the client
+// gets 487.
+func TestCancelBeforeAnswer(t *testing.T) {
+	for _, clientTP := range []string{"udp", "tcp"} {
+		t.Run(clientTP, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{NoAnswer: true}}})
+			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
+			c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+			c.waitProvisional(5 * time.Second)
+			if res := c.cancel(); res.StatusCode != 200 {
+				t.Fatalf("CANCEL: %d", res.StatusCode)
+			}
+			if res := c.waitFinal(5 * time.Second); res.StatusCode != 487 {
+				t.Fatalf("INVITE final %d, want 487", res.StatusCode)
+			}
+			rs := h.A.WaitFor(t, 5*time.Second, func(rs []fakepbx.Request) bool {
+				for _, r := range rs {
+					if r.Method == "CANCEL" {
+						return true
+					}
+				}
+				return false
+			})
+			var invite, cancel *fakepbx.Request
+			for i := range rs {
+				r := &rs[i]
+				switch {
+				case r.Method == "INVITE" && r.Authenticated:
+					invite = r
+				case r.Method == "CANCEL":
+					cancel = r
+				}
+			}
+			if invite == nil {
+				t.Fatal("no authenticated INVITE upstream")
+			}
+			if cancel.CSeq != invite.CSeq || cancel.Branch != invite.Branch {
+				t.Fatalf("CANCEL cseq %d branch %s, outstanding INVITE cseq %d branch %s", cancel.CSeq, cancel.Branch, invite.CSeq, invite.Branch)
+			}
+			waitDialogs(t, h, 0)
+		})
+	}
+}
+
+// TestCancelRacingChallenge: a CANCEL sent right after the INVITE, while
+// authproxy is busy with the 407. Whatever the interleaving, the client
+// gets 487 and no call is left up at the upstream.
+func TestCancelRacingChallenge(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 300 * time.Millisecond}}})
+	for i := 0; i < 5; i++ {
+		ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+		c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+		// A few milliseconds let authproxy's server transaction exist (else
+		// the CANCEL gets 481) while its upstream exchange is in flight.
+		time.Sleep(5 * time.Millisecond)
+		c.cancel()
+		if res := c.waitFinal(5 * time.Second); res.StatusCode != 487 {
+			t.Fatalf("round %d: INVITE final %d, want 487", i, res.StatusCode)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // let a late 2xx, if any, be hung up
+	for _, fc := range h.A.Calls() {
+		if fc.State == "confirmed" {
+			t.Fatalf("call %s left up at the upstream", fc.CallID)
+		}
+	}
+}
+
+// Test2xxRacingCancel: the upstream answers 200 just as the CANCEL
+// arrives. The client already has its 487, so authproxy ACKs and BYEs the
+// call upstream itself.
+func Test2xxRacingCancel(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{NoAnswer: true, AnswerOnCancel: true}}})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	c.waitProvisional(5 * time.Second)
+	c.cancel()
+	if res := c.waitFinal(5 * time.Second); res.StatusCode != 487 {
+		t.Fatalf("INVITE final %d, want 487", res.StatusCode)
+	}
+	waitCallState(t, h.A, c.callID, "terminated")
+	// ACK and BYE leave back to back; the fake handles each on its own
+	// goroutine, so the BYE may be seen first.
+	fc := waitAck(t, h.A, c.callID)
+	if !fc.AckCSeqOK || !fc.AckAuthOK {
+		t.Fatalf("authproxy's ACK: CSeq ok %v, credentials ok %v; call %+v", fc.AckCSeqOK, fc.AckAuthOK, summarize(fc.Requests))
+	}
+	assertNoCallErrors(t, h.A)
+}
+
+// TestPRACK: a reliable 183 is PRACKed through authproxy; the RAck names
+// the INVITE in the upstream's numbering.
+func TestPRACK(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Reliable: true}}})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP, sip.NewHeader("Supported", "100rel"))
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c.ack()
+	fc := waitAck(t, h.A, c.callID)
+	if !fc.PRACKOK {
+		t.Fatal("PRACK's RAck did not name the INVITE as the upstream numbered it")
+	}
+	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE: %d", res.StatusCode)
+	}
+	assertNoCallErrors(t, h.A)
+}
+
+// TestCallRejected: busy and unavailable finals reach the client; the
+// hop-by-hop ACK is never forwarded, and no dialog is left behind.
+func TestCallRejected(t *testing.T) {
+	for _, code := range []int{486, 503} {
+		for _, clientTP := range []string{"udp", "tcp"} {
+			t.Run(fmt.Sprintf("%d/%s", code, clientTP), func(t *testing.T) {
+				h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: code}}})
+				ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
+				c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+				if res := c.waitFinal(10 * time.Second); res.StatusCode != code {
+					t.Fatalf("INVITE final %d, want %d", res.StatusCode, code)
+				}
+				time.Sleep(300 * time.Millisecond) // let a wrongly forwarded ACK arrive
+				acks := 0
+				for _, r := range h.A.Requests() {
+					if r.Method == "ACK" {
+						acks++
+					}
+				}
+				// One ACK for the 407 and one for the final, both from
+				// authproxy's client transactions; none forwarded.
+				if acks > 2 {
+					t.Fatalf("upstream saw %d ACKs, want at most 2", acks)
+				}
+				waitDialogs(t, h, 0)
+			})
+		}
+	}
+}
+
+// TestCallAuthInt: an INVITE with SDP answered with qop=auth-int.
+func TestCallAuthInt(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{QOP: "auth-int", Algorithms: []string{"SHA-256"}}})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c.ack()
+	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE: %d", res.StatusCode)
+	}
+}
+
+// TestForking: two 2xx with different To tags both reach the client, and
+// its ACK and BYE reach the right dialog.
+func TestForking(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Forks: 2}}})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c.ack()
+	deadline := time.Now().Add(5 * time.Second)
+	var other *sip.Response
+	for other == nil && time.Now().Before(deadline) {
+		for _, r := range c.extra2xx() {
+			if tag, _ := r.To().Params.Get("tag"); tag != c.toTag {
+				other = r
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if other == nil {
+		t.Fatal("the second fork's 2xx was not relayed")
+	}
+	c.ackFork(other)
+	second := c.fork(other)
+	// CSeq is per dialog, but the fake PBX checks it per Call-ID: keep the
+	// second dialog's numbers above the first's.
+	second.cseq += 10
+	for _, d := range []*call{c, second} {
+		if res := d.request(sip.BYE, nil); res.StatusCode != 200 {
+			t.Fatalf("BYE to fork %s: %d", d.toTag, res.StatusCode)
+		}
+	}
+	waitDialogs(t, h, 0)
+	assertNoCallErrors(t, h.A)
+}
+
+// TestTimerC: a callee that rings forever is CANCELled upstream and the
+// client gets 408 once Timer C fires.
+func TestTimerC(t *testing.T) {
+	h := startHarness(t, harnessOptions{TimerC: time.Second, A: fakepbx.Config{Call: fakepbx.CallConfig{NoAnswer: true}}})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 408 {
+		t.Fatalf("INVITE final %d, want 408", res.StatusCode)
+	}
+	h.A.WaitFor(t, 5*time.Second, func(rs []fakepbx.Request) bool {
+		for _, r := range rs {
+			if r.Method == "CANCEL" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestManyCallsLeaveNoState: the dialog table is back at zero after many
+// calls.
+func TestManyCallsLeaveNoState(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	for i := 0; i < 30; i++ {
+		c := ph.dial(callTargets[i%2].ruri, testSDP)
+		if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+			t.Fatalf("call %d: %d", i, res.StatusCode)
+		}
+		c.ack()
+		if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+			t.Fatalf("call %d BYE: %d", i, res.StatusCode)
+		}
+	}
+	waitDialogs(t, h, 0)
+}
