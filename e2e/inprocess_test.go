@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -82,6 +83,8 @@ type harnessOptions struct {
 	// upstream).
 	Clients []proxy.ClientGroup
 	Limits  proxy.Limits
+	// ListenTLS adds a TLS listener with this server configuration.
+	ListenTLS *tls.Config
 	// Lookup replaces the credential store built from Credentials.
 	Lookup proxy.Credentials
 }
@@ -124,7 +127,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	}
 	ready := make(chan struct{})
 	p, err := proxy.New(proxy.Config{
-		Listeners: []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}, {Transport: "tcp", Address: "127.0.0.1:0"}},
+		Listeners: listeners(o.ListenTLS),
 		Upstreams: append([]proxy.Upstream{
 			{Name: "pbx-a", Address: h.A.Addr(), Transport: tp, Domains: []string{"pbx-a.example.com"}},
 			{Name: "pbx-b", Address: h.B.Addr(), Transport: tp, Domains: []string{"pbx-b.example.com"}},
@@ -176,6 +179,19 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	return h
+}
+
+func listeners(tlsConf *tls.Config) []proxy.Listener {
+	ls := []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}, {Transport: "tcp", Address: "127.0.0.1:0"}}
+	if tlsConf != nil {
+		ls = append(ls, proxy.Listener{Transport: "tls", Address: "127.0.0.1:0", TLS: tlsConf})
+	}
+	return ls
+}
+
+// fakepbxAccounts is a fake PBX config with one account.
+func fakepbxAccounts(user, pass string) fakepbx.Config {
+	return fakepbx.Config{Accounts: map[string]string{user: pass}}
 }
 
 func clientsOr(c []proxy.ClientGroup) []proxy.ClientGroup {

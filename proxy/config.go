@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +24,8 @@ type Listener struct {
 	// Advertise is the host written into our Via and Record-Route headers;
 	// empty means the bound host.
 	Advertise string
+	// TLS is the server configuration (certificate) of a "tls" listener.
+	TLS *tls.Config
 }
 
 // Upstream is one configured server authproxy forwards to. Requests only
@@ -32,8 +36,14 @@ type Upstream struct {
 	// Address is host:port. It is also the server identity credentials are
 	// looked up with (config resolves a credential's upstream name to it).
 	Address string
-	// Transport is "udp" or "tcp".
+	// Transport is "udp", "tcp" or "tls".
 	Transport string
+	// RootCAs verifies a "tls" upstream's certificate; nil means the system
+	// roots. Verification is never off.
+	RootCAs *x509.CertPool
+	// ServerName is the name the upstream's certificate must carry; empty
+	// means the host of Address.
+	ServerName string
 	// Domains are the Request-URI hosts routed here besides the upstream's
 	// own host.
 	Domains []string
@@ -115,8 +125,12 @@ func (c *Config) validate() ([]*upstream, error) {
 		return nil, fmt.Errorf("no listener configured")
 	}
 	for i, l := range c.Listeners {
-		if _, err := normTransport(l.Transport); err != nil {
+		tp, err := normTransport(l.Transport)
+		if err != nil {
 			return nil, fmt.Errorf("listener %d: %w", i, err)
+		}
+		if tp == "TLS" && (l.TLS == nil || (len(l.TLS.Certificates) == 0 && l.TLS.GetCertificate == nil)) {
+			return nil, fmt.Errorf("listener %d: tls needs a certificate", i)
 		}
 	}
 	if c.Credentials == nil {
@@ -157,8 +171,10 @@ func normTransport(t string) (string, error) {
 		return "UDP", nil
 	case "tcp":
 		return "TCP", nil
+	case "tls":
+		return "TLS", nil
 	}
-	return "", fmt.Errorf("transport %q: want udp or tcp", t)
+	return "", fmt.Errorf("transport %q: want udp, tcp or tls", t)
 }
 
 // splitHostPort parses host[:port] with the SIP default port 5060.

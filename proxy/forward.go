@@ -654,6 +654,12 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 		if !canAnswer(c, cred) {
 			continue
 		}
+		if f.up.transport != "TLS" && f.rt.scopedToTLS(cred.Server) {
+			// A credential meant for a TLS upstream never crosses a plain
+			// transport, even to the same host.
+			f.log.Warn("not answering over a plain transport with a credential scoped to a tls upstream", logCredential, cred.String())
+			continue
+		}
 		if f.tries[k] && !c.Stale {
 			// We answered this realm and got challenged again without
 			// stale=true: the credentials were rejected.
@@ -744,9 +750,9 @@ func (f *forwarding) relay(res *sip.Response) {
 // what does not change during the forwarding, so it is also safe from
 // sipgo's retransmission callback.
 func (f *forwarding) prepareRelay(res *sip.Response) {
-	if v := res.Via(); v != nil && f.p.isOwnVia(v) {
-		removeFirst(res, "Via")
-	}
+	// §16.7 step 3: the topmost Via is ours — sipgo matched the response
+	// to our client transaction by its branch.
+	removeFirst(res, "Via")
 	if cs := res.CSeq(); cs != nil {
 		cs.SeqNo = f.req.CSeq().SeqNo
 	}

@@ -389,8 +389,8 @@ func (p *Proxy) healthRequest(u *upstream) *sip.Request {
 		host = "[" + host + "]" // IPv6 in a URI
 	}
 	target := sip.Uri{Scheme: "sip", Host: host, Port: u.port, UriParams: sip.NewParams(), Headers: sip.NewParams()}
-	if u.transport == "TCP" {
-		target.UriParams.Add("transport", "tcp")
+	if u.transport != "UDP" {
+		target.UriParams.Add("transport", strings.ToLower(u.transport))
 	}
 	req := sip.NewRequest(sip.OPTIONS, target)
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -181,6 +182,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("authproxy"),
+		sipgo.WithUserAgenTLSConfig(p.upstreamTLS()),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(p.log.With("component", "sipgo")),
 		),
@@ -219,9 +221,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() {
 			defer serving.Done()
 			var err error
-			if l.udp != nil {
+			switch {
+			case l.udp != nil:
 				err = srv.ServeUDP(l.udp)
-			} else {
+			case l.transport == "TLS":
+				err = srv.ServeTLS(l.tcp)
+			default:
 				err = srv.ServeTCP(l.tcp)
 			}
 			if err != nil && ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
@@ -301,11 +306,14 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 				return nil, fmt.Errorf("listen udp %s: %w", l.Address, err)
 			}
 			bl.udp, bl.closer, laddr = pc, pc, pc.LocalAddr()
-		case "TCP":
+		case "TCP", "TLS":
 			ln, err := net.Listen("tcp", l.Address)
 			if err != nil {
 				closeAll(out)
-				return nil, fmt.Errorf("listen tcp %s: %w", l.Address, err)
+				return nil, fmt.Errorf("listen %s %s: %w", strings.ToLower(tp), l.Address, err)
+			}
+			if tp == "TLS" {
+				ln = tls.NewListener(ln, l.TLS)
 			}
 			bl.tcp, bl.closer, laddr = ln, ln, ln.Addr()
 		}

@@ -1,0 +1,200 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/proxy"
+)
+
+// testCA is a certificate authority made for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "authproxy test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+// issue makes a server certificate for the names (DNS names or IPs).
+func (ca *testCA) issue(t *testing.T, names ...string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// tlsUpstream is a minimal SIP-over-TLS upstream: it challenges with 407
+// and accepts a request whose Proxy-Authorization names tls-user.
+type tlsUpstream struct {
+	addr string
+	mu   sync.Mutex
+	seen []string // Proxy-Authorization values received
+}
+
+func startTLSUpstream(t *testing.T, host string, cert tls.Certificate) *tlsUpstream {
+	t.Helper()
+	ua, err := sipgo.NewUA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := sipgo.NewServer(ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", host+":0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &tlsUpstream{addr: ln.Addr().String()}
+	srv.OnNoRoute(func(req *sip.Request, tx sip.ServerTransaction) {
+		h := req.GetHeader("Proxy-Authorization")
+		if h == nil {
+			res := sip.NewResponseFromRequest(req, 407, "Proxy Authentication Required", nil)
+			res.AppendHeader(sip.NewHeader("Proxy-Authenticate", `Digest realm="secure", nonce="tls-nonce-1", qop="auth", algorithm=SHA-256`))
+			_ = tx.Respond(res)
+			return
+		}
+		u.mu.Lock()
+		u.seen = append(u.seen, h.Value())
+		u.mu.Unlock()
+		code := 403
+		if strings.Contains(h.Value(), `username="tls-user"`) {
+			code = 200
+		}
+		_ = tx.Respond(sip.NewResponseFromRequest(req, code, "", nil))
+	})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln) }()
+	t.Cleanup(func() { _ = ln.Close(); _ = ua.Close(); <-done })
+	return u
+}
+
+// TestTLSUpstream: a TLS upstream verified against the test CA gets its
+// credential; one with a certificate from another CA, or for another name,
+// is refused (503) and never sees a credential.
+func TestTLSUpstream(t *testing.T) {
+	ca := newTestCA(t)
+	good := startTLSUpstream(t, "127.0.0.5", ca.issue(t, "pbx-tls.test"))
+	rogue := startTLSUpstream(t, "127.0.0.6", newTestCA(t).issue(t, "pbx-tls.test"))
+	creds := func(a, b string) []credentials.Entry {
+		return append(defaultCredentials(a, b),
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: good.addr},
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: rogue.addr},
+		)
+	}
+	h := startHarness(t, harnessOptions{Credentials: creds, ExtraUpstreams: []proxy.Upstream{
+		{Name: "tls-good", Address: good.addr, Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"good.example.com"}},
+		{Name: "tls-rogue", Address: rogue.addr, Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"rogue.example.com"}},
+	}})
+	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@good.example.com", FromUser: "1"}); res.StatusCode != 200 {
+		t.Fatalf("verified TLS upstream: status %d", res.StatusCode)
+	}
+	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@rogue.example.com", FromUser: "1"}); res.StatusCode != 503 {
+		t.Fatalf("TLS upstream with a foreign certificate: status %d, want 503", res.StatusCode)
+	}
+	rogue.mu.Lock()
+	defer rogue.mu.Unlock()
+	if len(rogue.seen) != 0 {
+		t.Fatalf("the rogue upstream received credentials: %q", rogue.seen)
+	}
+}
+
+// TestTLSCredentialNeverOverPlain: a credential scoped to a TLS upstream's
+// host is not used for a plain upstream on the same host.
+func TestTLSCredentialNeverOverPlain(t *testing.T) {
+	ca := newTestCA(t)
+	good := startTLSUpstream(t, "127.0.0.2", ca.issue(t, "127.0.0.2"))
+	creds := func(a, b string) []credentials.Entry {
+		return []credentials.Entry{{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: "127.0.0.2"}}
+	}
+	h := startHarness(t, harnessOptions{Credentials: creds, A: fakepbxAccounts("tls-user", "tls-pw"), ExtraUpstreams: []proxy.Upstream{
+		{Name: "tls", Address: good.addr, Transport: "tls", RootCAs: ca.pool, Domains: []string{"tls.example.com"}},
+	}})
+	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@tls.example.com", FromUser: "1"}); res.StatusCode != 200 {
+		t.Fatalf("over TLS: status %d", res.StatusCode)
+	}
+	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@pbx-a.example.com", FromUser: "1"}); res.StatusCode != 407 {
+		t.Fatalf("plain upstream on the TLS upstream's host: status %d, want the challenge relayed (407)", res.StatusCode)
+	}
+	assertOnlyUsernames(t, "pbx-a", h.A)
+}
+
+// TestTLSListener: a client reaches authproxy over TLS.
+func TestTLSListener(t *testing.T) {
+	ca := newTestCA(t)
+	h := startHarness(t, harnessOptions{ListenTLS: &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "127.0.0.1")}}})
+	ua, err := sipgo.NewUA(sipgo.WithUserAgenTLSConfig(&tls.Config{RootCAs: ca.pool}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ua.Close() })
+	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}.build(t)
+	req.SetDestination(h.Addr["tls"])
+	req.SetTransport("TLS")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := client.Do(ctx, req, sipgo.ClientRequestAddVia)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != 200 {
+		t.Fatalf("MESSAGE over TLS: status %d", res.StatusCode)
+	}
+}
