@@ -18,12 +18,18 @@
 //     realm ("asterisk" by default), with plain-text users rendered into a
 //     generated kamailio.cfg. It logs one PEERS| line per auth decision;
 //     Events, AuthUsernames and SeenUsernames read them back, so a test can
-//     assert which credentials reached which server.
+//     assert which credentials reached which server. With RelayTo it is a
+//     PBX trunk instead: it challenges the initial INVITE, then
+//     Record-Routes and relays it to a UAS, relays the dialog's ACK, BYE
+//     and CANCEL (logging each), and can challenge the caller's BYE too.
 //   - RunSipp runs one SIPp scenario to completion and returns its exit
-//     status, call counters and message trace.
+//     status, call counters and message trace. StartSipp runs one in the
+//     background, typically the UAS behind a relaying Kamailio, and Wait
+//     collects the same result.
 //   - StartProcess runs any daemon in a process group of its own with its
-//     output captured, stopping it with SIGTERM and then SIGKILL; the e2e
-//     authproxy runner uses it too.
+//     output captured (and, on request, a pipe to its stdin), stopping it
+//     with SIGTERM and then SIGKILL; the e2e authproxy and baresip runners
+//     use it too.
 //   - UDPExchange sends one hand-written SIP request and returns the answer,
 //     for tests that need a client SIPp cannot be (SIPp digests MD5 only).
 package peers

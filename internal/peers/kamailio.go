@@ -62,6 +62,26 @@ type KamailioConfig struct {
 	// Children is the number of UDP and of TCP worker processes. Zero
 	// means 2.
 	Children int
+
+	// RelayTo switches on relay mode: Kamailio becomes a PBX trunk in front
+	// of a UAS (e.g. a SIPp scenario started with StartSipp) at this
+	// loopback "host:port". It challenges the initial INVITE with 407 like
+	// everything else and, once the credentials are valid, Record-Routes it
+	// and relays it statefully to RelayTo. Requests inside the dialog (To
+	// tag) follow the route set (loose_route) without a challenge, as on
+	// most PBX trunks; the ACK for a 2xx is relayed end to end, the ACK for
+	// a non-2xx absorbed; a CANCEL goes after its INVITE's transaction.
+	// Non-INVITE requests outside a dialog are answered as without RelayTo.
+	// Every relayed INVITE, ACK, BYE and CANCEL is logged (see AuthEvent),
+	// with the auth username its credentials carry, if any.
+	RelayTo string
+	// RelayTransport is the transport toward RelayTo: "" or "udp", or
+	// "tcp".
+	RelayTransport string
+	// ChallengeBYE (relay mode only) also challenges a BYE that the caller's
+	// side sends in a dialog, as some PBXs do; the callee's BYE (from the
+	// RelayTo host) is relayed unchallenged.
+	ChallengeBYE bool
 }
 
 // Kamailio is a running Kamailio started by StartKamailio.
@@ -151,6 +171,21 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 	if cfg.Children <= 0 {
 		cfg.Children = 2
 	}
+	if cfg.RelayTo != "" {
+		if err := checkLoopbackAddr(cfg.RelayTo); err != nil {
+			return cfg, fmt.Errorf("relay target: %w", err)
+		}
+		switch strings.ToLower(cfg.RelayTransport) {
+		case "", "udp":
+			cfg.RelayTransport = "udp"
+		case "tcp":
+			cfg.RelayTransport = "tcp"
+		default:
+			return cfg, fmt.Errorf("relay transport %q: want udp or tcp", cfg.RelayTransport)
+		}
+	} else if cfg.RelayTransport != "" || cfg.ChallengeBYE {
+		return cfg, errors.New("RelayTransport and ChallengeBYE need RelayTo")
+	}
 	check := func(what, s string) error {
 		if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 			return fmt.Errorf("%s %q contains a control character", what, s)
@@ -192,6 +227,7 @@ type kamailioData struct {
 	ChallengeFlags int            // www_challenge/proxy_challenge flags
 	StaleFlags     int            // the same plus stale=true
 	NonceExpire    int            // seconds, 0 = module default
+	RelayHost      string         // host of RelayTo
 }
 
 func renderKamailio(cfg KamailioConfig) ([]byte, error) {
@@ -211,6 +247,9 @@ func renderKamailio(cfg KamailioConfig) ([]byte, error) {
 	d.StaleFlags = d.ChallengeFlags | 16
 	if cfg.NonceExpire > 0 {
 		d.NonceExpire = max(1, int(cfg.NonceExpire/time.Second))
+	}
+	if cfg.RelayTo != "" {
+		d.RelayHost, _, _ = net.SplitHostPort(cfg.RelayTo)
 	}
 	var buf bytes.Buffer
 	if err := kamailioTmpl.Execute(&buf, d); err != nil {
@@ -339,17 +378,28 @@ func (k *Kamailio) Log() string { return k.proc.Output() }
 // Stop stops Kamailio now instead of at cleanup.
 func (k *Kamailio) Stop() { _ = k.proc.Stop() }
 
-// AuthEvent is one authentication decision logged by the generated script.
+// AuthEvent is one authentication decision logged by the generated script
+// or, in relay mode, one request relayed without one.
 type AuthEvent struct {
 	// Result is "ok", "challenge" (no credentials for the realm), "fail"
 	// (wrong password, unknown username, reused nonce, digest uri mismatch),
 	// "expired" (stale nonce, re-challenged with stale=true) or "stale"
 	// (StaleOnce).
+	//
+	// Relay mode adds "relay", a request relayed with no authentication
+	// check: one inside a dialog that followed the route set (the ACK for
+	// a 2xx, a BYE from either side, a re-INVITE), or a CANCEL that matched
+	// its INVITE's transaction; and "stray", a request dropped because it
+	// matched nothing: a CANCEL without a transaction (answered 481), an ACK
+	// that neither follows a route set nor matches a transaction, or a
+	// request with a To tag but no route set for Kamailio (answered 404).
+	// The ACK for a non-2xx final response, which tm absorbs hop by hop, is
+	// not logged.
 	Result string
 	// Code is the return code of pv_www/proxy_authenticate: 1 ok, -2 bad
 	// password or unknown user, -4 nonce expired, -5 no credentials, -6
 	// nonce reused; and -10, made up by the script: digest uri is not the
-	// Request-URI (StrictURI).
+	// Request-URI (StrictURI). 0 for "relay" and "stray".
 	Code      int
 	Method    string
 	RURIUser  string // user part of the Request-URI
@@ -357,15 +407,17 @@ type AuthEvent struct {
 	Realm     string // realm from the credentials, "" if none
 	Transport string // "udp" or "tcp"
 	CSeq      int
+	Source    string // IP address the request came from
 	CallID    string
 }
 
 // syncTimeout bounds the log sync of Events.
 const syncTimeout = 5 * time.Second
 
-// Events returns every auth decision so far, in log order. It first sends a
-// probe and waits for its log line, so every request answered before the
-// call is included. If Kamailio has stopped it returns what was logged.
+// Events returns every auth decision (and, in relay mode, every relayed or
+// stray request) so far, in log order. It first sends a probe and waits for
+// its log line, so every request answered before the call is included. If
+// Kamailio has stopped it returns what was logged.
 func (k *Kamailio) Events() []AuthEvent {
 	select {
 	case <-k.proc.Done():
@@ -384,8 +436,8 @@ func parseEvents(log string) []AuthEvent {
 		if !ok {
 			continue
 		}
-		f := strings.SplitN(strings.TrimRight(rest, "\r"), "|", 9)
-		if len(f) != 9 {
+		f := strings.SplitN(strings.TrimRight(rest, "\r"), "|", 10)
+		if len(f) != 10 {
 			continue // probes and anything unexpected
 		}
 		for i := range f {
@@ -397,7 +449,7 @@ func parseEvents(log string) []AuthEvent {
 		cseq, _ := strconv.Atoi(f[7])
 		evs = append(evs, AuthEvent{
 			Result: f[0], Code: code, Method: f[2], RURIUser: f[3], Username: f[4],
-			Realm: f[5], Transport: f[6], CSeq: cseq, CallID: f[8],
+			Realm: f[5], Transport: f[6], CSeq: cseq, Source: f[8], CallID: f[9],
 		})
 	}
 	return evs

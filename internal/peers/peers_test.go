@@ -3,6 +3,7 @@ package peers
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,13 +39,16 @@ func TestFreePort(t *testing.T) {
 func TestParseEvents(t *testing.T) {
 	log := ` 0(1) INFO: <core> [main.c:1]: hello
  2(7) NOTICE: <script>: PEERS|probe|abc
- 1(6) NOTICE: <script>: PEERS|challenge|-5|REGISTER|<null>|<null>|<null>|udp|1|c1@h
- 1(6) NOTICE: <script>: PEERS|ok|1|MESSAGE|1001|a-1001|asterisk|tcp|2|id|with|pipes
+ 1(6) NOTICE: <script>: PEERS|challenge|-5|REGISTER|<null>|<null>|<null>|udp|1|127.0.0.1|c1@h
+ 1(6) NOTICE: <script>: PEERS|ok|1|MESSAGE|1001|a-1001|asterisk|tcp|2|127.0.0.1|id|with|pipes
+ 1(6) NOTICE: <script>: PEERS|relay|0|BYE|<null>|<null>|<null>|udp|7|127.0.0.4|c2@h
+ 1(6) NOTICE: <script>: PEERS|old|format|without|source|ip|field|x|y
 `
 	got := parseEvents(log)
 	want := []AuthEvent{
-		{Result: "challenge", Code: -5, Method: "REGISTER", Transport: "udp", CSeq: 1, CallID: "c1@h"},
-		{Result: "ok", Code: 1, Method: "MESSAGE", RURIUser: "1001", Username: "a-1001", Realm: "asterisk", Transport: "tcp", CSeq: 2, CallID: "id|with|pipes"},
+		{Result: "challenge", Code: -5, Method: "REGISTER", Transport: "udp", CSeq: 1, Source: "127.0.0.1", CallID: "c1@h"},
+		{Result: "ok", Code: 1, Method: "MESSAGE", RURIUser: "1001", Username: "a-1001", Realm: "asterisk", Transport: "tcp", CSeq: 2, Source: "127.0.0.1", CallID: "id|with|pipes"},
+		{Result: "relay", Method: "BYE", Transport: "udp", CSeq: 7, Source: "127.0.0.4", CallID: "c2@h"},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("parseEvents:\n got %+v\nwant %+v", got, want)
@@ -82,14 +86,18 @@ func TestNormalizeKamailio(t *testing.T) {
 		t.Errorf("defaults = %+v", cfg)
 	}
 	for name, bad := range map[string]KamailioConfig{
-		"non-loopback host": {Host: "10.0.0.1"},
-		"SHA-512-256":       {Algorithm: "SHA-512-256"},
-		"MD5-sess":          {Algorithm: "MD5-sess"},
-		"qop list":          {QOP: "auth,auth-int"},
-		"newline password":  {Users: map[string]string{"u": "a\nb"}},
-		"empty username":    {Users: map[string]string{"": "p"}},
-		"quote in username": {Users: map[string]string{`a"b`: "p"}},
-		"pipe in realm":     {Realm: "a|b"},
+		"non-loopback host":  {Host: "10.0.0.1"},
+		"SHA-512-256":        {Algorithm: "SHA-512-256"},
+		"MD5-sess":           {Algorithm: "MD5-sess"},
+		"qop list":           {QOP: "auth,auth-int"},
+		"newline password":   {Users: map[string]string{"u": "a\nb"}},
+		"empty username":     {Users: map[string]string{"": "p"}},
+		"quote in username":  {Users: map[string]string{`a"b`: "p"}},
+		"pipe in realm":      {Realm: "a|b"},
+		"non-loopback relay": {RelayTo: "10.0.0.1:5060"},
+		"relay without port": {RelayTo: "127.0.0.4"},
+		"relay over sctp":    {RelayTo: "127.0.0.4:5060", RelayTransport: "sctp"},
+		"ChallengeBYE alone": {ChallengeBYE: true},
 	} {
 		if _, err := normalizeKamailio(bad); err == nil {
 			t.Errorf("%s: accepted %+v", name, bad)
@@ -114,6 +122,8 @@ func TestKamailioConfigSyntax(t *testing.T) {
 		"no-qop":     {Users: users, QOP: "none"},
 		"everything": {Users: users, StaleOnce: true, StrictURI: true, NonceExpire: 2 * time.Second, Realm: "my realm"},
 		"no-users":   {},
+		"relay":      {Users: users, RelayTo: "127.0.0.4:5070"},
+		"relay-tcp":  {Users: users, RelayTo: "127.0.0.4:5070", RelayTransport: "tcp", ChallengeBYE: true, StrictURI: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg.Port = 5060
@@ -164,4 +174,124 @@ func TestRequire(t *testing.T) {
 	if !strings.Contains(r.fatal, "no-such-peer-binary") || r.skipped != "" {
 		t.Errorf("with CI=true: skipped %q, fatal %q", r.skipped, r.fatal)
 	}
+}
+
+func TestSocketBound(t *testing.T) {
+	const host = "127.0.0.9"
+	u, err := net.ListenPacket("udp4", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uport := u.LocalAddr().(*net.UDPAddr).Port
+	l, err := net.Listen("tcp4", host+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tport := l.Addr().(*net.TCPAddr).Port
+	for _, c := range []struct {
+		proto string
+		port  int
+	}{{"udp", uport}, {"tcp", tport}} {
+		if ok, err := socketBound(c.proto, host, c.port); !ok || err != nil {
+			t.Errorf("socketBound(%s, %d) = %v, %v; want true", c.proto, c.port, ok, err)
+		}
+	}
+	u.Close()
+	l.Close()
+	if ok, _ := socketBound("udp", host, uport); ok {
+		t.Errorf("socketBound(udp, %d) after close = true", uport)
+	}
+	if ok, _ := socketBound("tcp", host, tport); ok {
+		t.Errorf("socketBound(tcp, %d) after close = true", tport)
+	}
+}
+
+func TestProcessStdin(t *testing.T) {
+	cat, err := exec.LookPath("cat")
+	if err != nil {
+		t.Skip("no cat")
+	}
+	p := StartProcess(t, ProcessConfig{Name: "cat", Path: cat, Stdin: true})
+	if err := p.WriteStdin("hello peers\n"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := p.WaitLine(ctx, func(l string) bool { return l == "hello peers" }); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Stop()
+	if err := p.WriteStdin("late\n"); err == nil {
+		t.Error("WriteStdin after Stop succeeded")
+	}
+	q := StartProcess(t, ProcessConfig{Name: "cat", Path: cat})
+	if err := q.WriteStdin("x"); err == nil {
+		t.Error("WriteStdin without ProcessConfig.Stdin succeeded")
+	}
+	_ = q.Stop()
+}
+
+// TestStartSipp runs a background SIPp UAS and a SIPp UAC against it: the
+// server must exit 0 after its one call; one that never gets a call must
+// report a failure when stopped.
+func TestStartSipp(t *testing.T) {
+	Require(t, "sipp")
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	uas := write("uas.xml", `<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="options uas">
+  <recv request="OPTIONS"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+  ]]></send>
+</scenario>
+`)
+	uac := write("uac.xml", `<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="options uac">
+  <send retrans="500"><![CDATA[
+      OPTIONS sip:x@[domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:y@[domain]>;tag=[pid]
+      To: <sip:x@[domain]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="200"/>
+</scenario>
+`)
+	for _, tr := range []string{"u1", "t1"} {
+		t.Run(tr, func(t *testing.T) {
+			srv := StartSipp(t, SippRun{Scenario: uas, Local: "127.0.0.9", Transport: tr, Timeout: 10 * time.Second})
+			res := RunSipp(t, SippRun{Scenario: uac, Remote: srv.Addr(), Transport: tr, Timeout: 5 * time.Second})
+			if !res.OK() {
+				t.Errorf("client: %v", res)
+			}
+			if got := srv.Wait(); !got.OK() {
+				t.Errorf("server: %v", got)
+			}
+		})
+	}
+	t.Run("never-called", func(t *testing.T) {
+		srv := StartSipp(t, SippRun{Scenario: uas, Local: "127.0.0.9", Timeout: 10 * time.Second})
+		// SIPp exits 0 on SIGTERM; the call counters tell.
+		if got := srv.Stop(); got.OK() || got.Successful != 0 {
+			t.Errorf("a server stopped before any call reports success: %v", got)
+		}
+	})
 }

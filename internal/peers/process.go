@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -27,6 +28,10 @@ type ProcessConfig struct {
 	// StopGrace bounds how long Stop waits after SIGTERM before it sends
 	// SIGKILL. Zero means 5s.
 	StopGrace time.Duration
+	// Stdin gives the process a pipe as its standard input, written with
+	// WriteStdin (e.g. commands to a softphone's console); false means
+	// /dev/null. The pipe stays open until the process has stopped.
+	Stdin bool
 }
 
 // Process is a daemon started by StartProcess. Its stdout and stderr are
@@ -39,6 +44,9 @@ type Process struct {
 
 	done    chan struct{} // closed when the leader has exited and been reaped
 	waitErr error         // set before done is closed
+
+	stdinMu sync.Mutex
+	stdin   *os.File // write end of the stdin pipe (ProcessConfig.Stdin), nil once closed
 
 	stopOnce sync.Once
 }
@@ -104,15 +112,52 @@ func startProcess(cfg ProcessConfig) (*Process, error) {
 	}
 	// Children that inherited the output pipe must not keep Wait blocked.
 	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Start(); err != nil {
+	var stdinR *os.File
+	if cfg.Stdin {
+		// An *os.File, so exec hands the process the pipe itself and runs no
+		// copying goroutine that Wait would wait for.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		stdinR, p.stdin = r, w
+		cmd.Stdin = r
+	}
+	err := cmd.Start()
+	if stdinR != nil {
+		stdinR.Close() // the child has its copy
+	}
+	if err != nil {
+		p.closeStdin()
 		return nil, err
 	}
 	p.cmd = cmd
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
+		p.closeStdin()
 	}()
 	return p, nil
+}
+
+// WriteStdin writes s to the process's standard input (ProcessConfig.Stdin).
+func (p *Process) WriteStdin(s string) error {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.stdin == nil {
+		return fmt.Errorf("%s: no stdin pipe (not configured, or the process has exited)", p.name)
+	}
+	_, err := p.stdin.WriteString(s)
+	return err
+}
+
+func (p *Process) closeStdin() {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.stdin != nil {
+		p.stdin.Close()
+		p.stdin = nil
+	}
 }
 
 // Pid returns the leader's process id, which is also the group id.

@@ -125,7 +125,7 @@ const sippExitBind = 254
 
 func runSippOnce(t testing.TB, bin string, run SippRun) SippResult {
 	t.Helper()
-	args, dir, err := sippArgs(t, run)
+	args, dir, _, err := sippArgs(t, run, false)
 	if err != nil {
 		t.Fatalf("peers: RunSipp: %v", err)
 	}
@@ -149,36 +149,46 @@ func runSippOnce(t testing.TB, bin string, run SippRun) SippResult {
 	default:
 		t.Fatalf("peers: run sipp: %v", err)
 	}
+	res.readTraces(dir)
+	return res
+}
+
+// readTraces fills in the traces and counters from SIPp's files in dir.
+func (r *SippResult) readTraces(dir string) {
 	read := func(name string) string {
 		b, _ := os.ReadFile(filepath.Join(dir, name))
 		return string(b)
 	}
-	res.Messages = read("messages.log")
-	res.Errors = read("errors.log")
-	res.Successful, res.Failed = sippCounters(read("stats.csv"))
-	return res
+	r.Messages = read("messages.log")
+	r.Errors = read("errors.log")
+	r.Successful, r.Failed = sippCounters(read("stats.csv"))
 }
 
-func sippArgs(t testing.TB, run SippRun) (args []string, dir string, err error) {
+// sippArgs builds SIPp's command line for run and makes its trace
+// directory. It returns run with the defaults filled in. A server (a UAS
+// started by StartSipp) may have no Remote.
+func sippArgs(t testing.TB, run SippRun, server bool) (args []string, dir string, _ SippRun, err error) {
 	t.Helper()
 	if run.Scenario == "" {
-		return nil, "", errors.New("no scenario")
+		return nil, "", run, errors.New("no scenario")
 	}
 	scenario, err := filepath.Abs(run.Scenario)
 	if err != nil {
-		return nil, "", err
+		return nil, "", run, err
 	}
 	if _, err := os.Stat(scenario); err != nil {
-		return nil, "", err
+		return nil, "", run, err
 	}
-	if err := checkLoopbackAddr(run.Remote); err != nil {
-		return nil, "", err
+	if run.Remote != "" || !server {
+		if err := checkLoopbackAddr(run.Remote); err != nil {
+			return nil, "", run, err
+		}
 	}
 	if run.Local == "" {
 		run.Local = "127.0.0.1"
 	}
 	if err := checkLoopback(run.Local); err != nil {
-		return nil, "", err
+		return nil, "", run, err
 	}
 	if run.LocalPort == 0 {
 		run.LocalPort = FreePort(t, run.Local)
@@ -188,7 +198,7 @@ func sippArgs(t testing.TB, run SippRun) (args []string, dir string, err error) 
 		run.Transport = "u1"
 	case "u1", "t1":
 	default:
-		return nil, "", fmt.Errorf("transport %q: want u1 or t1", run.Transport)
+		return nil, "", run, fmt.Errorf("transport %q: want u1 or t1", run.Transport)
 	}
 	if run.Calls <= 0 {
 		run.Calls = 1
@@ -197,14 +207,20 @@ func sippArgs(t testing.TB, run SippRun) (args []string, dir string, err error) 
 		run.Rate = 10
 	}
 	if run.Domain == "" {
-		run.Domain, _, _ = net.SplitHostPort(run.Remote)
+		if run.Remote != "" {
+			run.Domain, _, _ = net.SplitHostPort(run.Remote)
+		} else {
+			run.Domain = run.Local
+		}
 	}
 	dir, err = os.MkdirTemp(t.TempDir(), "sipp-")
 	if err != nil {
-		return nil, "", err
+		return nil, "", run, err
 	}
-	args = []string{
-		run.Remote,
+	if run.Remote != "" {
+		args = append(args, run.Remote)
+	}
+	args = append(args,
 		"-sf", scenario,
 		"-i", run.Local,
 		"-p", strconv.Itoa(run.LocalPort),
@@ -219,9 +235,10 @@ func sippArgs(t testing.TB, run SippRun) (args []string, dir string, err error) 
 		"-timeout", fmt.Sprintf("%ds", max(1, int(run.timeout().Round(time.Second)/time.Second))),
 		"-timeout_error",
 		// Abort a call on an unexpected message (a relayed 401/407 must fail
-		// the call), but send no BYE for it: these scenarios make no dialogs.
+		// the call), but send no BYE for it: a test that fails should show
+		// the unexpected message, not what SIPp did about it.
 		"-default_behaviors", "all,-bye",
-	}
+	)
 	if run.Service != "" {
 		args = append(args, "-s", run.Service)
 	}
@@ -240,7 +257,7 @@ func sippArgs(t testing.TB, run SippRun) (args []string, dir string, err error) 
 		args = append(args, "-key", k, run.Keys[k])
 	}
 	args = append(args, run.Extra...)
-	return args, dir, nil
+	return args, dir, run, nil
 }
 
 func redactArgs(args []string) []string {
