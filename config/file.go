@@ -54,14 +54,14 @@ type fileClientUser struct {
 }
 
 type fileLimits struct {
-	Rate         int     `koanf:"rate"`
-	Burst        int     `koanf:"burst"`
-	MaxPerSource int     `koanf:"max_per_source"`
-	MaxTotal     int     `koanf:"max_total"`
-	AuthFailures int     `koanf:"auth_failures"`
-	BlockFor     string  `koanf:"block_for"`
-	MaxSources   int     `koanf:"max_sources"`
-	Deny         string  `koanf:"deny"`
+	Rate         int    `koanf:"rate"`
+	Burst        int    `koanf:"burst"`
+	MaxPerSource int    `koanf:"max_per_source"`
+	MaxTotal     int    `koanf:"max_total"`
+	AuthFailures int    `koanf:"auth_failures"`
+	BlockFor     string `koanf:"block_for"`
+	MaxSources   int    `koanf:"max_sources"`
+	Deny         string `koanf:"deny"`
 }
 
 type fileLog struct {

@@ -4,6 +4,10 @@
 //	authproxy -config F            run on F
 //	authproxy -check -config F     validate F, print the errors or a summary
 //	authproxy -version             print the version
+//	authproxy -healthcheck URL     GET URL, exit 0 on a 2xx (container HEALTHCHECK)
+//
+// Signals: SIGINT/SIGTERM drain and stop (a second one exits at once);
+// SIGHUP reloads the configuration file.
 package main
 
 import (
@@ -81,6 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "", "TOML configuration `file` (default: the embedded config.example.toml)")
 	check := fs.Bool("check", false, "validate the configuration, print a summary or every error, and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	healthURL := fs.String("healthcheck", "", "GET `URL` (e.g. http://127.0.0.1:9060/healthz) and exit 0 on a 2xx answer, 1 otherwise: a HEALTHCHECK for images without curl")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -95,6 +100,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *showVersion {
 		fmt.Fprintln(stdout, "authproxy", versionString())
 		return 0
+	}
+	if *healthURL != "" {
+		return probe(ctx, *healthURL, stdout, stderr)
 	}
 
 	source := *configPath
@@ -126,7 +134,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 
-	log := newLogger(stderr, cfg.Log)
+	level := new(slog.LevelVar)
+	level.Set(cfg.Log.Level)
+	log := newLogger(stderr, cfg.Log, level)
 	sip.SetDefaultLogger(log.With("component", "sipgo"))
 	if cfg.Log.SIPTrace {
 		sip.SIPDebugTracer(proxy.Tracer{Log: log.With("component", "trace")})
@@ -134,19 +144,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("starting", "version", versionString(), "config", source, "summary", cfg.Summary())
 
-	pcfg := proxyConfig(cfg, store)
-	pcfg.Logger = log
-	pcfg.Ready = func() { log.Info("ready") }
-	p, err := proxy.New(pcfg)
-	if err != nil {
-		log.Error("cannot start", "error", err)
-		return 1
-	}
-	if err := p.Run(ctx); err != nil {
-		log.Error("stopped with error", "error", err)
-		return 1
-	}
-	return 0
+	d := &daemon{path: *configPath, source: source, log: log, level: level, boot: cfg, started: time.Now()}
+	d.cur.Store(cfg)
+	return d.serve(ctx, store)
 }
 
 // flattenErrors unwraps errors.Join trees so each error prints on its line.
@@ -163,7 +163,8 @@ func flattenErrors(err error) []error {
 
 // newLogger builds the process logger: tint on a terminal (unless NO_COLOR
 // asks otherwise), JSON lines elsewhere, or what the configuration forces.
-func newLogger(w io.Writer, c config.Log) *slog.Logger {
+// level is the minimum level; a reload changes it.
+func newLogger(w io.Writer, c config.Log, level slog.Leveler) *slog.Logger {
 	format := c.Format
 	if format == "auto" || format == "" {
 		format = "json"
@@ -175,11 +176,11 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 	switch format {
 	case "tint":
 		_, noColor := os.LookupEnv("NO_COLOR")
-		h = tint.NewTextHandler(w, &tint.Options{Level: c.Level, TimeFormat: time.TimeOnly, NoColor: noColor})
+		h = tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: noColor})
 	case "text":
-		h = slog.NewTextHandler(w, &slog.HandlerOptions{Level: c.Level})
+		h = slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
 	default:
-		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: c.Level})
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
 	}
 	return slog.New(h)
 }
@@ -202,6 +203,9 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) proxy.Config {
 		MaxChallenges: cfg.Proxy.MaxChallenges,
 		ShutdownGrace: cfg.Proxy.ShutdownGrace,
 		SIPTrace:      cfg.Log.SIPTrace,
+		Health: proxy.HealthCheck{
+			Interval: cfg.Health.OptionsInterval, DownAfter: cfg.Health.DownAfter, UpAfter: cfg.Health.UpAfter,
+		},
 		Limits: proxy.Limits{
 			Rate: cfg.Limits.Rate, Burst: cfg.Limits.Burst,
 			MaxPerSource: cfg.Limits.MaxPerSource, MaxTotal: cfg.Limits.MaxTotal,

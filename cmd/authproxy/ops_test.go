@@ -1,0 +1,281 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/config"
+)
+
+func TestHealthcheckFlag(t *testing.T) {
+	var status int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(status) }))
+	defer srv.Close()
+	for _, tc := range []struct {
+		status, code int
+		url          string
+	}{
+		{200, 0, srv.URL + "/healthz"},
+		{204, 0, srv.URL + "/healthz"},
+		{503, 1, srv.URL + "/readyz"},
+		{200, 1, "http://127.0.0.1:1/healthz"}, // nothing listens on port 1
+		{200, 1, "::not a url"},
+	} {
+		status = tc.status
+		code, stdout, stderr := runCmd(t, "-healthcheck", tc.url)
+		if code != tc.code {
+			t.Errorf("-healthcheck %s (server says %d): exit %d, want %d\nstdout: %s\nstderr: %s", tc.url, tc.status, code, tc.code, stdout, stderr)
+		}
+	}
+}
+
+const opsBase = `
+[log]
+format = "json"
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:0"
+[[upstream]]
+name = "pbx-a"
+address = "127.0.0.2:5060"
+[[upstream]]
+name = "pbx-b"
+address = "127.0.0.3:5060"
+[[credential]]
+username = "alice"
+password = "Sup3r-Secret-Value"
+server = "pbx-a"
+realm = "asterisk"
+[[client]]
+name = "loopback"
+networks = ["127.0.0.0/8"]
+upstreams = ["*"]
+`
+
+func mustParse(t *testing.T, text string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse([]byte(text), config.WithLookupEnv(func(string) (string, bool) { return "", false }))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	return cfg
+}
+
+func TestDescribeChanges(t *testing.T) {
+	old := mustParse(t, opsBase)
+	if got := describeChanges(old, old); len(got) != 0 {
+		t.Errorf("no change described as %q", got)
+	}
+	if got := restartKeys(old, old); len(got) != 0 {
+		t.Errorf("no change needs a restart: %q", got)
+	}
+	changed := strings.NewReplacer(
+		`format = "json"`, "level = \"debug\"\nformat = \"text\"",
+		`password = "Sup3r-Secret-Value"`, `password = "An0ther-Secret"`,
+		"name = \"pbx-b\"\naddress = \"127.0.0.3:5060\"", "name = \"pbx-c\"\naddress = \"127.0.0.4:5060\"",
+		`address = "127.0.0.1:0"`, `address = "127.0.0.1:5999"`,
+	).Replace(opsBase) + "\n[health]\noptions_interval = \"10s\"\n[admin]\naddress = \"127.0.0.1:0\"\n" +
+		"[[credential]]\nusername = \"bob\"\npassword = \"x\"\nserver = \"pbx-c\"\n"
+	cur := mustParse(t, changed)
+
+	summary := strings.Join(describeChanges(old, cur), "; ")
+	for _, want := range []string{
+		"log.level info -> debug",
+		"upstreams +pbx-c -pbx-b",
+		"credentials 1 added, 1 changed, 0 removed",
+		"options_interval=0s down_after=3 up_after=2 -> options_interval=10s",
+	} {
+		if !strings.Contains(summary, want) {
+			t.Errorf("summary %q lacks %q", summary, want)
+		}
+	}
+	for _, secret := range []string{"Sup3r-Secret-Value", "An0ther-Secret", "alice", "bob"} {
+		if strings.Contains(summary, secret) {
+			t.Errorf("summary names %q: %s", secret, summary)
+		}
+	}
+	if got, want := restartKeys(old, cur), []string{"listen", "admin.address", "log.format"}; !slices.Equal(got, want) {
+		t.Errorf("restartKeys = %q, want %q", got, want)
+	}
+}
+
+func TestErrorList(t *testing.T) {
+	_, err := config.Load(writeConfig(t, opsBase+"\n[health]\ndown_after = 0\n[reload]\nwatcher = true\n"))
+	got := errorList(err)
+	if len(got) != 2 || !strings.Contains(strings.Join(got, "|"), "health.down_after = 0: must be between 1 and 100") ||
+		!strings.Contains(strings.Join(got, "|"), "reload.watcher: unknown key") {
+		t.Errorf("errorList = %q", got)
+	}
+	if got := errorList(fmt.Errorf("credentials: %w", errors.New("x"))); len(got) != 1 || got[0] != "credentials: x" {
+		t.Errorf("errorList(single) = %q", got)
+	}
+}
+
+// TestFileWatcher: writing the file, and replacing it by rename as
+// config management does, each signal a change.
+func TestFileWatcher(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "authproxy.toml")
+	if err := os.WriteFile(path, []byte("a"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := newFileWatcher(path, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() {
+		cancel()
+		<-w.done
+	}()
+	go w.run(ctx)
+	// Watch arms synchronously at the start of run; wait for it through a
+	// write that keeps coming until it is seen.
+	wait := func(what string, act func()) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		act()
+		for {
+			select {
+			case <-w.changed:
+				return
+			case <-tick.C:
+				act() // the watch may not have been armed at the first write
+			case <-deadline:
+				t.Fatalf("no change signalled after %s", what)
+			}
+		}
+	}
+	n := 0
+	wait("a write", func() {
+		n++
+		_ = os.WriteFile(path, fmt.Appendf(nil, "write %d", n), 0o600)
+	})
+	wait("a rename over the file", func() {
+		tmp := filepath.Join(dir, "new.tmp")
+		_ = os.WriteFile(tmp, []byte("renamed"), 0o600)
+		_ = os.Rename(tmp, path)
+	})
+}
+
+// TestRun_AdminListener runs the command with [admin] on a free port: the
+// endpoints answer while it runs, and the listener is closed once run
+// returns.
+func TestRun_AdminListener(t *testing.T) {
+	cfg := writeConfig(t, opsBase+"\n[admin]\naddress = \"127.0.0.1:0\"\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"-config", cfg}, &bytes.Buffer{}, pw)
+		pw.Close()
+	}()
+	dec := json.NewDecoder(pr)
+	adminAddr := ""
+	for {
+		var line map[string]any
+		if err := dec.Decode(&line); err != nil {
+			cancel()
+			t.Fatalf("log ended before ready: %v", err)
+		}
+		if line["msg"] == "admin listening" {
+			adminAddr, _ = line["address"].(string)
+		}
+		if line["msg"] == "ready" {
+			break
+		}
+	}
+	if adminAddr == "" {
+		cancel()
+		t.Fatal("no admin listening line before ready")
+	}
+	for path, want := range map[string]string{
+		"/healthz": "ok",
+		"/readyz":  "ready",
+		"/metrics": "authproxy_build_info",
+		"/status":  `"trunk_registrations": []`,
+	} {
+		res, err := http.Get("http://" + adminAddr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s = %d, want 200 with %q:\n%s", path, res.StatusCode, want, body)
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	rest, _ := readAll(pr)
+	if strings.Contains(rest, "Sup3r-Secret-Value") {
+		t.Fatal("password in log")
+	}
+	if c, err := net.Dial("tcp", adminAddr); err == nil {
+		c.Close()
+		t.Error("admin listener still open after run returned")
+	}
+}
+
+func TestRun_AdminPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := writeConfig(t, opsBase+"\n[admin]\naddress = \""+ln.Addr().String()+"\"\n")
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-config", cfg}, &bytes.Buffer{}, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	if !strings.Contains(stderr.String(), "admin listener") {
+		t.Errorf("error does not name the admin listener:\n%s", stderr.String())
+	}
+}
+
+// TestOpsDeps: the admin server knows HTTP only (cmd/authproxy adapts the
+// proxy to it), and the metrics package never reads the configuration.
+func TestOpsDeps(t *testing.T) {
+	const mod = "github.com/authproxy/authproxy"
+	for _, tc := range []struct {
+		pkg       string
+		forbidden []string
+	}{
+		{mod + "/internal/admin", []string{mod + "/", "github.com/"}},
+		{mod + "/internal/metrics", []string{mod + "/config", mod + "/cmd"}},
+	} {
+		out, err := exec.Command("go", "list", "-deps", tc.pkg).Output()
+		if err != nil {
+			t.Fatalf("go list %s: %v", tc.pkg, err)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			if dep == tc.pkg {
+				continue
+			}
+			for _, f := range tc.forbidden {
+				if strings.HasPrefix(dep, f) {
+					t.Errorf("%s imports %s", tc.pkg, dep)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,331 @@
+// Package metrics exposes what authproxy does as Prometheus metrics. A
+// Metrics is the proxy's proxy.Observer (counters and histograms fed on the
+// request path) and reads the proxy's gauges (transactions, dialogs,
+// upstream health) when it is scraped.
+//
+// No label ever carries a username, a Call-ID, a SIP URI or anything
+// secret: labels are methods (unknown ones folded into "other"), status
+// codes, configured upstream names, challenge realms (capped, see
+// maxRealms), outcome and reason words.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/authproxy/authproxy/proxy"
+)
+
+// namespace prefixes every authproxy metric.
+const namespace = "authproxy"
+
+// maxRealms caps the distinct realm label values: realms come from the
+// upstreams' challenges, and an upstream that invents a realm per request
+// must not grow the metric set without bound. Realms past the cap are
+// counted as "other".
+const maxRealms = 64
+
+// durationBuckets span a loopback OPTIONS (a few ms) to an INVITE that
+// rings for minutes (Timer C is 3.5 min), in seconds.
+var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 240}
+
+// knownMethods are the methods kept as label values; any other method a
+// client invents is counted as "other" (a label per invented method would
+// let one client grow the metric set without bound).
+var knownMethods = map[string]bool{
+	"INVITE": true, "ACK": true, "BYE": true, "CANCEL": true, "REGISTER": true, "OPTIONS": true,
+	"MESSAGE": true, "SUBSCRIBE": true, "NOTIFY": true, "REFER": true, "INFO": true, "UPDATE": true,
+	"PRACK": true, "PUBLISH": true,
+}
+
+// authFailureOutcomes are the RequestDone outcomes that count as an
+// authentication failure besides a rejection (AuthRejected): the upstream
+// challenged and authproxy could not get the request accepted.
+var authFailureOutcomes = map[string]bool{
+	"challenge-limit":     true, // max_challenges rounds spent
+	"no-usable-challenge": true, // no credential/algorithm could answer
+	"no-challenge":        true, // a 401/407 without a parsable challenge
+}
+
+// Source is what the scrape-time gauges read; *proxy.Proxy satisfies it.
+type Source interface {
+	InFlight() int
+	DialogCount() int
+	UpstreamHealth() []proxy.UpstreamHealth
+}
+
+// Metrics holds authproxy's metrics in a registry of its own. It is a
+// proxy.Observer; its methods are safe for concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests       *prometheus.CounterVec
+	outcomes       *prometheus.CounterVec
+	duration       *prometheus.HistogramVec
+	upstreamTime   *prometheus.HistogramVec
+	challenges     *prometheus.CounterVec
+	staleRetries   *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+	authFailures   *prometheus.CounterVec
+	refused        *prometheus.CounterVec
+	stateChanges   *prometheus.CounterVec
+	reloads        *prometheus.CounterVec
+	reloadSuccess  prometheus.Gauge
+	registrations  prometheus.Gauge
+	attachOnce     sync.Once
+	realmsMu       sync.Mutex
+	realms         map[string]bool
+	healthUpDesc   *prometheus.Desc
+	healthRTTDesc  *prometheus.Desc
+	healthPingDesc *prometheus.Desc
+}
+
+// New returns metrics registered in a fresh registry, with the Go runtime
+// and process collectors and authproxy_build_info{version} set to 1.
+func New(version string) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), realms: map[string]bool{}}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "requests_total",
+		Help: "Requests handled, by method, upstream (\"none\" when none was chosen) and final status sent back (\"none\" when none was, e.g. after a CANCEL).",
+	}, []string{"method", "upstream", "status"})
+	m.outcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "request_outcomes_total",
+		Help: "Requests handled, by upstream and outcome (relayed, local, rejected, timeout, unreachable, cancelled, ...), the outcome word of the request log line.",
+	}, []string{"upstream", "outcome"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "request_duration_seconds",
+		Help:    "Time from a request's arrival to its final response, as the client sees it, by method.",
+		Buckets: durationBuckets,
+	}, []string{"method"})
+	m.upstreamTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "upstream_request_duration_seconds",
+		Help:    "Time from sending a request to the next hop until its final response, challenge rounds included, by method and upstream.",
+		Buckets: durationBuckets,
+	}, []string{"method", "upstream"})
+	m.challenges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "challenges_answered_total",
+		Help: "401/407 challenges answered, by upstream and realm (realms past the first 64 counted as \"other\").",
+	}, []string{"upstream", "realm"})
+	m.staleRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "stale_retries_total",
+		Help: "Challenges answered again because the upstream marked the nonce stale, by upstream.",
+	}, []string{"upstream"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "retries_total",
+		Help: "Requests re-sent upstream with answers to a challenge, by upstream.",
+	}, []string{"upstream"})
+	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "auth_failures_total",
+		Help: "Requests whose challenge could not be satisfied, by upstream and reason: rejected (credentials refused), challenge-limit, no-usable-challenge, no-challenge.",
+	}, []string{"upstream", "reason"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "requests_refused_total",
+		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources).",
+	}, []string{"reason"})
+	m.stateChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_state_changes_total",
+		Help: "Upstreams marked up or down by the OPTIONS health check, by upstream and new state.",
+	}, []string{"upstream", "state"})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "config_reloads_total",
+		Help: "Configuration reloads, by result: ok, restart-required (applied except what needs a restart), rejected (invalid; the old configuration kept).",
+	}, []string{"result"})
+	m.reloadSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
+		Help: "Unix time of the last configuration load that was applied (the start, or a reload).",
+	})
+	m.registrations = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "trunk_registrations",
+		Help: "Trunk registrations authproxy maintains upstream; always 0 until trunk registration exists.",
+	})
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Always 1; the labels say which authproxy and Go built this process.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	build.Set(1)
+	m.reloadSuccess.SetToCurrentTime()
+	m.reg.MustRegister(
+		m.requests, m.outcomes, m.duration, m.upstreamTime, m.challenges, m.staleRetries, m.retries,
+		m.authFailures, m.refused, m.stateChanges, m.reloads, m.reloadSuccess, m.registrations, build,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	m.healthUpDesc = prometheus.NewDesc(namespace+"_upstream_up",
+		"1 when the upstream answers OPTIONS health checks, 0 when it is marked down; absent while unknown or with health checks off.",
+		[]string{"upstream"}, nil)
+	m.healthRTTDesc = prometheus.NewDesc(namespace+"_upstream_ping_rtt_seconds",
+		"Round-trip time of the last answered OPTIONS health check.",
+		[]string{"upstream"}, nil)
+	m.healthPingDesc = prometheus.NewDesc(namespace+"_upstream_pings_total",
+		"OPTIONS health checks sent, by upstream and result (answered, failed).",
+		[]string{"upstream", "result"}, nil)
+	return m
+}
+
+// Attach registers the gauges read from src at scrape time:
+// authproxy_active_transactions, authproxy_dialogs and the upstream health
+// metrics. Call it once, after the proxy is created; later calls do
+// nothing.
+func (m *Metrics) Attach(src Source) {
+	m.attachOnce.Do(func() {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Namespace: namespace, Name: "active_transactions",
+				Help: "Requests being handled now (server transactions in progress).",
+			}, func() float64 { return float64(src.InFlight()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Namespace: namespace, Name: "dialogs",
+				Help: "Dialogs (calls and subscriptions) this instance tracks.",
+			}, func() float64 { return float64(src.DialogCount()) }),
+			healthCollector{m: m, src: src},
+		)
+	})
+}
+
+// Handler serves the metrics in the Prometheus exposition formats.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry returns the registry the metrics are in, for gathering in
+// tests or adding collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Reload results, the values of authproxy_config_reloads_total{result}.
+const (
+	ReloadOK              = "ok"
+	ReloadRestartRequired = "restart-required"
+	ReloadRejected        = "rejected"
+)
+
+// ConfigReloaded counts a reload with one of the Reload* results.
+func (m *Metrics) ConfigReloaded(result string) {
+	m.reloads.WithLabelValues(result).Inc()
+	if result != ReloadRejected {
+		m.reloadSuccess.SetToCurrentTime()
+	}
+}
+
+// RequestDone implements proxy.Observer.
+func (m *Metrics) RequestDone(method, upstream string, status int, outcome string, total, nextHop time.Duration) {
+	method = methodLabel(method)
+	up := upstreamLabel(upstream)
+	st := "none"
+	if status > 0 {
+		st = strconv.Itoa(status)
+	}
+	m.requests.WithLabelValues(method, up, st).Inc()
+	if outcome == "" {
+		outcome = "none"
+	}
+	m.outcomes.WithLabelValues(up, outcome).Inc()
+	m.duration.WithLabelValues(method).Observe(total.Seconds())
+	if nextHop > 0 {
+		m.upstreamTime.WithLabelValues(method, up).Observe(nextHop.Seconds())
+	}
+	if authFailureOutcomes[outcome] {
+		m.authFailures.WithLabelValues(up, outcome).Inc()
+	}
+}
+
+// ChallengeAnswered implements proxy.Observer.
+func (m *Metrics) ChallengeAnswered(upstream, realm string, stale bool) {
+	m.challenges.WithLabelValues(upstreamLabel(upstream), m.realmLabel(realm)).Inc()
+	if stale {
+		m.staleRetries.WithLabelValues(upstreamLabel(upstream)).Inc()
+	}
+}
+
+// AuthRejected implements proxy.Observer.
+func (m *Metrics) AuthRejected(upstream string) {
+	m.authFailures.WithLabelValues(upstreamLabel(upstream), "rejected").Inc()
+}
+
+// Refused implements proxy.Observer.
+func (m *Metrics) Refused(reason string) {
+	m.refused.WithLabelValues(reason).Inc()
+}
+
+// RequestResent implements proxy.Observer.
+func (m *Metrics) RequestResent(upstream string) {
+	m.retries.WithLabelValues(upstreamLabel(upstream)).Inc()
+}
+
+// UpstreamStateChanged implements proxy.Observer.
+func (m *Metrics) UpstreamStateChanged(upstream string, up bool) {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	m.stateChanges.WithLabelValues(upstreamLabel(upstream), state).Inc()
+}
+
+var _ proxy.Observer = (*Metrics)(nil)
+
+func methodLabel(m string) string {
+	if knownMethods[m] {
+		return m
+	}
+	return "other"
+}
+
+func upstreamLabel(u string) string {
+	if u == "" {
+		return "none"
+	}
+	return u
+}
+
+// realmLabel returns realm while fewer than maxRealms distinct realms were
+// seen, "other" after.
+func (m *Metrics) realmLabel(realm string) string {
+	m.realmsMu.Lock()
+	defer m.realmsMu.Unlock()
+	if m.realms[realm] {
+		return realm
+	}
+	if len(m.realms) >= maxRealms {
+		return "other"
+	}
+	m.realms[realm] = true
+	return realm
+}
+
+// healthCollector reports the upstream health snapshot at scrape time, so
+// that upstreams a reload removes disappear from the output.
+type healthCollector struct {
+	m   *Metrics
+	src Source
+}
+
+func (c healthCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.m.healthUpDesc
+	ch <- c.m.healthRTTDesc
+	ch <- c.m.healthPingDesc
+}
+
+func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, u := range c.src.UpstreamHealth() {
+		switch u.State {
+		case proxy.HealthUp:
+			ch <- prometheus.MustNewConstMetric(c.m.healthUpDesc, prometheus.GaugeValue, 1, u.Name)
+		case proxy.HealthDown:
+			ch <- prometheus.MustNewConstMetric(c.m.healthUpDesc, prometheus.GaugeValue, 0, u.Name)
+		}
+		if u.LastRTT > 0 {
+			ch <- prometheus.MustNewConstMetric(c.m.healthRTTDesc, prometheus.GaugeValue, u.LastRTT.Seconds(), u.Name)
+		}
+		if u.Pings > 0 {
+			ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Pings-u.Failures), u.Name, "answered")
+			ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Failures), u.Name, "failed")
+		}
+	}
+}
