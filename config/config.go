@@ -138,6 +138,9 @@ type Listen struct {
 	// to the host of Address, and is required when that host is unspecified
 	// (0.0.0.0, :: or empty), because no peer can route to those.
 	Advertise string
+	// CertFile and KeyFile are the PEM certificate chain and key of a "tls"
+	// listener, resolved against the configuration's directory.
+	CertFile, KeyFile string
 }
 
 // Upstream is one [[upstream]] entry: a PBX requests are forwarded to.
@@ -156,6 +159,11 @@ type Upstream struct {
 	// Default makes this upstream take Request-URIs that match no
 	// upstream. At most one upstream is the default.
 	Default bool
+	// CAFile is a PEM bundle that verifies a "tls" upstream's certificate
+	// (resolved against the configuration's directory); empty means the
+	// system roots. ServerName is the name its certificate must carry;
+	// empty means the address host.
+	CAFile, ServerName string
 }
 
 // Summary describes the configuration in one line for the startup log, e.g.

@@ -304,7 +304,7 @@ func rules() []rule {
 		{name: "UpstreamAddressBadHost", toml: listenOK + up(`address = "pbx/a:5060"`) + credOK, key: "upstream[0].address", err: config.ErrInvalid},
 		{name: "UpstreamAddressUnspecified", toml: listenOK + up(`address = "0.0.0.0"`) + credOK, key: "upstream[0].address", err: config.ErrInvalid},
 		{name: "UpstreamAddressDuplicate", toml: listenOK + upstreamsOK + "[[upstream]]\nname = \"pbx-c\"\naddress = \"127.0.0.2:5060\"\n" + credOK, key: "upstream[2].address", err: config.ErrDuplicate},
-		{name: "UpstreamTransport", toml: listenOK + up(`address = "127.0.0.2"`+"\ntransport = \"tls\"") + credOK, key: "upstream[0].transport", err: config.ErrInvalid},
+		{name: "UpstreamTransport", toml: listenOK + up(`address = "127.0.0.2"`+"\ntransport = \"ws\"") + credOK, key: "upstream[0].transport", err: config.ErrInvalid},
 		{name: "UpstreamDomainDuplicate", toml: listenOK + upstreamsOK + "domains = [\"PBX-A.example.com\"]\n" + credOK, key: "upstream[1].domains[0]", err: config.ErrDuplicate},
 		{name: "UpstreamDomainInvalid", toml: listenOK + up(`address = "127.0.0.2"`+"\ndomains = [\"\"]") + credOK, key: "upstream[0].domains[0]", err: config.ErrInvalid},
 		{name: "UpstreamDomainsNotArray", toml: listenOK + up(`address = "127.0.0.2"`+"\ndomains = \"a.example.com\"") + credOK, key: "upstream[0].domains", err: config.ErrInvalid},
@@ -814,4 +814,51 @@ deny = "drop"
 			t.Fatalf("limits = %+v", cfg.Limits)
 		}
 	})
+}
+
+// TestTLSKeys covers the TLS keys of listeners and upstreams.
+func TestTLSKeys(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"cert.pem", "key.pem", "ca.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("-----BEGIN-----\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("Valid", func(t *testing.T) {
+		cfg, err := config.Parse(withClient(`
+[[listen]]
+transport = "tls"
+address = "127.0.0.1:5061"
+cert_file = "cert.pem"
+key_file = "key.pem"
+[[upstream]]
+name = "secure"
+address = "pbx.example.com"
+transport = "tls"
+ca_file = "ca.pem"
+server_name = "PBX.example.com"
+`+credOK), env(nil), config.WithBaseDir(dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := cfg.Listen[0]; l.CertFile != filepath.Join(dir, "cert.pem") || l.KeyFile != filepath.Join(dir, "key.pem") {
+			t.Fatalf("listen = %+v", l)
+		}
+		if u := cfg.Upstreams[0]; u.Address != "pbx.example.com:5061" || u.CAFile != filepath.Join(dir, "ca.pem") || u.ServerName != "pbx.example.com" {
+			t.Fatalf("upstream = %+v (tls default port is 5061)", u)
+		}
+	})
+	for _, tc := range []struct{ name, toml, key string }{
+		{"ListenTLSWithoutCert", "[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:5061\"\nkey_file = \"key.pem\"\n" + upstreamsOK, "listen[0].cert_file"},
+		{"ListenMissingKeyFile", "[[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:5061\"\ncert_file = \"cert.pem\"\nkey_file = \"nope.pem\"\n" + upstreamsOK, "listen[0].key_file"},
+		{"CertOnPlainListener", "[[listen]]\naddress = \"127.0.0.1:5060\"\ncert_file = \"cert.pem\"\n" + upstreamsOK, "listen[0].cert_file"},
+		{"CAOnPlainUpstream", listenOK + "[[upstream]]\nname = \"a\"\naddress = \"127.0.0.2\"\nca_file = \"ca.pem\"\n", "upstream[0].ca_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse(withClient(tc.toml+credOK), env(nil), config.WithBaseDir(dir))
+			if err == nil || !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("err = %v, want one naming %s", err, tc.key)
+			}
+		})
+	}
 }

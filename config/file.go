@@ -93,14 +93,18 @@ type fileListen struct {
 	Transport string `koanf:"transport"`
 	Address   string `koanf:"address"`
 	Advertise string `koanf:"advertise"`
+	CertFile  string `koanf:"cert_file"`
+	KeyFile   string `koanf:"key_file"`
 }
 
 type fileUpstream struct {
-	Name      string   `koanf:"name"`
-	Address   string   `koanf:"address"`
-	Transport string   `koanf:"transport"`
-	Domains   []string `koanf:"domains"`
-	Default   bool     `koanf:"default"`
+	Name       string   `koanf:"name"`
+	Address    string   `koanf:"address"`
+	Transport  string   `koanf:"transport"`
+	Domains    []string `koanf:"domains"`
+	Default    bool     `koanf:"default"`
+	CAFile     string   `koanf:"ca_file"`
+	ServerName string   `koanf:"server_name"`
 }
 
 type fileCredential struct {

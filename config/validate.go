@@ -275,6 +275,16 @@ func (v *validator) buildListen(ls []fileListen) []Listen {
 		key := fmt.Sprintf("listen[%d]", i)
 		tr := v.transport(key, l.Transport)
 		o := Listen{Transport: tr, Address: l.Address, Advertise: l.Advertise}
+		if tr == "tls" {
+			o.CertFile = v.existingFile(key+".cert_file", l.CertFile, "the listener's PEM certificate chain")
+			o.KeyFile = v.existingFile(key+".key_file", l.KeyFile, "the listener's PEM private key")
+		} else {
+			for _, f := range []struct{ k, v string }{{"cert_file", l.CertFile}, {"key_file", l.KeyFile}} {
+				if f.v != "" {
+					v.add(key+"."+f.k, strconv.Quote(f.v), `applies only to transport = "tls"`, ErrInvalid, nil)
+				}
+			}
+		}
 		if l.Address == "" {
 			v.add(key+".address", "", `is required, as "host:port"`, ErrRequired, nil)
 			out = append(out, o)
@@ -356,7 +366,7 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 
 		if u.Address == "" {
 			v.add(key+".address", "", `is required, as "host:port" or "host" (port 5060)`, ErrRequired, nil)
-		} else if host, port, rule := parseAddress(u.Address, defaultSIPPort); rule != "" {
+		} else if host, port, rule := parseAddress(u.Address, defaultPort(o.Transport)); rule != "" {
 			v.add(key+".address", strconv.Quote(u.Address), rule, ErrInvalid, nil)
 		} else if host == "" || unspecified(host) {
 			v.add(key+".address", strconv.Quote(u.Address),
@@ -371,6 +381,18 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 					fmt.Sprintf("duplicates upstream[%d].address (same transport)", j), ErrDuplicate, nil)
 			} else {
 				addrAt[k] = i
+			}
+		}
+		if o.Transport == "tls" {
+			if u.CAFile != "" {
+				o.CAFile = v.existingFile(key+".ca_file", u.CAFile, "a PEM CA bundle")
+			}
+			o.ServerName = lowerASCII(u.ServerName)
+		} else {
+			for _, f := range []struct{ k, v string }{{"ca_file", u.CAFile}, {"server_name", u.ServerName}} {
+				if f.v != "" {
+					v.add(key+"."+f.k, strconv.Quote(f.v), `applies only to transport = "tls"`, ErrInvalid, nil)
+				}
 			}
 		}
 		if _, taken := idx.byName[u.Name]; !taken && u.Name != "" {
@@ -410,10 +432,10 @@ func (v *validator) transport(key, t string) string {
 	switch lt := strings.ToLower(t); lt {
 	case "":
 		return "udp"
-	case "udp", "tcp":
+	case "udp", "tcp", "tls":
 		return lt
 	}
-	v.add(key+".transport", strconv.Quote(t), `must be "udp" or "tcp"`, ErrInvalid, nil)
+	v.add(key+".transport", strconv.Quote(t), `must be "udp", "tcp" or "tls"`, ErrInvalid, nil)
 	return t
 }
 
@@ -735,4 +757,34 @@ func isHex(s string) bool {
 		}
 	}
 	return true
+}
+
+// defaultPort is the RFC 3261 §19.1.2 default port of a transport.
+func defaultPort(transport string) int {
+	if transport == "tls" {
+		return 5061
+	}
+	return defaultSIPPort
+}
+
+// existingFile resolves path against the configuration's directory and
+// checks that it is a readable regular file; what names it is in rule.
+func (v *validator) existingFile(key, path, what string) string {
+	if path == "" {
+		v.add(key, "", "is required: "+what, ErrRequired, nil)
+		return ""
+	}
+	if !filepath.IsAbs(path) && v.opts.baseDir != "" {
+		path = filepath.Join(v.opts.baseDir, path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		v.add(key, strconv.Quote(path), "must be a readable file ("+what+")", ErrInvalid, err)
+		return path
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		v.add(key, strconv.Quote(path), "must be a regular file ("+what+")", ErrInvalid, err)
+	}
+	return path
 }

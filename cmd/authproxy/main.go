@@ -12,6 +12,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -130,6 +132,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *check {
+		if w := permissionWarning(*configPath); w != "" {
+			fmt.Fprintln(stderr, "authproxy: warning:", w)
+		}
 		fmt.Fprintf(stdout, "%s: ok: %s\n", source, cfg.Summary())
 		return 0
 	}
@@ -143,6 +148,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		sip.SIPDebug = true
 	}
 	log.Info("starting", "version", versionString(), "config", source, "summary", cfg.Summary())
+	if w := permissionWarning(*configPath); w != "" {
+		log.Warn(w, "config", source)
+	}
 
 	d := &daemon{path: *configPath, source: source, log: log, level: level, boot: cfg, started: time.Now()}
 	d.cur.Store(cfg)
@@ -196,8 +204,9 @@ func isTerminal(w io.Writer) bool {
 }
 
 // proxyConfig turns a validated configuration into the proxy's plain
-// configuration (without the process-wide parts: logger, ready hook).
-func proxyConfig(cfg *config.Config, store *credentials.Store) proxy.Config {
+// configuration (without the process-wide parts: logger, ready hook). It
+// reads the TLS certificates, keys and CA bundles the configuration names.
+func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, error) {
 	pcfg := proxy.Config{
 		Credentials:   store,
 		MaxChallenges: cfg.Proxy.MaxChallenges,
@@ -213,18 +222,55 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) proxy.Config {
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
 		},
 	}
-	for _, l := range cfg.Listen {
-		pcfg.Listeners = append(pcfg.Listeners, proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise})
+	for i, l := range cfg.Listen {
+		pl := proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise}
+		if l.Transport == "tls" {
+			cert, err := tls.LoadX509KeyPair(l.CertFile, l.KeyFile)
+			if err != nil {
+				return proxy.Config{}, fmt.Errorf("listen[%d]: load certificate %s: %w", i, l.CertFile, err)
+			}
+			pl.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+		pcfg.Listeners = append(pcfg.Listeners, pl)
 	}
-	for _, u := range cfg.Upstreams {
-		pcfg.Upstreams = append(pcfg.Upstreams, proxy.Upstream{
+	for i, u := range cfg.Upstreams {
+		pu := proxy.Upstream{
 			Name: u.Name, Address: u.Address, Transport: u.Transport, Domains: u.Domains, Default: u.Default,
-		})
+			ServerName: u.ServerName,
+		}
+		if u.CAFile != "" {
+			pem, err := os.ReadFile(u.CAFile)
+			if err != nil {
+				return proxy.Config{}, fmt.Errorf("upstream[%d].ca_file: %w", i, err)
+			}
+			pu.RootCAs = x509.NewCertPool()
+			if !pu.RootCAs.AppendCertsFromPEM(pem) {
+				return proxy.Config{}, fmt.Errorf("upstream[%d].ca_file %s: no PEM certificate in it", i, u.CAFile)
+			}
+		}
+		pcfg.Upstreams = append(pcfg.Upstreams, pu)
 	}
 	for _, c := range cfg.Clients {
 		pcfg.Clients = append(pcfg.Clients, proxy.ClientGroup{
 			Name: c.Name, Networks: c.Networks, Upstreams: c.Upstreams, Users: c.Users, Realm: c.Realm, Trusted: c.Trusted,
 		})
 	}
-	return pcfg
+	return pcfg, nil
+}
+
+// permissionWarning returns a warning when the configuration file, which
+// may hold trunk passwords, can be read or written by users other than its
+// owner; "" when it cannot (or when there is no file).
+func permissionWarning(path string) string {
+	if path == "" {
+		return ""
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Sprintf("configuration file %s has mode %04o: group and others can access it; it may hold passwords (chmod 600)", path, perm)
+	}
+	return ""
 }

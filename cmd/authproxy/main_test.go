@@ -3,12 +3,24 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/credentials"
 )
 
 func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -173,5 +185,87 @@ func TestDeps(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestPermissionWarning: a configuration others can read is reported.
+func TestPermissionWarning(t *testing.T) {
+	p := writeConfig(t, "")
+	if w := permissionWarning(p); w != "" {
+		t.Fatalf("mode 0600 warned: %s", w)
+	}
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if w := permissionWarning(p); !strings.Contains(w, "0644") {
+		t.Fatalf("mode 0644: warning %q", w)
+	}
+}
+
+// TestProxyConfigLoadsTLS: certificate, key and CA bundle files named by
+// the configuration are loaded into the proxy's TLS settings.
+func TestProxyConfigLoadsTLS(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	for name, data := range map[string][]byte{
+		"cert.pem": certPEM, "ca.pem": certPEM, "bad-ca.pem": []byte("not pem\n"),
+		"key.pem": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	text := func(ca string) string {
+		return `
+[[listen]]
+transport = "tls"
+address = "127.0.0.1:0"
+cert_file = "cert.pem"
+key_file = "key.pem"
+[[upstream]]
+name = "secure"
+address = "127.0.0.2"
+transport = "tls"
+ca_file = "` + ca + `"
+server_name = "pbx.test"
+[[credential]]
+username = "u"
+password = "p"
+[[client]]
+name = "local"
+networks = ["127.0.0.0/8"]
+upstreams = ["*"]
+`
+	}
+	cfg, err := config.Parse([]byte(text("ca.pem")), config.WithBaseDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, _ := credentials.NewStore(cfg.Credentials)
+	pcfg, err := proxyConfig(cfg, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := pcfg.Listeners[0]; l.TLS == nil || len(l.TLS.Certificates) != 1 {
+		t.Fatalf("listener TLS = %+v", l.TLS)
+	}
+	if u := pcfg.Upstreams[0]; u.RootCAs == nil || u.ServerName != "pbx.test" || u.Address != "127.0.0.2:5061" {
+		t.Fatalf("upstream = %+v", u)
+	}
+	cfg, err = config.Parse([]byte(text("bad-ca.pem")), config.WithBaseDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proxyConfig(cfg, store); err == nil || !strings.Contains(err.Error(), "upstream[0].ca_file") {
+		t.Fatalf("bad CA bundle: err = %v", err)
 	}
 }

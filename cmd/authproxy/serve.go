@@ -72,7 +72,11 @@ func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 	cfg := d.cur.Load()
 	m := metrics.New(versionString())
 	d.metrics = m
-	pcfg := proxyConfig(cfg, store)
+	pcfg, err := proxyConfig(cfg, store)
+	if err != nil {
+		d.log.Error("cannot start", "error", err)
+		return 1
+	}
 	pcfg.Logger = d.log
 	pcfg.Observer = m
 	pcfg.Ready = func() { d.log.Info("ready") }
@@ -176,8 +180,12 @@ func (d *daemon) reload(trigger string) {
 		}
 	}
 	restartNeeded := false
+	var pcfg proxy.Config
 	if err == nil {
-		err = d.proxy.Reload(proxyConfig(cfg, store))
+		pcfg, err = proxyConfig(cfg, store)
+	}
+	if err == nil {
+		err = d.proxy.Reload(pcfg)
 		if errors.Is(err, proxy.ErrRestartRequired) {
 			restartNeeded, err = true, nil
 		}
