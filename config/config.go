@@ -94,6 +94,13 @@ type Proxy struct {
 	// ShutdownGrace is how long transactions in flight may finish after
 	// SIGTERM (default 5s).
 	ShutdownGrace time.Duration
+	// TimerC bounds how long an INVITE that had a provisional response
+	// waits for its final one (RFC 3261 §16.8: more than 3 minutes;
+	// default 3m30s).
+	TimerC time.Duration
+	// DialogIdleTimeout ends the state of a dialog with no request for
+	// this long, a call whose BYE was lost (default 2h).
+	DialogIdleTimeout time.Duration
 }
 
 // Admin is the [admin] table: the HTTP listener serving /metrics,

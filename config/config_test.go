@@ -151,7 +151,7 @@ func TestDefaults(t *testing.T) {
 	if got, want := cfg.Log, (config.Log{Level: slog.LevelInfo, Format: "auto"}); got != want {
 		t.Errorf("Log = %+v, want %+v", got, want)
 	}
-	if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 3, ShutdownGrace: 5 * time.Second}); got != want {
+	if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 3, ShutdownGrace: 5 * time.Second, TimerC: 210 * time.Second, DialogIdleTimeout: 2 * time.Hour}); got != want {
 		t.Errorf("Proxy = %+v, want %+v", got, want)
 	}
 	if got, want := cfg.Listen[0], (config.Listen{Transport: "udp", Address: "127.0.0.1:5060", Advertise: "127.0.0.1"}); got != want {
@@ -472,7 +472,7 @@ shutdown_grace = "1s"
 		if cfg.Log != want {
 			t.Errorf("Log = %+v, want %+v", cfg.Log, want)
 		}
-		if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 5, ShutdownGrace: 250 * time.Millisecond}); got != want {
+		if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 5, ShutdownGrace: 250 * time.Millisecond, TimerC: 210 * time.Second, DialogIdleTimeout: 2 * time.Hour}); got != want {
 			t.Errorf("Proxy = %+v, want %+v", got, want)
 		}
 		if got, want := cfg.Listen[0].Address, "127.0.0.1:5060"; got != want {

@@ -71,8 +71,10 @@ type fileLog struct {
 }
 
 type fileProxy struct {
-	MaxChallenges int    `koanf:"max_challenges"`
-	ShutdownGrace string `koanf:"shutdown_grace"`
+	MaxChallenges     int    `koanf:"max_challenges"`
+	ShutdownGrace     string `koanf:"shutdown_grace"`
+	TimerC            string `koanf:"timer_c"`
+	DialogIdleTimeout string `koanf:"dialog_idle_timeout"`
 }
 
 type fileAdmin struct {
@@ -151,6 +153,8 @@ sip_trace = false
 [proxy]
 max_challenges = 3
 shutdown_grace = "5s"
+timer_c = "3m30s"
+dialog_idle_timeout = "2h"
 
 [admin]
 address = ""

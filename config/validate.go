@@ -223,7 +223,20 @@ func (v *validator) buildProxy(p fileProxy) Proxy {
 		v.add("proxy.shutdown_grace", strconv.Quote(p.ShutdownGrace), "must not be negative", ErrInvalid, nil)
 	}
 	out.ShutdownGrace = d
+	out.TimerC = v.duration("proxy.timer_c", p.TimerC, 3*time.Minute+time.Second,
+		"must be more than 3 minutes (RFC 3261 §16.8), e.g. \"3m30s\"")
+	out.DialogIdleTimeout = v.duration("proxy.dialog_idle_timeout", p.DialogIdleTimeout, time.Minute,
+		"must be at least 1m, e.g. \"2h\"")
 	return out
+}
+
+// duration parses a duration key that must be at least min.
+func (v *validator) duration(key, val string, min time.Duration, rule string) time.Duration {
+	d, err := time.ParseDuration(val)
+	if err != nil || d < min {
+		v.add(key, strconv.Quote(val), rule, ErrInvalid, nil)
+	}
+	return d
 }
 
 func (v *validator) buildAdmin(a fileAdmin) Admin {

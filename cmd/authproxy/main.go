@@ -208,10 +208,12 @@ func isTerminal(w io.Writer) bool {
 // reads the TLS certificates, keys and CA bundles the configuration names.
 func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, error) {
 	pcfg := proxy.Config{
-		Credentials:   store,
-		MaxChallenges: cfg.Proxy.MaxChallenges,
-		ShutdownGrace: cfg.Proxy.ShutdownGrace,
-		SIPTrace:      cfg.Log.SIPTrace,
+		Credentials:       store,
+		MaxChallenges:     cfg.Proxy.MaxChallenges,
+		ShutdownGrace:     cfg.Proxy.ShutdownGrace,
+		SIPTrace:          cfg.Log.SIPTrace,
+		TimerC:            cfg.Proxy.TimerC,
+		DialogIdleTimeout: cfg.Proxy.DialogIdleTimeout,
 		Health: proxy.HealthCheck{
 			Interval: cfg.Health.OptionsInterval, DownAfter: cfg.Health.DownAfter, UpAfter: cfg.Health.UpAfter,
 		},
