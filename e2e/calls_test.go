@@ -479,3 +479,34 @@ func TestManyCallsLeaveNoState(t *testing.T) {
 	}
 	waitDialogs(t, h, 0)
 }
+
+// Test2xxRetransmissionsRelayed: while the client's ACK is missing, the
+// callee retransmits its 2xx (RFC 3261 §13.3.1.4); sipgo hands those only
+// to OnRetransmission, and authproxy relays them to the client.
+func Test2xxRetransmissionsRelayed(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	// The fake retransmits after T1 (500ms), then 1s later.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(c.extra2xx()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no 2xx retransmission reached the client")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if tag, _ := c.extra2xx()[0].To().Params.Get("tag"); tag != c.toTag {
+		t.Fatalf("retransmission for another dialog (tag %s)", tag)
+	}
+	if cs := c.extra2xx()[0].CSeq().SeqNo; cs != 1 {
+		t.Fatalf("retransmitted 2xx relayed with CSeq %d, client sent 1", cs)
+	}
+	c.ack()
+	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE: %d", res.StatusCode)
+	}
+	assertNoCallErrors(t, h.A)
+}
