@@ -65,6 +65,9 @@ const (
 type harness struct {
 	A, B    *fakepbx.Server
 	Proxy   *proxy.Proxy
+	// Config is the proxy configuration it runs with, without its logger,
+	// observer and ready hook: a base for Reload tests.
+	Config  proxy.Config
 	Addr    map[string]string // "udp"/"tcp" -> proxy address
 	Logs    *syncBuffer
 	client  *sipgo.Client
@@ -79,6 +82,12 @@ type harnessOptions struct {
 	TimerC          time.Duration
 	// ExtraUpstreams are configured after pbx-a and pbx-b.
 	ExtraUpstreams []proxy.Upstream
+	// Upstreams, when set, replaces pbx-a and pbx-b as the configured
+	// upstreams (the fakes still run).
+	Upstreams []proxy.Upstream
+	// Observer and Health are passed to the proxy as they are.
+	Observer proxy.Observer
+	Health   proxy.HealthCheck
 	// Clients replaces the default client group (all of 127.0.0.0/8, every
 	// upstream).
 	Clients []proxy.ClientGroup
@@ -87,6 +96,8 @@ type harnessOptions struct {
 	ListenTLS *tls.Config
 	// Lookup replaces the credential store built from Credentials.
 	Lookup proxy.Credentials
+	// RegisterMode is pbx-a's and pbx-b's Upstream.RegisterMode.
+	RegisterMode string
 }
 
 func defaultCredentials(a, b string) []credentials.Entry {
@@ -126,12 +137,16 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		tp = "tcp"
 	}
 	ready := make(chan struct{})
-	p, err := proxy.New(proxy.Config{
-		Listeners: listeners(o.ListenTLS),
-		Upstreams: append([]proxy.Upstream{
+	ups := o.Upstreams
+	if ups == nil {
+		ups = append([]proxy.Upstream{
 			{Name: "pbx-a", Address: h.A.Addr(), Transport: tp, Domains: []string{"pbx-a.example.com"}},
 			{Name: "pbx-b", Address: h.B.Addr(), Transport: tp, Domains: []string{"pbx-b.example.com"}},
-		}, o.ExtraUpstreams...),
+		}, o.ExtraUpstreams...)
+	}
+	cfg := proxy.Config{
+		Listeners:       listeners(o.ListenTLS),
+		Upstreams:       ups,
 		Credentials:     lookupOr(o.Lookup, store),
 		Clients:         clientsOr(o.Clients),
 		Limits:          o.Limits,
@@ -140,8 +155,11 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		ShutdownGrace:   2 * time.Second,
 		Logger:          slog.New(slog.NewJSONHandler(h.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		SIPTrace:        true,
+		Observer:        o.Observer,
+		Health:          o.Health,
 		Ready:           func() { close(ready) },
-	})
+	}
+	p, err := proxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,6 +187,8 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		}
 	})
 	h.Proxy, h.Addr = p, p.ListenAddrs()
+	cfg.Logger, cfg.Ready, cfg.Observer = nil, nil, nil
+	h.Config = cfg
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("e2e-client"))
 	if err != nil {
 		t.Fatal(err)

@@ -10,10 +10,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,76 +48,16 @@ type opsHarness struct {
 	base  proxy.Config
 }
 
-func loopbackClients() []proxy.ClientGroup {
-	return []proxy.ClientGroup{{Name: "loopback", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}}
-}
-
 func startOps(t *testing.T, o opsOptions) *opsHarness {
 	t.Helper()
-	if o.A.Host == "" {
-		o.A.Host = "127.0.0.2"
-	}
-	if o.B.Host == "" {
-		o.B.Host = "127.0.0.3"
-	}
-	if o.A.Accounts == nil {
-		o.A.Accounts = map[string]string{"alice": alicePassword, "carol": carolPassword}
-	}
-	if o.B.Accounts == nil {
-		o.B.Accounts = map[string]string{"bob": bobPassword}
-	}
-	o.A.Name, o.B.Name = "pbx-a", "pbx-b"
-	h := &harness{A: fakepbx.Start(t, o.A), B: fakepbx.Start(t, o.B), Logs: &syncBuffer{}}
-	if o.Credentials == nil {
-		o.Credentials = defaultCredentials
-	}
-	h.entries = o.Credentials(h.A.Addr(), h.B.Addr())
-	store, err := credentials.NewStore(h.entries)
-	if err != nil {
-		t.Fatalf("credentials: %v", err)
-	}
-	ups := o.Upstreams
-	if ups == nil {
-		ups = []proxy.Upstream{
-			{Name: "pbx-a", Address: h.A.Addr(), Transport: "udp", Domains: []string{"pbx-a.example.com"}},
-			{Name: "pbx-b", Address: h.B.Addr(), Transport: "udp", Domains: []string{"pbx-b.example.com"}},
-		}
-	}
 	m := metrics.New("test")
 	tap := newObserverTap(m)
-	ready := make(chan struct{})
-	cfg := proxy.Config{
-		Listeners:     []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}, {Transport: "tcp", Address: "127.0.0.1:0"}},
-		Upstreams:     ups,
-		Credentials:   store,
-		Clients:       loopbackClients(),
-		ShutdownGrace: 2 * time.Second,
-		Logger:        slog.New(slog.NewJSONHandler(h.Logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Observer:      tap,
-		Health:        o.Health,
-		Ready:         func() { close(ready) },
-	}
-	p, err := proxy.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := startHarness(t, harnessOptions{A: o.A, B: o.B, Credentials: o.Credentials, Upstreams: o.Upstreams, Observer: tap, Health: o.Health})
+	p := h.Proxy
 	m.Attach(p)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		cancel()
-		t.Fatalf("proxy stopped before ready: %v", err)
-	case <-time.After(5 * time.Second):
-		cancel()
-		t.Fatal("proxy not ready after 5s")
-	}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
 	srv := admin.New(admin.Config{
@@ -137,17 +75,7 @@ func startOps(t *testing.T, o opsOptions) *opsHarness {
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- srv.Serve(adminCtx, ln) }()
-
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("proxy Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("proxy did not stop within 10s")
-		}
 		stopAdmin()
 		if err := <-adminDone; err != nil {
 			t.Errorf("admin Serve: %v", err)
@@ -156,18 +84,7 @@ func startOps(t *testing.T, o opsOptions) *opsHarness {
 			t.Logf("proxy logs:\n%s", h.Logs.String())
 		}
 	})
-	h.Proxy, h.Addr = p, p.ListenAddrs()
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("e2e-ops-client"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ua.Close() })
-	h.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Logger, cfg.Ready, cfg.Observer = nil, nil, nil
-	return &opsHarness{harness: h, tap: tap, admin: "http://" + ln.Addr().String(), base: cfg}
+	return &opsHarness{harness: h, tap: tap, admin: "http://" + ln.Addr().String(), base: h.Config}
 }
 
 // observerTap is the metrics observer, plus notifications the tests wait
