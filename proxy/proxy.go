@@ -242,10 +242,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 			continue
 		}
 		deadline := time.Now().Add(2 * time.Second)
-		for {
-			if c, err := ua.TransportLayer().GetConnection("udp", l.udp.LocalAddr().String()); err == nil && c != nil {
-				break
-			}
+		for !p.udpListenerServing(l) {
 			if time.Now().After(deadline) {
 				p.log.Warn("udp listener not registered by sipgo yet", "address", l.udp.LocalAddr().String())
 				break
