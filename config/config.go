@@ -40,6 +40,25 @@ type Config struct {
 	Clients []Client
 	// Limits is the [limits] table.
 	Limits Limits
+	// Registrations are the [[registration]] tables: registrations
+	// authproxy keeps up with an upstream itself.
+	Registrations []Registration
+}
+
+// Registration is one [[registration]] table.
+type Registration struct {
+	// Upstream is the name of the upstream registered with.
+	Upstream string
+	// AOR is the address-of-record, "sip:user@domain".
+	AOR string
+	// ContactUser is the user part of the Contact (at authproxy); empty
+	// means the AOR's user.
+	ContactUser string
+	// Expires is the registration lifetime asked for (default 3600s).
+	Expires time.Duration
+	// Target is where requests to the registered contact go: a SIP URI or
+	// "host:port"; empty: nowhere special.
+	Target string
 }
 
 // Client is one [[client]] group.
@@ -171,6 +190,15 @@ type Upstream struct {
 	// system roots. ServerName is the name its certificate must carry;
 	// empty means the address host.
 	CAFile, ServerName string
+	// Preemptive is which requests carry credentials computed from the
+	// upstream's last accepted challenge before it challenges them: "off",
+	// "registrations" (REGISTER only) or "all" (the default: every request
+	// but ACK and CANCEL, in and out of dialogs).
+	Preemptive string
+	// RegisterMode is how clients' REGISTERs are forwarded here: "path"
+	// (the default: a Path header, RFC 3327) or "contact" (the Contact is
+	// rewritten to authproxy, for registrars without Path support).
+	RegisterMode string
 }
 
 // Summary describes the configuration in one line for the startup log, e.g.

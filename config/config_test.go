@@ -109,8 +109,8 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("Listen = %+v, want %+v", cfg.Listen, wantListen)
 	}
 	wantUp := []config.Upstream{
-		{Name: "pbx-a", Address: "127.0.0.2:5060", Transport: "udp", Domains: []string{"pbx-a.example.com"}},
-		{Name: "pbx-b", Address: "127.0.0.3:5060", Transport: "udp", Domains: []string{"pbx-b.example.com"}},
+		{Name: "pbx-a", Address: "127.0.0.2:5060", Transport: "udp", Domains: []string{"pbx-a.example.com"}, Preemptive: "all", RegisterMode: "path"},
+		{Name: "pbx-b", Address: "127.0.0.3:5060", Transport: "udp", Domains: []string{"pbx-b.example.com"}, Preemptive: "all", RegisterMode: "path"},
 	}
 	if !reflect.DeepEqual(cfg.Upstreams, wantUp) {
 		t.Errorf("Upstreams = %+v, want %+v", cfg.Upstreams, wantUp)
@@ -304,7 +304,9 @@ func rules() []rule {
 		{name: "UpstreamAddressBadHost", toml: listenOK + up(`address = "pbx/a:5060"`) + credOK, key: "upstream[0].address", err: config.ErrInvalid},
 		{name: "UpstreamAddressUnspecified", toml: listenOK + up(`address = "0.0.0.0"`) + credOK, key: "upstream[0].address", err: config.ErrInvalid},
 		{name: "UpstreamAddressDuplicate", toml: listenOK + upstreamsOK + "[[upstream]]\nname = \"pbx-c\"\naddress = \"127.0.0.2:5060\"\n" + credOK, key: "upstream[2].address", err: config.ErrDuplicate},
+		{name: "UpstreamPreemptive", toml: listenOK + up(`address = "127.0.0.2"`+"\npreemptive = \"always\"") + credOK, key: "upstream[0].preemptive", err: config.ErrInvalid},
 		{name: "UpstreamTransport", toml: listenOK + up(`address = "127.0.0.2"`+"\ntransport = \"ws\"") + credOK, key: "upstream[0].transport", err: config.ErrInvalid},
+		{name: "UpstreamRegisterMode", toml: listenOK + up(`address = "127.0.0.2"`+"\nregister_mode = \"rewrite\"") + credOK, key: "upstream[0].register_mode", err: config.ErrInvalid},
 		{name: "UpstreamDomainDuplicate", toml: listenOK + upstreamsOK + "domains = [\"PBX-A.example.com\"]\n" + credOK, key: "upstream[1].domains[0]", err: config.ErrDuplicate},
 		{name: "UpstreamDomainInvalid", toml: listenOK + up(`address = "127.0.0.2"`+"\ndomains = [\"\"]") + credOK, key: "upstream[0].domains[0]", err: config.ErrInvalid},
 		{name: "UpstreamDomainsNotArray", toml: listenOK + up(`address = "127.0.0.2"`+"\ndomains = \"a.example.com\"") + credOK, key: "upstream[0].domains", err: config.ErrInvalid},

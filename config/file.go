@@ -35,6 +35,16 @@ type fileConfig struct {
 	Credential []fileCredential `koanf:"credential"`
 	Client     []fileClient     `koanf:"client"`
 	Limits     fileLimits       `koanf:"limits"`
+	// Registration lists the trunk registrations authproxy keeps up.
+	Registration []fileRegistration `koanf:"registration"`
+}
+
+type fileRegistration struct {
+	Upstream    string `koanf:"upstream"`
+	AOR         string `koanf:"aor"`
+	ContactUser string `koanf:"contact_user"`
+	Expires     int    `koanf:"expires"` // seconds, as in SIP
+	Target      string `koanf:"target"`
 }
 
 type fileClient struct {
@@ -107,6 +117,9 @@ type fileUpstream struct {
 	Default    bool     `koanf:"default"`
 	CAFile     string   `koanf:"ca_file"`
 	ServerName string   `koanf:"server_name"`
+	Preemptive string   `koanf:"preemptive"`
+	// RegisterMode: "path" (default) or "contact".
+	RegisterMode string `koanf:"register_mode"`
 }
 
 type fileCredential struct {

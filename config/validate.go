@@ -85,7 +85,77 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.Credentials = v.buildCredentials(fc.Credential, idx)
 	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
 	cfg.Limits = v.buildLimits(fc.Limits)
+	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
 	return cfg
+}
+
+// Bounds of [[registration]] expires, in seconds: RFC 3261 §10.2.1.1
+// suggests 3600; a day is more than any trunk asks for.
+const (
+	defaultRegistrationExpires = 3600
+	maxRegistrationExpires     = 86400
+)
+
+func (v *validator) buildRegistrations(rs []fileRegistration, idx upstreamIndex) []Registration {
+	var out []Registration
+	seen := map[string]int{}
+	for i, r := range rs {
+		key := fmt.Sprintf("registration[%d]", i)
+		o := Registration{Upstream: r.Upstream, AOR: r.AOR, ContactUser: r.ContactUser, Target: r.Target,
+			Expires: defaultRegistrationExpires * time.Second}
+		if _, ok := idx.byName[r.Upstream]; !ok {
+			v.add(key+".upstream", strconv.Quote(r.Upstream), "must name a configured [[upstream]]", ErrInvalid, nil)
+		}
+		user, ok := sipUser(r.AOR)
+		if !ok {
+			v.add(key+".aor", strconv.Quote(r.AOR), `must be a SIP URI "sip:user@domain"`, ErrInvalid, nil)
+		}
+		cu := r.ContactUser
+		if cu == "" {
+			cu = user
+		}
+		if strings.ContainsAny(r.ContactUser, "@:;<> \t") || hasControl(r.ContactUser) {
+			v.add(key+".contact_user", strconv.Quote(r.ContactUser), "must be a plain SIP user part", ErrInvalid, nil)
+		}
+		switch {
+		case r.Expires == 0:
+		case r.Expires < 1 || r.Expires > maxRegistrationExpires:
+			v.add(key+".expires", strconv.Itoa(r.Expires), fmt.Sprintf("must be between 1 and %d seconds", maxRegistrationExpires), ErrInvalid, nil)
+		default:
+			o.Expires = time.Duration(r.Expires) * time.Second
+		}
+		if r.Target != "" {
+			if strings.HasPrefix(strings.ToLower(r.Target), "sip:") {
+				if _, ok := sipUser(r.Target); !ok && !strings.Contains(r.Target[4:], ".") {
+					v.add(key+".target", strconv.Quote(r.Target), `must be a SIP URI or "host:port"`, ErrInvalid, nil)
+				}
+			} else if _, _, rule := parseAddress(r.Target, 5060); rule != "" {
+				v.add(key+".target", strconv.Quote(r.Target), `must be a SIP URI or "host:port": `+rule, ErrInvalid, nil)
+			}
+		}
+		k := r.Upstream + "\x00" + r.AOR + "\x00" + cu
+		if j, dup := seen[k]; dup {
+			v.add(key+".aor", strconv.Quote(r.AOR), fmt.Sprintf("duplicates registration[%d] (same upstream, aor and contact_user)", j), ErrDuplicate, nil)
+		} else {
+			seen[k] = i
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// sipUser returns the user of a "sip:user@host..." URI, and whether it
+// has that shape.
+func sipUser(u string) (string, bool) {
+	rest, ok := strings.CutPrefix(u, "sip:")
+	if !ok {
+		return "", false
+	}
+	user, host, ok := strings.Cut(rest, "@")
+	if !ok || user == "" || host == "" || strings.ContainsAny(user, " <>") || hasControl(u) {
+		return "", false
+	}
+	return user, true
 }
 
 func (v *validator) buildClients(cs []fileClient, ups []Upstream) []Client {
@@ -363,7 +433,8 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 	defaultAt := -1
 	for i, u := range us {
 		key := fmt.Sprintf("upstream[%d]", i)
-		o := Upstream{Name: u.Name, Address: u.Address, Transport: v.transport(key, u.Transport), Default: u.Default}
+		o := Upstream{Name: u.Name, Address: u.Address, Transport: v.transport(key, u.Transport), Default: u.Default,
+			Preemptive: v.preemptive(key, u.Preemptive)}
 
 		switch j, dup := nameAt[u.Name]; {
 		case strings.TrimSpace(u.Name) == "":
@@ -411,6 +482,14 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 		if _, taken := idx.byName[u.Name]; !taken && u.Name != "" {
 			idx.byName[u.Name] = o.Address
 		}
+		switch rm := strings.ToLower(u.RegisterMode); rm {
+		case "", "path":
+			o.RegisterMode = "path"
+		case "contact":
+			o.RegisterMode = rm
+		default:
+			v.add(key+".register_mode", strconv.Quote(u.RegisterMode), `must be "path" or "contact"`, ErrInvalid, nil)
+		}
 
 		for j, d := range u.Domains {
 			dkey := fmt.Sprintf("%s.domains[%d]", key, j)
@@ -441,6 +520,20 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 }
 
 // transport validates and defaults a transport key.
+// preemptive checks an upstream's preemptive mode; empty means "all"
+// (registrations and every other request to a configured trunk carry
+// credentials from the last accepted challenge, the issue's default).
+func (v *validator) preemptive(key, m string) string {
+	switch m {
+	case "":
+		return "all"
+	case "off", "registrations", "all":
+		return m
+	}
+	v.add(key+".preemptive", strconv.Quote(m), `must be "off", "registrations" or "all"`, ErrInvalid, nil)
+	return m
+}
+
 func (v *validator) transport(key, t string) string {
 	switch lt := strings.ToLower(t); lt {
 	case "":

@@ -232,7 +232,9 @@ func authproxyTOML(listen string, ups []upstreamConf, creds []credentialConf) st
 		fmt.Fprintf(&b, "[[listen]]\ntransport = %q\naddress = %s\n\n", tr, tomlString(listen))
 	}
 	for _, u := range ups {
-		fmt.Fprintf(&b, "[[upstream]]\nname = %s\naddress = %s\ntransport = %q\ndomains = [%s]\n\n",
+		// preemptive = "off": these tests pin the challenge exchange on the
+		// wire (e2e/preemptive_test.go and bench/ cover preemptive answers).
+		fmt.Fprintf(&b, "[[upstream]]\nname = %s\naddress = %s\ntransport = %q\ndomains = [%s]\npreemptive = \"off\"\n\n",
 			tomlString(u.p.name), tomlString(u.addr), u.transport, tomlString(u.p.domain))
 	}
 	for _, c := range creds {

@@ -197,6 +197,7 @@ func TestReInviteHoldAndBack(t *testing.T) {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
 	c.ack()
+	waitAcks(t, h.A, c.callID, 1)
 	hold := []byte(strings.Replace(string(testSDP), "a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU/8000\r\na=sendonly", 1))
 	for i, body := range [][]byte{hold, testSDP} {
 		if res := c.request(sip.INVITE, body); res.StatusCode != 200 {
@@ -241,9 +242,11 @@ func TestInDialogChallenges(t *testing.T) {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
 	c.ack()
+	waitAcks(t, h.A, c.callID, 1)
 	if res := c.request(sip.INVITE, testSDP); res.StatusCode != 200 {
 		t.Fatalf("challenged re-INVITE: %d", res.StatusCode)
 	}
+	waitAcks(t, h.A, c.callID, 2)
 	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("challenged BYE: %d", res.StatusCode)
 	}
@@ -430,6 +433,16 @@ func TestForking(t *testing.T) {
 		t.Fatal("the second fork's 2xx was not relayed")
 	}
 	c.ackFork(other)
+	// Both ACKs must be in before the BYEs (sipgo may reorder them).
+	h.A.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
+		acked := 0
+		for _, fc := range cs {
+			if fc.CallID == c.callID && fc.Acked {
+				acked++
+			}
+		}
+		return acked >= 2
+	})
 	second := c.fork(other)
 	// CSeq is per dialog, but the fake PBX checks it per Call-ID: keep the
 	// second dialog's numbers above the first's.

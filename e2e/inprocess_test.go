@@ -63,8 +63,8 @@ const (
 // Asterisk-like upstreams: pbx-a on 127.0.0.2 and pbx-b on 127.0.0.3, both
 // realm "asterisk" with different accounts.
 type harness struct {
-	A, B    *fakepbx.Server
-	Proxy   *proxy.Proxy
+	A, B  *fakepbx.Server
+	Proxy *proxy.Proxy
 	// Config is the proxy configuration it runs with, without its logger,
 	// observer and ready hook: a base for Reload tests.
 	Config  proxy.Config
@@ -98,6 +98,8 @@ type harnessOptions struct {
 	Lookup proxy.Credentials
 	// RegisterMode is pbx-a's and pbx-b's Upstream.RegisterMode.
 	RegisterMode string
+	// Preemptive is pbx-a's and pbx-b's Upstream.Preemptive (default off).
+	Preemptive proxy.Preemptive
 }
 
 func defaultCredentials(a, b string) []credentials.Entry {
@@ -140,8 +142,8 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	ups := o.Upstreams
 	if ups == nil {
 		ups = append([]proxy.Upstream{
-			{Name: "pbx-a", Address: h.A.Addr(), Transport: tp, Domains: []string{"pbx-a.example.com"}},
-			{Name: "pbx-b", Address: h.B.Addr(), Transport: tp, Domains: []string{"pbx-b.example.com"}},
+			{Name: "pbx-a", Address: h.A.Addr(), Transport: tp, Domains: []string{"pbx-a.example.com"}, Preemptive: o.Preemptive, RegisterMode: o.RegisterMode},
+			{Name: "pbx-b", Address: h.B.Addr(), Transport: tp, Domains: []string{"pbx-b.example.com"}, Preemptive: o.Preemptive, RegisterMode: o.RegisterMode},
 		}, o.ExtraUpstreams...)
 	}
 	cfg := proxy.Config{

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
+
 	"github.com/authproxy/authproxy/credentials"
 )
 
@@ -50,6 +52,15 @@ type Upstream struct {
 	// Default makes this upstream take requests whose Request-URI matches no
 	// upstream.
 	Default bool
+	// Preemptive says which requests carry credentials computed from the
+	// upstream's last challenge before it challenges them (preemptive.go).
+	// The zero value is PreemptiveOff.
+	Preemptive Preemptive
+	// RegisterMode is how clients' REGISTERs reach this upstream:
+	// RegisterPath ("path", the default when empty) adds a Path header;
+	// RegisterContact ("contact") rewrites the Contact to authproxy, for
+	// registrars without RFC 3327 support (registrar.go).
+	RegisterMode string
 }
 
 // Credentials answers which credential to use for a challenge. It is
@@ -102,6 +113,32 @@ type Config struct {
 	// Health configures OPTIONS pings to the upstreams; the zero value
 	// turns them off. Reload applies a new one.
 	Health HealthCheck
+	// Registrations are the trunk registrations authproxy keeps up itself
+	// (registration.go). Reload adds and removes them without touching the
+	// others.
+	Registrations []Registration
+	// RegistrationRetryMin and RegistrationRetryMax bound the backoff
+	// between failed registration attempts (doubling, with jitter). Zero
+	// means 2s and 5m.
+	RegistrationRetryMin, RegistrationRetryMax time.Duration
+	// RegistrationRejectedBackoff is the least wait after a registrar
+	// rejected the credentials. Zero means 30s.
+	RegistrationRejectedBackoff time.Duration
+}
+
+func (c *Config) setRegistrationDefaults() {
+	if c.RegistrationRetryMin <= 0 {
+		c.RegistrationRetryMin = defaultRegRetryMin
+	}
+	if c.RegistrationRetryMax <= 0 {
+		c.RegistrationRetryMax = defaultRegRetryMax
+	}
+	if c.RegistrationRetryMax < c.RegistrationRetryMin {
+		c.RegistrationRetryMax = c.RegistrationRetryMin
+	}
+	if c.RegistrationRejectedBackoff <= 0 {
+		c.RegistrationRejectedBackoff = rejectedMinBackoff
+	}
 }
 
 const (
@@ -146,7 +183,30 @@ func (c *Config) validate() ([]*upstream, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstream %d (%s): %w", i, u.Name, err)
 		}
+		switch u.RegisterMode {
+		case "", RegisterPath, RegisterContact:
+		default:
+			return nil, fmt.Errorf("upstream %d (%s): register mode %q: want path or contact", i, u.Name, u.RegisterMode)
+		}
 		ups = append(ups, &upstream{Upstream: u, host: host, port: port, transport: tp})
+	}
+	for i, r := range c.Registrations {
+		found := false
+		for _, u := range c.Upstreams {
+			found = found || u.Name == r.Upstream
+		}
+		if !found {
+			return nil, fmt.Errorf("registration %d (%s): upstream %q is not configured", i, r.AOR, r.Upstream)
+		}
+		var aor sip.Uri
+		if err := sip.ParseUri(r.AOR, &aor); err != nil || aor.User == "" || aor.Host == "" {
+			return nil, fmt.Errorf("registration %d: aor %q: want sip:user@domain", i, r.AOR)
+		}
+		if r.Target != "" {
+			if _, _, _, err := parseTarget(r.Target, aor.User); err != nil {
+				return nil, fmt.Errorf("registration %d (%s): %w", i, r.AOR, err)
+			}
+		}
 	}
 	for i, g := range c.Clients {
 		for _, name := range g.Upstreams {

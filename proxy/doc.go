@@ -33,6 +33,18 @@
 // outstanding (CSeq 2 and its branch above), once that INVITE had a
 // provisional response (RFC 3261 §9.1).
 //
+// # Registrations and calls toward clients
+//
+// A client's REGISTER goes upstream with a Path naming authproxy (or, per
+// upstream, its Contact rewritten to an alias at authproxy); the 2xx
+// creates a binding from the registered contact to where the REGISTER came
+// from (registrar.go). A request from a configured upstream's address to a
+// bound contact goes to that address, an INVITE Record-Routed and its
+// dialog recorded with the client's tag in the "caller" slot of dialogKey,
+// so both directions route as for calls the client placed. Trunk
+// registrations authproxy keeps itself run in registration.go; requests to
+// their contact go to a configured local target the same way.
+//
 // # What sipgo does and what this package does
 //
 // sipgo v1.7.3 provides the transports, the parser and the transaction

@@ -66,8 +66,9 @@ type forwarding struct {
 	start time.Time
 
 	hop      hop          // where the request goes
-	up       *upstream    // the upstream the request goes to; nil toward a client
+	up       *upstream    // the upstream the request goes to (or comes from, toward a registered client); nil in a dialog toward a client
 	dlg      *dialog      // the dialog the request belongs to, if known
+	bind     *binding     // the registered client an upstream's request goes to (registrar.go)
 	group    *ClientGroup // the client group that admitted the request
 	src      netip.Addr   // the sender's address
 	toClient bool         // the upstream sent it into a dialog, toward the client
@@ -85,6 +86,7 @@ type forwarding struct {
 	sentAt  time.Time     // when the request first went to the next hop
 	hopTime time.Duration // time from sentAt to the final response
 	tries   map[string]bool
+	pre     preemptState // answers sent before any challenge (preemptive.go)
 }
 
 // authAnswer is one Authorization/Proxy-Authorization value we send, with
@@ -257,6 +259,7 @@ func (f *forwarding) run() {
 		f.respondLocal(sip.StatusBadRequest, "Bad Request", "bad-request")
 		return
 	}
+	f.addPreemptive(fwd)
 	f.fwd = fwd
 	f.sentAt = time.Now()
 	clTx, err := f.send(fwd)
@@ -290,6 +293,9 @@ func (f *forwarding) route() bool {
 			return true
 		}
 		f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
+	} else if f.routeInbound() {
+		// An upstream's request to a client registered through us.
+		return true
 	}
 	// Our own Route entries (one, or two after a double Record-Route) are
 	// removed in buildForward; the target is the next Route, else the
@@ -429,6 +435,11 @@ func (f *forwarding) buildForward() (*sip.Request, error) {
 		if _, toTag := tags(req); toTag == "" && createsDialog(req.Method) {
 			f.p.addRecordRoute(fwd, req.Transport(), f.hop.transport)
 		}
+		if req.Method == sip.REGISTER {
+			f.prepareRegister(fwd)
+		}
+	} else {
+		f.prepareInbound(fwd)
 	}
 	return fwd, nil
 }
@@ -628,6 +639,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 	for _, e := range perrs {
 		f.log.Debug("ignoring challenge", "error", e)
 	}
+	f.preemptiveChallenged(chs)
 	if len(chs) == 0 {
 		f.outcome = "no-challenge"
 		return nil, nil
@@ -696,6 +708,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 			return nil, fmt.Errorf("compute digest for realm %q: %w", pk.ch.Realm, err)
 		}
 		answers = append(answers, authAnswer{key: pk.ch.key(), header: pk.ch.authHeaderName(), value: val})
+		f.rememberChallenge(pk.ch, pk.cred.Username, next.Method.String(), nc, now)
 		f.tries[pk.ch.key()] = true
 		f.p.cfg.Observer.ChallengeAnswered(f.up.Name, pk.ch.Realm, pk.ch.Stale)
 		f.realms = append(f.realms, pk.ch.Realm)
@@ -717,8 +730,12 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 // (§16.7 step 3), the sender's own CSeq number restored, dialog state
 // updated.
 func (f *forwarding) relay(res *sip.Response) {
+	f.preemptiveDone(res)
 	f.prepareRelay(res)
 	if res.IsSuccess() {
+		if f.req.Method == sip.REGISTER && !f.toClient {
+			f.registered(res)
+		}
 		if _, toTag := tags(f.req); toTag == "" && f.req.Method != sip.INVITE && createsDialog(f.req.Method) {
 			// A subscription (or REFER's implicit one): the NOTIFYs the
 			// upstream sends into it must find their way to the client.

@@ -175,6 +175,7 @@ func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancell
 // the ACK, and where the client is, for requests from the upstream.
 func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer, upCSeq uint32) {
 	if f.toClient {
+		f.recordInboundDialog(res) // a call from the upstream to a registered client
 		return
 	}
 	fromTag, _ := tags(f.req)

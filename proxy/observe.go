@@ -31,6 +31,10 @@ type Observer interface {
 	// UpstreamStateChanged reports an upstream marked up or down by the
 	// OPTIONS health check (HealthCheck).
 	UpstreamStateChanged(upstream string, up bool)
+	// PreemptiveAuth reports a request sent with credentials before any
+	// challenge (Upstream.Preemptive): accepted, or challenged anyway and
+	// answered the normal way.
+	PreemptiveAuth(upstream string, accepted bool)
 }
 
 // noObserver is the Observer used when Config.Observer is nil.
@@ -42,6 +46,7 @@ func (noObserver) AuthRejected(string)                                          
 func (noObserver) Refused(string)                                                        {}
 func (noObserver) RequestResent(string)                                                  {}
 func (noObserver) UpstreamStateChanged(string, bool)                                     {}
+func (noObserver) PreemptiveAuth(string, bool)                                           {}
 
 // InFlight returns the number of requests being handled now.
 func (p *Proxy) InFlight() int { return p.flight.count() }

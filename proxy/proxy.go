@@ -42,13 +42,16 @@ type Proxy struct {
 	srv    *sipgo.Server
 	client *sipgo.Client
 
-	cseq    *cseqTable
-	nonces  *nonceCounter
-	dialogs *dialogTable
-	finals  recentFinals
-	limiter *limiter
-	local   *localAuth
-	health  *healthChecker // OPTIONS pings to the upstreams (health.go)
+	cseq     *cseqTable
+	nonces   *nonceCounter
+	preempt  *authCache // challenges kept for preemptive answers (preemptive.go)
+	dialogs  *dialogTable
+	bindings *bindingTable // contacts registered through us (registrar.go)
+	finals   recentFinals
+	limiter  *limiter
+	local    *localAuth
+	health   *healthChecker // OPTIONS pings to the upstreams (health.go)
+	regs     *regManager    // trunk registrations (registration.go)
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
@@ -93,6 +96,7 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = defaultShutdownGrace
 	}
+	cfg.setRegistrationDefaults()
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
@@ -101,16 +105,19 @@ func New(cfg Config) (*Proxy, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Proxy{
-		cfg:     cfg,
-		log:     log,
-		cseq:    newCSeqTable(),
-		nonces:  newNonceCounter(),
-		dialogs: newDialogTable(),
-		limiter: newLimiter(cfg.Limits),
-		local:   newLocalAuth(),
+		cfg:      cfg,
+		log:      log,
+		cseq:     newCSeqTable(),
+		nonces:   newNonceCounter(),
+		preempt:  newAuthCache(),
+		dialogs:  newDialogTable(),
+		bindings: newBindingTable(),
+		limiter:  newLimiter(cfg.Limits),
+		local:    newLocalAuth(),
 	}
 	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
 	p.health = newHealthChecker(p, cfg.Health)
+	p.regs = newRegManager(p)
 	return p, nil
 }
 
@@ -136,6 +143,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
 	p.limiter.setLimits(cfg.Limits)
 	p.health.configure(cfg.Health)
+	p.regs.reconcile(cfg.Registrations)
 	if !sameListeners(p.cfg.Listeners, cfg.Listeners) {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
@@ -257,6 +265,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.cfg.Ready != nil {
 		p.cfg.Ready()
 	}
+	regCtx, stopRegs := context.WithCancel(context.Background())
+	defer stopRegs()
+	p.regs.start(regCtx, p.cfg.Registrations)
 
 	sweep := time.NewTicker(30 * time.Second)
 	defer sweep.Stop()
@@ -268,7 +279,9 @@ loop:
 		case now := <-sweep.C:
 			p.cseq.sweep(now)
 			p.nonces.sweep(now)
+			p.preempt.sweep(now)
 			p.dialogs.sweep(now, p.cfg.DialogIdleTimeout)
+			p.bindings.sweep(now)
 			p.finals.sweep(now)
 			p.limiter.sweep(now)
 		}
@@ -278,6 +291,10 @@ loop:
 	// responses still arrive on the listeners, so those stay open), then
 	// close the sockets and the UA.
 	p.log.Info("shutting down", "in_flight", p.flight.count(), "grace", p.cfg.ShutdownGrace)
+	// Trunk registrations unregister (Expires: 0, bounded) while the
+	// listeners still receive the answers.
+	stopRegs()
+	p.regs.wait()
 	if !p.flight.drain(p.cfg.ShutdownGrace) {
 		p.log.Warn("shutdown grace elapsed with requests in flight", "in_flight", p.flight.count())
 	}

@@ -235,11 +235,21 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 		}
 		pcfg.Listeners = append(pcfg.Listeners, pl)
 	}
+	for _, r := range cfg.Registrations {
+		pcfg.Registrations = append(pcfg.Registrations, proxy.Registration{
+			Upstream: r.Upstream, AOR: r.AOR, ContactUser: r.ContactUser, Expires: r.Expires, Target: r.Target,
+		})
+	}
 	for i, u := range cfg.Upstreams {
 		pu := proxy.Upstream{
 			Name: u.Name, Address: u.Address, Transport: u.Transport, Domains: u.Domains, Default: u.Default,
-			ServerName: u.ServerName,
+			ServerName: u.ServerName, RegisterMode: u.RegisterMode,
 		}
+		pm, err := proxy.ParsePreemptive(u.Preemptive)
+		if err != nil {
+			return proxy.Config{}, fmt.Errorf("upstream[%d]: %w", i, err) // config validated it: a wiring bug
+		}
+		pu.Preemptive = pm
 		if u.CAFile != "" {
 			pem, err := os.ReadFile(u.CAFile)
 			if err != nil {

@@ -396,6 +396,9 @@ func (d *daemon) status() admin.Status {
 		}
 		st.Upstreams = append(st.Upstreams, au)
 	}
+	for _, r := range p.Registrations() {
+		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State})
+	}
 	return st
 }
 

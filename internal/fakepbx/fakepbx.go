@@ -358,6 +358,25 @@ func (s *Server) AuthUsernames() []string {
 	return slices.Clone(s.usernames)
 }
 
+// ExpireNonces marks every nonce issued so far stale: a later answer with
+// one of them, however correct, gets a fresh challenge with stale=true (as
+// a PBX does when a nonce outlived its lifetime).
+func (s *Server) ExpireNonces() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.nonces {
+		n.stale = true
+	}
+}
+
+// ForgetNonces forgets every nonce issued so far: a later answer with one of
+// them gets a fresh challenge without stale=true (as after a PBX restart).
+func (s *Server) ForgetNonces() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.nonces)
+}
+
 // Challenges returns how many 401/407 responses the fake has sent.
 func (s *Server) Challenges() int {
 	s.mu.Lock()

@@ -76,6 +76,7 @@ type Metrics struct {
 	authFailures   *prometheus.CounterVec
 	refused        *prometheus.CounterVec
 	stateChanges   *prometheus.CounterVec
+	preemptive     *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	reloadSuccess  prometheus.Gauge
 	registrations  prometheus.Gauge
@@ -129,6 +130,10 @@ func New(version string) *Metrics {
 		Namespace: namespace, Name: "requests_refused_total",
 		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources).",
 	}, []string{"reason"})
+	m.preemptive = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "preemptive_auth_total",
+		Help: "Requests sent with credentials before any challenge, by upstream and result: accepted, or challenged (answered again the normal way).",
+	}, []string{"upstream", "result"})
 	m.stateChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "upstream_state_changes_total",
 		Help: "Upstreams marked up or down by the OPTIONS health check, by upstream and new state.",
@@ -143,7 +148,7 @@ func New(version string) *Metrics {
 	})
 	m.registrations = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "trunk_registrations",
-		Help: "Trunk registrations authproxy maintains upstream; always 0 until trunk registration exists.",
+		Help: "Trunk registrations ([[registration]]) authproxy holds registered upstream now.",
 	})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -154,7 +159,7 @@ func New(version string) *Metrics {
 	m.reloadSuccess.SetToCurrentTime()
 	m.reg.MustRegister(
 		m.requests, m.outcomes, m.duration, m.upstreamTime, m.challenges, m.staleRetries, m.retries,
-		m.authFailures, m.refused, m.stateChanges, m.reloads, m.reloadSuccess, m.registrations, build,
+		m.authFailures, m.refused, m.stateChanges, m.preemptive, m.reloads, m.reloadSuccess, m.registrations, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -187,7 +192,29 @@ func (m *Metrics) Attach(src Source) {
 			}, func() float64 { return float64(src.DialogCount()) }),
 			healthCollector{m: m, src: src},
 		)
+		if rs, ok := src.(registrationSource); ok {
+			// The trunk registrations up now, read at each scrape.
+			m.reg.Unregister(m.registrations)
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Namespace: namespace, Name: "trunk_registrations",
+				Help: "Trunk registrations ([[registration]]) authproxy holds registered upstream now.",
+			}, func() float64 {
+				n := 0
+				for _, r := range rs.Registrations() {
+					if r.State == proxy.RegStateRegistered {
+						n++
+					}
+				}
+				return float64(n)
+			}))
+		}
 	})
+}
+
+// registrationSource is a Source that also keeps trunk registrations
+// (*proxy.Proxy).
+type registrationSource interface {
+	Registrations() []proxy.RegistrationState
 }
 
 // Handler serves the metrics in the Prometheus exposition formats.
@@ -266,6 +293,15 @@ func (m *Metrics) UpstreamStateChanged(upstream string, up bool) {
 		state = "up"
 	}
 	m.stateChanges.WithLabelValues(upstreamLabel(upstream), state).Inc()
+}
+
+// PreemptiveAuth implements proxy.Observer.
+func (m *Metrics) PreemptiveAuth(upstream string, accepted bool) {
+	result := "challenged"
+	if accepted {
+		result = "accepted"
+	}
+	m.preemptive.WithLabelValues(upstreamLabel(upstream), result).Inc()
 }
 
 var _ proxy.Observer = (*Metrics)(nil)

@@ -82,6 +82,12 @@ type KamailioConfig struct {
 	// side sends in a dialog, as some PBXs do; the callee's BYE (from the
 	// RelayTo host) is relayed unchallenged.
 	ChallengeBYE bool
+	// Registrar switches on registrar mode: an INVITE outside a dialog is
+	// challenged, then Record-Routed and relayed to the contact
+	// lookup("location") finds for its Request-URI user, through the Path
+	// that REGISTER stored (RFC 3327; registrar use_path). Requests inside
+	// the dialog follow the route set as in relay mode. Excludes RelayTo.
+	Registrar bool
 }
 
 // Kamailio is a running Kamailio started by StartKamailio.
@@ -185,6 +191,9 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 		}
 	} else if cfg.RelayTransport != "" || cfg.ChallengeBYE {
 		return cfg, errors.New("RelayTransport and ChallengeBYE need RelayTo")
+	}
+	if cfg.Registrar && cfg.RelayTo != "" {
+		return cfg, errors.New("Registrar and RelayTo exclude each other")
 	}
 	check := func(what, s string) error {
 		if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {

@@ -124,6 +124,7 @@ func TestKamailioConfigSyntax(t *testing.T) {
 		"no-users":   {},
 		"relay":      {Users: users, RelayTo: "127.0.0.4:5070"},
 		"relay-tcp":  {Users: users, RelayTo: "127.0.0.4:5070", RelayTransport: "tcp", ChallengeBYE: true, StrictURI: true},
+		"registrar":  {Users: users, Registrar: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg.Port = 5060

@@ -1,0 +1,452 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Registrations through authproxy (RFC 3327 Path).
+//
+// A client's REGISTER is forwarded with a Path header naming authproxy, so
+// that the registrar sends requests for the registered contact through us
+// (RFC 3327 §5.3: the registrar uses the Path as a preloaded Route set).
+// When the registrar's 2xx confirms the binding, authproxy remembers where
+// the client registered from (transport and source address: behind a NAT
+// the address its packets really come from, RFC 3581; over TCP the
+// connection it opened). A request a configured upstream later sends to the
+// registered contact is forwarded there.
+
+// Register modes of an upstream (Upstream.RegisterMode).
+const (
+	// RegisterPath adds a Path header and leaves the Contact alone.
+	RegisterPath = "path"
+	// RegisterContact rewrites the Contact to authproxy's address with a
+	// user part that maps back to the binding, for registrars without Path
+	// support.
+	RegisterContact = "contact"
+)
+
+// Bounds of the binding table.
+const (
+	// maxBindings bounds memory under a flood of REGISTERs with ever new
+	// contacts; a deployment has one or a few bindings per phone.
+	maxBindings = 100000
+	// defaultRegisterExpiry applies when neither the 2xx nor the REGISTER
+	// says how long a binding lasts (RFC 3261 §10.2.1.1 suggests 3600).
+	defaultRegisterExpiry = 3600 * time.Second
+	// aliasPrefix starts the user part of a rewritten Contact.
+	aliasPrefix = "ap-"
+)
+
+// inboundMethods are the out-of-dialog requests an upstream may send to a
+// registered client through authproxy.
+var inboundMethods = []sip.RequestMethod{sip.INVITE, sip.MESSAGE, sip.OPTIONS, sip.NOTIFY}
+
+// binding is one contact a client registered through authproxy.
+type binding struct {
+	aor       string  // To URI of the REGISTER, "user@host" (lowercased host)
+	contact   sip.Uri // the client's Contact as it sent it
+	ckey      string  // contactKey(contact)
+	alias     string  // user part of the rewritten Contact (contact mode)
+	upstream  string  // name of the upstream it was registered with
+	transport string  // "UDP"/"TCP"/"TLS": how the client reached us
+	addr      string  // host:port the REGISTER came from
+	expires   time.Time
+}
+
+// Binding is a snapshot of one registered contact, for tests and status.
+type Binding struct {
+	AOR       string
+	Contact   string
+	Upstream  string
+	Transport string
+	Source    string
+	Expires   time.Time
+}
+
+// bindingTable holds the clients' registered contacts, keyed by AOR and
+// contact, and indexed by contact and alias for requests toward them.
+type bindingTable struct {
+	mu        sync.Mutex
+	byKey     map[string]*binding // aor + "\x00" + ckey
+	byContact map[string]*binding // ckey (the latest registration wins)
+	byAlias   map[string]*binding
+}
+
+func newBindingTable() *bindingTable {
+	return &bindingTable{byKey: map[string]*binding{}, byContact: map[string]*binding{}, byAlias: map[string]*binding{}}
+}
+
+// contactKey identifies a contact URI for matching a Request-URI against
+// it: user, host (case-insensitive) and port (5060 when absent; RFC 3261
+// §19.1.4 compares URIs without their transport-independent parameters
+// here, since a registrar may add or reorder them).
+func contactKey(u sip.Uri) string {
+	port := u.Port
+	if port == 0 {
+		port = 5060
+	}
+	return u.User + "@" + strings.ToLower(strings.Trim(u.Host, "[]")) + ":" + strconv.Itoa(port)
+}
+
+// aorOf is the address-of-record of a To URI.
+func aorOf(u sip.Uri) string {
+	return u.User + "@" + strings.ToLower(u.Host)
+}
+
+// aliasFor is the user part of the Contact authproxy registers in contact
+// mode: stable for an AOR and contact, so that refreshes keep the
+// registrar's binding.
+func aliasFor(aor, ckey string) string {
+	sum := sha256.Sum256([]byte(aor + "\x00" + ckey))
+	return aliasPrefix + hex.EncodeToString(sum[:10])
+}
+
+// put stores b, replacing a binding of the same AOR and contact. It
+// reports false when the table is full.
+func (t *bindingTable) put(b *binding, now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := b.aor + "\x00" + b.ckey
+	if _, ok := t.byKey[k]; !ok && len(t.byKey) >= maxBindings {
+		t.sweepLocked(now)
+		if len(t.byKey) >= maxBindings {
+			return false
+		}
+	}
+	if old, ok := t.byKey[k]; ok {
+		t.unindexLocked(old)
+	}
+	t.byKey[k] = b
+	t.byContact[b.ckey] = b
+	if b.alias != "" {
+		t.byAlias[b.alias] = b
+	}
+	return true
+}
+
+// remove deletes the binding of aor and ckey.
+func (t *bindingTable) remove(aor, ckey string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if b, ok := t.byKey[aor+"\x00"+ckey]; ok {
+		delete(t.byKey, aor+"\x00"+ckey)
+		t.unindexLocked(b)
+	}
+}
+
+// removeAOR deletes every binding of aor made through upstream (Contact: *
+// with Expires: 0, RFC 3261 §10.2.2).
+func (t *bindingTable) removeAOR(aor, upstream string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, b := range t.byKey {
+		if b.aor == aor && b.upstream == upstream {
+			delete(t.byKey, k)
+			t.unindexLocked(b)
+		}
+	}
+}
+
+func (t *bindingTable) unindexLocked(b *binding) {
+	if t.byContact[b.ckey] == b {
+		delete(t.byContact, b.ckey)
+	}
+	if b.alias != "" && t.byAlias[b.alias] == b {
+		delete(t.byAlias, b.alias)
+	}
+}
+
+// lookup finds the live binding a Request-URI addresses: by alias when it
+// names authproxy (own reports that), else by contact.
+func (t *bindingTable) lookup(ruri sip.Uri, own bool, now time.Time) *binding {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var b *binding
+	if own && strings.HasPrefix(ruri.User, aliasPrefix) {
+		b = t.byAlias[ruri.User]
+	} else {
+		b = t.byContact[contactKey(ruri)]
+	}
+	if b == nil || !now.Before(b.expires) {
+		return nil
+	}
+	cp := *b
+	return &cp
+}
+
+// sweep removes expired bindings.
+func (t *bindingTable) sweep(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.sweepLocked(now)
+}
+
+func (t *bindingTable) sweepLocked(now time.Time) {
+	for k, b := range t.byKey {
+		if !now.Before(b.expires) {
+			delete(t.byKey, k)
+			t.unindexLocked(b)
+		}
+	}
+}
+
+func (t *bindingTable) snapshot() []Binding {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Binding, 0, len(t.byKey))
+	for _, b := range t.byKey {
+		out = append(out, Binding{AOR: b.aor, Contact: b.contact.String(), Upstream: b.upstream,
+			Transport: b.transport, Source: b.addr, Expires: b.expires})
+	}
+	return out
+}
+
+// Bindings returns the contacts clients have registered through authproxy
+// and that have not expired.
+func (p *Proxy) Bindings() []Binding {
+	now := time.Now()
+	var out []Binding
+	for _, b := range p.bindings.snapshot() {
+		if now.Before(b.Expires) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// ownURI is a SIP URI of the listener used for transport, with lr, for
+// Path and Record-Route.
+func (p *Proxy) ownURI(l *boundListener, user string) sip.Uri {
+	u := sip.Uri{Scheme: "sip", User: user, Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
+	u.UriParams.Add("transport", strings.ToLower(l.transport))
+	if user == "" {
+		u.UriParams.Add("lr", "")
+	}
+	return u
+}
+
+// prepareRegister adapts a REGISTER forwarded to the upstream: in path mode
+// a Path header naming authproxy (the upstream-facing listener first, then
+// the client-facing one when they differ, as for Record-Route) and
+// Supported: path (RFC 3327 §5.1); in contact mode every Contact is
+// replaced by an alias at authproxy.
+func (f *forwarding) prepareRegister(fwd *sip.Request) {
+	if f.up == nil {
+		return
+	}
+	contacts := fwd.GetHeaders("Contact")
+	if len(contacts) == 0 {
+		return // a query of the current bindings (§10.2.3)
+	}
+	ul := f.p.listenerFor(f.hop.transport)
+	cl := f.p.listenerFor(f.req.Transport())
+	if f.up.RegisterMode == RegisterContact {
+		if ul == nil {
+			return
+		}
+		aor := aorOf(f.req.To().Address)
+		for _, h := range contacts {
+			c, ok := h.(*sip.ContactHeader)
+			if !ok || c.Address.Wildcard {
+				continue
+			}
+			// The header is the clone's own (Clone copies headers), so
+			// rewriting it leaves the client's request untouched.
+			c.Address = f.p.ownURI(ul, aliasFor(aor, contactKey(c.Address)))
+		}
+		return
+	}
+	var path []string
+	for _, l := range []*boundListener{ul, cl} {
+		if l == nil || (len(path) > 0 && l == cl && cl == ul) {
+			continue
+		}
+		u := f.p.ownURI(l, "")
+		path = append(path, "<"+u.String()+">")
+	}
+	if len(path) == 0 {
+		return
+	}
+	fwd.PrependHeader(sip.NewHeader("Path", strings.Join(path, ", ")))
+	for _, h := range fwd.GetHeaders("Supported") {
+		for _, opt := range strings.Split(h.Value(), ",") {
+			if strings.EqualFold(strings.TrimSpace(opt), "path") {
+				return
+			}
+		}
+	}
+	fwd.AppendHeader(sip.NewHeader("Supported", "path"))
+}
+
+// registered updates the binding table from the upstream's 2xx to a
+// client's REGISTER: each Contact the client sent is bound for the
+// lifetime the registrar granted it, or removed when that is 0 or the
+// registrar no longer lists it; "Contact: *" with Expires: 0 removes all.
+func (f *forwarding) registered(res *sip.Response) {
+	to := f.req.To()
+	if to == nil || f.up == nil {
+		return
+	}
+	aor := aorOf(to.Address)
+	now := time.Now()
+	reqExpires := -1
+	if h := f.req.GetHeader("Expires"); h != nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(h.Value())); err == nil {
+			reqExpires = n
+		}
+	}
+	resExpires := -1
+	if h := res.GetHeader("Expires"); h != nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(h.Value())); err == nil {
+			resExpires = n
+		}
+	}
+	granted := map[string]int{} // contact key as the registrar lists it -> seconds
+	listed := false
+	for _, h := range res.GetHeaders("Contact") {
+		c, ok := h.(*sip.ContactHeader)
+		if !ok || c.Address.Wildcard {
+			continue
+		}
+		listed = true
+		secs := resExpires
+		if v, ok := c.Params.Get("expires"); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+				secs = n
+			}
+		}
+		granted[contactKey(c.Address)] = secs
+	}
+	ul := f.p.listenerFor(f.hop.transport)
+	for _, h := range f.req.GetHeaders("Contact") {
+		c, ok := h.(*sip.ContactHeader)
+		if !ok {
+			continue
+		}
+		if c.Address.Wildcard {
+			f.p.bindings.removeAOR(aor, f.up.Name)
+			continue
+		}
+		ckey := contactKey(c.Address)
+		alias := ""
+		sent := ckey
+		if f.up.RegisterMode == RegisterContact && ul != nil {
+			alias = aliasFor(aor, ckey)
+			sent = contactKey(f.p.ownURI(ul, alias))
+		}
+		secs, ok := granted[sent]
+		switch {
+		case ok && secs >= 0:
+		case listed:
+			secs = 0 // the registrar lists the AOR's bindings without this one
+		default:
+			// No Contact in the 2xx: trust what the client asked for.
+			secs = reqExpires
+			if v, ok := c.Params.Get("expires"); ok {
+				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+					secs = n
+				}
+			}
+			if secs < 0 {
+				secs = resExpires
+			}
+			if secs < 0 {
+				secs = int(defaultRegisterExpiry / time.Second)
+			}
+		}
+		if secs <= 0 {
+			f.p.bindings.remove(aor, ckey)
+			f.log.Debug("binding removed", "aor", aor, "contact", c.Address.String())
+			continue
+		}
+		b := &binding{
+			aor: aor, contact: *c.Address.Clone(), ckey: ckey, alias: alias, upstream: f.up.Name,
+			transport: f.req.Transport(), addr: f.req.Source(), expires: now.Add(time.Duration(secs) * time.Second),
+		}
+		if !f.p.bindings.put(b, now) {
+			f.log.Warn("binding table full; contact not reachable for inbound requests", "aor", aor, "bindings", maxBindings)
+			continue
+		}
+		f.log.Debug("binding stored", "aor", aor, "contact", c.Address.String(), "source", b.addr, "transport", b.transport, "expires", secs)
+	}
+}
+
+// routeInbound decides whether an out-of-dialog request is one an upstream
+// sends to a client registered through authproxy: it comes from a
+// configured upstream's address, carries no Route beyond ours (the Path
+// the registrar preloaded), and its Request-URI is a registered contact
+// (or, in contact mode, an alias at authproxy). It then fills the
+// forwarding toward that client and reports true.
+func (f *forwarding) routeInbound() bool {
+	req := f.req
+	inbound := false
+	for _, m := range inboundMethods {
+		inbound = inbound || req.Method == m
+	}
+	if !inbound {
+		return false
+	}
+	up := f.rt.fromUpstream(f.src)
+	if up == nil || len(f.foreignRoutes()) > 0 {
+		return false
+	}
+	own := f.p.isOwnURI(req.Recipient)
+	b := f.p.bindings.lookup(req.Recipient, own, time.Now())
+	if b == nil {
+		// A trunk registration's contact: to its local target.
+		b = f.p.regs.target(up, req.Recipient, own)
+	}
+	if b == nil {
+		return false
+	}
+	f.bind, f.up, f.toClient = b, up, true
+	f.hop = hop{transport: b.transport, addr: b.addr}
+	f.log = f.log.With(logUpstream, up.Name, "direction", "to-client", "aor", b.aor)
+	return true
+}
+
+// prepareInbound adapts a request from an upstream to a registered client:
+// the Request-URI back to the client's own Contact in contact mode, and a
+// Record-Route on an INVITE so that the dialog runs through authproxy both
+// ways (the upstream side is the caller here).
+func (f *forwarding) prepareInbound(fwd *sip.Request) {
+	if f.bind == nil {
+		return
+	}
+	if f.bind.alias != "" && fwd.Recipient.User == f.bind.alias {
+		fwd.Recipient = *f.bind.contact.Clone()
+	}
+	if createsDialog(f.req.Method) {
+		f.p.addRecordRoute(fwd, f.req.Transport(), f.hop.transport)
+	}
+}
+
+// recordInboundDialog remembers the dialog a client's 2xx to an upstream's
+// INVITE establishes. The dialog table names its ends by side: the
+// "caller" tag is the client's (here the To tag of the 2xx), the "callee"
+// tag the upstream's (the INVITE's From tag), so that the client's BYE and
+// the upstream's requests are matched as for calls the client placed.
+func (f *forwarding) recordInboundDialog(res *sip.Response) {
+	if f.bind == nil || f.dlg != nil {
+		return
+	}
+	fromTag, _ := tags(f.req)
+	toTag := ""
+	if to := res.To(); to != nil {
+		toTag, _ = to.Params.Get("tag")
+	}
+	f.p.dialogs.put(&dialog{
+		key:             dialogKey{callID: f.key.callID, callerTag: toTag, calleeTag: fromTag},
+		up:              f.up,
+		clientTransport: f.hop.transport,
+		clientAddr:      f.hop.addr,
+		lastUse:         time.Now(),
+	})
+}

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+func mustURI(t *testing.T, s string) sip.Uri {
+	t.Helper()
+	var u sip.Uri
+	if err := sip.ParseUri(s, &u); err != nil {
+		t.Fatalf("parse %q: %v", s, err)
+	}
+	return u
+}
+
+func TestBindingTable(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	contact := mustURI(t, "sip:1001@192.0.2.10:5062;transport=udp")
+	newBinding := func(aor string, c sip.Uri, ttl time.Duration) *binding {
+		ck := contactKey(c)
+		return &binding{aor: aor, contact: c, ckey: ck, alias: aliasFor(aor, ck), upstream: "pbx",
+			transport: "UDP", addr: "198.51.100.7:40000", expires: now.Add(ttl)}
+	}
+
+	t.Run("LookupByContactIgnoresParams", func(t *testing.T) {
+		tb := newBindingTable()
+		tb.put(newBinding("1001@pbx", contact, time.Minute), now)
+		b := tb.lookup(mustURI(t, "sip:1001@192.0.2.10:5062"), false, now)
+		if b == nil || b.addr != "198.51.100.7:40000" {
+			t.Fatalf("lookup = %+v, want the binding", b)
+		}
+		if b := tb.lookup(mustURI(t, "sip:1002@192.0.2.10:5062"), false, now); b != nil {
+			t.Fatalf("other user matched: %+v", b)
+		}
+	})
+	t.Run("LookupByAlias", func(t *testing.T) {
+		tb := newBindingTable()
+		nb := newBinding("1001@pbx", contact, time.Minute)
+		tb.put(nb, now)
+		if b := tb.lookup(sip.Uri{Scheme: "sip", User: nb.alias, Host: "203.0.113.1"}, true, now); b == nil {
+			t.Fatal("alias at our address not found")
+		}
+		if b := tb.lookup(sip.Uri{Scheme: "sip", User: nb.alias, Host: "203.0.113.1"}, false, now); b != nil {
+			t.Fatal("alias matched at an address that is not ours")
+		}
+	})
+	t.Run("ExpiryRemovesMapping", func(t *testing.T) {
+		tb := newBindingTable()
+		tb.put(newBinding("1001@pbx", contact, time.Second), now)
+		if tb.lookup(contact, false, now) == nil {
+			t.Fatal("live binding not found")
+		}
+		later := now.Add(time.Second)
+		if b := tb.lookup(contact, false, later); b != nil {
+			t.Fatal("expired binding still routes")
+		}
+		tb.sweep(later)
+		if n := len(tb.snapshot()); n != 0 {
+			t.Fatalf("%d bindings after sweep, want 0", n)
+		}
+		if len(tb.byContact) != 0 || len(tb.byAlias) != 0 {
+			t.Fatal("indexes keep a swept binding")
+		}
+	})
+	t.Run("RemoveAndWildcard", func(t *testing.T) {
+		tb := newBindingTable()
+		other := mustURI(t, "sip:1001@192.0.2.11")
+		tb.put(newBinding("1001@pbx", contact, time.Minute), now)
+		tb.put(newBinding("1001@pbx", other, time.Minute), now)
+		tb.put(newBinding("1002@pbx", mustURI(t, "sip:1002@192.0.2.12"), time.Minute), now)
+		tb.remove("1001@pbx", contactKey(contact))
+		if tb.lookup(contact, false, now) != nil || tb.lookup(other, false, now) == nil {
+			t.Fatal("remove took the wrong binding")
+		}
+		tb.removeAOR("1001@pbx", "pbx")
+		if tb.lookup(other, false, now) != nil {
+			t.Fatal("Contact: * left a binding of the AOR")
+		}
+		if n := len(tb.snapshot()); n != 1 {
+			t.Fatalf("%d bindings, want the other AOR's 1", n)
+		}
+	})
+	t.Run("RefreshReplaces", func(t *testing.T) {
+		tb := newBindingTable()
+		tb.put(newBinding("1001@pbx", contact, time.Second), now)
+		nb := newBinding("1001@pbx", contact, time.Hour)
+		nb.addr = "198.51.100.7:40001" // the NAT mapping changed
+		tb.put(nb, now)
+		if n := len(tb.snapshot()); n != 1 {
+			t.Fatalf("%d bindings after refresh, want 1", n)
+		}
+		if b := tb.lookup(contact, false, now.Add(time.Minute)); b == nil || b.addr != "198.51.100.7:40001" {
+			t.Fatalf("refresh not applied: %+v", b)
+		}
+	})
+	t.Run("Bounded", func(t *testing.T) {
+		tb := newBindingTable()
+		for i := range maxBindings {
+			u := sip.Uri{Scheme: "sip", User: "u", Host: "192.0.2.1", Port: 1 + i%60000}
+			if !tb.put(newBinding("aor"+string(rune('a'+i/60000)), u, time.Second), now) {
+				t.Fatalf("table full after %d", i)
+			}
+		}
+		if tb.put(newBinding("x@pbx", contact, time.Minute), now) {
+			t.Fatal("put beyond maxBindings accepted while all are live")
+		}
+		// Once they expired, a new one evicts them.
+		if !tb.put(newBinding("x@pbx", contact, time.Minute), now.Add(2*time.Second)) {
+			t.Fatal("put refused although every binding had expired")
+		}
+	})
+}
+
+func TestAliasStable(t *testing.T) {
+	a := aliasFor("1001@pbx", "1001@192.0.2.10:5060")
+	if a != aliasFor("1001@pbx", "1001@192.0.2.10:5060") || a == aliasFor("1002@pbx", "1001@192.0.2.10:5060") {
+		t.Fatal("alias not a stable function of AOR and contact")
+	}
+}
