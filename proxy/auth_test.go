@@ -205,3 +205,17 @@ func TestNonceCounter(t *testing.T) {
 		t.Fatalf("after expiry nc = %d, want 1", got)
 	}
 }
+
+// TestFormatCredentials: the one-buffer formatter writes what the library's
+// String does.
+func TestFormatCredentials(t *testing.T) {
+	for _, c := range []digest.Credentials{
+		{Username: "alice", Realm: "asterisk", Nonce: "n0", URI: "sip:1002@pbx", Response: "abc", Algorithm: "MD5", Cnonce: "c0", Opaque: "op", QOP: "auth", Nc: 0x1a},
+		{Username: `q"uote\`, Realm: "r\u00e9alm", Nonce: "n", URI: "sip:x", Response: "r", Userhash: true},
+		{Username: "u", Realm: "", Nonce: "n", URI: "sip:x", Response: "r", Algorithm: "SHA-256", QOP: "auth-int", Nc: 0xffffffff},
+	} {
+		if got, want := formatCredentials(&c), c.String(); got != want {
+			t.Errorf("formatCredentials = %s\nwant %s", got, want)
+		}
+	}
+}
