@@ -25,6 +25,9 @@ type phone struct {
 	addr      string // where it listens
 	proxy     string // authproxy's address for transport
 	client    *sipgo.Client
+	// tag is the To tag the phone answers a new INVITE with, known in
+	// advance so that tests can address the dialog.
+	tag string
 
 	mu       sync.Mutex
 	received []*sip.Request
@@ -42,7 +45,7 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ph := &phone{t: t, user: user, transport: transport, proxy: proxyAddr, changed: make(chan struct{})}
+	ph := &phone{t: t, user: user, transport: transport, proxy: proxyAddr, tag: sip.GenerateTagN(8), changed: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	var closer func()
 	done := make(chan struct{})
@@ -79,6 +82,11 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		if req.Method == sip.INVITE {
+			if _, inDialog := req.To().Params.Get("tag"); !inDialog {
+				// sipgo puts a random tag of its own; use the known one.
+				res.To().Params.Remove("tag")
+				res.To().Params.Add("tag", ph.tag)
+			}
 			res.AppendHeader(ph.contact())
 		}
 		_ = tx.Respond(res)

@@ -25,91 +25,11 @@ import (
 // another socket than the one its Contact names (sipgo opens one toward
 // the proxy), as behind a NAT: authproxy must answer to where they come
 // from.
-type regPhone struct {
-	t         *testing.T
-	user      string
-	transport string
-	addr      string // the Contact's address (its listener)
-	proxy     string
-	client    *sipgo.Client
-	tag       string
-
-	mu       sync.Mutex
-	received []*sip.Request
-	changed  chan struct{}
-}
+type regPhone struct{ *phone }
 
 func startRegPhone(t *testing.T, user, transport, proxyAddr string) *regPhone {
 	t.Helper()
-	transport = strings.ToUpper(transport)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("e2e-regphone-" + user))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := sipgo.NewServer(ua)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ph := &regPhone{t: t, user: user, transport: transport, proxy: proxyAddr, tag: sip.GenerateTagN(8), changed: make(chan struct{})}
-	done := make(chan struct{})
-	var closer func()
-	if transport == "UDP" {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ph.addr, closer = pc.LocalAddr().String(), func() { _ = pc.Close() }
-		go func() { defer close(done); _ = srv.ServeUDP(pc) }()
-	} else {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ph.addr, closer = ln.Addr().String(), func() { _ = ln.Close() }
-		go func() { defer close(done); _ = srv.ServeTCP(ln) }()
-	}
-	host, port := splitAddr(t, ph.addr)
-	if ph.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(host), sipgo.WithClientPort(port)); err != nil {
-		t.Fatal(err)
-	}
-	answer := func(req *sip.Request, tx sip.ServerTransaction) {
-		ph.mu.Lock()
-		ph.received = append(ph.received, req)
-		close(ph.changed)
-		ph.changed = make(chan struct{})
-		ph.mu.Unlock()
-		if req.Method == sip.ACK {
-			return
-		}
-		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
-		if req.Method == sip.INVITE {
-			if to := res.To(); to != nil {
-				// sipgo puts a tag of its own; the phone's is known to it.
-				to.Params.Remove("tag")
-				to.Params.Add("tag", ph.tag)
-			}
-			res.AppendHeader(ph.contact())
-		}
-		_ = tx.Respond(res)
-	}
-	for _, m := range []sip.RequestMethod{sip.INVITE, sip.BYE, sip.NOTIFY, sip.OPTIONS, sip.MESSAGE, sip.ACK} {
-		srv.OnRequest(m, answer)
-	}
-	t.Cleanup(func() {
-		closer()
-		_ = ua.Close()
-		<-done
-	})
-	return ph
-}
-
-func (ph *regPhone) contact() *sip.ContactHeader {
-	host, port := splitAddr(ph.t, ph.addr)
-	u := sip.Uri{Scheme: "sip", User: ph.user, Host: host, Port: port, UriParams: sip.NewParams()}
-	if ph.transport == "TCP" {
-		u.UriParams.Add("transport", "tcp")
-	}
-	return &sip.ContactHeader{Address: u}
+	return &regPhone{startPhone(t, user, transport, proxyAddr)}
 }
 
 // request sends req to the proxy and returns its final response.
