@@ -34,7 +34,7 @@ const (
 // Idle lifetimes of CSeq offsets (see cseqTable).
 const (
 	cseqIdleTTL   = 5 * time.Minute // out-of-dialog requests reusing a Call-ID (MESSAGE sessions)
-	cseqDialogTTL = 2 * time.Hour   // INVITE dialogs until the calls work takes over their lifetime
+	cseqDialogTTL = 2 * time.Hour   // INVITE dialogs; removed earlier at the 2xx to BYE or a failed INVITE
 	cseqExpiryPad = 64 * time.Second
 )
 
