@@ -25,12 +25,6 @@ func TestRegisterThroughAuthproxyThenCallViaKamailio(t *testing.T) {
 	ap := StartAuthproxy(t, authproxyTOML(listen, []upstreamConf{{p, k.Addr(), "udp"}}, credentialsFor(p)))
 
 	const callee, caller = "1001", "1002"
-	var callerAcct pbxAccount
-	for _, a := range p.accounts {
-		if a.user == caller {
-			callerAcct = a
-		}
-	}
 	uaPort := peers.FreePort(t, "127.0.0.1")
 	reg := peers.RunSipp(t, peers.SippRun{
 		Scenario: sippScenario("register.xml"), Remote: listen, Local: "127.0.0.1", LocalPort: uaPort,
@@ -41,23 +35,7 @@ func TestRegisterThroughAuthproxyThenCallViaKamailio(t *testing.T) {
 	}
 
 	// The registered phone answers on the socket it registered from.
-	uas := peers.StartSipp(t, peers.SippRun{
-		Scenario: sippScenario("uas.xml"), Local: "127.0.0.1", LocalPort: uaPort,
-		Transport: "u1", Service: callee, Timeout: 15 * time.Second,
-	})
-	uac := peers.RunSipp(t, peers.SippRun{
-		Scenario: sippScenario("call_auth.xml"), Remote: k.Addr(), Transport: "u1",
-		Service: callee, Domain: p.domain, Keys: map[string]string{"caller": caller},
-		AuthUser: callerAcct.username, AuthPass: callerAcct.password, Timeout: 10 * time.Second,
-	})
-	if !uac.OK() {
-		uas.Stop()
-	}
-	uasRes := uas.Wait()
-	if !uac.OK() || !uasRes.OK() {
-		t.Fatalf("call to the registered phone:\n--- caller ---\n%v\n--- registered phone ---\n%v\n--- authproxy ---\n%s\n--- kamailio ---\n%s",
-			uac, uasRes, ap.Logs(), k.Log())
-	}
+	uasRes := callViaKamailio(t, "the registered phone", k, ap, p, caller, callee, "127.0.0.1", uaPort)
 	// The INVITE reached the phone through authproxy (its Record-Route),
 	// not straight from Kamailio.
 	invs := callsInteropMessages(uasRes, false, "INVITE ")
@@ -89,29 +67,7 @@ func TestTrunkRegistrationWithKamailio(t *testing.T) {
 	if _, err := ap.proc.WaitLine(ctx, func(l string) bool { return strings.Contains(l, `"msg":"registered"`) }); err != nil {
 		t.Fatalf("authproxy did not register: %v\n--- authproxy ---\n%s\n--- kamailio ---\n%s", err, ap.Logs(), k.Log())
 	}
-	var callerAcct pbxAccount
-	for _, a := range p.accounts {
-		if a.user == caller {
-			callerAcct = a
-		}
-	}
-	uas := peers.StartSipp(t, peers.SippRun{
-		Scenario: sippScenario("uas.xml"), Local: callsInteropUASHost, LocalPort: targetPort,
-		Transport: "u1", Service: callee, Timeout: 15 * time.Second,
-	})
-	uac := peers.RunSipp(t, peers.SippRun{
-		Scenario: sippScenario("call_auth.xml"), Remote: k.Addr(), Transport: "u1",
-		Service: callee, Domain: p.domain, Keys: map[string]string{"caller": caller},
-		AuthUser: callerAcct.username, AuthPass: callerAcct.password, Timeout: 10 * time.Second,
-	})
-	if !uac.OK() {
-		uas.Stop()
-	}
-	uasRes := uas.Wait()
-	if !uac.OK() || !uasRes.OK() {
-		t.Fatalf("call to the trunk registration:\n--- caller ---\n%v\n--- target ---\n%v\n--- authproxy ---\n%s\n--- kamailio ---\n%s",
-			uac, uasRes, ap.Logs(), k.Log())
-	}
+	callViaKamailio(t, "the trunk registration's target", k, ap, p, caller, callee, callsInteropUASHost, targetPort)
 	// Kamailio accepted authproxy's REGISTER with the pbx-a credential of
 	// 1001.
 	var want string
@@ -131,4 +87,36 @@ func TestTrunkRegistrationWithKamailio(t *testing.T) {
 	if !strings.Contains(ap.Logs(), `"msg":"unregistered"`) {
 		t.Fatalf("authproxy did not unregister at shutdown:\n%s", ap.Logs())
 	}
+}
+
+// callViaKamailio has a SIPp caller (authenticating itself as caller's
+// account) call callee through Kamailio, while a SIPp UAS on uasHost:uasPort
+// answers as the callee; it fails the test unless both complete the call,
+// and returns the UAS's result.
+func callViaKamailio(t *testing.T, what string, k *peers.Kamailio, ap *Authproxy, p upstreamPBX, caller, callee, uasHost string, uasPort int) peers.SippResult {
+	t.Helper()
+	var callerAcct pbxAccount
+	for _, a := range p.accounts {
+		if a.user == caller {
+			callerAcct = a
+		}
+	}
+	uas := peers.StartSipp(t, peers.SippRun{
+		Scenario: sippScenario("uas.xml"), Local: uasHost, LocalPort: uasPort,
+		Transport: "u1", Service: callee, Timeout: 15 * time.Second,
+	})
+	uac := peers.RunSipp(t, peers.SippRun{
+		Scenario: sippScenario("call_auth.xml"), Remote: k.Addr(), Transport: "u1",
+		Service: callee, Domain: p.domain, Keys: map[string]string{"caller": caller},
+		AuthUser: callerAcct.username, AuthPass: callerAcct.password, Timeout: 10 * time.Second,
+	})
+	if !uac.OK() {
+		uas.Stop()
+	}
+	uasRes := uas.Wait()
+	if !uac.OK() || !uasRes.OK() {
+		t.Fatalf("call to %s:\n--- caller ---\n%v\n--- callee ---\n%v\n--- authproxy ---\n%s\n--- kamailio ---\n%s",
+			what, uac, uasRes, ap.Logs(), k.Log())
+	}
+	return uasRes
 }

@@ -160,7 +160,8 @@ func readAll(f *os.File) (string, error) {
 
 // TestDeps holds the package dependency arrows in place (DEVELOPERS.md):
 // credentials imports nothing of ours, config never imports proxy or sipgo,
-// proxy never imports config.
+// proxy never imports config; admin knows HTTP only; metrics never reads
+// the configuration.
 func TestDeps(t *testing.T) {
 	const mod = "github.com/authproxy/authproxy"
 	for _, tc := range []struct {
@@ -170,6 +171,10 @@ func TestDeps(t *testing.T) {
 		{mod + "/credentials", []string{mod + "/", "github.com/"}},
 		{mod + "/config", []string{mod + "/proxy", mod + "/cmd", "github.com/emiago/sipgo"}},
 		{mod + "/proxy", []string{mod + "/config", mod + "/cmd"}},
+		// The admin server knows HTTP only (cmd/authproxy adapts the proxy
+		// to it), and the metrics package never reads the configuration.
+		{mod + "/internal/admin", []string{mod + "/", "github.com/"}},
+		{mod + "/internal/metrics", []string{mod + "/config", mod + "/cmd"}},
 	} {
 		out, err := exec.Command("go", "list", "-deps", tc.pkg).Output()
 		if err != nil {

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -249,33 +248,5 @@ func TestRun_AdminPortTaken(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "admin listener") {
 		t.Errorf("error does not name the admin listener:\n%s", stderr.String())
-	}
-}
-
-// TestOpsDeps: the admin server knows HTTP only (cmd/authproxy adapts the
-// proxy to it), and the metrics package never reads the configuration.
-func TestOpsDeps(t *testing.T) {
-	const mod = "github.com/authproxy/authproxy"
-	for _, tc := range []struct {
-		pkg       string
-		forbidden []string
-	}{
-		{mod + "/internal/admin", []string{mod + "/", "github.com/"}},
-		{mod + "/internal/metrics", []string{mod + "/config", mod + "/cmd"}},
-	} {
-		out, err := exec.Command("go", "list", "-deps", tc.pkg).Output()
-		if err != nil {
-			t.Fatalf("go list %s: %v", tc.pkg, err)
-		}
-		for _, dep := range strings.Fields(string(out)) {
-			if dep == tc.pkg {
-				continue
-			}
-			for _, f := range tc.forbidden {
-				if strings.HasPrefix(dep, f) {
-					t.Errorf("%s imports %s", tc.pkg, dep)
-				}
-			}
-		}
 	}
 }
