@@ -130,6 +130,10 @@ type Admin struct {
 	// any free port. The endpoints have no authentication: bind loopback or
 	// an interface only the monitoring network reaches.
 	Address string
+	// Pprof also serves Go's profiler under /debug/pprof/ on the admin
+	// listener (default false): for measuring a load run, not for an
+	// exposed network, since profiles can show request contents in memory.
+	Pprof bool
 }
 
 // Health is the [health] table: OPTIONS pings that mark upstreams up or

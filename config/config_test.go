@@ -277,6 +277,8 @@ func rules() []rule {
 		{name: "MaxChallengesFloat", toml: baseOK + "[proxy]\nmax_challenges = 3.5\n", key: "proxy.max_challenges", err: config.ErrInvalid},
 		{name: "ShutdownGraceBad", toml: baseOK + "[proxy]\nshutdown_grace = \"soon\"\n", key: "proxy.shutdown_grace", err: config.ErrInvalid},
 		{name: "ShutdownGraceNegative", toml: baseOK + "[proxy]\nshutdown_grace = \"-1s\"\n", key: "proxy.shutdown_grace", err: config.ErrInvalid},
+		{name: "PprofWithoutAdmin", toml: baseOK + "[admin]\npprof = true\n", key: "admin.pprof", err: config.ErrInvalid},
+		{name: "PprofNotBool", toml: baseOK + "[admin]\naddress = \"127.0.0.1:0\"\npprof = \"yes\"\n", key: "admin.pprof", err: config.ErrInvalid},
 		{name: "ShutdownGraceInteger", toml: baseOK + "[proxy]\nshutdown_grace = 5\n", key: "proxy.shutdown_grace", err: config.ErrInvalid},
 
 		// [[listen]]

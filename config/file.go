@@ -89,6 +89,7 @@ type fileProxy struct {
 
 type fileAdmin struct {
 	Address string `koanf:"address"`
+	Pprof   bool   `koanf:"pprof"`
 }
 
 type fileHealth struct {
@@ -171,6 +172,7 @@ dialog_idle_timeout = "2h"
 
 [admin]
 address = ""
+pprof = false
 
 [health]
 options_interval = "0s"

@@ -311,14 +311,17 @@ func (v *validator) duration(key, val string, min time.Duration, rule string) ti
 
 func (v *validator) buildAdmin(a fileAdmin) Admin {
 	if a.Address == "" {
+		if a.Pprof {
+			v.add("admin.pprof", "true", `needs admin.address: the profiler is served on the admin listener`, ErrInvalid, nil)
+		}
 		return Admin{}
 	}
 	host, port, rule := parseAddress(a.Address, 0)
 	if rule != "" {
 		v.add("admin.address", strconv.Quote(a.Address), rule+`, or "" for no admin listener`, ErrInvalid, nil)
-		return Admin{Address: a.Address}
+		return Admin{Address: a.Address, Pprof: a.Pprof}
 	}
-	return Admin{Address: net.JoinHostPort(host, strconv.Itoa(port))}
+	return Admin{Address: net.JoinHostPort(host, strconv.Itoa(port)), Pprof: a.Pprof}
 }
 
 func (v *validator) buildHealth(h fileHealth) Health {

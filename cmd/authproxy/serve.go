@@ -105,6 +105,7 @@ func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 			Ready:   p.Readiness,
 			Status:  d.status,
 			Logger:  d.log.With("component", "admin"),
+			Pprof:   cfg.Admin.Pprof,
 		})
 		adminDone = make(chan error, 1)
 		go func() { adminDone <- srv.Serve(adminCtx, ln) }()
@@ -255,8 +256,11 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if !reflect.DeepEqual(boot.Listen, cfg.Listen) {
 		out = append(out, "listen")
 	}
-	if boot.Admin != cfg.Admin {
+	if boot.Admin.Address != cfg.Admin.Address {
 		out = append(out, "admin.address")
+	}
+	if boot.Admin.Pprof != cfg.Admin.Pprof {
+		out = append(out, "admin.pprof")
 	}
 	if boot.Log.Format != cfg.Log.Format {
 		out = append(out, "log.format")

@@ -121,3 +121,13 @@ func TestServeStops(t *testing.T) {
 		t.Error("listener still open after Serve returned")
 	}
 }
+
+func TestPprofOnlyWhenEnabled(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h := New(Config{Pprof: on}).Handler()
+		code, _, _ := get(t, h, "GET", "/debug/pprof/heap?debug=1")
+		if want := map[bool]int{false: 404, true: 200}[on]; code != want {
+			t.Errorf("Pprof %v: /debug/pprof/heap = %d, want %d", on, code, want)
+		}
+	}
+}
