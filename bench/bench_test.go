@@ -8,12 +8,15 @@
 //	AUTHPROXY_BENCH=1 go test ./bench -run TestBench -v -timeout 60m
 //
 // AUTHPROXY_BENCH_STEP sets the seconds per rate step (default 30, the
-// figure the issue asks for). TestSoak (AUTHPROXY_BENCH_SOAK=5m) runs a
+// figure the issue asks for); AUTHPROXY_BENCH_PATHS (direct, off, all,
+// kamailio) and AUTHPROXY_BENCH_KINDS (message, call), comma-separated,
+// pick a part of the table. TestSoak (AUTHPROXY_BENCH_SOAK=5m) runs a
 // steady load and reports goroutines and heap from authproxy's /metrics.
 package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -56,6 +59,7 @@ func stepDuration() time.Duration {
 
 // path is the way the load goes to the upstream.
 type path struct {
+	key   string // for AUTHPROXY_BENCH_PATHS
 	name  string
 	start func(t *testing.T) (addr string, proc *peers.Process) // nil: SIPp straight to the upstream
 }
@@ -81,21 +85,25 @@ func TestBench(t *testing.T) {
 	bin := buildAuthproxy(t)
 
 	paths := []path{
-		{name: "SIPp → upstream (no proxy; SIPp answers the 407)"},
-		{name: "authproxy, preemptive off", start: func(t *testing.T) (string, *peers.Process) {
+		{key: "direct", name: "SIPp → upstream (no proxy; SIPp answers the 407)"},
+		{key: "off", name: "authproxy, preemptive off", start: func(t *testing.T) (string, *peers.Process) {
 			return startAuthproxy(t, bin, upstream, "off")
 		}},
-		{name: "authproxy, preemptive all", start: func(t *testing.T) (string, *peers.Process) {
+		{key: "all", name: "authproxy, preemptive all", start: func(t *testing.T) (string, *peers.Process) {
 			return startAuthproxy(t, bin, upstream, "all")
 		}},
-		{name: "Kamailio uac_auth proxy", start: func(t *testing.T) (string, *peers.Process) {
+		{key: "kamailio", name: "Kamailio uac_auth proxy", start: func(t *testing.T) (string, *peers.Process) {
 			return startKamailioProxy(t, upstream)
 		}},
 	}
+	paths = slices.DeleteFunc(paths, func(p path) bool { return !selected("AUTHPROXY_BENCH_PATHS", p.key) })
 	msgs := make([]result, len(paths))
 	calls := make([]result, len(paths))
 	for i, p := range paths {
 		for _, kind := range []string{"message", "call"} {
+			if !selected("AUTHPROXY_BENCH_KINDS", kind) {
+				continue
+			}
 			addr, proc := upstream, (*peers.Process)(nil)
 			if p.start != nil {
 				addr, proc = p.start(t)
@@ -148,7 +156,13 @@ func TestBench(t *testing.T) {
 	t.Log(b.String())
 }
 
-// search runs the rate steps in order until one fails.
+// selected reports whether the comma-separated list in the environment
+// variable env names key; an unset variable selects everything.
+func selected(env, key string) bool {
+	v := os.Getenv(env)
+	return v == "" || slices.Contains(strings.Split(v, ","), key)
+}
+
 // TestSoak runs challenged MESSAGEs through authproxy (preemptive all) at
 // a steady rate for AUTHPROXY_BENCH_SOAK (e.g. 5m) and reports goroutines
 // and heap in use from its /metrics every 30 s: they must not grow.
@@ -196,6 +210,89 @@ loop:
 	t.Logf("soak: %d/s for %v: %d ok, %d failed%s", rate, d, res.Successful, res.Failed, b.String())
 }
 
+// TestProfile runs challenged MESSAGEs through authproxy (preemptive
+// AUTHPROXY_BENCH_PREEMPTIVE, default all) at AUTHPROXY_BENCH_PROFILE
+// requests a second for 40 s and saves authproxy's CPU profile (20 s from
+// the 10th second), its heap and allocation profiles and a mutex and block
+// profile into AUTHPROXY_BENCH_PROFILE_DIR (default a temporary directory,
+// logged):
+//
+//	AUTHPROXY_BENCH_PROFILE=3000 AUTHPROXY_BENCH_PROFILE_DIR=/tmp/prof go test ./bench -run TestProfile -v
+//	go tool pprof -top /tmp/prof/cpu.pprof
+func TestProfile(t *testing.T) {
+	rate, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_PROFILE"))
+	if err != nil || rate <= 0 {
+		t.Skip("set AUTHPROXY_BENCH_PROFILE=<requests a second> to profile a load run")
+	}
+	peers.Require(t, "kamailio", "sipp")
+	dir := os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	preemptive := cmp.Or(os.Getenv("AUTHPROXY_BENCH_PREEMPTIVE"), "all")
+	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
+	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
+	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, preemptive, admin)
+	defer proc.Stop()
+	const seconds = 40
+	done := make(chan peers.SippResult, 1)
+	go func() {
+		done <- peers.RunSipp(t, peers.SippRun{Scenario: scenario("message.xml"), Remote: addr, Domain: domain, Service: benchUser,
+			Rate: rate, Calls: rate * seconds, Timeout: 2 * seconds * time.Second, Extra: []string{"-l", strconv.Itoa(rate * 4)}})
+	}()
+	save := func(name, query string) {
+		resp, err := http.Get("http://" + admin + "/debug/pprof/" + query)
+		if err != nil {
+			t.Errorf("profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	time.Sleep(10 * time.Second)
+	cpu0 := treeCPU(proc)
+	save("cpu.pprof", "profile?seconds=20")
+	cpu := treeCPU(proc) - cpu0
+	save("heap.pprof", "heap")
+	save("allocs.pprof", "allocs")
+	save("mutex.pprof", "mutex")
+	save("block.pprof", "block")
+	res := <-done
+	if os.Getenv("DEBUGLOG") != "" {
+		t.Log(proc.Output())
+	}
+	counters := grepMetrics(t, admin, "authproxy_challenges_answered_total", "authproxy_preemptive_auth_total", "authproxy_stale_retries_total")
+	t.Logf("profile: %d/s for %ds: %d ok, %d failed in %v; authproxy CPU %v over the 20 s profiled (%.0f%% of a core); peak RSS %.0f MB; profiles in %s\n%s",
+		rate, seconds, res.Successful, res.Failed, res.Duration.Round(time.Millisecond), cpu, 100*cpu.Seconds()/20, peakRSSMB(proc.Pid()), dir, counters)
+}
+
+// grepMetrics returns the lines of the admin /metrics that start with one
+// of the names.
+func grepMetrics(t *testing.T, admin string, names ...string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(body), "\n") {
+		for _, n := range names {
+			if strings.HasPrefix(l, n) {
+				out = append(out, l)
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // scrape reads one unlabelled metric from the admin /metrics.
 func scrape(t *testing.T, admin, name string) float64 {
 	t.Helper()
@@ -230,6 +327,7 @@ func rssMB(pid int) float64 {
 	return 0
 }
 
+// search runs the rate steps in order until one fails.
 func search(t *testing.T, name string, rates []int, step time.Duration, proc *peers.Process, mk func(rate int) peers.SippRun) result {
 	t.Helper()
 	var r result
@@ -427,6 +525,7 @@ func startAuthproxyAdmin(t *testing.T, bin, upstream, preemptive, admin string) 
 	addr := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	conf := fmt.Sprintf(`[admin]
 address = %q
+pprof = %v
 
 [log]
 level = "warn"
@@ -460,7 +559,7 @@ server = "pbx"
 name = "loopback"
 networks = ["127.0.0.0/8"]
 upstreams = ["*"]
-`, admin, addr, upstream, domain, preemptive, benchUser, benchPass)
+`, admin, admin != "", addr, upstream, domain, preemptive, benchUser, benchPass)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "authproxy.toml")
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {
