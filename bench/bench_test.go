@@ -46,9 +46,27 @@ const (
 // duration; the highest with < 0.1 % failed is reported. The search stops
 // at the first failing step, which bounds the total time.
 var (
-	messageRates = []int{1000, 2000, 3000, 4000, 5000, 6000, 8000}
-	callRates    = []int{50, 100, 200, 300, 400, 600}
+	messageRates = []int{1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 12000}
+	callRates    = []int{50, 100, 200, 300, 400, 600, 800, 1000}
 )
+
+// rates is the comma-separated list of rates in the environment variable
+// env (AUTHPROXY_BENCH_MESSAGE_RATES, AUTHPROXY_BENCH_CALL_RATES), or def.
+func rates(t *testing.T, env string, def []int) []int {
+	v := os.Getenv(env)
+	if v == "" {
+		return def
+	}
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			t.Fatalf("%s=%q: want rates a second, comma-separated", env, v)
+		}
+		out = append(out, n)
+	}
+	return out
+}
 
 func stepDuration() time.Duration {
 	if s, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_STEP")); err == nil && s > 0 {
@@ -80,6 +98,8 @@ func TestBench(t *testing.T) {
 	}
 	peers.Require(t, "kamailio", "sipp")
 	step := stepDuration()
+	messageRates := rates(t, "AUTHPROXY_BENCH_MESSAGE_RATES", messageRates)
+	callRates := rates(t, "AUTHPROXY_BENCH_CALL_RATES", callRates)
 	uas := peers.StartSipp(t, peers.SippRun{Scenario: scenario("uas.xml"), Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour, Extra: []string{"-bind_local"}})
 	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": uas.Addr()})
 	bin := buildAuthproxy(t)
@@ -210,6 +230,75 @@ loop:
 	t.Logf("soak: %d/s for %v: %d ok, %d failed%s", rate, d, res.Successful, res.Failed, b.String())
 }
 
+// TestDialogs establishes AUTHPROXY_BENCH_DIALOGS calls (e.g. 10000)
+// through authproxy at 250 a second, holds them, and reports authproxy's
+// RSS, heap in use and goroutines once every call is up and the setup's
+// transactions have ended (Timer L/M, 32 s), then hangs them all up:
+//
+//	AUTHPROXY_BENCH_DIALOGS=10000 go test ./bench -run TestDialogs -v -timeout 30m
+func TestDialogs(t *testing.T) {
+	n, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_DIALOGS"))
+	if err != nil || n <= 0 {
+		t.Skip("set AUTHPROXY_BENCH_DIALOGS=10000 to measure authproxy's memory with that many calls established")
+	}
+	peers.Require(t, "kamailio", "sipp")
+	const rate = 250
+	setup := time.Duration(n/rate+1) * time.Second
+	settle := 45 * time.Second // Timer L and M (32 s) end the INVITE transactions
+	hold := setup + settle + 15*time.Second
+	uas := peers.StartSipp(t, peers.SippRun{Scenario: scenario("uas.xml"), Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour, Extra: []string{"-bind_local", "-l", strconv.Itoa(2 * n)}})
+	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": uas.Addr()})
+	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
+	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, "all", admin)
+	defer proc.Stop()
+	sc := heldCallScenario(t, hold)
+	done := make(chan peers.SippResult, 1)
+	go func() {
+		done <- peers.RunSipp(t, peers.SippRun{Scenario: sc, Remote: addr, Domain: domain, Service: "1002", Keys: map[string]string{"caller": benchUser},
+			Rate: rate, Calls: n, Timeout: setup + hold + time.Minute, Extra: []string{"-l", strconv.Itoa(2 * n)}})
+	}()
+	var b strings.Builder
+	b.WriteString("\n| elapsed | dialogs | go_goroutines | heap in use | RSS |\n|---|---|---|---|---|\n")
+	start := time.Now()
+	sample := func() (dialogs, rss float64) {
+		dialogs = scrape(t, admin, "authproxy_dialogs")
+		rss = rssMB(proc.Pid())
+		fmt.Fprintf(&b, "| %v | %.0f | %.0f | %.1f MB | %.1f MB |\n", time.Since(start).Round(time.Second), dialogs,
+			scrape(t, admin, "go_goroutines"), scrape(t, admin, "go_memstats_heap_inuse_bytes")/(1<<20), rss)
+		return dialogs, rss
+	}
+	for time.Since(start) < setup+settle {
+		time.Sleep(10 * time.Second)
+		sample()
+	}
+	dialogs, rss := sample()
+	res := <-done
+	t.Logf("dialogs: %d calls at %d/s, held %v: %d ok, %d failed; with %.0f dialogs established: RSS %.1f MB (peak %.1f MB)%s",
+		n, rate, hold, res.Successful, res.Failed, dialogs, rss, peakRSSMB(proc.Pid()), b.String())
+	if res.Failed > 0 {
+		t.Errorf("%d calls failed", res.Failed)
+	}
+}
+
+// heldCallScenario is call.xml with the talk lasting hold.
+func heldCallScenario(t *testing.T, hold time.Duration) string {
+	t.Helper()
+	b, err := os.ReadFile(scenario("call.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const talk = `<pause milliseconds="300"/>`
+	if !bytes.Contains(b, []byte(talk)) {
+		t.Fatalf("call.xml has no %s", talk)
+	}
+	b = bytes.Replace(b, []byte(talk), fmt.Appendf(nil, `<pause milliseconds="%d"/>`, hold.Milliseconds()), 1)
+	p := filepath.Join(t.TempDir(), "held_call.xml")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestProfile runs challenged MESSAGEs through authproxy (preemptive
 // AUTHPROXY_BENCH_PREEMPTIVE, default all) at AUTHPROXY_BENCH_PROFILE
 // requests a second for 40 s and saves authproxy's CPU profile (20 s from
@@ -256,20 +345,23 @@ func TestProfile(t *testing.T) {
 		}
 	}
 	time.Sleep(10 * time.Second)
-	cpu0 := treeCPU(proc)
+	u0, s0 := procCPU(proc.Pid())
 	save("cpu.pprof", "profile?seconds=20")
-	cpu := treeCPU(proc) - cpu0
+	u1, s1 := procCPU(proc.Pid())
+	cpu := u1 - u0 + s1 - s0
 	save("heap.pprof", "heap")
 	save("allocs.pprof", "allocs")
 	save("mutex.pprof", "mutex")
 	save("block.pprof", "block")
+	save("goroutine.txt", "goroutine?debug=1")
+	save("trace.out", "trace?seconds=2")
 	res := <-done
 	if os.Getenv("DEBUGLOG") != "" {
 		t.Log(proc.Output())
 	}
 	counters := grepMetrics(t, admin, "authproxy_challenges_answered_total", "authproxy_preemptive_auth_total", "authproxy_stale_retries_total")
-	t.Logf("profile: %d/s for %ds: %d ok, %d failed in %v; authproxy CPU %v over the 20 s profiled (%.0f%% of a core); peak RSS %.0f MB; profiles in %s\n%s",
-		rate, seconds, res.Successful, res.Failed, res.Duration.Round(time.Millisecond), cpu, 100*cpu.Seconds()/20, peakRSSMB(proc.Pid()), dir, counters)
+	t.Logf("profile: %d/s for %ds: %d ok, %d failed in %v; authproxy CPU %v (user %v, system %v) over the 20 s profiled (%.0f%% of a core); peak RSS %.0f MB; profiles in %s\n%s",
+		rate, seconds, res.Successful, res.Failed, res.Duration.Round(time.Millisecond), cpu, u1-u0, s1-s0, 100*cpu.Seconds()/20, peakRSSMB(proc.Pid()), dir, counters)
 }
 
 // grepMetrics returns the lines of the admin /metrics that start with one
@@ -335,14 +427,17 @@ func search(t *testing.T, name string, rates []int, step time.Duration, proc *pe
 		run := mk(rate)
 		run.Rate, run.Calls, run.Timeout = rate, rate*int(step/time.Second), step+20*time.Second
 		run.Extra = append(run.Extra, "-l", strconv.Itoa(rate*4), "-trace_rtt", "-rtt_freq", "100")
-		cpu0 := treeCPU(proc)
+		cpu0, busy0, all0 := treeCPU(proc), 0.0, 0.0
+		busy0, all0 = machineCPU()
 		res := peers.RunSipp(t, run)
 		cpu := treeCPU(proc) - cpu0
+		busy1, all1 := machineCPU()
 		total := res.Successful + res.Failed
 		// Sustained: all of them, in the step's time (SIPp falls behind
 		// the rate rather than failing when it or the path saturates).
 		ok := total >= run.Calls && res.Failed*1000 < total && res.Duration <= step+step/10+time.Second
-		t.Logf("%s: %d/s for %v: %d ok, %d failed in %v, exit %d, proxy cpu %v", name, rate, step, res.Successful, res.Failed, res.Duration.Round(time.Millisecond), res.ExitCode, cpu)
+		t.Logf("%s: %d/s for %v: %d ok, %d failed in %v, exit %d, proxy cpu %v, machine %.0f%% busy", name, rate, step, res.Successful, res.Failed,
+			res.Duration.Round(time.Millisecond), res.ExitCode, cpu, 100*(busy1-busy0)/max(all1-all0, 1))
 		if !ok {
 			t.Logf("unexpected messages (first lines):\n%s\noutput (last lines):\n%s", firstLines(res.Errors, 12), lastLines(res.Output, 8))
 			break
@@ -602,6 +697,39 @@ func treeCPU(p *peers.Process) time.Duration {
 		total += time.Duration(ut+st) * 10 * time.Millisecond
 	}
 	return total
+}
+
+// machineCPU returns the busy and total jiffies of all CPUs so far
+// (/proc/stat): their ratio over an interval is how saturated the machine
+// the proxy shares with SIPp and the upstream was.
+func machineCPU() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseFloat(v, 64)
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
+}
+
+// procCPU is the user and system CPU time so far of pid.
+func procCPU(pid int) (user, system time.Duration) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut) * 10 * time.Millisecond, time.Duration(st) * 10 * time.Millisecond
 }
 
 // peakRSSMB is the VmHWM of pid, in MB.

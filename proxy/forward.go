@@ -109,7 +109,7 @@ type hop struct {
 func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	f := &forwarding{
 		p: p, req: req, tx: tx, start: time.Now(), rt: p.rt.Load(),
-		log: p.log.With(logMethod, req.Method.String(), logCallID, callID(req)),
+		log: withLazyAttrs(p.log, logMethod, req.Method.String(), logCallID, callID(req)),
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -821,6 +821,9 @@ func (f *forwarding) logDone() {
 	lvl := slog.LevelInfo
 	if f.status >= 500 || !f.replied {
 		lvl = slog.LevelWarn
+	}
+	if !f.log.Enabled(context.Background(), lvl) {
+		return
 	}
 	f.log.Log(context.Background(), lvl, "request",
 		logStatus, f.status,

@@ -112,7 +112,11 @@ func (r realmRef) key() string {
 type authCache struct {
 	mu      sync.Mutex
 	entries map[authCacheKey]*cachedChallenge
-	realms  map[[2]string][]realmRef // {server, method} → most recent first
+	// realmsMu guards realms, read on every request and written only when
+	// a challenge is answered; its slices are never modified once stored
+	// (replaced instead), so readers use them without copying.
+	realmsMu sync.RWMutex
+	realms   map[[2]string][]realmRef // {server, method} → most recent first
 }
 
 func newAuthCache() *authCache {
@@ -142,29 +146,28 @@ func (c *authCache) put(server, method string, ch challenge, username string, nc
 	}
 	rk := [2]string{server, method}
 	ref := realmRef{proxy: ch.proxy, realm: ch.Realm}
+	c.realmsMu.Lock()
+	defer c.realmsMu.Unlock()
 	refs := c.realms[rk]
-	for i, r := range refs {
-		if r == ref {
-			copy(refs[1:i+1], refs[:i])
-			refs[0] = ref
-			return
+	if len(refs) > 0 && refs[0] == ref {
+		return // the common case: nothing to reorder
+	}
+	next := make([]realmRef, 0, preemptiveRealms)
+	next = append(next, ref)
+	for _, r := range refs {
+		if r != ref && len(next) < preemptiveRealms {
+			next = append(next, r)
 		}
 	}
-	if len(refs) >= preemptiveRealms {
-		refs = refs[:preemptiveRealms-1]
-	}
-	c.realms[rk] = append([]realmRef{ref}, refs...)
+	c.realms[rk] = next
 }
 
-// realmsFor returns the realms server challenged method in.
+// realmsFor returns the realms server challenged method in, most recent
+// first. The slice is shared: callers must not modify it.
 func (c *authCache) realmsFor(server, method string) []realmRef {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	refs := c.realms[[2]string{server, method}]
-	if len(refs) == 0 {
-		return nil
-	}
-	return append([]realmRef(nil), refs...)
+	c.realmsMu.RLock()
+	defer c.realmsMu.RUnlock()
+	return c.realms[[2]string{server, method}]
 }
 
 // take returns the cached challenge for k with the nc to send, or false

@@ -28,6 +28,18 @@ func init() {
 	if sip.UDPMTUSize < 9000 {
 		sip.UDPMTUSize = 9000
 	}
+	// A completed non-INVITE server transaction over UDP lingers to answer
+	// retransmissions of its request with the same response: Timer J, 64*T1
+	// = 32 s in RFC 3261 §17.2.2. sipgo keeps the whole transaction (both
+	// messages, timers) for that long, which at thousands of requests a
+	// second is most of authproxy's heap. A client stops retransmitting once
+	// a response reaches it and retransmits at most every T2 (4 s) until
+	// then, so T4 (5 s) still absorbs every retransmission but those whose
+	// responses were all lost: the wait Kamailio's tm module uses
+	// (wt_timer, 5 s) for the same reason.
+	if sip.Timer_J > sip.T4 {
+		sip.Timer_J = sip.T4
+	}
 }
 
 // Proxy is authproxy's SIP side: it serves clients on the configured
@@ -306,6 +318,31 @@ loop:
 	return nil
 }
 
+// udpSocketBuffer is the receive and send buffer asked for each UDP
+// listener. One socket carries every client's requests and every upstream's
+// responses, read by one goroutine; the kernel default (about 200 kB, some
+// 300 requests) overflows at a few thousand requests a second whenever that
+// goroutine waits a millisecond for a CPU (a GC pause, a burst), and every
+// dropped datagram costs its sender a 500 ms retransmission. 4 MB absorbs
+// bursts twenty times longer. Linux caps it at net.core.rmem_max /
+// wmem_max (often 208 kB: raise those sysctls to get the full buffer).
+const udpSocketBuffer = 4 << 20
+
+// growSocketBuffers raises pc's buffers toward udpSocketBuffer; a refusal
+// only costs headroom, so it is logged, not returned.
+func growSocketBuffers(pc net.PacketConn, log *slog.Logger) {
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		return
+	}
+	if err := uc.SetReadBuffer(udpSocketBuffer); err != nil {
+		log.Warn("cannot grow the UDP receive buffer", "address", pc.LocalAddr().String(), "error", err)
+	}
+	if err := uc.SetWriteBuffer(udpSocketBuffer); err != nil {
+		log.Warn("cannot grow the UDP send buffer", "address", pc.LocalAddr().String(), "error", err)
+	}
+}
+
 func (p *Proxy) bind() ([]*boundListener, error) {
 	var out []*boundListener
 	for _, l := range p.cfg.Listeners {
@@ -319,6 +356,7 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 				closeAll(out)
 				return nil, fmt.Errorf("listen udp %s: %w", l.Address, err)
 			}
+			growSocketBuffers(pc, p.log)
 			bl.udp, bl.closer, laddr = pc, pc, pc.LocalAddr()
 		case "TCP", "TLS":
 			ln, err := net.Listen("tcp", l.Address)
