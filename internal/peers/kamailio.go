@@ -59,6 +59,11 @@ type KamailioConfig struct {
 	// seconds). Credentials on an older nonce get a stale=true challenge.
 	// Zero keeps Kamailio's default of 300s.
 	NonceExpire time.Duration
+	// NonceCount makes Kamailio check nonce counts (auth nonce_count): an
+	// nc seen before for a nonce is refused as a replay (-6, logged
+	// "fail"), out-of-order counts are accepted. This is how a PBX catches
+	// a client reusing a nonce carelessly.
+	NonceCount bool
 	// Children is the number of UDP and of TCP worker processes. Zero
 	// means 2.
 	Children int
