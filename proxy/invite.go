@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -320,5 +321,64 @@ func (g *forwarding) hangUp() {
 			g.log.Warn("BYE upstream got no final response", "error", tx.Err())
 			return
 		}
+	}
+}
+
+// strayResponseWriter sends a response statelessly; the proxy's transport
+// layer, replaced in tests.
+type strayResponseWriter func(*sip.Response) error
+
+// handleStrayResponse is sipgo's handler for responses that match no
+// client transaction. authproxy forwards one kind statelessly (RFC 3261
+// §16.7, RFC 6026 §7.2): a retransmitted 2xx to an INVITE of a dialog it
+// holds, whose INVITE transactions have ended (Timer L and M, which
+// authproxy shortens to 5 s): the callee retransmits its 2xx until the ACK
+// reaches it, and a caller whose ACK was lost must see the 2xx again to
+// send another. Every other stray response is dropped; authproxy never
+// relays a response for a dialog it does not know.
+func (p *Proxy) handleStrayResponse(res *sip.Response) {
+	if !res.IsSuccess() {
+		return
+	}
+	cs, v := res.CSeq(), res.Via()
+	if cs == nil || cs.MethodName != sip.INVITE || v == nil || !p.isOwnVia(v) {
+		return
+	}
+	fromTag, toTag := "", ""
+	if f := res.From(); f != nil {
+		fromTag, _ = f.Params.Get("tag")
+	}
+	if t := res.To(); t != nil {
+		toTag, _ = t.Params.Get("tag")
+	}
+	now := time.Now()
+	id := ""
+	if c := res.CallID(); c != nil {
+		id = c.Value()
+	}
+	out := res.Clone()
+	removeFirst(out, "Via")
+	next := out.Via()
+	if next == nil {
+		return
+	}
+	if d := p.dialogs.fromClient(id, fromTag, toTag, now); d != nil {
+		// A call from a client: the callee's 2xx, CSeq back in the
+		// client's numbering.
+		if c := out.CSeq(); d.inviteUpCSeq != 0 && c.SeqNo == d.inviteUpCSeq {
+			c.SeqNo = d.inviteCSeq
+		}
+	} else if p.dialogs.fromUpstream(id, fromTag, toTag, now) == nil {
+		return
+	}
+	out.SetTransport(strings.ToUpper(next.Transport))
+	out.SetDestination("") // from the Via now on top (received, rport)
+	p.log.Debug("relaying a 2xx retransmission after its transaction ended", logCallID, id)
+	write := p.strayWriter
+	if write == nil {
+		return
+	}
+	if err := write(out); err != nil {
+		p.log.Debug("cannot relay 2xx retransmission", logCallID, id, "error", err)
 	}
 }

@@ -40,6 +40,21 @@ func init() {
 	if sip.Timer_J > sip.T4 {
 		sip.Timer_J = sip.T4
 	}
+	// The same for INVITE transactions once a 2xx passed (RFC 6026's
+	// Accepted state, Timer L on the server side and M on the client side,
+	// both 32 s): each holds the INVITE, its SDP and the 2xx, and a call
+	// setup rate of a few hundred a second kept some 100 MB of them, most
+	// of authproxy's memory with thousands of calls up. They absorb INVITE
+	// retransmissions (a client stops sending them at the first 1xx) and
+	// pass the callee's 2xx retransmissions on (sent until the ACK arrives,
+	// normally milliseconds). Later 2xx retransmissions, after an ACK lost
+	// for 5 s, are relayed statelessly by handleStrayResponse.
+	if sip.Timer_L > sip.T4 {
+		sip.Timer_L = sip.T4
+	}
+	if sip.Timer_M > sip.T4 {
+		sip.Timer_M = sip.T4
+	}
 }
 
 // Proxy is authproxy's SIP side: it serves clients on the configured
@@ -53,6 +68,8 @@ type Proxy struct {
 	ua     *sipgo.UserAgent
 	srv    *sipgo.Server
 	client *sipgo.Client
+	// strayWriter sends the responses handleStrayResponse relays.
+	strayWriter strayResponseWriter
 
 	cseq     *cseqTable
 	nonces   *nonceCounter
@@ -205,6 +222,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		sipgo.WithUserAgenTLSConfig(p.upstreamTLS()),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(p.log.With("component", "sipgo")),
+			sip.WithTransactionLayerUnhandledResponseHandler(p.handleStrayResponse),
 		),
 		sipgo.WithUserAgentTransportLayerOptions(
 			sip.WithTransportLayerLogger(p.log.With("component", "sipgo")),
@@ -228,6 +246,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	p.ua, p.srv, p.client = ua, srv, client
+	p.strayWriter = srv.WriteResponse
 	p.listeners = bound
 	p.runCtx = ctx
 	p.mu.Unlock()

@@ -1,0 +1,197 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/icholy/digest"
+
+	"github.com/authproxy/authproxy/internal/peers"
+)
+
+// TestLatency measures, with microsecond clocks, what authproxy adds to a
+// request's response time: a Go client sends MESSAGEs at
+// AUTHPROXY_BENCH_LATENCY a second (e.g. half the maximum rate TestBench
+// found) for 20 s, once straight to the upstream with its own valid
+// Proxy-Authorization (one round trip, as authproxy's preemptive answers
+// make it), once through authproxy (preemptive all, the client without
+// credentials), and reports the response-time percentiles of both and
+// their difference. SIPp's own timer ticks in milliseconds, too coarse
+// for this.
+//
+//	AUTHPROXY_BENCH_LATENCY=3500 go test ./bench -run TestLatency -v
+func TestLatency(t *testing.T) {
+	rate, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_LATENCY"))
+	if err != nil || rate <= 0 {
+		t.Skip("set AUTHPROXY_BENCH_LATENCY=<requests a second> to measure authproxy's added latency")
+	}
+	peers.Require(t, "kamailio")
+	const seconds, warmup = 20, 2
+	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
+	addr, proc := startAuthproxy(t, buildAuthproxy(t), upstream, "all")
+	defer proc.Stop()
+
+	direct := runLatency(t, upstream, rate, seconds, warmup, true)
+	through := runLatency(t, addr, rate, seconds, warmup, false)
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n%s; %d MESSAGE/s for %d s (first %d s not counted), UDP on loopback\n\n", machine(), rate, seconds, warmup)
+	b.WriteString("| path | requests | lost | p50 | p90 | p99 | p99.9 |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range []latencyResult{direct, through} {
+		fmt.Fprintf(&b, "| %s | %d | %d | %v | %v | %v | %v |\n", r.name, r.n, r.lost, r.p(0.5), r.p(0.9), r.p(0.99), r.p(0.999))
+	}
+	fmt.Fprintf(&b, "| added by authproxy | | | %v | %v | %v | %v |\n",
+		through.p(0.5)-direct.p(0.5), through.p(0.9)-direct.p(0.9), through.p(0.99)-direct.p(0.99), through.p(0.999)-direct.p(0.999))
+	t.Log(b.String())
+	if through.lost*1000 > through.n || direct.lost*1000 > direct.n {
+		t.Errorf("more than 0.1%% lost: direct %d of %d, through authproxy %d of %d", direct.lost, direct.n, through.lost, through.n)
+	}
+}
+
+type latencyResult struct {
+	name    string
+	n, lost int
+	rtts    []time.Duration // sorted
+}
+
+func (r latencyResult) p(q float64) time.Duration {
+	if len(r.rtts) == 0 {
+		return 0
+	}
+	return r.rtts[min(len(r.rtts)-1, int(q*float64(len(r.rtts))))].Round(time.Microsecond)
+}
+
+// runLatency sends rate MESSAGEs a second to dst for seconds and returns
+// the response times of those sent after warmup. With auth, the client
+// answers the upstream's first challenge itself and sends every request
+// with credentials for that nonce (nc counting up).
+func runLatency(t *testing.T, dst string, rate, seconds, warmup int, auth bool) latencyResult {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.5:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.UDPConn).SetReadBuffer(4 << 20)
+	raddr, err := net.ResolveUDPAddr("udp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := conn.LocalAddr().String()
+	uri := fmt.Sprintf("sip:%s@%s", benchUser, domain)
+	msg := func(i int, authz string) []byte {
+		var h string
+		if authz != "" {
+			h = "Proxy-Authorization: " + authz + "\r\n"
+		}
+		body := "latency probe"
+		return fmt.Appendf(nil, "MESSAGE %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-lat%d;rport\r\nMax-Forwards: 70\r\n"+
+			"From: <%s>;tag=lat%d\r\nTo: <%s>\r\nCall-ID: lat-%d@bench\r\nCSeq: 1 MESSAGE\r\n%sContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
+			uri, local, i, uri, i, uri, i, h, len(body), body)
+	}
+	buf := make([]byte, 65535)
+	var chal *digest.Challenge
+	if auth {
+		if _, err := conn.WriteTo(msg(-1, ""), raddr); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := conn.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no challenge from %s: %v", dst, err)
+		}
+		for _, l := range strings.Split(string(buf[:n]), "\r\n") {
+			if v, ok := strings.CutPrefix(l, "Proxy-Authenticate: "); ok {
+				if chal, err = digest.ParseChallenge(v); err != nil {
+					t.Fatalf("challenge %q: %v", v, err)
+				}
+			}
+		}
+		if chal == nil {
+			t.Fatalf("%s answered without a challenge:\n%s", dst, buf[:n])
+		}
+	}
+	total := rate * seconds
+	sent := make([]time.Time, total)
+	got := make([]time.Duration, total)
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() { // the receiver
+		defer close(done)
+		rbuf := make([]byte, 65535)
+		for {
+			_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, _, err := conn.ReadFrom(rbuf)
+			now := time.Now()
+			if err != nil {
+				return
+			}
+			m := rbuf[:n]
+			if !bytes.HasPrefix(m, []byte("SIP/2.0 200")) {
+				continue
+			}
+			i := bytes.Index(m, []byte("Call-ID: lat-"))
+			if i < 0 {
+				continue
+			}
+			rest := m[i+len("Call-ID: lat-"):]
+			j := bytes.IndexByte(rest, '@')
+			k, err := strconv.Atoi(string(rest[:max(j, 0)]))
+			if err != nil || k < 0 || k >= total {
+				continue
+			}
+			mu.Lock()
+			if got[k] == 0 {
+				got[k] = now.Sub(sent[k])
+			}
+			mu.Unlock()
+		}
+	}()
+	start := time.Now()
+	for i := range total {
+		// Paced by the clock: request i leaves at start + i/rate.
+		if d := time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))); d > 0 {
+			time.Sleep(d)
+		}
+		authz := ""
+		if chal != nil {
+			cred, err := digest.Digest(chal, digest.Options{Method: "MESSAGE", URI: uri, Username: benchUser, Password: benchPass, Count: i + 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			authz = cred.String()
+		}
+		m := msg(i, authz)
+		mu.Lock()
+		sent[i] = time.Now()
+		mu.Unlock()
+		if _, err := conn.WriteTo(m, raddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	name := "client → authproxy → upstream (client has no credentials)"
+	if auth {
+		name = "client → upstream (client sends its own credentials)"
+	}
+	r := latencyResult{name: name}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := rate * warmup; i < total; i++ {
+		r.n++
+		if got[i] == 0 {
+			r.lost++
+			continue
+		}
+		r.rtts = append(r.rtts, got[i])
+	}
+	slices.Sort(r.rtts)
+	return r
+}

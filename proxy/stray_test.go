@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// A 2xx retransmission that arrives after the INVITE transactions ended is
+// relayed to the caller of a known dialog, our Via removed and the CSeq
+// back in the caller's numbering; any other stray response is dropped.
+func TestStray2xxRelayedOnlyForKnownDialogs(t *testing.T) {
+	sp := newSocketlessProxy(t, func(*sip.Request) *sip.Response { return nil })
+	p := sp.p
+	var sent []*sip.Response
+	p.strayWriter = func(r *sip.Response) error { sent = append(sent, r); return nil }
+	up := p.rt.Load().upstreams[0]
+	p.dialogs.put(&dialog{key: dialogKey{callID: "c1@h", callerTag: "caller", calleeTag: "callee"}, up: up,
+		clientTransport: "UDP", clientAddr: "127.0.0.9:5070", inviteCSeq: 1, inviteUpCSeq: 2, lastUse: time.Now()})
+
+	raw := func(via, method, callID, fromTag string, status int) *sip.Response {
+		t.Helper()
+		m, err := sip.ParseMessage([]byte("SIP/2.0 " + strconv.Itoa(status) + " X\r\n" +
+			via + "Via: SIP/2.0/UDP 127.0.0.9:5070;branch=z9hG4bK-phone;received=127.0.0.9;rport=5070\r\n" +
+			"From: <sip:1001@pbx-a.example.com>;tag=" + fromTag + "\r\nTo: <sip:1002@pbx-a.example.com>;tag=callee\r\n" +
+			"Call-ID: " + callID + "\r\nCSeq: 2 " + method + "\r\nContent-Length: 0\r\n\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.(*sip.Response)
+	}
+	ours := "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-ours\r\n"
+	for _, tc := range []struct {
+		name  string
+		res   *sip.Response
+		relay bool
+	}{
+		{"2xx of a known dialog", raw(ours, "INVITE", "c1@h", "caller", 200), true},
+		{"unknown dialog", raw(ours, "INVITE", "other@h", "caller", 200), false},
+		{"not ours", raw("Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-x\r\n", "INVITE", "c1@h", "caller", 200), false},
+		{"not a 2xx", raw(ours, "INVITE", "c1@h", "caller", 486), false},
+		{"not an INVITE", raw(ours, "BYE", "c1@h", "caller", 200), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sent = nil
+			p.handleStrayResponse(tc.res)
+			if !tc.relay {
+				if len(sent) != 0 {
+					t.Fatalf("relayed %v", sent[0])
+				}
+				return
+			}
+			if len(sent) != 1 {
+				t.Fatal("not relayed")
+			}
+			out := sent[0]
+			if vias := out.GetHeaders("Via"); len(vias) != 1 || !strings.Contains(vias[0].Value(), "z9hG4bK-phone") {
+				t.Errorf("Via headers %v, want only the phone's", vias)
+			}
+			if out.CSeq().SeqNo != 1 {
+				t.Errorf("CSeq %d, want the caller's 1", out.CSeq().SeqNo)
+			}
+			if got := out.Destination(); got != "127.0.0.9:5070" {
+				t.Errorf("destination %q", got)
+			}
+		})
+	}
+}
