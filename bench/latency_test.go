@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,10 +37,21 @@ func TestLatency(t *testing.T) {
 	peers.Require(t, "kamailio")
 	const seconds, warmup = 20, 2
 	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
-	addr, proc := startAuthproxy(t, buildAuthproxy(t), upstream, "all")
+	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
+	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, "all", admin)
 	defer proc.Stop()
 
 	direct := runLatency(t, upstream, rate, seconds, warmup, true)
+	if dir := os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR"); dir != "" {
+		// A 3 s execution trace from the middle of the run through
+		// authproxy: go tool trace -pprof=sched shows where requests wait.
+		go func() {
+			time.Sleep(8 * time.Second)
+			if err := savePprof(admin, "trace?seconds=3", filepath.Join(dir, "latency-trace.out")); err != nil {
+				t.Log(err)
+			}
+		}()
+	}
 	through := runLatency(t, addr, rate, seconds, warmup, false)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%s; %d MESSAGE/s for %d s (first %d s not counted), UDP on loopback\n\n", machine(), rate, seconds, warmup)

@@ -324,7 +324,9 @@ func libAuthorization(c challenge, cred credentials.Credential, method, uri stri
 // with strconv.Quote), without a slice of parameters and a string per
 // parameter. It was the largest allocation site of a forwarded request.
 func formatCredentials(c *digest.Credentials) string {
-	w := credWriter{b: make([]byte, 0, 96+len(c.Username)+len(c.Realm)+len(c.Nonce)+len(c.URI)+len(c.Opaque)+len(c.Response))}
+	// The fixed text (parameter names, quotes, separators, nc) is under 160
+	// bytes; quoting may add escapes, which then costs one regrowth.
+	w := credWriter{b: make([]byte, 0, 160+len(c.Username)+len(c.Realm)+len(c.Nonce)+len(c.URI)+len(c.Algorithm)+len(c.Cnonce)+len(c.Opaque)+len(c.QOP)+len(c.Response))}
 	w.b = append(w.b, digest.Prefix...)
 	w.param("username", c.Username, true)
 	w.param("realm", c.Realm, true)

@@ -1,8 +1,14 @@
 package proxy
 
 import (
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -30,5 +36,71 @@ func TestPatchedSipgoHeaderLookup(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { _ = req.GetHeader("Proxy-Require") }); allocs != 0 {
 		t.Errorf("GetHeader allocates %v times, want 0", allocs)
+	}
+}
+
+// A completed non-INVITE server transaction over UDP keeps only its
+// response's bytes (PATCHES.md): a retransmitted request still gets the
+// same response again, and the handler sees the request once.
+func TestPatchedSipgoCompletedTransactionAnswersRetransmissions(t *testing.T) {
+	ua, err := sipgo.NewUA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ua.Close() })
+	srv, err := sipgo.NewServer(ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
+		calls.Add(1)
+		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+		res.AppendHeader(sip.NewHeader("X-Answer", "first"))
+		if err := tx.Respond(res); err != nil {
+			t.Error(err)
+		}
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.ServeUDP(pc) }()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msg := fmt.Sprintf("MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-retrans;rport\r\n"+
+		"From: <sip:alice@127.0.0.1>;tag=a\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: retrans@test\r\nCSeq: 1 MESSAGE\r\n"+
+		"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n", conn.LocalAddr())
+	read := func() string {
+		t.Helper()
+		buf := make([]byte, 4096)
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := conn.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no response: %v", err)
+		}
+		return string(buf[:n])
+	}
+	var first string
+	for i := range 3 {
+		if _, err := conn.WriteTo([]byte(msg), pc.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		got := read()
+		if !strings.HasPrefix(got, "SIP/2.0 200") || !strings.Contains(got, "X-Answer: first") {
+			t.Fatalf("response %d:\n%s", i, got)
+		}
+		if i == 0 {
+			first = got
+			time.Sleep(50 * time.Millisecond) // the transaction completes
+		} else if got != first {
+			t.Errorf("retransmitted response differs:\n%s\nfirst:\n%s", got, first)
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler called %d times, want 1", n)
 	}
 }

@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"net"
 	"fmt"
 	"log/slog"
 	"time"
@@ -21,6 +22,16 @@ type ServerTx struct {
 	timer_1xx    *time.Timer
 	timer_l      *time.Timer
 	reliable     bool
+
+	// authproxy patch: a non-INVITE transaction over UDP that completed
+	// keeps its final response as the bytes sent (completedRaw, to
+	// completedAddr) instead of the request and the parsed response, which
+	// it only needs to answer retransmissions for Timer J. A busy proxy
+	// holds thousands of completed transactions: as parsed messages they
+	// were most of its live heap, and every GC cycle marked them.
+	method        RequestMethod
+	completedRaw  []byte
+	completedAddr *net.UDPAddr
 }
 
 func NewServerTx(key string, origin *Request, conn Connection, logger *slog.Logger) *ServerTx {
@@ -34,6 +45,7 @@ func NewServerTx(key string, origin *Request, conn Connection, logger *slog.Logg
 	tx.done = make(chan struct{})
 	tx.log = logger
 	tx.origin = origin // NOTE: user may do some changes on this request which creates RACE
+	tx.method = origin.Method
 	tx.reliable = IsReliable(origin.Transport())
 	return tx
 }
@@ -87,7 +99,7 @@ func (tx *ServerTx) Receive(req *Request) error {
 
 	var input fsmInput
 	switch {
-	case req.Method == tx.origin.Method:
+	case req.Method == tx.method: // authproxy patch: origin may be compacted
 		input = server_input_request
 	case req.IsAck(): // ACK for non-2xx response
 		input = server_input_ack
@@ -176,7 +188,7 @@ func (tx *ServerTx) TerminateGracefully() {
 
 	// Check did we receive final response
 	tx.fsmMu.Lock()
-	finalized := tx.fsmResp != nil && !tx.fsmResp.IsProvisional()
+	finalized := tx.fsmResp != nil && !tx.fsmResp.IsProvisional() || tx.completedRaw != nil // authproxy patch: compacted
 	tx.fsmMu.Unlock()
 	if !finalized {
 		tx.Terminate()

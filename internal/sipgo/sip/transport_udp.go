@@ -386,6 +386,25 @@ func (c *UDPConnection) WriteTo(b []byte, addr net.Addr) (n int, err error) {
 	return n, err
 }
 
+// udpDestination is where WriteMsg sends msg (authproxy patch: shared with
+// the compacted server transaction).
+func udpDestination(msg Message) (*net.UDPAddr, error) {
+	a := msg.remoteAddress() // Destination should be already resolved by transport layer
+	if a.IP == nil {
+		host, port, err := ParseAddr(msg.Destination())
+		if err != nil {
+			return nil, err
+		}
+		a.IP = net.ParseIP(host)
+		a.Port = port
+	}
+	raddr := &net.UDPAddr{IP: a.IP, Port: a.Port, Zone: a.Zone}
+	if raddr.Port == 0 {
+		raddr.Port = DefaultUdpPort
+	}
+	return raddr, nil
+}
+
 func (c *UDPConnection) WriteMsg(msg Message) error {
 	buf := bufPool.Get().(*bytes.Buffer)
 	defer bufPool.Put(buf)
