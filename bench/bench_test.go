@@ -46,8 +46,8 @@ const (
 // duration; the highest with < 0.1 % failed is reported. The search stops
 // at the first failing step, which bounds the total time.
 var (
-	messageRates = []int{1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 12000}
-	callRates    = []int{50, 100, 200, 300, 400, 600, 800, 1000}
+	messageRates = []int{1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000}
+	callRates    = []int{100, 200, 400, 600, 800, 1000}
 )
 
 // rates is the comma-separated list of rates in the environment variable
