@@ -1,9 +1,9 @@
 package sip
 
 import (
-	"net"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 )
 
