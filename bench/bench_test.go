@@ -359,10 +359,11 @@ func TestProfile(t *testing.T) {
 		}
 	}
 	time.Sleep(10 * time.Second)
-	u0, s0 := procCPU(proc.Pid())
+	st0, _ := readStat(proc.Pid())
 	save("cpu.pprof", "profile?seconds=20")
-	u1, s1 := procCPU(proc.Pid())
-	cpu := u1 - u0 + s1 - s0
+	st1, _ := readStat(proc.Pid())
+	u1, s1 := st1.user-st0.user, st1.system-st0.system
+	cpu := u1 + s1
 	save("heap.pprof", "heap")
 	save("allocs.pprof", "allocs")
 	save("mutex.pprof", "mutex")
@@ -375,7 +376,7 @@ func TestProfile(t *testing.T) {
 	}
 	counters := grepMetrics(t, admin, "authproxy_challenges_answered_total", "authproxy_preemptive_auth_total", "authproxy_stale_retries_total")
 	t.Logf("profile: %d/s for %ds: %d ok, %d failed in %v; authproxy CPU %v (user %v, system %v) over the 20 s profiled (%.0f%% of a core); peak RSS %.0f MB; profiles in %s\n%s",
-		rate, seconds, res.Successful, res.Failed, res.Duration.Round(time.Millisecond), cpu, u1-u0, s1-s0, 100*cpu.Seconds()/20, peakRSSMB(proc.Pid()), dir, counters)
+		rate, seconds, res.Successful, res.Failed, res.Duration.Round(time.Millisecond), cpu, u1, s1, 100*cpu.Seconds()/20, peakRSSMB(proc.Pid()), dir, counters)
 }
 
 // savePprof writes authproxy's /debug/pprof/<query> to path.
@@ -392,18 +393,27 @@ func savePprof(admin, query, path string) error {
 	return os.WriteFile(path, b, 0o644)
 }
 
+// metricLines returns the lines of authproxy's admin /metrics.
+func metricLines(admin string) ([]string, error) {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return strings.Split(string(body), "\n"), err
+}
+
 // grepMetrics returns the lines of the admin /metrics that start with one
 // of the names.
 func grepMetrics(t *testing.T, admin string, names ...string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
+	lines, err := metricLines(admin)
 	if err != nil {
 		return err.Error()
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	var out []string
-	for _, l := range strings.Split(string(body), "\n") {
+	for _, l := range lines {
 		for _, n := range names {
 			if strings.HasPrefix(l, n) {
 				out = append(out, l)
@@ -416,14 +426,12 @@ func grepMetrics(t *testing.T, admin string, names ...string) string {
 // scrape reads one unlabelled metric from the admin /metrics.
 func scrape(t *testing.T, admin, name string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
+	lines, err := metricLines(admin)
 	if err != nil {
 		t.Logf("scrape: %v", err)
 		return 0
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, l := range strings.Split(string(body), "\n") {
+	for _, l := range lines {
 		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			return f
@@ -433,13 +441,19 @@ func scrape(t *testing.T, admin, name string) float64 {
 }
 
 // rssMB is the VmRSS of pid, in MB.
-func rssMB(pid int) float64 {
+func rssMB(pid int) float64 { return statusMB(pid, "VmRSS:") }
+
+// peakRSSMB is the VmHWM of pid, in MB.
+func peakRSSMB(pid int) float64 { return statusMB(pid, "VmHWM:") }
+
+// statusMB reads a kB field of /proc/<pid>/status, in MB.
+func statusMB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(l, field); ok {
 			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
 			return float64(kb) / 1024
 		}
@@ -455,8 +469,8 @@ func search(t *testing.T, name string, rates []int, step time.Duration, proc *pe
 		run := mk(rate)
 		run.Rate, run.Calls, run.Timeout = rate, rate*int(step/time.Second), step+20*time.Second
 		run.Extra = append(run.Extra, "-l", strconv.Itoa(rate*4), "-trace_rtt", "-rtt_freq", "100")
-		cpu0, busy0, all0 := treeCPU(proc), 0.0, 0.0
-		busy0, all0 = machineCPU()
+		cpu0 := treeCPU(proc)
+		busy0, all0 := machineCPU()
 		res := peers.RunSipp(t, run)
 		cpu := treeCPU(proc) - cpu0
 		busy1, all1 := machineCPU()
@@ -707,24 +721,34 @@ func treeCPU(p *peers.Process) time.Duration {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
+		st, ok := readStat(pid)
+		if !ok || (pid != root && st.ppid != root) {
 			continue
 		}
-		// Fields after the ")" that ends the command name, from field 3
-		// (state) on: ppid is field 4, utime 14, stime 15 (proc(5)), in
-		// clock ticks of 10 ms.
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		ppid, _ := strconv.Atoi(f[1])
-		if pid != root && ppid != root {
-			continue
-		}
-		ut, _ := strconv.Atoi(f[11])
-		st, _ := strconv.Atoi(f[12])
-		total += time.Duration(ut+st) * 10 * time.Millisecond
+		total += st.user + st.system
 	}
 	return total
+}
+
+type procStat struct {
+	ppid         int
+	user, system time.Duration
+}
+
+// readStat reads /proc/<pid>/stat: the fields after the ")" that ends the
+// command name, from field 3 (state) on: ppid is field 4, utime 14, stime
+// 15 (proc(5)), in clock ticks of 10 ms.
+func readStat(pid int) (procStat, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ppid, _ := strconv.Atoi(f[1])
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return procStat{ppid: ppid, user: time.Duration(ut) * 10 * time.Millisecond, system: time.Duration(st) * 10 * time.Millisecond}, true
 }
 
 // machineCPU returns the busy and total jiffies of all CPUs so far
@@ -745,34 +769,6 @@ func machineCPU() (busy, total float64) {
 		}
 	}
 	return busy, total
-}
-
-// procCPU is the user and system CPU time so far of pid.
-func procCPU(pid int) (user, system time.Duration) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return time.Duration(ut) * 10 * time.Millisecond, time.Duration(st) * 10 * time.Millisecond
-}
-
-// peakRSSMB is the VmHWM of pid, in MB.
-func peakRSSMB(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return float64(kb) / 1024
-		}
-	}
-	return 0
 }
 
 func machine() string {

@@ -149,7 +149,7 @@ var errNoSecret = errors.New("credential has no secret for this algorithm")
 // qop=auth and RFC 2069 answers (every answer on the hot path) are computed
 // here (digestAuthorization), in a few allocations; icholy/digest, which
 // takes about 40 for one answer, computes the auth-int ones and stays the
-// reference the fast path is tested against (TestFastDigestMatchesLibrary).
+// reference the fast path is tested against (FuzzFastDigestMatchesLibrary).
 func computeAuthorization(c challenge, cred credentials.Credential, method, uri string, body []byte, nc int, cnonce string) (string, error) {
 	base, sess, ok := splitAlgorithm(c.Algorithm)
 	if !ok {
@@ -201,17 +201,13 @@ func digestAuthorization(c challenge, base string, sess bool, qop, ha1, username
 	b = append(b, ':')
 	b = append(b, uri...)
 	h2 := appendDigestHex(h2buf[:0], base, b)
-	var ncHex [8]byte
-	const hexDigits = "0123456789abcdef"
-	for i, n := 7, uint32(nc); i >= 0; i, n = i-1, n>>4 {
-		ncHex[i] = hexDigits[n&0xf]
-	}
+	nc8 := ncHex(nc)
 	b = append(in[:0], h1...)
 	b = append(b, ':')
 	b = append(b, c.Nonce...)
 	b = append(b, ':')
 	if qop != "" {
-		b = append(b, ncHex[:]...)
+		b = append(b, nc8[:]...)
 		b = append(b, ':')
 		b = append(b, cnonce...)
 		b = append(b, ':')
@@ -234,6 +230,17 @@ func digestAuthorization(c challenge, base string, sess bool, qop, ha1, username
 		out.Cnonce, out.Nc = cnonce, nc
 	}
 	return formatCredentials(&out)
+}
+
+// ncHex is nc as the 8 lowercase hex digits of the nc parameter (RFC 7616
+// §3.4).
+func ncHex(nc int) [8]byte {
+	var out [8]byte
+	const hexDigits = "0123456789abcdef"
+	for i, n := 7, uint32(nc); i >= 0; i, n = i-1, n>>4 {
+		out[i] = hexDigits[n&0xf]
+	}
+	return out
 }
 
 // appendDigestHex appends the lowercase hex digest of in under base.
@@ -343,11 +350,7 @@ func formatCredentials(c *digest.Credentials) string {
 	}
 	if c.QOP != "" {
 		w.param("qop", c.QOP, false)
-		var nc [8]byte
-		const hexDigits = "0123456789abcdef"
-		for i, n := 7, uint32(c.Nc); i >= 0; i, n = i-1, n>>4 {
-			nc[i] = hexDigits[n&0xf]
-		}
+		nc := ncHex(c.Nc)
 		w.sep()
 		w.b = append(w.b, "nc="...)
 		w.b = append(w.b, nc[:]...)

@@ -88,10 +88,3 @@ func (t *cseqTable) sweep(now time.Time) {
 		}
 	}
 }
-
-// len returns the number of entries (tests, metrics).
-func (t *cseqTable) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.entries)
-}

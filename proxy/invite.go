@@ -356,20 +356,20 @@ func (p *Proxy) handleStrayResponse(res *sip.Response) {
 	if c := res.CallID(); c != nil {
 		id = c.Value()
 	}
+	// From tag = caller tag for a call from a client, callee tag for one
+	// from the upstream.
+	d := p.dialogs.fromClient(id, fromTag, toTag, now)
+	if d == nil && p.dialogs.fromUpstream(id, fromTag, toTag, now) == nil {
+		return
+	}
 	out := res.Clone()
 	removeFirst(out, "Via")
 	next := out.Via()
 	if next == nil {
 		return
 	}
-	if d := p.dialogs.fromClient(id, fromTag, toTag, now); d != nil {
-		// A call from a client: the callee's 2xx, CSeq back in the
-		// client's numbering.
-		if c := out.CSeq(); d.inviteUpCSeq != 0 && c.SeqNo == d.inviteUpCSeq {
-			c.SeqNo = d.inviteCSeq
-		}
-	} else if p.dialogs.fromUpstream(id, fromTag, toTag, now) == nil {
-		return
+	if c := out.CSeq(); d != nil && d.inviteUpCSeq != 0 && c.SeqNo == d.inviteUpCSeq {
+		c.SeqNo = d.inviteCSeq // back in the client's numbering
 	}
 	out.SetTransport(strings.ToUpper(next.Transport))
 	out.SetDestination("") // from the Via now on top (received, rport)

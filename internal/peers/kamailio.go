@@ -97,9 +97,8 @@ type KamailioConfig struct {
 
 // Kamailio is a running Kamailio started by StartKamailio.
 type Kamailio struct {
-	cfg     KamailioConfig
-	proc    *Process
-	cfgPath string
+	cfg  KamailioConfig
+	proc *Process
 }
 
 //go:embed kamailio.cfg.tmpl
@@ -306,7 +305,7 @@ func startKamailio(t testing.TB, bin string, cfg KamailioConfig) (*Kamailio, err
 		// its children; this is the backstop.
 		StopGrace: 3 * time.Second,
 	})
-	k := &Kamailio{cfg: cfg, proc: proc, cfgPath: cfgPath}
+	k := &Kamailio{cfg: cfg, proc: proc}
 
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), readyTimeout)
@@ -373,24 +372,12 @@ func (k *Kamailio) Addr() string {
 	return net.JoinHostPort(k.cfg.Host, strconv.Itoa(k.cfg.Port))
 }
 
-// Host returns the listening address.
-func (k *Kamailio) Host() string { return k.cfg.Host }
-
-// Port returns the listening port (UDP and TCP).
-func (k *Kamailio) Port() int { return k.cfg.Port }
-
 // Config returns the effective configuration, defaults filled in.
 func (k *Kamailio) Config() KamailioConfig { return k.cfg }
-
-// ConfigPath returns the path of the generated kamailio.cfg.
-func (k *Kamailio) ConfigPath() string { return k.cfgPath }
 
 // Log returns Kamailio's stderr so far. Use Events for anything a test
 // asserts on: it first makes sure every earlier request has been logged.
 func (k *Kamailio) Log() string { return k.proc.Output() }
-
-// Stop stops Kamailio now instead of at cleanup.
-func (k *Kamailio) Stop() { _ = k.proc.Stop() }
 
 // AuthEvent is one authentication decision logged by the generated script
 // or, in relay mode, one request relayed without one.

@@ -111,12 +111,6 @@ func (s *SippServer) Addr() string {
 	return net.JoinHostPort(s.run.Local, strconv.Itoa(s.run.LocalPort))
 }
 
-// Host returns the local IP address.
-func (s *SippServer) Host() string { return s.run.Local }
-
-// Port returns the local port.
-func (s *SippServer) Port() int { return s.run.LocalPort }
-
 // Done is closed when SIPp has exited.
 func (s *SippServer) Done() <-chan struct{} { return s.proc.Done() }
 

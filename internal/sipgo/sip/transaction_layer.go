@@ -108,6 +108,7 @@ func (txl *TransactionLayer) OnConnectionClose(conn Connection) {
 }
 
 func (txl *TransactionLayer) terminateClientTransactions(conn Connection) {
+	// authproxy patch: the stores are sharded (transactionStore).
 	txl.clientTransactions.each(func(tx *ClientTx) {
 		if tx.conn == conn {
 			go tx.spinFsmWithError(client_input_transport_err,
@@ -117,6 +118,7 @@ func (txl *TransactionLayer) terminateClientTransactions(conn Connection) {
 }
 
 func (txl *TransactionLayer) terminateServerTransactions(conn Connection) {
+	// authproxy patch: the stores are sharded (transactionStore).
 	txl.serverTransactions.each(func(tx *ServerTx) {
 		if tx.conn == conn {
 			go tx.spinFsmWithError(server_input_transport_err,
@@ -222,7 +224,7 @@ func (txl *TransactionLayer) rejectMalformedRequest(req *Request, reason error) 
 }
 
 func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
-	sh := txl.serverTransactions.shard(key)
+	sh := txl.serverTransactions.shard(key) // authproxy patch: sharded store
 	sh.mu.Lock()
 	tx, exists := sh.items[key]
 	if exists {
@@ -360,7 +362,7 @@ func (txl *TransactionLayer) clientTxRequest(ctx context.Context, req *Request, 
 		return nil, fmt.Errorf("client transcation failed to request connection: %w", err)
 	}
 
-	sh := txl.clientTransactions.shard(key)
+	sh := txl.clientTransactions.shard(key) // authproxy patch: sharded store
 	sh.mu.Lock()
 	tx, exists := sh.items[key]
 	if exists {

@@ -132,7 +132,6 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 	defer t.log.Debug("Read listener connection stopped", "laddr", laddr)
 
 	var lastRaddr string
-	var workers *udpParseWorkers
 	// NOTE: consider to refactor, but for cleanup
 	// We are reusing UDP listener as dial connection
 	acceptedAddr := make(map[string]struct{})
@@ -143,6 +142,11 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 		}
 		t.pool.deleteExactN(addrs, conn)
 	}()
+
+	// authproxy patch: parsing happens in workers; stopped (queues drained)
+	// before the deferred cleanup above runs.
+	workers := newUDPParseWorkers(t, handler)
+	defer workers.stop()
 
 	for {
 		num, raddr, err := conn.ReadFrom(buf)
@@ -189,10 +193,6 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 			// pool's write lock.)
 			t.pool.Add(rastr, conn)
 			acceptedAddr[rastr] = struct{}{}
-		}
-		if workers == nil {
-			workers = newUDPParseWorkers(t, handler)
-			defer workers.stop()
 		}
 		workers.dispatch(rastr, bytes.Clone(data))
 		lastRaddr = rastr
