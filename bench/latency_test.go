@@ -37,16 +37,27 @@ func TestLatency(t *testing.T) {
 	peers.Require(t, "kamailio")
 	const seconds, warmup = 20, 2
 	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
-	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
+	admin := ""
+	if os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR") != "" {
+		admin = fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
+	}
 	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, "all", admin)
 	defer proc.Stop()
 
 	direct := runLatency(t, upstream, rate, seconds, warmup, true)
 	if dir := os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR"); dir != "" {
-		// A 3 s execution trace from the middle of the run through
-		// authproxy: go tool trace -pprof=sched shows where requests wait.
+		// From the middle of the run through authproxy: the live heap
+		// (after a GC), 5 s of CPU profile and a 3 s execution trace (go
+		// tool trace -pprof=sched shows where requests wait; goroutines
+		// overlapping a GC mark phase are the slow ones).
 		go func() {
 			time.Sleep(8 * time.Second)
+			if err := savePprof(admin, "heap?gc=1", filepath.Join(dir, "latency-heap.pb.gz")); err != nil {
+				t.Log(err)
+			}
+			if err := savePprof(admin, "profile?seconds=5", filepath.Join(dir, "latency-cpu.pb.gz")); err != nil {
+				t.Log(err)
+			}
 			if err := savePprof(admin, "trace?seconds=3", filepath.Join(dir, "latency-trace.out")); err != nil {
 				t.Log(err)
 			}

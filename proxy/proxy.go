@@ -30,11 +30,11 @@ func init() {
 	}
 	// A completed non-INVITE server transaction over UDP lingers to answer
 	// retransmissions of its request with the same response: Timer J, 64*T1
-	// = 32 s in RFC 3261 §17.2.2. sipgo keeps the whole transaction (both
-	// messages, timers) for that long, which at thousands of requests a
-	// second is most of authproxy's heap. A client stops retransmitting once
-	// a response reaches it and retransmits at most every T2 (4 s) until
-	// then, so T4 (5 s) still absorbs every retransmission but those whose
+	// = 32 s in RFC 3261 §17.2.2. The patched sipgo keeps only the response
+	// bytes for that long (internal/sipgo/PATCHES.md, 6), which at
+	// thousands of requests a second is still most of authproxy's heap. A
+	// client stops retransmitting once a response reaches it and
+	// retransmits at most every T2 (4 s) until then, so T4 (5 s) still absorbs every retransmission but those whose
 	// responses were all lost: the wait Kamailio's tm module uses
 	// (wt_timer, 5 s) for the same reason.
 	if sip.Timer_J > sip.T4 {

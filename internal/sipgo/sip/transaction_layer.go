@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 )
 
@@ -26,6 +27,9 @@ type TransactionLayer struct {
 
 	clientTransactions *transactionStore[*ClientTx]
 	serverTransactions *transactionStore[*ServerTx]
+	// answered (authproxy patch): final responses of ended non-INVITE
+	// server transactions over UDP, kept for Timer J (answeredStore).
+	answered *answeredStore
 
 	terminateOnConnClose bool
 
@@ -64,6 +68,7 @@ func NewTransactionLayer(tpl *TransportLayer, options ...TransactionLayerOption)
 		tpl:                tpl,
 		clientTransactions: newTransactionStore[*ClientTx](),
 		serverTransactions: newTransactionStore[*ServerTx](),
+		answered:           newAnsweredStore(Timer_J),
 
 		reqHandler:    defaultRequestHandler,
 		unRespHandler: defaultUnhandledRespHandler,
@@ -235,6 +240,14 @@ func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
 		return nil
 	}
 	sh.mu.Unlock()
+	if a, ok := txl.answered.get(key, time.Now()); ok {
+		// authproxy patch: a retransmission of a request whose transaction
+		// answered and ended; the same response again (RFC 3261 §17.2.2).
+		if _, err := a.conn.WriteTo(a.raw, net.UDPAddrFromAddrPort(a.addr)); err != nil {
+			return fmt.Errorf("resend final response: %w", err)
+		}
+		return nil
+	}
 
 	// Connections are singleflight operations
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -260,6 +273,7 @@ func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
 	}
 
 	tx = NewServerTx(key, req, conn, txl.log)
+	tx.answered = txl.answered // authproxy patch
 	if err := tx.Init(); err != nil {
 		sh.mu.Unlock()
 		// Init failed: this tx never reaches delete(), so release the connection

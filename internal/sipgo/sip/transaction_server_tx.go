@@ -32,6 +32,10 @@ type ServerTx struct {
 	method        RequestMethod
 	completedRaw  []byte
 	completedAddr *net.UDPAddr
+	// answered (authproxy patch), set by the transaction layer, takes the
+	// final response of such a transaction over a UDP listener instead, so
+	// the transaction ends at once (see answeredStore).
+	answered *answeredStore
 }
 
 func NewServerTx(key string, origin *Request, conn Connection, logger *slog.Logger) *ServerTx {

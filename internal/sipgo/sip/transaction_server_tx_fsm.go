@@ -2,6 +2,7 @@ package sip
 
 import (
 	"bytes"
+	"net/netip"
 	"time"
 )
 
@@ -235,6 +236,9 @@ func (tx *ServerTx) actFinal() fsmInput {
 	if err := tx.passResp(); err != nil {
 		return server_input_transport_err
 	}
+	if tx.handOver() {
+		return FsmInputNone
+	}
 	tx.compact()
 
 	// https://datatracker.ietf.org/doc/html/rfc3261#section-17.2.2
@@ -248,6 +252,33 @@ func (tx *ServerTx) actFinal() fsmInput {
 	tx.mu.Unlock()
 
 	return FsmInputNone
+}
+
+// handOver (authproxy patch) leaves answering retransmissions of a non-INVITE
+// request received on a UDP listener to the transaction layer's
+// answeredStore and ends the transaction at once, with no error: it answered.
+func (tx *ServerTx) handOver() bool {
+	if tx.answered == nil || tx.reliable || tx.method == INVITE || tx.fsmResp == nil {
+		return false
+	}
+	conn, ok := tx.conn.(*UDPConnection)
+	if !ok || !conn.Listener {
+		return false
+	}
+	addr, err := udpDestination(tx.fsmResp)
+	if err != nil {
+		return false
+	}
+	ap := addr.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) // net.IP keeps IPv4 in 16 bytes
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	tx.fsmResp.StringWrite(buf)
+	tx.answered.put(tx.key, answeredTx{raw: bytes.Clone(buf.Bytes()), addr: ap, conn: conn}, time.Now())
+	bufPool.Put(buf)
+	tx.fsmState = tx.stateTerminated
+	tx.delete(nil)
+	return true
 }
 
 // compact keeps, for a non-INVITE transaction over UDP entering Completed,
