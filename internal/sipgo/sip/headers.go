@@ -394,6 +394,9 @@ func (hs *headers) ContentType() *ContentTypeHeader {
 // Contact returns underlying Contact parsed header or nil if not exists
 func (hs *headers) Contact() *ContactHeader {
 	if hs.contact == nil {
+		if hs.getHeader("contact") == nil && hs.getHeader("m") == nil {
+			return nil // authproxy patch: no allocation when absent
+		}
 		h := &ContactHeader{}
 		if parseHeaderLazy(hs, parseContactHeader, []string{"contact", "m"}, h) {
 			hs.contact = h
@@ -406,6 +409,9 @@ func (hs *headers) Contact() *ContactHeader {
 // Route returns underlying Route parsed header or nil if not exists
 func (hs *headers) Route() *RouteHeader {
 	if hs.route == nil {
+		if hs.getHeader("route") == nil {
+			return nil // authproxy patch: no allocation when absent
+		}
 		h := &RouteHeader{}
 		if parseHeaderLazy(hs, parseRouteHeader, []string{"route"}, h) {
 			hs.route = h
@@ -417,6 +423,9 @@ func (hs *headers) Route() *RouteHeader {
 // RecordRoute returns underlying Record-Route parsed header or nil if not exists
 func (hs *headers) RecordRoute() *RecordRouteHeader {
 	if hs.recordRoute == nil {
+		if hs.getHeader("record-route") == nil {
+			return nil // authproxy patch: no allocation when absent
+		}
 		h := &RecordRouteHeader{}
 		if parseHeaderLazy(hs, parseRecordRouteHeader, []string{"record-route"}, h) {
 			hs.recordRoute = h

@@ -250,8 +250,14 @@ func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
 	}
 
 	// Connections are singleflight operations
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := context.Background()
+	if IsReliable(req.Transport()) {
+		// authproxy patch: a deadline (a timer and a context) only where
+		// getting the connection can wait; UDP never does.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
 	conn, err := txl.tpl.serverRequestConnection(ctx, req)
 	if err != nil {
 		return fmt.Errorf("server tx get connection failed: %w", err)

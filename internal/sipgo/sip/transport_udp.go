@@ -194,7 +194,7 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 			t.pool.Add(rastr, conn)
 			acceptedAddr[rastr] = struct{}{}
 		}
-		workers.dispatch(rastr, bytes.Clone(data))
+		workers.dispatch(rastr, data)
 		lastRaddr = rastr
 	}
 }
@@ -216,7 +216,23 @@ type udpParseWorkers struct {
 type udpDatagram struct {
 	src  string
 	data []byte
+	buf  *[]byte // data's pooled buffer, or nil
 }
+
+// datagramPool holds the buffers datagrams wait in between the read loop
+// and their worker (authproxy patch): a copy is needed since the loop
+// reuses its read buffer, but the parser copies everything it keeps
+// (proxy/sipgo_patch_test.go checks), so the buffer is free again once the
+// datagram is parsed. Two copies a request were a sixth of the bytes a
+// proxied request allocated.
+var datagramPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, datagramPoolSize)
+	return &b
+}}
+
+// datagramPoolSize is the size of pooled buffers; larger datagrams (rare:
+// SIP over UDP stays under the path MTU) get a buffer of their own.
+const datagramPoolSize = 2048
 
 func newUDPParseWorkers(t *TransportUDP, handler MessageHandler) *udpParseWorkers {
 	// More workers than CPUs, so that two busy peers rarely share one.
@@ -230,21 +246,32 @@ func newUDPParseWorkers(t *TransportUDP, handler MessageHandler) *udpParseWorker
 			defer w.wg.Done()
 			for d := range q {
 				w.t.parseAndHandle(d.data, d.src, w.handler)
+				if d.buf != nil {
+					datagramPool.Put(d.buf)
+				}
 			}
 		}()
 	}
 	return w
 }
 
-// dispatch queues a datagram to its source's worker, waiting when that
-// worker is behind (the socket buffer then holds what follows).
+// dispatch queues a copy of a datagram to its source's worker, waiting
+// when that worker is behind (the socket buffer then holds what follows).
 func (w *udpParseWorkers) dispatch(src string, data []byte) {
 	h := uint32(2166136261)
 	for i := 0; i < len(src); i++ {
 		h ^= uint32(src[i])
 		h *= 16777619
 	}
-	w.queues[h%uint32(len(w.queues))] <- udpDatagram{src: src, data: data}
+	d := udpDatagram{src: src}
+	if len(data) <= datagramPoolSize {
+		d.buf = datagramPool.Get().(*[]byte)
+		*d.buf = append((*d.buf)[:0], data...)
+		d.data = *d.buf
+	} else {
+		d.data = bytes.Clone(data)
+	}
+	w.queues[h%uint32(len(w.queues))] <- d
 }
 
 // stop lets the workers finish what is queued and waits for them.
