@@ -105,15 +105,19 @@ func TestPatchedSipgoCompletedTransactionAnswersRetransmissions(t *testing.T) {
 	}
 }
 
-// A non-INVITE server transaction over a UDP listener ends the moment it
-// answers (PATCHES.md, answeredStore): its Done is closed when Respond
-// returns, retransmissions within Timer J get the same bytes without
-// reaching the handler, and after Timer J (plus at most a quarter of it)
-// the store has let the answer go, so the same request is new again.
-func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
-	saved := sip.Timer_J
-	sip.Timer_J = 400 * time.Millisecond // read when the UA is made
-	t.Cleanup(func() { sip.Timer_J = saved })
+// answeringServer serves MESSAGEs on a UDP listener of a fresh sipgo UA
+// with a handler that answers each with 202 and X-Call: <its call number>
+// (plus a body, so answers differ in length) and counts, once it returns,
+// whether the transaction had already ended. send sends the MESSAGE with
+// the given branch and returns the response.
+type answeringServer struct {
+	calls, endedAtOnce atomic.Int32
+	handled            chan struct{}
+	send               func(branch string) string
+}
+
+func newAnsweringServer(t *testing.T) *answeringServer {
+	t.Helper()
 	ua, err := sipgo.NewUA()
 	if err != nil {
 		t.Fatal(err)
@@ -123,19 +127,20 @@ func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var calls, endedAtOnce atomic.Int32
+	as := &answeringServer{handled: make(chan struct{}, 10000)}
 	srv.OnMessage(func(req *sip.Request, tx sip.ServerTransaction) {
-		n := calls.Add(1)
-		res := sip.NewResponseFromRequest(req, 202, "Accepted", nil)
+		n := as.calls.Add(1)
+		res := sip.NewResponseFromRequest(req, 202, "Accepted", []byte(strings.Repeat("x", int(n%97))))
 		res.AppendHeader(sip.NewHeader("X-Call", fmt.Sprint(n)))
 		if err := tx.Respond(res); err != nil {
 			t.Errorf("Respond: %v", err)
 		}
 		select {
 		case <-tx.Done():
-			endedAtOnce.Add(1)
+			as.endedAtOnce.Add(1)
 		default:
 		}
+		as.handled <- struct{}{}
 	})
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -146,16 +151,16 @@ func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	msg := fmt.Sprintf("MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-answered;rport\r\n"+
-		"From: <sip:alice@127.0.0.1>;tag=a\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: answered@test\r\nCSeq: 1 MESSAGE\r\n"+
-		"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n", conn.LocalAddr())
-	send := func() string {
+	t.Cleanup(func() { conn.Close() })
+	buf := make([]byte, 4096)
+	as.send = func(branch string) string {
 		t.Helper()
+		msg := fmt.Sprintf("MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-%s;rport\r\n"+
+			"From: <sip:alice@127.0.0.1>;tag=a\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: %s@test\r\nCSeq: 1 MESSAGE\r\n"+
+			"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n", conn.LocalAddr(), branch, branch)
 		if _, err := conn.WriteTo([]byte(msg), pc.LocalAddr()); err != nil {
 			t.Fatal(err)
 		}
-		buf := make([]byte, 4096)
 		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 		n, _, err := conn.ReadFrom(buf)
 		if err != nil {
@@ -163,25 +168,76 @@ func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
 		}
 		return string(buf[:n])
 	}
-	first := send()
+	return as
+}
+
+// waitHandled waits for n handler calls to return: a handler runs on after
+// its response went out.
+func (as *answeringServer) waitHandled(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case <-as.handled:
+		case <-time.After(2 * time.Second):
+			t.Fatal("handler did not return")
+		}
+	}
+}
+
+// A non-INVITE server transaction over a UDP listener ends the moment it
+// answers (PATCHES.md, 6: answeredStore): its Done is closed when Respond
+// returns, retransmissions within Timer J get the same bytes without
+// reaching the handler, and after Timer J (plus at most a quarter of it)
+// the store has let the answer go, so the same request is new again.
+func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
+	saved := sip.Timer_J
+	sip.Timer_J = 400 * time.Millisecond // read when the UA is made
+	t.Cleanup(func() { sip.Timer_J = saved })
+	as := newAnsweringServer(t)
+	first := as.send("answered")
 	if !strings.Contains(first, "X-Call: 1") {
 		t.Fatalf("first response:\n%s", first)
 	}
 	for range 2 {
 		time.Sleep(50 * time.Millisecond)
-		if got := send(); got != first {
+		if got := as.send("answered"); got != first {
 			t.Errorf("retransmission answered with\n%s\nwant the first response:\n%s", got, first)
 		}
 	}
-	if n := calls.Load(); n != 1 {
+	if n := as.calls.Load(); n != 1 {
 		t.Fatalf("handler called %d times within Timer J, want 1", n)
 	}
 	time.Sleep(600 * time.Millisecond) // > Timer J + one span (500 ms)
-	if got := send(); !strings.Contains(got, "X-Call: 2") {
+	if got := as.send("answered"); !strings.Contains(got, "X-Call: 2") {
 		t.Errorf("after Timer J the request was answered from the store:\n%s", got)
 	}
-	if n := endedAtOnce.Load(); n != 2 {
+	as.waitHandled(t, 2)
+	if n := as.endedAtOnce.Load(); n != 2 {
 		t.Errorf("%d of 2 transactions ended when Respond returned", n)
+	}
+}
+
+// Thousands of answers (many slabs per shard and generation, answers of
+// different lengths) each come back byte for byte to their own request's
+// retransmission, and only to it.
+func TestPatchedSipgoAnsweredStoreKeepsEachAnswer(t *testing.T) {
+	as := newAnsweringServer(t)
+	const n = 2000
+	first := make([]string, n)
+	for i := range first {
+		first[i] = as.send(fmt.Sprintf("many-%d", i))
+	}
+	as.waitHandled(t, n)
+	for i := n - 1; i >= 0; i-- {
+		if got := as.send(fmt.Sprintf("many-%d", i)); got != first[i] {
+			t.Fatalf("retransmission %d answered with\n%s\nwant:\n%s", i, got, first[i])
+		}
+	}
+	if c := as.calls.Load(); c != n {
+		t.Errorf("handler called %d times, want %d", c, n)
+	}
+	if e := as.endedAtOnce.Load(); e != n {
+		t.Errorf("%d of %d transactions ended when Respond returned", e, n)
 	}
 }
 

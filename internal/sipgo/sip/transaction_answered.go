@@ -1,8 +1,10 @@
 package sip
 
 import (
+	"bytes"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,6 +28,11 @@ import (
 type answeredStore struct {
 	span   time.Duration
 	shards [txStoreShards]answeredShard
+
+	// conns are the sockets answers go out on (a proxy's few listeners),
+	// referred to by index; copied on write, read without a lock.
+	connsMu sync.Mutex
+	conns   atomic.Pointer[[]*UDPConnection]
 }
 
 // answeredGens is the number of generations per shard: Timer J is split
@@ -34,14 +41,41 @@ const answeredGens = 5
 
 type answeredShard struct {
 	mu      sync.Mutex
-	gens    [answeredGens]map[string]answeredTx
+	gens    [answeredGens]answeredGen
 	cur     int       // gens[cur] takes new answers
 	started time.Time // when gens[cur] started taking them
 	_       [40]byte  // keeps neighbouring shards' locks off one cache line
 }
 
-// answeredTx is what answering a retransmission takes; the address is a
-// value, not a *net.UDPAddr, to keep each answer to one heap object.
+// answeredGen holds one span's answers with no pointer per answer: each
+// key and response is appended to a slab (a few large byte slices) and the
+// index maps a hash of the key to where they are. Neither the index's keys
+// nor its values hold pointers, so the garbage collector neither scans it
+// nor marks an object per answer: tens of thousands of answers cost a GC
+// cycle about as much as a handful.
+type answeredGen struct {
+	index map[uint64]answerRef
+	slabs [][]byte
+}
+
+type answerRef struct {
+	slab, off      uint32
+	keyLen, rawLen uint32
+	addr           [16]byte // IPv4 in its first 4 bytes when is4
+	port           uint16
+	is4            bool
+	conn           uint16 // index in answeredStore.conns
+}
+
+// answeredSlabMin and answeredSlabMax bound the size of a slab: a
+// generation's first slab is small (an idle proxy's answers fit one), each
+// next one twice the last.
+const (
+	answeredSlabMin = 4 << 10
+	answeredSlabMax = 256 << 10
+)
+
+// answeredTx is what answering a retransmission takes.
 type answeredTx struct {
 	raw  []byte
 	addr netip.AddrPort
@@ -57,55 +91,113 @@ func newAnsweredStore(keep time.Duration) *answeredStore {
 	return &answeredStore{span: span}
 }
 
-func (s *answeredStore) shard(key string) *answeredShard {
-	h := uint32(2166136261) // FNV-1a, as transactionStore
+// hashKey is FNV-1a, 64 bits; the shard is picked from its low bits.
+func hashKey(key string) uint64 {
+	h := uint64(14695981039346656037)
 	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
+		h ^= uint64(key[i])
+		h *= 1099511628211
 	}
-	return &s.shards[h%txStoreShards]
+	return h
 }
 
-// put remembers a for the transaction key.
+func (s *answeredStore) connIndex(c *UDPConnection) (uint16, bool) {
+	if conns := s.conns.Load(); conns != nil {
+		for i, have := range *conns {
+			if have == c {
+				return uint16(i), true
+			}
+		}
+	}
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	var conns []*UDPConnection
+	if p := s.conns.Load(); p != nil {
+		conns = *p
+	}
+	for i, have := range conns {
+		if have == c {
+			return uint16(i), true
+		}
+	}
+	if len(conns) >= 1<<16 {
+		return 0, false
+	}
+	next := append(conns[:len(conns):len(conns)], c)
+	s.conns.Store(&next)
+	return uint16(len(next) - 1), true
+}
+
+func (s *answeredStore) conn(i uint16) *UDPConnection { return (*s.conns.Load())[i] }
+
+// put remembers a for the transaction key. The bytes of a.raw are copied.
 func (s *answeredStore) put(key string, a answeredTx, now time.Time) {
-	sh := s.shard(key)
-	sh.mu.Lock()
-	sh.rotate(now, s.span)
-	m := sh.gens[sh.cur]
-	if m == nil {
-		m = make(map[string]answeredTx)
-		sh.gens[sh.cur] = m
+	ci, ok := s.connIndex(a.conn)
+	if !ok {
+		return
 	}
-	m[key] = a
-	sh.mu.Unlock()
-}
-
-// get returns the answer remembered for the transaction key, if any.
-func (s *answeredStore) get(key string, now time.Time) (answeredTx, bool) {
-	sh := s.shard(key)
+	ref := answerRef{keyLen: uint32(len(key)), rawLen: uint32(len(a.raw)), port: a.addr.Port(), conn: ci}
+	ip := a.addr.Addr()
+	if ip.Is4() {
+		ref.is4 = true
+		v4 := ip.As4()
+		copy(ref.addr[:], v4[:])
+	} else {
+		ref.addr = ip.As16()
+	}
+	h := hashKey(key)
+	sh := &s.shards[h%txStoreShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	sh.rotate(now, s.span)
-	for i := range answeredGens {
-		if a, ok := sh.gens[(sh.cur-i+answeredGens)%answeredGens][key]; ok {
-			return a, true
+	g := &sh.gens[sh.cur]
+	need := len(key) + len(a.raw)
+	last := len(g.slabs) - 1
+	if last < 0 || cap(g.slabs[last])-len(g.slabs[last]) < need {
+		size := answeredSlabMin
+		if last >= 0 {
+			size = min(2*cap(g.slabs[last]), answeredSlabMax)
 		}
+		g.slabs = append(g.slabs, make([]byte, 0, max(size, need)))
+		last++
 	}
-	return answeredTx{}, false
+	ref.slab, ref.off = uint32(last), uint32(len(g.slabs[last]))
+	g.slabs[last] = append(append(g.slabs[last], key...), a.raw...)
+	if g.index == nil {
+		g.index = make(map[uint64]answerRef)
+	}
+	g.index[h] = ref // a hash collision replaces the older answer
 }
 
-// len counts the answers held (tests).
-func (s *answeredStore) len() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, m := range sh.gens {
-			n += len(m)
+// get returns the answer remembered for the transaction key, if any. Its
+// raw bytes are a copy.
+func (s *answeredStore) get(key string, now time.Time) (answeredTx, bool) {
+	h := hashKey(key)
+	sh := &s.shards[h%txStoreShards]
+	sh.mu.Lock()
+	sh.rotate(now, s.span)
+	for i := range answeredGens {
+		g := &sh.gens[(sh.cur-i+answeredGens)%answeredGens]
+		ref, ok := g.index[h]
+		if !ok {
+			continue
 		}
+		b := g.slabs[ref.slab][ref.off : ref.off+ref.keyLen+ref.rawLen]
+		if string(b[:ref.keyLen]) != key {
+			break
+		}
+		raw := bytes.Clone(b[ref.keyLen:])
 		sh.mu.Unlock()
+		var ip netip.Addr
+		if ref.is4 {
+			ip = netip.AddrFrom4([4]byte(ref.addr[:4]))
+		} else {
+			ip = netip.AddrFrom16(ref.addr)
+		}
+		return answeredTx{raw: raw, addr: netip.AddrPortFrom(ip, ref.port), conn: s.conn(ref.conn)}, true
 	}
-	return n
+	sh.mu.Unlock()
+	return answeredTx{}, false
 }
 
 // rotate advances the shard to now: one generation per whole span passed,
@@ -127,7 +219,7 @@ func (sh *answeredShard) rotate(now time.Time, span time.Duration) {
 	}
 	for range n {
 		sh.cur = (sh.cur + 1) % answeredGens
-		sh.gens[sh.cur] = nil
+		sh.gens[sh.cur] = answeredGen{}
 	}
 	sh.started = sh.started.Add(time.Duration(n) * span)
 }
