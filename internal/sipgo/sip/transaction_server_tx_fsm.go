@@ -274,7 +274,7 @@ func (tx *ServerTx) handOver() bool {
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	tx.fsmResp.StringWrite(buf)
-	tx.answered.put(tx.key, answeredTx{raw: bytes.Clone(buf.Bytes()), addr: ap, conn: conn}, time.Now())
+	tx.answered.put(tx.key, answeredTx{raw: buf.Bytes(), addr: ap, conn: conn}, time.Now()) // put copies
 	bufPool.Put(buf)
 	tx.fsmState = tx.stateTerminated
 	tx.delete(nil)
