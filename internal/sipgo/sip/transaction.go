@@ -458,14 +458,9 @@ func newTransactionStore[T Transaction]() *transactionStore[T] {
 	return store
 }
 
-// shard returns the shard holding key (FNV-1a).
+// shard returns the shard holding key.
 func (store *transactionStore[T]) shard(key string) *txStoreShard[T] {
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
-	}
-	return &store.shards[h%txStoreShards]
+	return &store.shards[hashKey(key)%txStoreShards]
 }
 
 func (store *transactionStore[T]) put(key string, tx T) {

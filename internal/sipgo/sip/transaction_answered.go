@@ -91,7 +91,8 @@ func newAnsweredStore(keep time.Duration) *answeredStore {
 	return &answeredStore{span: span}
 }
 
-// hashKey is FNV-1a, 64 bits; the shard is picked from its low bits.
+// hashKey is FNV-1a, 64 bits: the one hash of the patched stores and the
+// UDP parse workers (authproxy patch); shards are picked from its low bits.
 func hashKey(key string) uint64 {
 	h := uint64(14695981039346656037)
 	for i := 0; i < len(key); i++ {

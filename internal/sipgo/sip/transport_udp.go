@@ -258,11 +258,6 @@ func newUDPParseWorkers(t *TransportUDP, handler MessageHandler) *udpParseWorker
 // dispatch queues a copy of a datagram to its source's worker, waiting
 // when that worker is behind (the socket buffer then holds what follows).
 func (w *udpParseWorkers) dispatch(src string, data []byte) {
-	h := uint32(2166136261)
-	for i := 0; i < len(src); i++ {
-		h ^= uint32(src[i])
-		h *= 16777619
-	}
 	d := udpDatagram{src: src}
 	if len(data) <= datagramPoolSize {
 		d.buf = datagramPool.Get().(*[]byte)
@@ -271,7 +266,7 @@ func (w *udpParseWorkers) dispatch(src string, data []byte) {
 	} else {
 		d.data = bytes.Clone(data)
 	}
-	w.queues[h%uint32(len(w.queues))] <- d
+	w.queues[hashKey(src)%uint64(len(w.queues))] <- d
 }
 
 // stop lets the workers finish what is queued and waits for them.
