@@ -702,7 +702,13 @@ upstreams = ["*"]
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := peers.StartProcess(t, peers.ProcessConfig{Name: "authproxy", Path: bin, Args: []string{"-config", cfgPath}, Dir: dir})
+	var env []string // nil: the test's own
+	if extra := os.Getenv("AUTHPROXY_BENCH_AUTHPROXY_ENV"); extra != "" {
+		// Runtime settings for authproxy alone (e.g. "GOMAXPROCS=1
+		// GOGC=200"), not for the load generator in this process.
+		env = append(os.Environ(), strings.Fields(extra)...)
+	}
+	p := peers.StartProcess(t, peers.ProcessConfig{Name: "authproxy", Path: bin, Args: []string{"-config", cfgPath}, Dir: dir, Env: env})
 	waitSIP(t, addr, p)
 	return addr, p
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -34,7 +35,13 @@ import (
 //
 // AUTHPROXY_BENCH_OUTPUT=1 logs authproxy's output after the table;
 // AUTHPROXY_BENCH_PROFILE_DIR=dir saves its heap, CPU profile and an
-// execution trace from the middle of the run.
+// execution trace from the middle of the run; AUTHPROXY_BENCH_FLOOR=1 adds
+// a run through udprelay (a Go process that passes datagrams on and does
+// nothing else) with the client's own credentials: what one Go hop costs
+// on this machine before any SIP work (AUTHPROXY_BENCH_FLOOR_FLAGS, e.g.
+// "-parse -handoff", adds some of authproxy's; see udprelay's doc);
+// AUTHPROXY_BENCH_AUTHPROXY_ENV sets
+// authproxy's runtime environment (e.g. "GOMAXPROCS=1").
 func TestLatency(t *testing.T) {
 	rate, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_LATENCY"))
 	if err != nil || rate <= 0 {
@@ -51,7 +58,13 @@ func TestLatency(t *testing.T) {
 	defer proc.Stop()
 
 	kernel0 := kdamondCPU()
-	direct := runLatency(t, upstream, rate, seconds, warmup, true)
+	direct := runLatency(t, upstream, rate, seconds, warmup, true, "client → upstream (client sends its own credentials)")
+	var floor *latencyResult
+	if os.Getenv("AUTHPROXY_BENCH_FLOOR") != "" {
+		relay := startUDPRelay(t, upstream)
+		r := runLatency(t, relay, rate, seconds, warmup, true, "client → udprelay → upstream (client sends its own credentials)")
+		floor = &r
+	}
 	if dir := os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR"); dir != "" {
 		// From the middle of the run through authproxy: the live heap
 		// (after a GC), 5 s of CPU profile and a 3 s execution trace (go
@@ -70,20 +83,28 @@ func TestLatency(t *testing.T) {
 			}
 		}()
 	}
-	through := runLatency(t, addr, rate, seconds, warmup, false)
+	through := runLatency(t, addr, rate, seconds, warmup, false, "client → authproxy → upstream (client has no credentials)")
 	kernel := kdamondCPU() - kernel0
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%s; %d MESSAGE/s for %d s (first %d s not counted), UDP on loopback\n\n", machine(), rate, seconds, warmup)
 	b.WriteString("| path | requests | lost | p50 | p90 | p99 | p99.9 |\n|---|---|---|---|---|---|---|\n")
-	for _, r := range []latencyResult{direct, through} {
+	results := []latencyResult{direct, through}
+	if floor != nil {
+		results = []latencyResult{direct, *floor, through}
+	}
+	for _, r := range results {
 		fmt.Fprintf(&b, "| %s | %d | %d | %v | %v | %v | %v |\n", r.name, r.n, r.lost, r.p(0.5), r.p(0.9), r.p(0.99), r.p(0.999))
 	}
 	fmt.Fprintf(&b, "| added by authproxy | | | %v | %v | %v | %v |\n",
 		through.p(0.5)-direct.p(0.5), through.p(0.9)-direct.p(0.9), through.p(0.99)-direct.p(0.99), through.p(0.999)-direct.p(0.999))
+	if floor != nil {
+		fmt.Fprintf(&b, "| added by udprelay | | | %v | %v | %v | %v |\n",
+			floor.p(0.5)-direct.p(0.5), floor.p(0.9)-direct.p(0.9), floor.p(0.99)-direct.p(0.99), floor.p(0.999)-direct.p(0.999))
+	}
 	b.WriteString("\nResponse time = from just before the request's send to the response's arrival at the client's socket (kernel\n" +
 		"timestamp). The same to when the client's goroutine read it, which adds the load generator's own waits for a CPU:\n\n" +
 		"| path | p50 | p90 | p99 | p99.9 |\n|---|---|---|---|---|\n")
-	for _, r := range []latencyResult{direct, through} {
+	for _, r := range results {
 		fmt.Fprintf(&b, "| %s, read | %v | %v | %v | %v |\n", r.name, percentile(r.readRtts, 0.5), percentile(r.readRtts, 0.9), percentile(r.readRtts, 0.99), percentile(r.readRtts, 0.999))
 	}
 	if kernel > 0 {
@@ -124,7 +145,7 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 // the response times of those sent after warmup. With auth, the client
 // answers the upstream's first challenge itself and sends every request
 // with credentials for that nonce (nc counting up).
-func runLatency(t *testing.T, dst string, rate, seconds, warmup int, auth bool) latencyResult {
+func runLatency(t *testing.T, dst string, rate, seconds, warmup int, auth bool, name string) latencyResult {
 	t.Helper()
 	conn, err := net.ListenPacket("udp", "127.0.0.5:0")
 	if err != nil {
@@ -241,10 +262,6 @@ func runLatency(t *testing.T, dst string, rate, seconds, warmup int, auth bool) 
 		}
 	}
 	<-done
-	name := "client → authproxy → upstream (client has no credentials)"
-	if auth {
-		name = "client → upstream (client sends its own credentials)"
-	}
 	r := latencyResult{name: name}
 	mu.Lock()
 	defer mu.Unlock()
@@ -335,4 +352,19 @@ func rxTimestamp(oob []byte, fallback time.Time) time.Time {
 		}
 	}
 	return fallback
+}
+
+// startUDPRelay builds and runs udprelay in front of upstream and returns
+// its address.
+func startUDPRelay(t *testing.T, upstream string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "udprelay")
+	if out, err := exec.Command("go", "build", "-o", bin, "./udprelay").CombinedOutput(); err != nil {
+		t.Fatalf("go build udprelay: %v\n%s", err, out)
+	}
+	addr := fmt.Sprintf("127.0.0.6:%d", peers.FreePort(t, "127.0.0.6"))
+	args := append([]string{"-listen", addr, "-upstream", upstream}, strings.Fields(os.Getenv("AUTHPROXY_BENCH_FLOOR_FLAGS"))...)
+	p := peers.StartProcess(t, peers.ProcessConfig{Name: "udprelay", Path: bin, Args: args})
+	waitSIP(t, addr, p)
+	return addr
 }
