@@ -87,7 +87,7 @@ func sourceAddr(s string) netip.Addr {
 // (its host when it is an IP literal).
 func (rt *routing) fromUpstream(src netip.Addr) *upstream {
 	for _, up := range rt.upstreams {
-		if a, err := netip.ParseAddr(up.host); err == nil && a.Unmap() == src {
+		if up.ip.IsValid() && up.ip == src {
 			return up
 		}
 	}

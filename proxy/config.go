@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -152,7 +153,8 @@ const (
 // upstream is an Upstream with its address parsed once.
 type upstream struct {
 	Upstream
-	host      string // lowercased
+	host      string     // lowercased
+	ip        netip.Addr // host when it is an IP literal (unmapped), else invalid
 	port      int
 	transport string // "UDP" or "TCP", as sipgo spells it
 }
@@ -188,7 +190,8 @@ func (c *Config) validate() ([]*upstream, error) {
 		default:
 			return nil, fmt.Errorf("upstream %d (%s): register mode %q: want path or contact", i, u.Name, u.RegisterMode)
 		}
-		ups = append(ups, &upstream{Upstream: u, host: host, port: port, transport: tp})
+		ip, _ := netip.ParseAddr(host) // invalid for a name
+		ups = append(ups, &upstream{Upstream: u, host: host, ip: ip.Unmap(), port: port, transport: tp})
 	}
 	for i, r := range c.Registrations {
 		found := false
