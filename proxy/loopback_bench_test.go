@@ -1,0 +1,185 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/proxy"
+)
+
+// BenchmarkForwardLoopback sends one MESSAGE at a time through a running
+// Proxy on loopback UDP sockets to an upstream that challenges requests
+// without Proxy-Authorization (407, qop=auth) and answers 200 to the
+// rest, and waits for the client's 200: everything authproxy does for a
+// request, sockets, sipgo's transport and transaction layers included.
+// "preemptive" sends the cached answer with the first try (one upstream
+// round trip per request), "challenged" pays the 407 round each time.
+// The upstream is a few lines of byte matching, so nearly all the time
+// and allocations reported are authproxy's (and the client's two
+// syscalls).
+//
+//	go test ./proxy -run '^$' -bench ForwardLoopback -benchmem
+func BenchmarkForwardLoopback(b *testing.B) {
+	for _, mode := range []proxy.Preemptive{proxy.PreemptiveAll, proxy.PreemptiveOff} {
+		name := "preemptive"
+		if mode == proxy.PreemptiveOff {
+			name = "challenged"
+		}
+		b.Run(name, func(b *testing.B) {
+			upstream := startByteUpstream(b)
+			addr := startLoopbackProxy(b, upstream, mode)
+			conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			dst, err := net.ResolveUDPAddr("udp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			local := conn.LocalAddr().String()
+			buf := make([]byte, 65535)
+			i := 0
+			send := func() {
+				i++
+				msg := fmt.Appendf(nil, "MESSAGE sip:1002@pbx.example.com SIP/2.0\r\n"+
+					"Via: SIP/2.0/UDP %s;branch=z9hG4bK-lb%d;rport\r\nMax-Forwards: 70\r\n"+
+					"From: <sip:1001@pbx.example.com>;tag=lb%d\r\nTo: <sip:1002@pbx.example.com>\r\n"+
+					"Call-ID: lb-%d@bench\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+					local, i, i, i)
+				if _, err := conn.WriteTo(msg, dst); err != nil {
+					b.Fatal(err)
+				}
+				want := fmt.Appendf(nil, "Call-ID: lb-%d@bench", i)
+				for {
+					_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+					n, _, err := conn.ReadFrom(buf)
+					if err != nil {
+						b.Fatalf("request %d: no answer: %v", i, err)
+					}
+					if !bytes.Contains(buf[:n], want) {
+						continue // a late answer to an earlier request
+					}
+					if !bytes.HasPrefix(buf[:n], []byte("SIP/2.0 200 ")) {
+						b.Fatalf("request %d: %s", i, bytes.SplitN(buf[:n], []byte("\r\n"), 2)[0])
+					}
+					return
+				}
+			}
+			send() // the first challenge, outside the measurement
+			b.ReportAllocs()
+			for b.Loop() {
+				send()
+			}
+		})
+	}
+}
+
+// startLoopbackProxy runs a Proxy with one UDP listener and one upstream,
+// logging discarded, and returns the listener's address.
+func startLoopbackProxy(tb testing.TB, upstream string, mode proxy.Preemptive) string {
+	tb.Helper()
+	store, err := credentials.NewStore([]credentials.Entry{{Username: "bench", Password: credentials.NewSecret("bench-secret"), Server: upstream}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ready := make(chan struct{})
+	p, err := proxy.New(proxy.Config{
+		Listeners:     []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}},
+		Upstreams:     []proxy.Upstream{{Name: "pbx", Address: upstream, Transport: "udp", Domains: []string{"pbx.example.com"}, Preemptive: mode}},
+		Credentials:   store,
+		Clients:       []proxy.ClientGroup{{Name: "loopback", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
+		ShutdownGrace: time.Second,
+		Logger:        slog.New(slog.DiscardHandler),
+		Ready:         func() { close(ready) },
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("proxy Run: %v", err)
+		}
+	})
+	select {
+	case <-ready:
+	case err := <-done:
+		tb.Fatalf("proxy stopped before ready: %v", err)
+	case <-time.After(5 * time.Second):
+		tb.Fatal("proxy not ready after 5s")
+	}
+	return p.ListenAddrs()["udp"]
+}
+
+// startByteUpstream answers every request on a loopback UDP socket by
+// matching bytes, not parsing: 407 with a qop=auth challenge when it has
+// no Proxy-Authorization, else 200 (the answer is not checked; the proxy
+// tests check answers). It returns its address.
+func startByteUpstream(tb testing.TB) string {
+	tb.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 65535)
+		var out []byte
+		for {
+			n, src, err := conn.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			msg := buf[:n]
+			if bytes.HasPrefix(msg, []byte("SIP/2.0 ")) {
+				continue
+			}
+			out = out[:0]
+			if bytes.Contains(msg, []byte("\r\nProxy-Authorization:")) {
+				out = append(out, "SIP/2.0 200 OK\r\n"...)
+			} else {
+				out = append(out, "SIP/2.0 407 Proxy Authentication Required\r\n"+
+					`Proxy-Authenticate: Digest realm="bench", nonce="`...)
+				out = strconv.AppendInt(out, time.Now().UnixNano(), 36)
+				out = append(out, `", qop="auth", algorithm=MD5`+"\r\n"...)
+			}
+			for _, line := range bytes.Split(msg, []byte("\r\n"))[1:] {
+				if len(line) == 0 {
+					break
+				}
+				for _, h := range []string{"Via:", "From:", "Call-ID:", "CSeq:"} {
+					if bytes.HasPrefix(line, []byte(h)) {
+						out = append(append(out, line...), "\r\n"...)
+					}
+				}
+				if bytes.HasPrefix(line, []byte("To:")) {
+					out = append(append(out, line...), ";tag=up\r\n"...)
+				}
+			}
+			out = append(out, "Content-Length: 0\r\n\r\n"...)
+			if _, err := conn.WriteTo(out, src); err != nil {
+				return
+			}
+		}
+	}()
+	tb.Cleanup(func() {
+		conn.Close()
+		wg.Wait()
+	})
+	return conn.LocalAddr().String()
+}
