@@ -244,3 +244,30 @@ func TestPatchedSipgoParserKeepsNoReferenceToItsInput(t *testing.T) {
 		}
 	}
 }
+
+// The patched sipgo must bracket IPv6 hosts when it writes a URI and
+// nothing else, without parsing every host as an IP address (upstream's
+// quick reject ranged over indices, so it parsed, and allocated for, every
+// host it wrote).
+func TestPatchedSipgoURIHostBrackets(t *testing.T) {
+	for _, tc := range []struct{ host, want string }{
+		{"127.0.0.1", "sip:u@127.0.0.1:5060"},
+		{"pbx.example.com", "sip:u@pbx.example.com:5060"},
+		{"localhost", "sip:u@localhost:5060"},
+		{"2001:db8::1", "sip:u@[2001:db8::1]:5060"},
+		{"::1", "sip:u@[::1]:5060"},
+		{"[2001:db8::2]", "sip:u@[2001:db8::2]:5060"},
+		{"::ffff:10.0.0.1", "sip:u@::ffff:10.0.0.1:5060"}, // upstream: IPv4-mapped is IPv4
+	} {
+		u := sip.Uri{Scheme: "sip", User: "u", Host: tc.host, Port: 5060}
+		if got := u.String(); got != tc.want {
+			t.Errorf("host %q: %q, want %q", tc.host, got, tc.want)
+		}
+	}
+	u := sip.Uri{Scheme: "sip", User: "u", Host: "pbx.example.com", Port: 5060}
+	var b strings.Builder
+	b.Grow(64)
+	if allocs := testing.AllocsPerRun(100, func() { b.Reset(); b.Grow(64); u.StringWrite(&b) }); allocs > 2 {
+		t.Errorf("writing a URI with a host name allocates %v times, want 2 (the builder, strconv.Itoa of the port)", allocs)
+	}
+}

@@ -388,14 +388,23 @@ func compareFunctions(fsm1 any, fsm2 any) error {
 }
 
 func isIPV6(host string) bool {
-	// Quick reject (has dot)
-	for c := range host {
-		if c == '.' {
+	// Quick reject (has dot). authproxy patch: range over the bytes;
+	// upstream ranged over the indices, so nothing was rejected and every
+	// host written into a URI went through net.ParseIP (an allocation, and
+	// an error value for a name).
+	// An IPv6 literal has a ':' before any '.'; no ':' at all is a name or
+	// an IPv4 address.
+	colon := false
+	for i := 0; i < len(host) && !colon; i++ {
+		switch host[i] {
+		case '.':
 			return false
+		case ':':
+			colon = true
 		}
-		if c == ':' {
-			break
-		}
+	}
+	if !colon {
+		return false
 	}
 
 	ip := net.ParseIP(host)
