@@ -184,10 +184,6 @@ func (tx *baseTx) String() string {
 }
 
 func (tx *baseTx) Origin() *Request {
-	// authproxy patch: under mu, since a completed server transaction
-	// replaces its origin with a stub (ServerTx.compact).
-	tx.mu.Lock()
-	defer tx.mu.Unlock()
 	return tx.origin
 }
 

@@ -3,7 +3,6 @@ package sip
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 )
 
@@ -23,18 +22,9 @@ type ServerTx struct {
 	timer_l      *time.Timer
 	reliable     bool
 
-	// authproxy patch: a non-INVITE transaction over UDP that completed
-	// keeps its final response as the bytes sent (completedRaw, to
-	// completedAddr) instead of the request and the parsed response, which
-	// it only needs to answer retransmissions for Timer J. A busy proxy
-	// holds thousands of completed transactions: as parsed messages they
-	// were most of its live heap, and every GC cycle marked them.
-	method        RequestMethod
-	completedRaw  []byte
-	completedAddr *net.UDPAddr
 	// answered (authproxy patch), set by the transaction layer, takes the
-	// final response of such a transaction over a UDP listener instead, so
-	// the transaction ends at once (see answeredStore).
+	// final response of a non-INVITE transaction over a UDP listener, so
+	// the transaction ends at once (see answeredStore, handOver).
 	answered *answeredStore
 }
 
@@ -49,7 +39,6 @@ func NewServerTx(key string, origin *Request, conn Connection, logger *slog.Logg
 	tx.done = make(chan struct{})
 	tx.log = logger
 	tx.origin = origin // NOTE: user may do some changes on this request which creates RACE
-	tx.method = origin.Method
 	tx.reliable = IsReliable(origin.Transport())
 	return tx
 }
@@ -103,7 +92,7 @@ func (tx *ServerTx) Receive(req *Request) error {
 
 	var input fsmInput
 	switch {
-	case req.Method == tx.method: // authproxy patch: origin may be compacted
+	case req.Method == tx.origin.Method:
 		input = server_input_request
 	case req.IsAck(): // ACK for non-2xx response
 		input = server_input_ack
@@ -192,7 +181,7 @@ func (tx *ServerTx) TerminateGracefully() {
 
 	// Check did we receive final response
 	tx.fsmMu.Lock()
-	finalized := tx.fsmResp != nil && !tx.fsmResp.IsProvisional() || tx.completedRaw != nil // authproxy patch: compacted
+	finalized := tx.fsmResp != nil && !tx.fsmResp.IsProvisional()
 	tx.fsmMu.Unlock()
 	if !finalized {
 		tx.Terminate()

@@ -145,7 +145,7 @@ func (tx *ServerTx) stateCompleted(s fsmInput) fsmInput {
 	var spinfn fsmState
 	switch s {
 	case server_input_request:
-		tx.fsmState, spinfn = tx.stateCompleted, tx.actRespondCompleted
+		tx.fsmState, spinfn = tx.stateCompleted, tx.actRespond
 	case server_input_timer_j:
 		tx.fsmState, spinfn = tx.stateTerminated, tx.actDelete
 	case server_input_transport_err:
@@ -239,7 +239,6 @@ func (tx *ServerTx) actFinal() fsmInput {
 	if tx.handOver() {
 		return FsmInputNone
 	}
-	tx.compact()
 
 	// https://datatracker.ietf.org/doc/html/rfc3261#section-17.2.2
 	//  When the server transaction enters the "Completed" state, it MUST set
@@ -258,7 +257,7 @@ func (tx *ServerTx) actFinal() fsmInput {
 // request received on a UDP listener to the transaction layer's
 // answeredStore and ends the transaction at once, with no error: it answered.
 func (tx *ServerTx) handOver() bool {
-	if tx.answered == nil || tx.reliable || tx.method == INVITE || tx.fsmResp == nil {
+	if tx.answered == nil || tx.reliable || tx.origin.Method == INVITE || tx.fsmResp == nil {
 		return false
 	}
 	conn, ok := tx.conn.(*UDPConnection)
@@ -279,47 +278,6 @@ func (tx *ServerTx) handOver() bool {
 	tx.fsmState = tx.stateTerminated
 	tx.delete(nil)
 	return true
-}
-
-// compact keeps, for a non-INVITE transaction over UDP entering Completed,
-// only what answering a retransmitted request needs: the response's bytes
-// and address (authproxy patch; see ServerTx.completedRaw).
-func (tx *ServerTx) compact() {
-	if tx.reliable || tx.method == INVITE || tx.fsmResp == nil {
-		return
-	}
-	if _, ok := tx.conn.(*UDPConnection); !ok {
-		return
-	}
-	addr, err := udpDestination(tx.fsmResp)
-	if err != nil {
-		return
-	}
-	buf := bufPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	tx.fsmResp.StringWrite(buf)
-	tx.completedRaw, tx.completedAddr = bytes.Clone(buf.Bytes()), addr // exact size
-	bufPool.Put(buf)
-	tx.fsmResp = nil
-	tx.mu.Lock()
-	stub := &Request{Method: tx.method} // Origin() stays non-nil
-	stub.SipVersion = "SIP/2.0"
-	tx.origin = stub
-	tx.mu.Unlock()
-}
-
-// actRespondCompleted answers a retransmitted request in Completed with the
-// final response again.
-func (tx *ServerTx) actRespondCompleted() fsmInput {
-	if tx.completedRaw == nil {
-		return tx.actRespond()
-	}
-	if _, err := tx.conn.(*UDPConnection).WriteTo(tx.completedRaw, tx.completedAddr); err != nil {
-		tx.log.Debug("fail to pass response", "error", err, "tx", tx.Key())
-		tx.fsmErr = wrapTransportError(err)
-		return server_input_transport_err
-	}
-	return FsmInputNone
 }
 
 // Inform user of transport error

@@ -409,7 +409,7 @@ func (c *UDPConnection) WriteTo(b []byte, addr net.Addr) (n int, err error) {
 }
 
 // udpDestination is where WriteMsg sends msg (authproxy patch: shared with
-// the compacted server transaction).
+// handOver, which keeps the answer's address).
 func udpDestination(msg Message) (*net.UDPAddr, error) {
 	a := msg.remoteAddress() // Destination should be already resolved by transport layer
 	if a.IP == nil {
