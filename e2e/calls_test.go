@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -348,6 +349,49 @@ func Test2xxRacingCancel(t *testing.T) {
 	fc := waitAck(t, h.A, c.callID)
 	if !fc.AckCSeqOK || !fc.AckAuthOK {
 		t.Fatalf("authproxy's ACK: CSeq ok %v, credentials ok %v; call %+v", fc.AckCSeqOK, fc.AckAuthOK, summarize(fc.Requests))
+	}
+	assertNoCallErrors(t, h.A)
+}
+
+// TestInviteRetransmittedAfterItsTransaction: a client that saw neither
+// the 100 nor the 2xx retransmits its INVITE after authproxy's server
+// transaction ended (Timer L, 5 s after the 2xx). authproxy absorbs it; the
+// upstream sees no second INVITE for the call (it would be a merged
+// request there, RFC 3261 §8.2.2.2).
+func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c.ack()
+	waitAck(t, h.A, c.callID)
+	invites := func() int {
+		n := 0
+		for _, r := range h.A.Requests() {
+			if r.Method == "INVITE" && r.CallID == c.callID {
+				n++
+			}
+		}
+		return n
+	}
+	before := invites()
+	time.Sleep(sip.Timer_L + 500*time.Millisecond)
+	conn, err := net.Dial("udp", h.Addr["udp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(c.invite.String())); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if after := invites(); after != before {
+		t.Fatalf("the upstream got %d INVITEs for the call after the late retransmission, want %d", after, before)
+	}
+	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE: %d", res.StatusCode)
 	}
 	assertNoCallErrors(t, h.A)
 }

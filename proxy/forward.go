@@ -213,6 +213,13 @@ func (f *forwarding) admit() bool {
 
 func (f *forwarding) run() {
 	p, req := f.p, f.req
+	if p.lateRetransmission(req) {
+		// Nothing to answer (RFC 6026 §7.1 absorbs it in the Accepted
+		// state that has just ended): logged as handled, not as a failure.
+		f.outcome, f.replied = "retransmission-absorbed", true
+		f.log.Debug("absorbing an INVITE retransmitted after its 2xx was relayed")
+		return
+	}
 	// RFC 3261 §16.3 step 3: Max-Forwards.
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
 		if req.Method == sip.OPTIONS && p.isOwnURI(req.Recipient) {

@@ -94,6 +94,11 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 			if res.IsSuccess() {
 				f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
 				f.relay(res)
+				if k, ok := acceptedKey(f.req); ok {
+					// The client retransmits an INVITE for at most Timer B
+					// (64×T1) from its first send.
+					f.p.accepted.add(k, time.Now().Add(64*sip.T1))
+				}
 				// Keep the client transaction: sipgo hands 2xx
 				// retransmissions and forked 2xx to the hook until Timer M.
 				return
@@ -381,4 +386,36 @@ func (p *Proxy) handleStrayResponse(res *sip.Response) {
 	if err := write(out); err != nil {
 		p.log.Debug("cannot relay 2xx retransmission", logCallID, id, "error", err)
 	}
+}
+
+// acceptedKey is how Proxy.accepted knows an initial INVITE over UDP:
+// its top Via branch and Call-ID (RFC 3261 §17.2.3 matches a
+// retransmission by branch). Other INVITEs have no key.
+func acceptedKey(req *sip.Request) (string, bool) {
+	if req.Method != sip.INVITE || req.Transport() != "UDP" {
+		return "", false
+	}
+	if _, toTag := tags(req); toTag != "" {
+		return "", false // a re-INVITE: the client answers its 2xx with an ACK in the dialog
+	}
+	v := req.Via()
+	if v == nil {
+		return "", false
+	}
+	b, ok := v.Params.Get("branch")
+	if !ok || b == "" {
+		return "", false
+	}
+	return b + " " + callID(req), true
+}
+
+// lateRetransmission reports whether req is an INVITE whose 2xx authproxy
+// already relayed, arriving again after sipgo ended its server
+// transaction: a client that saw neither our 100 nor the 2xx. The
+// upstream's 2xx retransmissions (relayed as strays for the dialog) answer
+// it; forwarding it would reach the upstream as a new INVITE with the
+// dialog's Call-ID, tag and CSeq (a merged request, RFC 3261 §8.2.2.2).
+func (p *Proxy) lateRetransmission(req *sip.Request) bool {
+	k, ok := acceptedKey(req)
+	return ok && p.accepted.has(k)
 }

@@ -77,6 +77,11 @@ type Proxy struct {
 	dialogs  *dialogTable
 	bindings *bindingTable // contacts registered through us (registrar.go)
 	finals   recentFinals
+	// accepted remembers, for the time a client may still retransmit it,
+	// each INVITE over UDP whose 2xx was relayed (acceptedKey), so that a
+	// retransmission arriving after sipgo ended the server transaction
+	// (Timer L, 5 s) is absorbed instead of forwarded as a new INVITE.
+	accepted recentFinals
 	limiter  *limiter
 	local    *localAuth
 	health   *healthChecker // OPTIONS pings to the upstreams (health.go)
@@ -314,6 +319,7 @@ loop:
 			p.dialogs.sweep(now, p.cfg.DialogIdleTimeout)
 			p.bindings.sweep(now)
 			p.finals.sweep(now)
+			p.accepted.sweep(now)
 			p.limiter.sweep(now)
 		}
 	}

@@ -69,3 +69,41 @@ func TestStray2xxRelayedOnlyForKnownDialogs(t *testing.T) {
 		})
 	}
 }
+
+// Only an initial INVITE over UDP is remembered for absorbing its late
+// retransmissions, by top Via branch and Call-ID.
+func TestAcceptedKey(t *testing.T) {
+	parse := func(method, transport, via, toTag string) *sip.Request {
+		t.Helper()
+		to := "To: <sip:1002@pbx-a.example.com>\r\n"
+		if toTag != "" {
+			to = "To: <sip:1002@pbx-a.example.com>;tag=" + toTag + "\r\n"
+		}
+		m, err := sip.ParseMessage([]byte(method + " sip:1002@pbx-a.example.com SIP/2.0\r\n" + via +
+			"From: <sip:1001@pbx-a.example.com>;tag=caller\r\n" + to +
+			"Call-ID: c1@h\r\nCSeq: 1 " + method + "\r\nContent-Length: 0\r\n\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := m.(*sip.Request)
+		req.SetTransport(transport)
+		return req
+	}
+	via := "Via: SIP/2.0/UDP 127.0.0.9:5070;branch=z9hG4bK-1;rport\r\n"
+	for _, tc := range []struct {
+		name string
+		req  *sip.Request
+		want string
+	}{
+		{"initial INVITE over UDP", parse("INVITE", "UDP", via, ""), "z9hG4bK-1 c1@h"},
+		{"re-INVITE", parse("INVITE", "UDP", via, "callee"), ""},
+		{"over TCP", parse("INVITE", "TCP", via, ""), ""},
+		{"MESSAGE", parse("MESSAGE", "UDP", via, ""), ""},
+		{"no branch", parse("INVITE", "UDP", "Via: SIP/2.0/UDP 127.0.0.9:5070\r\n", ""), ""},
+	} {
+		got, ok := acceptedKey(tc.req)
+		if got != tc.want || ok != (tc.want != "") {
+			t.Errorf("%s: %q %v, want %q", tc.name, got, ok, tc.want)
+		}
+	}
+}
