@@ -9,8 +9,9 @@
 //
 // AUTHPROXY_BENCH_STEP sets the seconds per rate step (default 30, the
 // figure the issue asks for); AUTHPROXY_BENCH_PATHS (direct, off, all,
-// kamailio) and AUTHPROXY_BENCH_KINDS (message, call), comma-separated,
-// pick a part of the table. TestSoak (AUTHPROXY_BENCH_SOAK=5m) runs a
+// kamailio, and all-tcp, which only runs when named: SIPp to authproxy over
+// TCP) and AUTHPROXY_BENCH_KINDS (message, call), comma-separated, pick a
+// part of the table. TestSoak (AUTHPROXY_BENCH_SOAK=5m) runs a
 // steady load and reports goroutines and heap from authproxy's /metrics.
 package bench
 
@@ -80,6 +81,9 @@ type path struct {
 	key   string // for AUTHPROXY_BENCH_PATHS
 	name  string
 	start func(t *testing.T) (addr string, proc *peers.Process) // nil: SIPp straight to the upstream
+	// sippTransport is SIPp's transport toward the path ("" for UDP, "t1"
+	// for one TCP connection).
+	sippTransport string
 }
 
 type result struct {
@@ -115,6 +119,15 @@ func TestBench(t *testing.T) {
 		{key: "kamailio", name: "Kamailio uac_auth proxy", start: func(t *testing.T) (string, *peers.Process) {
 			return startKamailioProxy(t, upstream)
 		}},
+		// Not in the default run: the comparison above is over UDP. The
+		// client side over TCP (one connection, SIPp's t1), the upstream
+		// leg UDP as in the others.
+		{key: "all-tcp", name: "authproxy, preemptive all, client over TCP", sippTransport: "t1", start: func(t *testing.T) (string, *peers.Process) {
+			return startAuthproxy(t, bin, upstream, "all")
+		}},
+	}
+	if os.Getenv("AUTHPROXY_BENCH_PATHS") == "" {
+		paths = paths[:len(paths)-1]
 	}
 	paths = slices.DeleteFunc(paths, func(p path) bool { return !selected("AUTHPROXY_BENCH_PATHS", p.key) })
 	msgs := make([]result, len(paths))
@@ -132,7 +145,7 @@ func TestBench(t *testing.T) {
 			var r result
 			if kind == "message" {
 				r = search(t, p.name+" MESSAGE", messageRates, step, proc, func(rate int) peers.SippRun {
-					run := peers.SippRun{Scenario: timedScenario(t, "message.xml"), Remote: addr, Domain: domain, Service: benchUser}
+					run := peers.SippRun{Scenario: timedScenario(t, "message.xml"), Remote: addr, Domain: domain, Service: benchUser, Transport: p.sippTransport}
 					if direct {
 						run.Scenario, run.AuthUser, run.AuthPass = timedScenario(t, "message_auth.xml"), benchUser, benchPass
 					}
@@ -141,7 +154,7 @@ func TestBench(t *testing.T) {
 				msgs[i] = r
 			} else {
 				r = search(t, p.name+" call", callRates, step, proc, func(rate int) peers.SippRun {
-					run := peers.SippRun{Scenario: timedScenario(t, "call.xml"), Remote: addr, Domain: domain, Service: "1002", Keys: map[string]string{"caller": benchUser}}
+					run := peers.SippRun{Scenario: timedScenario(t, "call.xml"), Remote: addr, Domain: domain, Service: "1002", Keys: map[string]string{"caller": benchUser}, Transport: p.sippTransport}
 					if direct {
 						run.Scenario, run.AuthUser, run.AuthPass = timedScenario(t, "call_auth.xml"), benchUser, benchPass
 					}
@@ -681,6 +694,10 @@ max_total = 100000
 transport = "udp"
 address = %q
 
+[[listen]]
+transport = "tcp"
+address = %q
+
 [[upstream]]
 name = "pbx"
 address = %q
@@ -696,7 +713,7 @@ server = "pbx"
 name = "loopback"
 networks = ["127.0.0.0/8"]
 upstreams = ["*"]
-`, admin, admin != "", addr, upstream, domain, preemptive, benchUser, benchPass)
+`, admin, admin != "", addr, addr, upstream, domain, preemptive, benchUser, benchPass)
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "authproxy.toml")
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {
