@@ -167,17 +167,12 @@ func TestCalleeHangsUp(t *testing.T) {
 	for _, clientTP := range []string{"udp", "tcp"} {
 		t.Run(clientTP, func(t *testing.T) {
 			h := startHarness(t, harnessOptions{})
-			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
-			c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-			if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
-				t.Fatalf("INVITE: %d", res.StatusCode)
-			}
-			c.ack()
+			c := answeredCall(t, h, clientTP)
 			waitAck(t, h.A, c.callID)
 			if code := h.A.HangUp(t, c.callID); code != 200 {
 				t.Fatalf("callee BYE: %d", code)
 			}
-			bye := ph.waitReceived(sip.BYE, 5*time.Second)
+			bye := c.ph.waitReceived(sip.BYE, 5*time.Second)
 			if bye.CallID().Value() != c.callID {
 				t.Fatalf("BYE for call %s", bye.CallID().Value())
 			}
@@ -187,17 +182,25 @@ func TestCalleeHangsUp(t *testing.T) {
 	}
 }
 
-// TestReInviteHoldAndBack: two re-INVITEs in the dialog, each answered and
-// ACKed; the upstream's strict CSeq check passes only if every request of
-// the dialog is shifted by the challenge's offset.
-func TestReInviteHoldAndBack(t *testing.T) {
-	h := startHarness(t, harnessOptions{})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+// answeredCall dials 1002 at pbx-a through authproxy from a phone (1001)
+// over transport, expects the 200 and ACKs it.
+func answeredCall(t *testing.T, h *harness, transport string) *call {
+	t.Helper()
+	ph := startPhone(t, "1001", transport, h.Addr[transport])
 	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
 	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
 	c.ack()
+	return c
+}
+
+// TestReInviteHoldAndBack: two re-INVITEs in the dialog, each answered and
+// ACKed; the upstream's strict CSeq check passes only if every request of
+// the dialog is shifted by the challenge's offset.
+func TestReInviteHoldAndBack(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	c := answeredCall(t, h, "udp")
 	waitAcks(t, h.A, c.callID, 1)
 	hold := []byte(strings.Replace(string(testSDP), "a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU/8000\r\na=sendonly", 1))
 	for i, body := range [][]byte{hold, testSDP} {
@@ -217,7 +220,7 @@ func TestReInviteHoldAndBack(t *testing.T) {
 	waitCallState(t, h.A, c.callID, "terminated")
 	assertNoCallErrors(t, h.A)
 	// The callee's own re-INVITE reaches the client too.
-	c2 := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+	c2 := c.ph.dial("sip:1002@pbx-a.example.com", testSDP)
 	if res := c2.waitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
@@ -226,7 +229,7 @@ func TestReInviteHoldAndBack(t *testing.T) {
 	if code := h.A.ReInvite(t, c2.callID); code != 200 {
 		t.Fatalf("callee re-INVITE: %d", code)
 	}
-	ph.waitReceived(sip.INVITE, 5*time.Second)
+	c.ph.waitReceived(sip.INVITE, 5*time.Second)
 	if res := c2.request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE after callee re-INVITE: %d", res.StatusCode)
 	}
@@ -237,12 +240,7 @@ func TestReInviteHoldAndBack(t *testing.T) {
 // too; authproxy answers, the offset grows, the client never notices.
 func TestInDialogChallenges(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{ChallengeInDialog: true}}})
-	ph := startPhone(t, "1001", "tcp", h.Addr["tcp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
-		t.Fatalf("INVITE: %d", res.StatusCode)
-	}
-	c.ack()
+	c := answeredCall(t, h, "tcp")
 	waitAcks(t, h.A, c.callID, 1)
 	if res := c.request(sip.INVITE, testSDP); res.StatusCode != 200 {
 		t.Fatalf("challenged re-INVITE: %d", res.StatusCode)
@@ -360,12 +358,7 @@ func Test2xxRacingCancel(t *testing.T) {
 // request there, RFC 3261 §8.2.2.2).
 func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
-		t.Fatalf("INVITE: %d", res.StatusCode)
-	}
-	c.ack()
+	c := answeredCall(t, h, "udp")
 	waitAck(t, h.A, c.callID)
 	invites := func() int {
 		n := 0
@@ -449,12 +442,7 @@ func TestCallRejected(t *testing.T) {
 // TestCallAuthInt: an INVITE with SDP answered with qop=auth-int.
 func TestCallAuthInt(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{QOP: "auth-int", Algorithms: []string{"SHA-256"}}})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
-		t.Fatalf("INVITE: %d", res.StatusCode)
-	}
-	c.ack()
+	c := answeredCall(t, h, "udp")
 	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE: %d", res.StatusCode)
 	}
@@ -464,12 +452,7 @@ func TestCallAuthInt(t *testing.T) {
 // its ACK and BYE reach the right dialog.
 func TestForking(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Forks: 2}}})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
-		t.Fatalf("INVITE: %d", res.StatusCode)
-	}
-	c.ack()
+	c := answeredCall(t, h, "udp")
 	deadline := time.Now().Add(5 * time.Second)
 	var other *sip.Response
 	for other == nil && time.Now().Before(deadline) {
