@@ -43,6 +43,25 @@ type Config struct {
 	// Registrations are the [[registration]] tables: registrations
 	// authproxy keeps up with an upstream itself.
 	Registrations []Registration
+	// Runtime is the [runtime] table.
+	Runtime Runtime
+}
+
+// Runtime is the [runtime] table: Go runtime settings cmd/authproxy
+// applies at start, for a machine where authproxy shares a few cores with
+// the PBX (one P and a rarer, memory-bounded GC cut its latency tail there;
+// README "Performance"). A zero field leaves Go's default, and with it the
+// GOMAXPROCS, GOGC and GOMEMLIMIT environment variables, in charge.
+type Runtime struct {
+	// MaxProcs is GOMAXPROCS: how many threads run Go code at once.
+	MaxProcs int
+	// GCPercent is GOGC: heap growth over the live heap before a GC
+	// cycle, in percent; -1 turns the proportional trigger off (then
+	// MemoryLimit is required).
+	GCPercent int
+	// MemoryLimit is GOMEMLIMIT in bytes: the heap size at which the GC
+	// runs whatever GCPercent says (a soft limit).
+	MemoryLimit int64
 }
 
 // Registration is one [[registration]] table.

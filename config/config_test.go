@@ -866,3 +866,48 @@ server_name = "PBX.example.com"
 		})
 	}
 }
+
+// TestRuntime covers the [runtime] table: zero values leave Go's defaults,
+// sizes are GOMEMLIMIT's, and a GC turned off needs a memory limit.
+func TestRuntime(t *testing.T) {
+	base := baseOK
+	for _, tc := range []struct {
+		name, toml, key string
+	}{
+		{"NegativeProcs", base + "[runtime]\nmax_procs = -1\n", "runtime.max_procs"},
+		{"TooManyProcs", base + "[runtime]\nmax_procs = 5000\n", "runtime.max_procs"},
+		{"GCPercentBelowOff", base + "[runtime]\ngc_percent = -2\n", "runtime.gc_percent"},
+		{"GCOffWithoutLimit", base + "[runtime]\ngc_percent = -1\n", "runtime.gc_percent"},
+		{"BadSize", base + "[runtime]\nmemory_limit = \"48MB\"\n", "runtime.memory_limit"},
+		{"TooSmall", base + "[runtime]\nmemory_limit = \"1MiB\"\n", "runtime.memory_limit"},
+		{"NoNumber", base + "[runtime]\nmemory_limit = \"MiB\"\n", "runtime.memory_limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse(withClient(tc.toml), env(nil))
+			if !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("err = %v, want ErrInvalid naming %s", err, tc.key)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name, toml string
+		env        map[string]string
+		want       config.Runtime
+	}{
+		{"Defaults", base, nil, config.Runtime{}},
+		{"Set", base + "[runtime]\nmax_procs = 1\ngc_percent = 400\nmemory_limit = \"48MiB\"\n", nil, config.Runtime{MaxProcs: 1, GCPercent: 400, MemoryLimit: 48 << 20}},
+		{"OffWithLimit", base + "[runtime]\ngc_percent = -1\nmemory_limit = \"1GiB\"\n", nil, config.Runtime{GCPercent: -1, MemoryLimit: 1 << 30}},
+		{"Bytes", base + "[runtime]\nmemory_limit = \"67108864\"\n", nil, config.Runtime{MemoryLimit: 64 << 20}},
+		{"Env", base, map[string]string{"AUTHPROXY_RUNTIME__MAX_PROCS": "1", "AUTHPROXY_RUNTIME__MEMORY_LIMIT": "64MiB"}, config.Runtime{MaxProcs: 1, MemoryLimit: 64 << 20}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Parse(withClient(tc.toml), env(tc.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Runtime != tc.want {
+				t.Fatalf("runtime = %+v, want %+v", cfg.Runtime, tc.want)
+			}
+		})
+	}
+}

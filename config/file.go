@@ -35,6 +35,7 @@ type fileConfig struct {
 	Credential []fileCredential `koanf:"credential"`
 	Client     []fileClient     `koanf:"client"`
 	Limits     fileLimits       `koanf:"limits"`
+	Runtime    fileRuntime      `koanf:"runtime"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
 }
@@ -72,6 +73,12 @@ type fileLimits struct {
 	BlockFor     string `koanf:"block_for"`
 	MaxSources   int    `koanf:"max_sources"`
 	Deny         string `koanf:"deny"`
+}
+
+type fileRuntime struct {
+	MaxProcs    int    `koanf:"max_procs"`
+	GCPercent   int    `koanf:"gc_percent"`
+	MemoryLimit string `koanf:"memory_limit"`
 }
 
 type fileLog struct {
@@ -191,6 +198,11 @@ auth_failures = 5
 block_for = "5m"
 max_sources = 100000
 deny = "reject"
+
+[runtime]
+max_procs = 0
+gc_percent = 0
+memory_limit = ""
 `
 
 // envPrefix starts every environment override.

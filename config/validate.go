@@ -86,7 +86,60 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
 	cfg.Limits = v.buildLimits(fc.Limits)
 	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
+	cfg.Runtime = v.buildRuntime(fc.Runtime)
 	return cfg
+}
+
+// Bounds of [runtime]: more threads than that or a memory limit under
+// minMemoryLimit is a typo, not a setting.
+const (
+	maxMaxProcs    = 1024
+	minMemoryLimit = 8 << 20
+)
+
+func (v *validator) buildRuntime(r fileRuntime) Runtime {
+	out := Runtime{MaxProcs: r.MaxProcs, GCPercent: r.GCPercent}
+	if r.MaxProcs < 0 || r.MaxProcs > maxMaxProcs {
+		v.add("runtime.max_procs", strconv.Itoa(r.MaxProcs),
+			fmt.Sprintf("must be between 1 and %d, or 0 for Go's default (GOMAXPROCS, else the CPUs)", maxMaxProcs), ErrInvalid, nil)
+	}
+	if r.GCPercent < -1 {
+		v.add("runtime.gc_percent", strconv.Itoa(r.GCPercent),
+			"must be a percentage such as 400, -1 for off (with runtime.memory_limit), or 0 for Go's default (GOGC, else 100)", ErrInvalid, nil)
+	}
+	if r.MemoryLimit != "" {
+		n, ok := parseByteSize(r.MemoryLimit)
+		if !ok || n < minMemoryLimit {
+			v.add("runtime.memory_limit", strconv.Quote(r.MemoryLimit),
+				`must be a size of at least 8MiB such as "48MiB" or "1GiB", or "" for none`, ErrInvalid, nil)
+		}
+		out.MemoryLimit = n
+	}
+	if r.GCPercent == -1 && r.MemoryLimit == "" {
+		v.add("runtime.gc_percent", "-1", "turns the GC's proportional trigger off and needs runtime.memory_limit, or the heap would grow without bound", ErrInvalid, nil)
+	}
+	return out
+}
+
+// parseByteSize parses a byte count as GOMEMLIMIT writes it: digits and an
+// optional unit B, KiB, MiB, GiB or TiB.
+func parseByteSize(s string) (int64, bool) {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"B", 0}}
+	shift := uint(0)
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, shift = num, u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, false
+	}
+	return n << shift, true
 }
 
 // Bounds of [[registration]] expires, in seconds: RFC 3261 §10.2.1.1

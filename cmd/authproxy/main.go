@@ -148,6 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		sip.SIPDebug = true
 	}
 	log.Info("starting", "version", versionString(), "config", source, "summary", cfg.Summary())
+	log.Info("go runtime", applyRuntime(cfg.Runtime)...)
 	if w := permissionWarning(*configPath); w != "" {
 		log.Warn(w, "config", source)
 	}

@@ -13,6 +13,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -248,5 +250,38 @@ func TestRun_AdminPortTaken(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "admin listener") {
 		t.Errorf("error does not name the admin listener:\n%s", stderr.String())
+	}
+}
+
+// TestApplyRuntime: [runtime] values reach the Go runtime; zero values
+// leave it alone.
+func TestApplyRuntime(t *testing.T) {
+	procs, gc, limit := runtime.GOMAXPROCS(0), debug.SetGCPercent(100), debug.SetMemoryLimit(-1)
+	t.Cleanup(func() {
+		runtime.GOMAXPROCS(procs)
+		debug.SetGCPercent(gc)
+		debug.SetMemoryLimit(limit)
+	})
+	attrs := applyRuntime(config.Runtime{MaxProcs: 1, GCPercent: 400, MemoryLimit: 48 << 20})
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Errorf("GOMAXPROCS = %d, want 1", got)
+	}
+	if got := debug.SetGCPercent(400); got != 400 {
+		t.Errorf("GC percent = %d, want 400", got)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 48<<20 {
+		t.Errorf("memory limit = %d, want %d", got, 48<<20)
+	}
+	if want := []any{"gomaxprocs", 1, "gc_percent", 400, "memory_limit", int64(48 << 20)}; !slices.Equal(attrs, want) {
+		t.Errorf("attributes %v, want %v", attrs, want)
+	}
+	applyRuntime(config.Runtime{})
+	if runtime.GOMAXPROCS(0) != 1 || debug.SetGCPercent(400) != 400 || debug.SetMemoryLimit(-1) != 48<<20 {
+		t.Error("zero [runtime] values changed the runtime")
+	}
+	cur := *mustParse(t, opsBase)
+	cur.Runtime.MaxProcs = 1
+	if got := restartKeys(mustParse(t, opsBase), &cur); !slices.Equal(got, []string{"runtime"}) {
+		t.Errorf("restartKeys = %q, want [runtime]", got)
 	}
 }

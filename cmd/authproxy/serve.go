@@ -276,6 +276,9 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if boot.Reload != cfg.Reload {
 		out = append(out, "reload.watch")
 	}
+	if boot.Runtime != cfg.Runtime {
+		out = append(out, "runtime")
+	}
 	return out
 }
 
