@@ -55,10 +55,6 @@ type Config struct {
 type Runtime struct {
 	// MaxProcs is GOMAXPROCS: how many threads run Go code at once.
 	MaxProcs int
-	// ProcsByLoad runs Go code on one thread while authproxy needs less
-	// than most of a core, and on MaxProcs (or all CPUs) while it needs
-	// more: one P's latency at moderate load, all of them at the peak.
-	ProcsByLoad bool
 	// GCPercent is GOGC: heap growth over the live heap before a GC
 	// cycle, in percent; -1 turns the proportional trigger off (then
 	// MemoryLimit is required).

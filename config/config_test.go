@@ -881,7 +881,6 @@ func TestRuntime(t *testing.T) {
 		{"BadSize", base + "[runtime]\nmemory_limit = \"48MB\"\n", "runtime.memory_limit"},
 		{"TooSmall", base + "[runtime]\nmemory_limit = \"1MiB\"\n", "runtime.memory_limit"},
 		{"NoNumber", base + "[runtime]\nmemory_limit = \"MiB\"\n", "runtime.memory_limit"},
-		{"ByLoadOnOneP", base + "[runtime]\nmax_procs = 1\nprocs_by_load = true\n", "runtime.procs_by_load"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse(withClient(tc.toml), env(nil))
@@ -899,7 +898,6 @@ func TestRuntime(t *testing.T) {
 		{"Set", base + "[runtime]\nmax_procs = 1\ngc_percent = 400\nmemory_limit = \"48MiB\"\n", nil, config.Runtime{MaxProcs: 1, GCPercent: 400, MemoryLimit: 48 << 20}},
 		{"OffWithLimit", base + "[runtime]\ngc_percent = -1\nmemory_limit = \"1GiB\"\n", nil, config.Runtime{GCPercent: -1, MemoryLimit: 1 << 30}},
 		{"Bytes", base + "[runtime]\nmemory_limit = \"67108864\"\n", nil, config.Runtime{MemoryLimit: 64 << 20}},
-		{"ByLoad", base + "[runtime]\nprocs_by_load = true\ngc_percent = 400\n", nil, config.Runtime{ProcsByLoad: true, GCPercent: 400}},
 		{"Env", base, map[string]string{"AUTHPROXY_RUNTIME__MAX_PROCS": "1", "AUTHPROXY_RUNTIME__MEMORY_LIMIT": "64MiB"}, config.Runtime{MaxProcs: 1, MemoryLimit: 64 << 20}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

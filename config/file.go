@@ -77,7 +77,6 @@ type fileLimits struct {
 
 type fileRuntime struct {
 	MaxProcs    int    `koanf:"max_procs"`
-	ProcsByLoad bool   `koanf:"procs_by_load"`
 	GCPercent   int    `koanf:"gc_percent"`
 	MemoryLimit string `koanf:"memory_limit"`
 }
@@ -202,7 +201,6 @@ deny = "reject"
 
 [runtime]
 max_procs = 0
-procs_by_load = false
 gc_percent = 0
 memory_limit = ""
 `

@@ -98,10 +98,7 @@ const (
 )
 
 func (v *validator) buildRuntime(r fileRuntime) Runtime {
-	out := Runtime{MaxProcs: r.MaxProcs, ProcsByLoad: r.ProcsByLoad, GCPercent: r.GCPercent}
-	if r.ProcsByLoad && r.MaxProcs == 1 {
-		v.add("runtime.procs_by_load", "true", "needs runtime.max_procs above 1 (or 0, all CPUs) to switch to under load", ErrInvalid, nil)
-	}
+	out := Runtime{MaxProcs: r.MaxProcs, GCPercent: r.GCPercent}
 	if r.MaxProcs < 0 || r.MaxProcs > maxMaxProcs {
 		v.add("runtime.max_procs", strconv.Itoa(r.MaxProcs),
 			fmt.Sprintf("must be between 1 and %d, or 0 for Go's default (GOMAXPROCS, else the CPUs)", maxMaxProcs), ErrInvalid, nil)

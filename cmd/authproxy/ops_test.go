@@ -272,7 +272,7 @@ func TestApplyRuntime(t *testing.T) {
 	if got := debug.SetMemoryLimit(-1); got != 48<<20 {
 		t.Errorf("memory limit = %d, want %d", got, 48<<20)
 	}
-	if want := []any{"gomaxprocs", 1, "procs_by_load", false, "gc_percent", 400, "memory_limit", int64(48 << 20)}; !slices.Equal(attrs, want) {
+	if want := []any{"gomaxprocs", 1, "gc_percent", 400, "memory_limit", int64(48 << 20)}; !slices.Equal(attrs, want) {
 		t.Errorf("attributes %v, want %v", attrs, want)
 	}
 	applyRuntime(config.Runtime{})
@@ -284,64 +284,4 @@ func TestApplyRuntime(t *testing.T) {
 	if got := restartKeys(mustParse(t, opsBase), &cur); !slices.Equal(got, []string{"runtime"}) {
 		t.Errorf("restartKeys = %q, want [runtime]", got)
 	}
-}
-
-// TestNextProcs: one P until the process needs more than most of a core,
-// then all of them until it needs less.
-func TestNextProcs(t *testing.T) {
-	for _, tc := range []struct {
-		cur   int
-		cores float64
-		want  int
-	}{
-		{1, 0.2, 1}, {1, 0.84, 1}, {1, 0.9, 4}, {1, 1.0, 4},
-		{4, 1.5, 4}, {4, 0.9, 4}, {4, 0.8, 1}, {4, 0.1, 1},
-	} {
-		if got := nextProcs(tc.cur, 4, tc.cores); got != tc.want {
-			t.Errorf("nextProcs(%d, 4, %.2f) = %d, want %d", tc.cur, tc.cores, got, tc.want)
-		}
-	}
-}
-
-// TestProcsByLoad: it starts on one P, takes all of them under load, and
-// stops with its context.
-func TestProcsByLoad(t *testing.T) {
-	procs := runtime.GOMAXPROCS(0)
-	t.Cleanup(func() { runtime.GOMAXPROCS(procs) })
-	if runtime.NumCPU() < 2 {
-		t.Skip("one CPU: nothing to switch between")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		procsByLoad(ctx, 2, slog.New(slog.DiscardHandler))
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.GOMAXPROCS(0) != 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Fatalf("GOMAXPROCS = %d at the start, want 1", got)
-	}
-	// Keep one core busy until it switches.
-	stopBusy := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-stopBusy:
-				return
-			default:
-			}
-		}
-	}()
-	for runtime.GOMAXPROCS(0) != 2 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	close(stopBusy)
-	if got := runtime.GOMAXPROCS(0); got != 2 {
-		t.Errorf("GOMAXPROCS = %d under a core's load, want 2", got)
-	}
-	cancel()
-	<-done
 }

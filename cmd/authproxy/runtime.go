@@ -30,5 +30,5 @@ func applyRuntime(r config.Runtime) []any {
 	if r.GCPercent != 0 {
 		gc = r.GCPercent
 	}
-	return []any{"gomaxprocs", runtime.GOMAXPROCS(0), "procs_by_load", r.ProcsByLoad, "gc_percent", gc, "memory_limit", limit}
+	return []any{"gomaxprocs", runtime.GOMAXPROCS(0), "gc_percent", gc, "memory_limit", limit}
 }

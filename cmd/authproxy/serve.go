@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -124,19 +123,7 @@ func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 		d.reloadLoop(reloadCtx, hup)
 	}()
 
-	procsCtx, stopProcs := context.WithCancel(ctx)
-	defer stopProcs()
-	procsDone := make(chan struct{})
-	go func() {
-		defer close(procsDone)
-		if cfg.Runtime.ProcsByLoad {
-			procsByLoad(procsCtx, runtime.GOMAXPROCS(0), d.log)
-		}
-	}()
-
 	runErr := p.Run(ctx)
-	stopProcs()
-	<-procsDone
 	stopReloads()
 	<-reloadsDone
 	stopAdmin()
