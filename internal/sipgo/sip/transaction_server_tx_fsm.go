@@ -233,11 +233,14 @@ func (tx *ServerTx) actPassupAck() fsmInput {
 
 // Send final response
 func (tx *ServerTx) actFinal() fsmInput {
+	if handed, err := tx.handOver(); handed {
+		if err != nil {
+			return server_input_transport_err
+		}
+		return FsmInputNone
+	}
 	if err := tx.passResp(); err != nil {
 		return server_input_transport_err
-	}
-	if tx.handOver() {
-		return FsmInputNone
 	}
 
 	// https://datatracker.ietf.org/doc/html/rfc3261#section-17.2.2
@@ -253,31 +256,35 @@ func (tx *ServerTx) actFinal() fsmInput {
 	return FsmInputNone
 }
 
-// handOver (authproxy patch) leaves answering retransmissions of a non-INVITE
-// request received on a UDP listener to the transaction layer's
-// answeredStore and ends the transaction at once, with no error: it answered.
-func (tx *ServerTx) handOver() bool {
+// handOver (authproxy patch) sends the final response of a non-INVITE
+// request received on a UDP listener, leaves answering retransmissions to
+// the transaction layer's answeredStore (with the bytes just sent) and ends
+// the transaction at once, with no error: it answered. It reports whether
+// it took the response, and the error sending it.
+func (tx *ServerTx) handOver() (bool, error) {
 	if tx.answered == nil || tx.reliable || tx.origin.Method == INVITE || tx.fsmResp == nil {
-		return false
+		return false, nil
 	}
 	conn, ok := tx.conn.(*UDPConnection)
 	if !ok || !conn.Listener {
-		return false
+		return false, nil
 	}
-	addr, err := udpDestination(tx.fsmResp)
-	if err != nil {
-		return false
-	}
-	ap := addr.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) // net.IP keeps IPv4 in 16 bytes
 	buf := bufPool.Get().(*bytes.Buffer)
+	defer bufPool.Put(buf)
 	buf.Reset()
-	tx.fsmResp.StringWrite(buf)
-	tx.answered.put(tx.key, answeredTx{raw: buf.Bytes(), addr: ap, conn: conn}, time.Now()) // put copies
-	bufPool.Put(buf)
+	addr, err := conn.writeMsgBuf(tx.fsmResp, buf)
+	if err != nil {
+		tx.log.Debug("fail to pass response", "error", err, "res", tx.fsmResp.StartLine(), "tx", tx.Key())
+		tx.fsmErr = wrapTransportError(err)
+		return true, err
+	}
+	// net.IP keeps IPv4 in 16 bytes; put copies the bytes.
+	ap := addr.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	tx.answered.put(tx.key, answeredTx{raw: buf.Bytes(), addr: ap, conn: conn}, time.Now())
 	tx.fsmState = tx.stateTerminated
 	tx.delete(nil)
-	return true
+	return true, nil
 }
 
 // Inform user of transport error

@@ -408,8 +408,8 @@ func (c *UDPConnection) WriteTo(b []byte, addr net.Addr) (n int, err error) {
 	return n, err
 }
 
-// udpDestination is where WriteMsg sends msg (authproxy patch: shared with
-// handOver, which keeps the answer's address).
+// udpDestination is where WriteMsg sends msg (authproxy patch: out of
+// WriteMsg, for writeMsgBuf's caller to keep).
 func udpDestination(msg Message) (*net.UDPAddr, error) {
 	a := msg.remoteAddress() // Destination should be already resolved by transport layer
 	if a.IP == nil {
@@ -431,47 +431,36 @@ func (c *UDPConnection) WriteMsg(msg Message) error {
 	buf := bufPool.Get().(*bytes.Buffer)
 	defer bufPool.Put(buf)
 	buf.Reset()
+	_, err := c.writeMsgBuf(msg, buf)
+	return err
+}
+
+// writeMsgBuf is WriteMsg writing msg into buf (authproxy patch: handOver
+// keeps the bytes sent instead of writing the response out a second time)
+// and returning where it sent them.
+func (c *UDPConnection) writeMsgBuf(msg Message, buf *bytes.Buffer) (*net.UDPAddr, error) {
 	msg.StringWrite(buf)
 	data := buf.Bytes()
 
 	if len(data) > UDPMTUSize-200 {
-		return ErrUDPMTUCongestion
+		return nil, ErrUDPMTUCongestion
 	}
 
-	var n int
-	var err error
-
-	a := msg.remoteAddress() // Destination should be already resolved by transport layer
-	if a.IP == nil {
-		// Do fallback
-		host, port, err := ParseAddr(msg.Destination())
-		if err != nil {
-			return err
-		}
-		a.IP = net.ParseIP(host)
-		a.Port = port
-	}
-
-	raddr := net.UDPAddr{
-		IP:   a.IP,
-		Port: a.Port,
-		Zone: a.Zone,
-	}
-	if raddr.Port == 0 {
-		raddr.Port = DefaultUdpPort
-	}
-
-	n, err = c.WriteTo(data, &raddr)
+	raddr, err := udpDestination(msg)
 	if err != nil {
-		return fmt.Errorf("udp conn %s err. %w", c.PacketConn.LocalAddr().String(), err)
+		return nil, err
+	}
+	n, err := c.WriteTo(data, raddr)
+	if err != nil {
+		return nil, fmt.Errorf("udp conn %s err. %w", c.PacketConn.LocalAddr().String(), err)
 	}
 
 	if n == 0 {
-		return fmt.Errorf("wrote 0 bytes")
+		return nil, fmt.Errorf("wrote 0 bytes")
 	}
 
 	if n != len(data) {
-		return fmt.Errorf("fail to write full message")
+		return nil, fmt.Errorf("fail to write full message")
 	}
-	return nil
+	return raddr, nil
 }
