@@ -96,7 +96,7 @@ func median(ds []time.Duration) time.Duration {
 // p99 authproxy and udprelay added (0 without relay). profile saves
 // authproxy's profiles from this round when AUTHPROXY_BENCH_PROFILE_DIR is
 // set.
-func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr, admin string, proc *peers.Process, profile bool) (added, floorAdded time.Duration) {
+func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr, admin string, proc *peers.Process, profile bool) (throughAdded, floorAdded time.Duration) {
 	t.Helper()
 	kernel0 := kdamondCPU()
 	direct := runLatency(t, upstream, rate, seconds, warmup, true, "client → upstream (client sends its own credentials)")
@@ -105,12 +105,16 @@ func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr
 		r := runLatency(t, relay, rate, seconds, warmup, true, "client → udprelay → upstream (client sends its own credentials)")
 		floor = &r
 	}
-	if dir := os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR"); dir != "" && profile {
+	profiled := make(chan struct{})
+	if dir := os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR"); dir == "" || !profile {
+		close(profiled)
+	} else {
 		// From the middle of the run through authproxy: the live heap
 		// (after a GC), 5 s of CPU profile and a 3 s execution trace (go
 		// tool trace -pprof=sched shows where requests wait; goroutines
 		// overlapping a GC mark phase are the slow ones).
 		go func() {
+			defer close(profiled)
 			time.Sleep(8 * time.Second)
 			if err := savePprof(admin, "heap?gc=1", filepath.Join(dir, "latency-heap.pb.gz")); err != nil {
 				t.Log(err)
@@ -124,6 +128,7 @@ func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr
 		}()
 	}
 	through := runLatency(t, addr, rate, seconds, warmup, false, "client → authproxy → upstream (client has no credentials)")
+	<-profiled
 	kernel := kdamondCPU() - kernel0
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%s; %d MESSAGE/s for %d s (first %d s not counted), UDP on loopback\n\n", machine(), rate, seconds, warmup)
@@ -135,12 +140,14 @@ func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr
 	for _, r := range results {
 		fmt.Fprintf(&b, "| %s | %d | %d | %v | %v | %v | %v |\n", r.name, r.n, r.lost, r.p(0.5), r.p(0.9), r.p(0.99), r.p(0.999))
 	}
-	fmt.Fprintf(&b, "| added by authproxy | | | %v | %v | %v | %v |\n",
-		through.p(0.5)-direct.p(0.5), through.p(0.9)-direct.p(0.9), through.p(0.99)-direct.p(0.99), through.p(0.999)-direct.p(0.999))
+	added := func(name string, r latencyResult) time.Duration {
+		fmt.Fprintf(&b, "| added by %s | | | %v | %v | %v | %v |\n", name,
+			r.p(0.5)-direct.p(0.5), r.p(0.9)-direct.p(0.9), r.p(0.99)-direct.p(0.99), r.p(0.999)-direct.p(0.999))
+		return r.p(0.99) - direct.p(0.99)
+	}
+	throughAdded = added("authproxy", through)
 	if floor != nil {
-		fmt.Fprintf(&b, "| added by udprelay | | | %v | %v | %v | %v |\n",
-			floor.p(0.5)-direct.p(0.5), floor.p(0.9)-direct.p(0.9), floor.p(0.99)-direct.p(0.99), floor.p(0.999)-direct.p(0.999))
-		floorAdded = floor.p(0.99) - direct.p(0.99)
+		floorAdded = added("udprelay", *floor)
 	}
 	b.WriteString("\nResponse time = from just before the request's send to the response's arrival at the client's socket (kernel\n" +
 		"timestamp). The same to when the client's goroutine read it, which adds the load generator's own waits for a CPU:\n\n" +
@@ -163,7 +170,7 @@ func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr
 	if through.lost*1000 > through.n || direct.lost*1000 > direct.n {
 		t.Errorf("more than 0.1%% lost: direct %d of %d, through authproxy %d of %d", direct.lost, direct.n, through.lost, through.n)
 	}
-	return through.p(0.99) - direct.p(0.99), floorAdded
+	return throughAdded, floorAdded
 }
 
 type latencyResult struct {

@@ -34,9 +34,10 @@ func init() {
 	// bytes for that long (internal/sipgo/PATCHES.md, 6), which at
 	// thousands of requests a second is still most of authproxy's heap. A
 	// client stops retransmitting once a response reaches it and
-	// retransmits at most every T2 (4 s) until then, so T4 (5 s) still absorbs every retransmission but those whose
-	// responses were all lost: the wait Kamailio's tm module uses
-	// (wt_timer, 5 s) for the same reason.
+	// retransmits at most every T2 (4 s) until then, so T4 (5 s) still
+	// absorbs every retransmission but those whose responses were all lost:
+	// the wait Kamailio's tm module uses (wt_timer, 5 s) for the same
+	// reason.
 	if sip.Timer_J > sip.T4 {
 		sip.Timer_J = sip.T4
 	}
