@@ -107,34 +107,67 @@ type hop struct {
 // once a final response went to the client: sipgo terminates the server
 // transaction when a handler returns (see ../shared notes §1.2).
 func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
-	f := &forwarding{
+	f := p.newForwarding(req, tx)
+	if !f.begin() {
+		return
+	}
+	defer f.end()
+	defer f.recoverPanic()
+	f.run()
+}
+
+// newForwarding starts the forwarding of req, answered through tx.
+func (p *Proxy) newForwarding(req *sip.Request, tx sip.ServerTransaction) *forwarding {
+	return &forwarding{
 		p: p, req: req, tx: tx, start: time.Now(), rt: p.rt.Load(),
 		log: withLazyAttrs(p.log, logMethod, req.Method.String(), logCallID, callID(req)),
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			f.log.Error("panic while handling request", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			if !f.replied {
-				f.respondLocal(sip.StatusInternalServerError, "Internal Server Error", "panic")
-			}
-		}
-	}()
+}
+
+// begin lets the request in: not while shutting down, not past the
+// source's limits. It answers (or drops) the request itself and returns
+// false when it is refused; otherwise end must follow.
+func (f *forwarding) begin() bool {
+	p := f.p
 	if !p.flight.enter() {
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "shutting down", sip.NewHeader("Retry-After", "5"))
-		return
+		return false
 	}
-	defer p.flight.leave()
-	f.src = sourceAddr(req.Source())
+	f.src = sourceAddr(f.req.Source())
 	if v := p.limiter.enter(f.src, f.start); v != limitOK {
+		p.flight.leave()
 		p.refusalLog(f.log, string(v), f.src)
 		if f.refuse(sip.StatusServiceUnavailable, "Service Unavailable", string(v), sip.NewHeader("Retry-After", "5")) {
 			f.logDone()
 		}
-		return
+		return false
 	}
-	defer p.limiter.leave(f.src)
-	f.run()
+	return true
+}
+
+// end logs the request's outcome and lets go of what begin took.
+func (f *forwarding) end() {
 	f.logDone()
+	f.p.limiter.leave(f.src)
+	f.p.flight.leave()
+}
+
+// recoverPanic, deferred, turns a panic while forwarding into a 500 to the
+// sender (when it has no final response yet) and an error log with the
+// stack, instead of a crash of the whole proxy.
+func (f *forwarding) recoverPanic() {
+	if r := recover(); r != nil {
+		f.panicked(r)
+	}
+}
+
+// panicked logs a recovered panic and answers 500 unless the sender has
+// its final response.
+func (f *forwarding) panicked(r any) {
+	f.log.Error("panic while handling request", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	if !f.replied {
+		f.respondLocal(sip.StatusInternalServerError, "Internal Server Error", "panic")
+	}
 }
 
 // refuse answers a request that is not admitted, or drops it unanswered on
@@ -212,22 +245,43 @@ func (f *forwarding) admit() bool {
 }
 
 func (f *forwarding) run() {
+	if !f.prepare() {
+		return
+	}
+	f.sentAt = time.Now()
+	clTx, err := f.send(f.fwd)
+	if err != nil {
+		f.log.Warn("next hop unreachable", "error", err)
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		return
+	}
+	if f.req.Method == sip.INVITE {
+		f.inviteLoop(clTx)
+		return
+	}
+	f.relayLoop(clTx)
+}
+
+// prepare checks the request (§16.3), routes it, admits its sender and
+// builds f.fwd, the request to send. It answers the sender itself and
+// returns false when the request goes no further.
+func (f *forwarding) prepare() bool {
 	p, req := f.p, f.req
 	if p.lateRetransmission(req) {
 		// Nothing to answer (RFC 6026 §7.1 absorbs it in the Accepted
 		// state that has just ended): logged as handled, not as a failure.
 		f.outcome, f.replied = "retransmission-absorbed", true
 		f.log.Debug("absorbing an INVITE retransmitted after its 2xx was relayed")
-		return
+		return false
 	}
 	// RFC 3261 §16.3 step 3: Max-Forwards.
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
 		if req.Method == sip.OPTIONS && p.isOwnURI(req.Recipient) {
 			f.respondLocal(sip.StatusOK, "OK", "local")
-			return
+			return false
 		}
 		f.respondLocal(sip.StatusTooManyHops, "Too Many Hops", "max-forwards")
-		return
+		return false
 	}
 	// §16.3 step 4: loop detection. authproxy only forwards to configured
 	// upstreams and to clients in known dialogs, so a request carrying our
@@ -235,7 +289,7 @@ func (f *forwarding) run() {
 	for _, h := range req.GetHeaders("Via") {
 		if v, ok := h.(*sip.ViaHeader); ok && p.isOwnVia(v) {
 			f.respondLocal(sip.StatusLoopDetected, "Loop Detected", "loop")
-			return
+			return false
 		}
 	}
 	// §16.3 step 5: we support no extension a proxy must understand.
@@ -246,40 +300,29 @@ func (f *forwarding) run() {
 		}
 		f.respondLocal(sip.StatusBadExtension, "Bad Extension", "proxy-require",
 			sip.NewHeader("Unsupported", strings.Join(vals, ", ")))
-		return
+		return false
 	}
 	if !f.route() {
-		return
+		return false
 	}
 	if f.toClient {
 		// Only an upstream may send into a dialog toward the client.
 		if f.rt.fromUpstream(f.src) == nil {
 			f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
-			return
+			return false
 		}
 	} else if !f.admit() {
-		return
+		return false
 	}
 	fwd, err := f.buildForward()
 	if err != nil {
 		f.log.Warn("cannot build forwarded request", "error", err)
 		f.respondLocal(sip.StatusBadRequest, "Bad Request", "bad-request")
-		return
+		return false
 	}
 	f.addPreemptive(fwd)
 	f.fwd = fwd
-	f.sentAt = time.Now()
-	clTx, err := f.send(fwd)
-	if err != nil {
-		f.log.Warn("next hop unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-		return
-	}
-	if req.Method == sip.INVITE {
-		f.inviteLoop(clTx)
-		return
-	}
-	f.relayLoop(clTx)
+	return true
 }
 
 // route decides where the request goes (§16.4, §16.5) and fills f.hop,
@@ -534,25 +577,30 @@ func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 // transport.
 func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
 	return func(_ *sipgo.Client, r *sip.Request) error {
-		via := &sip.ViaHeader{
-			ProtocolName:    "SIP",
-			ProtocolVersion: "2.0",
-			Transport:       transport,
-			Params:          sip.NewParams(),
-		}
-		if l := p.listenerFor(transport); l != nil {
-			via.Host, via.Port = l.advertise, l.port
-		} else if len(p.listeners) > 0 {
-			// No listener of this transport: responses come back on the
-			// connection we open; advertise our host, sipgo fills the port
-			// from the socket.
-			via.Host = p.listeners[0].advertise
-		}
-		via.Params.Add("branch", sip.GenerateBranchN(16))
-		via.Params.Add("rport", "")
-		r.PrependHeader(via)
+		r.PrependHeader(p.newVia(transport, sip.GenerateBranchN(16)))
 		return nil
 	}
+}
+
+// newVia is our Via for a request sent over transport (§16.6 step 8).
+func (p *Proxy) newVia(transport, branch string) *sip.ViaHeader {
+	via := &sip.ViaHeader{
+		ProtocolName:    "SIP",
+		ProtocolVersion: "2.0",
+		Transport:       transport,
+		Params:          sip.NewParams(),
+	}
+	if l := p.listenerFor(transport); l != nil {
+		via.Host, via.Port = l.advertise, l.port
+	} else if len(p.listeners) > 0 {
+		// No listener of this transport: responses come back on the
+		// connection we open; advertise our host, sipgo fills the port
+		// from the socket.
+		via.Host = p.listeners[0].advertise
+	}
+	via.Params.Add("branch", branch)
+	via.Params.Add("rport", "")
+	return via
 }
 
 // relayLoop reads the responses to a non-INVITE request until the sender

@@ -69,6 +69,7 @@ type Proxy struct {
 	ua     *sipgo.UserAgent
 	srv    *sipgo.Server
 	client *sipgo.Client
+	lane   *fastLane // UDP out-of-dialog non-INVITE requests, without sipgo's transactions
 	// strayWriter sends the responses handleStrayResponse relays.
 	strayWriter strayResponseWriter
 
@@ -223,12 +224,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	p.lane = newFastLane(p)
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("authproxy"),
 		sipgo.WithUserAgenTLSConfig(p.upstreamTLS()),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(p.log.With("component", "sipgo")),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.handleStrayResponse),
+			sip.WithTransactionLayerFastLane(p.lane),
 		),
 		sipgo.WithUserAgentTransportLayerOptions(
 			sip.WithTransportLayerLogger(p.log.With("component", "sipgo")),
@@ -259,6 +262,17 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	p.registerHandlers(srv)
 	healthDone := p.health.start(ctx) // stops with ctx
+	// The lane's Timer F runs until the requests in flight have drained.
+	laneCtx, stopLane := context.WithCancel(context.Background())
+	laneDone := make(chan struct{})
+	go func() {
+		defer close(laneDone)
+		p.lane.run(laneCtx)
+	}()
+	defer func() {
+		stopLane()
+		<-laneDone
+	}()
 
 	var serving sync.WaitGroup
 	for _, l := range bound {

@@ -30,6 +30,9 @@ type TransactionLayer struct {
 	// answered (authproxy patch): final responses of ended non-INVITE
 	// server transactions over UDP, kept for Timer J (answeredStore).
 	answered *answeredStore
+	// fast (authproxy patch 11) takes UDP requests and their upstream
+	// responses synchronously on their parse worker (transaction_lite.go).
+	fast FastLane
 
 	terminateOnConnClose bool
 
@@ -140,8 +143,14 @@ func (txl *TransactionLayer) handleMessage(msg Message) {
 
 	switch msg := msg.(type) {
 	case *Request:
+		if txl.fast != nil && txl.fastRequest(msg) { // authproxy patch 11
+			return
+		}
 		go txl.handleRequestBackground(msg)
 	case *Response:
+		if txl.fast != nil && txl.fast.HandleResponse(msg) { // authproxy patch 11
+			return
+		}
 		go txl.handleResponseBackground(msg)
 	default:
 		txl.log.Error("unsupported message, skip it")

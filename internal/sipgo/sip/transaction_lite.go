@@ -1,0 +1,157 @@
+package sip
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// FastLane (authproxy patch 11) takes requests received on a UDP listener
+// out of the transaction layer's goroutine-per-message path: the UDP parse
+// worker that parsed a request hands it to HandleRequest with a
+// LiteServerTx, and a response to HandleResponse, synchronously, before any
+// goroutine, ServerTx or FSM exists. A proxy that answers most requests
+// with one upstream round trip spends more CPU on sipgo's handoffs
+// (goroutine per message, the server and client transactions' FSMs,
+// timers and channels, waking idle Ps) than on SIP; on a machine whose
+// cores it shares with its upstream, that CPU is its tail latency.
+type FastLane interface {
+	// TakesRequest reports whether HandleRequest handles req. It must
+	// depend on req alone (method, headers), never on state, so that the
+	// retransmissions of a request take the path the request took.
+	TakesRequest(req *Request) bool
+	// HandleRequest handles a request TakesRequest took, or a
+	// retransmission of it whose transaction has not answered yet
+	// (tx.Key() tells them apart). It must not block: it runs on the
+	// worker that parses its sender's datagrams.
+	HandleRequest(req *Request, tx *LiteServerTx)
+	// HandleResponse reports whether it took res (a response to a request
+	// it sent itself, matched by the branch of its top Via); if not, the
+	// transaction layer matches it to a ClientTx as usual. It must not
+	// block either.
+	HandleResponse(res *Response) bool
+}
+
+// WithTransactionLayerFastLane installs a FastLane (authproxy patch 11).
+func WithTransactionLayerFastLane(f FastLane) TransactionLayerOption {
+	return func(txl *TransactionLayer) {
+		txl.fast = f
+	}
+}
+
+// fastRequest offers req to the fast lane and reports whether it took it.
+// A request with a ServerTx already (the fast lane declined its first
+// copy) stays with that transaction; one whose lite transaction answered
+// is answered again from the answered store (RFC 3261 §17.2.2).
+func (txl *TransactionLayer) fastRequest(req *Request) bool {
+	if req.Method == INVITE || req.Method == ACK || req.Method == CANCEL || req.Transport() != "UDP" || !txl.fast.TakesRequest(req) {
+		return false
+	}
+	key, err := makeServerTxKey(req, "")
+	if err != nil {
+		return false // the usual path answers 400
+	}
+	if _, ok := txl.serverTransactions.get(key); ok {
+		return false
+	}
+	if a, ok := txl.answered.get(key, time.Now()); ok {
+		if _, err := a.conn.WriteTo(a.raw, net.UDPAddrFromAddrPort(a.addr)); err != nil {
+			txl.log.Debug("fail to resend final response", "error", err, "tx", key)
+		}
+		return true
+	}
+	conn, err := txl.tpl.serverRequestConnection(context.Background(), req)
+	if err != nil || conn == nil {
+		return false
+	}
+	uc, ok := conn.(*UDPConnection)
+	if !ok || !uc.Listener {
+		conn.TryClose()
+		return false
+	}
+	txl.fast.HandleRequest(req, &LiteServerTx{key: key, origin: req, conn: uc, answered: txl.answered})
+	return true
+}
+
+// LiteServerTx is the server side of a non-INVITE request received on a
+// UDP listener and handled by a FastLane (authproxy patch 11): no FSM, no
+// timer, no goroutine. Respond sends provisional responses as they come
+// and the first final response once; the final response's bytes go to the
+// answered store, which answers the request's retransmissions for Timer J
+// as a Completed transaction would (RFC 3261 §17.2.2). Retransmissions
+// before that reach the FastLane again; it owns Trying/Proceeding. Done
+// never closes: a UDP sender cannot go away.
+type LiteServerTx struct {
+	key      string
+	origin   *Request
+	conn     *UDPConnection
+	answered *answeredStore
+
+	mu       sync.Mutex
+	finished bool
+}
+
+// ErrLiteTxAnswered is what Respond returns once a final response went out.
+var ErrLiteTxAnswered = errors.New("transaction already answered")
+
+// Key is the server transaction key of the request (RFC 3261 §17.2.3).
+func (tx *LiteServerTx) Key() string { return tx.key }
+
+// Origin is the request the transaction serves.
+func (tx *LiteServerTx) Origin() *Request { return tx.origin }
+
+// Respond sends res to the request's sender.
+func (tx *LiteServerTx) Respond(res *Response) error {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.finished {
+		return ErrLiteTxAnswered
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer bufPool.Put(buf)
+	buf.Reset()
+	addr, err := tx.conn.writeMsgBuf(res, buf)
+	if res.IsProvisional() {
+		return err
+	}
+	tx.finished = true
+	tx.conn.TryClose() // serverRequestConnection's reference
+	if err != nil {
+		return wrapTransportError(err)
+	}
+	ap := addr.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	tx.answered.put(tx.key, answeredTx{raw: buf.Bytes(), addr: ap, conn: tx.conn}, time.Now())
+	return nil
+}
+
+// Answered reports whether a final response went out.
+func (tx *LiteServerTx) Answered() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.finished
+}
+
+// Acks returns nil: a non-INVITE transaction gets no ACK.
+func (tx *LiteServerTx) Acks() <-chan *Request { return nil }
+
+// OnCancel returns false: CANCEL applies to INVITE only.
+func (tx *LiteServerTx) OnCancel(FnTxCancel) bool { return false }
+
+// Terminate does nothing: there is nothing to stop.
+func (tx *LiteServerTx) Terminate() {}
+
+// OnTerminate returns false: see Done.
+func (tx *LiteServerTx) OnTerminate(FnTxTerminate) bool { return false }
+
+// Done returns nil, a channel that never closes.
+func (tx *LiteServerTx) Done() <-chan struct{} { return nil }
+
+// Err returns nil.
+func (tx *LiteServerTx) Err() error { return nil }
+
+var _ ServerTransaction = (*LiteServerTx)(nil)

@@ -1,0 +1,334 @@
+package proxy
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// fastLane forwards the out-of-dialog non-INVITE requests clients send
+// over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter) without
+// sipgo's transactions (sip.FastLane, internal/sipgo patch 11). The
+// request is checked, routed, admitted and built exactly as on the usual
+// path (forwarding.prepare), on the parse worker that read it, and sent at
+// once; the upstream's response is matched to it by our Via branch on the
+// worker that read the response and relayed from there. No goroutine, FSM,
+// timer or channel per request: on a machine whose two cores authproxy
+// shares with its PBX, those handoffs were most of its CPU and of the
+// latency it adds (README, "Performance").
+//
+// What a client transaction would do is done as follows. Retransmission
+// toward the upstream (Timer E) is the client's: each retransmission of
+// the request that reaches us while we wait is sent on again (both hops
+// are UDP, so the schedule is the client's, RFC 3261 §17.1.2.2's). Timer F
+// is UpstreamTimeout, checked by one sweeper for all waiting requests (408
+// to the client). A 401/407 takes the request off the lane: a goroutine
+// answers the challenge with a sipgo client transaction as the usual path
+// does, and so does a next hop over TCP or TLS. The sender's side (Timer J,
+// answering retransmissions after the final response) is the
+// sip.LiteServerTx's.
+type fastLane struct {
+	p *Proxy
+
+	mu       sync.Mutex
+	byKey    map[string]*laneEntry // server transaction key → request still forwarded
+	byBranch map[string]*laneEntry // our Via branch → request waiting on the lane for its response
+}
+
+// laneEntry is a request forwarded through the fast lane.
+type laneEntry struct {
+	f      *forwarding
+	key    string // the sender's server transaction key
+	branch string // our Via branch, while waiting on the lane
+
+	mu       sync.Mutex
+	state    laneState
+	conn     sip.Connection // the socket f.fwd went out on, while waiting
+	deadline time.Time      // Timer F, while waiting
+}
+
+type laneState uint8
+
+const (
+	laneWaiting laneState = iota // sent; its response is awaited on the lane
+	laneOff                      // a goroutine forwards it the usual way
+	laneDone                     // answered; nothing more to do
+)
+
+func newFastLane(p *Proxy) *fastLane {
+	return &fastLane{p: p, byKey: map[string]*laneEntry{}, byBranch: map[string]*laneEntry{}}
+}
+
+// TakesRequest takes out-of-dialog requests that create no dialog and are
+// no registration: what the lane can forward with no state beyond the
+// request's own transaction. Everything else keeps sipgo's transactions.
+func (l *fastLane) TakesRequest(req *sip.Request) bool {
+	switch req.Method {
+	case sip.INVITE, sip.ACK, sip.CANCEL, sip.REGISTER:
+		return false
+	}
+	if createsDialog(req.Method) {
+		return false
+	}
+	_, toTag := tags(req)
+	return toTag == ""
+}
+
+// HandleRequest forwards req, or sends a retransmission of a request still
+// waiting for its response on again.
+func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
+	l.mu.Lock()
+	e := l.byKey[tx.Key()]
+	l.mu.Unlock()
+	if e != nil {
+		e.retransmitted()
+		return
+	}
+	f := l.p.newForwarding(req, tx)
+	if !f.begin() {
+		return
+	}
+	forwarded := false
+	defer func() {
+		if r := recover(); r != nil {
+			l.forget(f)
+			forwarded = false
+			f.panicked(r)
+		}
+		if !forwarded {
+			f.end()
+		}
+	}()
+	if !f.prepare() {
+		return
+	}
+	forwarded = l.forward(f, tx.Key())
+}
+
+// forward sends f.fwd and reports whether the request is now in the lane's
+// hands (waiting, or handed to a goroutine); false when it was answered
+// here (next hop unreachable).
+func (l *fastLane) forward(f *forwarding, key string) bool {
+	e := &laneEntry{f: f, key: key}
+	if f.hop.transport != "UDP" {
+		e.state = laneOff
+		l.add(e)
+		go l.offLane(e, nil)
+		return true
+	}
+	e.branch = sip.GenerateBranchN(16)
+	f.fwd.PrependHeader(l.p.newVia(f.hop.transport, e.branch))
+	conn, err := l.p.ua.TransportLayer().ClientRequestConnection(context.Background(), f.fwd)
+	if err != nil {
+		f.log.Warn("next hop unreachable", "error", err)
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		return false
+	}
+	e.conn = conn
+	f.sentAt = time.Now()
+	e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
+	// In the maps before the request leaves: its response may be read by
+	// another worker before WriteMsg returns.
+	l.add(e)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := conn.WriteMsg(f.fwd); err != nil {
+		l.remove(e)
+		e.state = laneDone
+		conn.TryClose()
+		f.log.Warn("next hop unreachable", "error", err)
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		return false
+	}
+	return true
+}
+
+// HandleResponse relays a response to a request waiting on the lane.
+func (l *fastLane) HandleResponse(res *sip.Response) bool {
+	via := res.Via()
+	if via == nil {
+		return false
+	}
+	branch, _ := via.Params.Get("branch")
+	l.mu.Lock()
+	e := l.byBranch[branch]
+	l.mu.Unlock()
+	if e == nil {
+		return false
+	}
+	if cs := res.CSeq(); cs == nil || cs.MethodName != e.f.fwd.Method {
+		return false // RFC 3261 §17.1.3: branch and method
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state != laneWaiting {
+		return true
+	}
+	f := e.f
+	defer func() {
+		if r := recover(); r != nil {
+			l.finish(e)
+			f.panicked(r)
+			f.end()
+		}
+	}()
+	switch {
+	case res.StatusCode == sip.StatusTrying:
+		// §16.7 step 3: a 100 is not forwarded.
+	case res.IsProvisional():
+		f.relay(res)
+	case !f.toClient && (res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired):
+		// The challenge is answered off the lane, with a client
+		// transaction of sipgo's, as on the usual path.
+		l.mu.Lock()
+		delete(l.byBranch, e.branch)
+		l.mu.Unlock()
+		e.state = laneOff
+		e.conn.TryClose()
+		e.conn = nil
+		go l.offLane(e, res)
+	default:
+		f.relay(res)
+		l.finish(e)
+		f.end()
+	}
+	return true
+}
+
+// retransmitted sends the request on again while it waits for its
+// response on the lane (the client's Timer E stands in for ours); off the
+// lane sipgo's client transaction retransmits by itself.
+func (e *laneEntry) retransmitted() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state != laneWaiting {
+		return
+	}
+	if err := e.conn.WriteMsg(e.f.fwd); err != nil {
+		e.f.log.Debug("cannot send a retransmission on", "error", err)
+	}
+}
+
+// offLane forwards the request the usual way, with a sipgo client
+// transaction, in a goroutine of its own: first to a next hop over TCP or
+// TLS (res nil), or after a challenge (res the 401/407).
+func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
+	f := e.f
+	defer func() {
+		l.mu.Lock()
+		delete(l.byKey, e.key)
+		l.mu.Unlock()
+		f.end()
+	}()
+	defer f.recoverPanic()
+	if res == nil {
+		f.sentAt = time.Now()
+		clTx, err := f.send(f.fwd)
+		if err != nil {
+			f.log.Warn("next hop unreachable", "error", err)
+			f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+			return
+		}
+		f.relayLoop(clTx)
+		return
+	}
+	next, ok := f.maybeAnswer(res)
+	if !ok {
+		f.relay(res)
+		return
+	}
+	if next != nil {
+		f.relayLoop(next)
+	}
+}
+
+func (l *fastLane) add(e *laneEntry) {
+	l.mu.Lock()
+	l.byKey[e.key] = e
+	if e.branch != "" {
+		l.byBranch[e.branch] = e
+	}
+	l.mu.Unlock()
+}
+
+func (l *fastLane) remove(e *laneEntry) {
+	l.mu.Lock()
+	delete(l.byKey, e.key)
+	if e.branch != "" {
+		delete(l.byBranch, e.branch)
+	}
+	l.mu.Unlock()
+}
+
+// finish ends a waiting entry (e.mu held): out of the maps, socket
+// released.
+func (l *fastLane) finish(e *laneEntry) {
+	l.remove(e)
+	e.state = laneDone
+	if e.conn != nil {
+		e.conn.TryClose()
+		e.conn = nil
+	}
+}
+
+// forget drops whatever entry f has (after a panic).
+func (l *fastLane) forget(f *forwarding) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, e := range l.byKey {
+		if e.f == f {
+			delete(l.byKey, k)
+			delete(l.byBranch, e.branch)
+		}
+	}
+}
+
+// laneSweep is how often the sweeper looks for requests whose upstream
+// has not answered within UpstreamTimeout.
+const laneSweep = 100 * time.Millisecond
+
+// run answers 408 for the requests whose upstream did not answer in
+// UpstreamTimeout (Timer F), until ctx ends.
+func (l *fastLane) run(ctx context.Context) {
+	t := time.NewTicker(laneSweep)
+	defer t.Stop()
+	var expired []*laneEntry
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			expired = expired[:0]
+			l.mu.Lock()
+			for _, e := range l.byBranch {
+				if now.After(e.deadline) {
+					expired = append(expired, e)
+				}
+			}
+			l.mu.Unlock()
+			for _, e := range expired {
+				l.timeout(e)
+			}
+		}
+	}
+}
+
+func (l *fastLane) timeout(e *laneEntry) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.state != laneWaiting {
+		return
+	}
+	l.finish(e)
+	e.f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
+	e.f.end()
+}
+
+// pending is the number of requests the lane forwards.
+func (l *fastLane) pending() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.byKey)
+}
