@@ -266,7 +266,52 @@ func (w *udpParseWorkers) dispatch(src string, data []byte) {
 	} else {
 		d.data = bytes.Clone(data)
 	}
-	w.queues[hashKey(src)%uint64(len(w.queues))] <- d
+	w.queues[dispatchHash(data, src)%uint64(len(w.queues))] <- d
+}
+
+// dispatchHash picks a datagram's worker (authproxy patch 11): by its
+// Call-ID, found with a scan of its header lines, or by its source when it
+// has none. The datagrams of one call (its requests, their
+// retransmissions, CANCEL and ACK, the responses) keep their order while
+// unrelated calls from one source spread over the workers: a proxy hears
+// every response from its upstream, and a dialer sends every request,
+// from one address, and with the fast lane a worker does the whole
+// forwarding, not just the parsing.
+func dispatchHash(data []byte, src string) uint64 {
+	if id := DatagramCallID(data); len(id) > 0 {
+		h := uint64(14695981039346656037) // FNV-1a
+		for _, c := range id {
+			h = (h ^ uint64(c)) * 1099511628211
+		}
+		return h
+	}
+	return hashKey(src)
+}
+
+// DatagramCallID returns the value of the first Call-ID header ("i" compact)
+// in a datagram's header lines, or nil (authproxy patch 11; exported for
+// authproxy's tests and fuzz target).
+func DatagramCallID(data []byte) []byte {
+	i := bytes.IndexByte(data, '\n')
+	for i >= 0 && i+1 < len(data) {
+		line := data[i+1:]
+		end := bytes.IndexByte(line, '\n')
+		if end < 0 {
+			end = len(line)
+		}
+		line = line[:end]
+		if len(line) == 0 || line[0] == '\r' {
+			return nil // end of the headers
+		}
+		if colon := bytes.IndexByte(line, ':'); colon > 0 {
+			name := bytes.TrimRight(line[:colon], " \t")
+			if bytes.EqualFold(name, []byte("call-id")) || (len(name) == 1 && (name[0] == 'i' || name[0] == 'I')) {
+				return bytes.TrimSpace(line[colon+1:])
+			}
+		}
+		i += 1 + end
+	}
+	return nil
 }
 
 // stop lets the workers finish what is queued and waits for them.
