@@ -1,0 +1,240 @@
+package proxy_test
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/proxy"
+)
+
+// scriptedUpstream is a UDP upstream the test answers by hand.
+type scriptedUpstream struct {
+	conn net.PacketConn
+	got  chan datagram
+}
+
+type datagram struct {
+	data []byte
+	src  net.Addr
+}
+
+func startScriptedUpstream(t *testing.T) *scriptedUpstream {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &scriptedUpstream{conn: conn, got: make(chan datagram, 100)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			n, src, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			u.got <- datagram{bytes.Clone(buf[:n]), src}
+		}
+	}()
+	t.Cleanup(func() {
+		conn.Close()
+		<-done
+	})
+	return u
+}
+
+// next returns the next datagram the upstream received, failing after
+// wait.
+func (u *scriptedUpstream) next(t *testing.T, wait time.Duration) datagram {
+	t.Helper()
+	select {
+	case d := <-u.got:
+		return d
+	case <-time.After(wait):
+		t.Fatalf("upstream received nothing in %v", wait)
+		return datagram{}
+	}
+}
+
+// none fails if the upstream receives anything within wait.
+func (u *scriptedUpstream) none(t *testing.T, wait time.Duration) {
+	t.Helper()
+	select {
+	case d := <-u.got:
+		t.Fatalf("upstream received %q", firstLine(d.data))
+	case <-time.After(wait):
+	}
+}
+
+// answer sends a response with status line status to request d, its
+// Via, From, To (tagged), Call-ID and CSeq copied.
+func (u *scriptedUpstream) answer(t *testing.T, d datagram, status string) {
+	t.Helper()
+	out := []byte("SIP/2.0 " + status + "\r\n")
+	for _, line := range bytes.Split(d.data, []byte("\r\n"))[1:] {
+		if len(line) == 0 {
+			break
+		}
+		for _, h := range []string{"Via:", "From:", "Call-ID:", "CSeq:"} {
+			if bytes.HasPrefix(line, []byte(h)) {
+				out = append(append(out, line...), "\r\n"...)
+			}
+		}
+		if bytes.HasPrefix(line, []byte("To:")) {
+			out = append(append(out, line...), ";tag=up\r\n"...)
+		}
+	}
+	out = append(out, "Content-Length: 0\r\n\r\n"...)
+	if _, err := u.conn.WriteTo(out, d.src); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func firstLine(b []byte) string {
+	line, _, _ := bytes.Cut(b, []byte("\r\n"))
+	return string(line)
+}
+
+func topBranch(t *testing.T, b []byte) string {
+	t.Helper()
+	i := bytes.Index(b, []byte("branch="))
+	if i < 0 {
+		t.Fatalf("no branch in %q", b)
+	}
+	rest := b[i+len("branch="):]
+	if j := bytes.IndexAny(rest, ";\r"); j >= 0 {
+		rest = rest[:j]
+	}
+	return string(rest)
+}
+
+// laneClient is a UDP client sending one MESSAGE (and its retransmissions).
+type laneClient struct {
+	conn net.PacketConn
+	dst  net.Addr
+	msg  []byte
+}
+
+func newLaneClient(t *testing.T, proxyAddr, callID string) *laneClient {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	dst, err := net.ResolveUDPAddr("udp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := fmt.Appendf(nil, "MESSAGE sip:1002@pbx.example.com SIP/2.0\r\n"+
+		"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%s;rport\r\nMax-Forwards: 70\r\n"+
+		"From: <sip:1001@pbx.example.com>;tag=c-%s\r\nTo: <sip:1002@pbx.example.com>\r\n"+
+		"Call-ID: %s\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+		conn.LocalAddr(), callID, callID, callID)
+	return &laneClient{conn: conn, dst: dst, msg: msg}
+}
+
+func (c *laneClient) send(t *testing.T) {
+	t.Helper()
+	if _, err := c.conn.WriteTo(c.msg, c.dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// read returns the status line of the next response, or "" after wait.
+func (c *laneClient) read(t *testing.T, wait time.Duration) string {
+	t.Helper()
+	buf := make([]byte, 65535)
+	_ = c.conn.SetReadDeadline(time.Now().Add(wait))
+	n, _, err := c.conn.ReadFrom(buf)
+	if err != nil {
+		return ""
+	}
+	return firstLine(buf[:n])
+}
+
+// The fast lane (out-of-dialog MESSAGE over UDP) acts as a transaction
+// stateful proxy would: a client's retransmission while the upstream has
+// not answered goes on to the upstream at once, with the same branch; 100
+// is not relayed, other provisional responses and the final one are; a
+// retransmission after the final response is answered with it again
+// without reaching the upstream; an upstream's retransmitted final
+// response is not relayed twice.
+func TestFastLaneTransactionBehaviour(t *testing.T) {
+	up := startScriptedUpstream(t)
+	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
+	c := newLaneClient(t, addr, "lane-1")
+
+	c.send(t)
+	first := up.next(t, 2*time.Second)
+	// The client retransmits (Timer E) well before sipgo's own client
+	// transaction would (500 ms): the lane passes it on at once.
+	c.send(t)
+	second := up.next(t, 300*time.Millisecond)
+	if b1, b2 := topBranch(t, first.data), topBranch(t, second.data); b1 != b2 {
+		t.Fatalf("retransmission went upstream as a new transaction: branch %s, then %s", b1, b2)
+	}
+	if !bytes.Contains(first.data, []byte("Max-Forwards: 69")) {
+		t.Errorf("Max-Forwards not decremented:\n%s", first.data)
+	}
+
+	up.answer(t, first, "100 Trying")
+	up.answer(t, first, "180 Ringing")
+	if got := c.read(t, 2*time.Second); got != "SIP/2.0 180 Ringing" {
+		t.Fatalf("client got %q first, want the 180 (and no 100)", got)
+	}
+	up.answer(t, first, "202 Accepted")
+	if got := c.read(t, 2*time.Second); got != "SIP/2.0 202 Accepted" {
+		t.Fatalf("client got %q, want 202", got)
+	}
+	up.answer(t, first, "202 Accepted") // the upstream's retransmission
+	if got := c.read(t, 300*time.Millisecond); got != "" {
+		t.Fatalf("client got %q after its final response", got)
+	}
+
+	c.send(t) // retransmitted after the final response
+	if got := c.read(t, 2*time.Second); got != "SIP/2.0 202 Accepted" {
+		t.Fatalf("retransmission answered %q, want the 202 again", got)
+	}
+	up.none(t, 300*time.Millisecond)
+}
+
+// A 401/407 on the fast lane is answered off it, as on the usual path:
+// the request goes again with credentials and CSeq+1, and the client gets
+// the upstream's final answer to that.
+func TestFastLaneChallenge(t *testing.T) {
+	up := startScriptedUpstream(t)
+	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
+	c := newLaneClient(t, addr, "lane-2")
+	c.send(t)
+	first := up.next(t, 2*time.Second)
+	challenge := datagram{data: first.data, src: first.src}
+	out := []byte("SIP/2.0 407 Proxy Authentication Required\r\n" +
+		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5` + "\r\n")
+	for _, line := range bytes.Split(challenge.data, []byte("\r\n"))[1:] {
+		if len(line) == 0 {
+			break
+		}
+		for _, h := range []string{"Via:", "From:", "To:", "Call-ID:", "CSeq:"} {
+			if bytes.HasPrefix(line, []byte(h)) {
+				out = append(append(out, line...), "\r\n"...)
+			}
+		}
+	}
+	out = append(out, "Content-Length: 0\r\n\r\n"...)
+	if _, err := up.conn.WriteTo(out, first.src); err != nil {
+		t.Fatal(err)
+	}
+	again := up.next(t, 2*time.Second)
+	if !bytes.Contains(again.data, []byte("Proxy-Authorization: Digest")) || !bytes.Contains(again.data, []byte("CSeq: 2 MESSAGE")) {
+		t.Fatalf("re-send without credentials or CSeq+1:\n%s", again.data)
+	}
+	up.answer(t, again, "200 OK")
+	if got := c.read(t, 2*time.Second); got != "SIP/2.0 200 OK" {
+		t.Fatalf("client got %q, want 200", got)
+	}
+}
