@@ -37,14 +37,16 @@ type fastLane struct {
 	byBranch map[string]*laneEntry // our Via branch → request waiting on the lane for its response
 }
 
-// laneEntry is a request forwarded through the fast lane.
+// laneEntry is a request forwarded through the fast lane, from the moment
+// its first copy arrives: its key is claimed before anything else, so that
+// a retransmission read meanwhile by another reader is recognised.
 type laneEntry struct {
-	f      *forwarding
-	key    string // the sender's server transaction key
-	branch string // our Via branch, while waiting on the lane
+	key string // the sender's server transaction key
+	f   *forwarding
 
 	mu       sync.Mutex
 	state    laneState
+	branch   string         // our Via branch, while waiting
 	conn     sip.Connection // the socket f.fwd went out on, while waiting
 	deadline time.Time      // Timer F, while waiting
 }
@@ -52,9 +54,10 @@ type laneEntry struct {
 type laneState uint8
 
 const (
-	laneWaiting laneState = iota // sent; its response is awaited on the lane
-	laneOff                      // a goroutine forwards it the usual way
-	laneDone                     // answered; nothing more to do
+	lanePreparing laneState = iota // checked, routed and built; not sent yet
+	laneWaiting                    // sent; its response is awaited on the lane
+	laneOff                        // a goroutine forwards it the usual way
+	laneDone                       // answered; nothing more to do
 )
 
 func newFastLane(p *Proxy) *fastLane {
@@ -79,65 +82,70 @@ func (l *fastLane) TakesRequest(req *sip.Request) bool {
 // HandleRequest forwards req, or sends a retransmission of a request still
 // waiting for its response on again.
 func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
+	e := &laneEntry{key: tx.Key()}
 	l.mu.Lock()
-	e := l.byKey[tx.Key()]
-	l.mu.Unlock()
-	if e != nil {
-		e.retransmitted()
+	if old := l.byKey[e.key]; old != nil {
+		l.mu.Unlock()
+		old.retransmitted()
 		return
 	}
+	l.byKey[e.key] = e
+	l.mu.Unlock()
 	f := l.p.newForwarding(req, tx)
+	e.f = f
 	if !f.begin() {
+		l.remove(e)
 		return
 	}
 	forwarded := false
 	defer func() {
 		if r := recover(); r != nil {
-			l.forget(f)
 			forwarded = false
 			f.panicked(r)
 		}
 		if !forwarded {
+			l.remove(e)
 			f.end()
 		}
 	}()
 	if !f.prepare() {
 		return
 	}
-	forwarded = l.forward(f, tx.Key())
+	forwarded = l.forward(e)
 }
 
-// forward sends f.fwd and reports whether the request is now in the lane's
+// forward sends e's request and reports whether it is now in the lane's
 // hands (waiting, or handed to a goroutine); false when it was answered
 // here (next hop unreachable).
-func (l *fastLane) forward(f *forwarding, key string) bool {
-	e := &laneEntry{f: f, key: key}
+func (l *fastLane) forward(e *laneEntry) bool {
+	f := e.f
 	if f.hop.transport != "UDP" {
+		e.mu.Lock()
 		e.state = laneOff
-		l.add(e)
+		e.mu.Unlock()
 		go l.offLane(e, nil)
 		return true
 	}
-	e.branch = sip.GenerateBranchN(16)
-	f.fwd.PrependHeader(l.p.newVia(f.hop.transport, e.branch))
+	branch := sip.GenerateBranchN(16)
+	f.fwd.PrependHeader(l.p.newVia(f.hop.transport, branch))
 	conn, err := l.p.ua.TransportLayer().ClientRequestConnection(context.Background(), f.fwd)
 	if err != nil {
 		f.log.Warn("next hop unreachable", "error", err)
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
 		return false
 	}
-	e.conn = conn
-	f.sentAt = time.Now()
-	e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
-	// In the maps before the request leaves: its response may be read by
-	// another worker before WriteMsg returns.
-	l.add(e)
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.state, e.branch, e.conn = laneWaiting, branch, conn
+	f.sentAt = time.Now()
+	e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
+	// Findable before the request leaves: its response may be read by
+	// another reader before WriteMsg returns (and waits for e.mu).
+	l.mu.Lock()
+	l.byBranch[branch] = e
+	l.mu.Unlock()
 	if err := conn.WriteMsg(f.fwd); err != nil {
-		l.remove(e)
-		e.state = laneDone
-		conn.TryClose()
+		l.finish(e)
 		f.log.Warn("next hop unreachable", "error", err)
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
 		return false
@@ -158,15 +166,15 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 	if e == nil {
 		return false
 	}
-	if cs := res.CSeq(); cs == nil || cs.MethodName != e.f.fwd.Method {
-		return false // RFC 3261 §17.1.3: branch and method
-	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.state != laneWaiting {
-		return true
+		return true // answered meanwhile: a retransmission
 	}
 	f := e.f
+	if cs := res.CSeq(); cs == nil || cs.MethodName != f.fwd.Method {
+		return false // RFC 3261 §17.1.3 matches branch and method
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			l.finish(e)
@@ -244,15 +252,6 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
 	}
 }
 
-func (l *fastLane) add(e *laneEntry) {
-	l.mu.Lock()
-	l.byKey[e.key] = e
-	if e.branch != "" {
-		l.byBranch[e.branch] = e
-	}
-	l.mu.Unlock()
-}
-
 func (l *fastLane) remove(e *laneEntry) {
 	l.mu.Lock()
 	delete(l.byKey, e.key)
@@ -270,18 +269,6 @@ func (l *fastLane) finish(e *laneEntry) {
 	if e.conn != nil {
 		e.conn.TryClose()
 		e.conn = nil
-	}
-}
-
-// forget drops whatever entry f has (after a panic).
-func (l *fastLane) forget(f *forwarding) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for k, e := range l.byKey {
-		if e.f == f {
-			delete(l.byKey, k)
-			delete(l.byBranch, e.branch)
-		}
 	}
 }
 
@@ -324,11 +311,4 @@ func (l *fastLane) timeout(e *laneEntry) {
 	l.finish(e)
 	e.f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
 	e.f.end()
-}
-
-// pending is the number of requests the lane forwards.
-func (l *fastLane) pending() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.byKey)
 }
