@@ -232,14 +232,7 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
 	}()
 	defer f.recoverPanic()
 	if res == nil {
-		f.sentAt = time.Now()
-		clTx, err := f.send(f.fwd)
-		if err != nil {
-			f.log.Warn("next hop unreachable", "error", err)
-			f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-			return
-		}
-		f.relayLoop(clTx)
+		f.sendAndRelay()
 		return
 	}
 	next, ok := f.maybeAnswer(res)

@@ -70,25 +70,15 @@ func (u *scriptedUpstream) none(t *testing.T, wait time.Duration) {
 	}
 }
 
-// answer sends a response with status line status to request d, its
-// Via, From, To (tagged), Call-ID and CSeq copied.
-func (u *scriptedUpstream) answer(t *testing.T, d datagram, status string) {
+// answer sends a response with status line status and the extra header
+// lines to request d, its Via, From, To (tagged), Call-ID and CSeq copied.
+func (u *scriptedUpstream) answer(t *testing.T, d datagram, status string, extra ...string) {
 	t.Helper()
 	out := []byte("SIP/2.0 " + status + "\r\n")
-	for _, line := range bytes.Split(d.data, []byte("\r\n"))[1:] {
-		if len(line) == 0 {
-			break
-		}
-		for _, h := range []string{"Via:", "From:", "Call-ID:", "CSeq:"} {
-			if bytes.HasPrefix(line, []byte(h)) {
-				out = append(append(out, line...), "\r\n"...)
-			}
-		}
-		if bytes.HasPrefix(line, []byte("To:")) {
-			out = append(append(out, line...), ";tag=up\r\n"...)
-		}
+	for _, h := range extra {
+		out = append(out, h+"\r\n"...)
 	}
-	out = append(out, "Content-Length: 0\r\n\r\n"...)
+	out = appendResponseHeaders(out, d.data)
 	if _, err := u.conn.WriteTo(out, d.src); err != nil {
 		t.Fatal(err)
 	}
@@ -212,23 +202,8 @@ func TestFastLaneChallenge(t *testing.T) {
 	c := newLaneClient(t, addr, "lane-2")
 	c.send(t)
 	first := up.next(t, 2*time.Second)
-	challenge := datagram{data: first.data, src: first.src}
-	out := []byte("SIP/2.0 407 Proxy Authentication Required\r\n" +
-		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5` + "\r\n")
-	for _, line := range bytes.Split(challenge.data, []byte("\r\n"))[1:] {
-		if len(line) == 0 {
-			break
-		}
-		for _, h := range []string{"Via:", "From:", "To:", "Call-ID:", "CSeq:"} {
-			if bytes.HasPrefix(line, []byte(h)) {
-				out = append(append(out, line...), "\r\n"...)
-			}
-		}
-	}
-	out = append(out, "Content-Length: 0\r\n\r\n"...)
-	if _, err := up.conn.WriteTo(out, first.src); err != nil {
-		t.Fatal(err)
-	}
+	up.answer(t, first, "407 Proxy Authentication Required",
+		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
 	again := up.next(t, 2*time.Second)
 	if !bytes.Contains(again.data, []byte("Proxy-Authorization: Digest")) || !bytes.Contains(again.data, []byte("CSeq: 2 MESSAGE")) {
 		t.Fatalf("re-send without credentials or CSeq+1:\n%s", again.data)

@@ -248,6 +248,12 @@ func (f *forwarding) run() {
 	if !f.prepare() {
 		return
 	}
+	f.sendAndRelay()
+}
+
+// sendAndRelay sends f.fwd in a sipgo client transaction and relays its
+// responses until the sender has its final response.
+func (f *forwarding) sendAndRelay() {
 	f.sentAt = time.Now()
 	clTx, err := f.send(f.fwd)
 	if err != nil {

@@ -158,20 +158,7 @@ func startByteUpstream(tb testing.TB) string {
 				out = strconv.AppendInt(out, time.Now().UnixNano(), 36)
 				out = append(out, `", qop="auth", algorithm=MD5`+"\r\n"...)
 			}
-			for _, line := range bytes.Split(msg, []byte("\r\n"))[1:] {
-				if len(line) == 0 {
-					break
-				}
-				for _, h := range []string{"Via:", "From:", "Call-ID:", "CSeq:"} {
-					if bytes.HasPrefix(line, []byte(h)) {
-						out = append(append(out, line...), "\r\n"...)
-					}
-				}
-				if bytes.HasPrefix(line, []byte("To:")) {
-					out = append(append(out, line...), ";tag=up\r\n"...)
-				}
-			}
-			out = append(out, "Content-Length: 0\r\n\r\n"...)
+			out = appendResponseHeaders(out, msg)
 			if _, err := conn.WriteTo(out, src); err != nil {
 				return
 			}
@@ -182,4 +169,24 @@ func startByteUpstream(tb testing.TB) string {
 		wg.Wait()
 	})
 	return conn.LocalAddr().String()
+}
+
+// appendResponseHeaders appends to out what a response to the request msg
+// copies from it (Via, From, To with a tag, Call-ID, CSeq), an empty body's
+// Content-Length and the blank line.
+func appendResponseHeaders(out, msg []byte) []byte {
+	for _, line := range bytes.Split(msg, []byte("\r\n"))[1:] {
+		if len(line) == 0 {
+			break
+		}
+		for _, h := range []string{"Via:", "From:", "Call-ID:", "CSeq:"} {
+			if bytes.HasPrefix(line, []byte(h)) {
+				out = append(append(out, line...), "\r\n"...)
+			}
+		}
+		if bytes.HasPrefix(line, []byte("To:")) {
+			out = append(append(out, line...), ";tag=up\r\n"...)
+		}
+	}
+	return append(out, "Content-Length: 0\r\n\r\n"...)
 }
