@@ -39,7 +39,7 @@ type fastLane struct {
 
 // laneEntry is a request forwarded through the fast lane, from the moment
 // its first copy arrives: its key is claimed before anything else, so that
-// a retransmission read meanwhile by another reader is recognised.
+// a retransmission read meanwhile by another worker is recognised.
 type laneEntry struct {
 	key string // the sender's server transaction key
 	f   *forwarding
@@ -140,7 +140,7 @@ func (l *fastLane) forward(e *laneEntry) bool {
 	f.sentAt = time.Now()
 	e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
 	// Findable before the request leaves: its response may be read by
-	// another reader before WriteMsg returns (and waits for e.mu).
+	// another worker before WriteMsg returns (and waits for e.mu).
 	l.mu.Lock()
 	l.byBranch[branch] = e
 	l.mu.Unlock()
