@@ -45,20 +45,11 @@ type laneEntry struct {
 	f   *forwarding
 
 	mu       sync.Mutex
-	state    laneState
+	waiting  bool           // sent, its response awaited on the lane (not before, not off the lane, not once answered)
 	branch   string         // our Via branch, while waiting
 	conn     sip.Connection // the socket f.fwd went out on, while waiting
 	deadline time.Time      // Timer F, while waiting
 }
-
-type laneState uint8
-
-const (
-	lanePreparing laneState = iota // checked, routed and built; not sent yet
-	laneWaiting                    // sent; its response is awaited on the lane
-	laneOff                        // a goroutine forwards it the usual way
-	laneDone                       // answered; nothing more to do
-)
 
 func newFastLane(p *Proxy) *fastLane {
 	return &fastLane{p: p, byKey: map[string]*laneEntry{}, byBranch: map[string]*laneEntry{}}
@@ -120,9 +111,6 @@ func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
 func (l *fastLane) forward(e *laneEntry) bool {
 	f := e.f
 	if f.hop.transport != "UDP" {
-		e.mu.Lock()
-		e.state = laneOff
-		e.mu.Unlock()
 		go l.offLane(e, nil)
 		return true
 	}
@@ -136,7 +124,7 @@ func (l *fastLane) forward(e *laneEntry) bool {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.state, e.branch, e.conn = laneWaiting, branch, conn
+	e.waiting, e.branch, e.conn = true, branch, conn
 	f.sentAt = time.Now()
 	e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
 	// Findable before the request leaves: its response may be read by
@@ -168,7 +156,7 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.state != laneWaiting {
+	if !e.waiting {
 		return true // answered meanwhile: a retransmission
 	}
 	f := e.f
@@ -190,12 +178,7 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 	case !f.toClient && (res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired):
 		// The challenge is answered off the lane, with a client
 		// transaction of sipgo's, as on the usual path.
-		l.mu.Lock()
-		delete(l.byBranch, e.branch)
-		l.mu.Unlock()
-		e.state = laneOff
-		e.conn.TryClose()
-		e.conn = nil
+		l.stopWaiting(e)
 		go l.offLane(e, res)
 	default:
 		f.relay(res)
@@ -211,7 +194,7 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 func (e *laneEntry) retransmitted() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.state != laneWaiting {
+	if !e.waiting {
 		return
 	}
 	if err := e.conn.WriteMsg(e.f.fwd); err != nil {
@@ -245,6 +228,7 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
 	}
 }
 
+// remove drops e's claim on its key (and its branch, if any).
 func (l *fastLane) remove(e *laneEntry) {
 	l.mu.Lock()
 	delete(l.byKey, e.key)
@@ -254,15 +238,24 @@ func (l *fastLane) remove(e *laneEntry) {
 	l.mu.Unlock()
 }
 
-// finish ends a waiting entry (e.mu held): out of the maps, socket
-// released.
-func (l *fastLane) finish(e *laneEntry) {
-	l.remove(e)
-	e.state = laneDone
+// stopWaiting takes a waiting entry (e.mu held) off the response path:
+// branch forgotten, socket released. Its key stays claimed.
+func (l *fastLane) stopWaiting(e *laneEntry) {
+	l.mu.Lock()
+	delete(l.byBranch, e.branch)
+	l.mu.Unlock()
+	e.waiting = false
 	if e.conn != nil {
 		e.conn.TryClose()
 		e.conn = nil
 	}
+}
+
+// finish ends a waiting entry (e.mu held): off the response path and its
+// key released.
+func (l *fastLane) finish(e *laneEntry) {
+	l.stopWaiting(e)
+	l.remove(e)
 }
 
 // laneSweep is how often the sweeper looks for requests whose upstream
@@ -298,7 +291,7 @@ func (l *fastLane) run(ctx context.Context) {
 func (l *fastLane) timeout(e *laneEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.state != laneWaiting {
+	if !e.waiting {
 		return
 	}
 	l.finish(e)

@@ -2,6 +2,8 @@ package sip
 
 import (
 	"bytes"
+	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -93,7 +95,7 @@ func newAnsweredStore(keep time.Duration) *answeredStore {
 
 // hashKey is FNV-1a, 64 bits: the one hash of the patched stores and the
 // UDP parse workers (authproxy patch); shards are picked from its low bits.
-func hashKey(key string) uint64 {
+func hashKey[T string | []byte](key T) uint64 {
 	h := uint64(14695981039346656037)
 	for i := 0; i < len(key); i++ {
 		h ^= uint64(key[i])
@@ -223,4 +225,37 @@ func (sh *answeredShard) rotate(now time.Time, span time.Duration) {
 		sh.gens[sh.cur] = answeredGen{}
 	}
 	sh.started = sh.started.Add(time.Duration(n) * span)
+}
+
+// sendAndKeep sends res, the final response of the non-INVITE request
+// whose server transaction key is key, on the UDP listener conn, and keeps
+// the bytes sent to answer the request's retransmissions (authproxy patch:
+// ended server transactions, handOver, and LiteServerTx, patch 11).
+func (s *answeredStore) sendAndKeep(key string, conn *UDPConnection, res *Response) error {
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer bufPool.Put(buf)
+	buf.Reset()
+	addr, err := conn.writeMsgBuf(res, buf)
+	if err != nil {
+		return err
+	}
+	// net.IP keeps IPv4 in 16 bytes; put copies the bytes.
+	ap := addr.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	s.put(key, answeredTx{raw: buf.Bytes(), addr: ap, conn: conn}, time.Now())
+	return nil
+}
+
+// answerAgain answers a retransmitted request whose transaction ended with
+// the final response kept for it, and reports whether one was kept (RFC
+// 3261 §17.2.2; authproxy patch).
+func (s *answeredStore) answerAgain(key string) (bool, error) {
+	a, ok := s.get(key, time.Now())
+	if !ok {
+		return false, nil
+	}
+	if _, err := a.conn.WriteTo(a.raw, net.UDPAddrFromAddrPort(a.addr)); err != nil {
+		return true, fmt.Errorf("resend final response: %w", err)
+	}
+	return true, nil
 }

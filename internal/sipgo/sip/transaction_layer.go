@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 )
 
@@ -249,13 +248,10 @@ func (txl *TransactionLayer) serverTxRequest(req *Request, key string) error {
 		return nil
 	}
 	sh.mu.Unlock()
-	if a, ok := txl.answered.get(key, time.Now()); ok {
-		// authproxy patch: a retransmission of a request whose transaction
-		// answered and ended; the same response again (RFC 3261 §17.2.2).
-		if _, err := a.conn.WriteTo(a.raw, net.UDPAddrFromAddrPort(a.addr)); err != nil {
-			return fmt.Errorf("resend final response: %w", err)
-		}
-		return nil
+	// authproxy patch: a retransmission of a request whose transaction
+	// answered and ended; the same response again (RFC 3261 §17.2.2).
+	if ok, err := txl.answered.answerAgain(key); ok {
+		return err
 	}
 
 	// Connections are singleflight operations

@@ -1,13 +1,9 @@
 package sip
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"net"
-	"net/netip"
 	"sync"
-	"time"
 )
 
 // FastLane (authproxy patch 11) takes requests received on a UDP listener
@@ -58,8 +54,8 @@ func (txl *TransactionLayer) fastRequest(req *Request) bool {
 	if _, ok := txl.serverTransactions.get(key); ok {
 		return false
 	}
-	if a, ok := txl.answered.get(key, time.Now()); ok {
-		if _, err := a.conn.WriteTo(a.raw, net.UDPAddrFromAddrPort(a.addr)); err != nil {
+	if ok, err := txl.answered.answerAgain(key); ok {
+		if err != nil {
 			txl.log.Debug("fail to resend final response", "error", err, "tx", key)
 		}
 		return true
@@ -73,7 +69,7 @@ func (txl *TransactionLayer) fastRequest(req *Request) bool {
 		conn.TryClose()
 		return false
 	}
-	txl.fast.HandleRequest(req, &LiteServerTx{key: key, origin: req, conn: uc, answered: txl.answered})
+	txl.fast.HandleRequest(req, &LiteServerTx{key: key, conn: uc, answered: txl.answered})
 	return true
 }
 
@@ -87,7 +83,6 @@ func (txl *TransactionLayer) fastRequest(req *Request) bool {
 // never closes: a UDP sender cannot go away.
 type LiteServerTx struct {
 	key      string
-	origin   *Request
 	conn     *UDPConnection
 	answered *answeredStore
 
@@ -101,9 +96,6 @@ var ErrLiteTxAnswered = errors.New("transaction already answered")
 // Key is the server transaction key of the request (RFC 3261 §17.2.3).
 func (tx *LiteServerTx) Key() string { return tx.key }
 
-// Origin is the request the transaction serves.
-func (tx *LiteServerTx) Origin() *Request { return tx.origin }
-
 // Respond sends res to the request's sender.
 func (tx *LiteServerTx) Respond(res *Response) error {
 	tx.mu.Lock()
@@ -111,29 +103,15 @@ func (tx *LiteServerTx) Respond(res *Response) error {
 	if tx.finished {
 		return ErrLiteTxAnswered
 	}
-	buf := bufPool.Get().(*bytes.Buffer)
-	defer bufPool.Put(buf)
-	buf.Reset()
-	addr, err := tx.conn.writeMsgBuf(res, buf)
 	if res.IsProvisional() {
-		return err
+		return tx.conn.WriteMsg(res)
 	}
 	tx.finished = true
 	tx.conn.TryClose() // serverRequestConnection's reference
-	if err != nil {
+	if err := tx.answered.sendAndKeep(tx.key, tx.conn, res); err != nil {
 		return wrapTransportError(err)
 	}
-	ap := addr.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	tx.answered.put(tx.key, answeredTx{raw: buf.Bytes(), addr: ap, conn: tx.conn}, time.Now())
 	return nil
-}
-
-// Answered reports whether a final response went out.
-func (tx *LiteServerTx) Answered() bool {
-	tx.mu.Lock()
-	defer tx.mu.Unlock()
-	return tx.finished
 }
 
 // Acks returns nil: a non-INVITE transaction gets no ACK.

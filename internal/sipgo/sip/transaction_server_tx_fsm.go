@@ -1,8 +1,6 @@
 package sip
 
 import (
-	"bytes"
-	"net/netip"
 	"time"
 )
 
@@ -269,19 +267,11 @@ func (tx *ServerTx) handOver() (bool, error) {
 	if !ok || !conn.Listener {
 		return false, nil
 	}
-	buf := bufPool.Get().(*bytes.Buffer)
-	defer bufPool.Put(buf)
-	buf.Reset()
-	addr, err := conn.writeMsgBuf(tx.fsmResp, buf)
-	if err != nil {
+	if err := tx.answered.sendAndKeep(tx.key, conn, tx.fsmResp); err != nil {
 		tx.log.Debug("fail to pass response", "error", err, "res", tx.fsmResp.StartLine(), "tx", tx.Key())
 		tx.fsmErr = wrapTransportError(err)
 		return true, err
 	}
-	// net.IP keeps IPv4 in 16 bytes; put copies the bytes.
-	ap := addr.AddrPort()
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	tx.answered.put(tx.key, answeredTx{raw: buf.Bytes(), addr: ap, conn: conn}, time.Now())
 	tx.fsmState = tx.stateTerminated
 	tx.delete(nil)
 	return true, nil

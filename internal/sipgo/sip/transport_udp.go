@@ -310,11 +310,7 @@ func (w *udpParseWorkers) busy(now time.Time) bool {
 // their order, except across a switch between the two ways of picking.
 func dispatchHash(data []byte, src string) uint64 {
 	if id := DatagramCallID(data); len(id) > 0 {
-		h := uint64(14695981039346656037) // FNV-1a
-		for _, c := range id {
-			h = (h ^ uint64(c)) * 1099511628211
-		}
-		return h
+		return hashKey(id)
 	}
 	return hashKey(src)
 }
