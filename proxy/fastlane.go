@@ -12,9 +12,10 @@ import (
 // over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter) without
 // sipgo's transactions (sip.FastLane, internal/sipgo patch 11). The
 // request is checked, routed, admitted and built exactly as on the usual
-// path (forwarding.prepare), on the parse worker that read it, and sent at
-// once; the upstream's response is matched to it by our Via branch on the
-// worker that read the response and relayed from there. No goroutine, FSM,
+// path (forwarding.prepare), on the goroutine that parsed it (the UDP
+// read loop, or one of its workers at high rates: patch 12), and sent at
+// once; the upstream's response is matched to it by our Via branch where it
+// is parsed and relayed from there. No goroutine, FSM,
 // timer or channel per request: on a machine whose two cores authproxy
 // shares with its PBX, those handoffs were most of its CPU and of the
 // latency it adds (README, "Performance").
@@ -39,7 +40,7 @@ type fastLane struct {
 
 // laneEntry is a request forwarded through the fast lane, from the moment
 // its first copy arrives: its key is claimed before anything else, so that
-// a retransmission read meanwhile by another worker is recognised.
+// a retransmission parsed meanwhile by another worker is recognised.
 type laneEntry struct {
 	key string // the sender's server transaction key
 	f   *forwarding

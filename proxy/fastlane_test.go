@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/proxy"
+	"github.com/emiago/sipgo/sip"
 )
 
 // scriptedUpstream is a UDP upstream the test answers by hand.
@@ -153,8 +154,27 @@ func (c *laneClient) read(t *testing.T, wait time.Duration) string {
 // is not relayed, other provisional responses and the final one are; a
 // retransmission after the final response is answered with it again
 // without reaching the upstream; an upstream's retransmitted final
-// response is not relayed twice.
+// response is not relayed twice. Both ways a UDP listener hands on what it
+// reads (internal/sipgo patch 12): on its read loop, and through its
+// workers, as above 10,000 datagrams a second.
 func TestFastLaneTransactionBehaviour(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		handOffAt int64
+	}{
+		{"read loop", sip.UDPHandOffAbove.Load()},
+		{"workers", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			was := sip.UDPHandOffAbove.Swap(tc.handOffAt)
+			defer sip.UDPHandOffAbove.Store(was)
+			testFastLaneTransactionBehaviour(t)
+		})
+	}
+}
+
+func testFastLaneTransactionBehaviour(t *testing.T) {
+	t.Helper()
 	up := startScriptedUpstream(t)
 	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
 	c := newLaneClient(t, addr, "lane-1")

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"strings"
@@ -271,47 +270,4 @@ func TestPatchedSipgoURIHostBrackets(t *testing.T) {
 	if allocs := testing.AllocsPerRun(100, func() { b.Reset(); b.Grow(64); u.StringWrite(&b) }); allocs > 2 {
 		t.Errorf("writing a URI with a host name allocates %v times, want 2 (the builder, strconv.Itoa of the port)", allocs)
 	}
-}
-
-// The UDP parse workers are chosen by Call-ID (internal/sipgo patch 11), found
-// in the datagram's header lines before parsing: every spelling RFC 3261
-// allows for the header name, nothing from the body.
-func TestPatchedSipgoDatagramCallID(t *testing.T) {
-	for _, tc := range []struct {
-		name, data, want string
-	}{
-		{"canonical", "MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: abc@h\r\nCSeq: 1 MESSAGE\r\n\r\n", "abc@h"},
-		{"compact", "SIP/2.0 200 OK\r\ni:  xyz \r\n\r\n", "xyz"},
-		{"any case, space before colon", "OPTIONS sip:a@b SIP/2.0\r\ncall-id : q1\r\n\r\n", "q1"},
-		{"bare LF", "OPTIONS sip:a@b SIP/2.0\nCALL-ID: lf\n\n", "lf"},
-		{"first of two", "OPTIONS sip:a@b SIP/2.0\r\nCall-ID: one\r\nCall-ID: two\r\n\r\n", "one"},
-		{"only in the body", "MESSAGE sip:a@b SIP/2.0\r\nContent-Length: 12\r\n\r\nCall-ID: no\r\n", ""},
-		{"none", "OPTIONS sip:a@b SIP/2.0\r\nTo: <sip:a@b>\r\n\r\n", ""},
-		{"not a Call-ID", "OPTIONS sip:a@b SIP/2.0\r\nCall-IDs: x\r\nIn-Reply-To: y\r\n\r\n", ""},
-		{"empty", "", ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := string(sip.DatagramCallID([]byte(tc.data))); got != tc.want {
-				t.Errorf("DatagramCallID = %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
-// FuzzDatagramCallID: any datagram (untrusted input, read before parsing):
-// no panic, and what is found is a single line's value, inside the
-// datagram.
-func FuzzDatagramCallID(f *testing.F) {
-	f.Add([]byte("MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@b>\r\nCall-ID: abc@h\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"))
-	f.Add([]byte("SIP/2.0 200 OK\r\ni:xyz\r\n\r\n"))
-	f.Add([]byte("\n\n\r\n:"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		id := sip.DatagramCallID(data)
-		if id == nil {
-			return
-		}
-		if !bytes.Contains(data, id) || bytes.ContainsRune(id, '\n') {
-			t.Fatalf("Call-ID %q is not one line's value in the datagram", id)
-		}
-	})
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -195,7 +196,7 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 			t.pool.Add(rastr, conn)
 			acceptedAddr[rastr] = struct{}{}
 		}
-		workers.dispatch(rastr, data)
+		workers.handle(rastr, data)
 		lastRaddr = rastr
 	}
 }
@@ -206,12 +207,14 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 // receives (its clients' requests and its upstreams' responses) and capped
 // the process at about one core while the socket buffer overflowed. Each
 // source address is served by one worker, so the datagrams of one peer are
-// still parsed and handed on in the order they arrived.
+// still parsed and handed on in the order they arrived. Since patch 12
+// the workers take over only at a high datagram rate (handle).
 type udpParseWorkers struct {
-	t       *TransportUDP
-	handler MessageHandler
-	queues  []chan udpDatagram
-	wg      sync.WaitGroup
+	t         *TransportUDP
+	handler   MessageHandler
+	queues    []chan udpDatagram
+	wg        sync.WaitGroup
+	handOffAt int64 // UDPHandOffAbove when the read loop started
 
 	// The read loop's datagram rate (busy), read and written by it alone.
 	count       int
@@ -243,7 +246,7 @@ const datagramPoolSize = 2048
 func newUDPParseWorkers(t *TransportUDP, handler MessageHandler) *udpParseWorkers {
 	// More workers than CPUs, so that two busy peers rarely share one.
 	n := max(4, 4*runtime.GOMAXPROCS(0))
-	w := &udpParseWorkers{t: t, handler: handler, queues: make([]chan udpDatagram, n)}
+	w := &udpParseWorkers{t: t, handler: handler, queues: make([]chan udpDatagram, n), handOffAt: UDPHandOffAbove.Load()}
 	for i := range w.queues {
 		q := make(chan udpDatagram, 256)
 		w.queues[i] = q
@@ -261,6 +264,50 @@ func newUDPParseWorkers(t *TransportUDP, handler MessageHandler) *udpParseWorker
 	return w
 }
 
+// UDPHandOffAbove is the datagram rate per socket, in datagrams a second
+// measured over 100 ms, from which a UDP listener's read loop hands
+// datagrams to its workers instead of parsing and handling them itself
+// (authproxy patch 12). Read when a listener starts; 0 hands every
+// datagram to a worker (authproxy's tests run both ways). Atomic only so
+// that tests may change it while other listeners run.
+//
+// Below it, on the read loop: on a machine a proxy shares with its PBX,
+// waking a parked worker for every datagram (and the scheduler's search
+// for work after each) cost more than the parsing it moved, and one
+// stalled worker held up whatever queued behind it. At 4,000 requests/s
+// through authproxy (8,000 datagrams/s) p99 added fell from 2.5 to 1.7 ms
+// (medians of six alternating runs, against workers picked by Call-ID).
+// Above it one goroutine no longer keeps up with the socket on this
+// 2-core machine (it reads about 35 µs of work per datagram), and the
+// workers spread the parsing and forwarding over the CPUs.
+var UDPHandOffAbove atomic.Int64
+
+func init() { UDPHandOffAbove.Store(10000) }
+
+// handle parses and hands on a datagram the read loop has just read into
+// its buffer: on the read loop itself, or through its source's worker
+// when the socket is busy (UDPHandOffAbove).
+func (w *udpParseWorkers) handle(src string, data []byte) {
+	if w.busy(time.Now()) {
+		w.dispatch(src, data)
+		return
+	}
+	// The parser copies what it keeps (proxy/sipgo_patch_test.go
+	// checks): the read buffer is free again once this returns.
+	w.t.parseAndHandle(data, src, w.handler)
+}
+
+// busy reports whether the socket reads handOffAt datagrams a second or
+// more, measured over windows of 100 ms (only the read loop calls it).
+func (w *udpParseWorkers) busy(now time.Time) bool {
+	w.count++
+	if d := now.Sub(w.windowStart); d >= 100*time.Millisecond {
+		w.fast = float64(w.count)/d.Seconds() >= float64(w.handOffAt)
+		w.count, w.windowStart = 0, now
+	}
+	return w.fast || w.handOffAt <= 0
+}
+
 // dispatch queues a copy of a datagram to its source's worker, waiting
 // when that worker is behind (the socket buffer then holds what follows).
 func (w *udpParseWorkers) dispatch(src string, data []byte) {
@@ -272,73 +319,7 @@ func (w *udpParseWorkers) dispatch(src string, data []byte) {
 	} else {
 		d.data = bytes.Clone(data)
 	}
-	h := hashKey(src)
-	if !w.busy(time.Now()) {
-		h = dispatchHash(data, src)
-	}
-	w.queues[h%uint64(len(w.queues))] <- d
-}
-
-// spreadBelow is the datagram rate per socket under which the workers are
-// picked by Call-ID, and above which by source (authproxy patch 11). By
-// Call-ID, unrelated calls from one source (a dialer's requests, an
-// upstream's responses) spread over all workers, so that one stalled
-// worker (its thread preempted by another process on a shared machine)
-// delays few of them: p99 added at 3,500 requests/s 2.0 → 1.3 ms (medians
-// of four runs, alternating). But each datagram then wakes a parked
-// worker, and near the peak those wake-ups cost as much CPU as the
-// forwarding itself (6,500 requests/s failed where by source 7,000
-// passed); by source, each busy peer's worker drains its queue without
-// parking.
-const spreadBelow = 10000
-
-// busy reports whether the socket reads spreadBelow datagrams a second or
-// more, measured over windows of 100 ms (only the read loop calls it).
-func (w *udpParseWorkers) busy(now time.Time) bool {
-	w.count++
-	if d := now.Sub(w.windowStart); d >= 100*time.Millisecond {
-		w.fast = float64(w.count)/d.Seconds() >= spreadBelow
-		w.count, w.windowStart = 0, now
-	}
-	return w.fast
-}
-
-// dispatchHash picks a datagram's worker when the socket is not busy
-// (authproxy patch 11): by its Call-ID, found with a scan of its header
-// lines, or by its source when it has none. The datagrams of one call (its
-// requests, their retransmissions, CANCEL and ACK, the responses) keep
-// their order, except across a switch between the two ways of picking.
-func dispatchHash(data []byte, src string) uint64 {
-	if id := DatagramCallID(data); len(id) > 0 {
-		return hashKey(id)
-	}
-	return hashKey(src)
-}
-
-// DatagramCallID returns the value of the first Call-ID header ("i" compact)
-// in a datagram's header lines, or nil (authproxy patch 11; exported for
-// authproxy's tests and fuzz target).
-func DatagramCallID(data []byte) []byte {
-	i := bytes.IndexByte(data, '\n')
-	for i >= 0 && i+1 < len(data) {
-		line := data[i+1:]
-		end := bytes.IndexByte(line, '\n')
-		if end < 0 {
-			end = len(line)
-		}
-		line = line[:end]
-		if len(line) == 0 || line[0] == '\r' {
-			return nil // end of the headers
-		}
-		if colon := bytes.IndexByte(line, ':'); colon > 0 {
-			name := bytes.TrimRight(line[:colon], " \t")
-			if bytes.EqualFold(name, []byte("call-id")) || (len(name) == 1 && (name[0] == 'i' || name[0] == 'I')) {
-				return bytes.TrimSpace(line[colon+1:])
-			}
-		}
-		i += 1 + end
-	}
-	return nil
+	w.queues[hashKey(src)%uint64(len(w.queues))] <- d
 }
 
 // stop lets the workers finish what is queued and waits for them.
