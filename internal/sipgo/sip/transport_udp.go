@@ -278,15 +278,19 @@ func newUDPParseWorkers(t *TransportUDP, handler MessageHandler) *udpParseWorker
 // through authproxy (8,000 datagrams/s) p99 added fell from 2.5 to 1.7 ms
 // (medians of six alternating runs, against workers picked by Call-ID).
 // Above it one goroutine no longer keeps up with the socket on this
-// 2-core machine (it reads about 35 µs of work per datagram), and the
-// workers spread the parsing and forwarding over the CPUs.
+// 2-core machine (authproxy spends about 45 µs of CPU per datagram, half
+// of it in the kernel), and the workers spread the parsing and forwarding
+// over the CPUs.
 var UDPHandOffAbove atomic.Int64
 
 func init() { UDPHandOffAbove.Store(10000) }
 
 // handle parses and hands on a datagram the read loop has just read into
 // its buffer: on the read loop itself, or through its source's worker
-// when the socket is busy (UDPHandOffAbove).
+// when the socket is busy (UDPHandOffAbove). When the rate falls back, a
+// datagram handled here may overtake one of the same peer still queued
+// for a worker, as datagrams may be reordered on the way; SIP over UDP
+// copes with that.
 func (w *udpParseWorkers) handle(src string, data []byte) {
 	if w.busy(time.Now()) {
 		w.dispatch(src, data)
