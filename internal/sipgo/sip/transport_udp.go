@@ -145,8 +145,9 @@ func (t *TransportUDP) readListenerConnection(conn *UDPConnection, laddr string,
 		t.pool.deleteExactN(addrs, conn)
 	}()
 
-	// authproxy patch: parsing happens in workers; stopped (queues drained)
-	// before the deferred cleanup above runs.
+	// authproxy patch: parsing happens here or, when busy, in workers
+	// (patch 12); they are stopped (queues drained) before the deferred
+	// cleanup above runs.
 	workers := newUDPParseWorkers(t, handler)
 	defer workers.stop()
 
