@@ -62,10 +62,10 @@
 // (MESSAGE, OPTIONS, PUBLISH), received over UDP, skip sipgo's
 // transactions (fastlane.go, internal/sipgo patch 11). The goroutine that
 // parsed such a request (the UDP read loop, or above 10,000 datagrams a
-// second one of its workers: patch 12) runs the same checks, routing, admission and
-// preemptive answer as every request (forwarding.prepare), sends it with
-// our Via and returns; the one that parses the upstream's response
-// finds the request by our branch and relays it. The client's
+// second one of its workers: patch 12) runs the same checks, routing,
+// admission and preemptive answer as every request (forwarding.prepare),
+// sends it with our Via and returns; the one that parses the upstream's
+// response finds the request by our branch and relays it. The client's
 // retransmissions stand in for Timer E (each is sent on at once), one
 // sweeper for Timer F, and the final response's bytes answer later
 // retransmissions (sip.LiteServerTx). A 401/407, or a next hop over TCP or

@@ -174,7 +174,6 @@ func TestFastLaneTransactionBehaviour(t *testing.T) {
 }
 
 func testFastLaneTransactionBehaviour(t *testing.T) {
-	t.Helper()
 	up := startScriptedUpstream(t)
 	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
 	c := newLaneClient(t, addr, "lane-1")
