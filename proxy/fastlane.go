@@ -74,14 +74,15 @@ func (l *fastLane) TakesRequest(req *sip.Request) bool {
 // HandleRequest forwards req, or sends a retransmission of a request still
 // waiting for its response on again.
 func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
-	e := &laneEntry{key: tx.Key()}
+	key := tx.Key()
 	l.mu.Lock()
-	if old := l.byKey[e.key]; old != nil {
+	if old := l.byKey[key]; old != nil {
 		l.mu.Unlock()
 		old.retransmitted()
 		return
 	}
-	l.byKey[e.key] = e
+	e := &laneEntry{key: key} // only for a first copy: retransmissions allocate nothing here
+	l.byKey[key] = e
 	l.mu.Unlock()
 	f := l.p.newForwarding(req, tx)
 	e.f = f
