@@ -44,6 +44,7 @@ type fastLane struct {
 type laneEntry struct {
 	key string // the sender's server transaction key
 	f   *forwarding
+	tx  *sip.LiteServerTx
 
 	mu       sync.Mutex
 	waiting  bool           // sent, its response awaited on the lane (not before, not off the lane, not once answered)
@@ -85,7 +86,7 @@ func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
 	l.byKey[key] = e
 	l.mu.Unlock()
 	f := l.p.newForwarding(req, tx)
-	e.f = f
+	e.f, e.tx = f, tx
 	if !f.begin() {
 		l.remove(e)
 		return
@@ -184,6 +185,51 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 		go l.offLane(e, res)
 	default:
 		f.relay(res)
+		l.finish(e)
+		f.end()
+	}
+	return true
+}
+
+// HandleRawResponse relays a response to a request waiting on the lane
+// as the bytes the upstream sent (sipgo patch 13): our Via line cut out,
+// the sender's CSeq number put back, nothing parsed or serialised. A
+// challenge, or anything scanResponse cannot read for sure, goes to the
+// parser and HandleResponse instead.
+func (l *fastLane) HandleRawResponse(data []byte) bool {
+	r, ok := scanResponse(data)
+	if !ok || r.status == sip.StatusUnauthorized || r.status == sip.StatusProxyAuthRequired {
+		return false
+	}
+	l.mu.Lock()
+	e := l.byBranch[string(r.branch)]
+	l.mu.Unlock()
+	if e == nil {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.waiting {
+		return true // answered meanwhile: a retransmission
+	}
+	f := e.f
+	if string(r.method) != string(f.fwd.Method) {
+		return false // RFC 3261 §17.1.3 matches branch and method
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			l.finish(e)
+			f.panicked(r)
+			f.end()
+		}
+	}()
+	switch {
+	case r.status == sip.StatusTrying:
+		// §16.7 step 3: a 100 is not forwarded.
+	case r.status < 200:
+		f.relayRaw(e.tx, data, &r)
+	default:
+		f.relayRaw(e.tx, data, &r)
 		l.finish(e)
 		f.end()
 	}

@@ -232,3 +232,47 @@ func TestFastLaneChallenge(t *testing.T) {
 		t.Fatalf("client got %q, want 200", got)
 	}
 }
+
+// A response on the fast lane is relayed as the bytes the upstream sent
+// (internal/sipgo patch 13): our Via gone, the client's own CSeq number
+// back where authproxy shifted it after a challenge in the same Call-ID,
+// every other header as the upstream wrote it.
+func TestFastLaneRawRelay(t *testing.T) {
+	up := startScriptedUpstream(t)
+	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
+	c := newLaneClient(t, addr, "lane-3")
+	c.send(t)
+	first := up.next(t, 2*time.Second)
+	up.answer(t, first, "407 Proxy Authentication Required",
+		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
+	again := up.next(t, 2*time.Second)
+	up.answer(t, again, "200 OK")
+	if got := c.read(t, 2*time.Second); got != "SIP/2.0 200 OK" {
+		t.Fatalf("client got %q, want 200", got)
+	}
+
+	// The next MESSAGE of the dialer's Call-ID: CSeq 2 goes up as 3.
+	c.msg = bytes.Replace(c.msg, []byte("CSeq: 1 MESSAGE"), []byte("CSeq: 2 MESSAGE"), 1)
+	c.msg = bytes.Replace(c.msg, []byte("branch=z9hG4bK-lane-3"), []byte("branch=z9hG4bK-lane-3b"), 1)
+	c.send(t)
+	next := up.next(t, 2*time.Second)
+	if !bytes.Contains(next.data, []byte("CSeq: 3 MESSAGE")) {
+		t.Fatalf("second request not shifted to CSeq 3:\n%s", next.data)
+	}
+	up.answer(t, next, "202 Accepted", "X-Upstream: kept as is")
+	buf := make([]byte, 65535)
+	_ = c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, _, err := c.conn.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("no response relayed: %v", err)
+	}
+	res := buf[:n]
+	for _, want := range []string{"SIP/2.0 202 Accepted\r\n", "\r\nX-Upstream: kept as is\r\n", "\r\nCSeq: 2 MESSAGE\r\n", "branch=z9hG4bK-lane-3b"} {
+		if !bytes.Contains(res, []byte(want)) {
+			t.Errorf("relayed response lacks %q:\n%s", want, res)
+		}
+	}
+	if vias := bytes.Count(res, []byte("\r\nVia:")); vias != 1 {
+		t.Errorf("relayed response has %d Via lines, want the client's alone:\n%s", vias, res)
+	}
+}

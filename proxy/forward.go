@@ -791,7 +791,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 // (§16.7 step 3), the sender's own CSeq number restored, dialog state
 // updated.
 func (f *forwarding) relay(res *sip.Response) {
-	f.preemptiveDone(res)
+	f.preemptiveDone(res.StatusCode)
 	f.prepareRelay(res)
 	if res.IsSuccess() {
 		if f.req.Method == sip.REGISTER && !f.toClient {
@@ -809,12 +809,17 @@ func (f *forwarding) relay(res *sip.Response) {
 			f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
 		}
 	}
-	if err := f.tx.Respond(res); err != nil {
-		f.log.Warn("cannot send response", logStatus, res.StatusCode, "error", err)
+	f.relayed(res.StatusCode, f.tx.Respond(res))
+}
+
+// relayed notes a response sent on to the sender (err from sending it).
+func (f *forwarding) relayed(status int, err error) {
+	if err != nil {
+		f.log.Warn("cannot send response", logStatus, status, "error", err)
 	}
-	if !res.IsProvisional() {
+	if status >= 200 {
 		f.replied = true
-		f.status = res.StatusCode
+		f.status = status
 		if !f.sentAt.IsZero() {
 			f.hopTime = time.Since(f.sentAt)
 		}
@@ -822,6 +827,22 @@ func (f *forwarding) relay(res *sip.Response) {
 			f.outcome = "relayed"
 		}
 	}
+}
+
+// relayRaw relays a response to a fast lane request as the bytes the
+// upstream sent (scanned by scanResponse): what relay does for the
+// requests the lane takes (no REGISTER, nothing creating a dialog, never
+// toward a client), on bytes instead of a parsed message.
+func (f *forwarding) relayRaw(tx *sip.LiteServerTx, data []byte, r *scannedResponse) {
+	f.preemptiveDone(r.status)
+	if r.status >= 200 && r.status < 300 {
+		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
+	}
+	buf := relayBufs.Get().(*[]byte)
+	*buf = r.relayBytes((*buf)[:0], data, f.req.CSeq().SeqNo)
+	err := tx.RespondRaw(*buf, r.status >= 200)
+	relayBufs.Put(buf)
+	f.relayed(r.status, err)
 }
 
 // prepareRelay rewrites a response for the sender of f.req. It reads only

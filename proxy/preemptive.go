@@ -346,12 +346,12 @@ func (f *forwarding) rememberChallenge(ch challenge, username, method string, nc
 // (before, so that the client's next request finds the challenge kept): it
 // keeps the challenges whose answers the upstream accepted, and reports
 // whether preemptive answers were accepted.
-func (f *forwarding) preemptiveDone(res *sip.Response) {
-	if f.up == nil || f.toClient || res.IsProvisional() || f.pre.done {
+func (f *forwarding) preemptiveDone(status int) {
+	if f.up == nil || f.toClient || status < 200 || f.pre.done {
 		return
 	}
 	f.pre.done = true
-	if !acceptedStatus(res.StatusCode) {
+	if !acceptedStatus(status) {
 		return
 	}
 	if len(f.pre.answered) > 0 {

@@ -83,6 +83,9 @@ func NewTransactionLayer(tpl *TransportLayer, options ...TransactionLayerOption)
 
 	//Send all transport messages to our transaction layer
 	tpl.OnMessage(txl.handleMessage)
+	if raw, ok := txl.fast.(RawResponseLane); ok && tpl.udp != nil { // authproxy patch 13
+		tpl.udp.rawResponse = raw.HandleRawResponse
+	}
 
 	notify := func(conn Connection) { txl.OnConnectionClose(conn) }
 	if tpl.tcp != nil {

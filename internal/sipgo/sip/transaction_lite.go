@@ -3,7 +3,10 @@ package sip
 import (
 	"context"
 	"errors"
+	"net"
+	"net/netip"
 	"sync"
+	"time"
 )
 
 // FastLane (authproxy patch 11) takes requests received on a UDP listener
@@ -30,6 +33,18 @@ type FastLane interface {
 	// transaction layer matches it to a ClientTx as usual. It must not
 	// block either.
 	HandleResponse(res *Response) bool
+}
+
+// RawResponseLane is a FastLane that also takes responses as the bytes a
+// UDP listener read, before sipgo parses them (authproxy patch 13): a
+// proxy that only strips its own Via from a response and sends it on need
+// not parse and serialise every header of it.
+type RawResponseLane interface {
+	// HandleRawResponse reports whether it took the datagram data (which
+	// starts with "SIP/2.0 "); if not, it is parsed and handled as usual.
+	// data is the read loop's buffer: it must not be kept after return.
+	// It must not block.
+	HandleRawResponse(data []byte) bool
 }
 
 // WithTransactionLayerFastLane installs a FastLane (authproxy patch 11).
@@ -69,7 +84,8 @@ func (txl *TransactionLayer) fastRequest(req *Request) bool {
 		conn.TryClose()
 		return false
 	}
-	txl.fast.HandleRequest(req, &LiteServerTx{key: key, conn: uc, answered: txl.answered})
+	src, _ := netip.ParseAddrPort(req.Source()) // zero (RespondRaw refuses) if not an address
+	txl.fast.HandleRequest(req, &LiteServerTx{key: key, conn: uc, answered: txl.answered, src: src})
 	return true
 }
 
@@ -85,6 +101,7 @@ type LiteServerTx struct {
 	key      string
 	conn     *UDPConnection
 	answered *answeredStore
+	src      netip.AddrPort // where the request came from (authproxy patch 13)
 
 	mu       sync.Mutex
 	finished bool
@@ -110,6 +127,37 @@ func (tx *LiteServerTx) Respond(res *Response) error {
 	tx.conn.TryClose() // serverRequestConnection's reference
 	if err := tx.answered.sendAndKeep(tx.key, tx.conn, res); err != nil {
 		return wrapTransportError(err)
+	}
+	return nil
+}
+
+// ErrLiteTxNoSource is what RespondRaw returns when the request's source
+// was no IP address and port.
+var ErrLiteTxNoSource = errors.New("request source is no address")
+
+// RespondRaw sends data, a response already serialised, to the request's
+// source (authproxy patch 13): a final one (final true) at most once, and
+// kept to answer retransmissions, as Respond does. data may be reused once
+// it returns.
+func (tx *LiteServerTx) RespondRaw(data []byte, final bool) error {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.finished {
+		return ErrLiteTxAnswered
+	}
+	if !tx.src.IsValid() {
+		return ErrLiteTxNoSource
+	}
+	to := netip.AddrPortFrom(tx.src.Addr().Unmap(), tx.src.Port())
+	if final {
+		tx.finished = true
+		tx.conn.TryClose() // serverRequestConnection's reference
+	}
+	if _, err := tx.conn.WriteTo(data, net.UDPAddrFromAddrPort(to)); err != nil {
+		return wrapTransportError(err)
+	}
+	if final {
+		tx.answered.put(tx.key, answeredTx{raw: data, addr: to, conn: tx.conn}, time.Now())
 	}
 	return nil
 }

@@ -27,6 +27,9 @@ type TransportUDP struct {
 	log             *slog.Logger
 	connectionReuse bool
 	readFilter      TransportReadFilter
+	// rawResponse (authproxy patch 13) is offered each response datagram
+	// before it is parsed (RawResponseLane).
+	rawResponse func(data []byte) bool
 }
 
 func (t *TransportUDP) init(par *Parser) {
@@ -372,6 +375,10 @@ func (t *TransportUDP) parseAndHandle(data []byte, src string, handler MessageHa
 			t.log.Debug("Keep alive CRLF received")
 			return
 		}
+	}
+
+	if t.rawResponse != nil && bytes.HasPrefix(data, []byte("SIP/2.0 ")) && t.rawResponse(data) { // authproxy patch 13
+		return
 	}
 
 	msg, err := t.parser.ParseSIP(data) //Very expensive operation
