@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -46,10 +50,17 @@ type laneEntry struct {
 	f   *forwarding
 	tx  *sip.LiteServerTx
 
+	// The request as sent when the lane sent the client's datagram on
+	// edited (appendForward) instead of f.fwd: its bytes, where to, and
+	// the CSeq number it carries.
+	raw   []byte
+	rawTo *net.UDPAddr
+	seq   uint32
+
 	mu       sync.Mutex
 	waiting  bool           // sent, its response awaited on the lane (not before, not off the lane, not once answered)
 	branch   string         // our Via branch, while waiting
-	conn     sip.Connection // the socket f.fwd went out on, while waiting
+	conn     sip.Connection // the socket the request went out on, while waiting
 	deadline time.Time      // Timer F, while waiting
 }
 
@@ -102,24 +113,36 @@ func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
 			f.end()
 		}
 	}()
-	if !f.prepare() {
+	if !f.check() {
 		return
 	}
-	forwarded = l.forward(e)
+	forwarded = l.forward(e, tx.Raw())
 }
 
 // forward sends e's request and reports whether it is now in the lane's
 // hands (waiting, or handed to a goroutine); false when it was answered
-// here (next hop unreachable).
-func (l *fastLane) forward(e *laneEntry) bool {
+// here (next hop unreachable). raw is the datagram the request came in,
+// if sipgo kept it (patch 14): when it can, the lane sends that on with
+// authproxy's edits made in its bytes, instead of a parsed copy
+// serialised again.
+func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	f := e.f
 	if f.hop.transport != "UDP" {
+		if !f.build() {
+			return false
+		}
 		go l.offLane(e, nil)
 		return true
 	}
 	branch := sip.GenerateBranchN(16)
-	f.fwd.PrependHeader(l.p.newVia(f.hop.transport, branch))
-	conn, err := l.p.ua.TransportLayer().ClientRequestConnection(context.Background(), f.fwd)
+	conn, err := l.forwardBytes(e, raw, branch)
+	if err == nil && conn == nil {
+		if !f.build() {
+			return false
+		}
+		f.fwd.PrependHeader(l.p.newVia(f.hop.transport, branch))
+		conn, err = l.p.ua.TransportLayer().ClientRequestConnection(context.Background(), f.fwd)
+	}
 	if err != nil {
 		f.log.Warn("next hop unreachable", "error", err)
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
@@ -135,13 +158,89 @@ func (l *fastLane) forward(e *laneEntry) bool {
 	l.mu.Lock()
 	l.byBranch[branch] = e
 	l.mu.Unlock()
-	if err := conn.WriteMsg(f.fwd); err != nil {
+	if err := e.send(); err != nil {
 		l.finish(e)
 		f.log.Warn("next hop unreachable", "error", err)
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
 		return false
 	}
 	return true
+}
+
+// forwardBytes prepares e's request as the client's datagram raw with
+// authproxy's edits (forwardEdits, the preemptive answers, our Via with
+// branch) made in its bytes, into e.raw, and returns the listening socket
+// to send it from. It returns no connection and no error when the request
+// must be built as a parsed copy instead: no datagram, something other
+// than a plain request to an upstream addressed by IP from a listener
+// bound to one, or bytes appendForward would not edit. The preemptive
+// answers, once computed, are in f.auth either way.
+func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) (sip.Connection, error) {
+	f, req := e.f, e.f.req
+	if raw == nil || f.toClient || f.bind != nil || f.up == nil || !f.up.ip.IsValid() ||
+		req.Method == sip.REGISTER || req.Route() != nil {
+		return nil, nil
+	}
+	lst := l.p.listenerFor("UDP")
+	if lst == nil || lst.ip.IsUnspecified() {
+		return nil, nil
+	}
+	edits, err := f.forwardEdits()
+	if err != nil {
+		return nil, nil // build answers it
+	}
+	f.addPreemptive()
+	buf := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(buf)
+	*buf = appendVia((*buf)[:0], lst.advertise, lst.port, branch)
+	via := len(*buf)
+	out, ok := edits.appendForward(*buf, raw, len(req.Body()), (*buf)[:via], f.auth)
+	*buf = out
+	if !ok || len(out)-via > sip.UDPMTUSize-200 {
+		// The parsed copy carries the answers computed here (build adds
+		// f.auth); too large, it fails there as it always did.
+		return nil, nil
+	}
+	conn, err := l.p.ua.TransportLayer().GetConnection("udp", lst.local)
+	if err != nil {
+		return nil, fmt.Errorf("listening socket %s: %w", lst.local, err)
+	}
+	e.raw = bytes.Clone(out[via:])
+	e.rawTo = net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.up.ip, uint16(f.up.port)))
+	e.seq = edits.seq
+	return conn, nil
+}
+
+// send sends the request (again) to the next hop on e.conn (e.mu held).
+func (e *laneEntry) send() error {
+	if e.raw == nil {
+		return e.conn.WriteMsg(e.f.fwd)
+	}
+	uc, ok := e.conn.(*sip.UDPConnection)
+	if !ok {
+		return fmt.Errorf("listening socket is a %T", e.conn)
+	}
+	_, err := uc.WriteTo(e.raw, e.rawTo)
+	return err
+}
+
+// buildSent makes f.fwd, the parsed form of a request the lane sent as
+// bytes, for what needs one (answering a challenge): built as buildForward
+// builds it, with the answers and the CSeq number that were sent and our
+// Via, so that it is the request the upstream received.
+func (l *fastLane) buildSent(e *laneEntry) error {
+	f := e.f
+	fwd, err := f.buildForward()
+	if err != nil {
+		return err
+	}
+	for _, a := range f.auth {
+		fwd.AppendHeader(sip.NewHeader(a.header, a.value))
+	}
+	fwd.CSeq().SeqNo = e.seq
+	fwd.PrependHeader(l.p.newVia(f.hop.transport, e.branch))
+	f.fwd = fwd
+	return nil
 }
 
 // HandleResponse relays a response to a request waiting on the lane.
@@ -163,7 +262,7 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 		return true // answered meanwhile: a retransmission
 	}
 	f := e.f
-	if cs := res.CSeq(); cs == nil || cs.MethodName != f.fwd.Method {
+	if cs := res.CSeq(); cs == nil || cs.MethodName != f.req.Method {
 		return false // RFC 3261 §17.1.3 matches branch and method
 	}
 	defer func() {
@@ -213,7 +312,7 @@ func (l *fastLane) HandleRawResponse(data []byte) bool {
 		return true // answered meanwhile: a retransmission
 	}
 	f := e.f
-	if string(r.method) != string(f.fwd.Method) {
+	if string(r.method) != string(f.req.Method) {
 		return false // RFC 3261 §17.1.3 matches branch and method
 	}
 	defer func() {
@@ -245,7 +344,7 @@ func (e *laneEntry) retransmitted() {
 	if !e.waiting {
 		return
 	}
-	if err := e.conn.WriteMsg(e.f.fwd); err != nil {
+	if err := e.send(); err != nil {
 		e.f.log.Debug("cannot send a retransmission on", "error", err)
 	}
 }
@@ -265,6 +364,13 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
 	if res == nil {
 		f.sendAndRelay()
 		return
+	}
+	if f.fwd == nil {
+		if err := l.buildSent(e); err != nil {
+			f.log.Warn("cannot build forwarded request", "error", err)
+			f.relay(res)
+			return
+		}
 	}
 	next, ok := f.maybeAnswer(res)
 	if !ok {

@@ -233,10 +233,11 @@ func TestFastLaneChallenge(t *testing.T) {
 	}
 }
 
-// A response on the fast lane is relayed as the bytes the upstream sent
-// (internal/sipgo patch 13): our Via gone, the client's own CSeq number
-// back where authproxy shifted it after a challenge in the same Call-ID,
-// every other header as the upstream wrote it.
+// A request on the fast lane goes on as the client's bytes with
+// authproxy's edits (internal/sipgo patch 14), and its response comes back
+// as the bytes the upstream sent (patch 13): our Via gone, the client's
+// own CSeq number back where authproxy shifted it after a challenge in the
+// same Call-ID, every other header as the upstream wrote it.
 func TestFastLaneRawRelay(t *testing.T) {
 	up := startScriptedUpstream(t)
 	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
@@ -251,13 +252,17 @@ func TestFastLaneRawRelay(t *testing.T) {
 		t.Fatalf("client got %q, want 200", got)
 	}
 
-	// The next MESSAGE of the dialer's Call-ID: CSeq 2 goes up as 3.
-	c.msg = bytes.Replace(c.msg, []byte("CSeq: 1 MESSAGE"), []byte("CSeq: 2 MESSAGE"), 1)
+	// The next MESSAGE of the dialer's Call-ID: CSeq 2 goes up as 3, sent
+	// on as the client's bytes edited (patch 14): its header spelt
+	// oddly arrives verbatim, which a parsed copy would not.
+	c.msg = bytes.Replace(c.msg, []byte("CSeq: 1 MESSAGE"), []byte("CSeq: 2 MESSAGE\r\nX-Odd:   spaced"), 1)
 	c.msg = bytes.Replace(c.msg, []byte("branch=z9hG4bK-lane-3"), []byte("branch=z9hG4bK-lane-3b"), 1)
 	c.send(t)
 	next := up.next(t, 2*time.Second)
-	if !bytes.Contains(next.data, []byte("CSeq: 3 MESSAGE")) {
-		t.Fatalf("second request not shifted to CSeq 3:\n%s", next.data)
+	for _, want := range []string{"\r\nCSeq: 3 MESSAGE\r\n", "\r\nX-Odd:   spaced\r\n", "\r\nMax-Forwards: 69\r\n", ";branch=z9hG4bK-lane-3b;rport=", "\r\n\r\nhello"} {
+		if !bytes.Contains(next.data, []byte(want)) {
+			t.Errorf("forwarded request lacks %q:\n%s", want, next.data)
+		}
 	}
 	up.answer(t, next, "202 Accepted", "X-Upstream: kept as is")
 	buf := make([]byte, 65535)

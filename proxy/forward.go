@@ -272,6 +272,31 @@ func (f *forwarding) sendAndRelay() {
 // builds f.fwd, the request to send. It answers the sender itself and
 // returns false when the request goes no further.
 func (f *forwarding) prepare() bool {
+	return f.check() && f.build()
+}
+
+// build makes f.fwd, the request to send, with the preemptive answers
+// (the fast lane sends most requests as edited bytes instead and builds
+// f.fwd only if it needs it after all: buildSent).
+func (f *forwarding) build() bool {
+	fwd, err := f.buildForward()
+	if err != nil {
+		f.log.Warn("cannot build forwarded request", "error", err)
+		f.respondLocal(sip.StatusBadRequest, "Bad Request", "bad-request")
+		return false
+	}
+	f.addPreemptive()
+	for _, a := range f.auth {
+		fwd.AppendHeader(sip.NewHeader(a.header, a.value))
+	}
+	f.fwd = fwd
+	return true
+}
+
+// check checks the request (§16.3), routes it and admits its sender. It
+// answers the sender itself and returns false when the request goes no
+// further.
+func (f *forwarding) check() bool {
 	p, req := f.p, f.req
 	if p.lateRetransmission(req) {
 		// Nothing to answer (RFC 6026 §7.1 absorbs it in the Accepted
@@ -320,14 +345,6 @@ func (f *forwarding) prepare() bool {
 	} else if !f.admit() {
 		return false
 	}
-	fwd, err := f.buildForward()
-	if err != nil {
-		f.log.Warn("cannot build forwarded request", "error", err)
-		f.respondLocal(sip.StatusBadRequest, "Bad Request", "bad-request")
-		return false
-	}
-	f.addPreemptive(fwd)
-	f.fwd = fwd
 	return true
 }
 
@@ -439,54 +456,14 @@ func (f *forwarding) buildForward() (*sip.Request, error) {
 			fwd.Laddr = sip.Addr{IP: l.ip, Port: l.port}
 		}
 	}
+	e, err := f.forwardEdits()
+	if err != nil {
+		return nil, err
+	}
+	e.applyToRequest(fwd)
 	if !f.toClient {
-		// Clients hold no passwords; whatever they send (including answers
-		// to authproxy's own challenge) is not ours to forward.
-		removeAll(fwd, "Authorization")
-		removeAll(fwd, "Proxy-Authorization")
-		if f.group == nil || !f.group.Trusted {
-			for _, h := range identityHeaders {
-				removeAll(fwd, h)
-			}
-		}
-	}
-
-	// §16.6 step 3: decrement Max-Forwards, 70 when absent. The clone shares
-	// the MaxForwardsHeader pointer with the original, so replace, never Dec.
-	mf := sip.MaxForwardsHeader(70)
-	if old := req.MaxForwards(); old != nil {
-		mf = sip.MaxForwardsHeader(old.Val() - 1)
-		fwd.ReplaceHeader(&mf)
-	} else {
-		fwd.AppendHeader(&mf)
-	}
-
-	// RFC 3581: record where the sender really sent from in its Via.
-	if v := fwd.Via(); v != nil {
-		srcHost, srcPort, err := net.SplitHostPort(req.Source())
-		if err == nil {
-			if rp, ok := v.Params.Get("rport"); ok && rp == "" {
-				v.Params.Add("rport", srcPort)
-				v.Params.Add("received", srcHost)
-			} else if !strings.EqualFold(strings.Trim(v.Host, "[]"), srcHost) {
-				v.Params.Add("received", srcHost)
-			}
-		}
-	}
-
-	cseq := fwd.CSeq()
-	if cseq == nil {
-		return nil, errors.New("request has no CSeq")
-	}
-	if !f.toClient {
-		if off := f.p.cseq.offset(f.key); off > 0 {
-			// Every request after an answered challenge is shifted by the
-			// numbers authproxy added upstream (§12.2.1.1, §10.3 step 7).
-			cseq.SeqNo += off
-			if f.req.Method == sip.PRACK {
-				shiftRAck(fwd, off)
-			}
-			f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
+		if e.off > 0 && f.req.Method == sip.PRACK {
+			shiftRAck(fwd, e.off)
 		}
 		if _, toTag := tags(req); toTag == "" && createsDialog(req.Method) {
 			f.p.addRecordRoute(fwd, req.Transport(), f.hop.transport)
@@ -498,6 +475,53 @@ func (f *forwarding) buildForward() (*sip.Request, error) {
 		f.prepareInbound(fwd)
 	}
 	return fwd, nil
+}
+
+// forwardEdits decides what buildForward changes in the request (or the
+// fast lane in its bytes): credentials and, for untrusted clients,
+// identity headers removed, Max-Forwards decremented, the sender's real
+// address recorded in its Via, the CSeq number shifted by what authproxy
+// added upstream in this CSeq space.
+func (f *forwarding) forwardEdits() (forwardEdits, error) {
+	req := f.req
+	var e forwardEdits
+	if !f.toClient {
+		// Clients hold no passwords; whatever they send (including answers
+		// to authproxy's own challenge) is not ours to forward.
+		e.dropAuth = true
+		e.dropIdentity = f.group == nil || !f.group.Trusted
+	}
+	// §16.6 step 3: decrement Max-Forwards, 70 when absent.
+	e.maxForwards, e.addMF = 70, true
+	if old := req.MaxForwards(); old != nil {
+		e.maxForwards, e.addMF = old.Val()-1, false
+	}
+	// RFC 3581: record where the sender really sent from in its Via.
+	if v := req.Via(); v != nil {
+		srcHost, srcPort, err := net.SplitHostPort(req.Source())
+		if err == nil {
+			if rp, ok := v.Params.Get("rport"); ok && rp == "" {
+				e.rport, e.received = srcPort, srcHost
+			} else if !strings.EqualFold(strings.Trim(v.Host, "[]"), srcHost) {
+				e.received = srcHost
+			}
+		}
+	}
+	cseq := req.CSeq()
+	if cseq == nil {
+		return e, errors.New("request has no CSeq")
+	}
+	e.seq = cseq.SeqNo
+	if !f.toClient {
+		if off := f.p.cseq.offset(f.key); off > 0 {
+			// Every request after an answered challenge is shifted by the
+			// numbers authproxy added upstream (§12.2.1.1, §10.3 step 7).
+			e.seq += off
+			e.off = off
+			f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
+		}
+	}
+	return e, nil
 }
 
 // createsDialog reports whether an out-of-dialog request of this method

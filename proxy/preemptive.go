@@ -237,6 +237,7 @@ func isForwardedMethod(m string) bool {
 
 // preemptState is what one forwarding sent preemptively.
 type preemptState struct {
+	added      bool // addPreemptive ran
 	sent       []preemptSent
 	challenged bool           // the upstream challenged one of them
 	answered   []preemptSaved // challenges answered, kept once accepted
@@ -256,14 +257,18 @@ type preemptSent struct {
 	nonce string
 }
 
-// addPreemptive adds to fwd, before it is first sent, the answers to the
-// challenges the upstream last sent for the request's method, computed for
-// fwd with the next nc of each nonce.
-func (f *forwarding) addPreemptive(fwd *sip.Request) {
-	if f.toClient || f.up == nil || !f.up.Preemptive.applies(fwd.Method) {
+// addPreemptive adds to f.auth, once, before the request is first sent, the
+// answers to the challenges the upstream last sent for the request's
+// method, computed with the next nc of each nonce. The Request-URI and
+// body it answers for are the client's: authproxy forwards them unchanged
+// toward an upstream.
+func (f *forwarding) addPreemptive() {
+	req := f.req
+	if f.pre.added || f.toClient || f.up == nil || !f.up.Preemptive.applies(req.Method) {
 		return
 	}
-	refs := f.p.preempt.realmsFor(f.up.Address, fwd.Method.String())
+	f.pre.added = true
+	refs := f.p.preempt.realmsFor(f.up.Address, req.Method.String())
 	if len(refs) == 0 {
 		return
 	}
@@ -281,12 +286,11 @@ func (f *forwarding) addPreemptive(fwd *sip.Request) {
 		if !ok || !canAnswer(ch, cred) {
 			continue
 		}
-		val, err := computeAuthorization(ch, cred, fwd.Method.String(), fwd.Recipient.String(), fwd.Body(), nc, newCnonce())
+		val, err := computeAuthorization(ch, cred, req.Method.String(), req.Recipient.String(), req.Body(), nc, newCnonce())
 		if err != nil {
 			f.log.Debug("no preemptive answer", "realm", r.realm, "error", err)
 			continue
 		}
-		fwd.AppendHeader(sip.NewHeader(ch.authHeaderName(), val))
 		f.auth = append(f.auth, authAnswer{key: k.realmKey, header: ch.authHeaderName(), value: val})
 		f.pre.sent = append(f.pre.sent, preemptSent{key: k, nonce: ch.Nonce})
 		f.credIDs = append(f.credIDs, cred.String())

@@ -106,6 +106,7 @@ type boundListener struct {
 	ip        net.IP
 	port      int
 	advertise string
+	local     string // ip:port, as sipgo's UDP pool knows the listening socket
 	closer    io.Closer
 	udp       net.PacketConn
 	tcp       net.Listener
@@ -412,6 +413,7 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 		host, portStr, _ := net.SplitHostPort(laddr.String())
 		bl.ip = net.ParseIP(host)
 		bl.port, _ = strconv.Atoi(portStr)
+		bl.local = laddr.String()
 		bl.advertise = l.Advertise
 		if bl.advertise == "" {
 			bl.advertise = host

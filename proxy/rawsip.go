@@ -3,7 +3,10 @@ package proxy
 import (
 	"bytes"
 	"strconv"
+	"strings"
 	"sync"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // scannedResponse is what the fast lane needs of a response to relay it
@@ -274,3 +277,248 @@ var relayBufs = sync.Pool{New: func() any {
 	b := make([]byte, 0, 2048)
 	return &b
 }}
+
+// forwardEdits are the changes authproxy makes to a request it forwards
+// toward an upstream (§16.6), decided once from the parsed request and
+// applied either to a parsed copy (buildForward) or to the bytes of the
+// datagram it came in (the fast lane, appendForward): both must send the
+// same request (FuzzAppendForward checks).
+type forwardEdits struct {
+	dropAuth     bool   // remove Authorization and Proxy-Authorization: clients hold no passwords
+	dropIdentity bool   // remove identityHeaders: the client group is not trusted with them
+	maxForwards  uint32 // the Max-Forwards to send (§16.6 step 3)
+	addMF        bool   // the request had none: append it
+	rport        string // the value for the top Via's empty rport (RFC 3581), "" for none
+	received     string // the top Via's received, "" for none
+	seq          uint32 // the CSeq number to send
+	off          uint32 // what authproxy shifted the CSeq number by (0: seq is the client's)
+}
+
+// applyToRequest makes the edits on fwd, a clone of the request.
+func (e *forwardEdits) applyToRequest(fwd *sip.Request) {
+	if e.dropAuth {
+		removeAll(fwd, "Authorization")
+		removeAll(fwd, "Proxy-Authorization")
+	}
+	if e.dropIdentity {
+		for _, h := range identityHeaders {
+			removeAll(fwd, h)
+		}
+	}
+	// The clone shares the MaxForwardsHeader pointer with the original, so
+	// replace, never Dec.
+	mf := sip.MaxForwardsHeader(e.maxForwards)
+	if e.addMF {
+		fwd.AppendHeader(&mf)
+	} else {
+		fwd.ReplaceHeader(&mf)
+	}
+	if v := fwd.Via(); v != nil {
+		if e.rport != "" {
+			v.Params.Add("rport", e.rport)
+		}
+		if e.received != "" {
+			v.Params.Add("received", e.received)
+		}
+	}
+	if cs := fwd.CSeq(); cs != nil {
+		cs.SeqNo = e.seq
+	}
+}
+
+// appendForward appends to dst the request in data (the datagram req was
+// parsed from, whose body is bodyLen bytes) with the edits made, our Via
+// line (CRLF included) on top and the header lines extra (each "Name:
+// value") after the request's own. It reports false, having appended
+// nothing usable, when it cannot be sure to edit the bytes the way
+// applyToRequest edits the parsed request (folded lines, a top Via line
+// holding several values or spelt unusually, no Content-Length, bytes
+// after the body): the
+// caller then builds a parsed copy as before.
+func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, extra []authAnswer) ([]byte, bool) {
+	start := len(dst)
+	fail := func() ([]byte, bool) { return dst[:start], false }
+	pos, ok := lineEnd(data, 0)
+	if !ok {
+		return fail()
+	}
+	dst = append(dst, data[:pos]...)
+	dst = append(dst, via...)
+	seenVia, seenMF, seenCSeq, seenLength := false, false, false, false
+	for {
+		end, ok := lineEnd(data, pos)
+		if !ok {
+			return fail()
+		}
+		l := data[pos : end-2]
+		if len(l) == 0 {
+			pos = end
+			break
+		}
+		if l[0] == ' ' || l[0] == '\t' {
+			return fail()
+		}
+		colon := bytes.IndexByte(l, ':')
+		if colon <= 0 {
+			return fail()
+		}
+		name := bytes.TrimRight(l[:colon], " \t")
+		valueAt := pos + colon + 1
+		switch {
+		case e.dropAuth && (equalFoldASCII(name, "authorization") || equalFoldASCII(name, "proxy-authorization")):
+		case e.dropIdentity && isIdentityHeader(name):
+		case !seenVia && (equalFoldASCII(name, "via") || equalFoldASCII(name, "v")):
+			seenVia = true
+			if dst, ok = e.appendTopVia(dst, data[pos:end-2], colon+1); !ok {
+				return fail()
+			}
+			dst = append(dst, "\r\n"...)
+		case !seenMF && equalFoldASCII(name, "max-forwards"):
+			seenMF = true
+			if e.addMF {
+				return fail() // the parser saw none
+			}
+			v := data[valueAt : end-2]
+			lead := len(v) - len(bytes.TrimLeft(v, " \t"))
+			dst = append(dst, data[pos:valueAt+lead]...)
+			dst = strconv.AppendUint(dst, uint64(e.maxForwards), 10)
+			dst = append(dst, "\r\n"...)
+		case !seenCSeq && equalFoldASCII(name, "cseq"):
+			seenCSeq = true
+			numFrom, numTo, _, ok := scanCSeq(data[valueAt : end-2])
+			if !ok {
+				return fail()
+			}
+			dst = append(dst, data[pos:valueAt+numFrom]...)
+			dst = strconv.AppendUint(dst, uint64(e.seq), 10)
+			dst = append(dst, data[valueAt+numTo:end]...)
+		default:
+			// Without Content-Length sipgo's parser adds one: so must we.
+			seenLength = seenLength || equalFoldASCII(name, "content-length") || equalFoldASCII(name, "l")
+			dst = append(dst, data[pos:end]...)
+		}
+		pos = end
+	}
+	if !seenVia || !seenCSeq || !seenLength || len(data)-pos != bodyLen || (!seenMF && !e.addMF) {
+		return fail()
+	}
+	if e.addMF {
+		dst = append(dst, "Max-Forwards: "...)
+		dst = strconv.AppendUint(dst, uint64(e.maxForwards), 10)
+		dst = append(dst, "\r\n"...)
+	}
+	for _, a := range extra {
+		dst = append(dst, a.header...)
+		dst = append(dst, ": "...)
+		dst = append(dst, a.value...)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = append(dst, "\r\n"...)
+	return append(dst, data[pos:]...), true
+}
+
+// appendTopVia appends the client's top Via header line (line, without
+// CRLF; its value from valueAt) with rport and received set: the first
+// parameter of that name gets the value, as sipgo's HeaderParams.Add does,
+// or the parameter is added at the end.
+func (e *forwardEdits) appendTopVia(dst, line []byte, valueAt int) ([]byte, bool) {
+	v := bytes.TrimRight(line[valueAt:], " \t")
+	paramsAt := clientViaParams(v)
+	if paramsAt < 0 {
+		return dst, false
+	}
+	at := valueAt + paramsAt // line[at] is the ';' before the first parameter
+	end := valueAt + len(v)
+	dst = append(dst, line[:at]...)
+	setRport, setReceived := e.rport != "", e.received != ""
+	for at < end {
+		next := bytes.IndexByte(line[at+1:end], ';')
+		if next < 0 {
+			next = end
+		} else {
+			next += at + 1
+		}
+		p := line[at+1 : next]
+		name, _, _ := bytes.Cut(p, []byte("="))
+		switch {
+		case setRport && string(name) == "rport":
+			dst = append(dst, ";rport="...)
+			dst = append(dst, e.rport...)
+			setRport = false
+		case setReceived && string(name) == "received":
+			dst = append(dst, ";received="...)
+			dst = append(dst, e.received...)
+			setReceived = false
+		default:
+			dst = append(dst, line[at:next]...)
+		}
+		at = next
+	}
+	if setRport {
+		dst = append(dst, ";rport="...)
+		dst = append(dst, e.rport...)
+	}
+	if setReceived {
+		dst = append(dst, ";received="...)
+		dst = append(dst, e.received...)
+	}
+	return append(dst, line[end:]...), true
+}
+
+// clientViaParams returns where the parameters of a client's Via value
+// begin (the first ';'), or -1 unless the value is one via-parm spelt
+// plainly: "SIP/2.0/<transport> <host>[:<port>]" and parameters that are
+// tokens or token=token. Anything else is left to the parser's copy.
+func clientViaParams(v []byte) int {
+	lead := len(v) - len(bytes.TrimLeft(v, " \t"))
+	rest, ok := bytes.CutPrefix(v[lead:], []byte("SIP/2.0/"))
+	if !ok {
+		return -1
+	}
+	sp := bytes.IndexByte(rest, ' ')
+	if sp < 0 || !isToken(rest[:sp]) {
+		return -1
+	}
+	rest = rest[sp+1:]
+	semi := bytes.IndexByte(rest, ';')
+	if semi < 0 || !validSentBy(rest[:semi]) {
+		return -1
+	}
+	for p := range bytes.SplitSeq(rest[semi+1:], []byte(";")) {
+		name, val, hasVal := bytes.Cut(p, []byte("="))
+		if !isToken(name) || (hasVal && !isToken(val)) {
+			return -1
+		}
+	}
+	return len(v) - len(rest) + semi
+}
+
+// isIdentityHeader reports whether name is one of identityHeaders.
+func isIdentityHeader(name []byte) bool {
+	for _, h := range identityHeaders {
+		if bytes.EqualFold(name, []byte(h)) {
+			return true
+		}
+	}
+	return false
+}
+
+// appendVia appends our Via header line for a request sent over UDP from
+// host:port with branch, as newVia's header serialises.
+func appendVia(dst []byte, host string, port int, branch string) []byte {
+	dst = append(dst, "Via: SIP/2.0/UDP "...)
+	if strings.IndexByte(host, ':') >= 0 && !strings.HasPrefix(host, "[") {
+		dst = append(dst, '[')
+		dst = append(dst, host...)
+		dst = append(dst, ']')
+	} else {
+		dst = append(dst, host...)
+	}
+	if port > 0 {
+		dst = append(dst, ':')
+		dst = strconv.AppendInt(dst, int64(port), 10)
+	}
+	dst = append(dst, ";branch="...)
+	dst = append(dst, branch...)
+	return append(dst, ";rport\r\n"...)
+}

@@ -117,3 +117,114 @@ func FuzzScanResponse(f *testing.F) {
 		checkRelayBytes(t, data, r, 12345)
 	})
 }
+
+const forwardOK = "MESSAGE sip:1002@pbx.example.com SIP/2.0\r\n" +
+	"Via: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK-c1;rport\r\n" +
+	"Max-Forwards: 70\r\nFrom: <sip:1001@pbx.example.com>;tag=f1\r\nTo: <sip:1002@pbx.example.com>\r\n" +
+	"Call-ID: c1@x\r\nCSeq: 4 MESSAGE\r\nProxy-Authorization: Digest username=\"x\"\r\n" +
+	"P-Asserted-Identity: <sip:boss@x>\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+// checkAppendForward checks that the bytes appendForward sends for data
+// parse into the request buildForward's edits make of the parsed copy,
+// whenever appendForward does not decline.
+func checkAppendForward(t testing.TB, data []byte, flags byte, shift uint32) (sent bool) {
+	t.Helper()
+	msg, err := sip.ParseMessage(data)
+	if err != nil {
+		return false
+	}
+	req, ok := msg.(*sip.Request)
+	if !ok || req.CSeq() == nil {
+		return false
+	}
+	e := forwardEdits{dropAuth: flags&1 != 0, dropIdentity: flags&2 != 0, maxForwards: 70, addMF: true, seq: req.CSeq().SeqNo + shift}
+	if mf := req.MaxForwards(); mf != nil {
+		e.maxForwards, e.addMF = mf.Val()-1, false
+	}
+	if flags&4 != 0 {
+		e.rport, e.received = "5999", "192.0.2.9"
+	} else if flags&8 != 0 {
+		e.received = "192.0.2.9"
+	}
+	extra := []authAnswer{{header: "Proxy-Authorization", value: `Digest username="u", realm="r", nonce="n", uri="sip:a", response="0"`}}
+	via := appendVia(nil, "127.0.0.1", 5060, "z9hG4bK-ours")
+
+	out, ok := e.appendForward([]byte("junk"), data, len(req.Body()), via, extra)
+	if string(out[:4]) != "junk" {
+		t.Fatalf("appendForward overwrote dst")
+	}
+	if !ok {
+		if len(out) != 4 {
+			t.Fatalf("appendForward declined but left %d bytes", len(out)-4)
+		}
+		return false
+	}
+	want := req.Clone()
+	e.applyToRequest(want)
+	pv := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: "127.0.0.1", Port: 5060, Params: sip.NewParams()}
+	pv.Params.Add("branch", "z9hG4bK-ours")
+	pv.Params.Add("rport", "")
+	want.PrependHeader(pv)
+	for _, a := range extra {
+		want.AppendHeader(sip.NewHeader(a.header, a.value))
+	}
+	got, err := sip.ParseMessage(out[4:])
+	if err != nil {
+		t.Fatalf("forwarded bytes do not parse: %v\n%s", err, out[4:])
+	}
+	if got.String() != want.String() {
+		t.Fatalf("forwarded bytes:\n%s\nwant (parsed copy, edited):\n%s", got, want)
+	}
+	return true
+}
+
+func TestAppendForward(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		in    string
+		flags byte
+		shift uint32
+		sent  bool
+	}{
+		{name: "all edits", in: forwardOK, flags: 1 | 2 | 4, shift: 3, sent: true},
+		{name: "received only, identity kept", in: forwardOK, flags: 1 | 8, sent: true},
+		{name: "no Max-Forwards", in: strings.Replace(forwardOK, "Max-Forwards: 70\r\n", "", 1), flags: 1 | 4, sent: true},
+		{name: "compact Via, odd case", in: strings.Replace(strings.Replace(forwardOK, "Via:", "v :", 1), "Max-Forwards:", "max-forwards:", 1), flags: 1 | 2 | 4, sent: true},
+		{name: "received already there", in: strings.Replace(forwardOK, ";rport\r\n", ";received=10.1.1.1;rport\r\n", 1), flags: 1 | 4, sent: true},
+		{name: "two Vias on a line", in: strings.Replace(forwardOK, ";rport\r\n", ";rport, SIP/2.0/UDP 10.0.0.6;branch=z9hG4bK-c0\r\n", 1), flags: 1},
+		{name: "IPv6 sent-by", in: strings.Replace(forwardOK, "10.0.0.5:5062", "[2001:db8::5]:5062", 1), flags: 1 | 4, sent: true},
+		{name: "folded header", in: strings.Replace(forwardOK, "Content-Type: text/plain", "Subject: a\r\n b\r\nContent-Type: text/plain", 1), flags: 1},
+		{name: "bytes after the body", in: forwardOK + "xx", flags: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if sent := checkAppendForward(t, []byte(tc.in), tc.flags, tc.shift); sent != tc.sent {
+				t.Fatalf("sent as bytes = %v, want %v", sent, tc.sent)
+			}
+		})
+	}
+}
+
+// appendVia writes what newVia's header serialises to.
+func TestAppendVia(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "proxy.example.com", "2001:db8::1"} {
+		v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: host, Port: 5070, Params: sip.NewParams()}
+		v.Params.Add("branch", "z9hG4bK-b")
+		v.Params.Add("rport", "")
+		want := "Via: " + v.Value() + "\r\n"
+		if got := string(appendVia(nil, host, 5070, "z9hG4bK-b")); got != want {
+			t.Errorf("host %s: got %q, want %q", host, got, want)
+		}
+	}
+}
+
+// FuzzAppendForward checks, for any datagram sipgo parses into a request
+// and any edits, that appendForward declines or sends what buildForward's
+// parsed copy would be.
+func FuzzAppendForward(f *testing.F) {
+	f.Add([]byte(forwardOK), byte(7), uint32(0))
+	f.Add([]byte(strings.Replace(forwardOK, "Max-Forwards: 70\r\n", "", 1)), byte(9), uint32(2))
+	f.Add([]byte(strings.Replace(forwardOK, "Via:", "v:", 1)), byte(1), uint32(1))
+	f.Fuzz(func(t *testing.T, data []byte, flags byte, shift uint32) {
+		checkAppendForward(t, data, flags, shift)
+	})
+}

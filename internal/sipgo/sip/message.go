@@ -136,6 +136,11 @@ type MessageData struct {
 	// This is for internal routing
 	src  string
 	dest string
+
+	// raw (authproxy patch 14) is the datagram a request on a UDP listener
+	// was parsed from, from the read loop to the transaction layer's
+	// handleMessage, which takes it off before anything else sees it.
+	raw []byte
 }
 
 func (msg *MessageData) Body() []byte {

@@ -145,7 +145,9 @@ func (txl *TransactionLayer) handleMessage(msg Message) {
 
 	switch msg := msg.(type) {
 	case *Request:
-		if txl.fast != nil && txl.fastRequest(msg) { // authproxy patch 11
+		raw := msg.raw // authproxy patch 14: valid only until this returns
+		msg.raw = nil
+		if txl.fast != nil && txl.fastRequest(msg, raw) { // authproxy patch 11
 			return
 		}
 		go txl.handleRequestBackground(msg)

@@ -58,7 +58,10 @@ func WithTransactionLayerFastLane(f FastLane) TransactionLayerOption {
 // A request with a ServerTx already (the fast lane declined its first
 // copy) stays with that transaction; one whose lite transaction answered
 // is answered again from the answered store (RFC 3261 §17.2.2).
-func (txl *TransactionLayer) fastRequest(req *Request) bool {
+//
+// raw is the datagram req was parsed from, if the transport kept it: the
+// lite transaction lends it to HandleRequest (LiteServerTx.Raw).
+func (txl *TransactionLayer) fastRequest(req *Request, raw []byte) bool {
 	if req.Method == INVITE || req.Method == ACK || req.Method == CANCEL || req.Transport() != "UDP" || !txl.fast.TakesRequest(req) {
 		return false
 	}
@@ -85,7 +88,9 @@ func (txl *TransactionLayer) fastRequest(req *Request) bool {
 		return false
 	}
 	src, _ := netip.ParseAddrPort(req.Source()) // zero (RespondRaw refuses) if not an address
-	txl.fast.HandleRequest(req, &LiteServerTx{key: key, conn: uc, answered: txl.answered, src: src})
+	tx := &LiteServerTx{key: key, conn: uc, answered: txl.answered, src: src, raw: raw}
+	txl.fast.HandleRequest(req, tx)
+	tx.raw = nil // the read loop reuses it
 	return true
 }
 
@@ -102,6 +107,7 @@ type LiteServerTx struct {
 	conn     *UDPConnection
 	answered *answeredStore
 	src      netip.AddrPort // where the request came from (authproxy patch 13)
+	raw      []byte         // the request's datagram, during HandleRequest only (patch 14)
 
 	mu       sync.Mutex
 	finished bool
@@ -130,6 +136,13 @@ func (tx *LiteServerTx) Respond(res *Response) error {
 	}
 	return nil
 }
+
+// Raw returns the datagram the request was parsed from (authproxy patch
+// 14), so that a proxy can send it on edited instead of serialising a
+// parsed copy. It is the read loop's buffer: valid only until
+// HandleRequest returns, never to be kept or modified; nil when the
+// transport did not keep it, and afterwards.
+func (tx *LiteServerTx) Raw() []byte { return tx.raw }
 
 // ErrLiteTxNoSource is what RespondRaw returns when the request's source
 // was no IP address and port.

@@ -390,6 +390,9 @@ func (t *TransportUDP) parseAndHandle(data []byte, src string, handler MessageHa
 	msg.SetTransport(t.Network())
 	// Current transaction are taking connection but for UDP they can forward on different src address
 	msg.SetSource(src) // By default we expect our source is behind NAT. https://datatracker.ietf.org/doc/html/rfc3581#section-6
+	if req, ok := msg.(*Request); ok && t.rawResponse != nil { // authproxy patch 14: for the FastLane alone
+		req.raw = data
+	}
 	handler(msg)
 }
 
