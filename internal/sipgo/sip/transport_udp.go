@@ -390,7 +390,8 @@ func (t *TransportUDP) parseAndHandle(data []byte, src string, handler MessageHa
 	msg.SetTransport(t.Network())
 	// Current transaction are taking connection but for UDP they can forward on different src address
 	msg.SetSource(src) // By default we expect our source is behind NAT. https://datatracker.ietf.org/doc/html/rfc3581#section-6
-	if req, ok := msg.(*Request); ok && t.rawResponse != nil { // authproxy patch 14: for the FastLane alone
+	// authproxy patch 14: the datagram, for the FastLane alone.
+	if req, ok := msg.(*Request); ok && t.rawResponse != nil {
 		req.raw = data
 	}
 	handler(msg)
