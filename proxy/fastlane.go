@@ -15,11 +15,14 @@ import (
 // fastLane forwards the out-of-dialog non-INVITE requests clients send
 // over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter) without
 // sipgo's transactions (sip.FastLane, internal/sipgo patch 11). The
-// request is checked, routed, admitted and built exactly as on the usual
-// path (forwarding.prepare), on the goroutine that parsed it (the UDP
-// read loop, or one of its workers at high rates: patch 12), and sent at
-// once; the upstream's response is matched to it by our Via branch where it
-// is parsed and relayed from there. No goroutine, FSM,
+// request is checked, routed and admitted exactly as on the usual path
+// (forwarding.check), on the goroutine that parsed it (the UDP read loop,
+// or one of its workers at high rates: patch 12), and sent at once, as
+// the client's datagram with authproxy's edits made in its bytes
+// (forwardBytes, patch 14) or else as a parsed copy (forwarding.build);
+// the upstream's response is matched to it by our Via branch and relayed
+// as bytes from where it was read (HandleRawResponse, patch 13), or parsed
+// when it is a challenge or unusual. No goroutine, FSM,
 // timer or channel per request: on a machine whose two cores authproxy
 // shares with its PBX, those handoffs were most of its CPU and of the
 // latency it adds (README, "Performance").
@@ -203,7 +206,8 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) (sip.Co
 	}
 	conn, err := l.p.ua.TransportLayer().GetConnection("udp", lst.local)
 	if err != nil {
-		return nil, fmt.Errorf("listening socket %s: %w", lst.local, err)
+		// Not in sipgo's pool (yet): the parsed copy finds or makes one.
+		return nil, nil
 	}
 	e.raw = bytes.Clone(out[via:])
 	e.rawTo = net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.up.ip, uint16(f.up.port)))
