@@ -63,12 +63,15 @@
 // transactions (fastlane.go, internal/sipgo patch 11). The goroutine that
 // parsed such a request (the UDP read loop, or above 10,000 datagrams a
 // second one of its workers: patch 12) runs the same checks, routing,
-// admission and preemptive answer as every request (forwarding.prepare),
-// sends it with our Via and returns; the one that parses the upstream's
-// response finds the request by our branch and relays it. The client's
-// retransmissions stand in for Timer E (each is sent on at once), one
-// sweeper for Timer F, and the final response's bytes answer later
-// retransmissions (sip.LiteServerTx). A 401/407, or a next hop over TCP or
+// admission and preemptive answer as every request (forwarding.check),
+// sends it with our Via and returns: as the client's datagram with
+// authproxy's edits made in its bytes (rawsip.go, patch 14), or else as a
+// parsed copy. The goroutine that reads the upstream's response finds the
+// request by our branch and relays it, as bytes with our Via cut out
+// (patch 13) unless it is a challenge or unusual, which sipgo parses. The
+// client's retransmissions stand in for Timer E (each is sent on at
+// once), one sweeper for Timer F, and the final response's bytes answer
+// later retransmissions (sip.LiteServerTx). A 401/407, or a next hop over TCP or
 // TLS, hands the request to a goroutine that continues the usual way with
 // a sipgo client transaction. It exists for latency: at 3,500 requests a
 // second on two shared cores, the goroutines, FSMs, timers and channels of

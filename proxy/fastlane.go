@@ -307,7 +307,7 @@ func (l *fastLane) HandleRawResponse(data []byte) bool {
 	l.mu.Lock()
 	e := l.byBranch[string(r.branch)]
 	l.mu.Unlock()
-	if e == nil {
+	if e == nil || !e.tx.CanRespondRaw() {
 		return false
 	}
 	e.mu.Lock()

@@ -144,6 +144,10 @@ func (tx *LiteServerTx) Respond(res *Response) error {
 // transport did not keep it, and afterwards.
 func (tx *LiteServerTx) Raw() []byte { return tx.raw }
 
+// CanRespondRaw reports whether RespondRaw can reach the request's source
+// (authproxy patch 13): its address parsed as an IP address and port.
+func (tx *LiteServerTx) CanRespondRaw() bool { return tx.src.IsValid() }
+
 // ErrLiteTxNoSource is what RespondRaw returns when the request's source
 // was no IP address and port.
 var ErrLiteTxNoSource = errors.New("request source is no address")
