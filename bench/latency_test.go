@@ -161,9 +161,10 @@ func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr
 		// What authproxy spent per request is what the tail follows
 		// (README, "Performance"): the kernel's part includes sending on
 		// loopback, which runs the receiver's side of the stack too.
+		per := func(d time.Duration) time.Duration { return (d / time.Duration(n)).Round(100 * time.Nanosecond) }
+		user, system := cpu1.user-cpu0.user, cpu1.system-cpu0.system
 		fmt.Fprintf(&b, "\nauthproxy used %v of CPU per request through it (user %v, system %v; clock ticks of 10 ms over %d requests).\n",
-			((cpu1.user+cpu1.system-cpu0.user-cpu0.system)/time.Duration(n)).Round(100*time.Nanosecond),
-			((cpu1.user-cpu0.user)/time.Duration(n)).Round(100*time.Nanosecond), ((cpu1.system-cpu0.system)/time.Duration(n)).Round(100*time.Nanosecond), n)
+			per(user+system), per(user), per(system), n)
 	}
 	if kernel > 0 {
 		// The machine's kernel runs DAMON (memory access sampling for
