@@ -269,13 +269,7 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 	if cs := res.CSeq(); cs == nil || cs.MethodName != f.req.Method {
 		return false // RFC 3261 §17.1.3 matches branch and method
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			l.finish(e)
-			f.panicked(r)
-			f.end()
-		}
-	}()
+	defer l.recoverRelay(e)
 	switch {
 	case res.StatusCode == sip.StatusTrying:
 		// §16.7 step 3: a 100 is not forwarded.
@@ -319,13 +313,7 @@ func (l *fastLane) HandleRawResponse(data []byte) bool {
 	if string(r.method) != string(f.req.Method) {
 		return false // RFC 3261 §17.1.3 matches branch and method
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			l.finish(e)
-			f.panicked(r)
-			f.end()
-		}
-	}()
+	defer l.recoverRelay(e)
 	switch {
 	case r.status == sip.StatusTrying:
 		// §16.7 step 3: a 100 is not forwarded.
@@ -337,6 +325,17 @@ func (l *fastLane) HandleRawResponse(data []byte) bool {
 		f.end()
 	}
 	return true
+}
+
+// recoverRelay, deferred while a response to e's request is handled,
+// turns a panic into the end of the request (a 500 to its sender unless
+// it has its final response) instead of a crash.
+func (l *fastLane) recoverRelay(e *laneEntry) {
+	if r := recover(); r != nil {
+		l.finish(e)
+		e.f.panicked(r)
+		e.f.end()
+	}
 }
 
 // retransmitted sends the request on again while it waits for its

@@ -216,14 +216,7 @@ func testFastLaneTransactionBehaviour(t *testing.T) {
 // the request goes again with credentials and CSeq+1, and the client gets
 // the upstream's final answer to that.
 func TestFastLaneChallenge(t *testing.T) {
-	up := startScriptedUpstream(t)
-	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
-	c := newLaneClient(t, addr, "lane-2")
-	c.send(t)
-	first := up.next(t, 2*time.Second)
-	up.answer(t, first, "407 Proxy Authentication Required",
-		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
-	again := up.next(t, 2*time.Second)
+	up, c, again := laneAfterChallenge(t, "lane-2")
 	if !bytes.Contains(again.data, []byte("Proxy-Authorization: Digest")) || !bytes.Contains(again.data, []byte("CSeq: 2 MESSAGE")) {
 		t.Fatalf("re-send without credentials or CSeq+1:\n%s", again.data)
 	}
@@ -233,20 +226,28 @@ func TestFastLaneChallenge(t *testing.T) {
 	}
 }
 
+// laneAfterChallenge starts an upstream, a proxy (preemptive off) and a
+// lane client whose MESSAGE the upstream challenges, and returns them
+// with the request authproxy sent again, not answered yet.
+func laneAfterChallenge(t *testing.T, callID string) (*scriptedUpstream, *laneClient, datagram) {
+	t.Helper()
+	up := startScriptedUpstream(t)
+	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
+	c := newLaneClient(t, addr, callID)
+	c.send(t)
+	first := up.next(t, 2*time.Second)
+	up.answer(t, first, "407 Proxy Authentication Required",
+		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
+	return up, c, up.next(t, 2*time.Second)
+}
+
 // A request on the fast lane goes on as the client's bytes with
 // authproxy's edits (internal/sipgo patch 14), and its response comes back
 // as the bytes the upstream sent (patch 13): our Via gone, the client's
 // own CSeq number back where authproxy shifted it after a challenge in the
 // same Call-ID, every other header as the upstream wrote it.
 func TestFastLaneRawRelay(t *testing.T) {
-	up := startScriptedUpstream(t)
-	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
-	c := newLaneClient(t, addr, "lane-3")
-	c.send(t)
-	first := up.next(t, 2*time.Second)
-	up.answer(t, first, "407 Proxy Authentication Required",
-		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
-	again := up.next(t, 2*time.Second)
+	up, c, again := laneAfterChallenge(t, "lane-3")
 	up.answer(t, again, "200 OK")
 	if got := c.read(t, 2*time.Second); got != "SIP/2.0 200 OK" {
 		t.Fatalf("client got %q, want 200", got)
