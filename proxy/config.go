@@ -153,8 +153,9 @@ const (
 // upstream is an Upstream with its address parsed once.
 type upstream struct {
 	Upstream
-	host      string     // lowercased
-	ip        netip.Addr // host when it is an IP literal (unmapped), else invalid
+	host      string       // lowercased
+	ip        netip.Addr   // host when it is an IP literal (unmapped), else invalid
+	udpAddr   *net.UDPAddr // ip and port, when ip is valid: where the fast lane sends datagrams
 	port      int
 	transport string // "UDP" or "TCP", as sipgo spells it
 }
@@ -191,7 +192,11 @@ func (c *Config) validate() ([]*upstream, error) {
 			return nil, fmt.Errorf("upstream %d (%s): register mode %q: want path or contact", i, u.Name, u.RegisterMode)
 		}
 		ip, _ := netip.ParseAddr(host) // invalid for a name
-		ups = append(ups, &upstream{Upstream: u, host: host, ip: ip.Unmap(), port: port, transport: tp})
+		up := &upstream{Upstream: u, host: host, ip: ip.Unmap(), port: port, transport: tp}
+		if up.ip.IsValid() {
+			up.udpAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(up.ip, uint16(port)))
+		}
+		ups = append(ups, up)
 	}
 	for i, r := range c.Registrations {
 		found := false

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -54,11 +52,10 @@ type laneEntry struct {
 	tx  *sip.LiteServerTx
 
 	// The request as sent when the lane sent the client's datagram on
-	// edited (appendForward) instead of f.fwd: its bytes, where to, and
-	// the CSeq number it carries.
-	raw   []byte
-	rawTo *net.UDPAddr
-	seq   uint32
+	// edited (appendForward) instead of f.fwd: its bytes (to f.up's
+	// udpAddr) and the CSeq number it carries.
+	raw []byte
+	seq uint32
 
 	mu       sync.Mutex
 	waiting  bool           // sent, its response awaited on the lane (not before, not off the lane, not once answered)
@@ -138,8 +135,9 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 		return true
 	}
 	branch := sip.GenerateBranchN(16)
-	conn, err := l.forwardBytes(e, raw, branch)
-	if err == nil && conn == nil {
+	var err error
+	conn := l.forwardBytes(e, raw, branch)
+	if conn == nil {
 		if !f.build() {
 			return false
 		}
@@ -173,28 +171,28 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 // forwardBytes prepares e's request as the client's datagram raw with
 // authproxy's edits (forwardEdits, the preemptive answers, our Via with
 // branch) made in its bytes, into e.raw, and returns the listening socket
-// to send it from. It returns no connection and no error when the request
-// must be built as a parsed copy instead: no datagram, something other
-// than a plain request to an upstream addressed by IP from a listener
-// bound to one, or bytes appendForward would not edit. The preemptive
-// answers, once computed, are in f.auth either way.
-func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) (sip.Connection, error) {
+// to send it from. It returns nil when the request must be built as a
+// parsed copy instead: no datagram, something other than a plain request
+// to an upstream addressed by IP from a listener bound to one, or bytes
+// appendForward would not edit. The preemptive answers, once computed,
+// are in f.auth either way.
+func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Connection {
 	f, req := e.f, e.f.req
-	if raw == nil || f.toClient || f.bind != nil || f.up == nil || !f.up.ip.IsValid() ||
+	if raw == nil || f.toClient || f.bind != nil || f.up == nil || f.up.udpAddr == nil ||
 		req.Method == sip.REGISTER || req.Route() != nil {
-		return nil, nil
+		return nil
 	}
 	lst := l.p.listenerFor("UDP")
 	if lst == nil || lst.ip.IsUnspecified() {
-		return nil, nil
+		return nil
 	}
 	edits, err := f.forwardEdits()
 	if err != nil {
-		return nil, nil // build answers it
+		return nil // build answers it
 	}
 	f.addPreemptive()
-	buf := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(buf)
+	buf := datagramBufs.Get().(*[]byte)
+	defer datagramBufs.Put(buf)
 	*buf = appendVia((*buf)[:0], lst.advertise, lst.port, branch)
 	via := len(*buf)
 	out, ok := edits.appendForward(*buf, raw, len(req.Body()), (*buf)[:via], f.auth)
@@ -202,17 +200,16 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) (sip.Co
 	if !ok || len(out)-via > sip.UDPMTUSize-200 {
 		// The parsed copy carries the answers computed here (build adds
 		// f.auth); too large, it fails there as it always did.
-		return nil, nil
+		return nil
 	}
 	conn, err := l.p.ua.TransportLayer().GetConnection("udp", lst.local)
 	if err != nil {
 		// Not in sipgo's pool (yet): the parsed copy finds or makes one.
-		return nil, nil
+		return nil
 	}
 	e.raw = bytes.Clone(out[via:])
-	e.rawTo = net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.up.ip, uint16(f.up.port)))
 	e.seq = edits.seq
-	return conn, nil
+	return conn
 }
 
 // send sends the request (again) to the next hop on e.conn (e.mu held).
@@ -224,7 +221,7 @@ func (e *laneEntry) send() error {
 	if !ok {
 		return fmt.Errorf("listening socket is a %T", e.conn)
 	}
-	_, err := uc.WriteTo(e.raw, e.rawTo)
+	_, err := uc.WriteTo(e.raw, e.f.up.udpAddr)
 	return err
 }
 

@@ -614,19 +614,29 @@ func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
 
 // newVia is our Via for a request sent over transport (§16.6 step 8).
 func (p *Proxy) newVia(transport, branch string) *sip.ViaHeader {
+	if l := p.listenerFor(transport); l != nil {
+		return ourVia(transport, l.advertise, l.port, branch)
+	}
+	host := ""
+	if len(p.listeners) > 0 {
+		// No listener of this transport: responses come back on the
+		// connection we open; advertise our host, sipgo fills the port
+		// from the socket.
+		host = p.listeners[0].advertise
+	}
+	return ourVia(transport, host, 0, branch)
+}
+
+// ourVia is the Via authproxy puts on a request it sends from host:port
+// (port 0: none) over transport; appendVia writes the same as bytes.
+func ourVia(transport, host string, port int, branch string) *sip.ViaHeader {
 	via := &sip.ViaHeader{
 		ProtocolName:    "SIP",
 		ProtocolVersion: "2.0",
 		Transport:       transport,
+		Host:            host,
+		Port:            port,
 		Params:          sip.NewParams(),
-	}
-	if l := p.listenerFor(transport); l != nil {
-		via.Host, via.Port = l.advertise, l.port
-	} else if len(p.listeners) > 0 {
-		// No listener of this transport: responses come back on the
-		// connection we open; advertise our host, sipgo fills the port
-		// from the socket.
-		via.Host = p.listeners[0].advertise
 	}
 	via.Params.Add("branch", branch)
 	via.Params.Add("rport", "")
@@ -862,10 +872,10 @@ func (f *forwarding) relayRaw(tx *sip.LiteServerTx, data []byte, r *scannedRespo
 	if r.status >= 200 && r.status < 300 {
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
 	}
-	buf := relayBufs.Get().(*[]byte)
+	buf := datagramBufs.Get().(*[]byte)
 	*buf = r.relayBytes((*buf)[:0], data, f.req.CSeq().SeqNo)
 	err := tx.RespondRaw(*buf, r.status >= 200)
-	relayBufs.Put(buf)
+	datagramBufs.Put(buf)
 	f.relayed(r.status, err)
 }
 

@@ -271,9 +271,10 @@ func (r *scannedResponse) relayBytes(dst, data []byte, seq uint32) []byte {
 	return append(dst, data[pos:]...)
 }
 
-// relayBufs holds the buffers responses are relayed from; the answered
-// store copies what it keeps.
-var relayBufs = sync.Pool{New: func() any {
+// datagramBufs holds the buffers the fast lane builds datagrams in
+// (relayed responses, edited requests); what outlives the send (the
+// answered store's copy, laneEntry.raw) is copied out.
+var datagramBufs = sync.Pool{New: func() any {
 	b := make([]byte, 0, 2048)
 	return &b
 }}
@@ -504,7 +505,8 @@ func isIdentityHeader(name []byte) bool {
 }
 
 // appendVia appends our Via header line for a request sent over UDP from
-// host:port with branch, as newVia's header serialises.
+// host:port with branch, as ourVia's header serialises
+// (TestAppendVia).
 func appendVia(dst []byte, host string, port int, branch string) []byte {
 	dst = append(dst, "Via: SIP/2.0/UDP "...)
 	if strings.IndexByte(host, ':') >= 0 && !strings.HasPrefix(host, "[") {

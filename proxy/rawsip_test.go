@@ -161,10 +161,7 @@ func checkAppendForward(t testing.TB, data []byte, flags byte, shift uint32) (se
 	}
 	want := req.Clone()
 	e.applyToRequest(want)
-	pv := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: "127.0.0.1", Port: 5060, Params: sip.NewParams()}
-	pv.Params.Add("branch", "z9hG4bK-ours")
-	pv.Params.Add("rport", "")
-	want.PrependHeader(pv)
+	want.PrependHeader(ourVia("UDP", "127.0.0.1", 5060, "z9hG4bK-ours"))
 	for _, a := range extra {
 		want.AppendHeader(sip.NewHeader(a.header, a.value))
 	}
@@ -204,13 +201,10 @@ func TestAppendForward(t *testing.T) {
 	}
 }
 
-// appendVia writes what newVia's header serialises to.
+// appendVia writes what ourVia's header serialises to.
 func TestAppendVia(t *testing.T) {
 	for _, host := range []string{"127.0.0.1", "proxy.example.com", "2001:db8::1"} {
-		v := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: host, Port: 5070, Params: sip.NewParams()}
-		v.Params.Add("branch", "z9hG4bK-b")
-		v.Params.Add("rport", "")
-		want := "Via: " + v.Value() + "\r\n"
+		want := "Via: " + ourVia("UDP", host, 5070, "z9hG4bK-b").Value() + "\r\n"
 		if got := string(appendVia(nil, host, 5070, "z9hG4bK-b")); got != want {
 			t.Errorf("host %s: got %q, want %q", host, got, want)
 		}
