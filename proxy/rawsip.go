@@ -45,35 +45,24 @@ func scanResponse(data []byte) (scannedResponse, bool) {
 	if !ok {
 		return r, false
 	}
-	pos := line
 	haveVia, haveCSeq := false, false
-	for {
-		end, ok := lineEnd(data, pos)
+	for pos := line; ; {
+		h, last, ok := nextHeader(data, pos)
 		if !ok {
 			return r, false
 		}
-		l := data[pos : end-2]
-		if len(l) == 0 {
-			break // end of headers
+		if last {
+			break
 		}
-		if l[0] == ' ' || l[0] == '\t' {
-			return r, false // a folded line: the parser's business
-		}
-		colon := bytes.IndexByte(l, ':')
-		if colon <= 0 {
-			return r, false
-		}
-		name := bytes.TrimRight(l[:colon], " \t")
-		value := l[colon+1:]
 		switch {
-		case !haveVia && (equalFoldASCII(name, "via") || equalFoldASCII(name, "v")):
-			branch, ok := viaBranch(value)
+		case !haveVia && h.isVia():
+			branch, ok := viaBranch(h.value(data))
 			if !ok {
 				return r, false
 			}
-			r.branch, r.viaFrom, r.viaTo, haveVia = branch, pos, end, true
-		case !haveCSeq && equalFoldASCII(name, "cseq"):
-			off := pos + colon + 1
+			r.branch, r.viaFrom, r.viaTo, haveVia = branch, h.from, h.end, true
+		case !haveCSeq && equalFoldASCII(h.name, "cseq"):
+			value := h.value(data)
 			numFrom, numTo, method, ok := scanCSeq(value)
 			if !ok {
 				return r, false
@@ -82,11 +71,50 @@ func scanResponse(data []byte) (scannedResponse, bool) {
 			if err != nil || seq > maxCSeq {
 				return r, false
 			}
-			r.seq, r.method, r.seqFrom, r.seqTo, haveCSeq = uint32(seq), method, off+numFrom, off+numTo, true
+			r.seq, r.method, r.seqFrom, r.seqTo, haveCSeq = uint32(seq), method, h.valueAt+numFrom, h.valueAt+numTo, true
 		}
-		pos = end
+		pos = h.end
 	}
 	return r, haveVia && haveCSeq
+}
+
+// headerLine is one header line of a datagram: data[from:end], its CRLF
+// included; its name trimmed, its value from valueAt to end-2.
+type headerLine struct {
+	from, valueAt, end int
+	name               []byte
+}
+
+func (h *headerLine) value(data []byte) []byte { return data[h.valueAt : h.end-2] }
+
+func (h *headerLine) isVia() bool {
+	return equalFoldASCII(h.name, "via") || equalFoldASCII(h.name, "v")
+}
+
+// nextHeader reads the header line at pos. last reports the empty line
+// that ends the headers (h.end is then where the body starts); ok is false
+// for what the byte paths leave to sipgo's parser: no CRLF, a bare LF or
+// stray CR, a folded line, a line without a name and colon.
+func nextHeader(data []byte, pos int) (h headerLine, last, ok bool) {
+	end, ok := lineEnd(data, pos)
+	if !ok {
+		return h, false, false
+	}
+	h.from, h.end = pos, end
+	l := data[pos : end-2]
+	if len(l) == 0 {
+		return h, true, true
+	}
+	if l[0] == ' ' || l[0] == '\t' {
+		return h, false, false // a folded line
+	}
+	colon := bytes.IndexByte(l, ':')
+	if colon <= 0 {
+		return h, false, false
+	}
+	h.name = bytes.TrimRight(l[:colon], " \t")
+	h.valueAt = pos + colon + 1
+	return h, false, true
 }
 
 // lineEnd returns the index just past the CRLF ending the line that
@@ -123,7 +151,10 @@ func viaBranch(v []byte) ([]byte, bool) {
 		if !isToken(name) || (hasVal && !isToken(val)) {
 			return nil, false
 		}
-		if branch == nil && string(name) == "branch" {
+		if string(name) == "branch" {
+			if branch != nil {
+				return nil, false // sipgo keeps the last of two, a reader the first
+			}
 			branch = val
 		}
 	}
@@ -332,10 +363,9 @@ func (e *forwardEdits) applyToRequest(fwd *sip.Request) {
 // line (CRLF included) on top and the header lines extra (each "Name:
 // value") after the request's own. It reports false, having appended
 // nothing usable, when it cannot be sure to edit the bytes the way
-// applyToRequest edits the parsed request (folded lines, a top Via line
-// holding several values or spelt unusually, no Content-Length, bytes
-// after the body): the
-// caller then builds a parsed copy as before.
+// applyToRequest edits the parsed request (what nextHeader refuses, a top
+// Via line holding several values or spelt unusually, no Content-Length,
+// bytes after the body): the caller then builds a parsed copy as before.
 func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, extra []authAnswer) ([]byte, bool) {
 	start := len(dst)
 	fail := func() ([]byte, bool) { return dst[:start], false }
@@ -347,30 +377,21 @@ func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, 
 	dst = append(dst, via...)
 	seenVia, seenMF, seenCSeq, seenLength := false, false, false, false
 	for {
-		end, ok := lineEnd(data, pos)
+		h, last, ok := nextHeader(data, pos)
 		if !ok {
 			return fail()
 		}
-		l := data[pos : end-2]
-		if len(l) == 0 {
-			pos = end
+		if last {
+			pos = h.end
 			break
 		}
-		if l[0] == ' ' || l[0] == '\t' {
-			return fail()
-		}
-		colon := bytes.IndexByte(l, ':')
-		if colon <= 0 {
-			return fail()
-		}
-		name := bytes.TrimRight(l[:colon], " \t")
-		valueAt := pos + colon + 1
+		name, from, valueAt, end := h.name, h.from, h.valueAt, h.end
 		switch {
 		case e.dropAuth && (equalFoldASCII(name, "authorization") || equalFoldASCII(name, "proxy-authorization")):
 		case e.dropIdentity && isIdentityHeader(name):
-		case !seenVia && (equalFoldASCII(name, "via") || equalFoldASCII(name, "v")):
+		case !seenVia && h.isVia():
 			seenVia = true
-			if dst, ok = e.appendTopVia(dst, data[pos:end-2], colon+1); !ok {
+			if dst, ok = e.appendTopVia(dst, data[from:end-2], valueAt-from); !ok {
 				return fail()
 			}
 			dst = append(dst, "\r\n"...)
@@ -381,7 +402,7 @@ func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, 
 			}
 			v := data[valueAt : end-2]
 			lead := len(v) - len(bytes.TrimLeft(v, " \t"))
-			dst = append(dst, data[pos:valueAt+lead]...)
+			dst = append(dst, data[from:valueAt+lead]...)
 			dst = strconv.AppendUint(dst, uint64(e.maxForwards), 10)
 			dst = append(dst, "\r\n"...)
 		case !seenCSeq && equalFoldASCII(name, "cseq"):
@@ -390,13 +411,13 @@ func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, 
 			if !ok {
 				return fail()
 			}
-			dst = append(dst, data[pos:valueAt+numFrom]...)
+			dst = append(dst, data[from:valueAt+numFrom]...)
 			dst = strconv.AppendUint(dst, uint64(e.seq), 10)
 			dst = append(dst, data[valueAt+numTo:end]...)
 		default:
 			// Without Content-Length sipgo's parser adds one: so must we.
 			seenLength = seenLength || equalFoldASCII(name, "content-length") || equalFoldASCII(name, "l")
-			dst = append(dst, data[pos:end]...)
+			dst = append(dst, data[from:end]...)
 		}
 		pos = end
 	}

@@ -34,6 +34,7 @@ func TestScanResponse(t *testing.T) {
 		{name: "branch spelt otherwise", in: "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h; Branch = b1\r\nCSeq: 1 MESSAGE\r\n\r\n"},
 		{name: "TCP Via", in: "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP h;branch=b1\r\nCSeq: 1 MESSAGE\r\n\r\n"},
 		{name: "odd sent-by", in: "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP // 0:;branch=b1\r\nCSeq: 1 MESSAGE\r\n\r\n"},
+		{name: "branch twice", in: "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=b1;branch=b2\r\nCSeq: 1 MESSAGE\r\n\r\n"},
 		{name: "no branch", in: "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;rport\r\nCSeq: 1 MESSAGE\r\n\r\n"},
 		{name: "no CSeq", in: "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=b1\r\n\r\n"},
 		{name: "CSeq too large", in: "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=b1\r\nCSeq: 2147483648 MESSAGE\r\n\r\n"},
