@@ -56,8 +56,8 @@ import (
 type Config struct {
 	// Name identifies the fake in log messages and in its Server header.
 	Name string
-	// Host is the loopback address to serve on, e.g. "127.0.0.2" (default
-	// "127.0.0.1"). UDP and TCP are served on the same free port.
+	// Host is the loopback address to serve on, e.g. "127.0.0.2" or "::1"
+	// (default "127.0.0.1"). UDP and TCP are served on the same free port.
 	Host string
 	// Realm is the primary realm (default "asterisk").
 	Realm string
@@ -200,8 +200,8 @@ func Start(t testing.TB, cfg Config) *Server {
 	if s.cfg.Host == "" {
 		s.cfg.Host = "127.0.0.1"
 	}
-	if ip := net.ParseIP(s.cfg.Host); ip == nil || !ip.IsLoopback() || ip.To4() == nil {
-		t.Fatalf("fakepbx %s: Host %q is not an IPv4 loopback address (127.0.0.0/8)", s.name, s.cfg.Host)
+	if ip := net.ParseIP(s.cfg.Host); ip == nil || !ip.IsLoopback() {
+		t.Fatalf("fakepbx %s: Host %q is not a loopback address (127.0.0.0/8 or ::1)", s.name, s.cfg.Host)
 	}
 	if s.cfg.Realm == "" {
 		s.cfg.Realm = "asterisk"
@@ -293,14 +293,18 @@ func Start(t testing.TB, cfg Config) *Server {
 // listenUDPAndTCP binds UDP on host:0, then TCP on the same port, retrying
 // with another port if TCP's is taken.
 func listenUDPAndTCP(host string) (net.PacketConn, net.Listener, error) {
+	udp, tcp := "udp4", "tcp4"
+	if net.ParseIP(host).To4() == nil {
+		udp, tcp = "udp6", "tcp6"
+	}
 	var lastErr error
 	for range 50 {
-		pc, err := net.ListenPacket("udp4", net.JoinHostPort(host, "0"))
+		pc, err := net.ListenPacket(udp, net.JoinHostPort(host, "0"))
 		if err != nil {
 			return nil, nil, fmt.Errorf("listen udp: %w", err)
 		}
 		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
+		ln, err := net.Listen(tcp, net.JoinHostPort(host, strconv.Itoa(port)))
 		if err == nil {
 			return pc, ln, nil
 		}
@@ -923,7 +927,7 @@ func (s *Server) respond(req *sip.Request, tx sip.ServerTransaction, key string,
 		// datagram anyway (e.g. many challenge headers): do that on the
 		// socket directly. sipgo already terminated the transaction.
 		tx.Terminate()
-		addr, rerr := net.ResolveUDPAddr("udp4", res.Destination())
+		addr, rerr := net.ResolveUDPAddr("udp", res.Destination())
 		if rerr == nil {
 			_, rerr = s.pc.WriteTo([]byte(res.String()), addr)
 		}

@@ -952,3 +952,31 @@ func TestLateCancelRecorded(t *testing.T) {
 		})
 	}
 }
+
+// TestIPv6 serves on ::1: a request over UDP and TCP is challenged and
+// recorded with its IPv6 source.
+func TestIPv6(t *testing.T) {
+	pbx := Start(t, Config{Name: "pbx6", Host: "::1", Accounts: map[string]string{"alice": "pw"}})
+	if !strings.HasPrefix(pbx.Addr(), "[::1]:") {
+		t.Fatalf("Addr %q, want [::1]:port", pbx.Addr())
+	}
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("fakepbx-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ua.Close() })
+	c, err := sipgo.NewClient(ua, sipgo.WithClientHostname("::1"), sipgo.WithClientConnectionAddr("[::1]:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range transports {
+		t.Run(tp, func(t *testing.T) {
+			call := newCall(pbx, sip.OPTIONS, tp)
+			wantStatus(t, do(t, c, call.request(t)), 407)
+			reqs := pbx.Requests()
+			if r := reqs[len(reqs)-1]; !strings.HasPrefix(r.Source, "[::1]:") || r.Transport != tp {
+				t.Errorf("recorded source %q transport %q", r.Source, r.Transport)
+			}
+		})
+	}
+}

@@ -654,15 +654,19 @@ func (s *Server) uaResponse(req *sip.Request, c *callState, code int, sdp bool) 
 // sdp is the UA's session description for c (audio PCMU/PCMA).
 func (s *Server) sdp(c *callState) []byte {
 	port := 40000 + 2*(c.sdpSession%1000)
+	family := "IP4"
+	if strings.Contains(s.cfg.Host, ":") {
+		family = "IP6"
+	}
 	return []byte(fmt.Sprintf("v=0\r\n"+
-		"o=fakepbx %d %d IN IP4 %s\r\n"+
+		"o=fakepbx %d %d IN %s %s\r\n"+
 		"s=%s\r\n"+
-		"c=IN IP4 %s\r\n"+
+		"c=IN %s %s\r\n"+
 		"t=0 0\r\n"+
 		"m=audio %d RTP/AVP 0 8\r\n"+
 		"a=rtpmap:0 PCMU/8000\r\n"+
 		"a=rtpmap:8 PCMA/8000\r\n"+
-		"a=sendrecv\r\n", c.sdpSession, c.sdpVersion, s.cfg.Host, s.name, s.cfg.Host, port))
+		"a=sendrecv\r\n", c.sdpSession, c.sdpVersion, family, s.cfg.Host, s.name, family, s.cfg.Host, port))
 }
 
 // delivery is a 2xx awaiting its ACK.
