@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -28,6 +29,12 @@ type dialog struct {
 	// also crosses a NAT the client is behind).
 	clientTransport string
 	clientAddr      string
+	// upstreamAddr is the one address requests from the upstream side of
+	// the dialog are accepted from: where its INVITE was sent (a call the
+	// client placed) or where it came from (a call to a registered
+	// client). Another upstream, or another address of the same one, must
+	// not be able to end or redirect the call.
+	upstreamAddr netip.Addr
 	// inviteAuth are the Authorization/Proxy-Authorization values the
 	// initial INVITE was accepted with; the ACK for its 2xx repeats them.
 	inviteAuth []authAnswer
@@ -38,6 +45,12 @@ type dialog struct {
 	// become meanwhile (a challenged BYE racing the ACK).
 	inviteCSeq, inviteUpCSeq uint32
 	lastUse                  time.Time
+}
+
+// fromItsUpstream reports whether a request from src may enter the dialog
+// from the upstream side.
+func (d *dialog) fromItsUpstream(src netip.Addr) bool {
+	return d.upstreamAddr.IsValid() && src == d.upstreamAddr
 }
 
 // dialogTable holds established dialogs. Entries end at a 2xx to BYE or

@@ -337,8 +337,11 @@ func (f *forwarding) check() bool {
 		return false
 	}
 	if f.toClient {
-		// Only an upstream may send into a dialog toward the client.
-		if f.rt.fromUpstream(f.src) == nil {
+		// Only the dialog's own upstream address may send into it toward
+		// the client (routeInbound checked the source of a request to a
+		// registered client).
+		if f.dlg != nil && !f.dlg.fromItsUpstream(f.src) {
+			f.p.refusalLog(f.log, "request into a dialog from another address than its upstream's", f.src)
 			f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
 			return false
 		}
@@ -1022,7 +1025,7 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 		return
 	}
 	if f.toClient {
-		if f.rt.fromUpstream(f.src) == nil {
+		if f.dlg != nil && !f.dlg.fromItsUpstream(f.src) {
 			return
 		}
 	} else if g := f.rt.groupFor(f.src); g == nil || !g.allows(f.up.Name) {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -199,9 +200,14 @@ func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer, upCSeq u
 		inviteUpCSeq:    upCSeq,
 		lastUse:         time.Now(),
 	}
+	if ap, err := netip.ParseAddrPort(f.hop.addr); err == nil {
+		d.upstreamAddr = ap.Addr().Unmap()
+	}
 	if f.dlg != nil {
-		// A re-INVITE keeps the client's recorded address.
+		// A re-INVITE keeps the client's recorded address and the
+		// upstream address of the dialog.
 		d.clientTransport, d.clientAddr = f.dlg.clientTransport, f.dlg.clientAddr
+		d.upstreamAddr = f.dlg.upstreamAddr
 	}
 	f.p.dialogs.put(d)
 }

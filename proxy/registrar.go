@@ -447,6 +447,7 @@ func (f *forwarding) recordInboundDialog(res *sip.Response) {
 		up:              f.up,
 		clientTransport: f.hop.transport,
 		clientAddr:      f.hop.addr,
+		upstreamAddr:    f.src,
 		lastUse:         time.Now(),
 	})
 }
