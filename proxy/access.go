@@ -83,17 +83,6 @@ func sourceAddr(s string) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// fromUpstream reports whether src is the address of a configured upstream
-// (its host when it is an IP literal).
-func (rt *routing) fromUpstream(src netip.Addr) *upstream {
-	for _, up := range rt.upstreams {
-		if up.ip.IsValid() && up.ip == src {
-			return up
-		}
-	}
-	return nil
-}
-
 // identityHeaders are the headers that assert who the caller is; an
 // untrusted client must not be able to set them on a trunk that believes
 // them (RFC 3325 §5, Remote-Party-ID drafts).

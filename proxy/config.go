@@ -14,6 +14,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 // Listener is one local socket the proxy serves clients (and upstream
@@ -36,8 +37,11 @@ type Listener struct {
 type Upstream struct {
 	// Name identifies the upstream in logs.
 	Name string
-	// Address is host:port. It is also the server identity credentials are
-	// looked up with (config resolves a credential's upstream name to it).
+	// Address is an IP literal, "host:port" (the host's A/AAAA records) or a
+	// domain without port (NAPTR, SRV, then A/AAAA: RFC 3263), resolved by
+	// authproxy (targets.go). It is also the server identity credentials
+	// are looked up with (config resolves a credential's upstream name to
+	// it), whatever it resolves to.
 	Address string
 	// Transport is "udp", "tcp" or "tls".
 	Transport string
@@ -57,6 +61,11 @@ type Upstream struct {
 	// upstream's last challenge before it challenges them (preemptive.go).
 	// The zero value is PreemptiveOff.
 	Preemptive Preemptive
+	// AcceptFrom are source prefixes besides the addresses Address resolves
+	// to that requests from this upstream may come from (a carrier that
+	// sends from other addresses than it receives on): a callee's BYE, an
+	// INVITE to a registered client or a trunk registration.
+	AcceptFrom []netip.Prefix
 	// RegisterMode is how clients' REGISTERs reach this upstream:
 	// RegisterPath ("path", the default when empty) adds a Path header;
 	// RegisterContact ("contact") rewrites the Contact to authproxy, for
@@ -74,8 +83,11 @@ type Credentials interface {
 // Config is everything the proxy needs, as plain values. cmd/authproxy
 // builds it from the TOML configuration.
 type Config struct {
-	Listeners   []Listener
-	Upstreams   []Upstream
+	Listeners []Listener
+	Upstreams []Upstream
+	// Groups route to ordered lists of upstreams, failing over from one to
+	// the next (groups.go).
+	Groups      []UpstreamGroup
 	Credentials Credentials
 	// Clients are the groups of clients admitted, in order; a request from
 	// a source no group admits is refused. No groups: nobody is admitted.
@@ -125,6 +137,15 @@ type Config struct {
 	// RegistrationRejectedBackoff is the least wait after a registrar
 	// rejected the credentials. Zero means 30s.
 	RegistrationRejectedBackoff time.Duration
+	// DNS configures the resolver of upstream names (its Logger is the
+	// proxy's). Its Timeout also bounds how long a request waits for the
+	// first resolution of its upstream's name; zero means 2s.
+	DNS resolve.Config
+	// FailoverTimeout is how long an attempt waits for any response before
+	// the request moves to the next target or upstream, when there is one
+	// (RFC 3263 §4.3); the last attempt keeps UpstreamTimeout. Zero means
+	// 4s.
+	FailoverTimeout time.Duration
 }
 
 func (c *Config) setRegistrationDefaults() {
@@ -153,11 +174,16 @@ const (
 // upstream is an Upstream with its address parsed once.
 type upstream struct {
 	Upstream
-	host      string       // lowercased
+	host      string       // lowercased, IPv6 without brackets
 	ip        netip.Addr   // host when it is an IP literal (unmapped), else invalid
 	udpAddr   *net.UDPAddr // ip and port, when ip is valid: where the fast lane sends datagrams
-	port      int
-	transport string // "UDP" or "TCP", as sipgo spells it
+	port      int          // the address's port, else the transport's default
+	transport string       // "UDP", "TCP" or "TLS", as sipgo spells it
+	query     resolve.Query
+	// literal is the one target of an IP literal, which needs no DNS (nil
+	// for a name), and literalHop its hop, computed once.
+	literal    []resolve.Target
+	literalHop hop
 }
 
 func (c *Config) validate() ([]*upstream, error) {
@@ -178,13 +204,13 @@ func (c *Config) validate() ([]*upstream, error) {
 	}
 	ups := make([]*upstream, 0, len(c.Upstreams))
 	for i, u := range c.Upstreams {
-		host, port, err := splitHostPort(u.Address)
-		if err != nil {
-			return nil, fmt.Errorf("upstream %d (%s): address %q: %w", i, u.Name, u.Address, err)
-		}
 		tp, err := normTransport(u.Transport)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %d (%s): %w", i, u.Name, err)
+		}
+		host, port, portGiven, err := parseUpstreamAddress(u.Address, tp)
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("upstream %d (%s): address %q: want an IP, host:port or a domain", i, u.Name, u.Address)
 		}
 		switch u.RegisterMode {
 		case "", RegisterPath, RegisterContact:
@@ -192,9 +218,12 @@ func (c *Config) validate() ([]*upstream, error) {
 			return nil, fmt.Errorf("upstream %d (%s): register mode %q: want path or contact", i, u.Name, u.RegisterMode)
 		}
 		ip, _ := netip.ParseAddr(host) // invalid for a name
-		up := &upstream{Upstream: u, host: host, ip: ip.Unmap(), port: port, transport: tp}
+		up := &upstream{Upstream: u, host: host, ip: ip.Unmap(), port: port, transport: tp,
+			query: upstreamQuery(host, port, portGiven, tp)}
 		if up.ip.IsValid() {
 			up.udpAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(up.ip, uint16(port)))
+			up.literal = []resolve.Target{literalTarget(up.ip, port, tp, host)}
+			up.literalHop = hopOf(up.literal[0])
 		}
 		ups = append(ups, up)
 	}

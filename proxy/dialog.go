@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 // dialogKey identifies a dialog by Call-ID and the tags of its two ends:
@@ -29,11 +31,18 @@ type dialog struct {
 	// also crosses a NAT the client is behind).
 	clientTransport string
 	clientAddr      string
-	// upstreamAddr is the one address requests from the upstream side of
-	// the dialog are accepted from: where its INVITE was sent (a call the
-	// client placed) or where it came from (a call to a registered
-	// client). Another upstream, or another address of the same one, must
-	// not be able to end or redirect the call.
+	// upstreamTarget is where the client's requests in the dialog go: the
+	// target that answered its INVITE (a call the client placed), or the
+	// target of the upstream the INVITE came from (a call to a registered
+	// client); zero when that one is none of the upstream's targets (then
+	// the upstream's targets are used). In-dialog requests never
+	// re-resolve and never fail over.
+	upstreamTarget resolve.Target
+	// upstreamAddr is the address requests from the upstream side of the
+	// dialog are accepted from, besides the upstream's AcceptFrom
+	// prefixes: where its INVITE was sent or came from. Another upstream,
+	// or another address of the same one, must not be able to end or
+	// redirect the call.
 	upstreamAddr netip.Addr
 	// inviteAuth are the Authorization/Proxy-Authorization values the
 	// initial INVITE was accepted with; the ACK for its 2xx repeats them.
@@ -48,9 +57,18 @@ type dialog struct {
 }
 
 // fromItsUpstream reports whether a request from src may enter the dialog
-// from the upstream side.
+// from the upstream side: from its upstream address, or from one of its
+// upstream's AcceptFrom prefixes (as configured when the dialog began).
 func (d *dialog) fromItsUpstream(src netip.Addr) bool {
-	return d.upstreamAddr.IsValid() && src == d.upstreamAddr
+	if d.upstreamAddr.IsValid() && src == d.upstreamAddr {
+		return true
+	}
+	for _, p := range d.up.AcceptFrom {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
 }
 
 // dialogTable holds established dialogs. Entries end at a 2xx to BYE or

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -52,9 +53,10 @@ type laneEntry struct {
 	tx  *sip.LiteServerTx
 
 	// The request as sent when the lane sent the client's datagram on
-	// edited (appendForward) instead of f.fwd: its bytes (to f.up's
-	// udpAddr) and the CSeq number it carries.
+	// edited (appendForward) instead of f.fwd: its bytes, the target's
+	// address they go to and the CSeq number they carry.
 	raw []byte
+	dst *net.UDPAddr
 	seq uint32
 
 	mu       sync.Mutex
@@ -127,11 +129,10 @@ func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
 // serialised again.
 func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	f := e.f
-	if f.hop.transport != "UDP" {
-		if !f.build() {
-			return false
-		}
-		go l.offLane(e, nil)
+	if !f.pickCachedTarget() || f.hop.transport != "UDP" {
+		// A name not resolved yet (the wait for it must not hold up this
+		// goroutine), or a next hop over TCP or TLS: the usual way.
+		go l.offLane(e, nil, false)
 		return true
 	}
 	branch := sip.GenerateBranchN(16)
@@ -153,7 +154,8 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	defer e.mu.Unlock()
 	e.waiting, e.branch, e.conn = true, branch, conn
 	f.sentAt = time.Now()
-	e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
+	f.att.tried++
+	e.deadline = f.sentAt.Add(f.attemptTimeout())
 	// Findable before the request leaves: its response may be read by
 	// another worker before WriteMsg returns (and waits for e.mu).
 	l.mu.Lock()
@@ -178,9 +180,16 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 // are in f.auth either way.
 func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Connection {
 	f, req := e.f, e.f.req
-	if raw == nil || f.toClient || f.bind != nil || f.up == nil || f.up.udpAddr == nil ||
-		req.Method == sip.REGISTER || req.Route() != nil {
+	if raw == nil || f.toClient || f.bind != nil || f.up == nil || req.Method == sip.REGISTER || req.Route() != nil {
 		return nil
+	}
+	dst := f.up.udpAddr // an IP literal's, computed once
+	if f.up.literal == nil {
+		t, ok := f.target()
+		if !ok {
+			return nil
+		}
+		dst = net.UDPAddrFromAddrPort(t.Addr)
 	}
 	lst := l.p.listenerFor("UDP")
 	if lst == nil || lst.ip.IsUnspecified() {
@@ -209,6 +218,7 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Con
 	}
 	e.raw = bytes.Clone(out[via:])
 	e.seq = edits.seq
+	e.dst = dst
 	return conn
 }
 
@@ -221,7 +231,7 @@ func (e *laneEntry) send() error {
 	if !ok {
 		return fmt.Errorf("listening socket is a %T", e.conn)
 	}
-	_, err := uc.WriteTo(e.raw, e.f.up.udpAddr)
+	_, err := uc.WriteTo(e.raw, e.dst)
 	return err
 }
 
@@ -267,16 +277,19 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 		return false // RFC 3261 §17.1.3 matches branch and method
 	}
 	defer l.recoverRelay(e)
+	l.answered(e)
+	_, failover := f.failoverOnStatus(res.StatusCode)
 	switch {
 	case res.StatusCode == sip.StatusTrying:
 		// §16.7 step 3: a 100 is not forwarded.
 	case res.IsProvisional():
 		f.relay(res)
-	case !f.toClient && (res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired):
-		// The challenge is answered off the lane, with a client
+	case failover || (!f.toClient && isChallenge(res)):
+		// The challenge is answered, or the request fails over to its
+		// next target or upstream, off the lane, with a client
 		// transaction of sipgo's, as on the usual path.
 		l.stopWaiting(e)
-		go l.offLane(e, res)
+		go l.offLane(e, res, false)
 	default:
 		f.relay(res)
 		l.finish(e)
@@ -310,7 +323,11 @@ func (l *fastLane) HandleRawResponse(data []byte) bool {
 	if string(r.method) != string(f.req.Method) {
 		return false // RFC 3261 §17.1.3 matches branch and method
 	}
+	if _, failover := f.failoverOnStatus(r.status); failover {
+		return false // HandleResponse fails it over
+	}
 	defer l.recoverRelay(e)
+	l.answered(e)
 	switch {
 	case r.status == sip.StatusTrying:
 		// §16.7 step 3: a 100 is not forwarded.
@@ -349,10 +366,22 @@ func (e *laneEntry) retransmitted() {
 	}
 }
 
+// answered notes a response to e's current attempt (e.mu held): the
+// attempt's wait becomes Timer F, and no timeout moves it on any more.
+func (l *fastLane) answered(e *laneEntry) {
+	f := e.f
+	if !f.att.answered {
+		f.att.answered = true
+		e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
+	}
+}
+
 // offLane forwards the request the usual way, with a sipgo client
-// transaction, in a goroutine of its own: first to a next hop over TCP or
-// TLS (res nil), or after a challenge (res the 401/407).
-func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
+// transaction, in a goroutine of its own: first (res nil; to a next hop
+// over TCP or TLS, or to an upstream whose name has no result yet), after
+// a challenge (res the 401/407), or failing over to the next target or
+// upstream (res a response that moves it on, or timedOut).
+func (l *fastLane) offLane(e *laneEntry, res *sip.Response, timedOut bool) {
 	f := e.f
 	defer func() {
 		l.mu.Lock()
@@ -361,8 +390,26 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
 		f.end()
 	}()
 	defer f.recoverPanic()
-	if res == nil {
-		f.sendAndRelay()
+	switch {
+	case timedOut:
+		if tx, ok := f.failover(f.ctx, "timeout", nil); ok {
+			f.relayLoop(tx)
+			return
+		}
+		f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
+		return
+	case res == nil:
+		if f.pickTarget(f.ctx) && (f.fwd != nil || f.build()) {
+			f.sendAndRelay()
+		}
+		return
+	}
+	if why, ok := f.failoverOn(res); ok {
+		if tx, ok := f.failover(f.ctx, why, res); ok {
+			f.relayLoop(tx)
+			return
+		}
+		f.relay(res)
 		return
 	}
 	if f.fwd == nil {
@@ -372,14 +419,17 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response) {
 			return
 		}
 	}
-	next, ok := f.maybeAnswer(res)
-	if !ok {
+	next, err := f.answer(res)
+	if err != nil {
+		f.log.Warn("upstream unreachable on retry", "error", err)
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		return
+	}
+	if next == nil {
 		f.relay(res)
 		return
 	}
-	if next != nil {
-		f.relayLoop(next)
-	}
+	f.relayLoop(next)
 }
 
 // remove drops e's claim on its key (and its branch, if any).
@@ -442,10 +492,17 @@ func (l *fastLane) run(ctx context.Context) {
 	}
 }
 
+// timeout ends e's attempt without a response in time: it fails over off
+// the lane when it can, else answers 408.
 func (l *fastLane) timeout(e *laneEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.waiting {
+		return
+	}
+	if !e.f.att.answered && e.f.canFailover() {
+		l.stopWaiting(e)
+		go l.offLane(e, nil, true)
 		return
 	}
 	l.finish(e)

@@ -64,6 +64,9 @@ type forwarding struct {
 	tx    sip.ServerTransaction
 	log   *slog.Logger
 	start time.Time
+	ctx   context.Context // bounds sends (a TCP dial) and waits for DNS
+	own   bool            // authproxy's own request (trunk registration, hang-up), re-sent as built
+	att   attempts        // where the request may go and is (failover.go)
 
 	hop      hop          // where the request goes
 	up       *upstream    // the upstream the request goes to (or comes from, toward a registered client); nil in a dialog toward a client
@@ -119,7 +122,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 // newForwarding starts the forwarding of req, answered through tx.
 func (p *Proxy) newForwarding(req *sip.Request, tx sip.ServerTransaction) *forwarding {
 	return &forwarding{
-		p: p, req: req, tx: tx, start: time.Now(), rt: p.rt.Load(),
+		p: p, req: req, tx: tx, start: time.Now(), rt: p.rt.Load(), ctx: context.Background(),
 		log: withLazyAttrs(p.log, logMethod, req.Method.String(), logCallID, callID(req)),
 	}
 }
@@ -206,6 +209,15 @@ func (f *forwarding) admit() bool {
 		return false
 	}
 	f.group = g
+	if f.att.group != nil {
+		// A group: the upstreams this client may use, in order; none is
+		// refused as a single upstream would be.
+		members := f.p.chooseMembers(f.att.group, g)
+		if len(members) > 0 {
+			f.up, f.att.rest = members[0], members[1:]
+			f.log = f.log.With(logUpstream, f.up.Name)
+		}
+	}
 	if !g.allows(f.up.Name) {
 		// Per-client scope: whatever Request-URI, Route or From the client
 		// sends, it cannot make authproxy use another trunk's credentials.
@@ -251,28 +263,11 @@ func (f *forwarding) run() {
 	f.sendAndRelay()
 }
 
-// sendAndRelay sends f.fwd in a sipgo client transaction and relays its
-// responses until the sender has its final response.
-func (f *forwarding) sendAndRelay() {
-	f.sentAt = time.Now()
-	clTx, err := f.send(f.fwd)
-	if err != nil {
-		f.log.Warn("next hop unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-		return
-	}
-	if f.req.Method == sip.INVITE {
-		f.inviteLoop(clTx)
-		return
-	}
-	f.relayLoop(clTx)
-}
-
-// prepare checks the request (§16.3), routes it, admits its sender and
-// builds f.fwd, the request to send. It answers the sender itself and
-// returns false when the request goes no further.
+// prepare checks the request (§16.3), routes it, admits its sender, picks
+// its first target and builds f.fwd, the request to send. It answers the
+// sender itself and returns false when the request goes no further.
 func (f *forwarding) prepare() bool {
-	return f.check() && f.build()
+	return f.check() && f.pickTarget(f.p.runCtx) && f.build()
 }
 
 // build makes f.fwd, the request to send, with the preemptive answers
@@ -351,90 +346,6 @@ func (f *forwarding) check() bool {
 	return true
 }
 
-// route decides where the request goes (§16.4, §16.5) and fills f.hop,
-// f.up, f.dlg, f.toClient, f.user and f.key. It answers the client itself
-// and returns false when the request goes nowhere.
-func (f *forwarding) route() bool {
-	p, req := f.p, f.req
-	fromTag, toTag := tags(req)
-	f.key = cseqKey{callID: callID(req), fromTag: fromTag}
-	now := time.Now()
-	if toTag != "" {
-		if d := p.dialogs.fromUpstream(f.key.callID, fromTag, toTag, now); d != nil {
-			// The upstream sends into an established dialog (callee BYE,
-			// re-INVITE, NOTIFY): to the client, where its INVITE came from.
-			f.dlg, f.toClient = d, true
-			f.hop = hop{transport: d.clientTransport, addr: d.clientAddr}
-			f.log = f.log.With(logUpstream, d.up.Name, "direction", "to-client")
-			return true
-		}
-		f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
-	} else if f.routeInbound() {
-		// An upstream's request to a client registered through us.
-		return true
-	}
-	// Our own Route entries (one, or two after a double Record-Route) are
-	// removed in buildForward; the target is the next Route, else the
-	// Request-URI, and it must be a configured upstream.
-	routes := f.foreignRoutes()
-	if len(routes) > 0 {
-		f.up = f.rt.matchUpstream(routes[0].Address)
-		if f.up == nil {
-			f.respondLocal(sip.StatusNotFound, "No Upstream For Route", "no-route")
-			return false
-		}
-	} else {
-		f.up = f.rt.matchUpstream(req.Recipient)
-		if f.up == nil && p.isOwnURI(req.Recipient) && req.Recipient.User == "" && req.Method == sip.OPTIONS {
-			f.respondLocal(sip.StatusOK, "OK", "local")
-			return false
-		}
-		if f.up == nil && f.dlg != nil {
-			// In a dialog the Request-URI is the remote target (the callee's
-			// Contact), which need not be the upstream's address.
-			f.up = f.dlg.up
-		}
-		if f.up == nil {
-			f.up = f.rt.defaultUpstream()
-		}
-		if f.up == nil {
-			f.respondLocal(sip.StatusNotFound, "No Upstream For Request-URI", "no-route")
-			return false
-		}
-	}
-	f.hop = hop{transport: f.up.transport, addr: net.JoinHostPort(f.up.host, strconv.Itoa(f.up.port))}
-	f.log = f.log.With(logUpstream, f.up.Name)
-
-	// The SIP user credentials are chosen for: the To user for REGISTER (the
-	// AOR being registered), the From user otherwise.
-	if req.Method == sip.REGISTER {
-		if to := req.To(); to != nil {
-			f.user = to.Address.User
-		}
-	} else if from := req.From(); from != nil {
-		f.user = from.Address.User
-	}
-	return true
-}
-
-// foreignRoutes returns the request's Route entries after ours.
-func (f *forwarding) foreignRoutes() []*sip.RouteHeader {
-	var out []*sip.RouteHeader
-	own := true
-	for _, h := range f.req.GetHeaders("Route") {
-		r, ok := h.(*sip.RouteHeader)
-		if !ok {
-			continue
-		}
-		if own && f.p.isOwnURI(r.Address) {
-			continue
-		}
-		own = false
-		out = append(out, r)
-	}
-	return out
-}
-
 // buildForward makes the copy of the request that is sent on (never the
 // request itself: it belongs to the server transaction, whose 100 and 487
 // are built from it).
@@ -449,16 +360,7 @@ func (f *forwarding) buildForward() (*sip.Request, error) {
 		}
 		removeFirst(fwd, "Route")
 	}
-	fwd.SetDestination(f.hop.addr)
-	fwd.SetTransport(f.hop.transport)
-	fwd.Laddr = sip.Addr{}
-	if f.hop.transport == "UDP" {
-		if l := f.p.listenerFor("UDP"); l != nil && !l.ip.IsUnspecified() {
-			// Send from the listening socket: the peer then sees the address
-			// it can reach us on.
-			fwd.Laddr = sip.Addr{IP: l.ip, Port: l.port}
-		}
-	}
+	f.p.setHop(fwd, f.hop)
 	e, err := f.forwardEdits()
 	if err != nil {
 		return nil, err
@@ -597,135 +499,6 @@ func tags(m *sip.Request) (from, to string) {
 		to, _ = h.Params.Get("tag")
 	}
 	return from, to
-}
-
-// send starts a client transaction for r with our Via on top (§16.6 step 8).
-func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
-	ctx, cancel := context.WithTimeout(f.p.runCtx, 10*time.Second) // bounds a TCP dial
-	defer cancel()
-	return f.p.client.TransactionRequest(ctx, r, f.p.addVia(f.hop.transport))
-}
-
-// addVia returns the option that prepends our Via for a request sent over
-// transport.
-func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
-	return func(_ *sipgo.Client, r *sip.Request) error {
-		r.PrependHeader(p.newVia(transport, sip.GenerateBranchN(16)))
-		return nil
-	}
-}
-
-// newVia is our Via for a request sent over transport (§16.6 step 8).
-func (p *Proxy) newVia(transport, branch string) *sip.ViaHeader {
-	if l := p.listenerFor(transport); l != nil {
-		return ourVia(transport, l.advertise, l.port, branch)
-	}
-	host := ""
-	if len(p.listeners) > 0 {
-		// No listener of this transport: responses come back on the
-		// connection we open; advertise our host, sipgo fills the port
-		// from the socket.
-		host = p.listeners[0].advertise
-	}
-	return ourVia(transport, host, 0, branch)
-}
-
-// ourVia is the Via authproxy puts on a request it sends from host:port
-// (port 0: none) over transport; appendVia writes the same as bytes.
-func ourVia(transport, host string, port int, branch string) *sip.ViaHeader {
-	via := &sip.ViaHeader{
-		ProtocolName:    "SIP",
-		ProtocolVersion: "2.0",
-		Transport:       transport,
-		Host:            host,
-		Port:            port,
-		Params:          sip.NewParams(),
-	}
-	via.Params.Add("branch", branch)
-	via.Params.Add("rport", "")
-	return via
-}
-
-// relayLoop reads the responses to a non-INVITE request until the sender
-// has its final response, answering challenges on the way.
-func (f *forwarding) relayLoop(clTx sip.ClientTransaction) {
-	timeout := time.NewTimer(f.p.cfg.UpstreamTimeout)
-	defer timeout.Stop()
-	defer func() { clTx.Terminate() }()
-	for {
-		select {
-		case res := <-clTx.Responses():
-			if res.StatusCode == sip.StatusTrying {
-				// §16.7 step 3: a 100 is not forwarded.
-				continue
-			}
-			if res.IsProvisional() {
-				f.relay(res)
-				continue
-			}
-			if next, ok := f.maybeAnswer(res); ok {
-				if next == nil {
-					return
-				}
-				clTx = next
-				resetTimer(timeout, f.p.cfg.UpstreamTimeout)
-				continue
-			}
-			f.relay(res)
-			return
-		case <-clTx.Done():
-			f.transactionEnded(clTx)
-			return
-		case <-timeout.C:
-			f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
-			return
-		case <-f.tx.Done():
-			// The sender's side ended first (transport error).
-			f.outcome = "client-gone"
-			return
-		}
-	}
-}
-
-// maybeAnswer answers a 401/407 from an upstream. ok is false when res is to
-// be relayed; otherwise next is the new client transaction, or nil when the
-// re-send failed and the sender was already answered.
-func (f *forwarding) maybeAnswer(res *sip.Response) (next sip.ClientTransaction, ok bool) {
-	if f.toClient || (res.StatusCode != sip.StatusUnauthorized && res.StatusCode != sip.StatusProxyAuthRequired) {
-		return nil, false
-	}
-	next, err := f.answer(res)
-	if err != nil {
-		f.log.Warn("upstream unreachable on retry", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-		return nil, true
-	}
-	if next == nil {
-		return nil, false
-	}
-	return next, true
-}
-
-// transactionEnded answers the sender when the client transaction ended
-// without a final response: 408 on timeout (Timer B/F), 503 otherwise.
-func (f *forwarding) transactionEnded(clTx sip.ClientTransaction) {
-	err := clTx.Err()
-	if errors.Is(err, sip.ErrTransactionTimeout) {
-		f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
-		return
-	}
-	f.log.Warn("transaction failed", "error", err)
-	f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-}
-
-func resetTimer(t *time.Timer, d time.Duration) {
-	if !t.Stop() {
-		select {
-		case <-t.C:
-		default:
-		}
-	}
-	t.Reset(d)
 }
 
 // answer handles a 401/407. It returns the client transaction of the
@@ -1019,7 +792,7 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 			return
 		}
 	}
-	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log, src: sourceAddr(req.Source())}
+	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log, src: sourceAddr(req.Source()), ctx: context.Background()}
 	if !f.routeQuiet() {
 		log.Debug("dropping ACK with no next hop")
 		return
@@ -1033,6 +806,10 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 		return
 	} else {
 		f.group = g
+	}
+	if !f.toClient && !f.pickCachedTarget() {
+		log.Debug("dropping ACK: its upstream has no known target")
+		return
 	}
 	fwd, err := f.buildForward()
 	if err != nil {

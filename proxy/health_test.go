@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 func TestHealthCheckDefaults(t *testing.T) {
@@ -27,8 +30,9 @@ func TestHealthCheckDefaults(t *testing.T) {
 // has a Call-ID of its own.
 func TestHealthRequest(t *testing.T) {
 	p := &Proxy{listeners: []*boundListener{{transport: "TCP", ip: net.ParseIP("::1"), port: 5070, advertise: "::1"}}}
-	u := &upstream{Upstream: Upstream{Name: "v6"}, host: "2001:db8::1", port: 5080, transport: "TCP"}
-	r1, r2 := p.healthRequest(u), p.healthRequest(u)
+	tg := literalTarget(netip.MustParseAddr("2001:db8::1"), 5080, "TCP", "2001:db8::1")
+	u := &upstream{Upstream: Upstream{Name: "v6"}, host: "2001:db8::1", port: 5080, transport: "TCP", literal: []resolve.Target{tg}}
+	r1, r2 := p.healthRequest(u, tg), p.healthRequest(u, tg)
 	text := r1.String()
 	for _, want := range []string{
 		"OPTIONS sip:[2001:db8::1]:5080;transport=tcp SIP/2.0",

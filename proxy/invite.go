@@ -2,13 +2,14 @@ package proxy
 
 import (
 	"context"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 // inviteLoop relays the responses to an INVITE until the client has its
@@ -28,7 +29,7 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 	})
 	f.watch2xxRetransmissions(clTx, &isCancelled)
 
-	timer := time.NewTimer(f.p.cfg.UpstreamTimeout)
+	timer := time.NewTimer(f.attemptTimeout())
 	defer timer.Stop()
 	provisional := false // the current upstream INVITE had a provisional response
 	cancelSent := false
@@ -41,6 +42,18 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 		}
 		cancelSent = true
 		f.sendCancel(f.fwd)
+	}
+	// next moves the INVITE to the next target or upstream after the
+	// current attempt failed (failover.go); sipgo has ACKed a non-2xx.
+	next := func(why string, res *sip.Response) bool {
+		clTx.Terminate()
+		tx, ok := f.failover(f.ctx, why, res)
+		if ok {
+			clTx, provisional = tx, false
+			f.watch2xxRetransmissions(clTx, &isCancelled)
+			resetTimer(timer, f.attemptTimeout())
+		}
+		return ok
 	}
 	for {
 		select {
@@ -55,8 +68,12 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 			resetTimer(timer, f.p.cfg.UpstreamTimeout)
 
 		case res := <-clTx.Responses():
+			f.att.answered = true
 			if res.IsProvisional() {
 				provisional = true
+				if res.StatusCode != sip.StatusTrying {
+					f.att.provisional = true // the callee may ring: no failover from here on
+				}
 				if cancelling {
 					cancelUpstream()
 					continue
@@ -82,15 +99,26 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 				// client transaction has ACKed it); a 487 is expected.
 				return
 			}
-			if next, ok := f.maybeAnswer(res); ok {
-				if next == nil {
+			if why, ok := f.failoverOn(res); ok && next(why, res) {
+				continue
+			}
+			if isChallenge(res) && !f.toClient {
+				tx, err := f.answer(res)
+				if err != nil {
+					f.log.Warn("upstream unreachable on retry", "error", err)
+					if next("transport-error", nil) {
+						continue
+					}
+					f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
 					return
 				}
-				clTx = next
-				provisional = false
-				f.watch2xxRetransmissions(clTx, &isCancelled)
-				resetTimer(timer, f.p.cfg.UpstreamTimeout)
-				continue
+				if tx != nil {
+					clTx = tx
+					provisional = false
+					f.watch2xxRetransmissions(clTx, &isCancelled)
+					resetTimer(timer, f.p.cfg.UpstreamTimeout)
+					continue
+				}
 			}
 			if res.IsSuccess() {
 				f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
@@ -121,7 +149,16 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 			if cancelling {
 				return
 			}
-			f.transactionEnded(clTx)
+			why := transactionFailure(clTx)
+			if (!f.att.answered || why == "transport-error") && next(why, nil) {
+				continue
+			}
+			if why == "timeout" {
+				f.ended(endTimeout)
+				return
+			}
+			f.log.Warn("transaction failed", "error", clTx.Err())
+			f.ended(endUnreachable)
 			return
 
 		case <-timer.C:
@@ -137,6 +174,9 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 				cancelUpstream()
 				f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timer-c")
 				resetTimer(timer, f.p.cfg.UpstreamTimeout)
+				continue
+			}
+			if !f.att.answered && next("timeout", nil) {
 				continue
 			}
 			clTx.Terminate()
@@ -200,14 +240,14 @@ func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer, upCSeq u
 		inviteUpCSeq:    upCSeq,
 		lastUse:         time.Now(),
 	}
-	if ap, err := netip.ParseAddrPort(f.hop.addr); err == nil {
-		d.upstreamAddr = ap.Addr().Unmap()
+	if t, ok := f.target(); ok {
+		d.upstreamTarget, d.upstreamAddr = t, t.Addr.Addr().Unmap()
 	}
 	if f.dlg != nil {
 		// A re-INVITE keeps the client's recorded address and the
-		// upstream address of the dialog.
+		// upstream side of the dialog.
 		d.clientTransport, d.clientAddr = f.dlg.clientTransport, f.dlg.clientAddr
-		d.upstreamAddr = f.dlg.upstreamAddr
+		d.upstreamTarget, d.upstreamAddr = f.dlg.upstreamTarget, f.dlg.upstreamAddr
 	}
 	f.p.dialogs.put(d)
 }
@@ -299,8 +339,11 @@ func (f *forwarding) hangUpUpstream(res *sip.Response) {
 	}
 	bye := mk(sip.BYE, inv.CSeq().SeqNo+1)
 	g := &forwarding{
-		p: f.p, rt: f.rt, req: bye, tx: discardTx{}, log: f.log.With("hangup", true),
+		p: f.p, rt: f.rt, req: bye, tx: discardTx{}, log: f.log.With("hangup", true), ctx: context.Background(), own: true,
 		hop: f.hop, up: f.up, user: f.user, key: f.key, fwd: bye,
+	}
+	if t, ok := f.target(); ok {
+		g.att.targets = []resolve.Target{t} // where the 2xx came from, and nowhere else
 	}
 	go g.hangUp()
 }

@@ -35,6 +35,11 @@ type Observer interface {
 	// challenge (Upstream.Preemptive): accepted, or challenged anyway and
 	// answered the normal way.
 	PreemptiveAuth(upstream string, accepted bool)
+	// Failover reports a request moved from upstream's current target to
+	// the next target, or to the next upstream of its group, and why:
+	// "timeout" (no response at all), "transport-error", or the status
+	// code that caused it ("503", or one of the group's list).
+	Failover(upstream, reason string)
 }
 
 // noObserver is the Observer used when Config.Observer is nil.
@@ -47,6 +52,7 @@ func (noObserver) Refused(string)                                               
 func (noObserver) RequestResent(string)                                                  {}
 func (noObserver) UpstreamStateChanged(string, bool)                                     {}
 func (noObserver) PreemptiveAuth(string, bool)                                           {}
+func (noObserver) Failover(string, string)                                               {}
 
 // InFlight returns the number of requests being handled now.
 func (p *Proxy) InFlight() int { return p.flight.count() }

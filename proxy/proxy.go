@@ -86,8 +86,9 @@ type Proxy struct {
 	accepted recentFinals
 	limiter  *limiter
 	local    *localAuth
-	health   *healthChecker // OPTIONS pings to the upstreams (health.go)
+	health   *healthChecker // OPTIONS pings to the upstreams' targets (health.go)
 	regs     *regManager    // trunk registrations (registration.go)
+	targets  *targets       // what upstream names resolve to (targets.go)
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
@@ -133,6 +134,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = defaultShutdownGrace
 	}
+	if cfg.FailoverTimeout <= 0 {
+		cfg.FailoverTimeout = defaultFailoverTimeout
+	}
 	cfg.setRegistrationDefaults()
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
@@ -141,9 +145,16 @@ func New(cfg Config) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	dns := cfg.DNS
+	dns.Logger = log.With("component", "dns")
+	tg, err := newTargets(dns)
+	if err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
 	p := &Proxy{
 		cfg:      cfg,
 		log:      log,
+		targets:  tg,
 		cseq:     newCSeqTable(),
 		nonces:   newNonceCounter(),
 		preempt:  newAuthCache(),
@@ -152,10 +163,26 @@ func New(cfg Config) (*Proxy, error) {
 		limiter:  newLimiter(cfg.Limits),
 		local:    newLocalAuth(),
 	}
-	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
+	rt, err := p.newRouting(cfg, ups)
+	if err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
+	p.rt.Store(rt)
 	p.health = newHealthChecker(p, cfg.Health)
 	p.regs = newRegManager(p)
 	return p, nil
+}
+
+// newRouting is the routing cfg describes, with its source index as far
+// as the resolver knows the upstreams' names yet.
+func (p *Proxy) newRouting(cfg Config, ups []*upstream) (*routing, error) {
+	groups, err := buildGroups(cfg.Groups, ups)
+	if err != nil {
+		return nil, err
+	}
+	rt := &routing{upstreams: ups, groups: groups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients}
+	p.indexSources(rt)
+	return rt, nil
 }
 
 // ErrRestartRequired is wrapped by Reload when the new configuration
@@ -163,8 +190,9 @@ func New(cfg Config) (*Proxy, error) {
 var ErrRestartRequired = errors.New("listener changes need a restart")
 
 // Reload applies a new configuration to requests that start from now on:
-// upstreams, routes, credentials and the challenge budget are swapped as
-// one. Requests, transactions and dialogs in progress keep what they
+// upstreams (whose new names the resolver watches from now on), groups,
+// routes, credentials and the challenge budget are swapped as one. The
+// DNS settings and FailoverTimeout are kept from New. Requests, transactions and dialogs in progress keep what they
 // started with. An invalid configuration is rejected whole and the old one
 // stays. Listener changes are not applied (they need new sockets): Reload
 // then applies everything else and returns an error wrapping
@@ -177,7 +205,12 @@ func (p *Proxy) Reload(cfg Config) error {
 	if cfg.MaxChallenges <= 0 {
 		cfg.MaxChallenges = defaultMaxChallenges
 	}
-	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
+	rt, err := p.newRouting(cfg, ups)
+	if err != nil {
+		return fmt.Errorf("proxy config: %w", err)
+	}
+	p.targets.watch(ups)
+	p.rt.Store(rt)
 	p.limiter.setLimits(cfg.Limits)
 	p.health.configure(cfg.Health)
 	p.regs.reconcile(cfg.Registrations)
@@ -262,6 +295,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Unlock()
 
 	p.registerHandlers(srv)
+	// The resolver and the source index outlive ctx: the unregistrations
+	// at shutdown still resolve, and the requests in flight still fail
+	// over.
+	resolveCtx, stopResolve := context.WithCancel(context.Background())
+	var resolving sync.WaitGroup
+	resolving.Go(func() { p.targets.r.Run(resolveCtx) })
+	resolving.Go(func() { p.followResolutions(resolveCtx) })
+	p.targets.watch(p.rt.Load().upstreams)
+	defer func() {
+		stopResolve()
+		resolving.Wait()
+	}()
 	healthDone := p.health.start(ctx) // stops with ctx
 	// The lane's Timer F runs until the requests in flight have drained.
 	laneCtx, stopLane := context.WithCancel(context.Background())

@@ -393,15 +393,30 @@ func (f *forwarding) routeInbound() bool {
 	if !inbound {
 		return false
 	}
-	up := f.rt.fromUpstream(f.src)
-	if up == nil || len(f.foreignRoutes()) > 0 {
+	ups := f.rt.fromUpstream(f.src)
+	if len(ups) == 0 || len(f.foreignRoutes()) > 0 {
 		return false
 	}
 	own := f.p.isOwnURI(req.Recipient)
+	up := ups[0]
 	b := f.p.bindings.lookup(req.Recipient, own, time.Now())
-	if b == nil {
+	if b != nil {
+		// The upstream the client registered with, when the source is one
+		// of its addresses too.
+		for _, u := range ups {
+			if u.Name == b.upstream {
+				up = u
+			}
+		}
+	}
+	for _, u := range ups {
+		if b != nil {
+			break
+		}
 		// A trunk registration's contact: to its local target.
-		b = f.p.regs.target(up, req.Recipient, own)
+		if b = f.p.regs.target(u, req.Recipient, own); b != nil {
+			up = u
+		}
 	}
 	if b == nil {
 		return false
@@ -442,12 +457,24 @@ func (f *forwarding) recordInboundDialog(res *sip.Response) {
 	if to := res.To(); to != nil {
 		toTag, _ = to.Params.Get("tag")
 	}
-	f.p.dialogs.put(&dialog{
+	d := &dialog{
 		key:             dialogKey{callID: f.key.callID, callerTag: toTag, calleeTag: fromTag},
 		up:              f.up,
 		clientTransport: f.hop.transport,
 		clientAddr:      f.hop.addr,
 		upstreamAddr:    f.src,
 		lastUse:         time.Now(),
-	})
+	}
+	// The client's requests in the dialog go back to the target the
+	// INVITE came from, when it came from one (not from an AcceptFrom
+	// address: a carrier's sending address need not receive).
+	if ts, ok := f.p.targets.cached(f.up); ok {
+		for _, t := range ts {
+			if t.Addr.Addr().Unmap() == f.src && strings.EqualFold(t.Transport, f.req.Transport()) {
+				d.upstreamTarget = t
+				break
+			}
+		}
+	}
+	f.p.dialogs.put(d)
 }

@@ -488,17 +488,9 @@ func (tr *trunkReg) send(ctx context.Context, log *slog.Logger, rt *routing, up 
 	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(expires)))
 	req.AppendHeader(sip.NewHeader("User-Agent", "authproxy"))
 	req.SetBody(nil)
-	h := hop{transport: up.transport, addr: net.JoinHostPort(up.host, strconv.Itoa(up.port))}
-	req.SetDestination(h.addr)
-	req.SetTransport(h.transport)
-	if h.transport == "UDP" {
-		if l := tr.p.listenerFor("UDP"); l != nil && !l.ip.IsUnspecified() {
-			req.Laddr = sip.Addr{IP: l.ip, Port: l.port}
-		}
-	}
 	f := &forwarding{
-		p: tr.p, rt: rt, req: req, tx: discardTx{}, log: log, start: time.Now(),
-		hop: h, up: up, user: aor.User, key: cseqKey{callID: tr.callID, fromTag: tr.tag}, fwd: req,
+		p: tr.p, rt: rt, req: req, tx: discardTx{}, log: log, start: time.Now(), ctx: ctx, own: true,
+		up: up, user: aor.User, key: cseqKey{callID: tr.callID, fromTag: tr.tag}, fwd: req,
 	}
 	defer func() {
 		// The re-sends answering challenges took CSeq numbers of ours.
@@ -509,40 +501,27 @@ func (tr *trunkReg) send(ctx context.Context, log *slog.Logger, rt *routing, up 
 		tr.mu.Unlock()
 		tr.p.cseq.remove(f.key)
 	}()
+	// Resolved and failed over like any request, within ctx (at shutdown
+	// the unregistration's own bounded context).
+	if err := f.firstTarget(ctx); err != nil {
+		return nil, f, fmt.Errorf("no target: %w", err)
+	}
+	tr.p.setHop(req, f.hop)
 	clTx, err := f.send(req)
 	if err != nil {
-		return nil, f, fmt.Errorf("send: %w", err)
-	}
-	timeout := time.NewTimer(tr.p.cfg.UpstreamTimeout)
-	defer timeout.Stop()
-	defer func() { clTx.Terminate() }()
-	for {
-		select {
-		case res := <-clTx.Responses():
-			if res.IsProvisional() {
-				continue
-			}
-			if res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired {
-				next, err := f.answer(res)
-				if err != nil {
-					return nil, f, fmt.Errorf("re-send: %w", err)
-				}
-				if next != nil {
-					clTx.Terminate()
-					clTx = next
-					continue
-				}
-			}
-			return res, f, nil
-		case <-clTx.Done():
-			if err := clTx.Err(); err != nil {
-				return nil, f, fmt.Errorf("no response: %w", err)
-			}
-			return nil, f, errors.New("no response")
-		case <-timeout.C:
-			return nil, f, errors.New("no response: timeout")
-		case <-ctx.Done():
-			return nil, f, ctx.Err()
+		var ok bool
+		if clTx, ok = f.failover(ctx, "transport-error", nil); !ok {
+			return nil, f, fmt.Errorf("send: %w", err)
 		}
 	}
+	res, end := f.exchange(clTx, nil, nil)
+	switch {
+	case res != nil:
+		return res, f, nil
+	case end == endStopped:
+		return nil, f, ctx.Err()
+	case end == endTimeout:
+		return nil, f, errors.New("no response: timeout")
+	}
+	return nil, f, fmt.Errorf("no response: %s", end)
 }

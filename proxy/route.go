@@ -3,8 +3,12 @@ package proxy
 import (
 	"net"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 // isOwnURI reports whether u addresses this proxy: its host is one of our
@@ -52,9 +56,13 @@ func (p *Proxy) isOwnVia(v *sip.ViaHeader) bool {
 // rules under a request in flight.
 type routing struct {
 	upstreams     []*upstream
+	groups        []*upstreamGroup
 	creds         Credentials
 	maxChallenges int
 	clients       []ClientGroup
+	// sources finds the upstreams a request comes from (sources.go); it is
+	// rebuilt whenever a watched name resolves to other addresses.
+	sources atomic.Pointer[sourceIndex]
 }
 
 // matchUpstream returns the configured upstream u names, if any: by address
@@ -88,14 +96,28 @@ func (rt *routing) matchUpstream(u sip.Uri) *upstream {
 	return nil
 }
 
-// defaultUpstream returns the upstream marked default, if any.
-func (rt *routing) defaultUpstream() *upstream {
+// defaultRoute returns the upstream or group marked default, if any.
+func (rt *routing) defaultRoute() (*upstream, *upstreamGroup) {
 	for _, up := range rt.upstreams {
 		if up.Default {
-			return up
+			return up, nil
 		}
 	}
-	return nil
+	for _, g := range rt.groups {
+		if g.Default {
+			return nil, g
+		}
+	}
+	return nil, nil
+}
+
+// matchRoute returns the upstream u names (matchUpstream), else the group
+// one of whose domains is u's host.
+func (rt *routing) matchRoute(u sip.Uri) (*upstream, *upstreamGroup) {
+	if up := rt.matchUpstream(u); up != nil {
+		return up, nil
+	}
+	return nil, rt.matchGroup(strings.ToLower(strings.Trim(u.Host, "[]")))
 }
 
 // listenerFor picks the listener whose address we put in the Via of a
@@ -108,4 +130,120 @@ func (p *Proxy) listenerFor(transport string) *boundListener {
 		}
 	}
 	return nil
+}
+
+// route decides where the request goes (§16.4, §16.5) and fills f.up (or
+// f.att.group), f.dlg, f.toClient, f.user and f.key, and f.hop when it is
+// known without resolving (toward a client, or a dialog's target). It
+// answers the client itself and returns false when the request goes
+// nowhere.
+func (f *forwarding) route() bool {
+	p, req := f.p, f.req
+	fromTag, toTag := tags(req)
+	f.key = cseqKey{callID: callID(req), fromTag: fromTag}
+	now := time.Now()
+	if toTag != "" {
+		if d := p.dialogs.fromUpstream(f.key.callID, fromTag, toTag, now); d != nil {
+			// The upstream sends into an established dialog (callee BYE,
+			// re-INVITE, NOTIFY): to the client, where its INVITE came from.
+			f.dlg, f.toClient = d, true
+			f.hop = hop{transport: d.clientTransport, addr: d.clientAddr}
+			f.log = f.log.With(logUpstream, d.up.Name, "direction", "to-client")
+			return true
+		}
+		f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
+	} else if f.routeInbound() {
+		// An upstream's request to a client registered through us.
+		return true
+	}
+	if !f.routeUpstream() {
+		return false
+	}
+	if f.att.group != nil {
+		f.log = f.log.With("upstream_group", f.att.group.Name) // its upstream is chosen by admit
+	} else {
+		f.log = f.log.With(logUpstream, f.up.Name)
+	}
+
+	// The SIP user credentials are chosen for: the To user for REGISTER (the
+	// AOR being registered), the From user otherwise.
+	if req.Method == sip.REGISTER {
+		if to := req.To(); to != nil {
+			f.user = to.Address.User
+		}
+	} else if from := req.From(); from != nil {
+		f.user = from.Address.User
+	}
+	return true
+}
+
+// routeUpstream picks the upstream (or group) of a request toward the
+// upstreams. Inside a dialog it is the dialog's upstream, and the target
+// that answered its INVITE when known (in-dialog requests never re-resolve
+// and never move to another target). Otherwise our own Route entries (one,
+// or two after a double Record-Route) are skipped (buildForward removes
+// them) and the next Route names it, else the Request-URI, else the
+// default: a configured upstream or group in every case, never a host the
+// client names.
+func (f *forwarding) routeUpstream() bool {
+	p, req := f.p, f.req
+	if d := f.dlg; d != nil && d.upstreamTarget.Addr.IsValid() {
+		f.up = d.up
+		f.att.targets = []resolve.Target{d.upstreamTarget}
+		f.hop = d.up.hopFor(d.upstreamTarget)
+		return true
+	}
+	var grp *upstreamGroup
+	if routes := f.foreignRoutes(); len(routes) > 0 {
+		f.up, grp = f.rt.matchRoute(routes[0].Address)
+		if f.up == nil && grp == nil && f.dlg != nil {
+			f.up = f.dlg.up
+		}
+		if f.up == nil && grp == nil {
+			f.respondLocal(sip.StatusNotFound, "No Upstream For Route", "no-route")
+			return false
+		}
+	} else {
+		f.up, grp = f.rt.matchRoute(req.Recipient)
+		if f.up == nil && grp == nil && p.isOwnURI(req.Recipient) && req.Recipient.User == "" && req.Method == sip.OPTIONS {
+			f.respondLocal(sip.StatusOK, "OK", "local")
+			return false
+		}
+		if f.up == nil && grp == nil && f.dlg != nil {
+			// In a dialog the Request-URI is the remote target (the callee's
+			// Contact), which need not be the upstream's address.
+			f.up = f.dlg.up
+		}
+		if f.up == nil && grp == nil {
+			f.up, grp = f.rt.defaultRoute()
+		}
+		if f.up == nil && grp == nil {
+			f.respondLocal(sip.StatusNotFound, "No Upstream For Request-URI", "no-route")
+			return false
+		}
+	}
+	if grp != nil {
+		// Admission (admit) narrows the members to those the client may
+		// use; until then the first one stands for the group.
+		f.att.group, f.up = grp, grp.members[0]
+	}
+	return true
+}
+
+// foreignRoutes returns the request's Route entries after ours.
+func (f *forwarding) foreignRoutes() []*sip.RouteHeader {
+	var out []*sip.RouteHeader
+	own := true
+	for _, h := range f.req.GetHeaders("Route") {
+		r, ok := h.(*sip.RouteHeader)
+		if !ok {
+			continue
+		}
+		if own && f.p.isOwnURI(r.Address) {
+			continue
+		}
+		own = false
+		out = append(out, r)
+	}
+	return out
 }

@@ -77,6 +77,7 @@ type Metrics struct {
 	refused        *prometheus.CounterVec
 	stateChanges   *prometheus.CounterVec
 	preemptive     *prometheus.CounterVec
+	failovers      *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	reloadSuccess  prometheus.Gauge
 	registrations  prometheus.Gauge
@@ -86,6 +87,10 @@ type Metrics struct {
 	healthUpDesc   *prometheus.Desc
 	healthRTTDesc  *prometheus.Desc
 	healthPingDesc *prometheus.Desc
+	targetUpDesc   *prometheus.Desc
+	targetsDesc    *prometheus.Desc
+	resolvedDesc   *prometheus.Desc
+	resolveOKDesc  *prometheus.Desc
 }
 
 // New returns metrics registered in a fresh registry, with the Go runtime
@@ -134,6 +139,10 @@ func New(version string) *Metrics {
 		Namespace: namespace, Name: "preemptive_auth_total",
 		Help: "Requests sent with credentials before any challenge, by upstream and result: accepted, or challenged (answered again the normal way).",
 	}, []string{"upstream", "result"})
+	m.failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "failovers_total",
+		Help: "Requests moved from an upstream's target to its next target, or to the next upstream of a group, by upstream (the one left) and reason: timeout (no response at all), transport-error, or the status code.",
+	}, []string{"upstream", "reason"})
 	m.stateChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "upstream_state_changes_total",
 		Help: "Upstreams marked up or down by the OPTIONS health check, by upstream and new state.",
@@ -159,7 +168,7 @@ func New(version string) *Metrics {
 	m.reloadSuccess.SetToCurrentTime()
 	m.reg.MustRegister(
 		m.requests, m.outcomes, m.duration, m.upstreamTime, m.challenges, m.staleRetries, m.retries,
-		m.authFailures, m.refused, m.stateChanges, m.preemptive, m.reloads, m.reloadSuccess, m.registrations, build,
+		m.authFailures, m.refused, m.stateChanges, m.preemptive, m.failovers, m.reloads, m.reloadSuccess, m.registrations, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -172,6 +181,18 @@ func New(version string) *Metrics {
 	m.healthPingDesc = prometheus.NewDesc(namespace+"_upstream_pings_total",
 		"OPTIONS health checks sent, by upstream and result (answered, failed).",
 		[]string{"upstream", "result"}, nil)
+	m.targetUpDesc = prometheus.NewDesc(namespace+"_upstream_target_up",
+		"1 when the target (an address the upstream resolves to) answers OPTIONS health checks, 0 when it is marked down; absent while unknown or with health checks off.",
+		[]string{"upstream", "transport", "target"}, nil)
+	m.targetsDesc = prometheus.NewDesc(namespace+"_upstream_targets",
+		"Targets (transport and address) the upstream's address resolves to now.",
+		[]string{"upstream"}, nil)
+	m.resolvedDesc = prometheus.NewDesc(namespace+"_upstream_resolve_last_success_timestamp_seconds",
+		"Unix time the upstream's name last resolved successfully; absent for an IP address and before the first success.",
+		[]string{"upstream"}, nil)
+	m.resolveOKDesc = prometheus.NewDesc(namespace+"_upstream_resolve_ok",
+		"1 when the last resolution of the upstream's name succeeded, 0 when it failed (the last good targets are kept); absent for an IP address.",
+		[]string{"upstream"}, nil)
 	return m
 }
 
@@ -304,6 +325,11 @@ func (m *Metrics) PreemptiveAuth(upstream string, accepted bool) {
 	m.preemptive.WithLabelValues(upstreamLabel(upstream), result).Inc()
 }
 
+// Failover implements proxy.Observer.
+func (m *Metrics) Failover(upstream, reason string) {
+	m.failovers.WithLabelValues(upstreamLabel(upstream), reason).Inc()
+}
+
 var _ proxy.Observer = (*Metrics)(nil)
 
 func methodLabel(m string) string {
@@ -346,6 +372,10 @@ func (c healthCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.m.healthUpDesc
 	ch <- c.m.healthRTTDesc
 	ch <- c.m.healthPingDesc
+	ch <- c.m.targetUpDesc
+	ch <- c.m.targetsDesc
+	ch <- c.m.resolvedDesc
+	ch <- c.m.resolveOKDesc
 }
 
 func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
@@ -363,5 +393,32 @@ func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Pings-u.Failures), u.Name, "answered")
 			ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Failures), u.Name, "failed")
 		}
+		c.collectTargets(ch, u)
+	}
+}
+
+// collectTargets reports what u's address resolves to and each target's
+// health.
+func (c healthCollector) collectTargets(ch chan<- prometheus.Metric, u proxy.UpstreamHealth) {
+	if len(u.Targets) > 0 {
+		ch <- prometheus.MustNewConstMetric(c.m.targetsDesc, prometheus.GaugeValue, float64(len(u.Targets)), u.Name)
+	}
+	for _, t := range u.Targets {
+		switch t.State {
+		case proxy.HealthUp:
+			ch <- prometheus.MustNewConstMetric(c.m.targetUpDesc, prometheus.GaugeValue, 1, u.Name, t.Transport, t.Address)
+		case proxy.HealthDown:
+			ch <- prometheus.MustNewConstMetric(c.m.targetUpDesc, prometheus.GaugeValue, 0, u.Name, t.Transport, t.Address)
+		}
+	}
+	if !u.Resolved.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.m.resolvedDesc, prometheus.GaugeValue, float64(u.Resolved.UnixNano())/1e9, u.Name)
+	}
+	if !u.Resolved.IsZero() || u.ResolveError != "" {
+		ok := 1.0
+		if u.ResolveError != "" {
+			ok = 0
+		}
+		ch <- prometheus.MustNewConstMetric(c.m.resolveOKDesc, prometheus.GaugeValue, ok, u.Name)
 	}
 }

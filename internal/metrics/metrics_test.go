@@ -37,6 +37,9 @@ func TestObserverCounters(t *testing.T) {
 	m.Refused("rate-limited")
 	m.UpstreamStateChanged("pbx-a", false)
 	m.ConfigReloaded(ReloadRejected)
+	m.Failover("carrier-a", "timeout")
+	m.Failover("carrier-a", "503")
+	m.Failover("carrier-a", "503")
 
 	for _, tc := range []struct {
 		name string
@@ -55,6 +58,8 @@ func TestObserverCounters(t *testing.T) {
 		{"refused", value(t, m.refused.WithLabelValues("rate-limited")), 1},
 		{"state changes", value(t, m.stateChanges.WithLabelValues("pbx-a", "down")), 1},
 		{"reloads", value(t, m.reloads.WithLabelValues("rejected")), 1},
+		{"failovers timeout", value(t, m.failovers.WithLabelValues("carrier-a", "timeout")), 1},
+		{"failovers 503", value(t, m.failovers.WithLabelValues("carrier-a", "503")), 2},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %v, want %v", tc.name, tc.got, tc.want)
@@ -91,6 +96,11 @@ func TestHandlerGaugesAndHealth(t *testing.T) {
 		{Name: "pbx-a", State: proxy.HealthUp, LastRTT: 1500 * time.Microsecond, Pings: 10, Failures: 1},
 		{Name: "pbx-b", State: proxy.HealthDown, Pings: 4, Failures: 4},
 		{Name: "pbx-c", State: proxy.HealthUnknown},
+		{Name: "carrier", State: proxy.HealthUp, Resolved: time.Unix(1700000000, 0), ResolveError: "lookup timed out", Targets: []proxy.TargetHealth{
+			{Transport: "udp", Address: "192.0.2.1:5060", State: proxy.HealthUp},
+			{Transport: "udp", Address: "192.0.2.2:5060", State: proxy.HealthDown},
+			{Transport: "tcp", Address: "[2001:db8::1]:5060", State: proxy.HealthUnknown},
+		}},
 	}}
 	m.Attach(src)
 	m.Attach(src) // a second call does nothing (no duplicate registration panic)
@@ -109,6 +119,11 @@ func TestHandlerGaugesAndHealth(t *testing.T) {
 		`authproxy_build_info{goversion="go`,
 		`version="v9"} 1`,
 		"authproxy_trunk_registrations 0",
+		`authproxy_upstream_targets{upstream="carrier"} 3`,
+		`authproxy_upstream_target_up{target="192.0.2.1:5060",transport="udp",upstream="carrier"} 1`,
+		`authproxy_upstream_target_up{target="192.0.2.2:5060",transport="udp",upstream="carrier"} 0`,
+		`authproxy_upstream_resolve_last_success_timestamp_seconds{upstream="carrier"} 1.7e+09`,
+		`authproxy_upstream_resolve_ok{upstream="carrier"} 0`,
 		"go_goroutines",
 		"process_",
 	} {
@@ -118,6 +133,9 @@ func TestHandlerGaugesAndHealth(t *testing.T) {
 	}
 	if strings.Contains(text, `upstream="pbx-c"`) {
 		t.Error("an upstream of unknown health has health series")
+	}
+	if strings.Contains(text, `target="[2001:db8::1]:5060"`) {
+		t.Error("a target of unknown health has a health series")
 	}
 	if strings.Contains(text, "authproxy_requests_total{") {
 		t.Error("request series before any request")

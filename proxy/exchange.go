@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+)
+
+// Sending a request upstream and following its non-INVITE exchange:
+// challenges answered, failover (failover.go), the final response.
+
+// sendAndRelay sends f.fwd in a sipgo client transaction and relays its
+// responses until the sender has its final response. A send that fails at
+// once (a TCP connection refused) fails over like any transport error.
+func (f *forwarding) sendAndRelay() {
+	f.sentAt = time.Now()
+	f.att.tried++
+	clTx, err := f.send(f.fwd)
+	if err != nil {
+		f.log.Warn("next hop unreachable", "target", f.hop.addr, "error", err)
+		var ok bool
+		if clTx, ok = f.failover(f.ctx, "transport-error", nil); !ok {
+			f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+			return
+		}
+	}
+	if f.req.Method == sip.INVITE {
+		f.inviteLoop(clTx)
+		return
+	}
+	f.relayLoop(clTx)
+}
+
+// send starts a client transaction for r with our Via on top (§16.6 step 8).
+// The destination set on r is the target's IP:port (setHop) before addVia
+// runs.
+func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
+	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second) // bounds a TCP dial
+	defer cancel()
+	return f.p.client.TransactionRequest(ctx, r, f.p.addVia(f.hop.transport))
+}
+
+// addVia returns the option that prepends our Via for a request sent over
+// transport.
+func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
+	return func(_ *sipgo.Client, r *sip.Request) error {
+		r.PrependHeader(p.newVia(transport, sip.GenerateBranchN(16)))
+		return nil
+	}
+}
+
+// newVia is our Via for a request sent over transport (§16.6 step 8).
+func (p *Proxy) newVia(transport, branch string) *sip.ViaHeader {
+	if l := p.listenerFor(transport); l != nil {
+		return ourVia(transport, l.advertise, l.port, branch)
+	}
+	host := ""
+	if len(p.listeners) > 0 {
+		// No listener of this transport: responses come back on the
+		// connection we open; advertise our host, sipgo fills the port
+		// from the socket.
+		host = p.listeners[0].advertise
+	}
+	return ourVia(transport, host, 0, branch)
+}
+
+// ourVia is the Via authproxy puts on a request it sends from host:port
+// (port 0: none) over transport; appendVia writes the same as bytes.
+func ourVia(transport, host string, port int, branch string) *sip.ViaHeader {
+	via := &sip.ViaHeader{
+		ProtocolName:    "SIP",
+		ProtocolVersion: "2.0",
+		Transport:       transport,
+		Host:            host,
+		Port:            port,
+		Params:          sip.NewParams(),
+	}
+	via.Params.Add("branch", branch)
+	via.Params.Add("rport", "")
+	return via
+}
+
+// relayLoop reads the responses to a non-INVITE request until the sender
+// has its final response, answering challenges and failing over on the
+// way.
+func (f *forwarding) relayLoop(clTx sip.ClientTransaction) {
+	res, end := f.exchange(clTx, f.tx.Done(), f.relay)
+	if res != nil {
+		f.relay(res)
+		return
+	}
+	f.ended(end)
+}
+
+// Ways an exchange ends without a final response to relay.
+const (
+	endTimeout     = "timeout"     // no final response in time: 408
+	endUnreachable = "unreachable" // transport error, nothing left to try: 503
+	endClientGone  = "client-gone" // the sender's side ended first
+	endAnswered    = "answered"    // the sender was answered already
+	endStopped     = "stopped"     // f.ctx ended
+)
+
+// exchange follows the client transaction clTx of a non-INVITE request
+// until its final response, which it returns: it answers challenges (each
+// a new client transaction to the same target), fails over to the next
+// target or upstream (failover.go), and hands provisional responses but
+// 100 (§16.7 step 3: not forwarded) to provisional. It returns nil and how
+// it ended when there is no response to relay. The current attempt waits
+// attemptTimeout for a first response, then Timer F from it.
+func (f *forwarding) exchange(clTx sip.ClientTransaction, clientGone <-chan struct{}, provisional func(*sip.Response)) (*sip.Response, string) {
+	timeout := time.NewTimer(f.attemptTimeout())
+	defer timeout.Stop()
+	defer func() { clTx.Terminate() }()
+	next := func(why string, res *sip.Response) bool {
+		clTx.Terminate()
+		tx, ok := f.failover(f.ctx, why, res)
+		if ok {
+			clTx = tx
+			resetTimer(timeout, f.attemptTimeout())
+		}
+		return ok
+	}
+	for {
+		select {
+		case res := <-clTx.Responses():
+			if !f.att.answered {
+				f.att.answered = true
+				resetTimer(timeout, f.p.cfg.UpstreamTimeout)
+			}
+			if res.IsProvisional() {
+				if res.StatusCode != sip.StatusTrying && provisional != nil {
+					provisional(res)
+				}
+				continue
+			}
+			if why, ok := f.failoverOn(res); ok && next(why, res) {
+				continue
+			}
+			if isChallenge(res) && !f.toClient {
+				tx, err := f.answer(res)
+				if err != nil {
+					f.log.Warn("upstream unreachable on retry", "error", err)
+					if next("transport-error", nil) {
+						continue
+					}
+					return nil, endUnreachable
+				}
+				if tx != nil {
+					clTx.Terminate()
+					clTx = tx
+					resetTimer(timeout, f.p.cfg.UpstreamTimeout)
+					continue
+				}
+			}
+			return res, ""
+		case <-clTx.Done():
+			why := transactionFailure(clTx)
+			if (!f.att.answered || why == "transport-error") && next(why, nil) {
+				continue
+			}
+			if why == "timeout" {
+				return nil, endTimeout
+			}
+			f.log.Warn("transaction failed", "error", clTx.Err())
+			return nil, endUnreachable
+		case <-timeout.C:
+			if !f.att.answered && next("timeout", nil) {
+				continue
+			}
+			return nil, endTimeout
+		case <-clientGone:
+			return nil, endClientGone
+		case <-f.ctx.Done():
+			return nil, endStopped
+		}
+	}
+}
+
+// ended answers the sender of a request whose exchange ended without a
+// final response: 408 on timeout (Timer B/F), 503 when unreachable.
+func (f *forwarding) ended(end string) {
+	switch end {
+	case endTimeout:
+		f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
+	case endUnreachable:
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+	case endClientGone:
+		f.outcome = "client-gone"
+	}
+}
+
+// isChallenge reports whether res is a 401 or 407.
+func isChallenge(res *sip.Response) bool {
+	return res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(d)
+}
