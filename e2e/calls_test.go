@@ -409,17 +409,19 @@ func TestPRACK(t *testing.T) {
 	assertNoCallErrors(t, h.A)
 }
 
-// TestCallRejected: busy and unavailable finals reach the client; the
-// hop-by-hop ACK is never forwarded, and no dialog is left behind.
+// TestCallRejected: busy and unavailable finals reach the client (a 503
+// as 500: RFC 3261 §16.7 step 6); the hop-by-hop ACK is never forwarded,
+// and no dialog is left behind.
 func TestCallRejected(t *testing.T) {
-	for _, code := range []int{486, 503} {
+	for _, tc := range []struct{ code, relayed int }{{486, 486}, {503, 500}} {
+		code := tc.code
 		for _, clientTP := range []string{"udp", "tcp"} {
 			t.Run(fmt.Sprintf("%d/%s", code, clientTP), func(t *testing.T) {
 				h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: code}}})
 				ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
 				c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-				if res := c.waitFinal(10 * time.Second); res.StatusCode != code {
-					t.Fatalf("INVITE final %d, want %d", res.StatusCode, code)
+				if res := c.waitFinal(10 * time.Second); res.StatusCode != tc.relayed {
+					t.Fatalf("INVITE final %d, want %d", res.StatusCode, tc.relayed)
 				}
 				time.Sleep(300 * time.Millisecond) // let a wrongly forwarded ACK arrive
 				acks := 0

@@ -100,6 +100,9 @@ type harnessOptions struct {
 	RegisterMode string
 	// Preemptive is pbx-a's and pbx-b's Upstream.Preemptive (default off).
 	Preemptive proxy.Preemptive
+	// Mutate, when set, edits the proxy configuration last, once the fake
+	// PBXs run (their addresses are known).
+	Mutate func(*proxy.Config, *harness)
 }
 
 func defaultCredentials(a, b string) []credentials.Entry {
@@ -160,6 +163,9 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		Observer:        o.Observer,
 		Health:          o.Health,
 		Ready:           func() { close(ready) },
+	}
+	if o.Mutate != nil {
+		o.Mutate(&cfg, h)
 	}
 	p, err := proxy.New(cfg)
 	if err != nil {

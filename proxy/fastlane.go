@@ -305,8 +305,8 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 // parser and HandleResponse instead.
 func (l *fastLane) HandleRawResponse(data []byte) bool {
 	r, ok := scanResponse(data)
-	if !ok || r.status == sip.StatusUnauthorized || r.status == sip.StatusProxyAuthRequired {
-		return false
+	if !ok || r.status == sip.StatusUnauthorized || r.status == sip.StatusProxyAuthRequired || r.status == sip.StatusServiceUnavailable {
+		return false // a 503 is relayed as 500 or failed over: HandleResponse
 	}
 	l.mu.Lock()
 	e := l.byBranch[string(r.branch)]

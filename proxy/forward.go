@@ -603,6 +603,12 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 func (f *forwarding) relay(res *sip.Response) {
 	f.preemptiveDone(res.StatusCode)
 	f.prepareRelay(res)
+	if res.StatusCode == sip.StatusServiceUnavailable && !f.toClient {
+		// RFC 3261 §16.7 step 6: a 503 from the next hop says that hop is
+		// unavailable, not authproxy; relayed as is, the client would
+		// take authproxy for unavailable (and fail over away from it).
+		res.StatusCode, res.Reason = sip.StatusInternalServerError, "Server Internal Error"
+	}
 	if res.IsSuccess() {
 		if f.req.Method == sip.REGISTER && !f.toClient {
 			f.registered(res)

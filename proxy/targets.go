@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/authproxy/authproxy/proxy/resolve"
@@ -70,9 +68,6 @@ func hopOf(t resolve.Target) hop {
 type targets struct {
 	r       *resolve.Resolver
 	timeout time.Duration // bound on the wait for a first resolution
-
-	rndMu sync.Mutex
-	rnd   *rand.Rand // draws the order among weighted SRV targets
 }
 
 func newTargets(cfg resolve.Config) (*targets, error) {
@@ -83,8 +78,7 @@ func newTargets(cfg resolve.Config) (*targets, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dns: %w", err)
 	}
-	seed := rand.Uint64()
-	return &targets{r: r, timeout: cfg.Timeout, rnd: rand.New(rand.NewPCG(seed, seed>>1|1))}, nil
+	return &targets{r: r, timeout: cfg.Timeout}, nil
 }
 
 // watch makes the resolver keep the names of ups fresh: their first
@@ -122,12 +116,12 @@ func (t *targets) lookup(ctx context.Context, u *upstream) ([]resolve.Target, er
 	}
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
-	res, err := t.r.Lookup(ctx, u.query)
+	res, err := t.r.Lookup(ctx, u.query) // its errors name the query
 	if err == nil && len(res.Targets) == 0 {
-		err = resolve.ErrNoTargets
+		err = fmt.Errorf("resolve %s: %w", u.query, resolve.ErrNoTargets)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", u.query.Host, err)
+		return nil, err
 	}
 	return t.order(res), nil
 }
@@ -138,9 +132,7 @@ func (t *targets) order(res resolve.Result) []resolve.Target {
 	if len(res.Targets) == 1 {
 		return res.Targets
 	}
-	t.rndMu.Lock()
-	defer t.rndMu.Unlock()
-	return res.Order(t.rnd)
+	return res.Order(nil)
 }
 
 // usableTargets filters ts, in order, for one request to u: targets of an
