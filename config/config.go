@@ -24,13 +24,19 @@ type Config struct {
 	Admin Admin
 	// Health configures the OPTIONS health checks of the upstreams.
 	Health Health
+	// DNS configures how upstream names are resolved.
+	DNS DNS
 	// Reload configures live reloading of the configuration file.
 	Reload Reload
 	// Listen has at least one entry.
 	Listen []Listen
-	// Upstreams has at least one entry; names are unique, at most one is
-	// the default.
+	// Upstreams has at least one entry; names are unique, at most one
+	// upstream or group is the default.
 	Upstreams []Upstream
+	// Groups are the [[group]] tables: ordered lists of upstreams routed
+	// to as one, failing over from each to the next. Their names differ
+	// from the upstreams'.
+	Groups []Group
 	// Credentials are in file order, each with exactly one kind of secret
 	// (Password, or one or more HA1s) and its Server resolved: an upstream
 	// name is replaced by that upstream's normalised address.
@@ -62,6 +68,43 @@ type Runtime struct {
 	// MemoryLimit is GOMEMLIMIT in bytes: the heap size at which the GC
 	// runs whatever GCPercent says (a soft limit).
 	MemoryLimit int64
+}
+
+// DNS is the [dns] table: how authproxy resolves upstream names (RFC 3263:
+// NAPTR, SRV, A/AAAA), caches the results and refreshes them in the
+// background.
+type DNS struct {
+	// Servers are the DNS servers asked, "ip:port" (port 53 when omitted;
+	// IPv6 as "[::1]:53"), in order. Empty (the default): the nameservers
+	// of /etc/resolv.conf.
+	Servers []string
+	// MinTTL and MaxTTL clamp how long a resolution is cached (default 10s
+	// and 1h): a record with TTL 0 must not make every request wait for
+	// DNS, and a day-long TTL must not hide a move for a day.
+	MinTTL, MaxTTL time.Duration
+	// Timeout bounds one DNS exchange, and how long a request waits for
+	// the first resolution of its upstream's name (default 2s).
+	Timeout time.Duration
+}
+
+// Group is one [[group]] table.
+type Group struct {
+	// Name identifies the group in logs; unique among groups and
+	// upstreams.
+	Name string
+	// Upstreams are the upstream names tried in order (at least one, each
+	// once).
+	Upstreams []string
+	// Domains are the Request-URI hosts routed to the group, lowercased and
+	// unique across all upstreams and groups.
+	Domains []string
+	// Default makes the group take Request-URIs that match no upstream or
+	// group (at most one upstream or group is the default).
+	Default bool
+	// FailoverOn are the final statuses of an upstream that move a request
+	// to the next (default 408, 500, 502, 503, 504). An unreachable
+	// upstream (no response, transport error) always does.
+	FailoverOn []int
 }
 
 // Registration is one [[registration]] table.
@@ -139,6 +182,11 @@ type Proxy struct {
 	// DialogIdleTimeout ends the state of a dialog with no request for
 	// this long, a call whose BYE was lost (default 2h).
 	DialogIdleTimeout time.Duration
+	// FailoverTimeout is how long an attempt waits for any response
+	// before the request moves to the upstream's next target or the
+	// group's next upstream, when there is one (default 4s; the last
+	// attempt keeps Timer B/F, 32s).
+	FailoverTimeout time.Duration
 }
 
 // Admin is the [admin] table: the HTTP listener serving /metrics,
@@ -196,12 +244,19 @@ type Listen struct {
 type Upstream struct {
 	// Name identifies the upstream in logs and in credential scopes.
 	Name string
-	// Address is the normalised "host:port": host lowercased, IPv6 in
-	// brackets, port 5060 if the file gave none. It is also the server
-	// identity credentials are scoped by.
+	// Address is the normalised address: "ip:port" for an IP (port 5060,
+	// 5061 for tls, if the file gave none; IPv6 in brackets),
+	// "host:port" for a name with a port (its A/AAAA records), or the
+	// bare domain for a name without one (NAPTR, SRV, then A/AAAA: RFC
+	// 3263). Hosts are lowercased. It is also the server identity
+	// credentials are scoped by, whatever it resolves to.
 	Address string
-	// Transport is "udp" (the default) or "tcp".
+	// Transport is "udp" (the default), "tcp", "tls" or "auto" (the
+	// domain's NAPTR records choose, RFC 3263 §4.1).
 	Transport string
+	// AcceptFrom are source prefixes besides the addresses Address
+	// resolves to that requests from this upstream may come from.
+	AcceptFrom []netip.Prefix
 	// Domains are the Request-URI hosts routed here besides the upstream's
 	// own host, lowercased and unique across all upstreams.
 	Domains []string

@@ -151,7 +151,7 @@ func TestDefaults(t *testing.T) {
 	if got, want := cfg.Log, (config.Log{Level: slog.LevelInfo, Format: "auto"}); got != want {
 		t.Errorf("Log = %+v, want %+v", got, want)
 	}
-	if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 3, ShutdownGrace: 5 * time.Second, TimerC: 210 * time.Second, DialogIdleTimeout: 2 * time.Hour}); got != want {
+	if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 3, ShutdownGrace: 5 * time.Second, TimerC: 210 * time.Second, DialogIdleTimeout: 2 * time.Hour, FailoverTimeout: 4 * time.Second}); got != want {
 		t.Errorf("Proxy = %+v, want %+v", got, want)
 	}
 	if got, want := cfg.Listen[0], (config.Listen{Transport: "udp", Address: "127.0.0.1:5060", Advertise: "127.0.0.1"}); got != want {
@@ -313,6 +313,28 @@ func rules() []rule {
 		{name: "UpstreamDomainInvalid", toml: listenOK + up(`address = "127.0.0.2"`+"\ndomains = [\"\"]") + credOK, key: "upstream[0].domains[0]", err: config.ErrInvalid},
 		{name: "UpstreamDomainsNotArray", toml: listenOK + up(`address = "127.0.0.2"`+"\ndomains = \"a.example.com\"") + credOK, key: "upstream[0].domains", err: config.ErrInvalid},
 		{name: "UpstreamTwoDefaults", toml: listenOK + upstreamsOK + "default = true\n" + "[[upstream]]\nname = \"pbx-c\"\naddress = \"127.0.0.4\"\ndefault = true\n" + credOK, key: "upstream[2].default", err: config.ErrDuplicate},
+
+		{name: "UpstreamAcceptFrom", toml: listenOK + up(`address = "127.0.0.2"`+"\naccept_from = [\"203.0.113.0/33\"]") + credOK, key: "upstream[0].accept_from[0]", err: config.ErrInvalid},
+		{name: "UpstreamCAFileNotTLS", toml: listenOK + up(`address = "127.0.0.2"`+"\nserver_name = \"pbx\"") + credOK, key: "upstream[0].server_name", err: config.ErrInvalid},
+		{name: "UpstreamAddressName", toml: listenOK + up(`address = "pbx..example.com"`) + credOK, key: "upstream[0].address", err: config.ErrInvalid},
+
+		// [dns], failover and [[group]]
+		{name: "DNSServerName", toml: baseOK + "[dns]\nservers = [\"dns.example.com\"]\n", key: "dns.servers[0]", err: config.ErrInvalid},
+		{name: "DNSServerPortZero", toml: baseOK + "[dns]\nservers = [\"127.0.0.1:0\"]\n", key: "dns.servers[0]", err: config.ErrInvalid},
+		{name: "DNSMinTTL", toml: baseOK + "[dns]\nmin_ttl = \"10ms\"\n", key: "dns.min_ttl", err: config.ErrInvalid},
+		{name: "DNSMaxBelowMin", toml: baseOK + "[dns]\nmin_ttl = \"1m\"\nmax_ttl = \"30s\"\n", key: "dns.max_ttl", err: config.ErrInvalid},
+		{name: "DNSTimeout", toml: baseOK + "[dns]\ntimeout = \"2m\"\n", key: "dns.timeout", err: config.ErrInvalid},
+		{name: "DNSTimeoutInteger", toml: baseOK + "[dns]\ntimeout = 2\n", key: "dns.timeout", err: config.ErrInvalid},
+		{name: "FailoverTimeout", toml: baseOK + "[proxy]\nfailover_timeout = \"1m\"\n", key: "proxy.failover_timeout", err: config.ErrInvalid},
+		{name: "GroupNameMissing", toml: baseOK + "[[group]]\nupstreams = [\"pbx-a\"]\n", key: "group[0].name", err: config.ErrRequired},
+		{name: "GroupNameOfUpstream", toml: baseOK + "[[group]]\nname = \"pbx-a\"\nupstreams = [\"pbx-b\"]\n", key: "group[0].name", err: config.ErrDuplicate},
+		{name: "GroupNoUpstreams", toml: baseOK + "[[group]]\nname = \"g\"\n", key: "group[0].upstreams", err: config.ErrRequired},
+		{name: "GroupUnknownUpstream", toml: baseOK + "[[group]]\nname = \"g\"\nupstreams = [\"pbx-a\", \"pbx-z\"]\n", key: "group[0].upstreams[1]", err: config.ErrInvalid},
+		{name: "GroupUpstreamTwice", toml: baseOK + "[[group]]\nname = \"g\"\nupstreams = [\"pbx-a\", \"pbx-a\"]\n", key: "group[0].upstreams[1]", err: config.ErrDuplicate},
+		{name: "GroupFailoverOn407", toml: baseOK + "[[group]]\nname = \"g\"\nupstreams = [\"pbx-a\"]\nfailover_on = [503, 407]\n", key: "group[0].failover_on[1]", err: config.ErrInvalid},
+		{name: "GroupFailoverOnString", toml: baseOK + "[[group]]\nname = \"g\"\nupstreams = [\"pbx-a\"]\nfailover_on = [\"5xx\"]\n", key: "group[0].failover_on[0]", err: config.ErrInvalid},
+		{name: "GroupDomainOfUpstream", toml: baseOK + "[[group]]\nname = \"g\"\nupstreams = [\"pbx-a\"]\ndomains = [\"pbx-a.example.com\"]\n", key: "group[0].domains[0]", err: config.ErrDuplicate},
+		{name: "GroupSecondDefault", toml: listenOK + upstreamsOK + "default = true\n" + credOK + "[[group]]\nname = \"g\"\nupstreams = [\"pbx-a\"]\ndefault = true\n", key: "group[0].default", err: config.ErrDuplicate},
 
 		// [[credential]]
 		{name: "CredentialUsername", toml: baseOK + cred(`password = "x"`), key: "credential[1].username", err: config.ErrRequired},
@@ -476,7 +498,7 @@ shutdown_grace = "1s"
 		if cfg.Log != want {
 			t.Errorf("Log = %+v, want %+v", cfg.Log, want)
 		}
-		if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 5, ShutdownGrace: 250 * time.Millisecond, TimerC: 210 * time.Second, DialogIdleTimeout: 2 * time.Hour}); got != want {
+		if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 5, ShutdownGrace: 250 * time.Millisecond, TimerC: 210 * time.Second, DialogIdleTimeout: 2 * time.Hour, FailoverTimeout: 4 * time.Second}); got != want {
 			t.Errorf("Proxy = %+v, want %+v", got, want)
 		}
 		if got, want := cfg.Listen[0].Address, "127.0.0.1:5060"; got != want {
@@ -621,12 +643,12 @@ address = "[2001:db8::1]:5080"
 `
 	for _, tc := range []struct{ server, want string }{
 		{"", ""},
-		{"pbx-a", "pbx-a.example.com:5060"},
+		{"pbx-a", "pbx-a.example.com"}, // a domain without port: SRV; its identity is the domain
 		{"pbx-b", "127.0.0.3:5070"},
 		{"v6", "[2001:db8::1]:5080"},
 		{"pbx-a.example.com", "pbx-a.example.com"},
 		{"PBX-A.Example.com", "pbx-a.example.com"},
-		{"pbx-a.example.com:5060", "pbx-a.example.com:5060"},
+		{"pbx-a.example.com:5060", "pbx-a.example.com"}, // the default port names the same upstream
 		{"127.0.0.3", "127.0.0.3"},
 		{"127.0.0.3:5070", "127.0.0.3:5070"},
 		{"2001:db8::1", "2001:db8::1"},
@@ -848,8 +870,8 @@ server_name = "PBX.example.com"
 		if l := cfg.Listen[0]; l.CertFile != filepath.Join(dir, "cert.pem") || l.KeyFile != filepath.Join(dir, "key.pem") {
 			t.Fatalf("listen = %+v", l)
 		}
-		if u := cfg.Upstreams[0]; u.Address != "pbx.example.com:5061" || u.CAFile != filepath.Join(dir, "ca.pem") || u.ServerName != "pbx.example.com" {
-			t.Fatalf("upstream = %+v (tls default port is 5061)", u)
+		if u := cfg.Upstreams[0]; u.Address != "pbx.example.com" || u.CAFile != filepath.Join(dir, "ca.pem") || u.ServerName != "pbx.example.com" {
+			t.Fatalf("upstream = %+v (a domain without port stays one: SRV, RFC 3263)", u)
 		}
 	})
 	for _, tc := range []struct{ name, toml, key string }{
@@ -909,5 +931,80 @@ func TestRuntime(t *testing.T) {
 				t.Fatalf("runtime = %+v, want %+v", cfg.Runtime, tc.want)
 			}
 		})
+	}
+}
+
+// TestNamesGroupsAndDNS: upstream addresses by name (a domain without port
+// stays bare: SRV), accept_from, transport "auto", [[group]] with its
+// default failover statuses, and the [dns] table.
+func TestNamesGroupsAndDNS(t *testing.T) {
+	cfg := mustParse(t, listenOK+`
+[[upstream]]
+name = "carrier-a"
+address = "Carrier-A.example.net"
+accept_from = ["203.0.113.0/24", "198.51.100.7"]
+
+[[upstream]]
+name = "carrier-b"
+address = "sip.carrier-b.example.net:5080"
+transport = "AUTO"
+
+[[upstream]]
+name = "v6"
+address = "2001:db8::1"
+
+[[group]]
+name = "carriers"
+upstreams = ["carrier-a", "carrier-b"]
+domains = ["PSTN.example.com"]
+default = true
+
+[[group]]
+name = "strict"
+upstreams = ["carrier-b"]
+failover_on = [503, 603]
+
+[dns]
+servers = ["127.0.0.1:5353", "192.0.2.53", "::1"]
+min_ttl = "5s"
+max_ttl = "10m"
+timeout = "1s"
+
+[proxy]
+failover_timeout = "2s"
+
+[[credential]]
+username = "a"
+password = "x"
+server = "carrier-a.example.net:5060"
+`)
+	a, b, v6 := cfg.Upstreams[0], cfg.Upstreams[1], cfg.Upstreams[2]
+	if a.Address != "carrier-a.example.net" || b.Address != "sip.carrier-b.example.net:5080" || b.Transport != "auto" || v6.Address != "[2001:db8::1]:5060" {
+		t.Errorf("addresses %q %q (%s) %q", a.Address, b.Address, b.Transport, v6.Address)
+	}
+	if got := fmt.Sprint(a.AcceptFrom); got != "[203.0.113.0/24 198.51.100.7/32]" {
+		t.Errorf("accept_from = %s", got)
+	}
+	if got := cfg.Credentials[0].Server; got != "carrier-a.example.net" {
+		t.Errorf("credential server %q, want the bare domain the upstream is", got)
+	}
+	g := cfg.Groups[0]
+	if g.Name != "carriers" || fmt.Sprint(g.Upstreams) != "[carrier-a carrier-b]" || fmt.Sprint(g.Domains) != "[pstn.example.com]" ||
+		!g.Default || fmt.Sprint(g.FailoverOn) != "[408 500 502 503 504]" {
+		t.Errorf("group %+v", g)
+	}
+	if got := fmt.Sprint(cfg.Groups[1].FailoverOn); got != "[503 603]" {
+		t.Errorf("strict failover_on %s", got)
+	}
+	want := config.DNS{Servers: []string{"127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"}, MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Timeout: time.Second}
+	if fmt.Sprint(cfg.DNS) != fmt.Sprint(want) {
+		t.Errorf("DNS = %+v, want %+v", cfg.DNS, want)
+	}
+	if cfg.Proxy.FailoverTimeout != 2*time.Second {
+		t.Errorf("failover_timeout %v", cfg.Proxy.FailoverTimeout)
+	}
+	def := mustParse(t, baseOK)
+	if want := (config.DNS{MinTTL: 10 * time.Second, MaxTTL: time.Hour, Timeout: 2 * time.Second}); fmt.Sprint(def.DNS) != fmt.Sprint(want) {
+		t.Errorf("default DNS = %+v, want %+v", def.DNS, want)
 	}
 }

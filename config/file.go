@@ -29,15 +29,35 @@ type fileConfig struct {
 	Proxy      fileProxy        `koanf:"proxy"`
 	Admin      fileAdmin        `koanf:"admin"`
 	Health     fileHealth       `koanf:"health"`
+	DNS        fileDNS          `koanf:"dns"`
 	Reload     fileReload       `koanf:"reload"`
 	Listen     []fileListen     `koanf:"listen"`
 	Upstream   []fileUpstream   `koanf:"upstream"`
+	Group      []fileGroup      `koanf:"group"`
 	Credential []fileCredential `koanf:"credential"`
 	Client     []fileClient     `koanf:"client"`
 	Limits     fileLimits       `koanf:"limits"`
 	Runtime    fileRuntime      `koanf:"runtime"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
+}
+
+// fileDNS is the [dns] table: how upstream names are resolved.
+type fileDNS struct {
+	Servers []string `koanf:"servers"`
+	MinTTL  string   `koanf:"min_ttl"`
+	MaxTTL  string   `koanf:"max_ttl"`
+	Timeout string   `koanf:"timeout"`
+}
+
+// fileGroup is one [[group]]: an ordered list of upstreams routed to as
+// one, failing over from each to the next.
+type fileGroup struct {
+	Name       string   `koanf:"name"`
+	Upstreams  []string `koanf:"upstreams"`
+	Domains    []string `koanf:"domains"`
+	Default    bool     `koanf:"default"`
+	FailoverOn []int    `koanf:"failover_on"`
 }
 
 type fileRegistration struct {
@@ -92,6 +112,7 @@ type fileProxy struct {
 	ShutdownGrace     string `koanf:"shutdown_grace"`
 	TimerC            string `koanf:"timer_c"`
 	DialogIdleTimeout string `koanf:"dialog_idle_timeout"`
+	FailoverTimeout   string `koanf:"failover_timeout"`
 }
 
 type fileAdmin struct {
@@ -127,7 +148,8 @@ type fileUpstream struct {
 	ServerName string   `koanf:"server_name"`
 	Preemptive string   `koanf:"preemptive"`
 	// RegisterMode: "path" (default) or "contact".
-	RegisterMode string `koanf:"register_mode"`
+	RegisterMode string   `koanf:"register_mode"`
+	AcceptFrom   []string `koanf:"accept_from"`
 }
 
 type fileCredential struct {
@@ -159,7 +181,12 @@ func isSecretKey(name string) bool {
 
 // isDurationKey reports whether a key holds a duration string.
 func isDurationKey(name string) bool {
-	return name == "shutdown_grace" || name == "options_interval"
+	switch name {
+	case "shutdown_grace", "options_interval", "timer_c", "dialog_idle_timeout", "failover_timeout",
+		"min_ttl", "max_ttl", "timeout", "block_for":
+		return true
+	}
+	return false
 }
 
 // defaultsTOML is the first layer. Per-element defaults of the arrays of
@@ -176,6 +203,13 @@ max_challenges = 3
 shutdown_grace = "5s"
 timer_c = "3m30s"
 dialog_idle_timeout = "2h"
+failover_timeout = "4s"
+
+[dns]
+servers = []
+min_ttl = "10s"
+max_ttl = "1h"
+timeout = "2s"
 
 [admin]
 address = ""

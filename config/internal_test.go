@@ -52,7 +52,7 @@ func TestDefaultsLoad(t *testing.T) {
 	if want := (fileLog{Level: "info", Format: "auto"}); fc.Log != want {
 		t.Errorf("log defaults = %+v, want %+v", fc.Log, want)
 	}
-	if want := (fileProxy{MaxChallenges: 3, ShutdownGrace: "5s", TimerC: "3m30s", DialogIdleTimeout: "2h"}); fc.Proxy != want {
+	if want := (fileProxy{MaxChallenges: 3, ShutdownGrace: "5s", TimerC: "3m30s", DialogIdleTimeout: "2h", FailoverTimeout: "4s"}); fc.Proxy != want {
 		t.Errorf("proxy defaults = %+v, want %+v", fc.Proxy, want)
 	}
 	want := fileLimits{Rate: 50, Burst: 100, MaxPerSource: 200, MaxTotal: 10000, AuthFailures: 5, BlockFor: "5m", MaxSources: 100000, Deny: "reject"}

@@ -77,11 +77,13 @@ func (v *validator) build(fc *fileConfig) *Config {
 		Proxy:  v.buildProxy(fc.Proxy),
 		Admin:  v.buildAdmin(fc.Admin),
 		Health: v.buildHealth(fc.Health),
+		DNS:    v.buildDNS(fc.DNS),
 		Reload: Reload{Watch: fc.Reload.Watch},
 		Listen: v.buildListen(fc.Listen),
 	}
 	var idx upstreamIndex
 	cfg.Upstreams, idx = v.buildUpstreams(fc.Upstream)
+	cfg.Groups = v.buildGroups(fc.Group, &idx)
 	cfg.Credentials = v.buildCredentials(fc.Credential, idx)
 	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
 	cfg.Limits = v.buildLimits(fc.Limits)
@@ -350,6 +352,7 @@ func (v *validator) buildProxy(p fileProxy) Proxy {
 		"must be more than 3 minutes (RFC 3261 §16.8), e.g. \"3m30s\"")
 	out.DialogIdleTimeout = v.duration("proxy.dialog_idle_timeout", p.DialogIdleTimeout, time.Minute,
 		"must be at least 1m, e.g. \"2h\"")
+	out.FailoverTimeout = v.durationIn("proxy.failover_timeout", p.FailoverTimeout, minFailoverTimeout, maxFailoverTimeout)
 	return out
 }
 
@@ -467,30 +470,31 @@ func (v *validator) buildListen(ls []fileListen) []Listen {
 	return out
 }
 
-// upstreamIndex is what credential server resolution needs to know about
-// the upstreams.
+// upstreamIndex is what credential server resolution and the groups need
+// to know about the upstreams.
 type upstreamIndex struct {
 	byName    map[string]string // name → normalised address
 	hosts     map[string]bool   // lowercased host
-	hostPorts map[string]bool   // normalised host:port
+	hostPorts map[string]string // normalised host:port → the address it scopes (a bare domain for "domain:5060")
 	names     []string
+	domainAt  map[string]string // domain → the key that claims it first
+	defaultAt string            // the key of the default upstream or group, if any
 }
 
 func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex) {
-	idx := upstreamIndex{byName: map[string]string{}, hosts: map[string]bool{}, hostPorts: map[string]bool{}}
+	idx := upstreamIndex{byName: map[string]string{}, hosts: map[string]bool{}, hostPorts: map[string]string{}, domainAt: map[string]string{}}
 	if len(us) == 0 {
 		v.add("upstream", "", "at least one [[upstream]] table is required", ErrRequired, nil)
 		return nil, idx
 	}
 	out := make([]Upstream, 0, len(us))
 	nameAt := map[string]int{}
-	addrAt := map[string]int{}      // transport + " " + address → first index
-	domainAt := map[string]string{} // domain → first key
-	defaultAt := -1
+	addrAt := map[string]int{} // transport + " " + address → first index
+	domainAt := idx.domainAt
 	for i, u := range us {
 		key := fmt.Sprintf("upstream[%d]", i)
-		o := Upstream{Name: u.Name, Address: u.Address, Transport: v.transport(key, u.Transport), Default: u.Default,
-			Preemptive: v.preemptive(key, u.Preemptive)}
+		o := Upstream{Name: u.Name, Address: u.Address, Transport: v.upstreamTransport(key, u.Transport), Default: u.Default,
+			Preemptive: v.preemptive(key, u.Preemptive), AcceptFrom: v.prefixes(key+".accept_from", u.AcceptFrom)}
 
 		switch j, dup := nameAt[u.Name]; {
 		case strings.TrimSpace(u.Name) == "":
@@ -505,16 +509,21 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 		}
 
 		if u.Address == "" {
-			v.add(key+".address", "", `is required, as "host:port" or "host" (port 5060)`, ErrRequired, nil)
-		} else if host, port, rule := parseAddress(u.Address, defaultPort(o.Transport)); rule != "" {
+			v.add(key+".address", "", `is required, as "host:port", "ip" or "domain" (SRV)`, ErrRequired, nil)
+		} else if addr, host, rule := upstreamAddress(u.Address, o.Transport); rule != "" {
 			v.add(key+".address", strconv.Quote(u.Address), rule, ErrInvalid, nil)
-		} else if host == "" || unspecified(host) {
+		} else if unspecified(host) {
 			v.add(key+".address", strconv.Quote(u.Address),
 				"must name a host to forward to, not an unspecified address", ErrInvalid, nil)
 		} else {
-			o.Address = net.JoinHostPort(host, strconv.Itoa(port))
+			o.Address = addr
 			idx.hosts[host] = true
-			idx.hostPorts[o.Address] = true
+			idx.hostPorts[addr] = addr
+			if addr == host {
+				// A domain without port (SRV): a credential may still name
+				// it with the default port.
+				idx.hostPorts[net.JoinHostPort(host, strconv.Itoa(defaultPort(o.Transport)))] = addr
+			}
 			k := o.Transport + " " + o.Address
 			if j, dup := addrAt[k]; dup {
 				v.add(key+".address", strconv.Quote(u.Address),
@@ -523,7 +532,7 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 				addrAt[k] = i
 			}
 		}
-		if o.Transport == "tls" {
+		if o.Transport == "tls" || o.Transport == "auto" {
 			if u.CAFile != "" {
 				o.CAFile = v.existingFile(key+".ca_file", u.CAFile, "a PEM CA bundle")
 			}
@@ -531,7 +540,7 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 		} else {
 			for _, f := range []struct{ k, v string }{{"ca_file", u.CAFile}, {"server_name", u.ServerName}} {
 				if f.v != "" {
-					v.add(key+"."+f.k, strconv.Quote(f.v), `applies only to transport = "tls"`, ErrInvalid, nil)
+					v.add(key+"."+f.k, strconv.Quote(f.v), `applies only to transport = "tls" or "auto"`, ErrInvalid, nil)
 				}
 			}
 		}
@@ -563,11 +572,11 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 		}
 
 		if u.Default {
-			if defaultAt >= 0 {
+			if idx.defaultAt != "" {
 				v.add(key+".default", "true",
-					fmt.Sprintf("upstream[%d] is already the default; at most one upstream may be", defaultAt), ErrDuplicate, nil)
+					fmt.Sprintf("%s is already the default; at most one upstream or group may be", idx.defaultAt), ErrDuplicate, nil)
 			} else {
-				defaultAt = i
+				idx.defaultAt = key
 			}
 		}
 		out = append(out, o)
@@ -806,8 +815,8 @@ func (v *validator) resolveServer(key, s string, idx upstreamIndex) (string, boo
 		port, perr := strconv.Atoi(p)
 		if perr == nil && port >= 1 && port <= 65535 {
 			hp := net.JoinHostPort(lowerASCII(h), strconv.Itoa(port))
-			if idx.hostPorts[hp] {
-				return hp, true
+			if addr, ok := idx.hostPorts[hp]; ok {
+				return addr, true
 			}
 		}
 	} else if host := lowerASCII(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); idx.hosts[host] {

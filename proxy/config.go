@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -43,7 +44,9 @@ type Upstream struct {
 	// are looked up with (config resolves a credential's upstream name to
 	// it), whatever it resolves to.
 	Address string
-	// Transport is "udp", "tcp" or "tls".
+	// Transport is "udp", "tcp", "tls" or "auto": the domain's NAPTR
+	// records choose among the three (RFC 3263 §4.1; an IP literal or an
+	// address with a port is UDP).
 	Transport string
 	// RootCAs verifies a "tls" upstream's certificate; nil means the system
 	// roots. Verification is never off.
@@ -178,7 +181,7 @@ type upstream struct {
 	ip        netip.Addr   // host when it is an IP literal (unmapped), else invalid
 	udpAddr   *net.UDPAddr // ip and port, when ip is valid: where the fast lane sends datagrams
 	port      int          // the address's port, else the transport's default
-	transport string       // "UDP", "TCP" or "TLS", as sipgo spells it
+	transport string       // "UDP", "TCP" or "TLS", as sipgo spells it; "" for "auto" (each target has its own)
 	query     resolve.Query
 	// literal is the one target of an IP literal, which needs no DNS (nil
 	// for a name), and literalHop its hop, computed once.
@@ -204,7 +207,7 @@ func (c *Config) validate() ([]*upstream, error) {
 	}
 	ups := make([]*upstream, 0, len(c.Upstreams))
 	for i, u := range c.Upstreams {
-		tp, err := normTransport(u.Transport)
+		tp, err := upstreamTransport(u.Transport)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %d (%s): %w", i, u.Name, err)
 		}
@@ -222,7 +225,7 @@ func (c *Config) validate() ([]*upstream, error) {
 			query: upstreamQuery(host, port, portGiven, tp)}
 		if up.ip.IsValid() {
 			up.udpAddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(up.ip, uint16(port)))
-			up.literal = []resolve.Target{literalTarget(up.ip, port, tp, host)}
+			up.literal = []resolve.Target{literalTarget(up.ip, port, cmp.Or(tp, "UDP"), host)}
 			up.literalHop = hopOf(up.literal[0])
 		}
 		ups = append(ups, up)
@@ -260,6 +263,19 @@ func (c *Config) validate() ([]*upstream, error) {
 		}
 	}
 	return ups, nil
+}
+
+// upstreamTransport is normTransport for an upstream, which may also be
+// "auto" (returned as "": the resolver's NAPTR lookup chooses).
+func upstreamTransport(t string) (string, error) {
+	if strings.EqualFold(t, "auto") {
+		return "", nil
+	}
+	tp, err := normTransport(t)
+	if err != nil {
+		return "", fmt.Errorf("transport %q: want udp, tcp, tls or auto", t)
+	}
+	return tp, nil
 }
 
 func normTransport(t string) (string, error) {

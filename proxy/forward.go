@@ -537,7 +537,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 		if !canAnswer(c, cred) {
 			continue
 		}
-		if f.up.transport != "TLS" && f.rt.scopedToTLS(cred.Server) {
+		if f.hop.transport != "TLS" && f.rt.scopedToTLS(cred.Server) {
 			// A credential meant for a TLS upstream never crosses a plain
 			// transport, even to the same host.
 			f.log.Warn("not answering over a plain transport with a credential scoped to a tls upstream", logCredential, cred.String())

@@ -398,7 +398,11 @@ func (p *Proxy) UpstreamHealth() []UpstreamHealth {
 	ups := p.rt.Load().upstreams
 	out := make([]UpstreamHealth, 0, len(ups))
 	for _, u := range ups {
-		uh := UpstreamHealth{Name: u.Name, Address: u.displayAddress(), Transport: strings.ToLower(u.transport), State: HealthUnknown}
+		tp := strings.ToLower(u.transport)
+		if tp == "" {
+			tp = "auto"
+		}
+		uh := UpstreamHealth{Name: u.Name, Address: u.displayAddress(), Transport: tp, State: HealthUnknown}
 		res := resolve.Result{Targets: u.literal}
 		if u.literal == nil {
 			res, _ = p.targets.r.Cached(u.query)

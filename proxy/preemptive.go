@@ -278,7 +278,7 @@ func (f *forwarding) addPreemptive() {
 		if cred.Username == "" && !cred.Anonymous {
 			continue
 		}
-		if f.up.transport != "TLS" && f.rt.scopedToTLS(cred.Server) {
+		if f.hop.transport != "TLS" && f.rt.scopedToTLS(cred.Server) {
 			continue
 		}
 		k := authCacheKey{server: f.up.Address, realmKey: r.key(), username: cred.Username}

@@ -394,7 +394,11 @@ func (tr *trunkReg) attempt(ctx context.Context, log *slog.Logger, expires int) 
 	if err := sip.ParseUri(cfg.AOR, &aor); err != nil {
 		return 0, 0, fmt.Errorf("aor %q: %w", cfg.AOR, err)
 	}
-	l := tr.p.listenerFor(up.transport)
+	tp := up.transport
+	if ts, ok := tr.p.targets.cached(up); ok && tp == "" {
+		tp = ts[0].Transport // "auto": the transport NAPTR chose
+	}
+	l := tr.p.listenerFor(tp)
 	if l == nil && len(tr.p.listeners) > 0 {
 		l = tr.p.listeners[0]
 	}

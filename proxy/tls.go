@@ -39,7 +39,7 @@ func (p *Proxy) verifyUpstreamTLS(cs tls.ConnectionState) error {
 	}
 	var errs []error
 	for _, u := range p.rt.Load().upstreams {
-		if u.transport != "TLS" || (sni != "" && u.host != sni) {
+		if (u.transport != "TLS" && u.transport != "") || (sni != "" && u.host != sni) {
 			continue
 		}
 		name := u.ServerName

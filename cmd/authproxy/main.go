@@ -32,6 +32,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 func main() {
@@ -135,6 +136,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if w := permissionWarning(*configPath); w != "" {
 			fmt.Fprintln(stderr, "authproxy: warning:", w)
 		}
+		for _, w := range resolutionWarnings(ctx, cfg) {
+			fmt.Fprintln(stderr, "authproxy: warning:", w)
+		}
 		fmt.Fprintf(stdout, "%s: ok: %s\n", source, cfg.Summary())
 		return 0
 	}
@@ -215,6 +219,10 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 		SIPTrace:          cfg.Log.SIPTrace,
 		TimerC:            cfg.Proxy.TimerC,
 		DialogIdleTimeout: cfg.Proxy.DialogIdleTimeout,
+		FailoverTimeout:   cfg.Proxy.FailoverTimeout,
+		DNS: resolve.Config{
+			Servers: cfg.DNS.Servers, MinTTL: cfg.DNS.MinTTL, MaxTTL: cfg.DNS.MaxTTL, Timeout: cfg.DNS.Timeout,
+		},
 		Health: proxy.HealthCheck{
 			Interval: cfg.Health.OptionsInterval, DownAfter: cfg.Health.DownAfter, UpAfter: cfg.Health.UpAfter,
 		},
@@ -244,7 +252,7 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 	for i, u := range cfg.Upstreams {
 		pu := proxy.Upstream{
 			Name: u.Name, Address: u.Address, Transport: u.Transport, Domains: u.Domains, Default: u.Default,
-			ServerName: u.ServerName, RegisterMode: u.RegisterMode,
+			ServerName: u.ServerName, RegisterMode: u.RegisterMode, AcceptFrom: u.AcceptFrom,
 		}
 		pm, err := proxy.ParsePreemptive(u.Preemptive)
 		if err != nil {
@@ -262,6 +270,11 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			}
 		}
 		pcfg.Upstreams = append(pcfg.Upstreams, pu)
+	}
+	for _, g := range cfg.Groups {
+		pcfg.Groups = append(pcfg.Groups, proxy.UpstreamGroup{
+			Name: g.Name, Upstreams: g.Upstreams, Domains: g.Domains, Default: g.Default, FailoverOn: g.FailoverOn,
+		})
 	}
 	for _, c := range cfg.Clients {
 		pcfg.Clients = append(pcfg.Clients, proxy.ClientGroup{

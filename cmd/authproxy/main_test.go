@@ -21,6 +21,7 @@ import (
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/internal/dnstest"
 )
 
 func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -272,5 +273,46 @@ upstreams = ["*"]
 	}
 	if _, err := proxyConfig(cfg, store); err == nil || !strings.Contains(err.Error(), "upstream[0].ca_file") {
 		t.Fatalf("bad CA bundle: err = %v", err)
+	}
+}
+
+// TestRun_CheckWarnsUnresolvedNames: -check resolves upstream names through
+// [dns] and reports one that does not resolve as a warning (key, value,
+// why), not an error: the configuration is valid and the exit status 0.
+func TestRun_CheckWarnsUnresolvedNames(t *testing.T) {
+	z := dnstest.New(t)
+	z.Set("pbx.sip.test. 60 IN A 127.0.0.2")
+	cfg := writeConfig(t, `
+[dns]
+servers = ["`+z.Addr()+`"]
+timeout = "1s"
+[[listen]]
+address = "127.0.0.1:5060"
+[[upstream]]
+name = "resolves"
+address = "pbx.sip.test:5060"
+[[upstream]]
+name = "missing"
+address = "nowhere.sip.test"
+[[upstream]]
+name = "ip"
+address = "127.0.0.3"
+[[credential]]
+username = "alice"
+password = "x"
+[[client]]
+name = "lan"
+networks = ["127.0.0.0/8"]
+upstreams = ["*"]
+`)
+	code, stdout, stderr := runCmd(t, "-check", "-config", cfg)
+	if code != 0 || !strings.Contains(stdout, "ok:") {
+		t.Fatalf("exit %d, stdout %q, want 0 and ok", code, stdout)
+	}
+	if !strings.Contains(stderr, `warning: upstream[1].address = "nowhere.sip.test": does not resolve now`) {
+		t.Errorf("no warning for the name that does not resolve:\n%s", stderr)
+	}
+	if strings.Contains(stderr, "upstream[0]") || strings.Contains(stderr, "upstream[2]") {
+		t.Errorf("warning for an address that resolves:\n%s", stderr)
 	}
 }

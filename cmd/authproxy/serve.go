@@ -273,6 +273,12 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if boot.Proxy.ShutdownGrace != cfg.Proxy.ShutdownGrace {
 		out = append(out, "proxy.shutdown_grace")
 	}
+	if boot.Proxy.FailoverTimeout != cfg.Proxy.FailoverTimeout {
+		out = append(out, "proxy.failover_timeout")
+	}
+	if !reflect.DeepEqual(boot.DNS, cfg.DNS) {
+		out = append(out, "dns")
+	}
 	if boot.Reload != cfg.Reload {
 		out = append(out, "reload.watch")
 	}
@@ -303,6 +309,9 @@ func describeChanges(old, cfg *config.Config) []string {
 	}
 	if s := diffCredentials(old.Credentials, cfg.Credentials); s != "" {
 		out = append(out, s)
+	}
+	if !reflect.DeepEqual(old.Groups, cfg.Groups) {
+		out = append(out, fmt.Sprintf("groups changed (%d -> %d)", len(old.Groups), len(cfg.Groups)))
 	}
 	if !reflect.DeepEqual(old.Clients, cfg.Clients) {
 		out = append(out, fmt.Sprintf("client groups changed (%d -> %d)", len(old.Clients), len(cfg.Clients)))
@@ -390,16 +399,16 @@ func (d *daemon) status() admin.Status {
 		au := admin.Upstream{
 			Name: u.Name, Address: u.Address, Transport: u.Transport, State: string(u.State),
 			LastStatus: u.LastStatus, LastError: u.LastError, Pings: u.Pings, Failures: u.Failures,
+			Since: timeOrNil(u.Since), LastPing: timeOrNil(u.LastPing), LastRTTMillis: millisOrNil(u.LastRTT),
+			ResolvedAt: timeOrNil(u.Resolved), ResolveExpires: timeOrNil(u.Expires), ResolveError: u.ResolveError,
 		}
-		if !u.Since.IsZero() {
-			au.Since = &u.Since
-		}
-		if !u.LastPing.IsZero() {
-			au.LastPing = &u.LastPing
-		}
-		if u.LastRTT > 0 {
-			ms := float64(u.LastRTT.Microseconds()) / 1000
-			au.LastRTTMillis = &ms
+		for _, t := range u.Targets {
+			au.Targets = append(au.Targets, admin.Target{
+				Transport: t.Transport, Address: t.Address, Name: t.Name, Priority: t.Priority, Weight: t.Weight,
+				State: string(t.State), Since: timeOrNil(t.Since), LastPing: timeOrNil(t.LastPing),
+				LastRTTMillis: millisOrNil(t.LastRTT), LastStatus: t.LastStatus, LastError: t.LastError,
+				Pings: t.Pings, Failures: t.Failures, AvoidUntil: timeOrNil(t.AvoidUntil), LastFailure: t.LastFailure,
+			})
 		}
 		st.Upstreams = append(st.Upstreams, au)
 	}
@@ -407,6 +416,23 @@ func (d *daemon) status() admin.Status {
 		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State})
 	}
 	return st
+}
+
+// timeOrNil is t for JSON, nil (left out) when zero.
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// millisOrNil is d in milliseconds for JSON, nil (left out) when zero.
+func millisOrNil(d time.Duration) *float64 {
+	if d <= 0 {
+		return nil
+	}
+	ms := float64(d.Microseconds()) / 1000
+	return &ms
 }
 
 // fileWatcher turns changes of the configuration file into debounced

@@ -70,6 +70,41 @@ type Upstream struct {
 	// Pings and Failures count the pings sent and those that failed.
 	Pings    uint64 `json:"pings"`
 	Failures uint64 `json:"failures"`
+	// ResolvedAt is when the upstream's name last resolved successfully
+	// and ResolveExpires when it is refreshed (absent for an IP address);
+	// ResolveError why the last resolution failed (the targets listed
+	// are then the last good ones).
+	ResolvedAt     *time.Time `json:"resolved_at,omitempty"`
+	ResolveExpires *time.Time `json:"resolve_expires,omitempty"`
+	ResolveError   string     `json:"resolve_error,omitempty"`
+	// Targets are the addresses the upstream resolves to, in priority
+	// order, each with its own health (never null).
+	Targets []Target `json:"targets"`
+}
+
+// Target is one address an upstream resolves to, in Upstream.
+type Target struct {
+	Transport string `json:"transport"`
+	Address   string `json:"address"`
+	// Name is the host the address was found for (an SRV target).
+	Name     string `json:"name"`
+	Priority uint16 `json:"priority"`
+	Weight   uint16 `json:"weight"`
+	// State, Since, LastPing, LastRTTMillis, LastStatus, LastError, Pings
+	// and Failures are as in Upstream, for this target.
+	State         string     `json:"state"`
+	Since         *time.Time `json:"since,omitempty"`
+	LastPing      *time.Time `json:"last_ping,omitempty"`
+	LastRTTMillis *float64   `json:"last_rtt_ms,omitempty"`
+	LastStatus    int        `json:"last_status,omitempty"`
+	LastError     string     `json:"last_error,omitempty"`
+	Pings         uint64     `json:"pings"`
+	Failures      uint64     `json:"failures"`
+	// AvoidUntil is, after a transaction failed on the target, until when
+	// requests try it only after the others; LastFailure how it failed
+	// ("timeout", "transport-error", "503").
+	AvoidUntil  *time.Time `json:"avoid_until,omitempty"`
+	LastFailure string     `json:"last_failure,omitempty"`
 }
 
 // TrunkRegistration is one registration authproxy maintains upstream. It
@@ -213,6 +248,11 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	}
 	if st.Upstreams == nil {
 		st.Upstreams = []Upstream{}
+	}
+	for i := range st.Upstreams {
+		if st.Upstreams[i].Targets == nil {
+			st.Upstreams[i].Targets = []Target{}
+		}
 	}
 	if st.TrunkRegistrations == nil {
 		st.TrunkRegistrations = []TrunkRegistration{}
