@@ -370,3 +370,24 @@ func newTestClient(t *testing.T) *sipgo.Client {
 	}
 	return c
 }
+
+// TestTransportAuto: with transport "auto" the domain's NAPTR record
+// chooses the transport (here TCP, RFC 3263 §4.1), then SRV the target.
+func TestTransportAuto(t *testing.T) {
+	z := dnstest.New(t)
+	pbx := fakepbx.Start(t, fakepbx.Config{Name: "pbx", Host: "127.0.0.6", Accounts: map[string]string{"alice": alicePassword}})
+	z.Set(`carrier.sip.test. 60 IN NAPTR 10 50 "s" "SIP+D2T" "" _sip._tcp.carrier.sip.test.`)
+	z.Set(srv("_sip._tcp.carrier.sip.test", 10, 10, pbx.Port(), "t1.sip.test"), aRecord("t1.sip.test", "127.0.0.6"))
+	tp := carrierProxy(t, z, "auto")
+	if res := sendVia(t, tp.addr["udp"], clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
+		t.Fatalf("MESSAGE: %d", res.StatusCode)
+	}
+	for _, r := range pbx.Requests() {
+		if r.Transport != "TCP" {
+			t.Fatalf("request over %s, want TCP as NAPTR says", r.Transport)
+		}
+	}
+	if st := health(t, tp.p, "carrier"); st.Transport != "auto" || len(st.Targets) != 1 || st.Targets[0].Transport != "tcp" {
+		t.Errorf("health %+v", st)
+	}
+}

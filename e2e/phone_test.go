@@ -36,6 +36,12 @@ type phone struct {
 
 func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 	t.Helper()
+	return startPhoneAt(t, "127.0.0.1", user, transport, proxyAddr)
+}
+
+// startPhoneAt is startPhone listening on host ("::1" for IPv6).
+func startPhoneAt(t *testing.T, host, user, transport, proxyAddr string) *phone {
+	t.Helper()
 	transport = strings.ToUpper(transport)
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("e2e-phone-" + user))
 	if err != nil {
@@ -50,7 +56,7 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 	var closer func()
 	done := make(chan struct{})
 	if transport == "UDP" {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +64,7 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 		closer = func() { _ = pc.Close() }
 		go func() { defer close(done); _ = srv.ServeUDP(pc) }()
 	} else {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,8 +72,8 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 		closer = func() { _ = ln.Close() }
 		go func() { defer close(done); _ = srv.ServeTCP(ln) }()
 	}
-	host, port := splitAddr(t, ph.addr)
-	ph.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(host), sipgo.WithClientPort(port))
+	bound, port := splitAddr(t, ph.addr)
+	ph.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(bound), sipgo.WithClientPort(port))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -43,17 +44,18 @@ func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 }
 
 // addVia returns the option that prepends our Via for a request sent over
-// transport.
+// transport to its destination (an IP:port, set before: setHop).
 func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
 	return func(_ *sipgo.Client, r *sip.Request) error {
-		r.PrependHeader(p.newVia(transport, sip.GenerateBranchN(16)))
+		r.PrependHeader(p.newVia(transport, hopAddr(r.Destination()), sip.GenerateBranchN(16)))
 		return nil
 	}
 }
 
-// newVia is our Via for a request sent over transport (§16.6 step 8).
-func (p *Proxy) newVia(transport, branch string) *sip.ViaHeader {
-	if l := p.listenerFor(transport); l != nil {
+// newVia is our Via for a request sent over transport to dst (§16.6 step
+// 8): the address of the listener of dst's family.
+func (p *Proxy) newVia(transport string, dst netip.Addr, branch string) *sip.ViaHeader {
+	if l := p.listenerFor(transport, dst); l != nil {
 		return ourVia(transport, l.advertise, l.port, branch)
 	}
 	host := ""

@@ -288,7 +288,7 @@ func (p *Proxy) setHop(r *sip.Request, h hop) {
 	r.SetTransport(h.transport)
 	r.Laddr = sip.Addr{}
 	if h.transport == "UDP" {
-		if l := p.listenerFor("UDP"); l != nil && !l.ip.IsUnspecified() {
+		if l := p.listenerFor("UDP", hopAddr(h.addr)); l != nil && !l.ip.IsUnspecified() {
 			// Send from the listening socket: the peer then sees the address
 			// it can reach us on.
 			r.Laddr = sip.Addr{IP: l.ip, Port: l.port}

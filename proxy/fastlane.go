@@ -142,7 +142,7 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 		if !f.build() {
 			return false
 		}
-		f.fwd.PrependHeader(l.p.newVia(f.hop.transport, branch))
+		f.fwd.PrependHeader(l.p.newVia(f.hop.transport, hopAddr(f.hop.addr), branch))
 		conn, err = l.p.ua.TransportLayer().ClientRequestConnection(context.Background(), f.fwd)
 	}
 	if err != nil {
@@ -191,7 +191,7 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Con
 		}
 		dst = net.UDPAddrFromAddrPort(t.Addr)
 	}
-	lst := l.p.listenerFor("UDP")
+	lst := l.p.listenerFor("UDP", dst.AddrPort().Addr())
 	if lst == nil || lst.ip.IsUnspecified() {
 		return nil
 	}
@@ -249,7 +249,7 @@ func (l *fastLane) buildSent(e *laneEntry) error {
 		fwd.AppendHeader(sip.NewHeader(a.header, a.value))
 	}
 	fwd.CSeq().SeqNo = e.seq
-	fwd.PrependHeader(l.p.newVia(f.hop.transport, e.branch))
+	fwd.PrependHeader(l.p.newVia(f.hop.transport, hopAddr(f.hop.addr), e.branch))
 	f.fwd = fwd
 	return nil
 }

@@ -371,7 +371,7 @@ func (f *forwarding) buildForward() (*sip.Request, error) {
 			shiftRAck(fwd, e.off)
 		}
 		if _, toTag := tags(req); toTag == "" && createsDialog(req.Method) {
-			f.p.addRecordRoute(fwd, req.Transport(), f.hop.transport)
+			f.p.addRecordRoute(fwd, req.Transport(), f.src, f.hop)
 		}
 		if req.Method == sip.REGISTER {
 			f.prepareRegister(fwd)
@@ -445,9 +445,9 @@ func createsDialog(m sip.RequestMethod) bool {
 // upstream sides use the same listener, else two (RFC 5658 double
 // Record-Route), the upstream-facing one on top, so that each side's route
 // set starts with the address it can reach us on.
-func (p *Proxy) addRecordRoute(r *sip.Request, clientTransport, upstreamTransport string) {
-	cl := p.listenerFor(clientTransport)
-	ul := p.listenerFor(upstreamTransport)
+func (p *Proxy) addRecordRoute(r *sip.Request, clientTransport string, client netip.Addr, next hop) {
+	cl := p.listenerFor(clientTransport, client)
+	ul := p.listenerFor(next.transport, hopAddr(next.addr))
 	mk := func(l *boundListener) *sip.RecordRouteHeader {
 		u := sip.Uri{Scheme: "sip", Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
 		if l.transport != "UDP" {

@@ -166,7 +166,7 @@ func (p *Proxy) healthRequest(u *upstream, t resolve.Target) *sip.Request {
 
 	local := "authproxy.invalid"
 	var laddr sip.Addr
-	if l := p.listenerFor(t.Transport); l != nil {
+	if l := p.listenerFor(t.Transport, t.Addr.Addr()); l != nil {
 		local = l.advertise
 		if t.Transport == "UDP" && !l.ip.IsUnspecified() && p.udpListenerServing(l) {
 			// From the listening socket, as forwarded requests are: the

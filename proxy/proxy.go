@@ -235,16 +235,23 @@ func sameListeners(a, b []Listener) bool {
 // DialogCount returns the number of established dialogs authproxy tracks.
 func (p *Proxy) DialogCount() int { return p.dialogs.len() }
 
-// ListenAddrs returns the bound "transport host:port" of every listener,
-// once Run has bound them (for tests that listen on port 0).
+// ListenAddrs returns the bound "host:port" of the first listener of each
+// transport ("udp", "tcp", "tls"), and of the first IPv6 one ("udp6",
+// "tcp6", "tls6"), once Run has bound them (for tests that listen on port
+// 0).
 func (p *Proxy) ListenAddrs() map[string]string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := map[string]string{}
 	for _, l := range p.listeners {
-		key := strings.ToLower(l.transport)
-		if _, ok := out[key]; !ok {
-			out[key] = net.JoinHostPort(l.ip.String(), strconv.Itoa(l.port))
+		keys := []string{strings.ToLower(l.transport)}
+		if l.ip.To4() == nil {
+			keys = append(keys, keys[0]+"6")
+		}
+		for _, key := range keys {
+			if _, ok := out[key]; !ok {
+				out[key] = net.JoinHostPort(l.ip.String(), strconv.Itoa(l.port))
+			}
 		}
 	}
 	return out

@@ -245,8 +245,8 @@ func (f *forwarding) prepareRegister(fwd *sip.Request) {
 	if len(contacts) == 0 {
 		return // a query of the current bindings (§10.2.3)
 	}
-	ul := f.p.listenerFor(f.hop.transport)
-	cl := f.p.listenerFor(f.req.Transport())
+	ul := f.p.listenerFor(f.hop.transport, hopAddr(f.hop.addr))
+	cl := f.p.listenerFor(f.req.Transport(), f.src)
 	if f.up.RegisterMode == RegisterContact {
 		if ul == nil {
 			return
@@ -324,7 +324,7 @@ func (f *forwarding) registered(res *sip.Response) {
 		}
 		granted[contactKey(c.Address)] = secs
 	}
-	ul := f.p.listenerFor(f.hop.transport)
+	ul := f.p.listenerFor(f.hop.transport, hopAddr(f.hop.addr))
 	for _, h := range f.req.GetHeaders("Contact") {
 		c, ok := h.(*sip.ContactHeader)
 		if !ok {
@@ -439,7 +439,7 @@ func (f *forwarding) prepareInbound(fwd *sip.Request) {
 		fwd.Recipient = *f.bind.contact.Clone()
 	}
 	if createsDialog(f.req.Method) {
-		f.p.addRecordRoute(fwd, f.req.Transport(), f.hop.transport)
+		f.p.addRecordRoute(fwd, f.req.Transport(), f.src, f.hop)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -394,11 +395,16 @@ func (tr *trunkReg) attempt(ctx context.Context, log *slog.Logger, expires int) 
 	if err := sip.ParseUri(cfg.AOR, &aor); err != nil {
 		return 0, 0, fmt.Errorf("aor %q: %w", cfg.AOR, err)
 	}
-	tp := up.transport
-	if ts, ok := tr.p.targets.cached(up); ok && tp == "" {
-		tp = ts[0].Transport // "auto": the transport NAPTR chose
+	// The Contact names the listener facing the first target: of its
+	// transport (with "auto", the one NAPTR chose) and address family.
+	tp, dst := up.transport, netip.Addr{}
+	if ts, ok := tr.p.targets.cached(up); ok {
+		if tp == "" {
+			tp = ts[0].Transport
+		}
+		dst = ts[0].Addr.Addr()
 	}
-	l := tr.p.listenerFor(tp)
+	l := tr.p.listenerFor(tp, dst)
 	if l == nil && len(tr.p.listeners) > 0 {
 		l = tr.p.listeners[0]
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -120,16 +121,42 @@ func (rt *routing) matchRoute(u sip.Uri) (*upstream, *upstreamGroup) {
 	return nil, rt.matchGroup(strings.ToLower(strings.Trim(u.Host, "[]")))
 }
 
-// listenerFor picks the listener whose address we put in the Via of a
-// request sent over transport: the first of that transport. For UDP its
-// socket also sends the request, so the upstream sees one stable address.
-func (p *Proxy) listenerFor(transport string) *boundListener {
+// listenerFor picks the listener whose address we put in the Via (and
+// Record-Route, Path, Contact) of a request sent over transport to dst:
+// the first of that transport and of dst's address family (a listener on
+// the IPv6 wildcard serves both), else the first of that transport; any
+// family when dst is no address. For UDP its socket also sends the
+// request, so the peer sees one stable address it can answer.
+func (p *Proxy) listenerFor(transport string, dst netip.Addr) *boundListener {
+	var first *boundListener
 	for _, l := range p.listeners {
-		if l.transport == transport {
+		if l.transport != transport {
+			continue
+		}
+		if !dst.IsValid() || l.serves(dst) {
 			return l
 		}
+		if first == nil {
+			first = l
+		}
 	}
-	return nil
+	return first
+}
+
+// serves reports whether l can exchange packets with a: same address
+// family, or l is the IPv6 wildcard (dual stack).
+func (l *boundListener) serves(a netip.Addr) bool {
+	v4 := l.ip.To4() != nil
+	return v4 == a.Unmap().Is4() || (!v4 && l.ip.IsUnspecified())
+}
+
+// hopAddr is the IP of an "ip:port" hop; invalid for anything else.
+func hopAddr(addr string) netip.Addr {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // route decides where the request goes (§16.4, §16.5) and fills f.up (or

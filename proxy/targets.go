@@ -170,9 +170,8 @@ func (p *Proxy) usableTargets(u *upstream, ts []resolve.Target) []resolve.Target
 // hasFamily reports whether authproxy listens on an address of a's family
 // (an IPv6 wildcard listener serves both on Linux).
 func (p *Proxy) hasFamily(a netip.Addr) bool {
-	v4 := a.Unmap().Is4()
 	for _, l := range p.listeners {
-		if l.ip.To4() != nil == v4 || (l.ip.IsUnspecified() && l.ip.To4() == nil) {
+		if l.serves(a) {
 			return true
 		}
 	}
