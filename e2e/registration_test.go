@@ -671,3 +671,56 @@ func TestBindingExpires(t *testing.T) {
 		t.Fatalf("phone got %d OPTIONS, want 1", n)
 	}
 }
+
+// rawRegister is a REGISTER for user at pbx-a.example.com sent from local
+// (its Via names via, Contact contact) as sendRawFrom builds it.
+func rawRegister(user, via, contact string) func(local string) string {
+	return func(local string) string {
+		if via == "" {
+			via = local
+		}
+		return "REGISTER sip:pbx-a.example.com SIP/2.0\r\n" +
+			"Via: SIP/2.0/UDP " + via + ";branch=z9hG4bK-3p" + user + "\r\n" +
+			"Max-Forwards: 70\r\n" +
+			"From: <sip:" + user + "@pbx-a.example.com>;tag=3p" + user + "\r\n" +
+			"To: <sip:" + user + "@pbx-a.example.com>\r\n" +
+			"Call-ID: 3p-" + user + "@test\r\n" +
+			"CSeq: 1 REGISTER\r\n" +
+			"Contact: <" + contact + ">\r\n" +
+			"Expires: 300\r\n" +
+			"Content-Length: 0\r\n\r\n"
+	}
+}
+
+// TestThirdPartyRegistration: a REGISTER from 127.0.0.1 for a contact on
+// 127.0.0.5 (RFC 3261 §10.2), whose Via is its source address and port,
+// makes calls to that contact go to 127.0.0.5; the same with a Via that
+// differs from the source (a NAT rewrote it) makes them go to the source.
+func TestThirdPartyRegistration(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Accounts: map[string]string{"alice": alicePassword}},
+		Credentials: func(a, b string) []credentials.Entry {
+			return []credentials.Entry{{Username: "alice", Password: credentials.NewSecret(alicePassword), Server: a}}
+		}})
+	ph := startPhoneAt(t, "127.0.0.5", "tp", "udp", h.Addr["udp"])
+	if code := sendRawFrom(t, "127.0.0.1", h.Addr["udp"], rawRegister("tp", "", "sip:tp@"+ph.addr)); code != 200 {
+		t.Fatalf("third-party REGISTER: %d", code)
+	}
+	if call := h.A.CallUser(t, "tp"); call.Status != 200 {
+		t.Fatalf("INVITE to the third-party contact: %d", call.Status)
+	}
+	ph.waitReceived(sip.INVITE, 5*time.Second)
+
+	// A Via that is not the source: a NAT is in between; the contact is
+	// reached where the REGISTER came from.
+	if code := sendRawFrom(t, "127.0.0.1", h.Addr["udp"], rawRegister("natted", "192.0.2.1:5060", "sip:natted@"+ph.addr)); code != 200 {
+		t.Fatalf("REGISTER behind a NAT: %d", code)
+	}
+	for _, b := range h.Proxy.Bindings() {
+		if b.AOR == "natted@pbx-a.example.com" && !strings.HasPrefix(b.Source, "127.0.0.1:") {
+			t.Fatalf("binding behind a NAT reached at %s, want its source on 127.0.0.1", b.Source)
+		}
+		if b.AOR == "tp@pbx-a.example.com" && b.Source != ph.addr {
+			t.Fatalf("third-party binding reached at %s, want its contact %s", b.Source, ph.addr)
+		}
+	}
+}

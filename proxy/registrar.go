@@ -3,12 +3,15 @@ package proxy
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 // Registrations through authproxy (RFC 3327 Path).
@@ -366,9 +369,10 @@ func (f *forwarding) registered(res *sip.Response) {
 			f.log.Debug("binding removed", "aor", aor, "contact", c.Address.String())
 			continue
 		}
+		tp, addr := reachAt(f.req, c.Address)
 		b := &binding{
 			aor: aor, contact: *c.Address.Clone(), ckey: ckey, alias: alias, upstream: f.up.Name,
-			transport: f.req.Transport(), addr: f.req.Source(), expires: now.Add(time.Duration(secs) * time.Second),
+			transport: tp, addr: addr, expires: now.Add(time.Duration(secs) * time.Second),
 		}
 		if !f.p.bindings.put(b, now) {
 			f.log.Warn("binding table full; contact not reachable for inbound requests", "aor", aor, "bindings", maxBindings)
@@ -376,6 +380,71 @@ func (f *forwarding) registered(res *sip.Response) {
 		}
 		f.log.Debug("binding stored", "aor", aor, "contact", c.Address.String(), "source", b.addr, "transport", b.transport, "expires", secs)
 	}
+}
+
+// reachAt decides where requests for a contact registered by reg go: the
+// address reg came from (its transport and source: behind a NAT the
+// address its packets really come from, RFC 3581; over TCP the client's
+// connection), unless the REGISTER is a third-party registration (RFC 3261
+// §10.2: the Contact names another host than the one registering) and
+// nothing shows a NAT. Then it is the Contact itself (its transport
+// parameter, UDP by default; its port, else the transport's default).
+// Nothing shows a NAT when, as Kamailio nathelper's nat_uac_test 2, 16, 1
+// and 32 put it:
+//   - the top Via's sent-by is an IP address equal to the source address,
+//     and its port (5060, 5061 for TLS, when absent) equals the source
+//     port: nothing rewrote the packet's addresses on the way;
+//   - the Contact host is an IP address (authproxy does not resolve
+//     clients' names) other than the source's;
+//   - the Contact is not a private, shared (RFC 6598), loopback or
+//     link-local address while the source is none: a private Contact
+//     behind a public source is a client behind a NAT.
+func reachAt(reg *sip.Request, contact sip.Uri) (transport, addr string) {
+	transport, addr = reg.Transport(), reg.Source()
+	src, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return transport, addr
+	}
+	host, err := netip.ParseAddr(strings.Trim(contact.Host, "[]"))
+	if err != nil || host.Unmap() == src.Addr().Unmap() {
+		return transport, addr
+	}
+	via := reg.Via()
+	if via == nil {
+		return transport, addr
+	}
+	sentBy, err := netip.ParseAddr(strings.Trim(via.Host, "[]"))
+	viaPort := via.Port
+	if viaPort == 0 {
+		viaPort = resolve.DefaultPort(strings.ToUpper(via.Transport))
+	}
+	if err != nil || sentBy.Unmap() != src.Addr().Unmap() || viaPort != int(src.Port()) {
+		return transport, addr
+	}
+	if internal(host) && !internal(src.Addr()) {
+		return transport, addr
+	}
+	tp := "UDP"
+	if v, ok := contact.UriParams.Get("transport"); ok {
+		if t, err := normTransport(v); err == nil {
+			tp = t
+		}
+	}
+	port := contact.Port
+	if port == 0 {
+		port = resolve.DefaultPort(tp)
+	}
+	return tp, netip.AddrPortFrom(host.Unmap(), uint16(port)).String()
+}
+
+// sharedSpace is RFC 6598's carrier-grade NAT range.
+var sharedSpace = netip.MustParsePrefix("100.64.0.0/10")
+
+// internal reports whether a is an address a NAT hides: private (RFC 1918,
+// RFC 4193), shared (RFC 6598), loopback or link-local.
+func internal(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || sharedSpace.Contains(a)
 }
 
 // routeInbound decides whether an out-of-dialog request is one an upstream

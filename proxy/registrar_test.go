@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -118,5 +120,46 @@ func TestAliasStable(t *testing.T) {
 	a := aliasFor("1001@pbx", "1001@192.0.2.10:5060")
 	if a != aliasFor("1001@pbx", "1001@192.0.2.10:5060") || a == aliasFor("1002@pbx", "1001@192.0.2.10:5060") {
 		t.Fatal("alias not a stable function of AOR and contact")
+	}
+}
+
+// TestReachAt: a contact is reached at the REGISTER's source unless it is
+// a third party's and nothing shows a NAT (Via sent-by equal to the
+// source, host and port; an IP Contact; not a private Contact behind a
+// public source).
+func TestReachAt(t *testing.T) {
+	for _, tc := range []struct {
+		name, via, src, contact string
+		wantTP, wantAddr        string
+	}{
+		{"SameHost", "198.51.100.7:5060", "198.51.100.7:5060", "sip:u@198.51.100.7:5070", "UDP", "198.51.100.7:5060"},
+		{"ThirdParty", "198.51.100.7:5060", "198.51.100.7:5060", "sip:u@203.0.113.9:5062", "UDP", "203.0.113.9:5062"},
+		{"ThirdPartyTCPDefaultPort", "198.51.100.7:5060", "198.51.100.7:5060", "sip:u@203.0.113.9;transport=tcp", "TCP", "203.0.113.9:5060"},
+		{"ThirdPartyIPv6", "[2001:db8::7]:5060", "[2001:db8::7]:5060", "sip:u@[2001:db8::9]:5062", "UDP", "[2001:db8::9]:5062"},
+		{"ViaHostRewritten", "10.0.0.7:5060", "198.51.100.7:5060", "sip:u@203.0.113.9:5062", "UDP", "198.51.100.7:5060"},
+		{"ViaPortRewritten", "198.51.100.7:5060", "198.51.100.7:40000", "sip:u@203.0.113.9:5062", "UDP", "198.51.100.7:40000"},
+		{"ViaDefaultPort", "198.51.100.7", "198.51.100.7:5060", "sip:u@203.0.113.9", "UDP", "203.0.113.9:5060"},
+		{"ViaName", "phone.example.com:5060", "198.51.100.7:5060", "sip:u@203.0.113.9:5062", "UDP", "198.51.100.7:5060"},
+		{"ContactName", "198.51.100.7:5060", "198.51.100.7:5060", "sip:u@phone.example.com", "UDP", "198.51.100.7:5060"},
+		{"PrivateContactPublicSource", "198.51.100.7:5060", "198.51.100.7:5060", "sip:u@192.168.1.20:5060", "UDP", "198.51.100.7:5060"},
+		{"SharedContactPublicSource", "198.51.100.7:5060", "198.51.100.7:5060", "sip:u@100.64.1.2:5060", "UDP", "198.51.100.7:5060"},
+		{"PrivateBoth", "10.1.0.7:5060", "10.1.0.7:5060", "sip:u@10.2.0.9:5060", "UDP", "10.2.0.9:5060"},
+		{"LoopbackBoth", "127.0.0.1:5999", "127.0.0.1:5999", "sip:u@127.0.0.5:5062", "UDP", "127.0.0.5:5062"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := sip.NewRequest(sip.REGISTER, mustURI(t, "sip:example.com"))
+			host, port := tc.via, 0
+			if h, p, err := net.SplitHostPort(tc.via); err == nil {
+				host = h
+				port, _ = strconv.Atoi(p)
+			}
+			req.AppendHeader(ourVia("UDP", host, port, "z9hG4bKx"))
+			req.SetTransport("UDP")
+			req.SetSource(tc.src)
+			tp, addr := reachAt(req, mustURI(t, tc.contact))
+			if tp != tc.wantTP || addr != tc.wantAddr {
+				t.Errorf("reachAt = %s %s, want %s %s", tp, addr, tc.wantTP, tc.wantAddr)
+			}
+		})
 	}
 }
