@@ -25,7 +25,7 @@ func BenchmarkHandleMessage(b *testing.B) {
 			name = "preemptive"
 		}
 		b.Run(name, func(b *testing.B) {
-			sp := newSocketlessProxy(b, fuzzUpstream([]string{`Digest realm="asterisk", nonce="n0nce", opaque="op", qop="auth", algorithm=MD5`}))
+			sp := newSocketlessProxy(b, fuzzUpstream([]string{`Digest realm="asterisk", nonce="n0nce", opaque="op", qop="auth", algorithm=MD5`}, 0))
 			sp.p.log = slog.New(slog.DiscardHandler)
 			for _, u := range sp.p.rt.Load().upstreams {
 				u.Preemptive = mode

@@ -53,6 +53,10 @@ func newSocketlessProxy(t testing.TB, upstream func(*sip.Request) *sip.Response)
 			{Name: "pbx-a", Address: fuzzAddrA, Domains: []string{"pbx-a.example.com"}},
 			{Name: "pbx-b", Address: fuzzAddrB, Transport: "tcp", Domains: []string{"pbx-b.example.com"}, Default: true},
 		},
+		// A group fails over from pbx-a to pbx-b: a request moving from
+		// one to the other must never carry the first one's credential.
+		Groups: []UpstreamGroup{{Name: "both", Upstreams: []string{"pbx-a", "pbx-b"}, Domains: []string{"group.example.com"},
+			FailoverOn: []int{500, 503, 603}}},
 		Credentials:     store,
 		Clients:         []ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
 		UpstreamTimeout: 300 * time.Millisecond,
@@ -95,11 +99,18 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 }
 
 // fuzzUpstream challenges a request without credentials with the given
-// challenge values and accepts one with any.
-func fuzzUpstream(challenges []string) func(*sip.Request) *sip.Response {
+// challenge values and accepts one with any, failing as fail says: bit 0,
+// pbx-a answers 503 to authenticated requests; bit 1, 500; bit 2, pbx-a
+// answers 503 before any challenge; bit 3, pbx-b answers 503 to
+// authenticated requests; bit 4, pbx-a answers 603.
+func fuzzUpstream(challenges []string, fail byte) func(*sip.Request) *sip.Response {
 	return func(r *sip.Request) *sip.Response {
 		if r.IsCancel() || r.IsAck() {
 			return sip.NewResponseFromRequest(r, 200, "OK", nil)
+		}
+		a := r.Destination() == fuzzAddrA
+		if a && fail&4 != 0 {
+			return sip.NewResponseFromRequest(r, 503, "Service Unavailable", nil)
 		}
 		if r.GetHeader("Authorization") == nil && r.GetHeader("Proxy-Authorization") == nil {
 			res := sip.NewResponseFromRequest(r, 407, "Proxy Authentication Required", nil)
@@ -109,15 +120,27 @@ func fuzzUpstream(challenges []string) func(*sip.Request) *sip.Response {
 			}
 			return res
 		}
+		switch {
+		case a && fail&1 != 0:
+			return sip.NewResponseFromRequest(r, 503, "Service Unavailable", nil)
+		case a && fail&2 != 0:
+			return sip.NewResponseFromRequest(r, 500, "Server Internal Error", nil)
+		case a && fail&16 != 0:
+			return sip.NewResponseFromRequest(r, 603, "Decline", nil)
+		case !a && fail&8 != 0:
+			return sip.NewResponseFromRequest(r, 503, "Service Unavailable", nil)
+		}
 		return sip.NewResponseFromRequest(r, 200, "OK", nil)
 	}
 }
 
 // FuzzHandle drives whole requests through the proxy's handler: any bytes
 // the SIP parser accepts as a request, from any source, with any challenge
-// from the upstream. Invariants: no panic; requests only ever go to a
+// from the upstream, and upstreams failing in any way (fail, see
+// fuzzUpstream), which makes requests routed to the group fail over from
+// pbx-a to pbx-b. Invariants: no panic; requests only ever go to a
 // configured upstream; a credential scoped to one upstream never reaches
-// the other; the client's own answer never gets a response it should not.
+// the other, before or after a failover.
 func FuzzHandle(f *testing.F) {
 	seeds := []string{
 		"MESSAGE sip:1002@pbx-a.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1;rport\r\nFrom: <sip:1001@pbx-a.example.com>;tag=a\r\nTo: <sip:1002@pbx-a.example.com>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
@@ -134,12 +157,22 @@ func FuzzHandle(f *testing.F) {
 			}
 		}
 	}
-	for i, s := range seeds {
-		f.Add([]byte(s), `Digest realm="asterisk", nonce="n`+string(rune('a'+i%26))+`", qop="auth", algorithm=MD5`, byte(1))
+	group := []string{
+		"MESSAGE sip:1002@group.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK5;rport\r\nFrom: <sip:1001@group.example.com>;tag=a\r\nTo: <sip:1002@group.example.com>\r\nCall-ID: c5\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+		"INVITE sip:1002@group.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK6\r\nFrom: <sip:1001@x>;tag=a\r\nTo: <sip:1002@x>\r\nCall-ID: c6\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+		"REGISTER sip:group.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK7\r\nFrom: <sip:1001@group.example.com>;tag=a\r\nTo: <sip:1001@group.example.com>\r\nCall-ID: c7\r\nCSeq: 2 REGISTER\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
 	}
-	f.Add([]byte(seeds[0]), `Digest realm="asterisk", nonce="x", algorithm=SHA-512-256-sess, qop="auth-int"`, byte(10))
-	f.Add([]byte(seeds[1]), `Digest Realm=a.b, NONCE=x, stale=TRUE`, byte(200))
-	f.Fuzz(func(t *testing.T, raw []byte, challenge string, src byte) {
+	for i, s := range seeds {
+		f.Add([]byte(s), `Digest realm="asterisk", nonce="n`+string(rune('a'+i%26))+`", qop="auth", algorithm=MD5`, byte(1), byte(0))
+	}
+	f.Add([]byte(seeds[0]), `Digest realm="asterisk", nonce="x", algorithm=SHA-512-256-sess, qop="auth-int"`, byte(10), byte(0))
+	f.Add([]byte(seeds[1]), `Digest Realm=a.b, NONCE=x, stale=TRUE`, byte(200), byte(0))
+	for i, s := range group {
+		for _, fail := range []byte{1, 2, 4, 8, 9, 16} {
+			f.Add([]byte(s), `Digest realm="asterisk", nonce="g`+string(rune('a'+i))+`", qop="auth", algorithm=MD5`, byte(1), fail)
+		}
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, challenge string, src, fail byte) {
 		msg, err := sip.ParseMessage(raw)
 		if err != nil {
 			return
@@ -153,7 +186,7 @@ func FuzzHandle(f *testing.F) {
 		}
 		req.SetTransport("UDP")
 		req.SetSource(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, src}), 5999).String())
-		sp := newSocketlessProxy(t, fuzzUpstream([]string{challenge}))
+		sp := newSocketlessProxy(t, fuzzUpstream([]string{challenge}, fail))
 		tx := siptest.NewServerTxRecorder(req)
 		done := make(chan struct{})
 		go func() { defer close(done); sp.p.handle(req, tx) }()
