@@ -45,6 +45,31 @@
 // registrations authproxy keeps itself run in registration.go; requests to
 // their contact go to a configured local target the same way.
 //
+// # Upstream names, targets and failover
+//
+// An upstream's address may be an IP, a host:port or a domain resolved
+// NAPTR → SRV → A/AAAA (RFC 3263); proxy/resolve resolves and caches the
+// names, refreshed in the background from start and on reload, and sipgo
+// is given only IP:port destinations (targets.go). A request tries its
+// upstream's targets in order (SRV priority and weight, targets marked
+// down last, none of a family authproxy does not listen on) and moves to
+// the next one as a new client transaction after no response at all
+// (FailoverTimeout while another remains), a transport error or a 503;
+// any provisional response but 100 ends that for an INVITE (failover.go).
+// A dialog keeps the target that answered its INVITE, and accepts
+// requests from the upstream side only from that address and the
+// upstream's AcceptFrom prefixes (dialog.go, sources.go).
+//
+// An upstream group (groups.go) is an ordered list of upstreams routed to
+// as one: when an upstream is unreachable or answers a status of the
+// group's FailoverOn list, the request is retried on the next. The rule
+// that holds it safe: credentials never cross upstreams. The answers
+// computed for one upstream are dropped before the next is tried, the
+// next one's challenges are answered with a credential looked up for its
+// own server identity (its configured address, never a resolved IP), and a
+// client group must allow an upstream for it to be tried at all. FuzzHandle
+// holds this invariant across failover.
+//
 // # What sipgo does and what this package does
 //
 // sipgo v1.7.3 provides the transports, the parser and the transaction
