@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/internal/dnstest"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -196,5 +198,63 @@ func TestTLSListener(t *testing.T) {
 	}
 	if res.StatusCode != 200 {
 		t.Fatalf("MESSAGE over TLS: status %d", res.StatusCode)
+	}
+}
+
+// TestTLSUpstreamByName: a TLS upstream addressed by name is reached at
+// the address the name resolves to, and its certificate is verified for
+// the configured name: a certificate for that name passes; another
+// upstream whose name resolves to the same address, for which the
+// certificate is not valid, is refused (503) and never sees a credential,
+// whether its connection is dialled first or the verified one already
+// exists. Through SRV, the certificate must be valid for the configured
+// domain, not for the SRV target.
+func TestTLSUpstreamByName(t *testing.T) {
+	ca := newTestCA(t)
+	named := startTLSUpstream(t, "127.0.0.5", ca.issue(t, "pbx-tls.test"))
+	srvTarget := startTLSUpstream(t, "127.0.0.6", ca.issue(t, "sip1.carrier.test"))
+	srvGood := startTLSUpstream(t, "127.0.0.7", ca.issue(t, "carrier2.test"))
+	z := dnstest.New(t)
+	z.Set(aRecord("pbx-tls.test", "127.0.0.5"), aRecord("other.test", "127.0.0.5"), aRecord("sip1.carrier.test", "127.0.0.6"), aRecord("sip1.carrier2.test", "127.0.0.7"))
+	z.Set(srv("_sips._tcp.carrier.test", 10, 10, portOf(t, srvTarget.addr), "sip1.carrier.test"))
+	z.Set(srv("_sips._tcp.carrier2.test", 10, 10, portOf(t, srvGood.addr), "sip1.carrier2.test"))
+	port := strconv.Itoa(portOf(t, named.addr))
+	creds := func(a, b string) []credentials.Entry {
+		return append(defaultCredentials(a, b),
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: "pbx-tls.test"},
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: "other.test"},
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: "carrier.test"},
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: "carrier2.test"},
+		)
+	}
+	h := startHarness(t, harnessOptions{Credentials: creds, ExtraUpstreams: []proxy.Upstream{
+		{Name: "named", Address: "pbx-tls.test:" + port, Transport: "tls", RootCAs: ca.pool, Domains: []string{"named.example.com"}},
+		{Name: "other", Address: "other.test:" + port, Transport: "tls", RootCAs: ca.pool, Domains: []string{"other.example.com"}},
+		{Name: "carrier", Address: "carrier.test", Transport: "tls", RootCAs: ca.pool, Domains: []string{"carrier.example.com"}},
+		{Name: "carrier2", Address: "carrier2.test", Transport: "tls", RootCAs: ca.pool, Domains: []string{"carrier2.example.com"}},
+	}, Mutate: func(cfg *proxy.Config, _ *harness) { cfg.DNS = dnsFor(z) }})
+	options := func(domain string) int {
+		return h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@" + domain, FromUser: "1"}).StatusCode
+	}
+	if code := options("other.example.com"); code != 503 {
+		t.Fatalf("upstream whose name the certificate lacks, dialled first: %d, want 503", code)
+	}
+	if code := options("named.example.com"); code != 200 {
+		t.Fatalf("upstream by name: %d, want 200", code)
+	}
+	if code := options("other.example.com"); code != 503 {
+		t.Fatalf("upstream whose name the certificate lacks, over the verified connection: %d, want 503", code)
+	}
+	named.mu.Lock()
+	seen := len(named.seen)
+	named.mu.Unlock()
+	if seen != 1 {
+		t.Fatalf("the upstream received %d credentials, want 1 (the named upstream's)", seen)
+	}
+	if code := options("carrier.example.com"); code != 503 {
+		t.Fatalf("SRV target's certificate instead of the domain's: %d, want 503", code)
+	}
+	if code := options("carrier2.example.com"); code != 200 {
+		t.Fatalf("SRV target with the domain's certificate: %d, want 200", code)
 	}
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
 // Sending a request upstream and following its non-INVITE exchange:
@@ -40,7 +42,31 @@ func (f *forwarding) sendAndRelay() {
 func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second) // bounds a TCP dial
 	defer cancel()
+	if err := f.tlsReady(ctx); err != nil {
+		return nil, err
+	}
 	return f.p.client.TransactionRequest(ctx, r, f.p.addVia(f.hop.transport))
+}
+
+// tlsReady makes sure a request to a TLS target has a connection verified
+// for its upstream's name (tlsconn.go); nothing to do otherwise.
+func (f *forwarding) tlsReady(ctx context.Context) error {
+	if f.hop.transport != "TLS" || f.toClient || f.up == nil {
+		return nil
+	}
+	t, ok := f.target()
+	if !ok {
+		return ErrNoTarget
+	}
+	return f.p.tlsReady(ctx, f.up, t)
+}
+
+// tlsReady is forwarding.tlsReady for target t of u.
+func (p *Proxy) tlsReady(ctx context.Context, u *upstream, t resolve.Target) error {
+	if t.Transport != "TLS" || p.tlsConn == nil {
+		return nil
+	}
+	return p.tlsConn.ensure(ctx, u, t)
 }
 
 // addVia returns the option that prepends our Via for a request sent over

@@ -830,6 +830,12 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 			fwd.AppendHeader(sip.NewHeader(a.header, a.value))
 		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounds a TLS dial
+	defer cancel()
+	if err := f.tlsReady(ctx); err != nil {
+		log.Warn("cannot forward ACK", "error", err)
+		return
+	}
 	if err := p.client.WriteRequest(fwd, p.addVia(f.hop.transport)); err != nil {
 		log.Warn("cannot forward ACK", "error", err)
 	}

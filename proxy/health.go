@@ -129,6 +129,9 @@ func (p *Proxy) ping(ctx context.Context, u *upstream, t resolve.Target, timeout
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
+	if err := p.tlsReady(ctx, u, t); err != nil {
+		return 0, 0, fmt.Errorf("send OPTIONS: %w", err)
+	}
 	tx, err := p.client.TransactionRequest(ctx, req, p.addVia(t.Transport))
 	if err != nil {
 		return 0, 0, fmt.Errorf("send OPTIONS: %w", err)

@@ -273,8 +273,12 @@ func (f *forwarding) sendCancel(inv *sip.Request) {
 	c.SetTransport(inv.Transport())
 	c.SetDestination(inv.Destination())
 	c.Laddr = inv.Laddr
-	ctx, cancel := context.WithTimeout(f.p.runCtx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if err := f.tlsReady(ctx); err != nil {
+		f.log.Warn("cannot send CANCEL upstream", "error", err)
+		return
+	}
 	tx, err := f.p.client.TransactionRequest(ctx, c, keepAsIs)
 	if err != nil {
 		f.log.Warn("cannot send CANCEL upstream", "error", err)
@@ -334,7 +338,11 @@ func (f *forwarding) hangUpUpstream(res *sip.Response) {
 	for _, a := range f.auth {
 		ack.AppendHeader(sip.NewHeader(a.header, a.value))
 	}
-	if err := f.p.client.WriteRequest(ack, f.p.addVia(f.hop.transport)); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.tlsReady(ctx); err != nil {
+		f.log.Warn("cannot ACK the 2xx that raced a CANCEL", "error", err)
+	} else if err := f.p.client.WriteRequest(ack, f.p.addVia(f.hop.transport)); err != nil {
 		f.log.Warn("cannot ACK the 2xx that raced a CANCEL", "error", err)
 	}
 	bye := mk(sip.BYE, inv.CSeq().SeqNo+1)

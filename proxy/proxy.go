@@ -89,6 +89,7 @@ type Proxy struct {
 	health   *healthChecker // OPTIONS pings to the upstreams' targets (health.go)
 	regs     *regManager    // trunk registrations (registration.go)
 	targets  *targets       // what upstream names resolve to (targets.go)
+	tlsConn  *tlsConnector  // TLS connections to upstream targets, verified for their names (tlsconn.go)
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
@@ -294,8 +295,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 		_ = ua.Close()
 		return fmt.Errorf("sip client: %w", err)
 	}
+	tlsConn := newTLSConnector(func(addr string) bool {
+		c, _ := ua.TransportLayer().GetConnection("tls", addr)
+		if c == nil {
+			return false
+		}
+		_, _ = c.TryClose() // Get took a reference
+		return true
+	})
 	p.mu.Lock()
-	p.ua, p.srv, p.client = ua, srv, client
+	p.ua, p.srv, p.client, p.tlsConn = ua, srv, client, tlsConn
 	p.strayWriter = srv.WriteResponse
 	p.listeners = bound
 	p.runCtx = ctx
@@ -328,6 +337,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}()
 
 	var serving sync.WaitGroup
+	serving.Go(func() { _ = srv.ServeTLS(tlsConn) }) // the TLS connections authproxy makes to upstreams
 	for _, l := range bound {
 		serving.Add(1)
 		go func() {
@@ -405,6 +415,7 @@ loop:
 	}
 	<-healthDone
 	closeAll(bound)
+	_ = tlsConn.Close()
 	_ = ua.Close()
 	serving.Wait()
 	p.log.Info("stopped")
