@@ -22,11 +22,12 @@ func carriersGroup(cfg *proxy.Config, _ *harness) {
 	cfg.Groups = []proxy.UpstreamGroup{{Name: "carriers", Upstreams: []string{"pbx-a", "pbx-b"}, Domains: []string{"carriers.example.com"}}}
 }
 
-// TestGroupFailover: carrier A answers the call 503 (after its challenge,
-// answered with A's credential); the call completes through carrier B with
-// B's credential. A never sees B's username and B never sees A's.
+// TestGroupFailover: carrier A refuses the call with 503 (after its
+// challenge, answered with A's credential, and without ringing); the call
+// completes through carrier B with B's credential. A never sees B's
+// username and B never sees A's.
 func TestGroupFailover(t *testing.T) {
-	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: 503}}, Mutate: carriersGroup})
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: 503, NoProvisional: true}}, Mutate: carriersGroup})
 	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
 	c := ph.dial("sip:1002@carriers.example.com", testSDP)
 	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
@@ -52,7 +53,7 @@ func TestGroupFailover(t *testing.T) {
 // TestGroupStopsOnAnswer: a status outside the group's failover list (486
 // Busy Here) is the call's answer: relayed, carrier B never tried.
 func TestGroupStopsOnAnswer(t *testing.T) {
-	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: 486}}, Mutate: carriersGroup})
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: 486, NoProvisional: true}}, Mutate: carriersGroup})
 	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
 	c := ph.dial("sip:1002@carriers.example.com", testSDP)
 	if res := c.waitFinal(10 * time.Second); res.StatusCode != 486 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -59,11 +60,14 @@ type laneEntry struct {
 	dst *net.UDPAddr
 	seq uint32
 
-	mu       sync.Mutex
-	waiting  bool           // sent, its response awaited on the lane (not before, not off the lane, not once answered)
-	branch   string         // our Via branch, while waiting
-	conn     sip.Connection // the socket the request went out on, while waiting
-	deadline time.Time      // Timer F, while waiting
+	mu      sync.Mutex
+	waiting bool           // sent, its response awaited on the lane (not before, not off the lane, not once answered)
+	branch  string         // our Via branch, while waiting
+	conn    sip.Connection // the socket the request went out on, while waiting
+	// deadline is when the attempt times out, in Unix nanoseconds: the
+	// failover timeout, then Timer F once it was answered. Atomic: the
+	// sweeper reads it holding only the lane's lock.
+	deadline atomic.Int64
 }
 
 func newFastLane(p *Proxy) *fastLane {
@@ -155,7 +159,7 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	e.waiting, e.branch, e.conn = true, branch, conn
 	f.sentAt = time.Now()
 	f.att.tried++
-	e.deadline = f.sentAt.Add(f.attemptTimeout())
+	e.deadline.Store(f.sentAt.Add(f.attemptTimeout()).UnixNano())
 	// Findable before the request leaves: its response may be read by
 	// another worker before WriteMsg returns (and waits for e.mu).
 	l.mu.Lock()
@@ -372,7 +376,7 @@ func (l *fastLane) answered(e *laneEntry) {
 	f := e.f
 	if !f.att.answered {
 		f.att.answered = true
-		e.deadline = f.sentAt.Add(l.p.cfg.UpstreamTimeout)
+		e.deadline.Store(f.sentAt.Add(l.p.cfg.UpstreamTimeout).UnixNano())
 	}
 }
 
@@ -480,7 +484,7 @@ func (l *fastLane) run(ctx context.Context) {
 			expired = expired[:0]
 			l.mu.Lock()
 			for _, e := range l.byBranch {
-				if now.After(e.deadline) {
+				if now.UnixNano() > e.deadline.Load() {
 					expired = append(expired, e)
 				}
 			}

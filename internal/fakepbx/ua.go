@@ -70,6 +70,10 @@ type CallConfig struct {
 	// gets 200 and has no other effect): the 2xx crosses the CANCEL
 	// deterministically.
 	AnswerOnCancel bool
+	// NoProvisional sends the final response at once, with no 180 or 183
+	// before it: a server that refuses the call outright (a carrier's 503
+	// when it is overloaded).
+	NoProvisional bool
 	// ChallengeInDialog also challenges requests within a dialog (BYE,
 	// re-INVITE, PRACK, INFO...; never ACK or CANCEL), like a strict PBX:
 	// each must carry valid credentials for a fresh nonce, so the first
@@ -85,6 +89,8 @@ func (cc CallConfig) validate() error {
 		return fmt.Errorf("Call.FinalCode %d is not a final status", cc.FinalCode)
 	case cc.Forks < 0:
 		return fmt.Errorf("Call.Forks %d is negative", cc.Forks)
+	case cc.NoProvisional && (cc.Reliable || cc.NoAnswer || cc.Ring > 0):
+		return fmt.Errorf("Call.NoProvisional excludes Reliable, NoAnswer and Ring")
 	}
 	return nil
 }
@@ -406,7 +412,9 @@ func (cc CallConfig) finalCode(cfg Config) int {
 func (s *Server) runInvite(req *sip.Request, tx sip.ServerTransaction, in *incoming, it *inviteTx) {
 	cc := s.cfg.Call
 	c := s.newCall(it, in, sip.GenerateTagN(tagLength), 0)
-	if s.finalOf(it) == noFinalYet {
+	if s.finalOf(it) == noFinalYet && cc.NoProvisional {
+		s.finalize(it, cc.finalCode(s.cfg), nil)
+	} else if s.finalOf(it) == noFinalYet {
 		code := 180
 		if cc.Reliable {
 			code = 183
