@@ -555,8 +555,11 @@ func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 		r.Raw, r.RequestURI = raw.raw, raw.ruri
 		in.seq, in.cseqOK = raw.seq, raw.cseqOK
 	} else {
-		s.t.Logf("fakepbx %s: %s: raw bytes not found; CSeq not checked", s.name, r.Method)
-		in.seq, in.cseqOK = s.raws.nextSeq(), true
+		// Without the wire bytes neither the CSeq order nor the digest
+		// uri can be judged: that is the fake failing, never a pass.
+		s.t.Errorf("fakepbx %s: %s (CSeq %d, Call-ID %s) from %s: the tap has no raw bytes for it; refused with 500",
+			s.name, r.Method, r.CSeq, r.CallID, r.Source)
+		in.seq, in.cseqOK = s.raws.nextSeq(), false
 	}
 	expected := s.credentialHeader(r.Method)
 	for _, h := range req.Headers() {
