@@ -29,9 +29,9 @@ func (r *recordingTB) Errors() []string {
 	return append([]string(nil), r.errors...)
 }
 
-// The tap keeps every request until it is handled, however many arrive
-//, and hands the bytes of
-// a copy received while the original was pending to each copy.
+// The tap keeps every request until it is handled, however many arrive,
+// and hands the bytes of a copy received while the original was pending
+// to each copy.
 func TestRawStoreKeepsEveryRequest(t *testing.T) {
 	var rs rawStore
 	const n = 10000
