@@ -200,4 +200,3 @@ func (s *Server) verify(p map[string]string, realm, method, ruri string, body []
 	n.used = true
 	return verdictOK, ""
 }
-
