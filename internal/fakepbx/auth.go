@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -46,7 +45,9 @@ func (s *Server) credentialHeader(method string) string {
 }
 
 // authenticate checks the credentials of req. It fills the auth fields of
-// in.rec and returns the challenge to send, or nil when req is authenticated.
+// in.rec and returns the response to send instead of going on: the
+// challenge, or with StrictQuoting a 400 for malformed credentials; nil
+// when req is authenticated.
 func (s *Server) authenticate(req *sip.Request, in *incoming) *sip.Response {
 	rec := &in.rec
 	code := s.challengeCode(rec.Method)
@@ -60,13 +61,15 @@ func (s *Server) authenticate(req *sip.Request, in *incoming) *sip.Response {
 				s.name, rec.Method, c.header, c.params["username"], code, credHeader)
 		}
 	}
+	if s.cfg.StrictQuoting {
+		if res := s.malformedCredentials(req, in, credHeader); res != nil {
+			return res
+		}
+	}
 	verdicts := make([]authVerdict, len(s.realms))
 	anyStale, allOK := false, true
 	for i, realm := range s.realms {
-		for _, c := range in.creds {
-			if c.header != credHeader || c.params["realm"] != realm {
-				continue
-			}
+		for _, c := range s.judged(in.creds, credHeader, realm) {
 			v, why := s.verify(c.params, realm, req.Method.String(), rec.RequestURI, req.Body())
 			if v == verdictOK && i == 0 {
 				rec.AuthUsername = c.params["username"]
@@ -92,14 +95,53 @@ func (s *Server) authenticate(req *sip.Request, in *incoming) *sip.Response {
 	res := s.newResponse(req, code, reason)
 	for i, realm := range s.realms {
 		for j, alg := range s.algorithms {
-			nonce := strconv.FormatInt(time.Now().Unix(), 10) + "/" + randomHex(16)
+			issued := s.now()
+			nonce := strconv.FormatInt(issued.Unix(), 10) + "/" + randomHex(16)
 			opaque := randomHex(16)
-			s.nonces[nonce] = &nonceState{realm: realm, algorithm: alg, opaque: opaque, exempt: anyStale}
+			s.nonces[nonce] = &nonceState{realm: realm, algorithm: alg, opaque: opaque, exempt: anyStale, issued: issued}
 			res.AppendHeader(sip.NewHeader(authHeader, s.challengeValue(realm, s.algNames[j], nonce, opaque, verdicts[i] == verdictStale)))
 		}
 	}
 	s.challenges++
 	return res
+}
+
+// judged returns the credentials in header for realm that are verified:
+// every one, or with FirstCredentialOnly only the first, as Asterisk and
+// Kamailio judge the first one for their realm and ignore the rest.
+func (s *Server) judged(creds []credential, header, realm string) []credential {
+	var out []credential
+	for _, c := range creds {
+		if c.header != header || c.params["realm"] != realm {
+			continue
+		}
+		out = append(out, c)
+		if s.cfg.FirstCredentialOnly {
+			break
+		}
+	}
+	return out
+}
+
+// malformedCredentials returns a 400 when a credential in header does not
+// parse or breaks RFC 7616 §3.4's quoting, as Kamailio answers (its auth
+// module refuses credentials it cannot parse with 400); nil otherwise.
+// s.mu must be held.
+func (s *Server) malformedCredentials(req *sip.Request, in *incoming, header string) *sip.Response {
+	problems := slices.Clone(in.malformed)
+	for _, c := range in.creds {
+		if c.header != header {
+			continue
+		}
+		if why := quotingViolation(c); why != "" {
+			problems = append(problems, fmt.Sprintf("user %q: %s (RFC 7616 §3.4)", c.params["username"], why))
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	s.t.Logf("fakepbx %s: %s: malformed credentials: %s: 400", s.name, req.Method, strings.Join(problems, "; "))
+	return s.newResponse(req, 400, "Bad Request (malformed credentials)")
 }
 
 // challengeValue formats one challenge like pjsip (Asterisk) does.
@@ -193,6 +235,9 @@ func (s *Server) verify(p map[string]string, realm, method, ruri string, body []
 	switch {
 	case n.stale:
 		return verdictStale, "nonce is stale"
+	case s.cfg.NonceLifetime > 0 && s.now().Sub(n.issued) > s.cfg.NonceLifetime:
+		n.stale = true
+		return verdictStale, fmt.Sprintf("nonce is older than its lifetime %v", s.cfg.NonceLifetime)
 	case s.cfg.StaleOnce && !n.exempt && !n.used:
 		n.used, n.stale = true, true
 		return verdictStale, "correct, but refused once as stale (StaleOnce)"

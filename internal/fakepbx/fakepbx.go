@@ -96,6 +96,39 @@ type Config struct {
 	// Call configures the callee UA that answers authenticated INVITEs.
 	// Its zero value rings once (180) and answers 200 with SDP at once.
 	Call CallConfig
+
+	// Strict makes the fake judge requests as real servers do (strict.go):
+	// it turns on FirstCredentialOnly, StrictQuoting and CheckDialogTarget,
+	// and fills NonceLifetime (StrictNonceLifetime), MinExpires and
+	// MaxExpires (StrictMinExpires, StrictMaxExpires) and ChallengeCode
+	// (401 for every method, as Asterisk's PJSIP) when they are unset.
+	Strict bool
+	// FirstCredentialOnly judges, for each realm, only the first
+	// credential for that realm in the expected header, as Asterisk and
+	// Kamailio do; without it any correct one of several is accepted.
+	FirstCredentialOnly bool
+	// StrictQuoting refuses with 400 a request whose credentials in the
+	// expected header do not parse or break RFC 7616 §3.4's quoting
+	// (username, realm, nonce, uri, response, cnonce, opaque quoted;
+	// algorithm, qop, nc not), as Kamailio does.
+	StrictQuoting bool
+	// NonceLifetime is how long a nonce is accepted, measured on Clock:
+	// a correct answer with an older one gets a fresh challenge with
+	// stale=true (0: nonces never expire; see also ExpireNonces).
+	NonceLifetime time.Duration
+	// Clock is the fake's time, for NonceLifetime (default time.Now).
+	Clock func() time.Time
+	// MinExpires and MaxExpires bound the registrar (0: no bound): a
+	// REGISTER asking for less than MinExpires (but not 0) gets 423
+	// Interval Too Brief with Min-Expires (RFC 3261 §10.3 step 7); more
+	// than MaxExpires is granted MaxExpires.
+	MinExpires, MaxExpires int
+	// CheckDialogTarget makes the UA refuse (404) a request in one of its
+	// dialogs whose Request-URI is not the Contact the UA gave the dialog
+	// (RFC 3261 §12.2.1.1), that carries a Route not naming the fake, or
+	// that did not come from the adjacent hop of the dialog's route set;
+	// such an ACK is recorded as an error of the dialog.
+	CheckDialogTarget bool
 }
 
 // Request is one request as received by the fake.
@@ -177,10 +210,11 @@ type nonceState struct {
 	realm     string
 	algorithm digestAlgorithm
 	opaque    string
-	lastNC    uint32 // highest nc accepted so far
-	used      bool   // a correct answer has been seen
-	stale     bool   // refused as stale: never accepted again
-	exempt    bool   // issued by a stale challenge: StaleOnce does not apply
+	lastNC    uint32    // highest nc accepted so far
+	used      bool      // a correct answer has been seen
+	stale     bool      // refused as stale: never accepted again
+	exempt    bool      // issued by a stale challenge: StaleOnce does not apply
+	issued    time.Time // on the fake's clock, for NonceLifetime
 }
 
 // Start starts a fake PBX serving UDP and TCP on the same free port of
@@ -193,6 +227,7 @@ func Start(t testing.TB, cfg Config) *Server {
 		callIndex: map[string]*callState{}, invites: map[string]*inviteTx{},
 		inviteCallIDs: map[string]struct{}{},
 	}
+	s.cfg.applyStrict()
 	s.name = cfg.Name
 	if s.name == "" {
 		s.name = "fakepbx"
@@ -235,6 +270,9 @@ func Start(t testing.TB, cfg Config) *Server {
 	}
 	if s.cfg.FinalCode < 200 || s.cfg.FinalCode > 699 {
 		t.Fatalf("fakepbx %s: FinalCode %d is not a final status", s.name, s.cfg.FinalCode)
+	}
+	if err := s.cfg.validateStrict(); err != nil {
+		t.Fatalf("fakepbx %s: %v", s.name, err)
 	}
 	if err := s.cfg.Call.validate(); err != nil {
 		t.Fatalf("fakepbx %s: %v", s.name, err)
@@ -507,6 +545,9 @@ type incoming struct {
 	seq    uint64       // arrival order
 	cseqOK bool         // CSeq above every earlier one of the Call-ID (or dialog), by arrival
 	creds  []credential // every parsable Authorization and Proxy-Authorization
+	// malformed describes every unparsable credential in the header that
+	// answers the method's challenge.
+	malformed []string
 	// auth holds every Authorization and Proxy-Authorization in a
 	// comparable form (header name and parameters), see normCredential.
 	auth []string
@@ -516,6 +557,7 @@ type incoming struct {
 type credential struct {
 	header string // lowercased header name
 	params map[string]string
+	quoted map[string]bool // the parameters whose value was a quoted-string
 }
 
 // newIncoming builds the record for req, with its raw bytes (taken from the
@@ -569,12 +611,15 @@ func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 		}
 		r.Authorization = append(r.Authorization, h.Value())
 		in.auth = append(in.auth, normCredential(name, h.Value()))
-		p, err := parseDigestParams(h.Value())
+		p, quoted, err := parseDigestParamsQuoting(h.Value())
 		if err != nil {
 			s.t.Logf("fakepbx %s: %s: unparsable %s: %v", s.name, r.Method, h.Name(), err)
+			if name == expected {
+				in.malformed = append(in.malformed, fmt.Sprintf("%s: %v", h.Name(), err))
+			}
 			continue
 		}
-		in.creds = append(in.creds, credential{header: name, params: p})
+		in.creds = append(in.creds, credential{header: name, params: p, quoted: quoted})
 		if name == expected && r.AuthUsername == "" {
 			r.AuthUsername = p["username"]
 		}
@@ -646,22 +691,17 @@ func (s *Server) finalResponse(req *sip.Request) *sip.Response {
 	}
 	switch req.Method {
 	case sip.REGISTER:
-		expires := "3600"
-		if h := req.GetHeader("Expires"); h != nil {
-			expires = strings.TrimSpace(h.Value())
+		d := s.decideExpires(req)
+		if d.tooBrief != 0 {
+			return s.intervalTooBrief(req)
 		}
-		for _, h := range req.GetHeaders("Contact") {
+		for i, h := range req.GetHeaders("Contact") {
 			c, ok := h.(*sip.ContactHeader)
-			if !ok || c.Address.Wildcard {
-				continue
-			}
-			c = c.Clone()
-			if !c.Params.Has("expires") {
-				c.Params.Add("expires", expires)
-			}
-			if v, _ := c.Params.Get("expires"); strings.TrimSpace(v) == "0" {
+			if !ok || c.Address.Wildcard || d.granted[i] == 0 {
 				continue // removed binding: not listed, as a registrar does
 			}
+			c = c.Clone()
+			c.Params.Add("expires", strconv.Itoa(d.granted[i]))
 			res.AppendHeader(c)
 		}
 	case sip.SUBSCRIBE:

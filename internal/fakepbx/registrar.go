@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +26,9 @@ type Binding struct {
 // Bindings returns the live bindings of user, derived from the
 // authenticated REGISTERs received (the fake answers every one with its
 // Contacts, so the latest REGISTER of a contact decides; expires 0 and
-// "Contact: *" remove). Expiry by time is not tracked.
+// "Contact: *" remove; one refused with 423 changes nothing), each with
+// the expiry granted (capped at MaxExpires). Expiry by time is not
+// tracked.
 func (s *Server) Bindings(user string) []Binding {
 	var out []Binding
 	for _, r := range s.Requests() {
@@ -42,11 +43,9 @@ func (s *Server) Bindings(user string) []Binding {
 		if !ok || req.To() == nil || req.To().Address.User != user {
 			continue
 		}
-		expires := 3600
-		if h := req.GetHeader("Expires"); h != nil {
-			if n, err := strconv.Atoi(strings.TrimSpace(h.Value())); err == nil {
-				expires = n
-			}
+		d := s.decideExpires(req)
+		if d.tooBrief != 0 {
+			continue
 		}
 		var path []sip.Uri
 		for _, h := range req.GetHeaders("Path") {
@@ -58,7 +57,7 @@ func (s *Server) Bindings(user string) []Binding {
 				}
 			}
 		}
-		for _, h := range req.GetHeaders("Contact") {
+		for i, h := range req.GetHeaders("Contact") {
 			c, ok := h.(*sip.ContactHeader)
 			if !ok {
 				continue
@@ -67,12 +66,7 @@ func (s *Server) Bindings(user string) []Binding {
 				out = nil
 				continue
 			}
-			exp := expires
-			if v, ok := c.Params.Get("expires"); ok {
-				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-					exp = n
-				}
-			}
+			exp := d.granted[i]
 			kept := out[:0]
 			for _, b := range out {
 				if b.Contact.String() != c.Address.String() {

@@ -745,6 +745,13 @@ func (s *Server) handleAck(in *incoming) {
 		return
 	}
 	s.recordLocked(in, c)
+	if s.cfg.CheckDialogTarget && c.FinalCode < 300 {
+		// The ACK for a 2xx goes to the dialog's target (that of a
+		// non-2xx final goes where the INVITE went).
+		if problem := s.dialogTargetProblemLocked(in.req, in, c); problem != "" {
+			c.Errors = append(c.Errors, problem)
+		}
+	}
 	w := c.ack
 	switch {
 	case c.FinalCode >= 300:
@@ -819,6 +826,10 @@ func (s *Server) handleInDialog(req *sip.Request, tx sip.ServerTransaction, in *
 	r := &in.rec
 	s.mu.Lock()
 	state := c.State
+	var target string
+	if s.cfg.CheckDialogTarget {
+		target = s.dialogTargetProblemLocked(req, in, c)
+	}
 	s.mu.Unlock()
 	var res *sip.Response
 	var problem string
@@ -826,6 +837,10 @@ func (s *Server) handleInDialog(req *sip.Request, tx sip.ServerTransaction, in *
 	case state == StateTerminated || state == StateCancelled:
 		res = s.newResponse(req, 481, "")
 		problem = fmt.Sprintf("%s (CSeq %d) in a %s dialog: 481", r.Method, r.CSeq, state)
+	case target != "":
+		res = s.newResponse(req, 404, "Not Found (not this dialog's target)")
+		problem = target + ": 404"
+		s.t.Logf("fakepbx %s: %s", s.name, problem)
 	case !in.cseqOK:
 		res = s.newResponse(req, 500, "CSeq out of order")
 		problem = fmt.Sprintf("%s CSeq %d is not above the dialog's last: 500", r.Method, r.CSeq)
