@@ -30,10 +30,7 @@ func (s *Server) challengeCode(method string) int {
 		}
 		return 407
 	}
-	if method == string(sip.REGISTER) {
-		return 401
-	}
-	return 407
+	return DefaultChallengeCode(method)
 }
 
 // credentialHeader is the lowercased header that answers method's challenge.

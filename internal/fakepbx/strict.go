@@ -28,6 +28,16 @@ const (
 	defaultExpires = 3600
 )
 
+// DefaultChallengeCode is the fake's challenge without Strict: 401 for
+// REGISTER, 407 for every other method, as Kamailio challenges a
+// registrar's requests (www_challenge) and a proxy's (proxy_challenge).
+func DefaultChallengeCode(method string) int {
+	if method == string(sip.REGISTER) {
+		return 401
+	}
+	return 407
+}
+
 // Always401 is a Config.ChallengeCode challenging every method with 401
 // and WWW-Authenticate, as Asterisk's PJSIP does (for INVITE too).
 func Always401(string) int { return 401 }
