@@ -173,3 +173,50 @@ func TestStrictFirstCredentialPerRealm(t *testing.T) {
 		t.Fatalf("answers %q, want exactly the SHA-256 one", last.Authorization)
 	}
 }
+
+// TestStrictRegistrarListsEveryBinding: two phones register the same AOR
+// through authproxy; the registrar's 200 lists both bindings, each with
+// its own expiry (RFC 3261 §10.3 step 8). authproxy keeps each phone's
+// binding for its own granted expiry, and an un-REGISTER of one leaves
+// the other, in both register modes.
+func TestStrictRegistrarListsEveryBinding(t *testing.T) {
+	for _, mode := range []string{proxy.RegisterPath, proxy.RegisterContact} {
+		t.Run(mode, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{RegisterMode: mode})
+			first := startRegPhone(t, "1001", "udp", h.Addr["udp"])
+			second := startRegPhone(t, "1001", "tcp", h.Addr["tcp"])
+			firstCall, secondCall := uuid.NewString(), uuid.NewString()
+			if res := first.register(firstCall, "pbx-a.example.com", 1, "600"); res.StatusCode != 200 {
+				t.Fatalf("first phone's REGISTER: %d", res.StatusCode)
+			}
+			res := second.register(secondCall, "pbx-a.example.com", 1, "120")
+			if res.StatusCode != 200 || len(res.GetHeaders("Contact")) != 2 {
+				t.Fatalf("second phone's REGISTER: %d with Contacts %v, want 200 listing both", res.StatusCode, res.GetHeaders("Contact"))
+			}
+			expiryOf := func(ph *regPhone) time.Duration {
+				t.Helper()
+				want := ph.contact().Address.String()
+				for _, b := range h.Proxy.Bindings() {
+					if b.Contact == want {
+						return time.Until(b.Expires)
+					}
+				}
+				t.Fatalf("authproxy has no binding for %s: %+v", want, h.Proxy.Bindings())
+				return 0
+			}
+			if got := expiryOf(first); got > 600*time.Second || got < 540*time.Second {
+				t.Fatalf("first phone's binding ends in %v, want its 600 s", got.Round(time.Second))
+			}
+			if got := expiryOf(second); got > 120*time.Second || got < 60*time.Second {
+				t.Fatalf("second phone's binding ends in %v, want its 120 s", got.Round(time.Second))
+			}
+			if res := first.register(firstCall, "pbx-a.example.com", 2, "0"); res.StatusCode != 200 {
+				t.Fatalf("first phone's un-REGISTER: %d", res.StatusCode)
+			}
+			if bs := h.Proxy.Bindings(); len(bs) != 1 || bs[0].Contact != second.contact().Address.String() {
+				t.Fatalf("after the first phone's un-REGISTER authproxy keeps %+v, want the second phone's only", bs)
+			}
+			expiryOf(second)
+		})
+	}
+}

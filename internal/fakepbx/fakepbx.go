@@ -98,10 +98,11 @@ type Config struct {
 	Call CallConfig
 
 	// Strict makes the fake judge requests as real servers do (strict.go):
-	// it turns on FirstCredentialOnly, StrictQuoting and CheckDialogTarget,
-	// and fills NonceLifetime (StrictNonceLifetime), MinExpires and
-	// MaxExpires (StrictMinExpires, StrictMaxExpires) and ChallengeCode
-	// (401 for every method, as Asterisk's PJSIP) when they are unset.
+	// it turns on FirstCredentialOnly, StrictQuoting, ListAllBindings and
+	// CheckDialogTarget, and fills NonceLifetime (StrictNonceLifetime),
+	// MinExpires and MaxExpires (StrictMinExpires, StrictMaxExpires) and
+	// ChallengeCode (401 for every method, as Asterisk's PJSIP) when they
+	// are unset.
 	Strict bool
 	// FirstCredentialOnly judges, for each realm, only the first
 	// credential for that realm in the expected header, as Asterisk and
@@ -123,6 +124,10 @@ type Config struct {
 	// Interval Too Brief with Min-Expires (RFC 3261 §10.3 step 7); more
 	// than MaxExpires is granted MaxExpires.
 	MinExpires, MaxExpires int
+	// ListAllBindings makes the 200 to a REGISTER list every current
+	// binding of the AOR (the To user), as RFC 3261 §10.3 step 8 wants and
+	// real registrars do, not only the request's Contacts.
+	ListAllBindings bool
 	// CheckDialogTarget makes the UA refuse (404) a request in one of its
 	// dialogs whose Request-URI is not the Contact the UA gave the dialog
 	// (RFC 3261 §12.2.1.1), that carries a Route not naming the fake, or
@@ -694,6 +699,15 @@ func (s *Server) finalResponse(req *sip.Request) *sip.Response {
 		d := s.decideExpires(req)
 		if d.tooBrief != 0 {
 			return s.intervalTooBrief(req)
+		}
+		if s.cfg.ListAllBindings && req.To() != nil {
+			// RFC 3261 §10.3 step 8: every binding of the AOR.
+			for _, b := range s.applyRegister(s.Bindings(req.To().Address.User), req) {
+				c := &sip.ContactHeader{Address: *b.Contact.Clone(), Params: sip.NewParams()}
+				c.Params.Add("expires", strconv.Itoa(b.Expires))
+				res.AppendHeader(c)
+			}
+			break
 		}
 		for i, h := range req.GetHeaders("Contact") {
 			c, ok := h.(*sip.ContactHeader)

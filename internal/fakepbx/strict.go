@@ -48,7 +48,7 @@ func (c *Config) applyStrict() {
 	if !c.Strict {
 		return
 	}
-	c.FirstCredentialOnly, c.StrictQuoting, c.CheckDialogTarget = true, true, true
+	c.FirstCredentialOnly, c.StrictQuoting, c.CheckDialogTarget, c.ListAllBindings = true, true, true, true
 	if c.NonceLifetime == 0 {
 		c.NonceLifetime = StrictNonceLifetime
 	}

@@ -1,6 +1,7 @@
 package fakepbx
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -49,7 +50,7 @@ func challenge(t *testing.T, c *sipgo.Client, call *call) (int, *testChallenge) 
 func TestStrictDefaults(t *testing.T) {
 	got := Config{Strict: true}
 	got.applyStrict()
-	if !got.FirstCredentialOnly || !got.StrictQuoting || !got.CheckDialogTarget ||
+	if !got.FirstCredentialOnly || !got.StrictQuoting || !got.CheckDialogTarget || !got.ListAllBindings ||
 		got.NonceLifetime != StrictNonceLifetime || got.MinExpires != StrictMinExpires || got.MaxExpires != StrictMaxExpires ||
 		got.ChallengeCode == nil || got.ChallengeCode("INVITE") != 401 {
 		t.Errorf("Strict gave %+v", got)
@@ -61,7 +62,8 @@ func TestStrictDefaults(t *testing.T) {
 	}
 	lenient := Config{}
 	lenient.applyStrict()
-	if lenient.FirstCredentialOnly || lenient.StrictQuoting || lenient.CheckDialogTarget || lenient.NonceLifetime != 0 || lenient.ChallengeCode != nil {
+	if lenient.FirstCredentialOnly || lenient.StrictQuoting || lenient.CheckDialogTarget || lenient.ListAllBindings ||
+		lenient.NonceLifetime != 0 || lenient.ChallengeCode != nil {
 		t.Errorf("no Strict gave %+v", lenient)
 	}
 }
@@ -372,5 +374,56 @@ func TestStrictDialogTargetAck(t *testing.T) {
 	c := pbx.WaitCall(t, 5*time.Second, func(cs []Call) bool { return len(cs) == 1 && cs[0].Acked })[0]
 	if !slices.ContainsFunc(c.Errors, func(e string) bool { return strings.Contains(e, "ACK") && strings.Contains(e, "Contact") }) {
 		t.Errorf("errors %q, want the ACK's Request-URI", c.Errors)
+	}
+}
+
+// A registrar's 200 lists every binding of the AOR (RFC 3261 §10.3 step
+// 8), each with its own expiry; a lenient fake lists the request's only.
+func TestStrictListAllBindings(t *testing.T) {
+	for _, strict := range []bool{true, false} {
+		pbx := Start(t, Config{ListAllBindings: strict, Accounts: map[string]string{"alice": "pw"}})
+		c := newClient(t)
+		register := func(cseq uint32, port int, expires string) *sip.Response {
+			t.Helper()
+			call := newCall(pbx, sip.REGISTER, "UDP")
+			call.callID = fmt.Sprintf("reg-%d@test", port) // one Call-ID per contact, as two phones
+			call.cseq = cseq
+			call.ruri = "sip:" + pbx.Addr()
+			call.headers = []sip.Header{
+				&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "alice", Host: "127.0.0.1", Port: port}},
+				sip.NewHeader("Expires", expires),
+			}
+			code, ch := challenge(t, c, call)
+			call.cseq++
+			req := call.request(t)
+			req.AppendHeader(answer(t, code, ch, req, "alice", "pw", 1))
+			res := do(t, c, req)
+			wantStatus(t, res, 200)
+			return res
+		}
+		listed := func(res *sip.Response) []string {
+			var out []string
+			for _, h := range res.GetHeaders("Contact") {
+				out = append(out, h.Value())
+			}
+			return out
+		}
+		register(1, 5071, "600")
+		got := listed(register(1, 5072, "120"))
+		want := []string{"<sip:alice@127.0.0.1:5071>;expires=600", "<sip:alice@127.0.0.1:5072>;expires=120"}
+		if !strict {
+			want = want[1:]
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("ListAllBindings=%v: 200 lists %q, want %q", strict, got, want)
+		}
+		got = listed(register(3, 5071, "0"))
+		want = []string{"<sip:alice@127.0.0.1:5072>;expires=120"}
+		if !strict {
+			want = nil
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("ListAllBindings=%v: 200 to the removal lists %q, want %q", strict, got, want)
+		}
 	}
 }
