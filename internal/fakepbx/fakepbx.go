@@ -37,6 +37,7 @@ package fakepbx
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -96,6 +97,10 @@ type Config struct {
 	// Call configures the callee UA that answers authenticated INVITEs.
 	// Its zero value rings once (180) and answers 200 with SDP at once.
 	Call CallConfig
+	// TLS, when set, also serves SIP over TLS with this configuration, on
+	// a port of its own (TLSAddr), judged like UDP and TCP. The UA's own
+	// requests into dialogs (HangUp...) do not go over TLS.
+	TLS *tls.Config
 
 	// Strict makes the fake judge requests as real servers do (strict.go):
 	// it turns on FirstCredentialOnly, StrictQuoting, ListAllBindings and
@@ -140,7 +145,7 @@ type Config struct {
 type Request struct {
 	Method     string
 	CallID     string
-	Transport  string // "UDP" or "TCP"
+	Transport  string // "UDP", "TCP" or "TLS"
 	Source     string // remote "ip:port" the request came from
 	RequestURI string // exactly as on the request line
 	CSeq       uint32
@@ -177,10 +182,11 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	pc   net.PacketConn
-	ln   *tapListener
-	port int
-	raws rawStore
+	pc    net.PacketConn
+	ln    *tapListener
+	tlsLn *tapListener // nil without Config.TLS
+	port  int
+	raws  rawStore
 
 	serveWG   sync.WaitGroup
 	handlerWG sync.WaitGroup
@@ -289,13 +295,23 @@ func Start(t testing.TB, cfg Config) *Server {
 	}
 	s.raws.onCancel = s.onTapCancel
 	s.pc = &tapPacketConn{PacketConn: pc, raws: &s.raws}
-	s.ln = &tapListener{Listener: ln, raws: &s.raws}
+	s.ln = &tapListener{Listener: ln, raws: &s.raws, transport: "TCP"}
 	s.port = pc.LocalAddr().(*net.UDPAddr).Port
+	if s.cfg.TLS != nil {
+		tl, err := tls.Listen("tcp4", net.JoinHostPort(s.cfg.Host, "0"), s.cfg.TLS)
+		if err != nil {
+			pc.Close()
+			ln.Close()
+			t.Fatalf("fakepbx %s: listen tls: %v", s.name, err)
+		}
+		s.tlsLn = &tapListener{Listener: tl, raws: &s.raws, transport: "TLS"}
+	}
 
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent(s.serverHeader()))
 	if err != nil {
 		pc.Close()
 		ln.Close()
+		s.closeTLSListener()
 		t.Fatalf("fakepbx %s: new UA: %v", s.name, err)
 	}
 	srv, err := sipgo.NewServer(ua)
@@ -306,6 +322,7 @@ func Start(t testing.TB, cfg Config) *Server {
 		ua.Close()
 		pc.Close()
 		ln.Close()
+		s.closeTLSListener()
 		t.Fatalf("fakepbx %s: new server: %v", s.name, err)
 	}
 	s.ua = ua
@@ -329,6 +346,13 @@ func Start(t testing.TB, cfg Config) *Server {
 		defer s.serveWG.Done()
 		_ = srv.ServeTCP(s.ln) // returns when ln is closed
 	}()
+	if s.tlsLn != nil {
+		s.serveWG.Add(1)
+		go func() {
+			defer s.serveWG.Done()
+			_ = srv.ServeTLS(s.tlsLn) // returns when tlsLn is closed
+		}()
+	}
 	t.Cleanup(s.close)
 	return s
 }
@@ -358,6 +382,7 @@ func (s *Server) close() {
 	s.cancel() // releases handlers waiting for an ACK
 	s.pc.Close()
 	s.ln.Close()
+	s.closeTLSListener()
 	s.serveWG.Wait() // no more reads from the sockets
 
 	s.mu.Lock()
@@ -369,7 +394,25 @@ func (s *Server) close() {
 	// release them normally (ua.Close first makes its refcounts go negative
 	// and log warnings).
 	s.ln.closeConns()
+	if s.tlsLn != nil {
+		s.tlsLn.closeConns()
+	}
 	s.ua.Close()
+}
+
+func (s *Server) closeTLSListener() {
+	if s.tlsLn != nil {
+		s.tlsLn.Close()
+	}
+}
+
+// TLSAddr returns the "host:port" the fake serves TLS on ("" without
+// Config.TLS).
+func (s *Server) TLSAddr() string {
+	if s.tlsLn == nil {
+		return ""
+	}
+	return s.tlsLn.Addr().String()
 }
 
 // Addr returns the "host:port" the fake serves UDP and TCP on.

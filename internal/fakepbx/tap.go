@@ -281,12 +281,13 @@ func (c *tapPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 }
 
-// tapListener wraps accepted TCP connections in tapConn and tracks them, so
-// that cleanup can close them and wait until sipgo's reader has seen the
-// close.
+// tapListener wraps accepted TCP connections (TLS ones after the
+// handshake: the tap reads plaintext) in tapConn and tracks them, so that
+// cleanup can close them and wait until sipgo's reader has seen the close.
 type tapListener struct {
 	net.Listener
-	raws *rawStore
+	raws      *rawStore
+	transport string // "TCP" or "TLS", as sipgo names the requests' transport
 
 	mu     sync.Mutex
 	closed bool
@@ -299,7 +300,7 @@ func (l *tapListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &tapConn{Conn: c, raws: l.raws, remote: c.RemoteAddr().String()}
+	tc := &tapConn{Conn: c, raws: l.raws, transport: l.transport, remote: c.RemoteAddr().String()}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -347,13 +348,14 @@ func (l *tapListener) closeConns() {
 // called by sipgo's single reader goroutine for the connection.
 type tapConn struct {
 	net.Conn
-	raws   *rawStore
-	remote string
-	buf    []byte // received, not framed yet
-	out    []byte // framed, for sipgo
-	rerr   error  // read error, returned once out is drained
-	once   sync.Once
-	done   func()
+	raws      *rawStore
+	transport string
+	remote    string
+	buf       []byte // received, not framed yet
+	out       []byte // framed, for sipgo
+	rerr      error  // read error, returned once out is drained
+	once      sync.Once
+	done      func()
 }
 
 func (c *tapConn) Read(b []byte) (int, error) {
@@ -397,7 +399,7 @@ func (c *tapConn) feed(p []byte) {
 		if len(c.buf) < total {
 			return
 		}
-		if !c.raws.put("TCP", c.remote, c.buf[:total]) {
+		if !c.raws.put(c.transport, c.remote, c.buf[:total]) {
 			c.out = append(c.out, c.buf[:total]...)
 		}
 		c.buf = append([]byte(nil), c.buf[total:]...)
