@@ -1,13 +1,21 @@
 // Package fakepbx is an in-process fake SIP upstream for tests: a sipgo
 // server that challenges like Asterisk.
 //
-// Start binds UDP and TCP on the same free port of a loopback address and
-// serves every method. A request without valid digest credentials for every
-// configured realm gets a 401 (REGISTER) or 407 (everything else) with one
-// challenge header per realm and algorithm, each with its own fresh nonce and
-// opaque. A request with valid credentials gets Config.FinalCode. Credentials
-// are verified with the fake's own digest implementation (DigestResponse),
-// not with github.com/icholy/digest, so the fake cross-checks the proxy.
+// Start binds UDP and TCP on the same free port of a loopback address (and
+// TLS on another, with Config.TLS) and serves every method. A request
+// without valid digest credentials for every configured realm gets a 401
+// (REGISTER) or 407 (everything else) with one challenge header per realm
+// and algorithm, each with its own fresh nonce and opaque. A request with
+// valid credentials gets Config.FinalCode. Credentials are verified with the
+// fake's own digest implementation (DigestResponse), not with
+// github.com/icholy/digest, so the fake cross-checks the proxy.
+//
+// Config.Strict makes the fake as strict as real servers (strict.go): 401
+// for every method (Asterisk's PJSIP), only the first credential for a
+// realm judged, nonces that expire on the fake's clock (stale=true),
+// registrar bounds (423 with Min-Expires, capped expiry, every binding
+// listed), Request-URI and route set checks in dialogs, and RFC 7616
+// quoting (400 otherwise). Each mode is also a knob of its own.
 //
 // Like a strict registrar or UA, the fake also refuses (500 "CSeq out of
 // order") any request whose CSeq is not higher than the last one it saw for
@@ -19,7 +27,8 @@
 // The fake reads its sockets through a tap that keeps every request's bytes
 // and arrival order: Request.Raw and the digest uri check use the wire text
 // (not sipgo's re-rendering), and Requests() and the CSeq check follow wire
-// order although sipgo handles each message in its own goroutine. Final
+// order although sipgo handles each message in its own goroutine. A request
+// whose bytes the tap does not have fails the test. Final
 // responses are remembered per transaction, so a retransmission reaching the
 // handler after sipgo dropped its transaction is answered again instead of
 // failing the CSeq check. Responses that sipgo refuses to send over UDP
