@@ -303,10 +303,12 @@ func TestCancelBeforeAnswer(t *testing.T) {
 			if invite == nil {
 				t.Fatal("no authenticated INVITE upstream")
 			}
-			if cancel.CSeq != invite.CSeq || cancel.Branch != invite.Branch {
-				t.Fatalf("CANCEL cseq %d branch %s, outstanding INVITE cseq %d branch %s", cancel.CSeq, cancel.Branch, invite.CSeq, invite.Branch)
+			if cancel.CSeq != invite.CSeq || cancel.Branch != invite.Branch || cancel.RequestURI != invite.RequestURI {
+				t.Fatalf("CANCEL cseq %d branch %s to %s, outstanding INVITE cseq %d branch %s to %s",
+					cancel.CSeq, cancel.Branch, cancel.RequestURI, invite.CSeq, invite.Branch, invite.RequestURI)
 			}
 			waitDialogs(t, h, 0)
+			assertNoCallErrors(t, h.A)
 		})
 	}
 }
@@ -520,6 +522,7 @@ func TestTimerC(t *testing.T) {
 		}
 		return false
 	})
+	assertNoCallErrors(t, h.A)
 }
 
 // TestManyCallsLeaveNoState: the dialog table is back at zero after many

@@ -146,7 +146,8 @@ type Config struct {
 	// dialogs whose Request-URI is not the Contact the UA gave the dialog
 	// (RFC 3261 §12.2.1.1), that carries a Route not naming the fake, or
 	// that did not come from the adjacent hop of the dialog's route set;
-	// such an ACK is recorded as an error of the dialog.
+	// such an ACK is recorded as an error of the dialog, and so is a CANCEL
+	// whose Request-URI is not its INVITE's (RFC 3261 §9.1).
 	CheckDialogTarget bool
 }
 

@@ -427,3 +427,36 @@ func TestStrictListAllBindings(t *testing.T) {
 		}
 	}
 }
+
+// A CANCEL must carry its INVITE's Request-URI (RFC 3261 §9.1); the strict
+// UA records one that does not as an error of the call.
+func TestStrictCancelTarget(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		strict    bool
+		otherURI  bool
+		wantError bool
+	}{
+		{"strict/same Request-URI", true, false, false},
+		{"strict/another Request-URI", true, true, true},
+		{"lenient/another Request-URI", false, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pbx := Start(t, Config{CheckDialogTarget: tc.strict, Accounts: map[string]string{"alice": "pw"}, Call: CallConfig{NoAnswer: true}})
+			l := startCaller(t, "UDP").newLeg(pbx)
+			l.invite()
+			l.learn(l.next(l.tx))
+			ruri := *l.inv.Recipient.Clone()
+			if tc.otherURI {
+				ruri.User = "999"
+			}
+			wantStatus(t, l.cancelTo(ruri), 200)
+			wantStatus(t, l.waitFinal(l.tx), 487)
+			c := pbx.WaitCall(t, 5*time.Second, func(cs []Call) bool { return len(cs) == 1 && cs[0].Cancelled })[0]
+			got := slices.ContainsFunc(c.Errors, func(e string) bool { return strings.Contains(e, "CANCEL Request-URI") })
+			if got != tc.wantError {
+				t.Errorf("errors %q, want a CANCEL Request-URI error: %v", c.Errors, tc.wantError)
+			}
+		})
+	}
+}

@@ -202,6 +202,7 @@ type inviteTx struct {
 	req       *sip.Request
 	tx        sip.ServerTransaction
 	key       string // rawKey of the INVITE
+	ruri      string // its Request-URI as received
 	branch    string
 	cseq      uint32
 	transport string
@@ -235,7 +236,7 @@ func callKey(callID, localTag string) string { return callID + "\x00" + localTag
 // learns from sipgo when its transaction answers a CANCEL by itself.
 func (s *Server) registerInvite(req *sip.Request, tx sip.ServerTransaction, in *incoming) *inviteTx {
 	it := &inviteTx{
-		req: req, tx: tx, key: in.key, branch: in.rec.Branch, cseq: in.rec.CSeq,
+		req: req, tx: tx, key: in.key, ruri: in.rec.RequestURI, branch: in.rec.Branch, cseq: in.rec.CSeq,
 		transport: in.rec.Transport, source: in.rec.Source, auth: in.auth,
 		signal: make(chan struct{}, 1), notify: make(chan struct{}, 1), prack: make(chan struct{}),
 		cancelSeen: map[string]bool{},
@@ -348,14 +349,20 @@ func (s *Server) recordCancel(it *inviteTx, raw rawRequest, transport, source st
 	s.recordLocked(in, it.calls...)
 	for _, c := range it.calls {
 		c.Cancelled = true
-		s.cancelCSeqCheck(c, in.rec.CSeq)
+		s.cancelCheck(it, c, in.rec)
 	}
 	return in.req
 }
 
-func (s *Server) cancelCSeqCheck(c *callState, cseq uint32) {
-	if cseq != c.InviteCSeq {
-		c.Errors = append(c.Errors, fmt.Sprintf("CANCEL CSeq %d, the INVITE's is %d", cseq, c.InviteCSeq))
+// cancelCheck records in c what is wrong with a CANCEL of it's INVITE: a
+// CSeq number other than the INVITE's, and with CheckDialogTarget another
+// Request-URI (RFC 3261 §9.1 wants both the same). s.mu must be held.
+func (s *Server) cancelCheck(it *inviteTx, c *callState, cancel Request) {
+	if cancel.CSeq != c.InviteCSeq {
+		c.Errors = append(c.Errors, fmt.Sprintf("CANCEL CSeq %d, the INVITE's is %d", cancel.CSeq, c.InviteCSeq))
+	}
+	if s.cfg.CheckDialogTarget && cancel.RequestURI != it.ruri {
+		c.Errors = append(c.Errors, fmt.Sprintf("CANCEL Request-URI %s, the INVITE's is %s", cancel.RequestURI, it.ruri))
 	}
 }
 
@@ -606,7 +613,7 @@ func (s *Server) newCall(it *inviteTx, in *incoming, localTag string, fork int) 
 	c.refreshStrings()
 	for i, r := range it.cancels {
 		insertBySeq(&c.Requests, &c.seqs, r, it.cancelSeqs[i])
-		s.cancelCSeqCheck(c, r.CSeq)
+		s.cancelCheck(it, c, r)
 	}
 	c.Cancelled = len(it.cancels) > 0 || it.sipgoCanceled
 	it.calls = append(it.calls, c)

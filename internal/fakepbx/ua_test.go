@@ -592,8 +592,14 @@ func TestInviteBusy(t *testing.T) {
 // and returns the CANCEL's final response.
 func (l *leg) cancel() *sip.Response {
 	l.c.t.Helper()
+	return l.cancelTo(l.inv.Recipient)
+}
+
+// cancelTo is cancel with the Request-URI ruri.
+func (l *leg) cancelTo(ruri sip.Uri) *sip.Response {
+	l.c.t.Helper()
 	inv := l.inv
-	req := sip.NewRequest(sip.CANCEL, *inv.Recipient.Clone())
+	req := sip.NewRequest(sip.CANCEL, *ruri.Clone())
 	req.AppendHeader(inv.Via().Clone())
 	req.AppendHeader(sip.HeaderClone(inv.From()))
 	req.AppendHeader(sip.HeaderClone(inv.To()))
