@@ -81,10 +81,10 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 		// (RFC 3261 §12.2.1.1 and §10: in a dialog its remote target, out
 		// of one the contact it registered): authproxy must deliver to the
 		// URI the phone gave, whatever it rewrote on the way.
-		wrongTarget := !sameTarget(req.Recipient, ph.contact().Address)
+		wrongTarget := !sameTarget(req.Recipient, ph.contact().Address) || ph.routeLeft(req)
 		if req.Method == sip.ACK {
 			if wrongTarget {
-				t.Errorf("phone %s: ACK for %s, not its Contact %s", user, req.Recipient.String(), ph.contact().Address.String())
+				t.Errorf("phone %s: ACK for %s (Route %v), not its Contact %s", user, req.Recipient.String(), req.GetHeaders("Route"), ph.contact().Address.String())
 			}
 			return
 		}
@@ -114,6 +114,19 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 		_ = ctx
 	})
 	return ph
+}
+
+// routeLeft reports whether req reached the phone with a Route that does
+// not name it: the hop before it should have followed (or removed) it
+// (RFC 3261 §16.4, §16.12).
+func (ph *phone) routeLeft(req *sip.Request) bool {
+	for _, h := range req.GetHeaders("Route") {
+		r, ok := h.(*sip.RouteHeader)
+		if !ok || !sameTarget(sip.Uri{User: ph.user, Host: r.Address.Host, Port: r.Address.Port}, ph.contact().Address) {
+			return true
+		}
+	}
+	return false
 }
 
 // sameTarget compares a Request-URI with a Contact as a UA does (RFC 3261
