@@ -81,6 +81,7 @@ func TestCall(t *testing.T) {
 	}
 }
 
+// testCall is one case of TestCall.
 func testCall(t *testing.T, profile pbxProfile, clientTP string, upTCP bool) {
 	h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile,
 		A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}},
@@ -116,6 +117,11 @@ func testCall(t *testing.T, profile pbxProfile, clientTP string, upTCP bool) {
 			fc = waitAck(t, tg.pbx(h), c.callID)
 			if !fc.AckCSeqOK || !fc.AckAuthOK {
 				t.Fatalf("ACK at upstream: CSeq ok %v, credentials ok %v", fc.AckCSeqOK, fc.AckAuthOK)
+			}
+			if len(fc.RouteSet) == 0 {
+				// With it the strict upstream also checks that the
+				// caller's requests come from that hop.
+				t.Fatal("the INVITE reached the upstream without Record-Route: its BYE would bypass authproxy")
 			}
 			if bye := c.request(sip.BYE, nil); bye.StatusCode != 200 {
 				t.Fatalf("BYE: %d", bye.StatusCode)
