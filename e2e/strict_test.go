@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,26 +16,6 @@ import (
 
 // Scenarios only a strict upstream can fail: a registrar's bounds, nonces
 // that expire, and the first credential per realm.
-
-// fakeClock is a fake PBX's clock, moved by the test.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // TestStrictRegistrarBounds: a phone registering through authproxy with a
 // strict registrar (minimum 60 s, maximum 3600 s) gets the registrar's
@@ -130,7 +109,7 @@ func TestStrictTrunkRegistrationBounds(t *testing.T) {
 func TestStrictNonceExpiresUnderPreemptiveAuth(t *testing.T) {
 	for _, profile := range strictProfiles {
 		t.Run(profile.String(), func(t *testing.T) {
-			clock := newFakeClock()
+			clock := fakepbx.NewManualClock(time.Now())
 			h := startHarness(t, harnessOptions{Profile: profile, Preemptive: proxy.PreemptiveAll, A: fakepbx.Config{Clock: clock.Now}})
 			send := func(what string) []fakepbx.Request {
 				t.Helper()

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -74,6 +75,30 @@ func (c *Config) validateStrict() error {
 		return fmt.Errorf("MinExpires %d is above MaxExpires %d", c.MinExpires, c.MaxExpires)
 	}
 	return nil
+}
+
+// ManualClock is a clock for Config.Clock that moves only when a test
+// advances it, so that nonce expiry needs no waiting.
+type ManualClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewManualClock returns a ManualClock reading start.
+func NewManualClock(start time.Time) *ManualClock { return &ManualClock{now: start} }
+
+// Now is the clock's time; pass it as Config.Clock.
+func (c *ManualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock forward by d.
+func (c *ManualClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }
 
 // now is the fake's clock.

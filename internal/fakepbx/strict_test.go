@@ -4,35 +4,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
-
-// manualClock is a Config.Clock that moves only when told to.
-type manualClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newManualClock() *manualClock {
-	return &manualClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // challenge sends call's request and returns the challenge status and the
 // first challenge.
@@ -149,7 +126,7 @@ func TestStrictNonceLifetime(t *testing.T) {
 		{"expired, wrong password", StrictNonceLifetime + time.Second, "nope", 401, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := newManualClock()
+			clock := NewManualClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 			pbx := Start(t, Config{Strict: true, Clock: clock.Now, Accounts: map[string]string{"alice": "pw"}})
 			c := newClient(t)
 			call := newCall(pbx, sip.OPTIONS, "UDP")
