@@ -87,7 +87,11 @@ func TestStrictTrunkRegistrationBounds(t *testing.T) {
 			pbx := fakepbx.Start(t, fakepbx.Config{Name: "trunk", Host: "127.0.0.5", Strict: true, Accounts: map[string]string{"trunkuser": "right-password"}})
 			creds := []credentials.Entry{{Username: "trunkuser", Password: credentials.NewSecret("right-password"), Server: pbx.Addr()}}
 			tp := startTrunkProxy(t, pbx.Addr(), proxy.Registration{Upstream: "trunk", AOR: "sip:trunk1@127.0.0.5", Expires: tc.asked}, creds, nil)
-			testutil.Eventually(t, "registered", func() bool { return regState(t, tp.p).State == proxy.RegStateRegistered })
+			testutil.Eventually(t, "registered", func() bool {
+				// Registrations start right after Ready: none may be listed yet.
+				rs := tp.p.Registrations()
+				return len(rs) == 1 && rs[0].State == proxy.RegStateRegistered
+			})
 			st := regState(t, tp.p)
 			if left := time.Until(st.Expires); left > time.Duration(tc.granted)*time.Second || left < time.Duration(tc.granted)*time.Second-time.Minute {
 				t.Fatalf("granted %d s: authproxy counts on %v", tc.granted, left.Round(time.Second))
