@@ -203,3 +203,42 @@ func TestStrictRegistrarListsEveryBinding(t *testing.T) {
 		})
 	}
 }
+
+// TestStrictNonceExpiresDuringCall: an upstream that challenges requests
+// in dialogs too, with nonces that expire. The first call's BYE is
+// challenged and answered; the second call's BYE, sent once that nonce
+// expired, carries an answer with it (preemptive), gets a challenge with
+// stale=true, and goes through with the fresh nonce.
+func TestStrictNonceExpiresDuringCall(t *testing.T) {
+	clock := fakepbx.NewManualClock(time.Now())
+	h := startHarness(t, harnessOptions{Preemptive: proxy.PreemptiveAll,
+		A: fakepbx.Config{Clock: clock.Now, Call: fakepbx.CallConfig{ChallengeInDialog: true}}})
+	byesOf := func(c *call) []fakepbx.Request {
+		t.Helper()
+		var out []fakepbx.Request
+		for _, r := range waitCallState(t, h.A, c.callID, fakepbx.StateTerminated).Requests {
+			if r.Method == "BYE" {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	first := answeredCall(t, h, "udp")
+	waitAck(t, h.A, first.callID)
+	if res := first.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("first call's BYE: %d", res.StatusCode)
+	}
+	byesOf(first)
+
+	second := answeredCall(t, h, "udp")
+	waitAck(t, h.A, second.callID)
+	clock.Advance(fakepbx.StrictNonceLifetime + time.Second)
+	if res := second.request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE after the nonce expired: %d", res.StatusCode)
+	}
+	byes := byesOf(second)
+	if len(byes) != 2 || len(byes[0].Authorization) == 0 || byes[0].Authenticated || !byes[1].Authenticated {
+		t.Fatalf("BYEs at the upstream: %v, want the preemptive answer refused as stale, then one accepted", summarize(byes))
+	}
+	assertNoCallErrors(t, h.A)
+}
