@@ -63,7 +63,7 @@ func New(cfg Config) (*Resolver, error) {
 	}
 	x := &exchanger{servers: cfg.Servers, timeout: cfg.Timeout}
 	if len(x.servers) == 0 {
-		x.servers, x.serversErr = systemServers()
+		x.servers, x.serversErr = systemServers(resolvConf)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Resolver{

@@ -66,12 +66,10 @@ func (l *locator) auto(ctx context.Context, host string) ([]Target, error) {
 		}
 	}
 	// No usable NAPTR record: what there is, or the negative answer, says
-	// how long that holds.
+	// how long that holds. An NXDOMAIN does not end the search: it should
+	// mean that no name below exists either (RFC 8020), but a server that
+	// answers so for an empty non-terminal would hide the SRV records.
 	l.use(answerTTL(m))
-	if m.Rcode == dns.RcodeNameError {
-		l.why = fmt.Sprintf("%s NAPTR: %s", host, nxdomain)
-		return nil, nil
-	}
 	anySRV := false
 	for _, svc := range services {
 		ts, found, err := l.srv(ctx, svc.srvPrefix+canonical(host), svc.transport)
