@@ -290,7 +290,7 @@ func (r *Resolver) startLocked(q Query, e *entry) bool {
 func (r *Resolver) resolve(q Query, e *entry) {
 	defer r.wg.Done()
 	defer r.poke()
-	ts, ttl, err := r.x.locate(r.ctx, q)
+	ts, ttl, err := locate(r.ctx, r.x, q)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -9,10 +9,15 @@ import (
 	"github.com/miekg/dns"
 )
 
+// asker asks DNS one question: the exchanger, or a fuzz target's fake.
+type asker interface {
+	ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
+}
+
 // locator runs one RFC 3263 resolution: it asks DNS what it needs and
 // remembers the smallest TTL of what it used, and why it found nothing.
 type locator struct {
-	x   *exchanger
+	x   asker
 	ttl uint32 // smallest TTL of the records (and negative answers) used
 	why string // the last reason a step gave nothing, for ErrNoTargets
 }
@@ -23,7 +28,7 @@ type locator struct {
 // DNS says there is nothing, and with the DNS error when a server could not
 // be asked: a failure never falls back to another lookup, which would turn
 // a passing outage into a different answer.
-func (x *exchanger) locate(ctx context.Context, q Query) ([]Target, uint32, error) {
+func locate(ctx context.Context, x asker, q Query) ([]Target, uint32, error) {
 	l := &locator{x: x, ttl: noTTL}
 	var ts []Target
 	var err error
