@@ -174,6 +174,8 @@ func (r *Resolver) poke() {
 // from the cache when it has a result (even an expired one, which a
 // background refresh then replaces); otherwise it is resolved now, bounded
 // by ctx, and concurrent Lookups of the same query share one resolution.
+// A failed resolution is cached too: until its retry time (Result.Expires)
+// Lookup returns its error at once.
 //
 // The error is nil whenever Targets is not empty, even if the last refresh
 // failed (Result.Err tells); otherwise it is Result.Err, the error of an

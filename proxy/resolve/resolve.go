@@ -31,7 +31,8 @@ type Query struct {
 	Port int
 	// Transport is UDP, TCP or TLS (any case). Empty lets NAPTR choose
 	// among the transports authproxy supports (§4.1), falling back to SRV
-	// lookups for each, then UDP.
+	// lookups for each, then UDP. A sips: URI must pass TLS (§4.1: only
+	// TLS may carry it), which asks _sips._tcp.
 	Transport string
 }
 
