@@ -158,7 +158,7 @@ func readAll(f *os.File) (string, error) {
 	return b.String(), err
 }
 
-// TestDeps holds the package dependency arrows in place (DEVELOPERS.md):
+// TestDeps holds the package dependency arrows in place (docs/design.md):
 // credentials imports nothing of ours, config never imports proxy or sipgo,
 // proxy never imports config; admin knows HTTP only; metrics never reads
 // the configuration.
