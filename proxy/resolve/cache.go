@@ -113,7 +113,9 @@ func (r *Resolver) Watch(qs []Query) {
 // retries failed ones with backoff, until ctx ends. It then stops every
 // resolution in flight (including those Lookup started) and returns once
 // all have ended; after that, Lookup answers from the cache only. Call it
-// once.
+// once. Without Run, Lookup still resolves and caches, but nothing is
+// refreshed before a Lookup finds it expired, and a resolution in flight
+// ends only with its own timeouts.
 func (r *Resolver) Run(ctx context.Context) {
 	defer r.shutdown()
 	for {
@@ -174,8 +176,9 @@ func (r *Resolver) poke() {
 // from the cache when it has a result (even an expired one, which a
 // background refresh then replaces); otherwise it is resolved now, bounded
 // by ctx, and concurrent Lookups of the same query share one resolution.
-// A failed resolution is cached too: until its retry time (Result.Expires)
-// Lookup returns its error at once.
+// A failed resolution is cached too: Lookup returns its error at once,
+// and asks again in the background once its retry time (Result.Expires)
+// has passed.
 //
 // The error is nil whenever Targets is not empty, even if the last refresh
 // failed (Result.Err tells); otherwise it is Result.Err, the error of an

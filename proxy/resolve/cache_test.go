@@ -424,6 +424,8 @@ func TestNew_Config(t *testing.T) {
 		{MinTTL: -time.Second},
 		{Timeout: -time.Second},
 		{Servers: []string{"dns.example.test"}},
+		{Servers: []string{"dns.example.test:53"}},
+		{Servers: []string{"127.0.0.1:0"}},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)

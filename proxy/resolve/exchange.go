@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -49,11 +50,11 @@ func systemServers(path string) ([]string, error) {
 // serverAddr validates one Config.Servers entry and adds port 53 when it
 // names none.
 func serverAddr(s string) (string, error) {
-	if _, _, err := net.SplitHostPort(s); err == nil {
-		return s, nil
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return ap.String(), nil
 	}
-	if ip := net.ParseIP(strings.Trim(s, "[]")); ip != nil {
-		return net.JoinHostPort(ip.String(), "53"), nil
+	if ip, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return netip.AddrPortFrom(ip, 53).String(), nil
 	}
 	return "", fmt.Errorf("DNS server %q: want an IP address, with an optional port", s)
 }
@@ -66,7 +67,11 @@ type rcodeError struct {
 }
 
 func (e *rcodeError) Error() string {
-	return fmt.Sprintf("%s from %s", dns.RcodeToString[e.rcode], e.server)
+	name, ok := dns.RcodeToString[e.rcode]
+	if !ok {
+		name = fmt.Sprintf("rcode %d", e.rcode)
+	}
+	return name + " from " + e.server
 }
 
 // ask sends one question to the servers in order and returns the first
