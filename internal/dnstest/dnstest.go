@@ -9,8 +9,9 @@
 // as glue (Glue). It counts the queries it receives per name and type
 // (Queries), so a test can prove what was, or was not, asked.
 //
-// A name with no records at all is NXDOMAIN; a name with records of other
-// types only is NOERROR with an empty answer (NODATA). A CNAME is followed
+// A name with no records, and none below it, is NXDOMAIN; a name with
+// records of other types only, or only below it, is NOERROR with an empty
+// answer (NODATA). A CNAME is followed
 // inside the zone, as an authoritative server does.
 package dnstest
 
@@ -277,11 +278,11 @@ func (s *Server) answer(m *dns.Msg, q dns.Question) {
 	}
 }
 
-// exists reports whether name has records of any type. Called with s.mu
-// held.
+// exists reports whether name has records of any type, or names below it
+// have (an empty non-terminal, RFC 8020). Called with s.mu held.
 func (s *Server) exists(name string) bool {
 	for k, rrs := range s.zone {
-		if k.name == name && len(rrs) > 0 {
+		if len(rrs) > 0 && (k.name == name || strings.HasSuffix(k.name, "."+name)) {
 			return true
 		}
 	}

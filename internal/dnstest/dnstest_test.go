@@ -36,6 +36,7 @@ func TestServer(t *testing.T) {
 		{"CaseInsensitive", "udp", "SIP1.Example.Test", dns.TypeA, dns.RcodeSuccess, 1},
 		{"NoData", "udp", "sip1.example.test", dns.TypeAAAA, dns.RcodeSuccess, 0},
 		{"NXDOMAIN", "udp", "nothing.example.test", dns.TypeA, dns.RcodeNameError, 0},
+		{"EmptyNonTerminal", "udp", "_udp.example.test", dns.TypeA, dns.RcodeSuccess, 0},
 		{"CNAME", "udp", "alias.example.test", dns.TypeA, dns.RcodeSuccess, 2},
 	}
 	for _, tc := range tests {

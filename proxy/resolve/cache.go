@@ -63,7 +63,7 @@ func New(cfg Config) (*Resolver, error) {
 	}
 	x := &exchanger{servers: cfg.Servers, timeout: cfg.Timeout}
 	if len(x.servers) == 0 {
-		x.servers, x.serversErr = systemServers()
+		x.servers, x.serversErr = systemServers(resolvConf)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Resolver{
@@ -113,7 +113,9 @@ func (r *Resolver) Watch(qs []Query) {
 // retries failed ones with backoff, until ctx ends. It then stops every
 // resolution in flight (including those Lookup started) and returns once
 // all have ended; after that, Lookup answers from the cache only. Call it
-// once.
+// once. Without Run, Lookup still resolves and caches, but nothing is
+// refreshed before a Lookup finds it expired, and a resolution in flight
+// ends only with its own timeouts.
 func (r *Resolver) Run(ctx context.Context) {
 	defer r.shutdown()
 	for {
@@ -174,6 +176,9 @@ func (r *Resolver) poke() {
 // from the cache when it has a result (even an expired one, which a
 // background refresh then replaces); otherwise it is resolved now, bounded
 // by ctx, and concurrent Lookups of the same query share one resolution.
+// A failed resolution is cached too: Lookup returns its error at once,
+// and asks again in the background once its retry time (Result.Expires)
+// has passed.
 //
 // The error is nil whenever Targets is not empty, even if the last refresh
 // failed (Result.Err tells); otherwise it is Result.Err, the error of an
@@ -290,7 +295,7 @@ func (r *Resolver) startLocked(q Query, e *entry) bool {
 func (r *Resolver) resolve(q Query, e *entry) {
 	defer r.wg.Done()
 	defer r.poke()
-	ts, ttl, err := r.x.locate(r.ctx, q)
+	ts, ttl, err := locate(r.ctx, r.x, q)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -28,15 +30,15 @@ type exchanger struct {
 	timeout    time.Duration
 }
 
-// systemServers returns the nameservers of /etc/resolv.conf. Its search
+// systemServers returns the nameservers of a resolv.conf file. Its search
 // list and ndots are not used: authproxy asks fully qualified names only.
-func systemServers() ([]string, error) {
-	cc, err := dns.ClientConfigFromFile(resolvConf)
+func systemServers(path string) ([]string, error) {
+	cc, err := dns.ClientConfigFromFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read DNS servers: %w", err)
 	}
 	if len(cc.Servers) == 0 {
-		return nil, fmt.Errorf("read DNS servers: no nameserver in %s", resolvConf)
+		return nil, fmt.Errorf("read DNS servers: no nameserver in %s", path)
 	}
 	out := make([]string, len(cc.Servers))
 	for i, s := range cc.Servers {
@@ -48,11 +50,11 @@ func systemServers() ([]string, error) {
 // serverAddr validates one Config.Servers entry and adds port 53 when it
 // names none.
 func serverAddr(s string) (string, error) {
-	if _, _, err := net.SplitHostPort(s); err == nil {
-		return s, nil
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return ap.String(), nil
 	}
-	if ip := net.ParseIP(strings.Trim(s, "[]")); ip != nil {
-		return net.JoinHostPort(ip.String(), "53"), nil
+	if ip, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return netip.AddrPortFrom(ip, 53).String(), nil
 	}
 	return "", fmt.Errorf("DNS server %q: want an IP address, with an optional port", s)
 }
@@ -65,7 +67,11 @@ type rcodeError struct {
 }
 
 func (e *rcodeError) Error() string {
-	return fmt.Sprintf("%s from %s", dns.RcodeToString[e.rcode], e.server)
+	name, ok := dns.RcodeToString[e.rcode]
+	if !ok {
+		name = fmt.Sprintf("rcode %d", e.rcode)
+	}
+	return name + " from " + e.server
 }
 
 // ask sends one question to the servers in order and returns the first
@@ -109,21 +115,47 @@ func (x *exchanger) exchange(ctx context.Context, q *dns.Msg, server string) (*d
 	return nil, &rcodeError{server, m.Rcode}
 }
 
-func (x *exchanger) exchangeNet(ctx context.Context, q *dns.Msg, server, network string) (*dns.Msg, error) {
-	ctx, cancel := context.WithTimeout(ctx, x.timeout)
+func (x *exchanger) exchangeNet(parent context.Context, q *dns.Msg, server, network string) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(parent, x.timeout)
 	defer cancel()
 	c := &dns.Client{Net: network, Timeout: x.timeout, UDPSize: ednsSize}
-	m, _, err := c.ExchangeContext(ctx, q, server)
-	if err != nil {
+	co, err := c.DialContext(ctx, server)
+	var m *dns.Msg
+	if err == nil {
+		// The client obeys ctx's deadline only: a cancel (Run returning)
+		// must end the read too.
+		stop := context.AfterFunc(ctx, func() { _ = co.SetDeadline(time.Now()) })
+		m, _, err = c.ExchangeWithConnContext(ctx, q, co)
+		stop()
+		co.Close()
+	}
+	switch {
+	case err == nil:
+	case parent.Err() != nil:
+		return nil, fmt.Errorf("%s %s: %w", network, server, context.Cause(parent))
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		return nil, fmt.Errorf("%s %s: no answer within %v: %w", network, server, x.timeout, os.ErrDeadlineExceeded)
+	default:
 		return nil, fmt.Errorf("%s %s: %w", network, server, stable(err))
 	}
 	// The client matched the message id; the question must match too, or
-	// the answer is about something else (RFC 5452 §9.1).
-	if len(m.Question) != 1 || !sameName(m.Question[0].Name, q.Question[0].Name) ||
-		m.Question[0].Qtype != q.Question[0].Qtype {
+	// the answer is about something else (RFC 5452 §9.1). Some servers
+	// leave it out of an error answer, which the rcode then tells.
+	if !answers(m, q.Question[0]) {
 		return nil, fmt.Errorf("%s %s: answer to another question", network, server)
 	}
 	return m, nil
+}
+
+// answers reports whether m is an answer to question q.
+func answers(m *dns.Msg, q dns.Question) bool {
+	switch len(m.Question) {
+	case 0:
+		return m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError
+	case 1:
+		return sameName(m.Question[0].Name, q.Name) && m.Question[0].Qtype == q.Qtype
+	}
+	return false
 }
 
 // stable drops the local address from a network error, so that the same

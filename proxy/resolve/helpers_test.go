@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/internal/dnstest"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // fakeClock is a Clock that moves only when the test says so.
@@ -86,6 +87,7 @@ type testResolver struct {
 	*Resolver
 	clock *fakeClock
 	log   *syncBuffer
+	stop  func() // ends Run and waits for it; Cleanup calls it too
 }
 
 // newTestResolver starts a Resolver for cfg; unset Servers ask srv, an
@@ -113,11 +115,12 @@ func newTestResolver(t testing.TB, srv *dnstest.Server, cfg Config) *testResolve
 		defer close(done)
 		r.Run(ctx)
 	}()
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		cancel()
 		<-done
 	})
-	return &testResolver{r, clock, logs}
+	t.Cleanup(stop)
+	return &testResolver{r, clock, logs, stop}
 }
 
 // lookup is Lookup failing the test on an error.
@@ -128,6 +131,27 @@ func (r *testResolver) lookup(t testing.TB, q Query) Result {
 		t.Fatalf("Lookup(%v): %v", q, err)
 	}
 	return res
+}
+
+// next waits for the next close of ch, the channel Changed returned.
+func next(t testing.TB, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(testutil.EventuallyLimit):
+		t.Fatalf("Changed not signalled within %v", testutil.EventuallyLimit)
+	}
+}
+
+// entryState reads what the cache holds for q.
+func (r *testResolver) entryState(q Query) (e entry, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.entries[q]
+	if p == nil {
+		return entry{}, false
+	}
+	return *p, true
 }
 
 // target builds an expected Target.

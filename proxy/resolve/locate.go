@@ -9,10 +9,15 @@ import (
 	"github.com/miekg/dns"
 )
 
+// asker asks DNS one question: the exchanger, or a fuzz target's fake.
+type asker interface {
+	ask(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
+}
+
 // locator runs one RFC 3263 resolution: it asks DNS what it needs and
 // remembers the smallest TTL of what it used, and why it found nothing.
 type locator struct {
-	x   *exchanger
+	x   asker
 	ttl uint32 // smallest TTL of the records (and negative answers) used
 	why string // the last reason a step gave nothing, for ErrNoTargets
 }
@@ -23,7 +28,7 @@ type locator struct {
 // DNS says there is nothing, and with the DNS error when a server could not
 // be asked: a failure never falls back to another lookup, which would turn
 // a passing outage into a different answer.
-func (x *exchanger) locate(ctx context.Context, q Query) ([]Target, uint32, error) {
+func locate(ctx context.Context, x asker, q Query) ([]Target, uint32, error) {
 	l := &locator{x: x, ttl: noTTL}
 	var ts []Target
 	var err error
@@ -66,12 +71,10 @@ func (l *locator) auto(ctx context.Context, host string) ([]Target, error) {
 		}
 	}
 	// No usable NAPTR record: what there is, or the negative answer, says
-	// how long that holds.
+	// how long that holds. An NXDOMAIN does not end the search: it should
+	// mean that no name below exists either (RFC 8020), but a server that
+	// answers so for an empty non-terminal would hide the SRV records.
 	l.use(answerTTL(m))
-	if m.Rcode == dns.RcodeNameError {
-		l.why = fmt.Sprintf("%s NAPTR: %s", host, nxdomain)
-		return nil, nil
-	}
 	anySRV := false
 	for _, svc := range services {
 		ts, found, err := l.srv(ctx, svc.srvPrefix+canonical(host), svc.transport)

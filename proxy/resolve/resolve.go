@@ -31,7 +31,8 @@ type Query struct {
 	Port int
 	// Transport is UDP, TCP or TLS (any case). Empty lets NAPTR choose
 	// among the transports authproxy supports (§4.1), falling back to SRV
-	// lookups for each, then UDP.
+	// lookups for each, then UDP. A sips: URI must pass TLS (§4.1: only
+	// TLS may carry it), which asks _sips._tcp.
 	Transport string
 }
 
@@ -74,7 +75,8 @@ type Result struct {
 	Query Query
 	// Targets are sorted by priority, lowest first; within a priority in
 	// the order DNS gave, and for one host name its IPv4 addresses before
-	// its IPv6 ones. Order draws the per-request order.
+	// its IPv6 ones. Order draws the per-request order. The slice is the
+	// cache's own, shared by every Lookup: read it, never change it.
 	Targets []Target
 	// Updated is when Targets were last resolved successfully (zero for
 	// an IP literal, which needs no DNS).
@@ -201,7 +203,7 @@ func normalize(q Query) (Query, error) {
 	if q.Port < 0 || q.Port > 65535 {
 		return q, fmt.Errorf("resolve %s: port %d: want 0 to 65535", q, q.Port)
 	}
-	if _, err := netip.ParseAddr(q.Host); err == nil {
+	if _, ok := parseIP(q.Host); ok {
 		return q, nil
 	}
 	if _, ok := dns.IsDomainName(q.Host); !ok || q.Host == "" {
@@ -212,8 +214,8 @@ func normalize(q Query) (Query, error) {
 
 // literal answers a query whose host is an IP address.
 func literal(q Query) (Result, bool) {
-	ip, err := netip.ParseAddr(q.Host)
-	if err != nil {
+	ip, ok := parseIP(q.Host)
+	if !ok {
 		return Result{}, false
 	}
 	tp := q.Transport
@@ -227,6 +229,19 @@ func literal(q Query) (Result, bool) {
 	t := Target{Transport: tp, Addr: netip.AddrPortFrom(ip.Unmap(), uint16(port)), Name: q.Host}
 	return Result{Query: q, Targets: []Target{t}}, true
 }
+
+// parseIP parses host as an IP address. It does not try a domain name
+// (whose last label cannot be all digits, RFC 1123 §2.1): a failed parse
+// allocates its error, and Lookup of a cached name allocates nothing more.
+func parseIP(host string) (netip.Addr, bool) {
+	if host == "" || (!strings.Contains(host, ":") && !isDigit(host[len(host)-1])) {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(host)
+	return ip, err == nil
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // DefaultPort is a transport's SIP port: 5061 for TLS, 5060 otherwise
 // (RFC 3261 §19.1.2).
