@@ -267,7 +267,7 @@ func (f *forwarding) run() {
 // its first target and builds f.fwd, the request to send. It answers the
 // sender itself and returns false when the request goes no further.
 func (f *forwarding) prepare() bool {
-	return f.check() && f.pickTarget(f.p.runCtx) && f.build()
+	return f.check() && f.pickTarget(f.ctx) && f.build()
 }
 
 // build makes f.fwd, the request to send, with the preemptive answers
