@@ -391,3 +391,32 @@ func TestTransportAuto(t *testing.T) {
 		t.Errorf("health %+v", st)
 	}
 }
+
+// TestPerTargetHealth: health checks ping every target of an upstream; a
+// target that never answers is marked down while the upstream stays up
+// through the other, and requests skip the target marked down.
+func TestPerTargetHealth(t *testing.T) {
+	z := dnstest.New(t)
+	dead := fakepbx.Start(t, fakepbx.Config{Name: "dead", Host: "127.0.0.6", Silent: true})
+	live := fakepbx.Start(t, fakepbx.Config{Name: "live", Host: "127.0.0.7", Accounts: map[string]string{"alice": alicePassword}})
+	carrierZone(t, z, "udp", dead.Addr(), live.Addr())
+	creds := []credentials.Entry{{Username: "alice", Password: credentials.NewSecret(alicePassword), Server: "carrier.sip.test"}}
+	tp := startTrunkProxy(t, "carrier.sip.test", proxy.Registration{}, creds, func(c *proxy.Config) {
+		c.DNS = dnsFor(z)
+		c.Registrations = nil
+		c.Upstreams[0] = proxy.Upstream{Name: "carrier", Address: "carrier.sip.test", Default: true}
+		c.Health = proxy.HealthCheck{Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, DownAfter: 1, UpAfter: 1}
+	})
+	testutil.Eventually(t, "the silent target marked down, the other up", func() bool {
+		st := health(t, tp.p, "carrier")
+		return st.State == proxy.HealthUp && len(st.Targets) == 2 &&
+			st.Targets[0].State == proxy.HealthDown && st.Targets[1].State == proxy.HealthUp
+	})
+	pings := seen(dead, "OPTIONS")
+	if res := sendVia(t, tp.addr["udp"], clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
+		t.Fatalf("MESSAGE: %d", res.StatusCode)
+	}
+	if n := seen(dead, "MESSAGE"); n != 0 {
+		t.Fatalf("the target marked down got %d MESSAGEs (and %d pings)", n, pings)
+	}
+}

@@ -27,7 +27,11 @@ func TestEndpoints(t *testing.T) {
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "authproxy_up 1\n") }),
 		Ready:   func() error { return notReady },
 		Status: func() Status {
-			return Status{Version: "v1", Upstreams: []Upstream{{Name: "pbx-a", Address: "127.0.0.2:5060", Transport: "udp", State: "up", LastStatus: 407}}}
+			return Status{Version: "v1", Upstreams: []Upstream{
+				{Name: "pbx-a", Address: "127.0.0.2:5060", Transport: "udp", State: "up", LastStatus: 407},
+				{Name: "carrier", Address: "carrier.example.net", Transport: "udp", State: "up", ResolveError: "lookup timed out",
+					Targets: []Target{{Transport: "udp", Address: "192.0.2.1:5060", Name: "sip1.carrier.example.net", Priority: 10, Weight: 50, State: "down", LastFailure: "timeout"}}},
+			}}
 		},
 	})
 	h := s.Handler()
@@ -61,8 +65,20 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("trunk_registrations = %#v, want []", raw["trunk_registrations"])
 	}
 	ups, _ := raw["upstreams"].([]any)
-	if len(ups) != 1 || ups[0].(map[string]any)["state"] != "up" || ups[0].(map[string]any)["last_status"] != 407.0 {
+	if len(ups) != 2 || ups[0].(map[string]any)["state"] != "up" || ups[0].(map[string]any)["last_status"] != 407.0 {
 		t.Errorf("upstreams = %v", raw["upstreams"])
+	}
+	if ts, ok := ups[0].(map[string]any)["targets"].([]any); !ok || len(ts) != 0 {
+		t.Errorf("targets of an upstream without = %#v, want []", ups[0].(map[string]any)["targets"])
+	}
+	carrier := ups[1].(map[string]any)
+	ts, _ := carrier["targets"].([]any)
+	if carrier["resolve_error"] != "lookup timed out" || len(ts) != 1 {
+		t.Fatalf("carrier = %v", carrier)
+	}
+	if tg := ts[0].(map[string]any); tg["address"] != "192.0.2.1:5060" || tg["name"] != "sip1.carrier.example.net" || tg["priority"] != 10.0 ||
+		tg["state"] != "down" || tg["last_failure"] != "timeout" {
+		t.Errorf("target = %v", tg)
 	}
 
 	if code, _, _ := get(t, h, "POST", "/healthz"); code != http.StatusMethodNotAllowed {
