@@ -339,8 +339,10 @@ type strayResponseWriter func(*sip.Response) error
 // holds, whose INVITE transactions have ended (Timer L and M, which
 // authproxy shortens to 5 s): the callee retransmits its 2xx until the ACK
 // reaches it, and a caller whose ACK was lost must see the 2xx again to
-// send another. Every other stray response is dropped; authproxy never
-// relays a response for a dialog it does not know.
+// send another. It must come from where the INVITE went (pinning.go: an
+// INVITE's pin outlives its transaction for that). Every other stray
+// response is dropped; authproxy never relays a response for a dialog it
+// does not know.
 func (p *Proxy) handleStrayResponse(res *sip.Response) {
 	if !res.IsSuccess() {
 		return
@@ -348,6 +350,9 @@ func (p *Proxy) handleStrayResponse(res *sip.Response) {
 	cs, v := res.CSeq(), res.Via()
 	if cs == nil || cs.MethodName != sip.INVITE || v == nil || !p.isOwnVia(v) {
 		return
+	}
+	if p.responseVerdict(res) != pinMatch {
+		return // not from where the INVITE went (pinning.go)
 	}
 	fromTag, toTag := "", ""
 	if f := res.From(); f != nil {
