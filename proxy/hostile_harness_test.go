@@ -55,10 +55,10 @@ type hostileOptions struct {
 func startHostile(t *testing.T, o hostileOptions) *hostileEnv {
 	t.Helper()
 	e := &hostileEnv{
-		upA: newUDPPeer(t, "127.0.0.1"),
-		upB: newUDPPeer(t, "127.0.0.3"),
-		upT: newTCPUpstream(t, "127.0.0.1"),
-		obs: newCountingObserver(),
+		upA:  newUDPPeer(t, "127.0.0.1"),
+		upB:  newUDPPeer(t, "127.0.0.3"),
+		upT:  newTCPUpstream(t, "127.0.0.1"),
+		obs:  newCountingObserver(),
 		logs: &syncBuffer{},
 	}
 	var creds []credentials.Entry
@@ -286,7 +286,6 @@ func containsAll(b []byte, subs []string) bool {
 	}
 	return true
 }
-
 
 // tcpUpstream is a TCP upstream the test answers by hand, on the
 // connection each request came on.
