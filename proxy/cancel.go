@@ -91,7 +91,14 @@ func (f *forwarding) ackFromDialogClient() bool {
 	if f.req.Transport() == f.dlg.clientTransport && f.req.Source() == f.dlg.clientAddr {
 		return true
 	}
-	from, _ := netip.ParseAddrPort(f.req.Source())
-	f.p.discarded("ack-source", "ACK dropped: not from its dialog's client", from)
+	f.ackRefused()
 	return false
+}
+
+// ackRefused counts and logs (throttled) an ACK dropped for its source:
+// one no client group admits (or, toward a client, no upstream), or not
+// its dialog's client.
+func (f *forwarding) ackRefused() {
+	from, _ := netip.ParseAddrPort(f.req.Source())
+	f.p.discarded("ack-source", "ACK dropped: not from a source that may send it", from)
 }

@@ -1039,10 +1039,11 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	}
 	if f.toClient {
 		if f.rt.fromUpstream(f.src) == nil {
+			f.ackRefused()
 			return
 		}
 	} else if g := f.rt.groupFor(f.src); g == nil || !g.allows(f.up.Name) {
-		log.Debug("dropping ACK from a source not admitted")
+		f.ackRefused()
 		return
 	} else {
 		f.group = g

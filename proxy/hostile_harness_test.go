@@ -222,12 +222,12 @@ func newUDPPeer(t *testing.T, host string) *udpPeer {
 	return u
 }
 
-// saw reports whether anything received so far contains sub.
-func (u *udpPeer) saw(sub string) bool {
+// saw reports whether a datagram received so far contains all of subs.
+func (u *udpPeer) saw(subs ...string) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for _, d := range u.seen {
-		if bytes.Contains(d, []byte(sub)) {
+		if containsAll(d, subs) {
 			return true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/authproxy/authproxy/internal/testutil"
 )
@@ -113,4 +114,171 @@ func keepAlnum(r rune) rune {
 		return r
 	}
 	return -1
+}
+
+// A CANCEL cancels an INVITE only from the INVITE's source: from anyone
+// else (a source no group admits, another port of an admitted address,
+// another TCP connection) it is refused with 403, nothing reaches the
+// upstream, and the caller's call goes on to its 200. From the INVITE's
+// source it cancels: 200 to the CANCEL, 487 to the INVITE, a CANCEL
+// upstream.
+func TestCrossSourceCancelRefused(t *testing.T) {
+	e := startHostile(t, hostileOptions{})
+	for _, tc := range []struct {
+		name   string
+		cancel func(t *testing.T, client *udpPeer, msg []byte) string // sends the CANCEL, returns its answer's status line
+		allow  bool
+	}{
+		{"from a source no group admits", func(t *testing.T, _ *udpPeer, msg []byte) string {
+			a := newUDPPeer(t, refusedHost)
+			a.send(t, e.udp, msg)
+			return firstLine(a.next(t, "SIP/2.0 ").data)
+		}, false},
+		{"from another port of an admitted address", func(t *testing.T, _ *udpPeer, msg []byte) string {
+			a := newUDPPeer(t, "127.0.0.1")
+			a.send(t, e.udp, msg)
+			return firstLine(a.next(t, "SIP/2.0 ").data)
+		}, false},
+		{"over TCP from the INVITE's host", func(t *testing.T, _ *udpPeer, msg []byte) string {
+			return firstLine(tcpExchange(t, "127.0.0.1", e.tcp, msg))
+		}, false},
+		{"from the INVITE's source", func(t *testing.T, client *udpPeer, msg []byte) string {
+			client.send(t, e.udp, msg)
+			return firstLine(client.next(t, "SIP/2.0 200 ", "CANCEL").data)
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newUDPPeer(t, "127.0.0.1")
+			callID := "cancel-" + strings.Map(keepAlnum, tc.name)
+			client.send(t, e.udp, request("INVITE", "sip:1002@pbx-a.example.com", client.addr(), callID, 1))
+			sent := e.upA.next(t, "INVITE ", callID)
+			e.upA.send(t, sent.src.String(), response(sent.data, "180 Ringing"))
+			client.next(t, "SIP/2.0 180 ")
+
+			// A copy of the client's CANCEL: the INVITE's Via (branch),
+			// From, To, Call-ID and CSeq number.
+			got := tc.cancel(t, client, request("CANCEL", "sip:1002@pbx-a.example.com", client.addr(), callID, 1))
+			if tc.allow {
+				if got != "SIP/2.0 200 OK" {
+					t.Fatalf("CANCEL from the INVITE's source answered %q", got)
+				}
+				e.upA.next(t, "CANCEL ", callID)
+				client.next(t, "SIP/2.0 487 ")
+				return
+			}
+			if !strings.HasPrefix(got, "SIP/2.0 403 ") {
+				t.Fatalf("CANCEL answered %q, want 403", got)
+			}
+			e.upA.send(t, sent.src.String(), response(sent.data, "200 OK", "Contact: <sip:1002@"+e.upA.addr()+">"))
+			final := client.next(t, "SIP/2.0 ", callID)
+			for strings.HasPrefix(firstLine(final.data), "SIP/2.0 1") {
+				final = client.next(t, "SIP/2.0 ", callID)
+			}
+			if line := firstLine(final.data); line != "SIP/2.0 200 OK" {
+				t.Fatalf("the caller got %q, want the call's 200", line)
+			}
+			// Barrier: the caller's ACK reaches the upstream after anything
+			// the CANCEL could have caused.
+			client.send(t, e.udp, ack(client.addr(), callID, e.upA.addr()))
+			e.upA.next(t, "ACK ", callID)
+			if e.upA.saw("CANCEL ", callID) {
+				t.Fatal("the refused CANCEL reached the upstream")
+			}
+		})
+	}
+}
+
+// With limits.deny = "drop", a CANCEL from another source over UDP gets
+// no answer at all, and still cancels nothing.
+func TestCrossSourceCancelDropped(t *testing.T) {
+	e := startHostile(t, hostileOptions{drop: true})
+	client := newUDPPeer(t, "127.0.0.1")
+	client.send(t, e.udp, request("INVITE", "sip:1002@pbx-a.example.com", client.addr(), "cancel-drop", 1))
+	sent := e.upA.next(t, "INVITE ")
+	e.upA.send(t, sent.src.String(), response(sent.data, "180 Ringing"))
+	client.next(t, "SIP/2.0 180 ")
+
+	attacker := newUDPPeer(t, refusedHost)
+	attacker.send(t, e.udp, request("CANCEL", "sip:1002@pbx-a.example.com", client.addr(), "cancel-drop", 1))
+	testutil.Eventually(t, "the CANCEL refused (counted) or obeyed", func() bool {
+		return e.obs.refusals("cancel-source") == 1 || client.saw("SIP/2.0 487 ") || e.upA.saw("CANCEL ")
+	})
+	if client.saw("SIP/2.0 487 ") || e.upA.saw("CANCEL ") {
+		t.Fatal("the CANCEL from another source cancelled the call")
+	}
+	e.upA.send(t, sent.src.String(), response(sent.data, "200 OK", "Contact: <sip:1002@"+e.upA.addr()+">"))
+	if line := firstLine(client.next(t, "SIP/2.0 2").data); line != "SIP/2.0 200 OK" {
+		t.Fatalf("the caller got %q, want the call's 200", line)
+	}
+	if attacker.count("SIP/2.0") != 0 {
+		t.Fatal("the refused CANCEL was answered despite deny = drop")
+	}
+	if e.upA.count("CANCEL ") != 0 {
+		t.Fatal("the refused CANCEL reached the upstream")
+	}
+}
+
+// An ACK for a call's 2xx goes upstream only from the call's client: the
+// same ACK from another port of an admitted address, or from a source no
+// group admits, is dropped and counted.
+func TestCrossSourceAckDropped(t *testing.T) {
+	e := startHostile(t, hostileOptions{})
+	client := newUDPPeer(t, "127.0.0.1")
+	client.send(t, e.udp, request("INVITE", "sip:1002@pbx-a.example.com", client.addr(), "ack-call", 1))
+	sent := e.upA.next(t, "INVITE ")
+	e.upA.send(t, sent.src.String(), response(sent.data, "200 OK", "Contact: <sip:1002@"+e.upA.addr()+">"))
+	client.next(t, "SIP/2.0 200 ")
+
+	for i, host := range []string{"127.0.0.1", refusedHost} {
+		attacker := newUDPPeer(t, host)
+		attacker.send(t, e.udp, ack(client.addr(), "ack-call", e.upA.addr()))
+		testutil.Eventually(t, "the ACK from "+host+" dropped (counted) or forwarded", func() bool {
+			return e.obs.discards("ack-source") == i+1 || e.upA.count("ACK ") > 0
+		})
+		if e.upA.count("ACK ") > 0 {
+			t.Fatalf("the ACK from %s reached the upstream", host)
+		}
+	}
+	client.send(t, e.udp, ack(client.addr(), "ack-call", e.upA.addr()))
+	e.upA.next(t, "ACK ")
+	if n := e.upA.count("ACK "); n != 1 {
+		t.Fatalf("the upstream got %d ACKs, want the caller's alone", n)
+	}
+}
+
+// ack is the ACK a caller at client sends for the 2xx of its INVITE with
+// callID (CSeq 1), to the callee's Contact at callee.
+func ack(client, callID, callee string) []byte {
+	msg := request("ACK", "sip:1002@"+callee, client, callID, 1)
+	msg = bytes.Replace(msg, []byte("branch=z9hG4bK-"+callID+"-1;"), []byte("branch=z9hG4bK-"+callID+"-ack;"), 1)
+	return bytes.Replace(msg, []byte("To: <sip:1002@pbx-a.example.com>"), []byte("To: <sip:1002@pbx-a.example.com>;tag=up"), 1)
+}
+
+// tcpExchange sends msg on a new TCP connection from host to addr and
+// returns the first response read on it.
+func tcpExchange(t *testing.T, host, addr string, msg []byte) []byte {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(host)}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go readSIPStream(conn, func(m []byte) {
+		select {
+		case got <- m:
+		default:
+		}
+	})
+	select {
+	case m := <-got:
+		return m
+	case <-time.After(hostileWait):
+		t.Fatal("no response on the TCP connection")
+		return nil
+	}
 }
