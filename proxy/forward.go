@@ -908,6 +908,7 @@ func (f *forwarding) prepareRelay(res *sip.Response) {
 // respondLocal answers the client ourselves.
 func (f *forwarding) respondLocal(code int, reason, outcome string, hdrs ...sip.Header) {
 	res := sip.NewResponseFromRequest(f.req, code, reason, nil)
+	res.SipVersion = "SIP/2.0" // the only version authproxy speaks, whatever the request's (§21.5.6)
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}

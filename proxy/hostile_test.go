@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -280,5 +281,101 @@ func tcpExchange(t *testing.T, host, addr string, msg []byte) []byte {
 	case <-time.After(hostileWait):
 		t.Fatal("no response on the TCP connection")
 		return nil
+	}
+}
+
+// Malformed requests are refused at once, with a status and a reason
+// phrase saying what is wrong (RFC 3261 §16.3 step 1, §8.2), or dropped
+// when no response can be built, and nothing of them goes upstream: on
+// the fast lane (MESSAGE) and on sipgo's transactions (INVITE), whether
+// sipgo's parser reads them or refuses them. Each carries a client's
+// Proxy-Authorization, which the log must not show. The listener serves a
+// normal request afterwards.
+func TestMalformedRequestsRefused(t *testing.T) {
+	e := startHostile(t, hostileOptions{})
+	client := newUDPPeer(t, "127.0.0.1")
+	msg := func(method, callID string) []byte {
+		return request(method, "sip:1002@pbx-a.example.com", client.addr(), callID, 1, clientAuth)
+	}
+	edit := func(b []byte, old, new string) []byte {
+		t.Helper()
+		out := bytes.Replace(b, []byte(old), []byte(new), 1)
+		if bytes.Equal(out, b) {
+			t.Fatalf("%q not in the request", old)
+		}
+		return out
+	}
+	drop := func(b []byte, name string) []byte {
+		t.Helper()
+		i := bytes.Index(b, []byte("\r\n"+name+": "))
+		if i < 0 {
+			t.Fatalf("no %s in the request", name)
+		}
+		j := bytes.Index(b[i+2:], []byte("\r\n"))
+		return append(b[:i:i], b[i+2+j:]...)
+	}
+	for i, tc := range []struct {
+		name string
+		msg  []byte
+		want string // status line prefix; "" for no answer
+	}{
+		{"MESSAGE without Call-ID", drop(msg("MESSAGE", "m1"), "Call-ID"), "SIP/2.0 400 Bad Request (missing Call-ID)"},
+		{"MESSAGE without From", drop(msg("MESSAGE", "m2"), "From"), "SIP/2.0 400 Bad Request (missing From)"},
+		{"MESSAGE without To", drop(msg("MESSAGE", "m3"), "To"), "SIP/2.0 400 Bad Request (missing To)"},
+		{"MESSAGE without CSeq", drop(msg("MESSAGE", "m4"), "CSeq"), "SIP/2.0 400 "},
+		{"INVITE without To", drop(msg("INVITE", "m5"), "To"), "SIP/2.0 400 Bad Request (missing To)"},
+		{"SIP/3.0", edit(msg("MESSAGE", "m6"), " SIP/2.0\r\n", " SIP/3.0\r\n"), "SIP/2.0 505 "},
+		{"NUL in the Request-URI", edit(msg("MESSAGE", "m7"), "sip:1002@", "sip:10\x0002@"), "SIP/2.0 400 Bad Request (control character in Request-URI)"},
+		{"control character in the Request-URI", edit(msg("INVITE", "m8"), "sip:1002@", "sip:10\x0102@"), "SIP/2.0 400 Bad Request (control character in Request-URI)"},
+		{"Max-Forwards -1", edit(msg("MESSAGE", "m9"), "Max-Forwards: 70", "Max-Forwards: -1"), "SIP/2.0 400 Bad Request (malformed Max-Forwards)"},
+		{"Max-Forwards abc", edit(msg("INVITE", "m10"), "Max-Forwards: 70", "Max-Forwards: abc"), "SIP/2.0 400 Bad Request (malformed Max-Forwards)"},
+		{"CSeq method not the request's", edit(msg("MESSAGE", "m11"), "CSeq: 1 MESSAGE", "CSeq: 1 INVITE"), "SIP/2.0 400 Bad Request (CSeq method differs from request method)"},
+		{"two Call-IDs", edit(msg("MESSAGE", "m12"), "Call-ID: m12", "Call-ID: m12\r\nCall-ID: other"), "SIP/2.0 400 Bad Request (more than one Call-ID)"},
+		{"malformed Contact", edit(msg("INVITE", "m13"), "Contact: <sip:1001@", "Contact: <<sip:1001@"), "SIP/2.0 400 Bad Request (malformed Contact)"},
+		{"60 kB header", edit(msg("MESSAGE", "m14"), "Content-Length: 0", "X-Large: "+strings.Repeat("x", 60<<10)+"\r\nContent-Length: 0"), "SIP/2.0 513 Message Too Large"},
+		{"Request-URI the parser refuses", edit(msg("MESSAGE", "m15"), "MESSAGE sip:1002@pbx-a.example.com SIP/2.0", "MESSAGE <sip:1002@pbx-a.example.com> SIP/2.0"), "SIP/2.0 400 Bad Request (unparsable message)"},
+		{"From the parser refuses", edit(msg("INVITE", "m16"), "From: <sip:1001@", "From: <<sip:1001@"), "SIP/2.0 400 Bad Request (unparsable message)"},
+		{"CSeq number out of range", edit(msg("MESSAGE", "m17"), "CSeq: 1 MESSAGE", "CSeq: 36893488147419103232 MESSAGE"), "SIP/2.0 400 Bad Request (unparsable message)"},
+		{"no Via and unparsable", drop(edit(msg("MESSAGE", "m18"), "From: <sip:1001@", "From: <<sip:1001@"), "Via"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			unparsable := e.obs.discards("unparsable")
+			client.send(t, e.udp, tc.msg)
+			callID := fmt.Sprintf("Call-ID: m%d\r\n", i+1)
+			if tc.want == "" {
+				testutil.Eventually(t, "the request dropped and counted", func() bool {
+					return e.obs.discards("unparsable") == unparsable+1 || client.saw("SIP/2.0 ", callID)
+				})
+				if client.saw("SIP/2.0 ", callID) {
+					t.Fatal("answered a request no response can be built for")
+				}
+				return
+			}
+			// Its answer, by its branch (an INVITE's 400 is retransmitted
+			// until an ACK that never comes).
+			branch := fmt.Sprintf(";branch=z9hG4bK-m%d-1;", i+1)
+			got := client.next(t, "SIP/2.0 ", branch)
+			for strings.HasPrefix(firstLine(got.data), "SIP/2.0 100 ") {
+				got = client.next(t, "SIP/2.0 ", branch)
+			}
+			if line := firstLine(got.data); !strings.HasPrefix(line, tc.want) {
+				t.Fatalf("answered %q, want %q", line, tc.want)
+			}
+		})
+	}
+	// The listener still serves, and the upstream gets this request and
+	// nothing before it.
+	client.send(t, e.udp, request("MESSAGE", "sip:1002@pbx-a.example.com", client.addr(), "after", 1))
+	sent := e.upA.next(t, "MESSAGE ")
+	if !bytes.Contains(sent.data, []byte("Call-ID: after")) {
+		t.Fatalf("the upstream got a malformed request:\n%s", sent.data)
+	}
+	e.upA.send(t, sent.src.String(), response(sent.data, "200 OK"))
+	client.next(t, "SIP/2.0 200 ", "Call-ID: after")
+	e.upA.mu.Lock()
+	n := len(e.upA.seen)
+	e.upA.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("the upstream got %d messages, want the last request alone", n)
 	}
 }

@@ -78,14 +78,13 @@ func (p *Proxy) discarded(reason, msg string, from netip.AddrPort) {
 }
 
 // refuseTooLarge answers a request datagram larger than MaxMessageSize
-// with 513 (RFC 3261 §21.5.11) when it parses into a request a response
-// can be built for; anything else is dropped and counted. Such datagrams
-// are rare, so parsing one here (sipgo never sees it) costs the usual
-// path nothing.
+// with 513 (RFC 3261 §21.5.11), built from the request's header lines
+// (rawAnswer: a datagram longer than sipgo's read buffer arrives cut
+// short, and need not parse); one no response can be built for is dropped
+// and counted. sipgo never sees it.
 func (p *Proxy) refuseTooLarge(data []byte, from netip.AddrPort, local net.Addr) {
-	msg, err := p.parser.ParseSIP(data)
-	req, ok := msg.(*sip.Request)
-	if err != nil || !ok || !answerable(req) {
+	res, ok := rawAnswer(data, "513 Message Too Large")
+	if !ok {
 		p.discarded("unparsable", "oversized message dropped", from)
 		return
 	}
@@ -96,10 +95,7 @@ func (p *Proxy) refuseTooLarge(data []byte, from netip.AddrPort, local net.Addr)
 	if p.silentTo(from) {
 		return
 	}
-	req.SetTransport("UDP")
-	req.SetSource(from.String())
-	res := sip.NewResponseFromRequest(req, sip.StatusMessageTooLarge, "Message Too Large", nil)
-	p.answerDatagram(local, from, []byte(res.String()))
+	p.answerDatagram(local, from, res)
 }
 
 // answerable reports whether a response can be built for req: RFC 3261

@@ -80,7 +80,7 @@ func (p *Proxy) parseRefused(data string) {
 	d, ok := p.recent.find(data)
 	var res []byte
 	if ok {
-		res, ok = rawBadRequest([]byte(data))
+		res, ok = rawAnswer([]byte(data), "400 Bad Request (unparsable message)")
 	}
 	if !ok {
 		p.cfg.Observer.Discarded("unparsable")
@@ -95,18 +95,18 @@ func (p *Proxy) parseRefused(data string) {
 	p.answerDatagram(d.local, d.from, res)
 }
 
-// rawBadRequest builds a 400 for a request its bytes alone: the header
-// lines RFC 3261 §8.2.6.2 copies into a response (every Via, From, To with
-// a tag added, Call-ID, CSeq) copied as they are, continuation lines
-// included, since they need not parse. It reports false for what gets no
-// answer: a response, an ACK (§17.1.1.3), a request lacking one of those
-// headers.
-func rawBadRequest(data []byte) ([]byte, bool) {
+// rawAnswer builds a response with status ("400 Bad Request") to a
+// request from its bytes alone: the header lines RFC 3261 §8.2.6.2 copies
+// into a response (every Via, From, To with a tag added, Call-ID, CSeq)
+// copied as they are, continuation lines included, since they need not
+// parse. It reports false for what gets no answer: a response, an ACK
+// (§17.1.1.3), a request lacking one of those headers.
+func rawAnswer(data []byte, status string) ([]byte, bool) {
 	start, rest, ok := cutLine(data)
 	if !ok || isResponseStart(start) || bytes.HasPrefix(start, []byte("ACK ")) {
 		return nil, false
 	}
-	out := []byte("SIP/2.0 400 Bad Request (unparsable message)\r\n")
+	out := []byte("SIP/2.0 " + status + "\r\n")
 	var seen [5]bool // Via, From, To, Call-ID, CSeq
 	copying := false
 	for {
