@@ -379,3 +379,49 @@ func TestMalformedRequestsRefused(t *testing.T) {
 		t.Fatalf("the upstream got %d messages, want the last request alone", n)
 	}
 }
+
+// A flood of datagrams sipgo's parser refuses, each carrying a client's
+// digest response, from a source no group admits: each is counted (and
+// answered 400, the source's only answer), but the log gets one line per
+// sipgoLogInterval (10 s), at WARN, redacted, cut short. The listener
+// serves a normal request afterwards.
+func TestParseFailureFloodLoggedThrottledAndRedacted(t *testing.T) {
+	e := startHostile(t, hostileOptions{})
+	attacker := newUDPPeer(t, refusedHost)
+	bad := request("MESSAGE", "sip:1002@pbx-a.example.com", attacker.addr(), "flood", 1, clientAuth, "X-Pad: "+strings.Repeat("p", 2000))
+	bad = bytes.Replace(bad, []byte("MESSAGE sip:1002@pbx-a.example.com SIP/2.0"), []byte("MESSAGE <sip:1002@pbx-a.example.com> SIP/2.0"), 1)
+	counted := func() int { return e.obs.refusals("bad-request") + e.obs.discards("unparsable") }
+	const flood, batch = 2000, 100
+	start := time.Now()
+	for sent := 0; sent < flood; sent += batch {
+		for range batch {
+			attacker.send(t, e.udp, bad)
+		}
+		// Paced by what authproxy has handled, so that the socket buffer
+		// never overflows.
+		testutil.Eventually(t, "the batch handled", func() bool { return counted() >= sent+batch })
+	}
+	elapsed := time.Since(start)
+
+	logs := e.logs.String()
+	lines := strings.Count(logs, `"msg":"failed to parse"`)
+	if limit := 1 + int(elapsed/(10*time.Second)); lines < 1 || lines > limit {
+		t.Errorf("%d \"failed to parse\" lines for %d datagrams in %v, want 1 to %d", lines, flood, elapsed, limit)
+	}
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "failed to parse") {
+			if !strings.Contains(line, `"level":"WARN"`) || len(line) > 2048 {
+				t.Errorf("parse failure logged at another level than WARN, or not cut short (%d bytes):\n%s", len(line), line)
+			}
+		}
+	}
+	if len(logs) > 64<<10 {
+		t.Errorf("%d bytes of log for the flood", len(logs))
+	}
+
+	client := newUDPPeer(t, "127.0.0.1")
+	client.send(t, e.udp, request("MESSAGE", "sip:1002@pbx-a.example.com", client.addr(), "after-flood", 1))
+	sent := e.upA.next(t, "MESSAGE ", "after-flood")
+	e.upA.send(t, sent.src.String(), response(sent.data, "200 OK"))
+	client.next(t, "SIP/2.0 200 ")
+}
