@@ -30,8 +30,9 @@ type Observer interface {
 	// Discarded reports a message dropped unanswered because of what it
 	// is: "response-source" (a response from elsewhere than where its
 	// request went), "unparsable" (refused by the SIP parser, no response
-	// could be built), "ack-source" (an ACK from another source than its
-	// dialog's client), "malformed-ack".
+	// could be built), "ack-source" (an ACK from a source that may not
+	// send it), "malformed-ack", "stray-response" (a response matching no
+	// request in progress, not relayed).
 	Discarded(reason string)
 	// RequestResent reports a request sent upstream again with answers to
 	// a challenge: one call per re-send, however many realms it answers.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"strings"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -13,6 +14,10 @@ import (
 // Large (RFC 3261 §21.5.11) before it is handled at all, instead of failing
 // when it is sent on.
 const MaxMessageSize = 7680
+
+// statusUnsupportedURIScheme is RFC 3261 §21.4.17's 416 (sipgo names 416
+// after HTTP's range error).
+const statusUnsupportedURIScheme = 416
 
 // messageTooLarge is the one decision on a message's size, for every
 // transport: n bytes is more than authproxy takes.
@@ -31,8 +36,16 @@ func malformedRequest(req *sip.Request) (code int, reason string) {
 		// RFC 3261 §21.5.6, RFC 4475 §3.1.2.16.
 		return sip.StatusVersionNotSupported, "Version Not Supported"
 	}
+	if !routableScheme(req.Recipient.Scheme) {
+		// §16.3 step 2, RFC 4475 §3.3.2.
+		return statusUnsupportedURIScheme, "Unsupported URI Scheme"
+	}
 	if hasControlChar(&req.Recipient) {
 		return sip.StatusBadRequest, "Bad Request (control character in Request-URI)"
+	}
+	if len(req.Recipient.Headers) > 0 {
+		// §19.1.1 Table 1: no headers in a Request-URI (RFC 4475 §3.1.2.11).
+		return sip.StatusBadRequest, "Bad Request (headers in Request-URI)"
 	}
 	switch {
 	case req.Via() == nil:
@@ -45,7 +58,9 @@ func malformedRequest(req *sip.Request) (code int, reason string) {
 		return sip.StatusBadRequest, "Bad Request (missing Call-ID)"
 	case req.CSeq() == nil:
 		return sip.StatusBadRequest, "Bad Request (missing CSeq)"
-	case req.CSeq().MethodName != req.Method:
+	case !strings.EqualFold(string(req.CSeq().MethodName), string(req.Method)):
+		// sipgo upper-cases the request line's method (not CSeq's), so
+		// case cannot tell them apart here.
 		// §8.1.1.5, RFC 4475 §3.1.2.17.
 		return sip.StatusBadRequest, "Bad Request (CSeq method differs from request method)"
 	}
@@ -97,6 +112,12 @@ func badHeader(req *sip.Request) (code int, reason string) {
 		return sip.StatusBadRequest, "Bad Request (more than one Content-Length)"
 	}
 	return 0, ""
+}
+
+// routableScheme reports whether a Request-URI of scheme can be
+// forwarded: sip and sips route by host, tel goes to the default upstream.
+func routableScheme(scheme string) bool {
+	return strings.EqualFold(scheme, "sip") || strings.EqualFold(scheme, "sips") || strings.EqualFold(scheme, "tel")
 }
 
 // hasControlChar reports whether a part of u holds a control character
@@ -194,6 +215,8 @@ func (f *forwarding) refuseMalformed(code int, reason string) {
 	switch code {
 	case sip.StatusVersionNotSupported:
 		outcome = "version-not-supported"
+	case statusUnsupportedURIScheme:
+		outcome = "unsupported-uri-scheme"
 	}
 	f.p.cfg.Observer.Refused(outcome)
 	f.log.Debug("request refused", "reason", reason, "source", f.req.Source())

@@ -129,11 +129,11 @@ func New(version string) *Metrics {
 	}, []string{"upstream", "reason"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "requests_refused_total",
-		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources, bad-request, version-not-supported, message-too-large, cancel-source).",
+		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources, bad-request, version-not-supported, unsupported-uri-scheme, message-too-large, cancel-source).",
 	}, []string{"reason"})
 	m.discarded = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "messages_discarded_total",
-		Help: "Messages dropped unanswered because of what they are, by reason (response-source: a response from elsewhere than where its request went; unparsable; ack-source; malformed-ack).",
+		Help: "Messages dropped unanswered because of what they are, by reason (response-source: a response from elsewhere than where its request went; unparsable; ack-source; malformed-ack; stray-response: a response matching no request in progress).",
 	}, []string{"reason"})
 	m.preemptive = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "preemptive_auth_total",
