@@ -54,6 +54,7 @@ func startPhoneAt(t *testing.T, host, user, transport, proxyAddr string) *phone 
 	ph := &phone{t: t, user: user, transport: transport, proxy: proxyAddr, tag: sip.GenerateTagN(8), changed: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	var closer func()
+	var serve func() error // started once the handlers are in place
 	done := make(chan struct{})
 	if transport == "UDP" {
 		pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
@@ -62,7 +63,7 @@ func startPhoneAt(t *testing.T, host, user, transport, proxyAddr string) *phone 
 		}
 		ph.addr = pc.LocalAddr().String()
 		closer = func() { _ = pc.Close() }
-		go func() { defer close(done); _ = srv.ServeUDP(pc) }()
+		serve = func() error { return srv.ServeUDP(pc) }
 	} else {
 		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
@@ -70,7 +71,7 @@ func startPhoneAt(t *testing.T, host, user, transport, proxyAddr string) *phone 
 		}
 		ph.addr = ln.Addr().String()
 		closer = func() { _ = ln.Close() }
-		go func() { defer close(done); _ = srv.ServeTCP(ln) }()
+		serve = func() error { return srv.ServeTCP(ln) }
 	}
 	bound, port := splitAddr(t, ph.addr)
 	ph.client, err = sipgo.NewClient(ua, sipgo.WithClientHostname(bound), sipgo.WithClientPort(port))
@@ -112,6 +113,9 @@ func startPhoneAt(t *testing.T, host, user, transport, proxyAddr string) *phone 
 	for _, m := range []sip.RequestMethod{sip.INVITE, sip.BYE, sip.NOTIFY, sip.INFO, sip.UPDATE, sip.OPTIONS, sip.MESSAGE, sip.ACK} {
 		srv.OnRequest(m, answer)
 	}
+	// A datagram for an earlier test's socket on the same port may arrive
+	// at once: the handlers must be in place before anything is read.
+	go func() { defer close(done); _ = serve() }()
 	t.Cleanup(func() {
 		cancel()
 		closer()

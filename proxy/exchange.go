@@ -45,7 +45,7 @@ func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 	if err := f.tlsReady(ctx); err != nil {
 		return nil, err
 	}
-	return f.p.client.TransactionRequest(ctx, r, f.p.addVia(f.hop.transport))
+	return f.p.request(ctx, r, f.hop.transport)
 }
 
 // tlsReady makes sure a request to a TLS target has a connection verified
@@ -70,10 +70,18 @@ func (p *Proxy) tlsReady(ctx context.Context, u *upstream, t resolve.Target) err
 }
 
 // addVia returns the option that prepends our Via for a request sent over
-// transport to its destination (an IP:port, set before: setHop).
+// transport to its destination (an IP:port, set before: setHop), its
+// branch pinned to that destination (pinning.go; an ACK gets no response
+// and no pin).
 func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
 	return func(_ *sipgo.Client, r *sip.Request) error {
-		r.PrependHeader(p.newVia(transport, hopAddr(r.Destination()), sip.GenerateBranchN(16)))
+		branch := sip.GenerateBranchN(16)
+		if r.Method != sip.ACK {
+			if err := p.pinRequest(branch, r.Method, transport, r.Destination()); err != nil {
+				return err
+			}
+		}
+		r.PrependHeader(p.newVia(transport, hopAddr(r.Destination()), branch))
 		return nil
 	}
 }

@@ -293,6 +293,10 @@ func (f *forwarding) build() bool {
 // further.
 func (f *forwarding) check() bool {
 	p, req := f.p, f.req
+	if code, reason := malformedRequest(req); code != 0 {
+		f.refuseMalformed(code, reason)
+		return false
+	}
 	if p.lateRetransmission(req) {
 		// Nothing to answer (RFC 6026 §7.1 absorbs it in the Accepted
 		// state that has just ended): logged as handled, not as a failure.
@@ -679,6 +683,7 @@ func (f *forwarding) prepareRelay(res *sip.Response) {
 // respondLocal answers the client ourselves.
 func (f *forwarding) respondLocal(code int, reason, outcome string, hdrs ...sip.Header) {
 	res := sip.NewResponseFromRequest(f.req, code, reason, nil)
+	res.SipVersion = "SIP/2.0" // the only version authproxy speaks, whatever the request's (§21.5.6)
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
@@ -793,6 +798,11 @@ func removeFirst(m headerEditor, name string) {
 // upstream itself.
 func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	log := p.log.With(logMethod, "ACK", logCallID, callID(req))
+	if code, _ := malformedRequest(req); code != 0 {
+		from, _ := netip.ParseAddrPort(req.Source())
+		p.discarded("malformed-ack", "malformed ACK dropped", from)
+		return
+	}
 	if v := req.Via(); v != nil {
 		if b, ok := v.Params.Get("branch"); ok && p.finals.has(b) {
 			return
@@ -805,13 +815,17 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	}
 	if f.toClient {
 		if f.dlg != nil && !f.dlg.fromItsUpstream(f.src) {
+			f.ackRefused()
 			return
 		}
 	} else if g := f.rt.groupFor(f.src); g == nil || !g.allows(f.up.Name) {
-		log.Debug("dropping ACK from a source not admitted")
+		f.ackRefused()
 		return
 	} else {
 		f.group = g
+	}
+	if !f.ackFromDialogClient() {
+		return
 	}
 	if !f.toClient && !f.pickCachedTarget() {
 		log.Debug("dropping ACK: its upstream has no known target")
@@ -845,15 +859,6 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 func (f *forwarding) routeQuiet() bool {
 	f.tx = discardTx{}
 	return f.route()
-}
-
-// handleCancel answers a CANCEL that matched no pending INVITE (sipgo itself
-// handles the ones that do): RFC 3261 §9.2, 481.
-func (p *Proxy) handleCancel(req *sip.Request, tx sip.ServerTransaction) {
-	res := sip.NewResponseFromRequest(req, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
-	if err := tx.Respond(res); err != nil {
-		p.log.Debug("cannot answer CANCEL", "error", err)
-	}
 }
 
 // discardTx stands in for a server transaction where none exists (ACK):

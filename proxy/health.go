@@ -132,7 +132,7 @@ func (p *Proxy) ping(ctx context.Context, u *upstream, t resolve.Target, timeout
 	if err := p.tlsReady(ctx, u, t); err != nil {
 		return 0, 0, fmt.Errorf("send OPTIONS: %w", err)
 	}
-	tx, err := p.client.TransactionRequest(ctx, req, p.addVia(t.Transport))
+	tx, err := p.request(ctx, req, t.Transport)
 	if err != nil {
 		return 0, 0, fmt.Errorf("send OPTIONS: %w", err)
 	}

@@ -91,6 +91,11 @@ type Proxy struct {
 	targets  *targets       // what upstream names resolve to (targets.go)
 	tlsConn  *tlsConnector  // TLS connections to upstream targets, verified for their names (tlsconn.go)
 
+	pins     *pinTable        // where each request with our branch went (pinning.go)
+	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
+	parser   *sip.Parser      // sipgo's parser, lenient about some headers (validate.go)
+	inputLog *logThrottle     // lines about bad input, one per kind and interval
+
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
 	mu        sync.Mutex
@@ -163,6 +168,10 @@ func New(cfg Config) (*Proxy, error) {
 		bindings: newBindingTable(),
 		limiter:  newLimiter(cfg.Limits),
 		local:    newLocalAuth(),
+		pins:     newPinTable(),
+		recent:   newRecentDatagrams(),
+		parser:   sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers())),
+		inputLog: newLogThrottle(sipgoLogInterval),
 	}
 	rt, err := p.newRouting(cfg, ups)
 	if err != nil {
@@ -267,29 +276,33 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return err
 	}
 	p.lane = newFastLane(p)
+	sipgoLog := p.sipgoLogger()
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("authproxy"),
 		sipgo.WithUserAgenTLSConfig(p.upstreamTLS()),
+		sipgo.WithUserAgentParser(p.parser),
 		sipgo.WithUserAgentTransactionLayerOptions(
-			sip.WithTransactionLayerLogger(p.log.With("component", "sipgo")),
+			sip.WithTransactionLayerLogger(sipgoLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.handleStrayResponse),
 			sip.WithTransactionLayerFastLane(p.lane),
+			sip.WithTransactionLayerCancelFilter(p.cancelMatched),
 		),
 		sipgo.WithUserAgentTransportLayerOptions(
-			sip.WithTransportLayerLogger(p.log.With("component", "sipgo")),
+			sip.WithTransportLayerLogger(sipgoLog),
+			sip.WithTransportLayerReadFilter(p.readFilter),
 		),
 	)
 	if err != nil {
 		closeAll(bound)
 		return fmt.Errorf("sip user agent: %w", err)
 	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(p.log.With("component", "sipgo")))
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(sipgoLog))
 	if err != nil {
 		closeAll(bound)
 		_ = ua.Close()
 		return fmt.Errorf("sip server: %w", err)
 	}
-	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(p.log.With("component", "sipgo")))
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(sipgoLog))
 	if err != nil {
 		closeAll(bound)
 		_ = ua.Close()
@@ -399,6 +412,7 @@ loop:
 			p.finals.sweep(now)
 			p.accepted.sweep(now)
 			p.limiter.sweep(now)
+			p.pins.sweep(now)
 		}
 	}
 
