@@ -102,7 +102,7 @@ func TestFramer_Boundaries(t *testing.T) {
 		{
 			name: "KeepAlivesBetween", input: "\r\n\r\n" + options + "\r\n" + message,
 			want: []step{{2, KeepAlive}, {4, Ping}, {4 + len(options), End}, {6 + len(options), KeepAlive},
-				{6 + len(options + message), End}},
+				{6 + len(options+message), End}},
 			wantOut: options + message,
 		},
 		{
