@@ -35,13 +35,21 @@ type Listener struct {
 
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
+	retry     acceptRetry
+}
 
-	// Failed accepts (accept goroutine only).
-	failures   int       // since the last accept that succeeded
-	failedAt   time.Time // first failure of that run
-	announced  bool      // a line about that run was logged
-	unlogged   int       // since the last line logged
-	lastLogged time.Time // of the last "failed" line
+// acceptRetry is the state of a run of failed accepts (accept goroutine
+// only) and the clock it is timed by.
+type acceptRetry struct {
+	now  func() time.Time
+	wait func(d time.Duration, done <-chan struct{}) bool // false: done closed first
+
+	delay      time.Duration // of the last retry; 0 after a success
+	failures   int           // since the last accept that succeeded
+	failedAt   time.Time     // first failure of that run
+	announced  bool          // a line about that run was logged
+	unlogged   int           // failures since the last line logged
+	lastLogged time.Time     // of the last "failed" line
 }
 
 // Listen wraps ln. With tlsConf set, connections are TLS servers with that
@@ -52,7 +60,20 @@ func (g *Guard) Listen(ln net.Listener, tlsConf *tls.Config) *Listener {
 	if tlsConf != nil {
 		transport = "tls"
 	}
-	return &Listener{inner: ln, g: g, tls: tlsConf, name: transport + " " + ln.Addr().String(), done: make(chan struct{})}
+	return &Listener{inner: ln, g: g, tls: tlsConf, name: transport + " " + ln.Addr().String(),
+		done: make(chan struct{}), retry: acceptRetry{now: time.Now, wait: sleep}}
+}
+
+// sleep waits d or until done is closed; it reports whether d passed.
+func sleep(d time.Duration, done <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-done:
+		return false
+	}
 }
 
 // Addr returns the inner listener's address.
@@ -69,25 +90,17 @@ func (l *Listener) Close() error {
 // when the listener is closed (wrapping net.ErrClosed) or fails for good
 // (an error accept cannot recover from by waiting).
 func (l *Listener) Accept() (net.Conn, error) {
-	delay := time.Duration(0)
 	for {
 		raw, err := l.inner.Accept()
 		if err != nil {
 			if !retryable(err) {
 				return nil, err
 			}
-			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
-			l.failed(err, delay)
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-l.done:
-				t.Stop()
+			if !l.retry.wait(l.failed(err), l.done) {
 				return nil, fmt.Errorf("accept: %w", net.ErrClosed)
 			}
 			continue
 		}
-		delay = 0
 		l.recovered()
 		if c := l.admit(raw); c != nil {
 			return c, nil
@@ -140,34 +153,38 @@ func retryable(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// failed counts and logs, at most once per acceptLogEvery, a failed
-// accept.
-func (l *Listener) failed(err error, retryIn time.Duration) {
+// failed counts a failed accept, logs it (at most once per
+// acceptLogEvery) and returns how long to wait before the next one.
+func (l *Listener) failed(err error) time.Duration {
+	r := &l.retry
 	l.g.counts[cAcceptErrors].Add(1)
-	now := time.Now()
-	if l.failures == 0 {
-		l.failedAt, l.announced = now, false
+	r.delay = min(max(2*r.delay, acceptBackoffMin), acceptBackoffMax)
+	now := r.now()
+	if r.failures == 0 {
+		r.failedAt, r.announced = now, false
 	}
-	l.failures++
-	l.unlogged++
-	if !l.lastLogged.IsZero() && now.Sub(l.lastLogged) < acceptLogEvery {
-		return
+	r.failures++
+	r.unlogged++
+	if r.lastLogged.IsZero() || now.Sub(r.lastLogged) >= acceptLogEvery {
+		l.g.log.Warn("accepting a connection failed; retrying", "listener", l.name, "error", err,
+			"retry_in", r.delay, "failures", r.unlogged)
+		r.lastLogged, r.unlogged, r.announced = now, 0, true
 	}
-	l.g.log.Warn("accepting a connection failed; retrying", "listener", l.name, "error", err,
-		"retry_in", retryIn, "failures", l.unlogged)
-	l.lastLogged, l.unlogged, l.announced = now, 0, true
+	return r.delay
 }
 
 // recovered ends a run of failed accepts. It says so when the run was
 // logged, so that accepts failing and succeeding in turn log no more than
 // failures alone would.
 func (l *Listener) recovered() {
-	if l.failures == 0 {
+	r := &l.retry
+	r.delay = 0
+	if r.failures == 0 {
 		return
 	}
-	if l.announced {
-		l.g.log.Info("accepting connections again", "listener", l.name, "failures", l.failures,
-			"after", time.Since(l.failedAt).Round(time.Millisecond))
+	if r.announced {
+		l.g.log.Info("accepting connections again", "listener", l.name, "failures", r.failures,
+			"after", r.now().Sub(r.failedAt).Round(time.Millisecond))
 	}
-	l.failures = 0
+	r.failures = 0
 }
