@@ -111,7 +111,8 @@ var (
 )
 
 // Readiness returns nil when the proxy takes requests: its listeners are
-// bound, it is not shutting down, and, when OPTIONS health checks are on,
+// bound and all still serving, it is not shutting down, and, when OPTIONS
+// health checks are on,
 // at least one upstream is not marked down. One upstream down among
 // several keeps the proxy ready: every instance sees the same upstreams, so
 // failing readiness for one of them would take all instances out and turn
@@ -119,9 +120,13 @@ var (
 func (p *Proxy) Readiness() error {
 	p.mu.Lock()
 	bound := len(p.listeners) > 0
+	stopped := p.stoppedListener()
 	p.mu.Unlock()
 	if !bound {
 		return ErrNotListening
+	}
+	if stopped != nil {
+		return stopped
 	}
 	if p.flight.isDraining() {
 		return ErrDraining
