@@ -279,6 +279,9 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if boot.Runtime != cfg.Runtime {
 		out = append(out, "runtime")
 	}
+	if boot.TCP != cfg.TCP {
+		out = append(out, "tcp")
+	}
 	return out
 }
 
@@ -406,7 +409,22 @@ func (d *daemon) status() admin.Status {
 	for _, r := range p.Registrations() {
 		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State})
 	}
+	st.Listeners, st.ListenersStopped, st.TCP = listenerStatus(p)
 	return st
+}
+
+// listenerStatus is the listeners' and TCP connections' part of /status.
+func listenerStatus(p *proxy.Proxy) ([]admin.Listener, int, admin.TCPConnections) {
+	var ls []admin.Listener
+	stopped := 0
+	for _, l := range p.Listeners() {
+		ls = append(ls, admin.Listener{Transport: l.Transport, Address: l.Address, Serving: l.Serving, Error: l.Error})
+		if !l.Serving {
+			stopped++
+		}
+	}
+	s := p.TCPStats()
+	return ls, stopped, admin.TCPConnections{Open: s.Open, Accepted: s.Accepted, Refused: s.Refused, Closed: s.Closed, AcceptErrors: s.AcceptErrors}
 }
 
 // fileWatcher turns changes of the configuration file into debounced
