@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -201,8 +200,9 @@ func (d *daemon) reload(trigger string) {
 	d.level.Set(cfg.Log.Level)
 
 	restart := restartKeys(d.boot, cfg)
-	if restartNeeded && !slices.Contains(restart, "listen") {
-		restart = append([]string{"listen"}, restart...)
+	if restartNeeded && len(restart) == 0 {
+		// The proxy saw a listener change the comparison above did not.
+		restart = []string{"listen"}
 	}
 	changes := describeChanges(old, cfg)
 	summary := "none"
