@@ -75,6 +75,6 @@
 // TLS, hands the request to a goroutine that continues the usual way with
 // a sipgo client transaction. It exists for latency: at 3,500 requests a
 // second on two shared cores, the goroutines, FSMs, timers and channels of
-// two transactions per request were what authproxy added to the tail
-// (README, "Performance").
+// two transactions per request are what authproxy would add to the tail
+// (docs/performance.md, "The fast lane").
 package proxy

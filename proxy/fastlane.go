@@ -22,8 +22,8 @@ import (
 // as bytes from where it was read (HandleRawResponse, patch 13), or parsed
 // when it is a challenge or unusual. No goroutine, FSM,
 // timer or channel per request: on a machine whose two cores authproxy
-// shares with its PBX, those handoffs were most of its CPU and of the
-// latency it adds (README, "Performance").
+// shares with its PBX, those handoffs are most of its CPU and of the
+// latency it adds (docs/performance.md, "The fast lane").
 //
 // What a client transaction would do is done as follows. Retransmission
 // toward the upstream (Timer E) is the client's: each retransmission of
