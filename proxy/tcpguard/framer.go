@@ -97,6 +97,7 @@ type Framer struct {
 	hdr     []byte
 	hdrOver bool
 	inHdr   bool // a header line has been started and not yet finished
+	folded  bool // the header has continuation lines
 	// bodyLeft is the number of body bytes still to come.
 	bodyLeft int
 	// contentLength is the value of the last Content-Length seen, -1 if
@@ -170,7 +171,7 @@ func (f *Framer) startMessage() {
 	f.size, f.crlfs, f.cr = 0, 0, false
 	f.contentLength = -1
 	f.kept, f.keptOver = f.kept[:0], false
-	f.hdr, f.hdrOver, f.inHdr, f.lineLen = f.hdr[:0], false, false, 0
+	f.hdr, f.hdrOver, f.inHdr, f.folded, f.lineLen = f.hdr[:0], false, false, false, 0
 }
 
 func (f *Framer) endMessage() {
@@ -235,6 +236,7 @@ func (f *Framer) head(data []byte) (int, bool, Event) {
 			if (c == ' ' || c == '\t') && f.inHdr {
 				// RFC 3261 §7.3.1 folding: this line continues the header.
 				f.probe(crlf)
+				f.folded = true
 			} else if !f.finishHeader() {
 				return f.fail(i, true)
 			} else {
@@ -339,9 +341,12 @@ func (f *Framer) finishHeader() bool {
 		return true
 	}
 	f.inHdr = false
-	line := foldHeader(f.hdr)
+	line := f.hdr
+	if f.folded {
+		line = foldHeader(f.hdr)
+	}
 	over := f.hdrOver
-	f.hdr, f.hdrOver = f.hdr[:0], false
+	f.hdr, f.hdrOver, f.folded = f.hdr[:0], false, false
 	colon := bytes.IndexByte(line, ':')
 	if colon < 0 {
 		// sipgo rejects a line without a colon; the framer has no use for
