@@ -190,10 +190,12 @@ func (d *daemon) reload(trigger string) {
 			restartNeeded, err = true, nil
 		}
 	}
+	// Each outcome is counted before it is logged: whoever reads the line
+	// finds the metric already moved.
 	if err != nil {
+		d.metrics.ConfigReloaded(metrics.ReloadRejected)
 		d.log.Error("configuration reload rejected; the running configuration stays",
 			"trigger", trigger, "config", d.source, "errors", errorList(err))
-		d.metrics.ConfigReloaded(metrics.ReloadRejected)
 		return
 	}
 	old := d.cur.Swap(cfg)
@@ -210,13 +212,13 @@ func (d *daemon) reload(trigger string) {
 		summary = strings.Join(changes, "; ")
 	}
 	if len(restart) > 0 {
+		d.metrics.ConfigReloaded(metrics.ReloadRestartRequired)
 		d.log.Warn("configuration reloaded; some changes need a restart to take effect",
 			"trigger", trigger, "changes", summary, "restart_needed", restart)
-		d.metrics.ConfigReloaded(metrics.ReloadRestartRequired)
 		return
 	}
-	d.log.Info("configuration reloaded", "trigger", trigger, "changes", summary)
 	d.metrics.ConfigReloaded(metrics.ReloadOK)
+	d.log.Info("configuration reloaded", "trigger", trigger, "changes", summary)
 }
 
 // errorList returns the messages of every error joined in err, one each,
