@@ -37,6 +37,7 @@ type fileConfig struct {
 	Credential []fileCredential `koanf:"credential"`
 	Client     []fileClient     `koanf:"client"`
 	Limits     fileLimits       `koanf:"limits"`
+	TCP        fileTCP          `koanf:"tcp"`
 	Runtime    fileRuntime      `koanf:"runtime"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
@@ -93,6 +94,15 @@ type fileLimits struct {
 	BlockFor     string `koanf:"block_for"`
 	MaxSources   int    `koanf:"max_sources"`
 	Deny         string `koanf:"deny"`
+}
+
+type fileTCP struct {
+	MaxConnections          int    `koanf:"max_connections"`
+	MaxConnectionsPerSource int    `koanf:"max_connections_per_source"`
+	IdleTimeout             string `koanf:"idle_timeout"`
+	MessageTimeout          string `koanf:"message_timeout"`
+	HandshakeTimeout        string `koanf:"handshake_timeout"`
+	MaxMessageSize          int    `koanf:"max_message_size"`
 }
 
 type fileRuntime struct {
@@ -183,7 +193,7 @@ func isSecretKey(name string) bool {
 func isDurationKey(name string) bool {
 	switch name {
 	case "shutdown_grace", "options_interval", "timer_c", "dialog_idle_timeout", "failover_timeout",
-		"min_ttl", "max_ttl", "timeout", "block_for":
+		"min_ttl", "max_ttl", "timeout", "block_for", "idle_timeout", "message_timeout", "handshake_timeout":
 		return true
 	}
 	return false
@@ -232,6 +242,14 @@ auth_failures = 5
 block_for = "5m"
 max_sources = 100000
 deny = "reject"
+
+[tcp]
+max_connections = 10000
+max_connections_per_source = 500
+idle_timeout = "1h"
+message_timeout = "10s"
+handshake_timeout = "10s"
+max_message_size = 65535
 
 [runtime]
 max_procs = 0
