@@ -405,43 +405,75 @@ var coreMethods = []sip.RequestMethod{sip.REGISTER, sip.OPTIONS, sip.MESSAGE, si
 // TestEveryMethodToEveryUpstream is the core product: a client without a
 // password gets 200 from both upstreams for every method, over both client
 // transports and both upstream transports, against upstreams as strict as
-// Asterisk (401 for everything) and Kamailio (407 outside REGISTER), and
-// each upstream only ever sees its own account.
+// Asterisk (401 for everything) and Kamailio (407 outside REGISTER), under
+// the default configuration (preemptive answers) and with preemptive off.
+// Both upstreams challenge with the same realm; what each received on the
+// wire shows only its own account. Under the default, the first request of
+// a method to an upstream is challenged and every later one carries an
+// answer from the first try; with preemptive off every request is
+// challenged once.
 func TestEveryMethodToEveryUpstream(t *testing.T) {
-	for _, tc := range []struct {
-		profile pbxProfile
-		upTCP   bool
-	}{{asteriskProfile, false}, {asteriskProfile, true}, {kamailioProfile, false}, {kamailioProfile, true}} {
-		profile, upTCP := tc.profile, tc.upTCP
-		t.Run(fmt.Sprintf("%s/upstream_tcp=%v", profile, upTCP), func(t *testing.T) {
-			h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile})
-			for _, transport := range []string{"udp", "tcp"} {
-				for _, m := range coreMethods {
-					for _, target := range []struct {
-						domain, user string
-						pbx          *fakepbx.Server
-					}{{"pbx-a.example.com", "1001", h.A}, {"pbx-b.example.com", "2001", h.B}} {
-						t.Run(fmt.Sprintf("%s/%s/%s", transport, m, target.domain), func(t *testing.T) {
-							before := len(target.pbx.Requests())
-							res := h.final(t, transport, clientRequest{Method: m, RequestURI: ruriFor(m, target.domain, target.user), FromUser: target.user})
-							if res.StatusCode != 200 {
-								t.Fatalf("status %d %s, want 200", res.StatusCode, res.Reason)
-							}
-							reqs := target.pbx.Requests()[before:]
-							if len(reqs) != 2 || reqs[0].Authenticated || !reqs[1].Authenticated {
-								t.Fatalf("upstream saw %d requests, want challenge then authenticated: %+v", len(reqs), summarize(reqs))
-							}
-							if reqs[1].CSeq != reqs[0].CSeq+1 {
-								t.Fatalf("re-send CSeq %d after %d, want +1", reqs[1].CSeq, reqs[0].CSeq)
-							}
-						})
-					}
-				}
-			}
-			assertOnlyUsernames(t, "pbx-a", h.A, "alice")
-			assertOnlyUsernames(t, "pbx-b", h.B, "bob")
-		})
+	for _, pm := range preemptiveModes(t) {
+		for _, tc := range []struct {
+			profile pbxProfile
+			upTCP   bool
+		}{{asteriskProfile, false}, {asteriskProfile, true}, {kamailioProfile, false}, {kamailioProfile, true}} {
+			t.Run(fmt.Sprintf("%s/%s/upstream_tcp=%v", pm.name, tc.profile, tc.upTCP), func(t *testing.T) {
+				testEveryMethodToEveryUpstream(t, pm, tc.profile, tc.upTCP)
+			})
+		}
 	}
+}
+
+// testEveryMethodToEveryUpstream is one case of TestEveryMethodToEveryUpstream.
+func testEveryMethodToEveryUpstream(t *testing.T, pm preemptiveMode, profile pbxProfile, upTCP bool) {
+	h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile, Preemptive: pm.mode,
+		A: fakepbx.Config{Clock: frozenClock()}, B: fakepbx.Config{Clock: frozenClock()}})
+	challenged := map[string]bool{} // method and upstream challenged once already
+	preemptive := map[string]int{}  // upstream -> requests accepted without a challenge
+	for _, transport := range []string{"udp", "tcp"} {
+		for _, m := range coreMethods {
+			for _, target := range []struct {
+				name, domain, user string
+				pbx                *fakepbx.Server
+			}{{"pbx-a", "pbx-a.example.com", "1001", h.A}, {"pbx-b", "pbx-b.example.com", "2001", h.B}} {
+				t.Run(fmt.Sprintf("%s/%s/%s", transport, m, target.domain), func(t *testing.T) {
+					before, challenges := len(target.pbx.Requests()), target.pbx.Challenges()
+					res := h.final(t, transport, clientRequest{Method: m, RequestURI: ruriFor(m, target.domain, target.user), FromUser: target.user})
+					if res.StatusCode != 200 {
+						t.Fatalf("status %d %s, want 200", res.StatusCode, res.Reason)
+					}
+					reqs := target.pbx.Requests()[before:]
+					key := string(m) + "/" + target.name
+					if pm.on() && challenged[key] {
+						// The upstream challenged this method before and
+						// accepted the answer: this one carries an answer
+						// computed from that challenge, and is accepted.
+						if len(reqs) != 1 || !reqs[0].Authenticated || len(reqs[0].Authorization) == 0 {
+							t.Fatalf("upstream saw %v, want one request accepted with a preemptive answer", summarize(reqs))
+						}
+						if n := target.pbx.Challenges() - challenges; n != 0 {
+							t.Fatalf("upstream sent %d challenges, want none", n)
+						}
+						preemptive[target.name]++
+						return
+					}
+					if len(reqs) != 2 || reqs[0].Authenticated || len(reqs[0].Authorization) != 0 || !reqs[1].Authenticated {
+						t.Fatalf("upstream saw %d requests, want challenge then authenticated: %+v", len(reqs), summarize(reqs))
+					}
+					if reqs[1].CSeq != reqs[0].CSeq+1 {
+						t.Fatalf("re-send CSeq %d after %d, want +1", reqs[1].CSeq, reqs[0].CSeq)
+					}
+					challenged[key] = true
+				})
+			}
+		}
+	}
+	if pm.on() && (preemptive["pbx-a"] == 0 || preemptive["pbx-b"] == 0) {
+		t.Errorf("preemptive answers accepted: %v; want some at each upstream, or the isolation below proves nothing of them", preemptive)
+	}
+	assertOnlyUsernames(t, "pbx-a", h.A, "alice")
+	assertOnlyUsernames(t, "pbx-b", h.B, "bob")
 }
 
 func summarize(rs []fakepbx.Request) []string {

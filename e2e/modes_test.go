@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/proxy"
+)
+
+// preemptiveMode is one preemptive setting the main scenarios run under.
+type preemptiveMode struct {
+	name string
+	mode proxy.Preemptive
+}
+
+// on reports whether requests of every method may carry answers before a
+// challenge.
+func (m preemptiveMode) on() bool { return m.mode == proxy.PreemptiveAll }
+
+// preemptiveModes are the settings the main scenarios run under: the
+// product's default, as users run it (what an [[upstream]] without the
+// key gets), and off (the plain challenge exchange on every request).
+func preemptiveModes(t *testing.T) []preemptiveMode {
+	t.Helper()
+	return []preemptiveMode{{"preemptive=default", productDefaultPreemptive(t)}, {"preemptive=off", proxy.PreemptiveOff}}
+}
+
+// productDefaultPreemptive reads the preemptive mode an upstream gets when
+// its configuration does not name one, from the config package itself, so
+// that the "default" scenarios follow the product if the default changes.
+func productDefaultPreemptive(t *testing.T) proxy.Preemptive {
+	t.Helper()
+	cfg, err := config.Parse([]byte(`
+[[listen]]
+address = "127.0.0.1:5060"
+[[upstream]]
+name = "u"
+address = "127.0.0.2:5060"
+[[client]]
+name = "c"
+networks = ["127.0.0.0/8"]
+upstreams = ["*"]
+`), config.WithLookupEnv(func(string) (string, bool) { return "", false }))
+	if err != nil {
+		t.Fatalf("parse a minimal configuration: %v", err)
+	}
+	m, err := proxy.ParsePreemptive(cfg.Upstreams[0].Preemptive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// frozenClock is a fake PBX clock that never moves: nonces never expire,
+// so that how many requests reach the upstream does not depend on how long
+// a busy machine takes to run the scenario.
+func frozenClock() func() time.Time {
+	return fakepbx.NewManualClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)).Now
+}
