@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,9 @@ import (
 type preemptiveMode struct {
 	name string
 	mode proxy.Preemptive
+	// toml is the upstream's preemptive key in a configuration file, ""
+	// for none (the default).
+	toml string
 }
 
 // on reports whether requests of every method may carry answers before a
@@ -24,7 +28,17 @@ func (m preemptiveMode) on() bool { return m.mode == proxy.PreemptiveAll }
 // key gets), and off (the plain challenge exchange on every request).
 func preemptiveModes(t *testing.T) []preemptiveMode {
 	t.Helper()
-	return []preemptiveMode{{"preemptive=default", productDefaultPreemptive(t)}, {"preemptive=off", proxy.PreemptiveOff}}
+	return []preemptiveMode{{"preemptive=default", productDefaultPreemptive(t), ""}, {"preemptive=off", proxy.PreemptiveOff, `preemptive = "off"`}}
+}
+
+// applyTOML sets every upstream of a configuration from authproxyTOML
+// (which writes preemptive = "off") to this mode.
+func (m preemptiveMode) applyTOML(conf string) string {
+	repl := ""
+	if m.toml != "" {
+		repl = m.toml + "\n"
+	}
+	return strings.ReplaceAll(conf, "preemptive = \"off\"\n", repl)
 }
 
 // productDefaultPreemptive reads the preemptive mode an upstream gets when
