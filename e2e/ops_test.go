@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -261,16 +262,26 @@ func (h *opsHarness) scrape(t *testing.T) metricsSnapshot {
 	return parseExposition(t, body)
 }
 
-// expectMetric fails unless the sum of the matching samples is want.
+// expectMetric fails unless samples match and their sum is want; a
+// missing series fails, whatever want is.
 func expectMetric(t *testing.T, ms metricsSnapshot, name string, match map[string]string, want float64) {
 	t.Helper()
 	got, found := ms.sum(name, match)
-	if want != 0 && !found {
+	if !found {
 		t.Errorf("%s%v: no sample, want %v", name, match, want)
 		return
 	}
 	if got != want {
 		t.Errorf("%s%v = %v, want %v", name, match, got, want)
+	}
+}
+
+// expectMetricZeroOrAbsent fails unless the matching samples sum to 0 or
+// there are none: for a labelled counter, which exists only once counted.
+func expectMetricZeroOrAbsent(t *testing.T, ms metricsSnapshot, name string, match map[string]string) {
+	t.Helper()
+	if got, _ := ms.sum(name, match); got != 0 {
+		t.Errorf("%s%v = %v, want 0 or no sample", name, match, got)
 	}
 }
 
@@ -326,11 +337,11 @@ func TestOpsMetricsScenario(t *testing.T) {
 	expectMetric(t, ms, "authproxy_challenges_answered_total", lbl{"upstream": "pbx-a", "realm": "asterisk"}, 2*toA)
 	expectMetric(t, ms, "authproxy_challenges_answered_total", lbl{"upstream": "pbx-b", "realm": "asterisk"}, registersB+1)
 	expectMetric(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-a"}, toA)
-	expectMetric(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-b"}, 0)
+	expectMetricZeroOrAbsent(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-b"})
 	expectMetric(t, ms, "authproxy_retries_total", lbl{"upstream": "pbx-a"}, 2*toA)
 	expectMetric(t, ms, "authproxy_retries_total", lbl{"upstream": "pbx-b"}, registersB+1)
 	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-b", "reason": "rejected"}, 1)
-	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a"}, 0)
+	expectMetricZeroOrAbsent(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a"})
 	expectMetric(t, ms, "authproxy_request_outcomes_total", lbl{"upstream": "none", "outcome": "no-route"}, 1)
 	expectMetric(t, ms, "authproxy_request_duration_seconds_count", lbl{"method": "MESSAGE"}, messagesA+2)
 	expectMetric(t, ms, "authproxy_request_duration_seconds_count", lbl{"method": "REGISTER"}, registersB)
@@ -547,17 +558,32 @@ func TestOpsHealthChallengingUpstreams(t *testing.T) {
 		t.Errorf("pings answered by pbx-a = %v", v)
 	}
 	// Health pings are not client requests.
-	expectMetric(t, ms, "authproxy_requests_total", lbl{}, 0)
+	expectMetricZeroOrAbsent(t, ms, "authproxy_requests_total", lbl{})
 
-	// Turning health checks off by reload forgets the states.
+	// With the dead upstream the only one left, every upstream is down:
+	// not ready.
+	cfg.Upstreams = cfg.Upstreams[len(cfg.Upstreams)-1:]
+	if err := h.Proxy.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Proxy.Readiness(); !errors.Is(err, proxy.ErrNoUpstreamUp) {
+		t.Fatalf("Readiness with every upstream down: %v, want %v", err, proxy.ErrNoUpstreamUp)
+	}
+	if code, body := httpGet(t, h.admin+"/readyz"); code != 503 {
+		t.Fatalf("/readyz with every upstream down: %d %s, want 503", code, body)
+	}
+	// Turning health checks off by reload forgets the states: ready again
+	// as soon as the interval is 0 (the checker forgets them on its next
+	// turn).
 	cfg.Health = proxy.HealthCheck{}
 	if err := h.Proxy.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
-	// Readiness ignores the states as soon as the interval is 0 (the
-	// checker forgets them on its next turn).
 	if err := h.Proxy.Readiness(); err != nil {
 		t.Errorf("Readiness with health checks off: %v", err)
+	}
+	if code, body := httpGet(t, h.admin+"/readyz"); code != 200 {
+		t.Errorf("/readyz with health checks off: %d %s, want 200", code, body)
 	}
 }
 
