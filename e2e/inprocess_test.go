@@ -719,9 +719,35 @@ func TestProxyRules(t *testing.T) {
 		}
 	})
 	t.Run("unknown host is never forwarded", func(t *testing.T) {
-		res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@attacker.example.net", FromUser: "1001"})
-		if res.StatusCode != 404 {
-			t.Fatalf("status %d, want 404", res.StatusCode)
+		for _, tp := range []string{"udp", "tcp"} {
+			mark := h.upstreamMark()
+			res := h.final(t, tp, clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@attacker.example.net", FromUser: "1001"})
+			if res.StatusCode != 404 {
+				t.Fatalf("%s: status %d, want 404", tp, res.StatusCode)
+			}
+			h.assertNoUpstreamTrafficSince(t, mark)
+		}
+	})
+	t.Run("proxy-require", func(t *testing.T) {
+		// §16.3 step 5: authproxy supports no extension a proxy must
+		// understand; each one asked for is named in Unsupported.
+		for _, tp := range []string{"udp", "tcp"} {
+			mark := h.upstreamMark()
+			res := h.final(t, tp, clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001",
+				Headers: []sip.Header{sip.NewHeader("Proxy-Require", "foo"), sip.NewHeader("Proxy-Require", "bar, baz")}})
+			if res.StatusCode != 420 {
+				t.Fatalf("%s: status %d, want 420 Bad Extension", tp, res.StatusCode)
+			}
+			var unsupported []string
+			for _, u := range res.GetHeaders("Unsupported") {
+				for _, v := range strings.Split(u.Value(), ",") {
+					unsupported = append(unsupported, strings.TrimSpace(v))
+				}
+			}
+			if strings.Join(unsupported, ",") != "foo,bar,baz" {
+				t.Fatalf("%s: Unsupported %q, want foo, bar, baz", tp, unsupported)
+			}
+			h.assertNoUpstreamTrafficSince(t, mark)
 		}
 	})
 	t.Run("client authorization stripped", func(t *testing.T) {

@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
+
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/proxy"
@@ -72,4 +75,34 @@ upstreams = ["*"]
 // a busy machine takes to run the scenario.
 func frozenClock() func() time.Time {
 	return fakepbx.NewManualClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)).Now
+}
+
+// upstreamMark is how many requests each fake PBX had received.
+type upstreamMark struct{ a, b int }
+
+func (h *harness) upstreamMark() upstreamMark {
+	return upstreamMark{len(h.A.Requests()), len(h.B.Requests())}
+}
+
+// assertNoUpstreamTrafficSince fails if anything but a barrier reached
+// either fake PBX since mark. The barrier is one MESSAGE to each upstream,
+// sent and answered now: a request authproxy had forwarded before
+// answering the client would have been recorded by then.
+func (h *harness) assertNoUpstreamTrafficSince(t *testing.T, mark upstreamMark) {
+	t.Helper()
+	for _, up := range []struct {
+		name, domain string
+		pbx          *fakepbx.Server
+		since        int
+	}{{"pbx-a", "pbx-a.example.com", h.A, mark.a}, {"pbx-b", "pbx-b.example.com", h.B, mark.b}} {
+		barrier := uuid.NewString()
+		if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:barrier@" + up.domain, FromUser: "1001", CallID: barrier}); res.StatusCode != 200 {
+			t.Fatalf("barrier MESSAGE to %s: %d", up.name, res.StatusCode)
+		}
+		for _, r := range up.pbx.Requests()[up.since:] {
+			if r.CallID != barrier {
+				t.Errorf("%s received a request it should never have: %v", up.name, summarize([]fakepbx.Request{r}))
+			}
+		}
+	}
 }
