@@ -19,6 +19,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // opsBinary is a running authproxy binary with the addresses it logged.
@@ -259,16 +260,15 @@ func TestOpsBinaryReloadWatch(t *testing.T) {
 	}
 }
 
-// TestOpsBinarySIGTERMDrains: SIGTERM lets the request in flight finish,
-// answers new INVITEs 503 meanwhile, keeps /healthz up and /readyz down
-// while draining, then exits 0.
-func TestOpsBinarySIGTERMDrains(t *testing.T) {
-	r := startResponder(t, "127.0.0.9")
-	r.delay.Store(int64(time.Second))
-	toml := fmt.Sprintf(`[log]
+// sigtermTOML is a configuration whose only upstream is r (the default),
+// with a trunk registration on it (unregistered at shutdown), the admin
+// listener on and shutdown_grace long enough that only the requests in
+// flight decide when draining ends.
+func sigtermTOML(r *responder) string {
+	return fmt.Sprintf(`[log]
 format = "json"
 [proxy]
-shutdown_grace = "5s"
+shutdown_grace = "60s"
 [admin]
 address = "127.0.0.1:0"
 [[listen]]
@@ -278,45 +278,72 @@ address = "127.0.0.1:0"
 name = "slow"
 address = %s
 default = true
+[[registration]]
+upstream = "slow"
+aor = "sip:trunk@slow.example.com"
 `, tomlString(r.addr()))
-	b := startOpsBinary(t, toml)
+}
 
-	type result struct {
-		res *sip.Response
-		err error
-	}
-	inFlight := make(chan result, 1)
+// startHeldMessage sends a MESSAGE through b that r holds, and returns once
+// r has it, with the channel its final response arrives on.
+func startHeldMessage(t *testing.T, b *opsBinary, r *responder) (<-chan *sip.Response, <-chan error) {
+	t.Helper()
+	r.holdMessages.Store(true)
 	req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1@slow.example.com", FromUser: "1001"}.build(t)
+	resc, errc := make(chan *sip.Response, 1), make(chan error, 1)
 	go func() {
 		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", req)
-		inFlight <- result{res, err}
+		if err != nil {
+			errc <- err
+			return
+		}
+		resc <- res
 	}()
 	select {
 	case <-r.messages:
-	case <-time.After(5 * time.Second):
+	case err := <-errc:
+		t.Fatalf("MESSAGE: %v", err)
+	case <-time.After(testutil.EventuallyLimit):
 		t.Fatal("the MESSAGE never reached the upstream")
 	}
+	return resc, errc
+}
+
+// TestOpsBinarySIGTERMDrains: from SIGTERM on, every new request is
+// answered 503 with Retry-After and never forwarded (a new INVITE, and an
+// in-dialog BYE), also while the trunk registration is being unregistered
+// (the registrar never answers the unregister: authproxy waits its 2 s for
+// it); the request in flight finishes with its 200; /healthz stays up and
+// /readyz says shutting down; then authproxy exits 0. Each request is sent
+// once.
+func TestOpsBinarySIGTERMDrains(t *testing.T) {
+	r := startResponder(t, "127.0.0.9")
+	r.ignoreUnregister.Store(true)
+	b := startOpsBinary(t, sigtermTOML(r))
+	b.waitLog(t, "registered", 1)
+	inFlight, inFlightErr := startHeldMessage(t, b, r)
 
 	b.signal(t, syscall.SIGTERM)
 	b.waitLog(t, "shutting down", 1)
-	// "shutting down" is logged as draining starts; a new INVITE is
-	// refused from then on (retried in case it raced the log line).
-	got := 0
-	for range 5 {
-		inv := clientRequest{Method: sip.INVITE, RequestURI: "sip:2@slow.example.com", FromUser: "1001"}.build(t)
-		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", inv)
+	refused := map[string]string{}
+	for _, c := range []clientRequest{
+		{Method: sip.INVITE, RequestURI: "sip:2@slow.example.com", FromUser: "1001"},
+		{Method: sip.BYE, RequestURI: "sip:2@slow.example.com", FromUser: "1001", Headers: []sip.Header{sip.NewHeader("X-In-Dialog", "yes")}},
+	} {
+		req := c.build(t)
+		if c.Method == sip.BYE {
+			req.To().Params.Add("tag", "callee-tag")
+		}
+		refused[string(c.Method)] = req.CallID().Value()
+		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", req)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s while draining: %v", c.Method, err)
 		}
-		if got = res.StatusCode; got == 503 {
-			if ra := res.GetHeader("Retry-After"); ra == nil {
-				t.Error("503 without Retry-After")
-			}
-			break
+		if res.StatusCode != 503 {
+			t.Errorf("%s while draining: %d %s, want 503", c.Method, res.StatusCode, res.Reason)
+		} else if ra := res.GetHeader("Retry-After"); ra == nil || strings.TrimSpace(ra.Value()) != "5" {
+			t.Errorf("%s while draining: 503 with Retry-After %v, want 5", c.Method, ra)
 		}
-	}
-	if got != 503 {
-		t.Fatalf("new INVITE while draining: %d, want 503", got)
 	}
 	if code, _ := httpGet(t, b.admin+"/healthz"); code != 200 {
 		t.Errorf("/healthz while draining: %d, want 200", code)
@@ -325,13 +352,18 @@ default = true
 		t.Errorf("/readyz while draining: %d %q, want 503 shutting down", code, body)
 	}
 
-	res := <-inFlight
-	if res.err != nil || res.res.StatusCode != 200 {
-		t.Fatalf("request in flight at SIGTERM: %v %v, want 200", res.res, res.err)
+	r.releaseMessages()
+	select {
+	case res := <-inFlight:
+		if res.StatusCode != 200 {
+			t.Fatalf("request in flight at SIGTERM: %d, want 200", res.StatusCode)
+		}
+	case err := <-inFlightErr:
+		t.Fatalf("request in flight at SIGTERM: %v, want 200", err)
 	}
 	select {
 	case <-b.proc.Done():
-	case <-time.After(10 * time.Second):
+	case <-time.After(testutil.EventuallyLimit):
 		t.Fatal("authproxy did not exit after draining")
 	}
 	if err := b.proc.Err(); err != nil {
@@ -339,5 +371,13 @@ default = true
 	}
 	if !strings.Contains(b.Logs(), `"msg":"stopped"`) {
 		t.Error("no stopped line")
+	}
+	// The process is gone: whatever it forwarded has arrived.
+	for _, m := range r.methods() {
+		for method, id := range refused {
+			if m == method+" "+id {
+				t.Errorf("the %s refused while draining reached the upstream", method)
+			}
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -367,17 +368,24 @@ func TestOpsMetricsScenario(t *testing.T) {
 }
 
 // responder is a minimal SIP upstream on UDP that answers every request
-// 200 (INVITE 486), or nothing while silent; MESSAGEs after delay.
+// 200 (INVITE 486), or nothing while silent; with holdMessages, MESSAGEs
+// only once released, and with ignoreUnregister, no REGISTER with
+// Expires: 0. It records what it received.
 type responder struct {
 	pc      net.PacketConn
 	silent  atomic.Bool
-	delay   atomic.Int64 // for MESSAGE, in ns
 	options struct {
 		answered, ignored atomic.Int64
 	}
-	messages chan struct{} // a MESSAGE arrived (non-blocking send)
-	wg       sync.WaitGroup
-	stop     chan struct{}
+	holdMessages     atomic.Bool
+	ignoreUnregister atomic.Bool
+	held             chan struct{} // closed by releaseMessages
+	releaseOnce      sync.Once
+	messages         chan struct{} // a MESSAGE arrived (non-blocking send)
+	mu               sync.Mutex
+	received         []string // "METHOD Call-ID" of every request, retransmissions included
+	wg               sync.WaitGroup
+	stop             chan struct{}
 }
 
 func startResponder(t *testing.T, host string) *responder {
@@ -386,7 +394,7 @@ func startResponder(t *testing.T, host string) *responder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &responder{pc: pc, messages: make(chan struct{}, 16), stop: make(chan struct{})}
+	r := &responder{pc: pc, messages: make(chan struct{}, 16), held: make(chan struct{}), stop: make(chan struct{})}
 	r.wg.Add(1)
 	go r.serve()
 	t.Cleanup(func() {
@@ -398,6 +406,22 @@ func startResponder(t *testing.T, host string) *responder {
 }
 
 func (r *responder) addr() string { return r.pc.LocalAddr().String() }
+
+// releaseMessages answers the MESSAGEs held so far, and later ones at once.
+func (r *responder) releaseMessages() { r.releaseOnce.Do(func() { close(r.held) }) }
+
+// methods returns the distinct "METHOD Call-ID" pairs received, in order.
+func (r *responder) methods() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, m := range r.received {
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
 
 func (r *responder) serve() {
 	defer r.wg.Done()
@@ -412,6 +436,13 @@ func (r *responder) serve() {
 		if err != nil || !ok || req.IsAck() {
 			continue
 		}
+		cid := ""
+		if h := req.CallID(); h != nil {
+			cid = h.Value()
+		}
+		r.mu.Lock()
+		r.received = append(r.received, string(req.Method)+" "+cid)
+		r.mu.Unlock()
 		if req.Method == sip.OPTIONS {
 			if r.silent.Load() {
 				r.options.ignored.Add(1)
@@ -421,12 +452,15 @@ func (r *responder) serve() {
 		} else if r.silent.Load() {
 			continue
 		}
-		code, reason, delay := 200, "OK", time.Duration(0)
+		if req.Method == sip.REGISTER && r.ignoreUnregister.Load() && isUnregister(req) {
+			continue
+		}
+		code, reason, hold := 200, "OK", false
 		switch req.Method {
 		case sip.INVITE:
 			code, reason = 486, "Busy Here"
 		case sip.MESSAGE:
-			delay = time.Duration(r.delay.Load())
+			hold = r.holdMessages.Load()
 			select {
 			case r.messages <- struct{}{}:
 			default:
@@ -436,9 +470,9 @@ func (r *responder) serve() {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			if delay > 0 {
+			if hold {
 				select {
-				case <-time.After(delay):
+				case <-r.held:
 				case <-r.stop:
 					return
 				}
@@ -446,6 +480,21 @@ func (r *responder) serve() {
 			_, _ = r.pc.WriteTo([]byte(res.String()), from)
 		}()
 	}
+}
+
+// isUnregister reports whether a REGISTER asks for expiry 0.
+func isUnregister(req *sip.Request) bool {
+	if h := req.GetHeader("Expires"); h != nil && strings.TrimSpace(h.Value()) == "0" {
+		return true
+	}
+	for _, h := range req.GetHeaders("Contact") {
+		if c, ok := h.(*sip.ContactHeader); ok {
+			if v, ok := c.Params.Get("expires"); ok && strings.TrimSpace(v) == "0" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TestOpsReadinessFollowsUpstreamHealth: with OPTIONS health checks on,
