@@ -7,8 +7,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -379,5 +381,42 @@ func TestOpsBinarySIGTERMDrains(t *testing.T) {
 				t.Errorf("the %s refused while draining reached the upstream", method)
 			}
 		}
+	}
+}
+
+// TestOpsBinarySecondSignalExits1: a second SIGTERM or SIGINT ends
+// authproxy at once with status 1, whatever is still in flight: sent back
+// to back with the first (a SIGINT after a SIGTERM: the kernel merges a
+// signal with a pending one of the same kind), and once draining has
+// begun.
+func TestOpsBinarySecondSignalExits1(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		second       syscall.Signal
+		waitDraining bool
+	}{{"back-to-back", syscall.SIGINT, false}, {"while-draining", syscall.SIGTERM, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startResponder(t, "127.0.0.9")
+			b := startOpsBinary(t, sigtermTOML(r))
+			b.waitLog(t, "registered", 1)
+			startHeldMessage(t, b, r)
+			b.signal(t, syscall.SIGTERM)
+			if tc.waitDraining {
+				b.waitLog(t, "shutting down", 1)
+			}
+			b.signal(t, tc.second)
+			select {
+			case <-b.proc.Done():
+			case <-time.After(testutil.EventuallyLimit):
+				t.Fatal("authproxy did not exit after the second signal (the held request keeps it draining for 60 s)")
+			}
+			var ee *exec.ExitError
+			if err := b.proc.Err(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("exit: %v, want status 1\n%s", err, b.Logs())
+			}
+			if strings.Contains(b.Logs(), `"msg":"stopped"`) {
+				t.Error("stopped as after draining: the second signal did not end it at once")
+			}
+		})
 	}
 }
