@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -93,9 +94,19 @@ func (rc *rawClient) send(c clientRequest) string {
 	return req.CallID().Value()
 }
 
+// sendRaw sends text, in which %[1]s stands for this socket's host:port.
+func (rc *rawClient) sendRaw(text string) {
+	rc.t.Helper()
+	msg := strings.ReplaceAll(text, "%[1]s", net.JoinHostPort(rc.host, strconv.Itoa(rc.port)))
+	if _, err := rc.pc.WriteTo([]byte(msg), rc.dst); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
 // readUntilFinal reads datagrams until the final response for callID and
-// returns the Call-IDs of every other response read before it.
-func (rc *rawClient) readUntilFinal(callID string) (others []string) {
+// returns it, with the Call-IDs and statuses of every other response read
+// before it.
+func (rc *rawClient) readUntilFinal(callID string) (final *sip.Response, others []string) {
 	rc.t.Helper()
 	buf := make([]byte, 65535)
 	_ = rc.pc.SetReadDeadline(time.Now().Add(testutil.EventuallyLimit))
@@ -114,7 +125,7 @@ func (rc *rawClient) readUntilFinal(callID string) (others []string) {
 			continue
 		}
 		if res.StatusCode >= 200 {
-			return others
+			return res, others
 		}
 	}
 }
@@ -195,7 +206,8 @@ func TestDenyDrop(t *testing.T) {
 				return refused == 1 && done == 1
 			})
 			barrierID := barrierClient.send(clientRequest{Method: sip.MESSAGE, RequestURI: "sip:2002@pbx-b.example.com", FromUser: "2001"})
-			for _, id := range barrierClient.readUntilFinal(barrierID) {
+			_, others := barrierClient.readUntilFinal(barrierID)
+			for _, id := range others {
 				t.Errorf("the client got a response before the barrier's: %s (the refused request is %s)", id, refusedID)
 			}
 			if refusedClient != barrierClient {
