@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -786,15 +787,22 @@ func TestProxyRules(t *testing.T) {
 }
 
 // TestNoSecretsInLogsOrResponses runs challenged exchanges with debug logs
-// and SIP traces on, then greps everything for every configured password.
+// and SIP traces on, under the default configuration (so preemptive
+// answers are computed too), then greps everything authproxy logged or
+// traced and everything sent to the client for every configured password,
+// and for every digest response and cnonce authproxy computed (taken from
+// what the upstreams received).
 func TestNoSecretsInLogsOrResponses(t *testing.T) {
-	h := startHarness(t, harnessOptions{})
+	tracedBefore := len(redactedAuth.FindAllStringIndex(sipTrace.String(), -1))
+	h := startHarness(t, harnessOptions{Preemptive: productDefaultPreemptive(t)})
 	var responses strings.Builder
-	for _, m := range coreMethods {
-		for _, d := range []string{"pbx-a.example.com", "pbx-b.example.com"} {
-			rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, d, "1003"), FromUser: "1003"}.build(t))
-			for _, r := range rs {
-				responses.WriteString(r.String())
+	for range 2 { // the second round goes with preemptive answers
+		for _, m := range coreMethods {
+			for _, d := range []string{"pbx-a.example.com", "pbx-b.example.com"} {
+				rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, d, "1003"), FromUser: "1003"}.build(t))
+				for _, r := range rs {
+					responses.WriteString(r.String())
+				}
 			}
 		}
 	}
@@ -807,17 +815,39 @@ func TestNoSecretsInLogsOrResponses(t *testing.T) {
 	if !strings.Contains(logs, `"msg":"answering challenge"`) {
 		t.Fatal("debug log lines missing: the grep below would prove nothing")
 	}
-	for where, text := range map[string]string{"proxy logs": logs, "sip trace": sipTrace.String(), "responses to the client": responses.String()} {
-		for _, pw := range []string{alicePassword, bobPassword, carolPassword} {
-			if strings.Contains(text, pw) {
-				t.Errorf("password %q found in %s", pw, where)
+	secrets := []string{alicePassword, bobPassword, carolPassword}
+	computed := 0
+	for _, pbx := range []*fakepbx.Server{h.A, h.B, h2.A} {
+		for _, r := range pbx.Requests() {
+			for _, a := range r.Authorization {
+				for _, m := range digestSecretParam.FindAllStringSubmatch(a, -1) {
+					secrets = append(secrets, m[2])
+					computed++
+				}
 			}
 		}
 	}
-	if !strings.Contains(sipTrace.String(), "Proxy-Authorization: [redacted]") {
-		t.Error("sip trace shows no redacted Proxy-Authorization: tracer not exercised")
+	if computed < 2*len(coreMethods) {
+		t.Fatalf("only %d digest responses and cnonces found upstream: the grep below would prove little", computed)
+	}
+	for where, text := range map[string]string{"proxy logs": logs, "sip trace": sipTrace.String(), "responses to the client": responses.String()} {
+		for _, secret := range secrets {
+			if i := strings.Index(text, secret); i >= 0 {
+				t.Errorf("%q found in %s: ...%s...", secret, where, excerptAround(text, i))
+			}
+		}
+	}
+	if n := redactedAuth.FindAllStringIndex(sipTrace.String(), -1); len(n) <= tracedBefore {
+		t.Error("sip trace shows no redacted Authorization of this test: tracer not exercised")
 	}
 }
+
+// redactedAuth matches a credentials header as the SIP trace shows it.
+var redactedAuth = regexp.MustCompile(`(?i)authorization: \[redacted\]`)
+
+// digestSecretParam matches the response and cnonce of digest
+// credentials: values that must never be logged.
+var digestSecretParam = regexp.MustCompile(`(?i)\b(response|cnonce)\s*=\s*"?([^",\s]+)"?`)
 
 // panicky is a credential source that panics, standing in for any bug on
 // the request path.
