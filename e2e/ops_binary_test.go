@@ -242,24 +242,92 @@ advertise = "sip.example.com"
 	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a", "reason": "rejected"}, 1)
 }
 
-// TestOpsBinaryReloadWatch: with reload.watch, replacing the file reloads
-// it (once, after the debounce) without a signal.
+// TestOpsBinaryReloadWatch: with reload.watch, changing the file reloads
+// it (once, after the debounce) without a signal, however the file is
+// changed, and the watch keeps seeing changes after each: replaced by
+// rename (config management), written in place, replaced the way editors
+// save (the old file renamed to a backup, a new one written), and removed
+// then written again (the watch re-arms). Each version has its own
+// proxy.max_challenges, so each reload's summary says which one it read.
 func TestOpsBinaryReloadWatch(t *testing.T) {
 	pbx := fakepbx.Start(t, fakepbx.Config{Name: "pbx-a", Host: "127.0.0.2", Accounts: map[string]string{"alice": alicePassword}})
 	watch := "\n[reload]\nwatch = true\n"
-	b := startOpsBinary(t, opsBinaryTOML(pbx.Addr(), alicePassword, watch))
+	version := func(password string, maxChallenges int) string {
+		toml := opsBinaryTOML(pbx.Addr(), password, watch+"\n[[client]]\nname = \"loopback\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n")
+		return strings.Replace(toml, "shutdown_grace = \"5s\"\n", fmt.Sprintf("shutdown_grace = \"5s\"\nmax_challenges = %d\n", maxChallenges), 1)
+	}
+	b := startOpsBinary(t, version(alicePassword, 3))
 	b.waitLog(t, "watching the configuration file", 1)
 	if got := b.send(t, opsMessage()); got != 200 {
 		t.Fatalf("before: %d", got)
 	}
-	b.rewrite(t, opsBinaryTOML(pbx.Addr(), "rotated-away", watch))
-	rec := b.waitLog(t, "configuration reloaded", 1)
+	path := b.ConfigPath()
+	write := func(toml string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(toml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Replaced by rename, with a password pbx-a refuses.
+	b.rewrite(t, version("rotated-away", 4))
+	rec := b.waitReload(t, "proxy.max_challenges 3 -> 4")
 	if rec["trigger"] != "file changed" {
 		t.Errorf("trigger %v, want file changed", rec["trigger"])
 	}
 	if got := b.send(t, opsMessage()); got != 407 {
-		t.Fatalf("after the watched change: %d, want 407 (the new, wrong password)", got)
+		t.Fatalf("after the rename: %d, want 407 (the new, wrong password)", got)
 	}
+
+	// Written in place after the rename: still watched.
+	write(version(alicePassword, 5))
+	b.waitReload(t, "proxy.max_challenges 4 -> 5")
+	if got := b.send(t, opsMessage()); got != 200 {
+		t.Fatalf("after the write in place: %d, want 200 (the right password again)", got)
+	}
+
+	// Saved as an editor does: the old file renamed away, a new one written.
+	if err := os.Rename(path, path+"~"); err != nil {
+		t.Fatal(err)
+	}
+	write(version(alicePassword, 6))
+	b.waitReload(t, "proxy.max_challenges 5 -> 6")
+
+	// Removed: the watch stops and re-arms once the file is back.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	b.waitLog(t, "configuration file watch stopped; re-arming", 1)
+	write(version(alicePassword, 7))
+	b.waitReload(t, "proxy.max_challenges 6 -> 7")
+	if n := strings.Count(b.Logs(), "configuration reload rejected"); n != 0 {
+		t.Errorf("%d reloads rejected: a change was read half-written", n)
+	}
+}
+
+// waitReload waits for the "configuration reloaded" line whose summary
+// contains change, and returns it.
+func (b *opsBinary) waitReload(t *testing.T, change string) logRecord {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), testutil.EventuallyLimit)
+	defer cancel()
+	var rec logRecord
+	_, err := b.proc.WaitLine(ctx, func(line string) bool {
+		if !strings.Contains(line, change) {
+			return false
+		}
+		var r logRecord
+		if json.Unmarshal([]byte(line), &r) != nil || r["msg"] != "configuration reloaded" {
+			return false
+		}
+		c, _ := r["changes"].(string)
+		rec = r
+		return strings.Contains(c, change)
+	})
+	if err != nil {
+		t.Fatalf("no reload with %q: %v\n%s", change, err, b.Logs())
+	}
+	return rec
 }
 
 // sigtermTOML is a configuration whose only upstream is r (the default),
