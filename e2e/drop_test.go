@@ -12,29 +12,34 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/authproxy/authproxy/internal/metrics"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
 
-// refusalCounter is an Observer counting refusals by reason and finished
-// requests by outcome.
+// refusalCounter is the metrics Observer (so that it has every method
+// the proxy calls) also counting refusals by reason and finished requests
+// by outcome.
 type refusalCounter struct {
+	*metrics.Metrics
 	mu       sync.Mutex
 	refused  map[string]int
 	outcomes map[string]int
 }
 
 func newRefusalCounter() *refusalCounter {
-	return &refusalCounter{refused: map[string]int{}, outcomes: map[string]int{}}
+	return &refusalCounter{Metrics: metrics.New("test"), refused: map[string]int{}, outcomes: map[string]int{}}
 }
 
 func (o *refusalCounter) Refused(reason string) {
+	o.Metrics.Refused(reason)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.refused[reason]++
 }
 
-func (o *refusalCounter) RequestDone(_, _ string, _ int, outcome string, _, _ time.Duration) {
+func (o *refusalCounter) RequestDone(method, upstream string, status int, outcome string, total, nextHop time.Duration) {
+	o.Metrics.RequestDone(method, upstream, status, outcome, total, nextHop)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.outcomes[outcome]++
@@ -45,12 +50,6 @@ func (o *refusalCounter) counts(reason string) (refused, done int) {
 	defer o.mu.Unlock()
 	return o.refused[reason], o.outcomes[reason]
 }
-
-func (*refusalCounter) ChallengeAnswered(string, string, bool) {}
-func (*refusalCounter) AuthRejected(string)                    {}
-func (*refusalCounter) RequestResent(string)                   {}
-func (*refusalCounter) UpstreamStateChanged(string, bool)      {}
-func (*refusalCounter) PreemptiveAuth(string, bool)            {}
 
 // rawClient is a UDP socket that sends requests to the proxy as bytes and
 // reads every datagram that comes back.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
 func init() {
@@ -86,8 +89,14 @@ type Proxy struct {
 	accepted recentFinals
 	limiter  *limiter
 	local    *localAuth
-	health   *healthChecker // OPTIONS pings to the upstreams (health.go)
-	regs     *regManager    // trunk registrations (registration.go)
+	health   *healthChecker  // OPTIONS pings to the upstreams (health.go)
+	regs     *regManager     // trunk registrations (registration.go)
+	tcp      *tcpguard.Guard // caps and deadlines of inbound TCP/TLS connections (listeners.go)
+
+	pins     *pinTable        // where each request with our branch went (pinning.go)
+	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
+	parser   *sip.Parser      // sipgo's parser, lenient about some headers (validate.go)
+	inputLog *logThrottle     // lines about bad input, one per kind and interval
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
@@ -110,6 +119,7 @@ type boundListener struct {
 	closer    io.Closer
 	udp       net.PacketConn
 	tcp       net.Listener
+	stopped   error // why serving stopped while the proxy runs; guarded by Proxy.mu
 }
 
 // New checks cfg and prepares a proxy; nothing is bound until Run.
@@ -151,15 +161,25 @@ func New(cfg Config) (*Proxy, error) {
 		bindings: newBindingTable(),
 		limiter:  newLimiter(cfg.Limits),
 		local:    newLocalAuth(),
+		pins:     newPinTable(),
+		recent:   newRecentDatagrams(),
+		parser:   sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers())),
+		inputLog: newLogThrottle(sipgoLogInterval),
 	}
 	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
 	p.health = newHealthChecker(p, cfg.Health)
 	p.regs = newRegManager(p)
+	p.tcp = tcpguard.New(tcpguard.Config{
+		Limits:   tcpLimits(cfg),
+		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
+		Logger:   log.With("component", "tcp"),
+	})
 	return p, nil
 }
 
 // ErrRestartRequired is wrapped by Reload when the new configuration
-// changes something only a restart can apply (the listeners).
+// changes something only a restart can apply (the listeners, their TCP
+// limits).
 var ErrRestartRequired = errors.New("listener changes need a restart")
 
 // Reload applies a new configuration to requests that start from now on:
@@ -181,7 +201,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	p.limiter.setLimits(cfg.Limits)
 	p.health.configure(cfg.Health)
 	p.regs.reconcile(cfg.Registrations)
-	if !sameListeners(p.cfg.Listeners, cfg.Listeners) {
+	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
 	return nil
@@ -226,29 +246,33 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return err
 	}
 	p.lane = newFastLane(p)
+	sipgoLog := p.sipgoLogger()
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("authproxy"),
 		sipgo.WithUserAgenTLSConfig(p.upstreamTLS()),
+		sipgo.WithUserAgentParser(p.parser),
 		sipgo.WithUserAgentTransactionLayerOptions(
-			sip.WithTransactionLayerLogger(p.log.With("component", "sipgo")),
+			sip.WithTransactionLayerLogger(sipgoLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.handleStrayResponse),
 			sip.WithTransactionLayerFastLane(p.lane),
+			sip.WithTransactionLayerCancelFilter(p.cancelMatched),
 		),
 		sipgo.WithUserAgentTransportLayerOptions(
-			sip.WithTransportLayerLogger(p.log.With("component", "sipgo")),
+			sip.WithTransportLayerLogger(sipgoLog),
+			sip.WithTransportLayerReadFilter(p.readFilter),
 		),
 	)
 	if err != nil {
 		closeAll(bound)
 		return fmt.Errorf("sip user agent: %w", err)
 	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(p.log.With("component", "sipgo")))
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(sipgoLog))
 	if err != nil {
 		closeAll(bound)
 		_ = ua.Close()
 		return fmt.Errorf("sip server: %w", err)
 	}
-	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(p.log.With("component", "sipgo")))
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(sipgoLog))
 	if err != nil {
 		closeAll(bound)
 		_ = ua.Close()
@@ -289,8 +313,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 			default:
 				err = srv.ServeTCP(l.tcp)
 			}
-			if err != nil && ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				p.log.Error("listener stopped", "transport", l.transport, "address", l.Address, "error", err)
+			if ctx.Err() == nil {
+				p.listenerStopped(l, err)
 			}
 		}()
 	}
@@ -337,6 +361,7 @@ loop:
 			p.finals.sweep(now)
 			p.accepted.sweep(now)
 			p.limiter.sweep(now)
+			p.pins.sweep(now)
 		}
 	}
 
@@ -407,10 +432,14 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 				closeAll(out)
 				return nil, fmt.Errorf("listen %s %s: %w", strings.ToLower(tp), l.Address, err)
 			}
+			var tlsConf *tls.Config
 			if tp == "TLS" {
-				ln = tls.NewListener(ln, l.TLS)
+				tlsConf = l.TLS
 			}
-			bl.tcp, bl.closer, laddr = ln, ln, ln.Addr()
+			// The guard accepts (retrying when out of descriptors), refuses
+			// and caps; sipgo serves what it lets through.
+			gl := p.tcp.Listen(ln, tlsConf)
+			bl.tcp, bl.closer, laddr = gl, gl, ln.Addr()
 		}
 		host, portStr, _ := net.SplitHostPort(laddr.String())
 		bl.ip = net.ParseIP(host)

@@ -31,6 +31,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
 func main() {
@@ -115,7 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	level := new(slog.LevelVar)
 	level.Set(cfg.Log.Level)
 	log := newLogger(stderr, cfg.Log, level)
-	sip.SetDefaultLogger(log.With("component", "sipgo"))
+	sip.SetDefaultLogger(proxy.SipgoLogger(log.With("component", "sipgo")))
 	if cfg.Log.SIPTrace {
 		sip.SIPDebugTracer(proxy.Tracer{Log: log.With("component", "trace")})
 		sip.SIPDebug = true
@@ -197,6 +198,11 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			MaxPerSource: cfg.Limits.MaxPerSource, MaxTotal: cfg.Limits.MaxTotal,
 			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
+		},
+		TCP: tcpguard.Limits{
+			MaxConns: cfg.TCP.MaxConnections, MaxConnsPerSource: cfg.TCP.MaxConnectionsPerSource,
+			IdleTimeout: cfg.TCP.IdleTimeout, MessageTimeout: cfg.TCP.MessageTimeout,
+			HandshakeTimeout: cfg.TCP.HandshakeTimeout, MaxMessageSize: cfg.TCP.MaxMessageSize,
 		},
 	}
 	for i, l := range cfg.Listen {

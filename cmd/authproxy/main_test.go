@@ -171,6 +171,8 @@ func TestDeps(t *testing.T) {
 		{mod + "/credentials", []string{mod + "/", "github.com/"}},
 		{mod + "/config", []string{mod + "/proxy", mod + "/cmd", "github.com/emiago/sipgo"}},
 		{mod + "/proxy", []string{mod + "/config", mod + "/cmd"}},
+		// The resolver is a leaf: DNS (miekg/dns) only, no SIP.
+		{mod + "/proxy/resolve", []string{mod + "/", "github.com/emiago/sipgo"}},
 		// The admin server knows HTTP only (cmd/authproxy adapts the proxy
 		// to it), and the metrics package never reads the configuration.
 		{mod + "/internal/admin", []string{mod + "/", "github.com/"}},

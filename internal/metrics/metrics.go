@@ -75,6 +75,7 @@ type Metrics struct {
 	retries        *prometheus.CounterVec
 	authFailures   *prometheus.CounterVec
 	refused        *prometheus.CounterVec
+	discarded      *prometheus.CounterVec
 	stateChanges   *prometheus.CounterVec
 	preemptive     *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
@@ -128,7 +129,11 @@ func New(version string) *Metrics {
 	}, []string{"upstream", "reason"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "requests_refused_total",
-		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources).",
+		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources, bad-request, version-not-supported, unsupported-uri-scheme, message-too-large, cancel-source).",
+	}, []string{"reason"})
+	m.discarded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "messages_discarded_total",
+		Help: "Messages dropped unanswered because of what they are, by reason (response-source: a response from elsewhere than where its request went; unparsable; ack-source; malformed-ack; stray-response: a response matching no request in progress).",
 	}, []string{"reason"})
 	m.preemptive = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "preemptive_auth_total",
@@ -159,7 +164,7 @@ func New(version string) *Metrics {
 	m.reloadSuccess.SetToCurrentTime()
 	m.reg.MustRegister(
 		m.requests, m.outcomes, m.duration, m.upstreamTime, m.challenges, m.staleRetries, m.retries,
-		m.authFailures, m.refused, m.stateChanges, m.preemptive, m.reloads, m.reloadSuccess, m.registrations, build,
+		m.authFailures, m.refused, m.discarded, m.stateChanges, m.preemptive, m.reloads, m.reloadSuccess, m.registrations, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -176,8 +181,9 @@ func New(version string) *Metrics {
 }
 
 // Attach registers the gauges read from src at scrape time:
-// authproxy_active_transactions, authproxy_dialogs and the upstream health
-// metrics. Call it once, after the proxy is created; later calls do
+// authproxy_active_transactions, authproxy_dialogs, the upstream health
+// metrics and, when src reports them, the listeners and TCP connections
+// (tcp.go). Call it once, after the proxy is created; later calls do
 // nothing.
 func (m *Metrics) Attach(src Source) {
 	m.attachOnce.Do(func() {
@@ -192,6 +198,9 @@ func (m *Metrics) Attach(src Source) {
 			}, func() float64 { return float64(src.DialogCount()) }),
 			healthCollector{m: m, src: src},
 		)
+		if ls, ok := src.(listenerSource); ok {
+			m.reg.MustRegister(newTCPCollector(ls))
+		}
 		if rs, ok := src.(registrationSource); ok {
 			// The trunk registrations up now, read at each scrape.
 			m.reg.Unregister(m.registrations)
@@ -279,6 +288,11 @@ func (m *Metrics) AuthRejected(upstream string) {
 // Refused implements proxy.Observer.
 func (m *Metrics) Refused(reason string) {
 	m.refused.WithLabelValues(reason).Inc()
+}
+
+// Discarded implements proxy.Observer.
+func (m *Metrics) Discarded(reason string) {
+	m.discarded.WithLabelValues(reason).Inc()
 }
 
 // RequestResent implements proxy.Observer.
