@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/proxy"
@@ -230,4 +231,37 @@ func testPreemptiveConcurrent(t *testing.T, anyOrder bool) {
 		t.Errorf("%d Call-IDs upstream, %d challenges for %d re-sent requests; want %d and one challenge each", len(perCall), challenged, resent, workers*each)
 	}
 	t.Logf("%d of %d requests were challenged (counts overtaken on the way)", resent, workers*each)
+}
+
+// TestPreemptiveAnswerForTheRequestLineSent: a preemptive answer's digest
+// uri is the Request-URI the upstream receives, byte for byte, also on the
+// fast lane (which sends the client's own request line) when the client
+// writes it in a form the parser renders differently (scheme in capitals,
+// a port with a leading zero): a strict upstream compares the two.
+func TestPreemptiveAnswerForTheRequestLineSent(t *testing.T) {
+	for _, ruri := range []string{"SIP:1002@pbx-a.example.com", "sip:1002@pbx-a.example.com:05060"} {
+		t.Run(ruri, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{Preemptive: productDefaultPreemptive(t), A: fakepbx.Config{Clock: frozenClock()}})
+			rc := newRawClient(t, "127.0.0.1", h.Addr["udp"])
+			for i := range 3 {
+				before := len(h.A.Requests())
+				callID := uuid.NewString()
+				rc.sendRaw(fmt.Sprintf("MESSAGE %s SIP/2.0\r\n"+
+					"Via: SIP/2.0/UDP %%[1]s;branch=z9hG4bK-%s;rport\r\n"+
+					"Max-Forwards: 70\r\n"+
+					"From: <sip:1001@pbx-a.example.com>;tag=a%d\r\n"+
+					"To: <sip:1002@pbx-a.example.com>\r\n"+
+					"Call-ID: %s\r\n"+
+					"CSeq: 1 MESSAGE\r\n"+
+					"Content-Length: 0\r\n\r\n", ruri, callID, i, callID))
+				if res, _ := rc.readUntilFinal(callID); res.StatusCode != 200 {
+					t.Fatalf("request %d: %d, want 200; upstream saw %v", i+1, res.StatusCode, summarize(h.A.Requests()[before:]))
+				}
+				got := h.A.Requests()[before:]
+				if i > 0 && (len(got) != 1 || !got[0].Authenticated) {
+					t.Fatalf("request %d: upstream saw %v, want one accepted with a preemptive answer", i+1, summarize(got))
+				}
+			}
+		})
+	}
 }
