@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,46 @@ func FuzzHandleUDP(f *testing.F) {
 			env.settle(t)
 		}
 		env.check(t)
+	})
+}
+
+// TestFuzzHandleUDPHarness: the fuzz target's harness is not vacuous: a
+// MESSAGE and an INVITE sent twice, as the target sends each input, reach
+// their upstream, whose checks accept the answers to its challenges and,
+// for the second copy, preemptive ones; a client's own answer is refused
+// there (a credential planted past authproxy is reported).
+func TestFuzzHandleUDPHarness(t *testing.T) {
+	for _, tc := range []struct {
+		name, dgram string
+		up          int
+	}{
+		{"MESSAGE", "MESSAGE sip:1002@pbx-a.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-h;rport\r\nFrom: <sip:1001@pbx-a.example.com>;tag=a\r\nTo: <sip:1002@pbx-a.example.com>\r\nCall-ID: h1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", 0},
+		{"INVITE", "INVITE sip:1002@pbx-b.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-h;rport\r\nFrom: <sip:1001@pbx-b.example.com>;tag=a\r\nTo: <sip:1002@pbx-b.example.com>\r\nCall-ID: h2\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := startUDPFuzzEnv(t, 0)
+			for copyN := range 2 {
+				env.send(t, []byte(strings.ReplaceAll(tc.dgram, "z9hG4bK", fmt.Sprintf("z9hG4bK%d.", copyN))))
+				env.settle(t)
+			}
+			env.check(t)
+			u := env.ups[tc.up]
+			u.mu.Lock()
+			accepted := slices.Clone(u.accepted)
+			u.mu.Unlock()
+			if !slices.Equal(accepted, []int{1, 2}) {
+				t.Fatalf("upstream accepted answers with counts %v, want 1 (to its challenge) then 2 (preemptive)", accepted)
+			}
+		})
+	}
+	t.Run("planted", func(t *testing.T) {
+		env := startUDPFuzzEnv(t, 0)
+		u := env.ups[0]
+		req := sip.NewRequest(sip.MESSAGE, sip.Uri{Scheme: "sip", User: "1002", Host: "pbx-a.example.com"})
+		req.AppendHeader(sip.NewHeader("Authorization", `Digest username="alice-only-a", realm="asterisk", nonce="client-nonce", uri="sip:1002@pbx-a.example.com", response="00"`))
+		if got := u.verifyAll(req, []byte("MESSAGE sip:1002@pbx-a.example.com SIP/2.0\r\n")); got != -1 || len(u.problems()) != 1 {
+			t.Fatalf("a client's answer: verifyAll %d, problems %q; want it reported", got, u.problems())
+		}
 	})
 }
 
@@ -191,9 +232,10 @@ type verifyingUpstream struct {
 	code               int    // 401 or 407
 	algorithm, qop     string // of its challenges ("" qop: none)
 
-	mu     sync.Mutex
-	nonces map[string]bool
-	bad    []string
+	mu       sync.Mutex
+	nonces   map[string]bool
+	bad      []string
+	accepted []int // the nonce count of every credential verified
 }
 
 // The challenges the upstreams choose from, by the fuzzer's byte.
@@ -324,6 +366,9 @@ func (u *verifyingUpstream) verify(req *sip.Request, data []byte, value string) 
 	if cr.Response != want {
 		return "a wrong response"
 	}
+	u.mu.Lock()
+	u.accepted = append(u.accepted, cr.Nc)
+	u.mu.Unlock()
 	return ""
 }
 
