@@ -144,8 +144,10 @@ func startUDPFuzzEnv(t *testing.T, challenge byte) *udpFuzzEnv {
 		},
 		Credentials:     store,
 		Clients:         []proxy.ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
-		UpstreamTimeout: 500 * time.Millisecond,
-		TimerC:          500 * time.Millisecond,
+		// Short: an input whose response the proxy cannot match waits
+		// this long (the upstreams answer everything else at once).
+		UpstreamTimeout: 200 * time.Millisecond,
+		TimerC:          200 * time.Millisecond,
 		ShutdownGrace:   time.Second,
 		Logger:          slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Ready:           func() { close(ready) },
