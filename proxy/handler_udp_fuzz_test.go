@@ -142,8 +142,8 @@ func startUDPFuzzEnv(t *testing.T, challenge byte) *udpFuzzEnv {
 			{Name: "pbx-a", Address: a.addr(), Domains: []string{"pbx-a.example.com"}, Default: true, Preemptive: proxy.PreemptiveAll},
 			{Name: "pbx-b", Address: b.addr(), Domains: []string{"pbx-b.example.com"}, Preemptive: proxy.PreemptiveAll},
 		},
-		Credentials:     store,
-		Clients:         []proxy.ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
+		Credentials: store,
+		Clients:     []proxy.ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
 		// Short: an input whose response the proxy cannot match waits
 		// this long (the upstreams answer everything else at once).
 		UpstreamTimeout: 200 * time.Millisecond,
