@@ -355,11 +355,19 @@ func eventsForCall(k *peers.Kamailio, callID string) []peers.AuthEvent {
 // TestKamailioThroughAuthproxy runs SIP clients that have no passwords
 // (SIPp) through authproxy to two real PBXs (Kamailio) that both challenge
 // with realm "asterisk" and have different accounts — including one for SIP
-// user 1001 on each. Every request must succeed, each PBX must see only its
-// own usernames, and no password may appear in authproxy's debug logs or
-// in anything the client received.
+// user 1001 on each — under the default configuration (preemptive answers)
+// and with preemptive off. Every request must succeed, each PBX must see
+// only its own usernames, and no password may appear in authproxy's debug
+// logs or in anything the client received.
 func TestKamailioThroughAuthproxy(t *testing.T) {
 	peers.Require(t, "kamailio", "sipp")
+	for _, pm := range preemptiveModes(t) {
+		t.Run(pm.name, func(t *testing.T) { testKamailioThroughAuthproxy(t, pm) })
+	}
+}
+
+// testKamailioThroughAuthproxy is one case of TestKamailioThroughAuthproxy.
+func testKamailioThroughAuthproxy(t *testing.T, pm preemptiveMode) {
 
 	// pbx-c challenges with SHA-256; pbx-d answers the first valid
 	// credentials of each Call-ID with stale=true.
@@ -383,12 +391,12 @@ func TestKamailioThroughAuthproxy(t *testing.T) {
 	creds = append(creds, credentialsFor(upstreamC)...)
 	creds = append(creds, credentialsFor(upstreamD)...)
 	creds = append(creds, credentialConf{wrongUsername, wrongPassword, upstreamB.name, "asterisk", wrongUser})
-	ap := StartAuthproxy(t, authproxyTOML(listen, []upstreamConf{
+	ap := StartAuthproxy(t, pm.applyTOML(authproxyTOML(listen, []upstreamConf{
 		{upstreamA, ka.Addr(), "udp"}, // the upstream transport varies too
 		{upstreamB, kb.Addr(), "tcp"},
 		{upstreamC, kc.Addr(), "udp"},
 		{upstreamD, kd.Addr(), "udp"},
-	}, creds))
+	}, creds)))
 
 	secrets := []string{rightPassword, wrongPassword}
 	for _, p := range []upstreamPBX{upstreamA, upstreamB, upstreamC, upstreamD} {
@@ -520,6 +528,17 @@ func TestKamailioThroughAuthproxy(t *testing.T) {
 		t.Logf("authproxy config:\n%s", fileText(t, ap.ConfigPath()))
 	}
 
+	if pm.on() {
+		t.Run("PreemptiveAnswersAccepted", func(t *testing.T) {
+			// Under the default, the isolation below must hold for answers
+			// sent before any challenge too: some must have been sent.
+			for _, k := range []*peers.Kamailio{ka, kb} {
+				if n := preemptiveAccepted(k.Events()); n == 0 {
+					t.Errorf("%s accepted no request whose Call-ID had not been challenged first", k.Addr())
+				}
+			}
+		})
+	}
 	t.Run("OnlyOwnUsernames", func(t *testing.T) {
 		for _, c := range []struct {
 			p    upstreamPBX
@@ -556,6 +575,24 @@ func TestKamailioThroughAuthproxy(t *testing.T) {
 			}
 		}
 	})
+}
+
+// preemptiveAccepted counts the Call-IDs whose first authentication event
+// is an accepted request: credentials sent before any challenge.
+func preemptiveAccepted(evs []peers.AuthEvent) int {
+	first := map[string]string{}
+	for _, e := range evs {
+		if _, ok := first[e.CallID]; !ok && e.Result != "relay" && e.Result != "stray" {
+			first[e.CallID] = e.Result
+		}
+	}
+	n := 0
+	for _, r := range first {
+		if r == "ok" {
+			n++
+		}
+	}
+	return n
 }
 
 // context50 returns up to 50 bytes around s[i], for a failure message.

@@ -63,74 +63,130 @@ func waitDialogs(t *testing.T, h *harness, n int) {
 	}
 }
 
-// TestCall: a challenged call to each upstream, over every combination of
+// TestCall: challenged calls to each upstream, over every combination of
 // client and upstream transport, against Asterisk-like (401) and
-// Kamailio-like (407) strict upstreams, caller hangs up. The upstream must
-// see the ACK with the INVITE's CSeq and credentials, no CSeq going
-// backwards, and the ACK and BYE sent to its Contact through the route
-// set.
+// Kamailio-like (407) strict upstreams that also challenge the caller's
+// BYE, under the default configuration (preemptive answers) and with
+// preemptive off; the caller hangs up. The upstream must see the ACK with
+// the INVITE's CSeq and credentials, no CSeq going backwards, and the ACK
+// and BYE sent to its Contact through the route set. Two calls go to each
+// upstream: under the default the second call's INVITE and BYE carry
+// answers before any challenge (and are accepted without one), its ACK the
+// INVITE's credentials; with preemptive off both calls are challenged.
 func TestCall(t *testing.T) {
-	for _, profile := range strictProfiles {
-		for _, upTCP := range []bool{false, true} {
-			for _, clientTP := range []string{"udp", "tcp"} {
-				t.Run(fmt.Sprintf("%s/client=%s/upstream_tcp=%v", profile, clientTP, upTCP), func(t *testing.T) {
-					testCall(t, profile, clientTP, upTCP)
-				})
+	for _, pm := range preemptiveModes(t) {
+		for _, profile := range strictProfiles {
+			for _, upTCP := range []bool{false, true} {
+				for _, clientTP := range []string{"udp", "tcp"} {
+					t.Run(fmt.Sprintf("%s/%s/client=%s/upstream_tcp=%v", pm.name, profile, clientTP, upTCP), func(t *testing.T) {
+						testCall(t, pm, profile, clientTP, upTCP)
+					})
+				}
 			}
 		}
 	}
 }
 
 // testCall is one case of TestCall.
-func testCall(t *testing.T, profile pbxProfile, clientTP string, upTCP bool) {
-	h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile,
-		A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}},
-		B: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}}})
+func testCall(t *testing.T, pm preemptiveMode, profile pbxProfile, clientTP string, upTCP bool) {
+	callee := fakepbx.Config{Clock: frozenClock(), Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond, ChallengeInDialog: true}}
+	h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile, Preemptive: pm.mode, A: callee, B: callee})
 	for _, tg := range callTargets {
 		t.Run(tg.name, func(t *testing.T) {
 			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
-			c := ph.dial(tg.ruri, testSDP)
-			res := c.waitFinal(10 * time.Second)
-			if res.StatusCode != 200 {
-				t.Fatalf("INVITE: %d %s", res.StatusCode, res.Reason)
-			}
-			var ringing bool
-			for _, r := range c.responses {
-				if r.StatusCode == 401 || r.StatusCode == 407 {
-					t.Fatalf("client saw the challenge %d", r.StatusCode)
+			for n := range 2 {
+				// The second call's INVITE and BYE go with answers from the
+				// first call's challenges, under the default.
+				preemptive := pm.on() && n == 1
+				c := ph.dial(tg.ruri, testSDP)
+				res := c.waitFinal(10 * time.Second)
+				if res.StatusCode != 200 {
+					t.Fatalf("call %d INVITE: %d %s", n+1, res.StatusCode, res.Reason)
 				}
-				if r.StatusCode == 180 {
-					ringing = true
+				var ringing bool
+				for _, r := range c.responses {
+					if r.StatusCode == 401 || r.StatusCode == 407 {
+						t.Fatalf("client saw the challenge %d", r.StatusCode)
+					}
+					if r.StatusCode == 180 {
+						ringing = true
+					}
+					if r.CSeq().SeqNo != 1 {
+						t.Fatalf("%d relayed with CSeq %d, client sent 1", r.StatusCode, r.CSeq().SeqNo)
+					}
 				}
-				if r.CSeq().SeqNo != 1 {
-					t.Fatalf("%d relayed with CSeq %d, client sent 1", r.StatusCode, r.CSeq().SeqNo)
+				if !ringing {
+					t.Fatal("180 Ringing not relayed")
 				}
+				if len(c.routes) == 0 {
+					t.Fatal("2xx carries no Record-Route: in-dialog requests would bypass authproxy")
+				}
+				c.ack()
+				waitCallState(t, tg.pbx(h), c.callID, "confirmed")
+				fc := waitAck(t, tg.pbx(h), c.callID)
+				if !fc.AckCSeqOK || !fc.AckAuthOK {
+					t.Fatalf("ACK at upstream: CSeq ok %v, credentials ok %v", fc.AckCSeqOK, fc.AckAuthOK)
+				}
+				if acks := callRequests(fc, "ACK"); len(acks[0].Authorization) == 0 {
+					t.Fatal("the ACK for the 2xx carries no credentials: the INVITE's must go with it (RFC 3261 §22.1)")
+				}
+				if len(fc.RouteSet) == 0 {
+					// With it the strict upstream also checks that the
+					// caller's requests come from that hop.
+					t.Fatal("the INVITE reached the upstream without Record-Route: its BYE would bypass authproxy")
+				}
+				assertChallengedOnce(t, "INVITE", invitesOf(tg.pbx(h), c.callID), preemptive)
+				if bye := c.request(sip.BYE, nil); bye.StatusCode != 200 {
+					t.Fatalf("BYE: %d", bye.StatusCode)
+				}
+				fc = waitCallState(t, tg.pbx(h), c.callID, "terminated")
+				assertChallengedOnce(t, "BYE", callRequests(fc, "BYE"), preemptive)
 			}
-			if !ringing {
-				t.Fatal("180 Ringing not relayed")
-			}
-			if len(c.routes) == 0 {
-				t.Fatal("2xx carries no Record-Route: in-dialog requests would bypass authproxy")
-			}
-			c.ack()
-			fc := waitCallState(t, tg.pbx(h), c.callID, "confirmed")
-			fc = waitAck(t, tg.pbx(h), c.callID)
-			if !fc.AckCSeqOK || !fc.AckAuthOK {
-				t.Fatalf("ACK at upstream: CSeq ok %v, credentials ok %v", fc.AckCSeqOK, fc.AckAuthOK)
-			}
-			if len(fc.RouteSet) == 0 {
-				// With it the strict upstream also checks that the
-				// caller's requests come from that hop.
-				t.Fatal("the INVITE reached the upstream without Record-Route: its BYE would bypass authproxy")
-			}
-			if bye := c.request(sip.BYE, nil); bye.StatusCode != 200 {
-				t.Fatalf("BYE: %d", bye.StatusCode)
-			}
-			waitCallState(t, tg.pbx(h), c.callID, "terminated")
 			assertNoCallErrors(t, tg.pbx(h))
 		})
 	}
+	assertOnlyUsernames(t, "pbx-a", h.A, "alice")
+	assertOnlyUsernames(t, "pbx-b", h.B, "bob")
 	waitDialogs(t, h, 0)
+}
+
+// assertChallengedOnce checks the copies of one request the upstream got:
+// with preemptive, one, carrying an answer and accepted at once; without,
+// one without credentials (challenged) and then one accepted.
+func assertChallengedOnce(t *testing.T, what string, got []fakepbx.Request, preemptive bool) {
+	t.Helper()
+	if preemptive {
+		if len(got) != 1 || !got[0].Authenticated || len(got[0].Authorization) == 0 {
+			t.Fatalf("%s at upstream: %v, want one, accepted with a preemptive answer", what, summarize(got))
+		}
+		return
+	}
+	if len(got) != 2 || got[0].Authenticated || len(got[0].Authorization) != 0 || !got[1].Authenticated {
+		t.Fatalf("%s at upstream: %v, want one challenged, then one accepted", what, summarize(got))
+	}
+}
+
+// invitesOf returns the INVITEs the fake received for a Call-ID.
+func invitesOf(pbx *fakepbx.Server, callID string) []fakepbx.Request {
+	var out []fakepbx.Request
+	for _, r := range pbx.Requests() {
+		if r.Method == "INVITE" && r.CallID == callID {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// callRequests returns the requests of one method the fake received in a
+// dialog.
+func callRequests(fc fakepbx.Call, method string) []fakepbx.Request {
+	var out []fakepbx.Request
+	for _, r := range fc.Requests {
+		if r.Method == method {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // waitAck waits until the fake has seen the ACK of the call.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -415,43 +416,75 @@ var coreMethods = []sip.RequestMethod{sip.REGISTER, sip.OPTIONS, sip.MESSAGE, si
 // TestEveryMethodToEveryUpstream is the core product: a client without a
 // password gets 200 from both upstreams for every method, over both client
 // transports and both upstream transports, against upstreams as strict as
-// Asterisk (401 for everything) and Kamailio (407 outside REGISTER), and
-// each upstream only ever sees its own account.
+// Asterisk (401 for everything) and Kamailio (407 outside REGISTER), under
+// the default configuration (preemptive answers) and with preemptive off.
+// Both upstreams challenge with the same realm; what each received on the
+// wire shows only its own account. Under the default, the first request of
+// a method to an upstream is challenged and every later one carries an
+// answer from the first try; with preemptive off every request is
+// challenged once.
 func TestEveryMethodToEveryUpstream(t *testing.T) {
-	for _, tc := range []struct {
-		profile pbxProfile
-		upTCP   bool
-	}{{asteriskProfile, false}, {asteriskProfile, true}, {kamailioProfile, false}, {kamailioProfile, true}} {
-		profile, upTCP := tc.profile, tc.upTCP
-		t.Run(fmt.Sprintf("%s/upstream_tcp=%v", profile, upTCP), func(t *testing.T) {
-			h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile})
-			for _, transport := range []string{"udp", "tcp"} {
-				for _, m := range coreMethods {
-					for _, target := range []struct {
-						domain, user string
-						pbx          *fakepbx.Server
-					}{{"pbx-a.example.com", "1001", h.A}, {"pbx-b.example.com", "2001", h.B}} {
-						t.Run(fmt.Sprintf("%s/%s/%s", transport, m, target.domain), func(t *testing.T) {
-							before := len(target.pbx.Requests())
-							res := h.final(t, transport, clientRequest{Method: m, RequestURI: ruriFor(m, target.domain, target.user), FromUser: target.user})
-							if res.StatusCode != 200 {
-								t.Fatalf("status %d %s, want 200", res.StatusCode, res.Reason)
-							}
-							reqs := target.pbx.Requests()[before:]
-							if len(reqs) != 2 || reqs[0].Authenticated || !reqs[1].Authenticated {
-								t.Fatalf("upstream saw %d requests, want challenge then authenticated: %+v", len(reqs), summarize(reqs))
-							}
-							if reqs[1].CSeq != reqs[0].CSeq+1 {
-								t.Fatalf("re-send CSeq %d after %d, want +1", reqs[1].CSeq, reqs[0].CSeq)
-							}
-						})
-					}
-				}
-			}
-			assertOnlyUsernames(t, "pbx-a", h.A, "alice")
-			assertOnlyUsernames(t, "pbx-b", h.B, "bob")
-		})
+	for _, pm := range preemptiveModes(t) {
+		for _, tc := range []struct {
+			profile pbxProfile
+			upTCP   bool
+		}{{asteriskProfile, false}, {asteriskProfile, true}, {kamailioProfile, false}, {kamailioProfile, true}} {
+			t.Run(fmt.Sprintf("%s/%s/upstream_tcp=%v", pm.name, tc.profile, tc.upTCP), func(t *testing.T) {
+				testEveryMethodToEveryUpstream(t, pm, tc.profile, tc.upTCP)
+			})
+		}
 	}
+}
+
+// testEveryMethodToEveryUpstream is one case of TestEveryMethodToEveryUpstream.
+func testEveryMethodToEveryUpstream(t *testing.T, pm preemptiveMode, profile pbxProfile, upTCP bool) {
+	h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile, Preemptive: pm.mode,
+		A: fakepbx.Config{Clock: frozenClock()}, B: fakepbx.Config{Clock: frozenClock()}})
+	challenged := map[string]bool{} // method and upstream challenged once already
+	preemptive := map[string]int{}  // upstream -> requests accepted without a challenge
+	for _, transport := range []string{"udp", "tcp"} {
+		for _, m := range coreMethods {
+			for _, target := range []struct {
+				name, domain, user string
+				pbx                *fakepbx.Server
+			}{{"pbx-a", "pbx-a.example.com", "1001", h.A}, {"pbx-b", "pbx-b.example.com", "2001", h.B}} {
+				t.Run(fmt.Sprintf("%s/%s/%s", transport, m, target.domain), func(t *testing.T) {
+					before, challenges := len(target.pbx.Requests()), target.pbx.Challenges()
+					res := h.final(t, transport, clientRequest{Method: m, RequestURI: ruriFor(m, target.domain, target.user), FromUser: target.user})
+					if res.StatusCode != 200 {
+						t.Fatalf("status %d %s, want 200", res.StatusCode, res.Reason)
+					}
+					reqs := target.pbx.Requests()[before:]
+					key := string(m) + "/" + target.name
+					if pm.on() && challenged[key] {
+						// The upstream challenged this method before and
+						// accepted the answer: this one carries an answer
+						// computed from that challenge, and is accepted.
+						if len(reqs) != 1 || !reqs[0].Authenticated || len(reqs[0].Authorization) == 0 {
+							t.Fatalf("upstream saw %v, want one request accepted with a preemptive answer", summarize(reqs))
+						}
+						if n := target.pbx.Challenges() - challenges; n != 0 {
+							t.Fatalf("upstream sent %d challenges, want none", n)
+						}
+						preemptive[target.name]++
+						return
+					}
+					if len(reqs) != 2 || reqs[0].Authenticated || len(reqs[0].Authorization) != 0 || !reqs[1].Authenticated {
+						t.Fatalf("upstream saw %d requests, want challenge then authenticated: %+v", len(reqs), summarize(reqs))
+					}
+					if reqs[1].CSeq != reqs[0].CSeq+1 {
+						t.Fatalf("re-send CSeq %d after %d, want +1", reqs[1].CSeq, reqs[0].CSeq)
+					}
+					challenged[key] = true
+				})
+			}
+		}
+	}
+	if pm.on() && (preemptive["pbx-a"] == 0 || preemptive["pbx-b"] == 0) {
+		t.Errorf("preemptive answers accepted: %v; want some at each upstream, or the isolation below proves nothing of them", preemptive)
+	}
+	assertOnlyUsernames(t, "pbx-a", h.A, "alice")
+	assertOnlyUsernames(t, "pbx-b", h.B, "bob")
 }
 
 func summarize(rs []fakepbx.Request) []string {
@@ -697,9 +730,35 @@ func TestProxyRules(t *testing.T) {
 		}
 	})
 	t.Run("unknown host is never forwarded", func(t *testing.T) {
-		res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@attacker.example.net", FromUser: "1001"})
-		if res.StatusCode != 404 {
-			t.Fatalf("status %d, want 404", res.StatusCode)
+		for _, tp := range []string{"udp", "tcp"} {
+			mark := h.upstreamMark()
+			res := h.final(t, tp, clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@attacker.example.net", FromUser: "1001"})
+			if res.StatusCode != 404 {
+				t.Fatalf("%s: status %d, want 404", tp, res.StatusCode)
+			}
+			h.assertNoUpstreamTrafficSince(t, mark)
+		}
+	})
+	t.Run("proxy-require", func(t *testing.T) {
+		// §16.3 step 5: authproxy supports no extension a proxy must
+		// understand; each one asked for is named in Unsupported.
+		for _, tp := range []string{"udp", "tcp"} {
+			mark := h.upstreamMark()
+			res := h.final(t, tp, clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001",
+				Headers: []sip.Header{sip.NewHeader("Proxy-Require", "foo"), sip.NewHeader("Proxy-Require", "bar, baz")}})
+			if res.StatusCode != 420 {
+				t.Fatalf("%s: status %d, want 420 Bad Extension", tp, res.StatusCode)
+			}
+			var unsupported []string
+			for _, u := range res.GetHeaders("Unsupported") {
+				for _, v := range strings.Split(u.Value(), ",") {
+					unsupported = append(unsupported, strings.TrimSpace(v))
+				}
+			}
+			if strings.Join(unsupported, ",") != "foo,bar,baz" {
+				t.Fatalf("%s: Unsupported %q, want foo, bar, baz", tp, unsupported)
+			}
+			h.assertNoUpstreamTrafficSince(t, mark)
 		}
 	})
 	t.Run("client authorization stripped", func(t *testing.T) {
@@ -738,15 +797,22 @@ func TestProxyRules(t *testing.T) {
 }
 
 // TestNoSecretsInLogsOrResponses runs challenged exchanges with debug logs
-// and SIP traces on, then greps everything for every configured password.
+// and SIP traces on, under the default configuration (so preemptive
+// answers are computed too), then greps everything authproxy logged or
+// traced and everything sent to the client for every configured password,
+// and for every digest response and cnonce authproxy computed (taken from
+// what the upstreams received).
 func TestNoSecretsInLogsOrResponses(t *testing.T) {
-	h := startHarness(t, harnessOptions{})
+	tracedBefore := len(redactedAuth.FindAllStringIndex(sipTrace.String(), -1))
+	h := startHarness(t, harnessOptions{Preemptive: productDefaultPreemptive(t)})
 	var responses strings.Builder
-	for _, m := range coreMethods {
-		for _, d := range []string{"pbx-a.example.com", "pbx-b.example.com"} {
-			rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, d, "1003"), FromUser: "1003"}.build(t))
-			for _, r := range rs {
-				responses.WriteString(r.String())
+	for range 2 { // the second round goes with preemptive answers
+		for _, m := range coreMethods {
+			for _, d := range []string{"pbx-a.example.com", "pbx-b.example.com"} {
+				rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, d, "1003"), FromUser: "1003"}.build(t))
+				for _, r := range rs {
+					responses.WriteString(r.String())
+				}
 			}
 		}
 	}
@@ -759,17 +825,39 @@ func TestNoSecretsInLogsOrResponses(t *testing.T) {
 	if !strings.Contains(logs, `"msg":"answering challenge"`) {
 		t.Fatal("debug log lines missing: the grep below would prove nothing")
 	}
-	for where, text := range map[string]string{"proxy logs": logs, "sip trace": sipTrace.String(), "responses to the client": responses.String()} {
-		for _, pw := range []string{alicePassword, bobPassword, carolPassword} {
-			if strings.Contains(text, pw) {
-				t.Errorf("password %q found in %s", pw, where)
+	secrets := []string{alicePassword, bobPassword, carolPassword}
+	computed := 0
+	for _, pbx := range []*fakepbx.Server{h.A, h.B, h2.A} {
+		for _, r := range pbx.Requests() {
+			for _, a := range r.Authorization {
+				for _, m := range digestSecretParam.FindAllStringSubmatch(a, -1) {
+					secrets = append(secrets, m[2])
+					computed++
+				}
 			}
 		}
 	}
-	if !strings.Contains(sipTrace.String(), "Proxy-Authorization: [redacted]") {
-		t.Error("sip trace shows no redacted Proxy-Authorization: tracer not exercised")
+	if computed < 2*len(coreMethods) {
+		t.Fatalf("only %d digest responses and cnonces found upstream: the grep below would prove little", computed)
+	}
+	for where, text := range map[string]string{"proxy logs": logs, "sip trace": sipTrace.String(), "responses to the client": responses.String()} {
+		for _, secret := range secrets {
+			if i := strings.Index(text, secret); i >= 0 {
+				t.Errorf("%q found in %s: ...%s...", secret, where, excerptAround(text, i))
+			}
+		}
+	}
+	if n := redactedAuth.FindAllStringIndex(sipTrace.String(), -1); len(n) <= tracedBefore {
+		t.Error("sip trace shows no redacted Authorization of this test: tracer not exercised")
 	}
 }
+
+// redactedAuth matches a credentials header as the SIP trace shows it.
+var redactedAuth = regexp.MustCompile(`(?i)authorization: \[redacted\]`)
+
+// digestSecretParam matches the response and cnonce of digest
+// credentials: values that must never be logged.
+var digestSecretParam = regexp.MustCompile(`(?i)\b(response|cnonce)\s*=\s*"?([^",\s]+)"?`)
 
 // panicky is a credential source that panics, standing in for any bug on
 // the request path.

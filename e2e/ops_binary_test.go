@@ -7,8 +7,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -19,6 +21,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // opsBinary is a running authproxy binary with the addresses it logged.
@@ -246,36 +249,103 @@ advertise = "sip.example.com"
 	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a", "reason": "rejected"}, 1)
 }
 
-// TestOpsBinaryReloadWatch: with reload.watch, replacing the file reloads
-// it (once, after the debounce) without a signal.
+// TestOpsBinaryReloadWatch: with reload.watch, changing the file reloads
+// it (once, after the debounce) without a signal, however the file is
+// changed, and the watch keeps seeing changes after each: replaced by
+// rename (config management), written in place, replaced the way editors
+// save (the old file renamed to a backup, a new one written), and removed
+// then written again (the watch re-arms). Each version has its own
+// proxy.max_challenges, so each reload's summary says which one it read.
 func TestOpsBinaryReloadWatch(t *testing.T) {
 	pbx := fakepbx.Start(t, fakepbx.Config{Name: "pbx-a", Host: "127.0.0.2", Accounts: map[string]string{"alice": alicePassword}})
 	watch := "\n[reload]\nwatch = true\n"
-	b := startOpsBinary(t, opsBinaryTOML(pbx.Addr(), alicePassword, watch))
+	version := func(password string, maxChallenges int) string {
+		toml := opsBinaryTOML(pbx.Addr(), password, watch+"\n[[client]]\nname = \"loopback\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n")
+		return strings.Replace(toml, "shutdown_grace = \"5s\"\n", fmt.Sprintf("shutdown_grace = \"5s\"\nmax_challenges = %d\n", maxChallenges), 1)
+	}
+	b := startOpsBinary(t, version(alicePassword, 3))
 	b.waitLog(t, "watching the configuration file", 1)
 	if got := b.send(t, opsMessage()); got != 200 {
 		t.Fatalf("before: %d", got)
 	}
-	b.rewrite(t, opsBinaryTOML(pbx.Addr(), "rotated-away", watch))
-	rec := b.waitLog(t, "configuration reloaded", 1)
+	path := b.ConfigPath()
+	write := func(toml string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(toml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Replaced by rename, with a password pbx-a refuses.
+	b.rewrite(t, version("rotated-away", 4))
+	rec := b.waitReload(t, "proxy.max_challenges 3 -> 4")
 	if rec["trigger"] != "file changed" {
 		t.Errorf("trigger %v, want file changed", rec["trigger"])
 	}
 	if got := b.send(t, opsMessage()); got != 407 {
-		t.Fatalf("after the watched change: %d, want 407 (the new, wrong password)", got)
+		t.Fatalf("after the rename: %d, want 407 (the new, wrong password)", got)
+	}
+
+	// Written in place after the rename: still watched.
+	write(version(alicePassword, 5))
+	b.waitReload(t, "proxy.max_challenges 4 -> 5")
+	if got := b.send(t, opsMessage()); got != 200 {
+		t.Fatalf("after the write in place: %d, want 200 (the right password again)", got)
+	}
+
+	// Saved as an editor does: the old file renamed away, a new one written.
+	if err := os.Rename(path, path+"~"); err != nil {
+		t.Fatal(err)
+	}
+	write(version(alicePassword, 6))
+	b.waitReload(t, "proxy.max_challenges 5 -> 6")
+
+	// Removed: the watch stops and re-arms once the file is back.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	b.waitLog(t, "configuration file watch stopped; re-arming", 1)
+	write(version(alicePassword, 7))
+	b.waitReload(t, "proxy.max_challenges 6 -> 7")
+	if n := strings.Count(b.Logs(), "configuration reload rejected"); n != 0 {
+		t.Errorf("%d reloads rejected: a change was read half-written", n)
 	}
 }
 
-// TestOpsBinarySIGTERMDrains: SIGTERM lets the request in flight finish,
-// answers new INVITEs 503 meanwhile, keeps /healthz up and /readyz down
-// while draining, then exits 0.
-func TestOpsBinarySIGTERMDrains(t *testing.T) {
-	r := startResponder(t, "127.0.0.9")
-	r.delay.Store(int64(time.Second))
-	toml := fmt.Sprintf(`[log]
+// waitReload waits for the "configuration reloaded" line whose summary
+// contains change, and returns it.
+func (b *opsBinary) waitReload(t *testing.T, change string) logRecord {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), testutil.EventuallyLimit)
+	defer cancel()
+	var rec logRecord
+	_, err := b.proc.WaitLine(ctx, func(line string) bool {
+		if !strings.Contains(line, change) {
+			return false
+		}
+		var r logRecord
+		if json.Unmarshal([]byte(line), &r) != nil || r["msg"] != "configuration reloaded" {
+			return false
+		}
+		c, _ := r["changes"].(string)
+		rec = r
+		return strings.Contains(c, change)
+	})
+	if err != nil {
+		t.Fatalf("no reload with %q: %v\n%s", change, err, b.Logs())
+	}
+	return rec
+}
+
+// sigtermTOML is a configuration whose only upstream is r (the default),
+// with a trunk registration on it (unregistered at shutdown), the admin
+// listener on and shutdown_grace long enough that only the requests in
+// flight decide when draining ends.
+func sigtermTOML(r *responder) string {
+	return fmt.Sprintf(`[log]
 format = "json"
 [proxy]
-shutdown_grace = "5s"
+shutdown_grace = "60s"
 [admin]
 address = "127.0.0.1:0"
 [[listen]]
@@ -285,45 +355,72 @@ address = "127.0.0.1:0"
 name = "slow"
 address = %s
 default = true
+[[registration]]
+upstream = "slow"
+aor = "sip:trunk@slow.example.com"
 `, tomlString(r.addr()))
-	b := startOpsBinary(t, toml)
+}
 
-	type result struct {
-		res *sip.Response
-		err error
-	}
-	inFlight := make(chan result, 1)
+// startHeldMessage sends a MESSAGE through b that r holds, and returns once
+// r has it, with the channel its final response arrives on.
+func startHeldMessage(t *testing.T, b *opsBinary, r *responder) (<-chan *sip.Response, <-chan error) {
+	t.Helper()
+	r.holdMessages.Store(true)
 	req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1@slow.example.com", FromUser: "1001"}.build(t)
+	resc, errc := make(chan *sip.Response, 1), make(chan error, 1)
 	go func() {
 		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", req)
-		inFlight <- result{res, err}
+		if err != nil {
+			errc <- err
+			return
+		}
+		resc <- res
 	}()
 	select {
 	case <-r.messages:
-	case <-time.After(5 * time.Second):
+	case err := <-errc:
+		t.Fatalf("MESSAGE: %v", err)
+	case <-time.After(testutil.EventuallyLimit):
 		t.Fatal("the MESSAGE never reached the upstream")
 	}
+	return resc, errc
+}
+
+// TestOpsBinarySIGTERMDrains: from SIGTERM on, every new request is
+// answered 503 with Retry-After and never forwarded (a new INVITE, and an
+// in-dialog BYE), also while the trunk registration is being unregistered
+// (the registrar never answers the unregister: authproxy waits its 2 s for
+// it); the request in flight finishes with its 200; /healthz stays up and
+// /readyz says shutting down; then authproxy exits 0. Each request is sent
+// once.
+func TestOpsBinarySIGTERMDrains(t *testing.T) {
+	r := startResponder(t, "127.0.0.9")
+	r.ignoreUnregister.Store(true)
+	b := startOpsBinary(t, sigtermTOML(r))
+	b.waitLog(t, "registered", 1)
+	inFlight, inFlightErr := startHeldMessage(t, b, r)
 
 	b.signal(t, syscall.SIGTERM)
 	b.waitLog(t, "shutting down", 1)
-	// "shutting down" is logged as draining starts; a new INVITE is
-	// refused from then on (retried in case it raced the log line).
-	got := 0
-	for range 5 {
-		inv := clientRequest{Method: sip.INVITE, RequestURI: "sip:2@slow.example.com", FromUser: "1001"}.build(t)
-		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", inv)
+	refused := map[string]string{}
+	for _, c := range []clientRequest{
+		{Method: sip.INVITE, RequestURI: "sip:2@slow.example.com", FromUser: "1001"},
+		{Method: sip.BYE, RequestURI: "sip:2@slow.example.com", FromUser: "1001", Headers: []sip.Header{sip.NewHeader("X-In-Dialog", "yes")}},
+	} {
+		req := c.build(t)
+		if c.Method == sip.BYE {
+			req.To().Params.Add("tag", "callee-tag")
+		}
+		refused[string(c.Method)] = req.CallID().Value()
+		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", req)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s while draining: %v", c.Method, err)
 		}
-		if got = res.StatusCode; got == 503 {
-			if ra := res.GetHeader("Retry-After"); ra == nil {
-				t.Error("503 without Retry-After")
-			}
-			break
+		if res.StatusCode != 503 {
+			t.Errorf("%s while draining: %d %s, want 503", c.Method, res.StatusCode, res.Reason)
+		} else if ra := res.GetHeader("Retry-After"); ra == nil || strings.TrimSpace(ra.Value()) != "5" {
+			t.Errorf("%s while draining: 503 with Retry-After %v, want 5", c.Method, ra)
 		}
-	}
-	if got != 503 {
-		t.Fatalf("new INVITE while draining: %d, want 503", got)
 	}
 	if code, _ := httpGet(t, b.admin+"/healthz"); code != 200 {
 		t.Errorf("/healthz while draining: %d, want 200", code)
@@ -332,13 +429,18 @@ default = true
 		t.Errorf("/readyz while draining: %d %q, want 503 shutting down", code, body)
 	}
 
-	res := <-inFlight
-	if res.err != nil || res.res.StatusCode != 200 {
-		t.Fatalf("request in flight at SIGTERM: %v %v, want 200", res.res, res.err)
+	r.releaseMessages()
+	select {
+	case res := <-inFlight:
+		if res.StatusCode != 200 {
+			t.Fatalf("request in flight at SIGTERM: %d, want 200", res.StatusCode)
+		}
+	case err := <-inFlightErr:
+		t.Fatalf("request in flight at SIGTERM: %v, want 200", err)
 	}
 	select {
 	case <-b.proc.Done():
-	case <-time.After(10 * time.Second):
+	case <-time.After(testutil.EventuallyLimit):
 		t.Fatal("authproxy did not exit after draining")
 	}
 	if err := b.proc.Err(); err != nil {
@@ -346,5 +448,50 @@ default = true
 	}
 	if !strings.Contains(b.Logs(), `"msg":"stopped"`) {
 		t.Error("no stopped line")
+	}
+	// The process is gone: whatever it forwarded has arrived.
+	for _, m := range r.methods() {
+		for method, id := range refused {
+			if m == method+" "+id {
+				t.Errorf("the %s refused while draining reached the upstream", method)
+			}
+		}
+	}
+}
+
+// TestOpsBinarySecondSignalExits1: a second SIGTERM or SIGINT ends
+// authproxy at once with status 1, whatever is still in flight: sent back
+// to back with the first (a SIGINT after a SIGTERM: the kernel merges a
+// signal with a pending one of the same kind), and once draining has
+// begun.
+func TestOpsBinarySecondSignalExits1(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		second       syscall.Signal
+		waitDraining bool
+	}{{"back-to-back", syscall.SIGINT, false}, {"while-draining", syscall.SIGTERM, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startResponder(t, "127.0.0.9")
+			b := startOpsBinary(t, sigtermTOML(r))
+			b.waitLog(t, "registered", 1)
+			startHeldMessage(t, b, r)
+			b.signal(t, syscall.SIGTERM)
+			if tc.waitDraining {
+				b.waitLog(t, "shutting down", 1)
+			}
+			b.signal(t, tc.second)
+			select {
+			case <-b.proc.Done():
+			case <-time.After(testutil.EventuallyLimit):
+				t.Fatal("authproxy did not exit after the second signal (the held request keeps it draining for 60 s)")
+			}
+			var ee *exec.ExitError
+			if err := b.proc.Err(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("exit: %v, want status 1\n%s", err, b.Logs())
+			}
+			if strings.Contains(b.Logs(), `"msg":"stopped"`) {
+				t.Error("stopped as after draining: the second signal did not end it at once")
+			}
+		})
 	}
 }

@@ -8,10 +8,12 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -261,16 +263,26 @@ func (h *opsHarness) scrape(t *testing.T) metricsSnapshot {
 	return parseExposition(t, body)
 }
 
-// expectMetric fails unless the sum of the matching samples is want.
+// expectMetric fails unless samples match and their sum is want; a
+// missing series fails, whatever want is.
 func expectMetric(t *testing.T, ms metricsSnapshot, name string, match map[string]string, want float64) {
 	t.Helper()
 	got, found := ms.sum(name, match)
-	if want != 0 && !found {
+	if !found {
 		t.Errorf("%s%v: no sample, want %v", name, match, want)
 		return
 	}
 	if got != want {
 		t.Errorf("%s%v = %v, want %v", name, match, got, want)
+	}
+}
+
+// expectMetricZeroOrAbsent fails unless the matching samples sum to 0 or
+// there are none: for a labelled counter, which exists only once counted.
+func expectMetricZeroOrAbsent(t *testing.T, ms metricsSnapshot, name string, match map[string]string) {
+	t.Helper()
+	if got, _ := ms.sum(name, match); got != 0 {
+		t.Errorf("%s%v = %v, want 0 or no sample", name, match, got)
 	}
 }
 
@@ -326,11 +338,11 @@ func TestOpsMetricsScenario(t *testing.T) {
 	expectMetric(t, ms, "authproxy_challenges_answered_total", lbl{"upstream": "pbx-a", "realm": "asterisk"}, 2*toA)
 	expectMetric(t, ms, "authproxy_challenges_answered_total", lbl{"upstream": "pbx-b", "realm": "asterisk"}, registersB+1)
 	expectMetric(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-a"}, toA)
-	expectMetric(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-b"}, 0)
+	expectMetricZeroOrAbsent(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-b"})
 	expectMetric(t, ms, "authproxy_retries_total", lbl{"upstream": "pbx-a"}, 2*toA)
 	expectMetric(t, ms, "authproxy_retries_total", lbl{"upstream": "pbx-b"}, registersB+1)
 	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-b", "reason": "rejected"}, 1)
-	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a"}, 0)
+	expectMetricZeroOrAbsent(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a"})
 	expectMetric(t, ms, "authproxy_request_outcomes_total", lbl{"upstream": "none", "outcome": "no-route"}, 1)
 	expectMetric(t, ms, "authproxy_request_duration_seconds_count", lbl{"method": "MESSAGE"}, messagesA+2)
 	expectMetric(t, ms, "authproxy_request_duration_seconds_count", lbl{"method": "REGISTER"}, registersB)
@@ -356,17 +368,24 @@ func TestOpsMetricsScenario(t *testing.T) {
 }
 
 // responder is a minimal SIP upstream on UDP that answers every request
-// 200 (INVITE 486), or nothing while silent; MESSAGEs after delay.
+// 200 (INVITE 486), or nothing while silent; with holdMessages, MESSAGEs
+// only once released, and with ignoreUnregister, no REGISTER with
+// Expires: 0. It records what it received.
 type responder struct {
 	pc      net.PacketConn
 	silent  atomic.Bool
-	delay   atomic.Int64 // for MESSAGE, in ns
 	options struct {
 		answered, ignored atomic.Int64
 	}
-	messages chan struct{} // a MESSAGE arrived (non-blocking send)
-	wg       sync.WaitGroup
-	stop     chan struct{}
+	holdMessages     atomic.Bool
+	ignoreUnregister atomic.Bool
+	held             chan struct{} // closed by releaseMessages
+	releaseOnce      sync.Once
+	messages         chan struct{} // a MESSAGE arrived (non-blocking send)
+	mu               sync.Mutex
+	received         []string // "METHOD Call-ID" of every request, retransmissions included
+	wg               sync.WaitGroup
+	stop             chan struct{}
 }
 
 func startResponder(t *testing.T, host string) *responder {
@@ -375,7 +394,7 @@ func startResponder(t *testing.T, host string) *responder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &responder{pc: pc, messages: make(chan struct{}, 16), stop: make(chan struct{})}
+	r := &responder{pc: pc, messages: make(chan struct{}, 16), held: make(chan struct{}), stop: make(chan struct{})}
 	r.wg.Add(1)
 	go r.serve()
 	t.Cleanup(func() {
@@ -387,6 +406,22 @@ func startResponder(t *testing.T, host string) *responder {
 }
 
 func (r *responder) addr() string { return r.pc.LocalAddr().String() }
+
+// releaseMessages answers the MESSAGEs held so far, and later ones at once.
+func (r *responder) releaseMessages() { r.releaseOnce.Do(func() { close(r.held) }) }
+
+// methods returns the distinct "METHOD Call-ID" pairs received, in order.
+func (r *responder) methods() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, m := range r.received {
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
 
 func (r *responder) serve() {
 	defer r.wg.Done()
@@ -401,6 +436,13 @@ func (r *responder) serve() {
 		if err != nil || !ok || req.IsAck() {
 			continue
 		}
+		cid := ""
+		if h := req.CallID(); h != nil {
+			cid = h.Value()
+		}
+		r.mu.Lock()
+		r.received = append(r.received, string(req.Method)+" "+cid)
+		r.mu.Unlock()
 		if req.Method == sip.OPTIONS {
 			if r.silent.Load() {
 				r.options.ignored.Add(1)
@@ -410,12 +452,15 @@ func (r *responder) serve() {
 		} else if r.silent.Load() {
 			continue
 		}
-		code, reason, delay := 200, "OK", time.Duration(0)
+		if req.Method == sip.REGISTER && r.ignoreUnregister.Load() && isUnregister(req) {
+			continue
+		}
+		code, reason, hold := 200, "OK", false
 		switch req.Method {
 		case sip.INVITE:
 			code, reason = 486, "Busy Here"
 		case sip.MESSAGE:
-			delay = time.Duration(r.delay.Load())
+			hold = r.holdMessages.Load()
 			select {
 			case r.messages <- struct{}{}:
 			default:
@@ -425,9 +470,9 @@ func (r *responder) serve() {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			if delay > 0 {
+			if hold {
 				select {
-				case <-time.After(delay):
+				case <-r.held:
 				case <-r.stop:
 					return
 				}
@@ -435,6 +480,21 @@ func (r *responder) serve() {
 			_, _ = r.pc.WriteTo([]byte(res.String()), from)
 		}()
 	}
+}
+
+// isUnregister reports whether a REGISTER asks for expiry 0.
+func isUnregister(req *sip.Request) bool {
+	if h := req.GetHeader("Expires"); h != nil && strings.TrimSpace(h.Value()) == "0" {
+		return true
+	}
+	for _, h := range req.GetHeaders("Contact") {
+		if c, ok := h.(*sip.ContactHeader); ok {
+			if v, ok := c.Params.Get("expires"); ok && strings.TrimSpace(v) == "0" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TestOpsReadinessFollowsUpstreamHealth: with OPTIONS health checks on,
@@ -547,17 +607,32 @@ func TestOpsHealthChallengingUpstreams(t *testing.T) {
 		t.Errorf("pings answered by pbx-a = %v", v)
 	}
 	// Health pings are not client requests.
-	expectMetric(t, ms, "authproxy_requests_total", lbl{}, 0)
+	expectMetricZeroOrAbsent(t, ms, "authproxy_requests_total", lbl{})
 
-	// Turning health checks off by reload forgets the states.
+	// With the dead upstream the only one left, every upstream is down:
+	// not ready.
+	cfg.Upstreams = cfg.Upstreams[len(cfg.Upstreams)-1:]
+	if err := h.Proxy.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Proxy.Readiness(); !errors.Is(err, proxy.ErrNoUpstreamUp) {
+		t.Fatalf("Readiness with every upstream down: %v, want %v", err, proxy.ErrNoUpstreamUp)
+	}
+	if code, body := httpGet(t, h.admin+"/readyz"); code != 503 {
+		t.Fatalf("/readyz with every upstream down: %d %s, want 503", code, body)
+	}
+	// Turning health checks off by reload forgets the states: ready again
+	// as soon as the interval is 0 (the checker forgets them on its next
+	// turn).
 	cfg.Health = proxy.HealthCheck{}
 	if err := h.Proxy.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
-	// Readiness ignores the states as soon as the interval is 0 (the
-	// checker forgets them on its next turn).
 	if err := h.Proxy.Readiness(); err != nil {
 		t.Errorf("Readiness with health checks off: %v", err)
+	}
+	if code, body := httpGet(t, h.admin+"/readyz"); code != 200 {
+		t.Errorf("/readyz with health checks off: %d %s, want 200", code, body)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/proxy"
@@ -125,22 +126,47 @@ func TestPreemptiveFallback(t *testing.T) {
 	}
 }
 
-// TestPreemptiveConcurrent sends from many goroutines at once: every
-// request succeeds, and the fake (which refuses a repeated or lower nc for
-// a nonce) saw some of them authenticated on the first try.
+// TestPreemptiveConcurrent sends from many goroutines at once, after one
+// challenge was answered and accepted. Every request succeeds and no
+// credentials are ever sent twice. Against an upstream that accepts counts
+// in any order (Asterisk keeps none), that first challenge is the only
+// one: each request reaches it once, with a preemptive answer, and the
+// counts are exactly the next ones of the nonce. Against one that wants
+// them increasing (Kamailio), requests overtaking each other may be
+// refused; each such request is challenged once, answered, and accepted.
 func TestPreemptiveConcurrent(t *testing.T) {
-	h := startHarness(t, harnessOptions{Preemptive: proxy.PreemptiveAll})
+	for _, anyOrder := range []bool{true, false} {
+		t.Run(fmt.Sprintf("counts_in_any_order=%v", anyOrder), func(t *testing.T) {
+			testPreemptiveConcurrent(t, anyOrder)
+		})
+	}
+}
+
+func testPreemptiveConcurrent(t *testing.T, anyOrder bool) {
+	h := startHarness(t, harnessOptions{Preemptive: proxy.PreemptiveAll, A: fakepbx.Config{Clock: frozenClock(), NCAnyOrder: anyOrder}})
 	sendNew(t, h, sip.MESSAGE)
 	const workers, each = 16, 8
+	reqs := make([][]*sip.Request, workers)
+	callIDs := map[string]bool{}
+	for w := range workers {
+		for range each {
+			req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:alice@pbx-a.example.com", FromUser: "alice", Body: []byte("hi"), ContentType: "text/plain"}.build(t)
+			reqs[w] = append(reqs[w], req)
+			callIDs[req.CallID().Value()] = true
+		}
+	}
+	before, challenges := len(h.A.Requests()), h.A.Challenges()
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
-	for range workers {
+	for w := range workers {
 		wg.Go(func() {
-			for range each {
-				req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:alice@pbx-a.example.com", FromUser: "alice", Body: []byte("hi"), ContentType: "text/plain"}.build(t)
-				rs := h.do(t, "udp", req)
-				if c := rs[len(rs)-1].StatusCode; c != sip.StatusOK {
-					errs <- fmt.Errorf("status %d", c)
+			for _, req := range reqs[w] {
+				res, err := sendRequest(h.client, h.Addr["udp"], "udp", req)
+				if err == nil && res.StatusCode != sip.StatusOK {
+					err = fmt.Errorf("%s: status %d", req.CallID().Value(), res.StatusCode)
+				}
+				if err != nil {
+					errs <- err
 				}
 			}
 		})
@@ -150,8 +176,17 @@ func TestPreemptiveConcurrent(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	got := h.A.Requests()[before:]
 	seen := map[string]bool{}
-	for _, r := range h.A.Requests() {
+	perCall := map[string][]fakepbx.Request{}
+	for _, r := range got {
+		if !callIDs[r.CallID] {
+			t.Fatalf("a request of another Call-ID reached pbx-a: %v", summarize([]fakepbx.Request{r}))
+		}
+		perCall[r.CallID] = append(perCall[r.CallID], r)
 		for _, a := range r.Authorization {
 			if seen[a] {
 				t.Errorf("credentials sent twice: %s", a)
@@ -159,9 +194,74 @@ func TestPreemptiveConcurrent(t *testing.T) {
 			seen[a] = true
 		}
 	}
-	// Reordering on loopback may make the fake refuse some counts; those
-	// fall back to a challenge. Some must have gone through first time.
-	if c := h.A.Challenges(); c >= workers*each {
-		t.Errorf("%d challenges for %d requests: no preemptive answer accepted", c, workers*each)
+	challenged := h.A.Challenges() - challenges
+	if anyOrder {
+		// The exact bound: no challenge, one request each, counts 2 to
+		// workers*each+1 of the first nonce, each once.
+		if challenged != 0 || len(got) != workers*each {
+			t.Fatalf("%d challenges and %d requests upstream for %d client requests, want 0 and %d", challenged, len(got), workers*each, workers*each)
+		}
+		ncs := map[string]bool{}
+		for _, r := range got {
+			if !r.Authenticated {
+				t.Fatalf("not accepted: %v", summarize([]fakepbx.Request{r}))
+			}
+			ncs[ncOf(r)] = true
+		}
+		for nc := 2; nc <= workers*each+1; nc++ {
+			if !ncs[fmt.Sprintf("%08x", nc)] {
+				t.Errorf("nc %08x never sent; sent %d distinct counts", nc, len(ncs))
+			}
+		}
+		return
+	}
+	// Each request: accepted at once, or refused (its count overtaken by a
+	// higher one) and challenged once, then accepted.
+	resent := 0
+	for id, rs := range perCall {
+		switch {
+		case len(rs) == 1 && rs[0].Authenticated:
+		case len(rs) == 2 && !rs[0].Authenticated && rs[1].Authenticated && rs[1].CSeq == rs[0].CSeq+1:
+			resent++
+		default:
+			t.Errorf("Call-ID %s at pbx-a: %v, want accepted at once, or challenged once and then accepted", id, summarize(rs))
+		}
+	}
+	if len(perCall) != workers*each || challenged != resent {
+		t.Errorf("%d Call-IDs upstream, %d challenges for %d re-sent requests; want %d and one challenge each", len(perCall), challenged, resent, workers*each)
+	}
+	t.Logf("%d of %d requests were challenged (counts overtaken on the way)", resent, workers*each)
+}
+
+// TestPreemptiveAnswerForTheRequestLineSent: a preemptive answer's digest
+// uri is the Request-URI the upstream receives, byte for byte, also on the
+// fast lane (which sends the client's own request line) when the client
+// writes it in a form the parser renders differently (scheme in capitals,
+// a port with a leading zero): a strict upstream compares the two.
+func TestPreemptiveAnswerForTheRequestLineSent(t *testing.T) {
+	for _, ruri := range []string{"SIP:1002@pbx-a.example.com", "sip:1002@pbx-a.example.com:05060"} {
+		t.Run(ruri, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{Preemptive: productDefaultPreemptive(t), A: fakepbx.Config{Clock: frozenClock()}})
+			rc := newRawClient(t, "127.0.0.1", h.Addr["udp"])
+			for i := range 3 {
+				before := len(h.A.Requests())
+				callID := uuid.NewString()
+				rc.sendRaw(fmt.Sprintf("MESSAGE %s SIP/2.0\r\n"+
+					"Via: SIP/2.0/UDP %%[1]s;branch=z9hG4bK-%s;rport\r\n"+
+					"Max-Forwards: 70\r\n"+
+					"From: <sip:1001@pbx-a.example.com>;tag=a%d\r\n"+
+					"To: <sip:1002@pbx-a.example.com>\r\n"+
+					"Call-ID: %s\r\n"+
+					"CSeq: 1 MESSAGE\r\n"+
+					"Content-Length: 0\r\n\r\n", ruri, callID, i, callID))
+				if res, _ := rc.readUntilFinal(callID); res.StatusCode != 200 {
+					t.Fatalf("request %d: %d, want 200; upstream saw %v", i+1, res.StatusCode, summarize(h.A.Requests()[before:]))
+				}
+				got := h.A.Requests()[before:]
+				if i > 0 && (len(got) != 1 || !got[0].Authenticated) {
+					t.Fatalf("request %d: upstream saw %v, want one accepted with a preemptive answer", i+1, summarize(got))
+				}
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -62,7 +63,8 @@ func TestParseChallenge(t *testing.T) {
 
 // FuzzParseChallenge: challenges are untrusted input from upstreams (and
 // anyone who can answer on their address). The parser must never panic,
-// and what it accepts must carry a realm and a non-empty nonce.
+// and what it accepts must be a Digest challenge carrying a realm
+// parameter and a non-empty nonce, whose values come from the input.
 func FuzzParseChallenge(f *testing.F) {
 	for _, s := range []string{
 		`Digest realm="asterisk",nonce="1700000000/abc",opaque="5b7d",algorithm=MD5,qop="auth"`,
@@ -73,6 +75,7 @@ func FuzzParseChallenge(f *testing.F) {
 		"Digest\trealm=\"r\",\tnonce=\"n\"",
 		`Digest realm="a\"b", nonce="n"`,
 		`Digest`, `Digest ,,,`, `Digest realm=`, `Digest realm="`,
+		`Digest nonce="n", algorithm=MD5`, `Digest xrealm="r", nonce="n"`, `Digest opaque="realm=x", nonce="n"`,
 	} {
 		f.Add(s)
 	}
@@ -87,5 +90,18 @@ func FuzzParseChallenge(f *testing.F) {
 		if !strings.HasPrefix(strings.ToLower(strings.TrimLeft(s, " \t")), "digest") {
 			t.Fatalf("accepted a non-Digest challenge: %q", s)
 		}
+		if !realmParam.MatchString(s) {
+			t.Fatalf("accepted a challenge without realm: %q", s)
+		}
+		for name, v := range map[string]string{"realm": c.Realm, "nonce": c.Nonce} {
+			// Without escapes in the input, a value is a piece of it.
+			if !strings.Contains(s, `\`) && !strings.Contains(s, v) {
+				t.Fatalf("%s %q is not in the challenge %q", name, v, s)
+			}
+		}
 	})
 }
+
+// realmParam finds a realm parameter in a challenge, independently of the
+// parser: the name (any case) after the scheme or a separator, then "=".
+var realmParam = regexp.MustCompile(`(?i)[\s,]realm[ \t]*=`)

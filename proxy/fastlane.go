@@ -211,6 +211,14 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Con
 		return nil // build answers it
 	}
 	f.addPreemptive()
+	if len(f.auth) > 0 && !requestLineURIIs(raw, req.Recipient.String()) {
+		// The answers' digest uri is the Request-URI as the parser renders
+		// it (RFC 3261 §22.4: the request's own); the client's line spells
+		// it otherwise (a scheme in capitals, a port with a leading zero),
+		// and an upstream comparing the two would refuse them. The parsed
+		// copy carries that rendering on its request line.
+		return nil
+	}
 	buf := datagramBufs.Get().(*[]byte)
 	defer datagramBufs.Put(buf)
 	*buf = appendVia((*buf)[:0], lst.advertise, lst.port, branch)
@@ -231,6 +239,18 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Con
 	e.seq = edits.seq
 	e.dst = dst
 	return conn
+}
+
+// requestLineURIIs reports whether the request line of the datagram raw
+// carries uri, byte for byte.
+func requestLineURIIs(raw []byte, uri string) bool {
+	line, _, _ := bytes.Cut(raw, []byte("\r\n"))
+	_, rest, ok := bytes.Cut(line, []byte(" "))
+	if !ok {
+		return false
+	}
+	got, _, ok := bytes.Cut(rest, []byte(" "))
+	return ok && string(got) == uri
 }
 
 // send sends the request (again) to the next hop on e.conn (e.mu held).

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -140,7 +141,9 @@ func fuzzUpstream(challenges []string, fail byte) func(*sip.Request) *sip.Respon
 // fuzzUpstream), which makes requests routed to the group fail over from
 // pbx-a to pbx-b. Invariants: no panic; requests only ever go to a
 // configured upstream; a credential scoped to one upstream never reaches
-// the other, before or after a failover.
+// the other, before or after a failover; no Authorization or
+// Proxy-Authorization the client sent is forwarded. (FuzzHandleUDP runs
+// real sockets, the fast lane and upstreams that verify every credential.)
 func FuzzHandle(f *testing.F) {
 	seeds := []string{
 		"MESSAGE sip:1002@pbx-a.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK1;rport\r\nFrom: <sip:1001@pbx-a.example.com>;tag=a\r\nTo: <sip:1002@pbx-a.example.com>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
@@ -148,6 +151,10 @@ func FuzzHandle(f *testing.F) {
 		"REGISTER sip:127.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK3\r\nFrom: <sip:1001@pbx-a.example.com>;tag=a\r\nTo: <sip:1001@pbx-a.example.com>\r\nCall-ID: c3\r\nCSeq: 7 REGISTER\r\nRoute: <sip:127.0.0.3:5060;lr>\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
 		"BYE sip:1002@127.0.0.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK4\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nRoute: <sip:evil.example.net;lr>\r\nFrom: <sip:1001@x>;tag=a\r\nTo: <sip:1002@x>;tag=b\r\nCall-ID: c4\r\nCSeq: 2 BYE\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n",
 	}
+	seeds = append(seeds,
+		"MESSAGE sip:1002@pbx-a.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK5\r\nAuthorization: Digest username=\"alice-only-a\", realm=\"asterisk\", nonce=\"na\", uri=\"sip:1002@pbx-a.example.com\", response=\"00\"\r\nFrom: <sip:1001@x>;tag=a\r\nTo: <sip:1002@x>\r\nCall-ID: c5\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+		"INVITE sip:1002@pbx-b.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK6\r\nproxy-AUTHORIZATION: Digest username=\"bob-only-b\", realm=\"asterisk\", nonce=\"na\", uri=\"sip:1002@pbx-b.example.com\", response=\"00\"\r\nFrom: <sip:1001@x>;tag=a\r\nTo: <sip:1002@x>\r\nCall-ID: c6\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+	)
 	// RFC 4475 torture messages shipped with sipgo, where present.
 	if dir := sipgoTortureDir(); dir != "" {
 		files, _ := filepath.Glob(filepath.Join(dir, "*", "*"))
@@ -199,6 +206,12 @@ func FuzzHandle(f *testing.F) {
 		if strings.Contains(sp.logs.String(), "panic while handling request") {
 			t.Fatalf("panic:\n%s", sp.logs.String())
 		}
+		var clientAuth []string
+		for _, h := range req.Headers() {
+			if n := strings.ToLower(h.Name()); n == "authorization" || n == "proxy-authorization" {
+				clientAuth = append(clientAuth, strings.TrimSpace(h.Value()))
+			}
+		}
 		sp.mu.Lock()
 		defer sp.mu.Unlock()
 		for _, s := range sp.sent {
@@ -210,6 +223,9 @@ func FuzzHandle(f *testing.F) {
 				v := h.Value()
 				if (dst == fuzzAddrA && strings.Contains(v, fuzzUserB)) || (dst == fuzzAddrB && strings.Contains(v, fuzzUserA)) {
 					t.Fatalf("credential of the other upstream sent to %s: %s", dst, v)
+				}
+				if slices.Contains(clientAuth, strings.TrimSpace(v)) {
+					t.Fatalf("the client's own %s forwarded to %s: %s", h.Name(), dst, v)
 				}
 			}
 		}

@@ -427,9 +427,11 @@ loop:
 		}
 	}
 
-	// Stop: refuse new requests, let those in flight finish (their upstream
-	// responses still arrive on the listeners, so those stay open), then
-	// close the sockets and the UA.
+	// Stop: refuse new requests from now on (before the trunk
+	// registrations unregister, which may take their 2 s), let those in
+	// flight finish (their upstream responses still arrive on the
+	// listeners, so those stay open), then close the sockets and the UA.
+	p.flight.close()
 	p.log.Info("shutting down", "in_flight", p.flight.count(), "grace", p.cfg.ShutdownGrace)
 	// Trunk registrations unregister (Expires: 0, bounded) while the
 	// listeners still receive the answers.
@@ -555,6 +557,13 @@ func (f *inflight) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.n
+}
+
+// close refuses new requests from now on.
+func (f *inflight) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.draining = true
 }
 
 // drain refuses new requests and waits up to grace for the others; it

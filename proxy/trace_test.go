@@ -29,24 +29,40 @@ func TestRedactAuth(t *testing.T) {
 	}
 }
 
+// FuzzRedactAuth: in the header part of any message (up to the first
+// empty line, as SIP parses it), no Authorization or Proxy-Authorization
+// header keeps a value, folded continuation lines included (RFC 3261 §7.3.1:
+// a line starting with a space or tab continues the header above it).
 func FuzzRedactAuth(f *testing.F) {
 	f.Add("Authorization: Digest response=\"SECRETVALUE\"\r\n\r\n")
 	f.Add("X: y\r\nproxy-authorization: SECRETVALUE\r\n \tSECRETVALUE\r\n\r\nbody")
+	f.Add("Authorization: Digest username=\"a\",\r\n response=\"SECRETVALUE\"\r\n\tcnonce=\"SECRETVALUE\"\r\nVia: x\r\n\r\n")
+	f.Add("X: y\r\n Authorization: SECRETVALUE\r\n\r\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		got := RedactAuth([]byte(s))
-		// Header part (up to the first empty line, as SIP parses it): no
-		// line whose name is an auth header may keep a value.
+		inAuth := false // the header above is an auth header
 		for _, line := range strings.Split(got, "\n") {
-			if strings.TrimRight(line, "\r") == "" {
+			l := strings.TrimRight(line, "\r")
+			if l == "" {
 				break
 			}
-			name, val, ok := strings.Cut(line, ":")
+			if l[0] == ' ' || l[0] == '\t' {
+				if inAuth {
+					t.Fatalf("continuation line %q of an auth header kept in %q", line, got)
+				}
+				continue
+			}
+			inAuth = false
+			name, val, ok := strings.Cut(l, ":")
 			if !ok {
 				continue
 			}
 			n := strings.ToLower(strings.TrimSpace(name))
-			if (n == "authorization" || n == "proxy-authorization") && strings.TrimSpace(strings.TrimRight(val, "\r")) != "[redacted]" {
-				t.Fatalf("unredacted line %q in %q", line, got)
+			if n == "authorization" || n == "proxy-authorization" {
+				inAuth = true
+				if strings.TrimSpace(val) != "[redacted]" {
+					t.Fatalf("unredacted line %q in %q", line, got)
+				}
 			}
 		}
 	})

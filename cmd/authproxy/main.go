@@ -36,17 +36,23 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		// A second signal exits at once, grace or not.
-		<-ctx.Done()
-		stop()
-		c := make(chan os.Signal, 1)
-		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
-		<-c
-		os.Exit(1)
-	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	// Caught from the start, on one channel, so that no signal is lost
+	// between the first and the second (stopping one registration to make
+	// another would drop one arriving in between).
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go onSignals(sigs, cancel, os.Exit)
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// onSignals stops the program on the first signal from sigs (cancel: the
+// proxy drains), and exits with status 1 on the second, grace or not.
+func onSignals(sigs <-chan os.Signal, cancel context.CancelFunc, exit func(code int)) {
+	<-sigs
+	cancel()
+	<-sigs
+	exit(1)
 }
 
 // run is the whole program; it returns the exit code.

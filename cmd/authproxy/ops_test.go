@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -285,6 +286,29 @@ func TestApplyRuntime(t *testing.T) {
 	cur.Runtime.MaxProcs = 1
 	if got := restartKeys(mustParse(t, opsBase), &cur); !slices.Equal(got, []string{"runtime"}) {
 		t.Errorf("restartKeys = %q, want [runtime]", got)
+	}
+}
+
+// TestOnSignals: the first signal cancels (drain), the second exits 1
+// without waiting for anything; signals sent back to back are both seen.
+func TestOnSignals(t *testing.T) {
+	sigs := make(chan os.Signal, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	exited := make(chan int, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		onSignals(sigs, cancel, func(code int) { exited <- code })
+	}()
+	sigs <- syscall.SIGTERM
+	sigs <- syscall.SIGINT
+	<-done
+	if ctx.Err() == nil {
+		t.Error("the first signal did not cancel")
+	}
+	if code := <-exited; code != 1 {
+		t.Errorf("exit %d after the second signal, want 1", code)
 	}
 }
 

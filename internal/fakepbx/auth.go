@@ -209,7 +209,10 @@ func (s *Server) verify(p map[string]string, realm, method, ruri string, body []
 		if cnonce == "" {
 			return verdictInvalid, "qop without cnonce"
 		}
-		if nc <= n.lastNC {
+		if s.cfg.NCAnyOrder && n.ncs[nc] {
+			return verdictInvalid, fmt.Sprintf("nc %08x replayed", nc)
+		}
+		if !s.cfg.NCAnyOrder && nc <= n.lastNC {
 			return verdictInvalid, fmt.Sprintf("nc %08x replayed (last accepted %08x)", nc, n.lastNC)
 		}
 	}
@@ -227,11 +230,20 @@ func (s *Server) verify(p map[string]string, realm, method, ruri string, body []
 		return verdictInvalid, "wrong response (wrong password, method, body or hash input)"
 	}
 	if qop != "" {
-		n.lastNC = nc
+		n.lastNC = max(n.lastNC, nc)
+		if s.cfg.NCAnyOrder {
+			if n.ncs == nil {
+				n.ncs = map[uint32]bool{}
+			}
+			n.ncs[nc] = true
+		}
 	}
 	switch {
 	case n.stale:
 		return verdictStale, "nonce is stale"
+	case s.cfg.StaleAlways:
+		n.stale = true
+		return verdictStale, "correct, but refused as stale (StaleAlways)"
 	case s.cfg.NonceLifetime > 0 && s.now().Sub(n.issued) > s.cfg.NonceLifetime:
 		n.stale = true
 		return verdictStale, fmt.Sprintf("nonce is older than its lifetime %v", s.cfg.NonceLifetime)

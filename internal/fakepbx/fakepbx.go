@@ -96,6 +96,20 @@ type Config struct {
 	// with a fresh challenge carrying stale=true. Nonces issued by such a
 	// stale challenge are exempt, so the retry that uses them succeeds.
 	StaleOnce bool
+	// StaleAlways refuses every correctly computed answer with a fresh
+	// challenge carrying stale=true, as a server whose nonces expire at
+	// once: only the client's own bound on challenge rounds ends the loop.
+	StaleAlways bool
+	// NCAnyOrder accepts a nonce count in any order, refusing only one
+	// accepted before for the same nonce (RFC 7616 §3.3 leaves the replay
+	// check to the server; Asterisk's PJSIP keeps none). Without it a count
+	// must be higher than every one accepted before, as Kamailio checks.
+	NCAnyOrder bool
+	// BeforeChallenge, when set, is called with the record of an
+	// out-of-dialog request just before its challenge is sent, on the
+	// goroutine handling it: a test blocks there to hold that request at
+	// the fake until it says so. It must return once the test ends.
+	BeforeChallenge func(Request)
 	// Silent records requests but never answers anything (not even the
 	// automatic 100 Trying to INVITE), for Timer B/F and 408 tests.
 	Silent bool
@@ -231,11 +245,12 @@ type nonceState struct {
 	realm     string
 	algorithm digestAlgorithm
 	opaque    string
-	lastNC    uint32    // highest nc accepted so far
-	used      bool      // a correct answer has been seen
-	stale     bool      // refused as stale: never accepted again
-	exempt    bool      // issued by a stale challenge: StaleOnce does not apply
-	issued    time.Time // on the fake's clock, for NonceLifetime
+	lastNC    uint32          // highest nc accepted so far
+	ncs       map[uint32]bool // every nc accepted, with NCAnyOrder
+	used      bool            // a correct answer has been seen
+	stale     bool            // refused as stale: never accepted again
+	exempt    bool            // issued by a stale challenge: StaleOnce does not apply
+	issued    time.Time       // on the fake's clock, for NonceLifetime
 }
 
 // Start starts a fake PBX serving UDP and TCP on the same free port of
@@ -469,6 +484,20 @@ func (s *Server) ExpireNonces() {
 	}
 }
 
+// SetAccount sets user's password (adding the account if new): answers
+// judged from now on are verified with it, so that a test can make the
+// fake accept exactly one password at a time.
+func (s *Server) SetAccount(user, password string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	accounts := make(map[string]string, len(s.cfg.Accounts)+1)
+	for k, v := range s.cfg.Accounts {
+		accounts[k] = v
+	}
+	accounts[user] = password
+	s.cfg.Accounts = accounts
+}
+
 // ForgetNonces forgets every nonce issued so far: a later answer with one of
 // them gets a fresh challenge without stale=true (as after a PBX restart).
 func (s *Server) ForgetNonces() {
@@ -592,6 +621,8 @@ func (s *Server) handle(req *sip.Request, tx sip.ServerTransaction) {
 			return
 		}
 		res = s.finalResponse(req)
+	} else if s.cfg.BeforeChallenge != nil && (res.StatusCode == 401 || res.StatusCode == 407) {
+		s.cfg.BeforeChallenge(in.rec)
 	}
 	s.record(in)
 	if s.respond(req, tx, in.key, res) == nil {
