@@ -1013,6 +1013,7 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	log := p.log.With(logMethod, "ACK", logCallID, callID(req))
 	if v := req.Via(); v != nil {
 		if b, ok := v.Params.Get("branch"); ok && p.finals.has(b) {
+			log.Debug("absorbing the ACK for a non-2xx final")
 			return
 		}
 	}

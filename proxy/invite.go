@@ -14,6 +14,7 @@ import (
 // final response, answering challenges, honouring CANCEL and Timer C, and
 // recording the dialogs that 2xx responses establish.
 func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
+	defer f.rememberNon2xxFinal()
 	cancelled := make(chan struct{}, 1)
 	var isCancelled atomic.Bool
 	// sipgo answers the CANCEL (200) and the INVITE (487) to the client
@@ -108,11 +109,6 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 				// No dialog came of this INVITE: forget its CSeq offset.
 				f.p.cseq.remove(f.key)
 			}
-			if f.req.Transport() != "UDP" {
-				if b, ok := f.req.Via().Params.Get("branch"); ok {
-					f.p.finals.add(b, time.Now().Add(sip.Timer_M))
-				}
-			}
 			clTx.Terminate()
 			return
 
@@ -149,6 +145,24 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 			f.outcome = "client-gone"
 			cancelUpstream()
 			resetTimer(timer, f.p.cfg.UpstreamTimeout)
+		}
+	}
+}
+
+// rememberNon2xxFinal notes the client's INVITE when its final response
+// was not a 2xx (relayed, 487 after its CANCEL, or authproxy's own 408 or
+// 503) and it came over a reliable transport: there sipgo ends the server
+// transaction when the handler returns, and the client's ACK for that
+// final, which may come later, reaches handleAck, which must absorb it (the
+// upstream leg was ACKed hop by hop by our client transaction, RFC 3261
+// §17.1.1.3), not forward it as a stray ACK.
+func (f *forwarding) rememberNon2xxFinal() {
+	if f.status < 300 || f.req.Transport() == "UDP" {
+		return
+	}
+	if v := f.req.Via(); v != nil {
+		if b, ok := v.Params.Get("branch"); ok {
+			f.p.finals.add(b, time.Now().Add(sip.Timer_M))
 		}
 	}
 }
