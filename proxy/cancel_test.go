@@ -167,6 +167,39 @@ func assertAckAbsorbed(t *testing.T, sp *socketlessProxy, inv *sip.Request, fina
 	}
 }
 
+// TestCancelBeforeForwarding: the client's CANCEL reaches sipgo's server
+// transaction before the handler has got anywhere (on a busy machine, the
+// handler's goroutine may not have run yet). sipgo answers 487 itself; the
+// INVITE must then not go upstream at all (RFC 3261 §16.10), where nobody
+// would ever cancel or hang up the call it would set up.
+func TestCancelBeforeForwarding(t *testing.T) {
+	for _, transport := range []string{"UDP", "TCP"} {
+		t.Run(transport, func(t *testing.T) {
+			sp, up := cancelTestProxy(t, true)
+			inv, cancel := clientInvite(t, transport)
+			tx := siptest.NewServerTxRecorder(inv)
+			defer tx.Terminate()
+			if err := tx.Receive(cancel); err != nil {
+				t.Fatal(err)
+			}
+			<-handleInBackground(t, sp, inv, tx)
+			if got := up.methods(); len(got) != 0 {
+				t.Errorf("upstream received %q after the client's CANCEL, want nothing", got)
+			}
+			final := finalTo(tx)
+			if final == nil || final.StatusCode != sip.StatusRequestTerminated {
+				t.Fatalf("client's final response %v, want 487", final)
+			}
+			if n := sp.p.DialogCount(); n != 0 {
+				t.Errorf("%d dialogs recorded, want 0", n)
+			}
+			if transport == "TCP" {
+				assertAckAbsorbed(t, sp, inv, final)
+			}
+		})
+	}
+}
+
 // TestCancelWhileRinging: the CANCEL arrives while the authenticated INVITE
 // rings. It goes upstream naming that INVITE, the handler ends with the
 // upstream's 487, and over TCP the client's ACK for its own 487, arriving
@@ -202,5 +235,44 @@ func TestCancelWhileRinging(t *testing.T) {
 				assertAckAbsorbed(t, sp, inv, final)
 			}
 		})
+	}
+}
+
+// cancelAt2xx is a server transaction whose client cancels at the worst
+// moment: just before the upstream's 2xx is relayed, after the proxy
+// decided to relay it.
+type cancelAt2xx struct {
+	*siptest.ServerTxRecorder
+	cancel *sip.Request
+	once   sync.Once
+}
+
+func (c *cancelAt2xx) Respond(res *sip.Response) error {
+	if res.IsSuccess() {
+		c.once.Do(func() { _ = c.ServerTxRecorder.Receive(c.cancel) })
+	}
+	return c.ServerTxRecorder.Respond(res)
+}
+
+// TestCancelWinsOver2xx: the client's CANCEL takes the server transaction
+// while the upstream's 2xx is on its way to the client. The client has a
+// 487, so the 2xx can never reach it: authproxy must hang the call up
+// upstream (BYE) and keep no dialog, or the call stays up at the upstream
+// with no one to end it.
+func TestCancelWinsOver2xx(t *testing.T) {
+	sp, up := cancelTestProxy(t, true)
+	inv, cancel := clientInvite(t, "UDP")
+	tx := &cancelAt2xx{ServerTxRecorder: siptest.NewServerTxRecorder(inv), cancel: cancel}
+	defer tx.Terminate()
+	<-handleInBackground(t, sp, inv, tx)
+	final := finalTo(tx.ServerTxRecorder)
+	if final == nil || final.StatusCode != sip.StatusRequestTerminated {
+		t.Fatalf("client's final response %v, want 487", final)
+	}
+	testutil.Eventually(t, "a BYE upstream", func() bool {
+		return strings.Contains(strings.Join(up.methods(), " "), "BYE")
+	})
+	if n := sp.p.DialogCount(); n != 0 {
+		t.Errorf("%d dialogs recorded for a call the client cancelled, want 0", n)
 	}
 }

@@ -254,6 +254,14 @@ func (f *forwarding) run() {
 // sendAndRelay sends f.fwd in a sipgo client transaction and relays its
 // responses until the sender has its final response.
 func (f *forwarding) sendAndRelay() {
+	var cw *cancelWatch
+	if f.req.Method == sip.INVITE {
+		cw = f.watchCancel()
+		if cw.fired.Load() {
+			f.notSent()
+			return
+		}
+	}
 	f.sentAt = time.Now()
 	clTx, err := f.send(f.fwd)
 	if err != nil {
@@ -261,11 +269,23 @@ func (f *forwarding) sendAndRelay() {
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
 		return
 	}
-	if f.req.Method == sip.INVITE {
-		f.inviteLoop(clTx)
+	if cw != nil {
+		f.inviteLoop(clTx, cw)
 		return
 	}
 	f.relayLoop(clTx)
+}
+
+// notSent ends an INVITE whose server transaction was cancelled, or had
+// ended, before anything went upstream: the client has its 487 (sipgo sent
+// it) or is gone, and no branch may be created now (RFC 3261 §16.10).
+func (f *forwarding) notSent() {
+	if !errors.Is(f.tx.Err(), sip.ErrTransactionCanceled) {
+		f.outcome = "client-gone"
+		return
+	}
+	f.outcome, f.status, f.replied = "cancelled", sip.StatusRequestTerminated, true
+	f.rememberNon2xxFinal()
 }
 
 // prepare checks the request (§16.3), routes it, admits its sender and
@@ -823,8 +843,8 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 
 // relay sends a response back to the request's sender: our Via removed
 // (§16.7 step 3), the sender's own CSeq number restored, dialog state
-// updated.
-func (f *forwarding) relay(res *sip.Response) {
+// updated. It returns the error sending it (already logged).
+func (f *forwarding) relay(res *sip.Response) error {
 	f.preemptiveDone(res.StatusCode)
 	f.prepareRelay(res)
 	if res.IsSuccess() {
@@ -843,7 +863,9 @@ func (f *forwarding) relay(res *sip.Response) {
 			f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
 		}
 	}
-	f.relayed(res.StatusCode, f.tx.Respond(res))
+	err := f.tx.Respond(res)
+	f.relayed(res.StatusCode, err)
+	return err
 }
 
 // relayed notes a response sent on to the sender (err from sending it).

@@ -10,23 +10,45 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
+// cancelWatch tells an INVITE's forwarding that the client cancelled it
+// (RFC 3261 §9.2). sipgo answers the CANCEL (200) and the INVITE (487) to
+// the client itself and calls the hook under its transaction lock, before
+// it writes the 487; the hook only signals.
+type cancelWatch struct {
+	signal chan struct{} // receives one value when the CANCEL arrives
+	fired  atomic.Bool   // set before signal is sent; read from sipgo's hooks too
+}
+
+// watchCancel starts watching f.tx for the client's CANCEL. It must run
+// before anything goes upstream: sipgo keeps no record of a CANCEL that
+// arrived before a hook was registered, other than the transaction's
+// error, so a CANCEL received while the request was being checked and
+// built is found here, and the INVITE is then not sent at all.
+func (f *forwarding) watchCancel() *cancelWatch {
+	w := &cancelWatch{signal: make(chan struct{}, 1)}
+	hook := func(*sip.Request) {
+		w.fired.Store(true)
+		select {
+		case w.signal <- struct{}{}:
+		default:
+		}
+	}
+	if !f.tx.OnCancel(hook) {
+		// sipgo takes no hook once the transaction is cancelled (its 487
+		// sent) or has ended (the client is gone): either way the INVITE is
+		// not to be sent any more.
+		hook(nil)
+	}
+	return w
+}
+
 // inviteLoop relays the responses to an INVITE until the client has its
 // final response, answering challenges, honouring CANCEL and Timer C, and
 // recording the dialogs that 2xx responses establish.
-func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
+func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 	defer f.rememberNon2xxFinal()
-	cancelled := make(chan struct{}, 1)
-	var isCancelled atomic.Bool
-	// sipgo answers the CANCEL (200) and the INVITE (487) to the client
-	// itself, then calls this under its transaction lock: only signal.
-	f.tx.OnCancel(func(*sip.Request) {
-		isCancelled.Store(true)
-		select {
-		case cancelled <- struct{}{}:
-		default:
-		}
-	})
-	f.watch2xxRetransmissions(clTx, &isCancelled)
+	cancelled, isCancelled := cw.signal, &cw.fired
+	f.watch2xxRetransmissions(clTx, isCancelled)
 
 	timer := time.NewTimer(f.p.cfg.UpstreamTimeout)
 	defer timer.Stop()
@@ -88,13 +110,22 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 				}
 				clTx = next
 				provisional = false
-				f.watch2xxRetransmissions(clTx, &isCancelled)
+				f.watch2xxRetransmissions(clTx, isCancelled)
 				resetTimer(timer, f.p.cfg.UpstreamTimeout)
 				continue
 			}
 			if res.IsSuccess() {
 				f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
-				f.relay(res)
+				if err := f.relay(res); err != nil && isCancelled.Load() {
+					// The client's CANCEL took the server transaction
+					// between this response's arrival and its relay: the
+					// client has a 487 instead, so hang up as above.
+					f.forgetDialog(res)
+					f.outcome = "cancel-raced-2xx"
+					f.status = sip.StatusRequestTerminated
+					f.hangUpUpstream(res)
+					return
+				}
 				if k, ok := acceptedKey(f.req); ok {
 					// The client retransmits an INVITE for at most Timer B
 					// (64×T1) from its first send.
@@ -165,6 +196,24 @@ func (f *forwarding) rememberNon2xxFinal() {
 			f.p.finals.add(b, time.Now().Add(sip.Timer_M))
 		}
 	}
+}
+
+// forgetDialog undoes recordDialog for a 2xx the client never got (its
+// CANCEL won), for an initial INVITE; a re-INVITE's dialog stays.
+func (f *forwarding) forgetDialog(res *sip.Response) {
+	if f.dlg != nil {
+		return
+	}
+	fromTag, _ := tags(f.req)
+	toTag := ""
+	if to := res.To(); to != nil {
+		toTag, _ = to.Params.Get("tag")
+	}
+	k := dialogKey{callID: f.key.callID, callerTag: fromTag, calleeTag: toTag}
+	if f.toClient {
+		k.callerTag, k.calleeTag = toTag, fromTag // as recordInboundDialog keys it
+	}
+	f.p.dialogs.remove(k)
 }
 
 // watch2xxRetransmissions relays the 2xx responses that sipgo does not put
