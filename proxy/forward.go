@@ -857,12 +857,8 @@ func (f *forwarding) relay(res *sip.Response) error {
 			f.recordDialog(res, nil, 0)
 		}
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(res))
-		if f.req.Method == sip.BYE && f.dlg != nil {
-			// The dialog ends with the 2xx to BYE, in either direction.
-			f.p.dialogs.remove(f.dlg.key)
-			f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
-		}
 	}
+	f.byeAnswered(res.StatusCode)
 	err := f.tx.Respond(res)
 	f.relayed(res.StatusCode, err)
 	return err
@@ -916,8 +912,25 @@ func (f *forwarding) prepareRelay(res *sip.Response) {
 	}
 }
 
+// byeAnswered ends the dialog of a BYE answered with a final status, in
+// either direction: a 2xx ends it, and so do a 408 (also authproxy's own,
+// when the BYE got no answer) and a 481, after which the UAC must consider
+// the dialog terminated (RFC 3261 §15.1.1). Other failures leave it: the
+// UAC may send the BYE again.
+func (f *forwarding) byeAnswered(status int) {
+	if f.req.Method != sip.BYE || f.dlg == nil {
+		return
+	}
+	if status/100 != 2 && status != sip.StatusRequestTimeout && status != sip.StatusCallTransactionDoesNotExists {
+		return
+	}
+	f.p.dialogs.remove(f.dlg.key)
+	f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
+}
+
 // respondLocal answers the client ourselves.
 func (f *forwarding) respondLocal(code int, reason, outcome string, hdrs ...sip.Header) {
+	f.byeAnswered(code)
 	res := sip.NewResponseFromRequest(f.req, code, reason, nil)
 	for _, h := range hdrs {
 		res.AppendHeader(h)
