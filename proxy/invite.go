@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,7 +49,8 @@ func (f *forwarding) watchCancel() *cancelWatch {
 func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 	defer f.rememberNon2xxFinal()
 	cancelled, isCancelled := cw.signal, &cw.fired
-	f.watch2xxRetransmissions(clTx, isCancelled)
+	answered := &answeredDialogs{}
+	f.watch2xxRetransmissions(clTx, isCancelled, answered)
 
 	timer := time.NewTimer(f.p.cfg.UpstreamTimeout)
 	defer timer.Stop()
@@ -110,12 +112,14 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 				}
 				clTx = next
 				provisional = false
-				f.watch2xxRetransmissions(clTx, isCancelled)
+				f.watch2xxRetransmissions(clTx, isCancelled, answered)
 				resetTimer(timer, f.p.cfg.UpstreamTimeout)
 				continue
 			}
 			if res.IsSuccess() {
-				f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
+				if answered.first(res) {
+					f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
+				}
 				if err := f.relay(res); err != nil && isCancelled.Load() {
 					// The client's CANCEL took the server transaction
 					// between this response's arrival and its relay: the
@@ -220,7 +224,7 @@ func (f *forwarding) forgetDialog(res *sip.Response) {
 // on Responses(): retransmissions of the 2xx and 2xx from other forks
 // (other To tags), which establish dialogs of their own. The hook runs on
 // sipgo's goroutine; it captures what it needs now.
-func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancelled *atomic.Bool) {
+func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancelled *atomic.Bool, answered *answeredDialogs) {
 	auth := f.auth
 	upCSeq := f.fwd.CSeq().SeqNo
 	clTx.OnRetransmission(func(res *sip.Response) {
@@ -231,12 +235,43 @@ func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancell
 			f.hangUpUpstream(res)
 			return
 		}
-		f.recordDialog(res, auth, upCSeq)
+		if answered.first(res) {
+			f.recordDialog(res, auth, upCSeq)
+		}
 		f.prepareRelay(res)
 		if err := f.tx.Respond(res); err != nil {
 			f.log.Debug("cannot relay 2xx retransmission", "error", err)
 		}
 	})
+}
+
+// answeredDialogs are the dialogs (To tags) an INVITE's 2xx responses
+// established, each recorded in the dialog table at its first 2xx only: a
+// retransmission of the 2xx that arrives after the dialog's BYE (the
+// callee sent it just before the BYE reached it) is relayed, but must not
+// bring the ended dialog back. A 2xx with a new To tag is another fork's
+// dialog.
+type answeredDialogs struct {
+	mu   sync.Mutex
+	tags map[string]bool
+}
+
+// first reports whether res is the first 2xx of its dialog, and notes it.
+func (a *answeredDialogs) first(res *sip.Response) bool {
+	tag := ""
+	if to := res.To(); to != nil {
+		tag, _ = to.Params.Get("tag")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tags[tag] {
+		return false
+	}
+	if a.tags == nil {
+		a.tags = map[string]bool{}
+	}
+	a.tags[tag] = true
+	return true
 }
 
 // recordDialog remembers the dialog a 2xx to an INVITE establishes (or
