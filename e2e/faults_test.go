@@ -188,16 +188,21 @@ func TestFaultsLossyPath(t *testing.T) {
 		return ok && st.Dialogs == 0 && st.InFlight == 0
 	})
 
-	callErrors := map[string]int{}
+	callErrors, byeErrors := map[string]int{}, map[string]int{}
 	for i, code := range []string{"408", "480", "486", "500", "503"} {
 		if n := cl.Counters[fmt.Sprintf("%d_%s_Recv", 3+i, code)]; n > 0 {
 			callErrors[code] = n
 		}
 	}
+	for i, code := range []string{"408", "481", "500", "503"} {
+		if n := cl.Counters[fmt.Sprintf("%d_%s_Recv", 12+i, code)]; n > 0 {
+			byeErrors[code] = n
+		}
+	}
 	msgErrors := map[string]int{"408": msgs.Counters["2_408_Recv"], "503": msgs.Counters["3_503_Recv"]}
 	t.Logf("%d calls and %d MESSAGEs in %v, %.0f%% loss and 0-%v jitter each way on both legs", calls, messages, took.Round(time.Second), loss*100, jitter)
-	t.Logf("calls: %d answered and hung up, %d ended with an error response %v, %d failed; SIPp caller retransmissions %d, callee %d",
-		answered, cl.Successful-answered, callErrors, cl.Failed, cl.Counters["Retransmissions(C)"], uc["Retransmissions(C)"])
+	t.Logf("calls: %d answered (%d BYEs answered 200, errors %v), %d ended with an error response %v, %d failed; SIPp caller retransmissions %d, callee %d",
+		answered, cl.Counters["16_200_Recv"], byeErrors, cl.Successful-answered, callErrors, cl.Failed, cl.Counters["Retransmissions(C)"], uc["Retransmissions(C)"])
 	t.Logf("callee: %d calls taken, %d completed, %d failed", uc["IncomingCall(C)"], uc["SuccessfulCall(C)"], uc["FailedCall(C)"])
 	t.Logf("MESSAGEs: %d answered 200, errors %v, %d failed; SIPp retransmissions %d",
 		msgs.Counters["4_200_Recv"], msgErrors, msgs.Failed, msgs.Counters["Retransmissions(C)"])
@@ -217,10 +222,12 @@ func TestFaultsLossyPath(t *testing.T) {
 		t.Errorf("authproxy's /status: %d dialogs, %d requests in flight; want none", st.Dialogs, st.InFlight)
 	}
 	if cl.Successful != calls || cl.Failed != 0 {
-		t.Errorf("calls: %d ended with a final response, %d failed; want all %d to end with one\n%s", cl.Successful, cl.Failed, calls, lastLinesOf(cl.Output, 30))
+		t.Errorf("calls: %d ended with a final response, %d failed; want all %d to end with one\nunexpected messages: %v\n%s",
+			cl.Successful, cl.Failed, calls, unexpectedMessages(cl.Errors), lastLinesOf(cl.Output, 30))
 	}
 	if msgs.Successful != messages || msgs.Failed != 0 {
-		t.Errorf("MESSAGEs: %d ended with a final response, %d failed; want all %d to end with one\n%s", msgs.Successful, msgs.Failed, messages, lastLinesOf(msgs.Output, 30))
+		t.Errorf("MESSAGEs: %d ended with a final response, %d failed; want all %d to end with one\nunexpected messages: %v\n%s",
+			msgs.Successful, msgs.Failed, messages, unexpectedMessages(msgs.Errors), lastLinesOf(msgs.Output, 30))
 	}
 	if uc["FailedCall(C)"] != 0 || uc["SuccessfulCall(C)"] != answered {
 		t.Errorf("callee: %d calls completed with their BYE, %d failed; want the %d the caller saw answered, none failed",
@@ -237,8 +244,198 @@ func TestFaultsLossyPath(t *testing.T) {
 	}
 }
 
+// unexpectedMessages counts the messages SIPp's error trace shows as
+// unexpected, by where the call was and the message's first line.
+func unexpectedMessages(errs string) map[string]int {
+	out := map[string]int{}
+	for _, part := range strings.Split(errs, "Continuing call on unexpected message")[1:] {
+		where, rest, _ := strings.Cut(part, "received '")
+		if _, w, ok := strings.Cut(where, "': "); ok {
+			where = strings.TrimSpace(w)
+		}
+		first, _, _ := strings.Cut(rest, "\n")
+		out[strings.TrimSuffix(where, ",")+": "+strings.TrimSpace(first)]++
+	}
+	return out
+}
+
 // lastLinesOf returns the last n lines of s.
 func lastLinesOf(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// TestFaultsUpstreamRestart: Kamailio, the upstream, crashes (SIGKILL to
+// all its processes) in the middle of a run of MESSAGEs through authproxy
+// and is started again on the same address (with the same nonce secret, as
+// a PBX keeps across restarts). A MESSAGE in flight meanwhile ends with a
+// final response: 200 once a retransmission reaches the new Kamailio, or
+// authproxy's 408 at Timer F (or 503), which the scenario accepts; every
+// MESSAGE sent after the restart gets its 200.
+func TestFaultsUpstreamRestart(t *testing.T) {
+	peers.Require(t, "kamailio", "sipp")
+	const messages, rate = 600, 40
+	k := peers.StartKamailio(t, peers.KamailioConfig{
+		Host: upstreamA.host, Port: peers.FreePort(t, upstreamA.host), Users: upstreamA.users(),
+		StrictURI: true, Secret: peers.NewToken(16),
+	})
+	listen, admin := faultsAddrs(t)
+	StartAuthproxy(t, faultsTOML(listen, admin, k.Addr()))
+	done := runSippAsync(t, peers.SippRun{
+		Scenario: sippScenario("message_tolerant.xml"), Remote: listen, Service: callsInteropCaller,
+		Domain: upstreamA.domain, Calls: messages, Rate: rate, Timeout: 2 * time.Minute, Extra: sippTolerant,
+	})
+	testutil.Eventually(t, "Kamailio to accept 100 MESSAGEs", func() bool { return acceptedBy(k) >= 100 })
+	if err := k.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+	testutil.Eventually(t, "MESSAGEs in flight toward the dead upstream", func() bool {
+		st, ok := statusOf(admin)
+		return ok && st.InFlight >= 5
+	})
+	k = peers.StartKamailio(t, k.Config())
+	restartedAt := time.Now()
+	res := <-done
+
+	calls := sippCalls(t, res.Messages)
+	outcomes := map[string]map[int]int{} // before, during, after the outage → status → calls
+	for id, c := range calls {
+		when := "before"
+		switch {
+		case c.sent.After(restartedAt):
+			when = "after"
+			if c.final != 200 {
+				t.Errorf("MESSAGE %s, sent after the restart, got %d; want 200", id, c.final)
+			}
+		case c.sent.After(killedAt):
+			when = "during"
+		}
+		if outcomes[when] == nil {
+			outcomes[when] = map[int]int{}
+		}
+		outcomes[when][c.final]++
+	}
+	t.Logf("Kamailio down for %v; MESSAGEs by when they were sent (status: count): before the crash %v, during the outage %v, after the restart %v; SIPp retransmissions %d, run %v",
+		restartedAt.Sub(killedAt).Round(time.Millisecond), outcomes["before"], outcomes["during"], outcomes["after"],
+		res.Counters["Retransmissions(C)"], res.Duration.Round(time.Second))
+	if res.Successful != messages || res.Failed != 0 || len(calls) != messages {
+		t.Errorf("%d MESSAGEs ended with a final response, %d failed, %d traced; want all %d to end with one\n%s",
+			res.Successful, res.Failed, len(calls), messages, lastLinesOf(res.Output, 30))
+	}
+	if outcomes["after"][200] == 0 {
+		t.Errorf("no MESSAGE was sent after the restart: the test proves little")
+	}
+	for status := range outcomes["before"] {
+		if status != 200 && status != 408 && status != 503 {
+			t.Errorf("a MESSAGE ended with %d; want 200, 408 or 503", status)
+		}
+	}
+}
+
+// acceptedBy counts the requests k accepted with valid credentials.
+func acceptedBy(k *peers.Kamailio) int {
+	n := 0
+	for _, e := range k.Events() {
+		if e.Result == "ok" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFaultsAuthproxyRestart: authproxy itself crashes (SIGKILL) under a
+// run of MESSAGEs and is started again on the same addresses. It serves
+// again, and every MESSAGE ends with a final response: the client's
+// retransmissions reach the new process. The time from the new process's
+// start to its first answered request is logged, not asserted.
+func TestFaultsAuthproxyRestart(t *testing.T) {
+	peers.Require(t, "kamailio", "sipp")
+	const messages, rate = 600, 40
+	k := peers.StartKamailio(t, peers.KamailioConfig{Host: upstreamA.host, Users: upstreamA.users(), StrictURI: true})
+	listen, admin := faultsAddrs(t)
+	conf := faultsTOML(listen, admin, k.Addr())
+	ap := StartAuthproxy(t, conf)
+	done := runSippAsync(t, peers.SippRun{
+		Scenario: sippScenario("message_tolerant.xml"), Remote: listen, Service: callsInteropCaller,
+		Domain: upstreamA.domain, Calls: messages, Rate: rate, Timeout: 2 * time.Minute,
+		NoMessageTrace: true, Extra: sippTolerant,
+	})
+	testutil.Eventually(t, "authproxy to answer 100 MESSAGEs", func() bool { return len(answeredAt(ap.Logs())) >= 100 })
+	if err := ap.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	ap = StartAuthproxy(t, conf)
+	ready := time.Since(start)
+	var answers []time.Time
+	testutil.Eventually(t, "the restarted authproxy to answer a request", func() bool {
+		answers = answeredAt(ap.Logs())
+		return len(answers) > 0
+	})
+	res := <-done
+	t.Logf("authproxy restarted: ready %v after its start, first request answered %v after it; it answered %d MESSAGEs in all",
+		ready.Round(time.Millisecond), answers[0].Sub(start).Round(time.Millisecond), len(answeredAt(ap.Logs())))
+	t.Logf("MESSAGEs: %d answered 200, %d 408, %d 503, %d failed; SIPp retransmissions %d, run %v",
+		res.Counters["4_200_Recv"], res.Counters["2_408_Recv"], res.Counters["3_503_Recv"], res.Failed,
+		res.Counters["Retransmissions(C)"], res.Duration.Round(time.Second))
+	if res.Successful != messages || res.Failed != 0 {
+		t.Errorf("%d MESSAGEs ended with a final response, %d failed; want all %d to end with one\n%s",
+			res.Successful, res.Failed, messages, lastLinesOf(res.Output, 30))
+	}
+}
+
+// answeredAt returns the times of authproxy's "request" log lines with
+// status 200, in log order.
+func answeredAt(logs string) []time.Time {
+	var out []time.Time
+	for line := range strings.SplitSeq(logs, "\n") {
+		if !strings.Contains(line, `"status":200`) {
+			continue
+		}
+		var rec struct {
+			Time   time.Time `json:"time"`
+			Msg    string    `json:"msg"`
+			Status int       `json:"status"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "request" && rec.Status == 200 {
+			out = append(out, rec.Time)
+		}
+	}
+	return out
+}
+
+// sippCall is one call of a SIPp message trace: when its first request
+// was sent and the status of the last final response it received.
+type sippCall struct {
+	sent  time.Time
+	final int
+}
+
+// sippCalls reads a SIPp message trace (-trace_msg) into calls by
+// Call-ID. Each message's block starts with the time SIPp logged it.
+func sippCalls(t *testing.T, trace string) map[string]sippCall {
+	t.Helper()
+	out := map[string]sippCall{}
+	for _, block := range strings.Split(trace, "----------------------------------------------- ")[1:] {
+		stamp, rest, _ := strings.Cut(block, "\n")
+		head, msg, _ := strings.Cut(rest, "\n")
+		msg = strings.TrimLeft(msg, "\r\n")
+		at, err := time.ParseInLocation("2006-01-02 15:04:05.000000", strings.TrimSpace(stamp), time.Local)
+		if err != nil {
+			t.Fatalf("SIPp trace time %q: %v", stamp, err)
+		}
+		id := traceHeader(msg, "Call-ID")
+		c := out[id]
+		switch {
+		case strings.Contains(head, "message sent") && c.sent.IsZero():
+			c.sent = at
+		case strings.Contains(head, "message received") && strings.HasPrefix(msg, "SIP/2.0 "):
+			if code := peers.StatusCode(msg); code >= 200 {
+				c.final = code
+			}
+		}
+		out[id] = c
+	}
+	return out
 }
