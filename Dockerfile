@@ -2,7 +2,8 @@
 #
 # authproxy container image: a static binary on distroless, run as non-root.
 #
-#   docker build --build-arg VERSION=$(git describe --always) -t authproxy .
+#   docker build --build-arg VERSION=$(git describe --always --dirty) \
+#     --build-arg COMMIT=$(git rev-parse HEAD) -t authproxy .
 #   docker run --rm -p 5060:5060/udp -p 5060:5060/tcp -p 9060:9060/tcp \
 #     -v "$PWD/authproxy.toml:/etc/authproxy/authproxy.toml:ro" authproxy
 #
@@ -31,8 +32,11 @@ COPY go.mod go.sum ./
 COPY internal/sipgo/go.mod internal/sipgo/go.sum internal/sipgo/
 RUN go mod download
 COPY . .
+# The build context has no .git (.dockerignore), so the version and commit
+# that authproxy -version prints come in as build arguments.
 ARG VERSION=dev
-RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /out/authproxy ./cmd/authproxy
+ARG COMMIT=unknown
+RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/authproxy ./cmd/authproxy
 RUN /out/authproxy -check -config config.example.toml
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -3,12 +3,12 @@
 // (bench/upstream.cfg.tmpl), SIPp as the load generator and as the callee.
 // It is not part of go test ./...: the test skips unless AUTHPROXY_BENCH=1.
 //
-// Run (see README.md "Performance"):
+// Run (results and the commands behind them: bench/RESULTS.md):
 //
 //	AUTHPROXY_BENCH=1 go test ./bench -run TestBench -v -timeout 60m
 //
-// AUTHPROXY_BENCH_STEP sets the seconds per rate step (default 30, the
-// figure the issue asks for); AUTHPROXY_BENCH_PATHS (direct, off, all,
+// AUTHPROXY_BENCH_STEP sets the seconds per rate step (default 30);
+// AUTHPROXY_BENCH_PATHS (direct, off, all,
 // kamailio, and all-tcp, which only runs when named: SIPp to authproxy over
 // TCP) and AUTHPROXY_BENCH_KINDS (message, call), comma-separated, pick a
 // part of the table. TestSoak (AUTHPROXY_BENCH_SOAK=5m) runs a

@@ -159,7 +159,7 @@ func latencyRound(t *testing.T, rate, seconds, warmup int, upstream, relay, addr
 	}
 	if n := rate * seconds; cpu1.user+cpu1.system > 0 {
 		// What authproxy spent per request is what the tail follows
-		// (README, "Performance"): the kernel's part includes sending on
+		// (docs/performance.md): the kernel's part includes sending on
 		// loopback, which runs the receiver's side of the stack too.
 		per := func(d time.Duration) time.Duration { return (d / time.Duration(n)).Round(100 * time.Nanosecond) }
 		user, system := cpu1.user-cpu0.user, cpu1.system-cpu0.system

@@ -49,9 +49,9 @@ type Config struct {
 
 // Runtime is the [runtime] table: Go runtime settings cmd/authproxy
 // applies at start, for a machine where authproxy shares a few cores with
-// the PBX (one P and a rarer, memory-bounded GC cut its latency tail there;
-// README "Performance"). A zero field leaves Go's default, and with it the
-// GOMAXPROCS, GOGC and GOMEMLIMIT environment variables, in charge.
+// the PBX (docs/performance.md says what each setting costs and gains). A
+// zero field leaves Go's default, and with it the GOMAXPROCS, GOGC and
+// GOMEMLIMIT environment variables, in charge.
 type Runtime struct {
 	// MaxProcs is GOMAXPROCS: how many threads run Go code at once.
 	MaxProcs int

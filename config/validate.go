@@ -578,7 +578,7 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 // transport validates and defaults a transport key.
 // preemptive checks an upstream's preemptive mode; empty means "all"
 // (registrations and every other request to a configured trunk carry
-// credentials from the last accepted challenge, the default).
+// credentials from the last accepted challenge: the default).
 func (v *validator) preemptive(key, m string) string {
 	switch m {
 	case "":

@@ -59,58 +59,73 @@ func waitDialogs(t *testing.T, h *harness, n int) {
 }
 
 // TestCall: a challenged call to each upstream, over every combination of
-// client and upstream transport, caller hangs up. The upstream must see the
-// ACK with the INVITE's CSeq and credentials, and no CSeq going backwards.
+// client and upstream transport, against Asterisk-like (401) and
+// Kamailio-like (407) strict upstreams, caller hangs up. The upstream must
+// see the ACK with the INVITE's CSeq and credentials, no CSeq going
+// backwards, and the ACK and BYE sent to its Contact through the route
+// set.
 func TestCall(t *testing.T) {
-	for _, upTCP := range []bool{false, true} {
-		for _, clientTP := range []string{"udp", "tcp"} {
-			t.Run(fmt.Sprintf("client=%s/upstream_tcp=%v", clientTP, upTCP), func(t *testing.T) {
-				h := startHarness(t, harnessOptions{UpstreamTCP: upTCP,
-					A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}},
-					B: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}}})
-				for _, tg := range callTargets {
-					t.Run(tg.name, func(t *testing.T) {
-						ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
-						c := ph.dial(tg.ruri, testSDP)
-						res := c.waitFinal(10 * time.Second)
-						if res.StatusCode != 200 {
-							t.Fatalf("INVITE: %d %s", res.StatusCode, res.Reason)
-						}
-						var ringing bool
-						for _, r := range c.responses {
-							if r.StatusCode == 401 || r.StatusCode == 407 {
-								t.Fatalf("client saw the challenge %d", r.StatusCode)
-							}
-							if r.StatusCode == 180 {
-								ringing = true
-							}
-							if r.CSeq().SeqNo != 1 {
-								t.Fatalf("%d relayed with CSeq %d, client sent 1", r.StatusCode, r.CSeq().SeqNo)
-							}
-						}
-						if !ringing {
-							t.Fatal("180 Ringing not relayed")
-						}
-						if len(c.routes) == 0 {
-							t.Fatal("2xx carries no Record-Route: in-dialog requests would bypass authproxy")
-						}
-						c.ack()
-						fc := waitCallState(t, tg.pbx(h), c.callID, "confirmed")
-						fc = waitAck(t, tg.pbx(h), c.callID)
-						if !fc.AckCSeqOK || !fc.AckAuthOK {
-							t.Fatalf("ACK at upstream: CSeq ok %v, credentials ok %v", fc.AckCSeqOK, fc.AckAuthOK)
-						}
-						if bye := c.request(sip.BYE, nil); bye.StatusCode != 200 {
-							t.Fatalf("BYE: %d", bye.StatusCode)
-						}
-						waitCallState(t, tg.pbx(h), c.callID, "terminated")
-						assertNoCallErrors(t, tg.pbx(h))
-					})
-				}
-				waitDialogs(t, h, 0)
-			})
+	for _, profile := range strictProfiles {
+		for _, upTCP := range []bool{false, true} {
+			for _, clientTP := range []string{"udp", "tcp"} {
+				t.Run(fmt.Sprintf("%s/client=%s/upstream_tcp=%v", profile, clientTP, upTCP), func(t *testing.T) {
+					testCall(t, profile, clientTP, upTCP)
+				})
+			}
 		}
 	}
+}
+
+// testCall is one case of TestCall.
+func testCall(t *testing.T, profile pbxProfile, clientTP string, upTCP bool) {
+	h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile,
+		A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}},
+		B: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 50 * time.Millisecond}}})
+	for _, tg := range callTargets {
+		t.Run(tg.name, func(t *testing.T) {
+			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
+			c := ph.dial(tg.ruri, testSDP)
+			res := c.waitFinal(10 * time.Second)
+			if res.StatusCode != 200 {
+				t.Fatalf("INVITE: %d %s", res.StatusCode, res.Reason)
+			}
+			var ringing bool
+			for _, r := range c.responses {
+				if r.StatusCode == 401 || r.StatusCode == 407 {
+					t.Fatalf("client saw the challenge %d", r.StatusCode)
+				}
+				if r.StatusCode == 180 {
+					ringing = true
+				}
+				if r.CSeq().SeqNo != 1 {
+					t.Fatalf("%d relayed with CSeq %d, client sent 1", r.StatusCode, r.CSeq().SeqNo)
+				}
+			}
+			if !ringing {
+				t.Fatal("180 Ringing not relayed")
+			}
+			if len(c.routes) == 0 {
+				t.Fatal("2xx carries no Record-Route: in-dialog requests would bypass authproxy")
+			}
+			c.ack()
+			fc := waitCallState(t, tg.pbx(h), c.callID, "confirmed")
+			fc = waitAck(t, tg.pbx(h), c.callID)
+			if !fc.AckCSeqOK || !fc.AckAuthOK {
+				t.Fatalf("ACK at upstream: CSeq ok %v, credentials ok %v", fc.AckCSeqOK, fc.AckAuthOK)
+			}
+			if len(fc.RouteSet) == 0 {
+				// With it the strict upstream also checks that the
+				// caller's requests come from that hop.
+				t.Fatal("the INVITE reached the upstream without Record-Route: its BYE would bypass authproxy")
+			}
+			if bye := c.request(sip.BYE, nil); bye.StatusCode != 200 {
+				t.Fatalf("BYE: %d", bye.StatusCode)
+			}
+			waitCallState(t, tg.pbx(h), c.callID, "terminated")
+			assertNoCallErrors(t, tg.pbx(h))
+		})
+	}
+	waitDialogs(t, h, 0)
 }
 
 // waitAck waits until the fake has seen the ACK of the call.
@@ -159,9 +174,13 @@ func waitAcks(t *testing.T, pbx *fakepbx.Server, callID string, n int) {
 // TestCalleeHangsUp: the BYE the upstream sends reaches the client through
 // authproxy, with the upstream's own CSeq.
 func TestCalleeHangsUp(t *testing.T) {
-	for _, clientTP := range []string{"udp", "tcp"} {
-		t.Run(clientTP, func(t *testing.T) {
-			h := startHarness(t, harnessOptions{})
+	for _, tc := range []struct {
+		profile  pbxProfile
+		clientTP string
+	}{{asteriskProfile, "udp"}, {asteriskProfile, "tcp"}, {kamailioProfile, "udp"}, {kamailioProfile, "tcp"}} {
+		clientTP := tc.clientTP
+		t.Run(tc.profile.String()+"/"+clientTP, func(t *testing.T) {
+			h := startHarness(t, harnessOptions{Profile: tc.profile})
 			c := answeredCall(t, h, clientTP)
 			waitAck(t, h.A, c.callID)
 			if code := h.A.HangUp(t, c.callID); code != 200 {
@@ -285,10 +304,12 @@ func TestCancelBeforeAnswer(t *testing.T) {
 			if invite == nil {
 				t.Fatal("no authenticated INVITE upstream")
 			}
-			if cancel.CSeq != invite.CSeq || cancel.Branch != invite.Branch {
-				t.Fatalf("CANCEL cseq %d branch %s, outstanding INVITE cseq %d branch %s", cancel.CSeq, cancel.Branch, invite.CSeq, invite.Branch)
+			if cancel.CSeq != invite.CSeq || cancel.Branch != invite.Branch || cancel.RequestURI != invite.RequestURI {
+				t.Fatalf("CANCEL cseq %d branch %s to %s, outstanding INVITE cseq %d branch %s to %s",
+					cancel.CSeq, cancel.Branch, cancel.RequestURI, invite.CSeq, invite.Branch, invite.RequestURI)
 			}
 			waitDialogs(t, h, 0)
+			assertNoCallErrors(t, h.A)
 		})
 	}
 }
@@ -571,6 +592,7 @@ func TestTimerC(t *testing.T) {
 		}
 		return false
 	})
+	assertNoCallErrors(t, h.A)
 }
 
 // TestManyCallsLeaveNoState: the dialog table is back at zero after many

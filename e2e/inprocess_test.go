@@ -100,6 +100,67 @@ type harnessOptions struct {
 	RegisterMode string
 	// Preemptive is pbx-a's and pbx-b's Upstream.Preemptive (default off).
 	Preemptive proxy.Preemptive
+	// Profile is how pbx-a and pbx-b judge requests (default
+	// asteriskProfile).
+	Profile pbxProfile
+}
+
+// pbxProfile is how a harness's fake PBXs judge requests, as one kind of
+// real server does.
+type pbxProfile string
+
+const (
+	// asteriskProfile (the default) turns on every strict mode of the
+	// fake: first credential per realm, nonces that expire (stale=true),
+	// 401 for every method as Asterisk's PJSIP sends, registrar bounds
+	// (423 below 60 s, at most 3600 s), Request-URI and route set checks in
+	// dialogs, RFC 7616 quoting.
+	asteriskProfile pbxProfile = ""
+	// kamailioProfile is as strict, but challenges REGISTER with 401 and
+	// every other method with 407 (www_challenge and proxy_challenge) and
+	// keeps nonces 300 s (the auth module's nonce_expire).
+	kamailioProfile pbxProfile = "kamailio"
+	// lenientProfile is the fake without strict modes, for a test of what
+	// only a lenient server lets through.
+	lenientProfile pbxProfile = "lenient"
+)
+
+// kamailioNonceExpire is the Kamailio auth module's nonce_expire default.
+const kamailioNonceExpire = 300 * time.Second
+
+// strictProfiles are the profiles the main scenarios run against.
+var strictProfiles = []pbxProfile{asteriskProfile, kamailioProfile}
+
+func (p pbxProfile) String() string {
+	if p == asteriskProfile {
+		return "asterisk"
+	}
+	return string(p)
+}
+
+// apply returns c judged as p says; what c sets explicitly is kept.
+func (p pbxProfile) apply(c fakepbx.Config) fakepbx.Config {
+	switch p {
+	case lenientProfile:
+		return c
+	case kamailioProfile:
+		if c.ChallengeCode == nil {
+			c.ChallengeCode = fakepbx.DefaultChallengeCode
+		}
+		if c.NonceLifetime == 0 {
+			c.NonceLifetime = kamailioNonceExpire
+		}
+	}
+	c.Strict = true
+	return c
+}
+
+// challengeCode is the status p challenges method with.
+func (p pbxProfile) challengeCode(method sip.RequestMethod) int {
+	if p == asteriskProfile {
+		return fakepbx.Always401(method.String())
+	}
+	return fakepbx.DefaultChallengeCode(method.String())
 }
 
 func defaultCredentials(a, b string) []credentials.Entry {
@@ -125,6 +186,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		o.B.Accounts = map[string]string{"bob": bobPassword}
 	}
 	o.A.Name, o.B.Name = "pbx-a", "pbx-b"
+	o.A, o.B = o.Profile.apply(o.A), o.Profile.apply(o.B)
 	h := &harness{A: fakepbx.Start(t, o.A), B: fakepbx.Start(t, o.B), Logs: &syncBuffer{}}
 	if o.Credentials == nil {
 		o.Credentials = defaultCredentials
@@ -342,12 +404,17 @@ var coreMethods = []sip.RequestMethod{sip.REGISTER, sip.OPTIONS, sip.MESSAGE, si
 
 // TestEveryMethodToEveryUpstream is the core product: a client without a
 // password gets 200 from both upstreams for every method, over both client
-// transports and both upstream transports, and each upstream only ever
-// sees its own account.
+// transports and both upstream transports, against upstreams as strict as
+// Asterisk (401 for everything) and Kamailio (407 outside REGISTER), and
+// each upstream only ever sees its own account.
 func TestEveryMethodToEveryUpstream(t *testing.T) {
-	for _, upTCP := range []bool{false, true} {
-		t.Run(fmt.Sprintf("upstream_tcp=%v", upTCP), func(t *testing.T) {
-			h := startHarness(t, harnessOptions{UpstreamTCP: upTCP})
+	for _, tc := range []struct {
+		profile pbxProfile
+		upTCP   bool
+	}{{asteriskProfile, false}, {asteriskProfile, true}, {kamailioProfile, false}, {kamailioProfile, true}} {
+		profile, upTCP := tc.profile, tc.upTCP
+		t.Run(fmt.Sprintf("%s/upstream_tcp=%v", profile, upTCP), func(t *testing.T) {
+			h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile})
 			for _, transport := range []string{"udp", "tcp"} {
 				for _, m := range coreMethods {
 					for _, target := range []struct {
@@ -424,24 +491,23 @@ func TestUserScopedCredential(t *testing.T) {
 // TestWrongPassword: rejected credentials are not retried (RFC 3261 §22.1);
 // the client gets the upstream's final challenge once.
 func TestWrongPassword(t *testing.T) {
-	for _, m := range []sip.RequestMethod{sip.REGISTER, sip.MESSAGE} {
-		t.Run(m.String(), func(t *testing.T) {
-			h := startHarness(t, harnessOptions{A: fakepbx.Config{Accounts: map[string]string{"alice": "not-the-configured-one"}}})
-			rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, "pbx-a.example.com", "1001"), FromUser: "1001"}.build(t))
-			want := 407
-			if m == sip.REGISTER {
-				want = 401
-			}
-			if res := rs[len(rs)-1]; res.StatusCode != want {
-				t.Fatalf("status %d, want %d", res.StatusCode, want)
-			}
-			if n := h.A.Challenges(); n != 2 {
-				t.Fatalf("upstream sent %d challenges, want 2 (one answered, one relayed)", n)
-			}
-			if n := len(h.A.Requests()); n != 2 {
-				t.Fatalf("upstream saw %d requests, want 2", n)
-			}
-		})
+	for _, profile := range strictProfiles {
+		for _, m := range []sip.RequestMethod{sip.REGISTER, sip.MESSAGE} {
+			t.Run(profile.String()+"/"+m.String(), func(t *testing.T) {
+				h := startHarness(t, harnessOptions{Profile: profile, A: fakepbx.Config{Accounts: map[string]string{"alice": "not-the-configured-one"}}})
+				rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, "pbx-a.example.com", "1001"), FromUser: "1001"}.build(t))
+				want := profile.challengeCode(m)
+				if res := rs[len(rs)-1]; res.StatusCode != want {
+					t.Fatalf("status %d, want %d", res.StatusCode, want)
+				}
+				if n := h.A.Challenges(); n != 2 {
+					t.Fatalf("upstream sent %d challenges, want 2 (one answered, one relayed)", n)
+				}
+				if n := len(h.A.Requests()); n != 2 {
+					t.Fatalf("upstream saw %d requests, want 2", n)
+				}
+			})
+		}
 	}
 }
 
@@ -455,8 +521,8 @@ func TestAnonymousFallback(t *testing.T) {
 	t.Run("refused", func(t *testing.T) {
 		h := startHarness(t, harnessOptions{Credentials: none})
 		res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
-		if res.StatusCode != 407 {
-			t.Fatalf("status %d, want 407", res.StatusCode)
+		if want := asteriskProfile.challengeCode(sip.OPTIONS); res.StatusCode != want {
+			t.Fatalf("status %d, want %d", res.StatusCode, want)
 		}
 		rs := h.A.Requests()
 		if len(rs) != 2 || rs[1].AuthUsername != "anonymous" {
@@ -545,25 +611,30 @@ func TestTwoRealms(t *testing.T) {
 // upstream has seen CSeq N+1; the client's refresh N+1 must reach it as
 // N+2 or higher (RFC 3261 §10.3 step 7), and come back as N+1.
 func TestRegisterRefreshSameCallID(t *testing.T) {
-	h := startHarness(t, harnessOptions{})
-	c := clientRequest{Method: sip.REGISTER, RequestURI: "sip:pbx-a.example.com", FromUser: "1001", CallID: uuid.NewString(), FromTag: "fixedtag", CSeq: 1}
-	for i := 0; i < 3; i++ {
-		for _, transport := range []string{"udp", "tcp"} {
-			res := h.final(t, transport, c)
-			if res.StatusCode != 200 {
-				t.Fatalf("REGISTER cseq %d over %s: status %d %s", c.CSeq, transport, res.StatusCode, res.Reason)
+	for _, profile := range strictProfiles {
+		t.Run(profile.String(), func(t *testing.T) {
+			h := startHarness(t, harnessOptions{Profile: profile})
+			c := clientRequest{Method: sip.REGISTER, RequestURI: "sip:pbx-a.example.com", FromUser: "1001", CallID: uuid.NewString(), FromTag: "fixedtag", CSeq: 1}
+			for i := 0; i < 3; i++ {
+				for _, transport := range []string{"udp", "tcp"} {
+					res := h.final(t, transport, c)
+					if res.StatusCode != 200 {
+						t.Fatalf("REGISTER cseq %d over %s: status %d %s", c.CSeq, transport, res.StatusCode, res.Reason)
+					}
+					c.CSeq++
+				}
 			}
-			c.CSeq++
-		}
-	}
-	// The fake answers 500 to any non-increasing CSeq per Call-ID; all 200
-	// above already proves the offset. Check the numbers too.
-	var last uint32
-	for _, r := range h.A.Requests() {
-		if r.CSeq <= last {
-			t.Fatalf("upstream CSeq went %d -> %d", last, r.CSeq)
-		}
-		last = r.CSeq
+			// The fake answers 500 to any non-increasing CSeq per Call-ID;
+			// all 200 above already proves the offset. Check the numbers
+			// too.
+			var last uint32
+			for _, r := range h.A.Requests() {
+				if r.CSeq <= last {
+					t.Fatalf("upstream CSeq went %d -> %d", last, r.CSeq)
+				}
+				last = r.CSeq
+			}
+		})
 	}
 }
 

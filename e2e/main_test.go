@@ -16,7 +16,7 @@ import (
 )
 
 // peerBinaries are the programs the interop tests run.
-var peerBinaries = []string{"kamailio", "sipp", "baresip"}
+var peerBinaries = []string{"kamailio", "sipp", "baresip", "dnsmasq"}
 
 func TestMain(m *testing.M) {
 	installPeers()

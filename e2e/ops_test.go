@@ -286,7 +286,9 @@ func TestOpsMetricsScenario(t *testing.T) {
 	}
 	// pbx-a marks the first correct answer of each request stale, so each
 	// request to it is answered twice: challenge, stale, accepted.
-	h := startOps(t, opsOptions{A: fakepbx.Config{StaleOnce: true}, Credentials: creds})
+	// pbx-b challenges as Kamailio does (407 outside REGISTER), so both
+	// challenge statuses are counted.
+	h := startOps(t, opsOptions{A: fakepbx.Config{StaleOnce: true}, B: fakepbx.Config{ChallengeCode: fakepbx.DefaultChallengeCode}, Credentials: creds})
 
 	const messagesA, registersB = 3, 2
 	for i := range messagesA {

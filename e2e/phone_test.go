@@ -77,7 +77,19 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 		close(ph.changed)
 		ph.changed = make(chan struct{})
 		ph.mu.Unlock()
+		// Like a real UA, the phone only takes requests for its Contact
+		// (RFC 3261 §12.2.1.1 and §10: in a dialog its remote target, out
+		// of one the contact it registered): authproxy must deliver to the
+		// URI the phone gave, whatever it rewrote on the way.
+		wrongTarget := !sameTarget(req.Recipient, ph.contact().Address) || ph.routeLeft(req)
 		if req.Method == sip.ACK {
+			if wrongTarget {
+				t.Errorf("phone %s: ACK for %s (Route %v), not its Contact %s", user, req.Recipient.String(), req.GetHeaders("Route"), ph.contact().Address.String())
+			}
+			return
+		}
+		if wrongTarget {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 404, "Not Found (not this phone's Contact)", nil))
 			return
 		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
@@ -102,6 +114,31 @@ func startPhone(t *testing.T, user, transport, proxyAddr string) *phone {
 		_ = ctx
 	})
 	return ph
+}
+
+// routeLeft reports whether req reached the phone with a Route that does
+// not name it: the hop before it should have followed (or removed) it
+// (RFC 3261 §16.4, §16.12).
+func (ph *phone) routeLeft(req *sip.Request) bool {
+	for _, h := range req.GetHeaders("Route") {
+		r, ok := h.(*sip.RouteHeader)
+		if !ok || !sameTarget(sip.Uri{User: ph.user, Host: r.Address.Host, Port: r.Address.Port}, ph.contact().Address) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameTarget compares a Request-URI with a Contact as a UA does (RFC 3261
+// §19.1.4 for what matters here): user, host and port.
+func sameTarget(ruri, contact sip.Uri) bool {
+	port := func(u sip.Uri) int {
+		if u.Port == 0 {
+			return 5060
+		}
+		return u.Port
+	}
+	return ruri.User == contact.User && strings.EqualFold(ruri.Host, contact.Host) && port(ruri) == port(contact)
 }
 
 func splitAddr(t *testing.T, addr string) (string, int) {

@@ -139,15 +139,18 @@ func TestRegisterThenInboundCall(t *testing.T) {
 	for _, tc := range []struct {
 		name, transport, mode string
 		pbxHangsUp            bool
+		profile               pbxProfile
 	}{
-		{"path/udp", "udp", "path", false},
-		{"path/tcp", "tcp", "path", false},
-		{"path/udp/pbx-hangs-up", "udp", "", true},
-		{"contact/udp", "udp", "contact", false},
-		{"contact/tcp/pbx-hangs-up", "tcp", "contact", true},
+		{"path/udp", "udp", "path", false, asteriskProfile},
+		{"path/tcp", "tcp", "path", false, asteriskProfile},
+		{"path/udp/pbx-hangs-up", "udp", "", true, asteriskProfile},
+		{"contact/udp", "udp", "contact", false, asteriskProfile},
+		{"contact/tcp/pbx-hangs-up", "tcp", "contact", true, asteriskProfile},
+		{"kamailio/path/tcp", "tcp", "path", false, kamailioProfile},
+		{"kamailio/contact/udp/pbx-hangs-up", "udp", "contact", true, kamailioProfile},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := startHarness(t, harnessOptions{RegisterMode: tc.mode})
+			h := startHarness(t, harnessOptions{RegisterMode: tc.mode, Profile: tc.profile})
 			ph := startRegPhone(t, "1001", tc.transport, h.Addr[tc.transport])
 			if res := ph.register(uuid.NewString(), "pbx-a.example.com", 1, "300"); res.StatusCode != 200 {
 				t.Fatalf("REGISTER: %d", res.StatusCode)
@@ -646,7 +649,8 @@ func TestTrunkRegistrationReload(t *testing.T) {
 // (here 1s); after that the PBX's request to the contact no longer reaches
 // the phone.
 func TestBindingExpires(t *testing.T) {
-	h := startHarness(t, harnessOptions{})
+	// A registrar that grants 1s (Asterisk's minimum_expiration is 60).
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{MinExpires: 1}})
 	ph := startRegPhone(t, "1001", "udp", h.Addr["udp"])
 	if res := ph.register(uuid.NewString(), "pbx-a.example.com", 1, "1"); res.StatusCode != 200 {
 		t.Fatalf("REGISTER: %d", res.StatusCode)

@@ -10,8 +10,6 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -76,50 +75,16 @@ func (ca *testCA) issue(t *testing.T, names ...string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// tlsUpstream is a minimal SIP-over-TLS upstream: it challenges with 407
-// and accepts a request whose Proxy-Authorization names tls-user.
-type tlsUpstream struct {
-	addr string
-	mu   sync.Mutex
-	seen []string // Proxy-Authorization values received
-}
-
-func startTLSUpstream(t *testing.T, host string, cert tls.Certificate) *tlsUpstream {
+// startTLSUpstream is a strict fake PBX serving SIP over TLS with cert:
+// realm "secure", SHA-256, 407 for anything but REGISTER, and one account,
+// tls-user, whose answers it verifies like any fake PBX does.
+func startTLSUpstream(t *testing.T, host string, cert tls.Certificate) *fakepbx.Server {
 	t.Helper()
-	ua, err := sipgo.NewUA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := sipgo.NewServer(ua)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", host+":0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &tlsUpstream{addr: ln.Addr().String()}
-	srv.OnNoRoute(func(req *sip.Request, tx sip.ServerTransaction) {
-		h := req.GetHeader("Proxy-Authorization")
-		if h == nil {
-			res := sip.NewResponseFromRequest(req, 407, "Proxy Authentication Required", nil)
-			res.AppendHeader(sip.NewHeader("Proxy-Authenticate", `Digest realm="secure", nonce="tls-nonce-1", qop="auth", algorithm=SHA-256`))
-			_ = tx.Respond(res)
-			return
-		}
-		u.mu.Lock()
-		u.seen = append(u.seen, h.Value())
-		u.mu.Unlock()
-		code := 403
-		if strings.Contains(h.Value(), `username="tls-user"`) {
-			code = 200
-		}
-		_ = tx.Respond(sip.NewResponseFromRequest(req, code, "", nil))
+	return fakepbx.Start(t, fakepbx.Config{
+		Name: "tls-" + host, Host: host, Strict: true, Realm: "secure", Algorithms: []string{"SHA-256"},
+		ChallengeCode: fakepbx.DefaultChallengeCode, Accounts: map[string]string{"tls-user": "tls-pw"},
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 	})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.ServeTLS(ln) }()
-	t.Cleanup(func() { _ = ln.Close(); _ = ua.Close(); <-done })
-	return u
 }
 
 // TestTLSUpstream: a TLS upstream verified against the test CA gets its
@@ -131,13 +96,13 @@ func TestTLSUpstream(t *testing.T) {
 	rogue := startTLSUpstream(t, "127.0.0.6", newTestCA(t).issue(t, "pbx-tls.test"))
 	creds := func(a, b string) []credentials.Entry {
 		return append(defaultCredentials(a, b),
-			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: good.addr},
-			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: rogue.addr},
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: good.TLSAddr()},
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: rogue.TLSAddr()},
 		)
 	}
 	h := startHarness(t, harnessOptions{Credentials: creds, ExtraUpstreams: []proxy.Upstream{
-		{Name: "tls-good", Address: good.addr, Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"good.example.com"}},
-		{Name: "tls-rogue", Address: rogue.addr, Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"rogue.example.com"}},
+		{Name: "tls-good", Address: good.TLSAddr(), Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"good.example.com"}},
+		{Name: "tls-rogue", Address: rogue.TLSAddr(), Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"rogue.example.com"}},
 	}})
 	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@good.example.com", FromUser: "1"}); res.StatusCode != 200 {
 		t.Fatalf("verified TLS upstream: status %d", res.StatusCode)
@@ -145,10 +110,11 @@ func TestTLSUpstream(t *testing.T) {
 	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@rogue.example.com", FromUser: "1"}); res.StatusCode != 503 {
 		t.Fatalf("TLS upstream with a foreign certificate: status %d, want 503", res.StatusCode)
 	}
-	rogue.mu.Lock()
-	defer rogue.mu.Unlock()
-	if len(rogue.seen) != 0 {
-		t.Fatalf("the rogue upstream received credentials: %q", rogue.seen)
+	if rs := good.Requests(); len(rs) != 2 || !rs[1].Authenticated || rs[1].Transport != "TLS" || rs[1].AuthUsername != "tls-user" {
+		t.Fatalf("the verified TLS upstream saw %v, want a challenge then tls-user's verified answer over TLS", summarize(rs))
+	}
+	if rs := rogue.Requests(); len(rs) != 0 {
+		t.Fatalf("the rogue upstream received requests: %v", summarize(rs))
 	}
 }
 
@@ -161,13 +127,13 @@ func TestTLSCredentialNeverOverPlain(t *testing.T) {
 		return []credentials.Entry{{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: "127.0.0.2"}}
 	}
 	h := startHarness(t, harnessOptions{Credentials: creds, A: fakepbxAccounts("tls-user", "tls-pw"), ExtraUpstreams: []proxy.Upstream{
-		{Name: "tls", Address: good.addr, Transport: "tls", RootCAs: ca.pool, Domains: []string{"tls.example.com"}},
+		{Name: "tls", Address: good.TLSAddr(), Transport: "tls", RootCAs: ca.pool, Domains: []string{"tls.example.com"}},
 	}})
 	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@tls.example.com", FromUser: "1"}); res.StatusCode != 200 {
 		t.Fatalf("over TLS: status %d", res.StatusCode)
 	}
-	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@pbx-a.example.com", FromUser: "1"}); res.StatusCode != 407 {
-		t.Fatalf("plain upstream on the TLS upstream's host: status %d, want the challenge relayed (407)", res.StatusCode)
+	if res, want := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@pbx-a.example.com", FromUser: "1"}), asteriskProfile.challengeCode(sip.OPTIONS); res.StatusCode != want {
+		t.Fatalf("plain upstream on the TLS upstream's host: status %d, want the challenge relayed (%d)", res.StatusCode, want)
 	}
 	assertOnlyUsernames(t, "pbx-a", h.A)
 }

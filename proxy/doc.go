@@ -56,6 +56,22 @@
 // and the relay of 2xx retransmissions and forked 2xx, which sipgo hands
 // only to an OnRetransmission hook.
 //
+// # Hostile input
+//
+// Anyone who can reach a listener can send anything. Responses are
+// believed only from where their request went: each request authproxy
+// sends is pinned, by the branch of its Via, to its transport and
+// destination (pinning.go), and a datagram carrying a pinned branch from
+// elsewhere is dropped by sipgo's public read filter before anything
+// parses it (ingress.go); over TCP and TLS the parsed response is checked
+// on arrival (fastLane.HandleResponse). A CANCEL is obeyed only from its
+// INVITE's source (cancel.go, sipgo patch 15), the ACK for a 2xx only
+// from the dialog's client. Requests go through RFC 3261 §16.3 step 1's
+// checks before routing (validate.go: 400 naming the fault, 505, 416,
+// 513); what sipgo's parser refuses reaches authproxy only as a log record,
+// which the handler wrapping sipgo's loggers redacts, cuts short, throttles
+// and hands on to be answered 400 (sipgolog.go, unparsable.go).
+//
 // # The fast lane
 //
 // Out-of-dialog requests that create no dialog and are no REGISTER
@@ -75,6 +91,6 @@
 // TLS, hands the request to a goroutine that continues the usual way with
 // a sipgo client transaction. It exists for latency: at 3,500 requests a
 // second on two shared cores, the goroutines, FSMs, timers and channels of
-// two transactions per request were what authproxy added to the tail
-// (README, "Performance").
+// two transactions per request are what authproxy would add to the tail
+// (docs/performance.md, "The fast lane").
 package proxy

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -22,8 +23,8 @@ import (
 // as bytes from where it was read (HandleRawResponse, patch 13), or parsed
 // when it is a challenge or unusual. No goroutine, FSM,
 // timer or channel per request: on a machine whose two cores authproxy
-// shares with its PBX, those handoffs were most of its CPU and of the
-// latency it adds (README, "Performance").
+// shares with its PBX, those handoffs are most of its CPU and of the
+// latency it adds (docs/performance.md, "The fast lane").
 //
 // What a client transaction would do is done as follows. Retransmission
 // toward the upstream (Timer E) is the client's: each retransmission of
@@ -149,6 +150,12 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
 		return false
 	}
+	if err := l.p.pinRequest(branch, f.req.Method, f.hop.transport, f.hop.addr); err != nil {
+		conn.TryClose()
+		f.log.Warn("next hop unreachable", "error", err)
+		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		return false
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.waiting, e.branch, e.conn = true, branch, conn
@@ -244,8 +251,17 @@ func (l *fastLane) buildSent(e *laneEntry) error {
 	return nil
 }
 
-// HandleResponse relays a response to a request waiting on the lane.
+// HandleResponse relays a response to a request waiting on the lane. It
+// sees every response sipgo parses, from every transport, before sipgo's
+// transactions: one read over TCP or TLS is dropped here (true) unless it
+// came on the connection its request went on (pinning.go; datagrams were
+// checked before parsing, by the read filter).
 func (l *fastLane) HandleResponse(res *sip.Response) bool {
+	if res.Transport() != "UDP" && l.p.responseVerdict(res) == pinMismatch {
+		from, _ := netip.ParseAddrPort(res.Source())
+		l.p.discarded("response-source", "message dropped: carries the branch of a request authproxy sent elsewhere", from)
+		return true
+	}
 	via := res.Via()
 	if via == nil {
 		return false
@@ -398,6 +414,7 @@ func (l *fastLane) stopWaiting(e *laneEntry) {
 	l.mu.Lock()
 	delete(l.byBranch, e.branch)
 	l.mu.Unlock()
+	l.p.pins.release(e.branch, false, time.Now())
 	e.waiting = false
 	if e.conn != nil {
 		e.conn.TryClose()

@@ -318,6 +318,10 @@ func (f *forwarding) build() bool {
 // further.
 func (f *forwarding) check() bool {
 	p, req := f.p, f.req
+	if code, reason := malformedRequest(req); code != 0 {
+		f.refuseMalformed(code, reason)
+		return false
+	}
 	if p.lateRetransmission(req) {
 		// Nothing to answer (RFC 6026 §7.1 absorbs it in the Accepted
 		// state that has just ended): logged as handled, not as a failure.
@@ -620,14 +624,21 @@ func tags(m *sip.Request) (from, to string) {
 func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 	ctx, cancel := context.WithTimeout(f.p.runCtx, 10*time.Second) // bounds a TCP dial
 	defer cancel()
-	return f.p.client.TransactionRequest(ctx, r, f.p.addVia(f.hop.transport))
+	return f.p.request(ctx, r, f.hop.transport)
 }
 
 // addVia returns the option that prepends our Via for a request sent over
-// transport.
+// transport, its branch pinned to the request's destination (pinning.go;
+// an ACK gets no response and no pin).
 func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
 	return func(_ *sipgo.Client, r *sip.Request) error {
-		r.PrependHeader(p.newVia(transport, sip.GenerateBranchN(16)))
+		branch := sip.GenerateBranchN(16)
+		if r.Method != sip.ACK {
+			if err := p.pinRequest(branch, r.Method, transport, r.Destination()); err != nil {
+				return err
+			}
+		}
+		r.PrependHeader(p.newVia(transport, branch))
 		return nil
 	}
 }
@@ -932,6 +943,7 @@ func (f *forwarding) byeAnswered(status int) {
 func (f *forwarding) respondLocal(code int, reason, outcome string, hdrs ...sip.Header) {
 	f.byeAnswered(code)
 	res := sip.NewResponseFromRequest(f.req, code, reason, nil)
+	res.SipVersion = "SIP/2.0" // the only version authproxy speaks, whatever the request's (§21.5.6)
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
@@ -1046,6 +1058,11 @@ func removeFirst(m headerEditor, name string) {
 // upstream itself.
 func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	log := p.log.With(logMethod, "ACK", logCallID, callID(req))
+	if code, _ := malformedRequest(req); code != 0 {
+		from, _ := netip.ParseAddrPort(req.Source())
+		p.discarded("malformed-ack", "malformed ACK dropped", from)
+		return
+	}
 	if v := req.Via(); v != nil {
 		if b, ok := v.Params.Get("branch"); ok && p.finals.has(b) {
 			log.Debug("absorbing the ACK for a non-2xx final")
@@ -1059,13 +1076,17 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	}
 	if f.toClient {
 		if f.rt.fromUpstream(f.src) == nil {
+			f.ackRefused()
 			return
 		}
 	} else if g := f.rt.groupFor(f.src); g == nil || !g.allows(f.up.Name) {
-		log.Debug("dropping ACK from a source not admitted")
+		f.ackRefused()
 		return
 	} else {
 		f.group = g
+	}
+	if !f.ackFromDialogClient() {
+		return
 	}
 	fwd, err := f.buildForward()
 	if err != nil {
@@ -1089,15 +1110,6 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 func (f *forwarding) routeQuiet() bool {
 	f.tx = discardTx{}
 	return f.route()
-}
-
-// handleCancel answers a CANCEL that matched no pending INVITE (sipgo itself
-// handles the ones that do): RFC 3261 §9.2, 481.
-func (p *Proxy) handleCancel(req *sip.Request, tx sip.ServerTransaction) {
-	res := sip.NewResponseFromRequest(req, sip.StatusCallTransactionDoesNotExists, "Call/Transaction Does Not Exist", nil)
-	if err := tx.Respond(res); err != nil {
-		p.log.Debug("cannot answer CANCEL", "error", err)
-	}
 }
 
 // discardTx stands in for a server transaction where none exists (ACK):

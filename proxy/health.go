@@ -361,7 +361,7 @@ func (p *Proxy) ping(ctx context.Context, u *upstream, timeout time.Duration) (s
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
-	tx, err := p.client.TransactionRequest(ctx, req, p.addVia(u.transport))
+	tx, err := p.request(ctx, req, u.transport)
 	if err != nil {
 		return 0, 0, fmt.Errorf("send OPTIONS: %w", err)
 	}

@@ -437,15 +437,28 @@ type strayResponseWriter func(*sip.Response) error
 // holds, whose INVITE transactions have ended (Timer L and M, which
 // authproxy shortens to 5 s): the callee retransmits its 2xx until the ACK
 // reaches it, and a caller whose ACK was lost must see the 2xx again to
-// send another. Every other stray response is dropped; authproxy never
-// relays a response for a dialog it does not know.
+// send another. It must come from where the INVITE went (pinning.go: an
+// INVITE's pin outlives its transaction for that). Every other stray
+// response is dropped; authproxy never relays a response for a dialog it
+// does not know.
 func (p *Proxy) handleStrayResponse(res *sip.Response) {
+	if !p.relayStray2xx(res) {
+		p.cfg.Observer.Discarded("stray-response")
+	}
+}
+
+// relayStray2xx relays res if it is a 2xx retransmission of a dialog
+// authproxy holds, from where its INVITE went, and reports whether it did.
+func (p *Proxy) relayStray2xx(res *sip.Response) bool {
 	if !res.IsSuccess() {
-		return
+		return false
 	}
 	cs, v := res.CSeq(), res.Via()
 	if cs == nil || cs.MethodName != sip.INVITE || v == nil || !p.isOwnVia(v) {
-		return
+		return false
+	}
+	if p.responseVerdict(res) != pinMatch {
+		return false // not from where the INVITE went (pinning.go)
 	}
 	fromTag, toTag := "", ""
 	if f := res.From(); f != nil {
@@ -463,13 +476,13 @@ func (p *Proxy) handleStrayResponse(res *sip.Response) {
 	// from the upstream.
 	d := p.dialogs.fromClient(id, fromTag, toTag, now)
 	if d == nil && p.dialogs.fromUpstream(id, fromTag, toTag, now) == nil {
-		return
+		return false
 	}
 	out := res.Clone()
 	removeFirst(out, "Via")
 	next := out.Via()
 	if next == nil {
-		return
+		return false
 	}
 	if c := out.CSeq(); d != nil && d.inviteUpCSeq != 0 && c.SeqNo == d.inviteUpCSeq {
 		c.SeqNo = d.inviteCSeq // back in the client's numbering
@@ -479,11 +492,12 @@ func (p *Proxy) handleStrayResponse(res *sip.Response) {
 	p.log.Debug("relaying a 2xx retransmission after its transaction ended", logCallID, id)
 	write := p.strayWriter
 	if write == nil {
-		return
+		return false
 	}
 	if err := write(out); err != nil {
 		p.log.Debug("cannot relay 2xx retransmission", logCallID, id, "error", err)
 	}
+	return true
 }
 
 // acceptedKey is how Proxy.accepted knows an initial INVITE over UDP:

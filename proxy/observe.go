@@ -21,10 +21,19 @@ type Observer interface {
 	// was relayed to the client.
 	AuthRejected(upstream string)
 	// Refused reports a request refused before any upstream traffic:
-	// "source-denied", "scope-denied", "local-auth-failed", or a limit
+	// "source-denied", "scope-denied", "local-auth-failed", a limit
 	// ("rate-limited", "too-many-in-progress", "overloaded", "blocked",
-	// "too-many-sources").
+	// "too-many-sources"), a malformed request ("bad-request",
+	// "version-not-supported", "message-too-large") or a CANCEL from
+	// another source than its INVITE's ("cancel-source").
 	Refused(reason string)
+	// Discarded reports a message dropped unanswered because of what it
+	// is: "response-source" (a response from elsewhere than where its
+	// request went), "unparsable" (refused by the SIP parser, no response
+	// could be built), "ack-source" (an ACK from a source that may not
+	// send it), "malformed-ack", "stray-response" (a response matching no
+	// request in progress, not relayed).
+	Discarded(reason string)
 	// RequestResent reports a request sent upstream again with answers to
 	// a challenge: one call per re-send, however many realms it answers.
 	RequestResent(upstream string)
@@ -44,6 +53,7 @@ func (noObserver) RequestDone(string, string, int, string, time.Duration, time.D
 func (noObserver) ChallengeAnswered(string, string, bool)                                {}
 func (noObserver) AuthRejected(string)                                                   {}
 func (noObserver) Refused(string)                                                        {}
+func (noObserver) Discarded(string)                                                      {}
 func (noObserver) RequestResent(string)                                                  {}
 func (noObserver) UpstreamStateChanged(string, bool)                                     {}
 func (noObserver) PreemptiveAuth(string, bool)                                           {}

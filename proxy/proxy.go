@@ -89,6 +89,11 @@ type Proxy struct {
 	health   *healthChecker // OPTIONS pings to the upstreams (health.go)
 	regs     *regManager    // trunk registrations (registration.go)
 
+	pins     *pinTable        // where each request with our branch went (pinning.go)
+	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
+	parser   *sip.Parser      // sipgo's parser, lenient about some headers (validate.go)
+	inputLog *logThrottle     // lines about bad input, one per kind and interval
+
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
 
 	mu        sync.Mutex
@@ -151,6 +156,10 @@ func New(cfg Config) (*Proxy, error) {
 		bindings: newBindingTable(),
 		limiter:  newLimiter(cfg.Limits),
 		local:    newLocalAuth(),
+		pins:     newPinTable(),
+		recent:   newRecentDatagrams(),
+		parser:   sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers())),
+		inputLog: newLogThrottle(sipgoLogInterval),
 	}
 	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
 	p.health = newHealthChecker(p, cfg.Health)
@@ -226,29 +235,33 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return err
 	}
 	p.lane = newFastLane(p)
+	sipgoLog := p.sipgoLogger()
 	ua, err := sipgo.NewUA(
 		sipgo.WithUserAgent("authproxy"),
 		sipgo.WithUserAgenTLSConfig(p.upstreamTLS()),
+		sipgo.WithUserAgentParser(p.parser),
 		sipgo.WithUserAgentTransactionLayerOptions(
-			sip.WithTransactionLayerLogger(p.log.With("component", "sipgo")),
+			sip.WithTransactionLayerLogger(sipgoLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.handleStrayResponse),
 			sip.WithTransactionLayerFastLane(p.lane),
+			sip.WithTransactionLayerCancelFilter(p.cancelMatched),
 		),
 		sipgo.WithUserAgentTransportLayerOptions(
-			sip.WithTransportLayerLogger(p.log.With("component", "sipgo")),
+			sip.WithTransportLayerLogger(sipgoLog),
+			sip.WithTransportLayerReadFilter(p.readFilter),
 		),
 	)
 	if err != nil {
 		closeAll(bound)
 		return fmt.Errorf("sip user agent: %w", err)
 	}
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(p.log.With("component", "sipgo")))
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(sipgoLog))
 	if err != nil {
 		closeAll(bound)
 		_ = ua.Close()
 		return fmt.Errorf("sip server: %w", err)
 	}
-	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(p.log.With("component", "sipgo")))
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(sipgoLog))
 	if err != nil {
 		closeAll(bound)
 		_ = ua.Close()
@@ -337,6 +350,7 @@ loop:
 			p.finals.sweep(now)
 			p.accepted.sweep(now)
 			p.limiter.sweep(now)
+			p.pins.sweep(now)
 		}
 	}
 

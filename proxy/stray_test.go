@@ -11,7 +11,8 @@ import (
 
 // A 2xx retransmission that arrives after the INVITE transactions ended is
 // relayed to the caller of a known dialog, our Via removed and the CSeq
-// back in the caller's numbering; any other stray response is dropped.
+// back in the caller's numbering, when it comes from where the INVITE went;
+// any other stray response is dropped.
 func TestStray2xxRelayedOnlyForKnownDialogs(t *testing.T) {
 	sp := newSocketlessProxy(t, func(*sip.Request) *sip.Response { return nil })
 	p := sp.p
@@ -21,6 +22,10 @@ func TestStray2xxRelayedOnlyForKnownDialogs(t *testing.T) {
 	p.dialogs.put(&dialog{key: dialogKey{callID: "c1@h", callerTag: "caller", calleeTag: "callee"}, up: up,
 		clientTransport: "UDP", clientAddr: "127.0.0.9:5070", inviteCSeq: 1, inviteUpCSeq: 2, lastUse: time.Now()})
 
+	if err := p.pinRequest("z9hG4bK-ours", sip.INVITE, "UDP", up.Address); err != nil {
+		t.Fatal(err)
+	}
+	p.pins.release("z9hG4bK-ours", true, time.Now()) // the INVITE transaction ended
 	raw := func(via, method, callID, fromTag string, status int) *sip.Response {
 		t.Helper()
 		m, err := sip.ParseMessage([]byte("SIP/2.0 " + strconv.Itoa(status) + " X\r\n" +
@@ -30,7 +35,15 @@ func TestStray2xxRelayedOnlyForKnownDialogs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return m.(*sip.Response)
+		res := m.(*sip.Response)
+		res.SetTransport("UDP")
+		res.SetSource(up.Address)
+		return res
+	}
+	elsewhere := func(res *sip.Response, transport, source string) *sip.Response {
+		res.SetTransport(transport)
+		res.SetSource(source)
+		return res
 	}
 	ours := "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-ours\r\n"
 	for _, tc := range []struct {
@@ -43,6 +56,9 @@ func TestStray2xxRelayedOnlyForKnownDialogs(t *testing.T) {
 		{"not ours", raw("Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-x\r\n", "INVITE", "c1@h", "caller", 200), false},
 		{"not a 2xx", raw(ours, "INVITE", "c1@h", "caller", 486), false},
 		{"not an INVITE", raw(ours, "BYE", "c1@h", "caller", 200), false},
+		{"from another address", elsewhere(raw(ours, "INVITE", "c1@h", "caller", 200), "UDP", "127.0.0.66:5060"), false},
+		{"over another transport", elsewhere(raw(ours, "INVITE", "c1@h", "caller", 200), "TCP", up.Address), false},
+		{"branch never sent", raw("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-unsent\r\n", "INVITE", "c1@h", "caller", 200), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sent = nil

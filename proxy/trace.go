@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"log/slog"
+	"strings"
 )
 
 // Tracer logs every SIP message sipgo reads or writes at debug level, with
@@ -74,4 +75,97 @@ func RedactAuth(msg []byte) string {
 		out.Write(line)
 	}
 	return out.String()
+}
+
+// redactText returns text sipgo or authproxy is about to log with every
+// credential taken out: the value of each Authorization and
+// Proxy-Authorization header line (RedactAuth), and the value of each
+// digest response, cnonce and nonce parameter wherever it appears (an
+// error message quoting part of a header, a line cut short). Text without
+// any of them is returned as it is.
+func redactText(s string) string {
+	if !containsFoldASCII(s, "authorization") && !containsFoldASCII(s, "nonce") && !containsFoldASCII(s, "response") {
+		return s
+	}
+	if strings.IndexByte(s, '\n') >= 0 {
+		s = RedactAuth([]byte(s))
+	}
+	return scrubDigestParams(s)
+}
+
+// digestSecrets are the digest parameters whose values redactText hides:
+// the response can be cracked offline for the password, and with the
+// nonce and cnonce it is all a cracker needs besides the request line.
+var digestSecrets = []string{"response", "cnonce", "nonce"}
+
+// scrubDigestParams replaces the value of every digestSecrets parameter
+// in s (name=value or name="value", any case, spaces around "=") with
+// [redacted].
+func scrubDigestParams(s string) string {
+	var out strings.Builder
+	last := 0
+	for i := 0; i < len(s); i++ {
+		if i > 0 && isParamNameChar(s[i-1]) {
+			continue // inside a longer name (nextnonce, x-response)
+		}
+		name := ""
+		for _, n := range digestSecrets {
+			if len(s)-i >= len(n) && equalFoldASCII([]byte(s[i:i+len(n)]), n) {
+				name = n
+				break
+			}
+		}
+		if name == "" {
+			continue
+		}
+		j := skipSpace(s, i+len(name))
+		if j >= len(s) || s[j] != '=' {
+			continue
+		}
+		from := skipSpace(s, j+1)
+		to := from
+		if to < len(s) && s[to] == '"' {
+			from++
+			to = from
+			for to < len(s) && s[to] != '"' {
+				if s[to] == '\\' && to+1 < len(s) {
+					to++
+				}
+				to++
+			}
+		} else {
+			for to < len(s) && strings.IndexByte(", ;\t\r\n", s[to]) < 0 {
+				to++
+			}
+		}
+		out.WriteString(s[last:from])
+		out.WriteString("[redacted]")
+		last = min(to, len(s))
+		i = last - 1
+	}
+	if last == 0 {
+		return s
+	}
+	out.WriteString(s[last:])
+	return out.String()
+}
+
+func isParamNameChar(c byte) bool { return isLetter(c) || isDigit(c) || c == '-' || c == '_' }
+
+func skipSpace(s string, i int) int {
+	for i < len(s) && (s[i] == ' ' || s[i] == '\t') {
+		i++
+	}
+	return i
+}
+
+// containsFoldASCII reports whether s contains the lower-case ASCII sub,
+// ignoring case.
+func containsFoldASCII(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if equalFoldASCII([]byte(s[i:i+len(sub)]), sub) {
+			return true
+		}
+	}
+	return false
 }

@@ -143,9 +143,10 @@ func shellWords(t *testing.T, s string) []string {
 }
 
 // TestDockerfileBuild runs the build stage's go build as written (with
-// VERSION and the output path substituted) and checks the binary: static
-// (no ELF interpreter, no shared library), version stamped, and working on
-// its own: -check on the example, -healthcheck against an HTTP server.
+// VERSION, COMMIT and the output path substituted) and checks the binary:
+// static (no ELF interpreter, no shared library), version and commit
+// stamped, and working on its own: -check on the example, -healthcheck
+// against an HTTP server.
 func TestDockerfileBuild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a static binary from scratch (-short)")
@@ -168,6 +169,7 @@ func TestDockerfileBuild(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "authproxy")
 	for i := range args {
 		args[i] = strings.ReplaceAll(args[i], "${VERSION}", "dockerfile-test")
+		args[i] = strings.ReplaceAll(args[i], "${COMMIT}", "0123456789abcdef0123456789abcdef01234567")
 		if i > 0 && args[i-1] == "-o" {
 			args[i] = out
 		}
@@ -208,7 +210,7 @@ func TestDockerfileBuild(t *testing.T) {
 		b, err := c.CombinedOutput()
 		return string(b), err
 	}
-	if got, err := run("-version"); err != nil || !strings.Contains(got, "authproxy dockerfile-test") {
+	if got, err := run("-version"); err != nil || !strings.Contains(got, "authproxy dockerfile-test (commit 0123456789ab") {
 		t.Errorf("-version: %q %v", got, err)
 	}
 	example, err := filepath.Abs(filepath.Join("..", "..", "config.example.toml"))

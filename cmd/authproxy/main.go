@@ -3,7 +3,7 @@
 //	authproxy                      run on the embedded config.example.toml
 //	authproxy -config F            run on F
 //	authproxy -check -config F     validate F, print the errors or a summary
-//	authproxy -version             print the version
+//	authproxy -version             print the version and commit
 //	authproxy -healthcheck URL     GET URL, exit 0 on a 2xx (container HEALTHCHECK)
 //
 // Signals: SIGINT/SIGTERM drain and stop (a second one exits at once);
@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -48,45 +47,13 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = ""
-
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		rev, dirty := "", ""
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				rev = s.Value
-			case "vcs.modified":
-				if s.Value == "true" {
-					dirty = "-dirty"
-				}
-			}
-		}
-		if rev != "" {
-			if len(rev) > 12 {
-				rev = rev[:12]
-			}
-			return "dev-" + rev + dirty
-		}
-		if bi.Main.Version != "" {
-			return bi.Main.Version
-		}
-	}
-	return "dev"
-}
-
 // run is the whole program; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("authproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "TOML configuration `file` (default: the embedded config.example.toml)")
 	check := fs.Bool("check", false, "validate the configuration, print a summary or every error, and exit")
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	showVersion := fs.Bool("version", false, "print the version and commit, and exit")
 	healthURL := fs.String("healthcheck", "", "GET `URL` (e.g. http://127.0.0.1:9060/healthz) and exit 0 on a 2xx answer, 1 otherwise: a HEALTHCHECK for images without curl")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -100,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *showVersion {
-		fmt.Fprintln(stdout, "authproxy", versionString())
+		fmt.Fprintln(stdout, "authproxy", currentVersion())
 		return 0
 	}
 	if *healthURL != "" {
@@ -142,12 +109,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	level := new(slog.LevelVar)
 	level.Set(cfg.Log.Level)
 	log := newLogger(stderr, cfg.Log, level)
-	sip.SetDefaultLogger(log.With("component", "sipgo"))
+	sip.SetDefaultLogger(proxy.SipgoLogger(log.With("component", "sipgo")))
 	if cfg.Log.SIPTrace {
 		sip.SIPDebugTracer(proxy.Tracer{Log: log.With("component", "trace")})
 		sip.SIPDebug = true
 	}
-	log.Info("starting", "version", versionString(), "config", source, "summary", cfg.Summary())
+	bv := currentVersion()
+	log.Info("starting", "version", bv.Version, "commit", bv.Commit, "modified", bv.Modified, "config", source, "summary", cfg.Summary())
 	log.Info("go runtime", applyRuntime(cfg.Runtime)...)
 	if w := permissionWarning(*configPath); w != "" {
 		log.Warn(w, "config", source)

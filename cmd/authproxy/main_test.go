@@ -158,7 +158,7 @@ func readAll(f *os.File) (string, error) {
 	return b.String(), err
 }
 
-// TestDeps holds the package dependency arrows in place (DEVELOPERS.md):
+// TestDeps holds the package dependency arrows in place (docs/design.md):
 // credentials imports nothing of ours, config never imports proxy or sipgo,
 // proxy never imports config; admin knows HTTP only; metrics never reads
 // the configuration.
@@ -171,6 +171,8 @@ func TestDeps(t *testing.T) {
 		{mod + "/credentials", []string{mod + "/", "github.com/"}},
 		{mod + "/config", []string{mod + "/proxy", mod + "/cmd", "github.com/emiago/sipgo"}},
 		{mod + "/proxy", []string{mod + "/config", mod + "/cmd"}},
+		// The resolver is a leaf: DNS (miekg/dns) only, no SIP.
+		{mod + "/proxy/resolve", []string{mod + "/", "github.com/emiago/sipgo"}},
 		// The admin server knows HTTP only (cmd/authproxy adapts the proxy
 		// to it), and the metrics package never reads the configuration.
 		{mod + "/internal/admin", []string{mod + "/", "github.com/"}},

@@ -119,16 +119,23 @@ func DigestResponse(in DigestInput) (string, error) {
 // whitespace, token or quoted-string values (with backslash escapes) and
 // rejects duplicated parameters.
 func parseDigestParams(value string) (map[string]string, error) {
+	p, _, err := parseDigestParamsQuoting(value)
+	return p, err
+}
+
+// parseDigestParamsQuoting is parseDigestParams that also tells which
+// parameters had a quoted-string value.
+func parseDigestParamsQuoting(value string) (map[string]string, map[string]bool, error) {
 	s := strings.TrimLeft(value, " \t\r\n")
 	const scheme = "digest"
 	if len(s) < len(scheme) || !strings.EqualFold(s[:len(scheme)], scheme) {
-		return nil, errors.New("not a Digest credential")
+		return nil, nil, errors.New("not a Digest credential")
 	}
 	s = s[len(scheme):]
 	if s == "" || !isLWS(s[0]) {
-		return nil, errors.New("not a Digest credential")
+		return nil, nil, errors.New("not a Digest credential")
 	}
-	params := map[string]string{}
+	params, quoted := map[string]string{}, map[string]bool{}
 	for {
 		s = strings.TrimLeft(s, " \t\r\n")
 		if s == "" {
@@ -139,16 +146,17 @@ func parseDigestParams(value string) (map[string]string, error) {
 			i++
 		}
 		if i == 0 {
-			return nil, fmt.Errorf("unexpected %q where a parameter name was expected", s[0])
+			return nil, nil, fmt.Errorf("unexpected %q where a parameter name was expected", s[0])
 		}
 		name := strings.ToLower(s[:i])
 		s = strings.TrimLeft(s[i:], " \t\r\n")
 		if s == "" || s[0] != '=' {
-			return nil, fmt.Errorf("parameter %q has no value", name)
+			return nil, nil, fmt.Errorf("parameter %q has no value", name)
 		}
 		s = strings.TrimLeft(s[1:], " \t\r\n")
 		var val string
-		if s != "" && s[0] == '"' {
+		isQuoted := s != "" && s[0] == '"'
+		if isQuoted {
 			var b strings.Builder
 			j, closed := 1, false
 			for j < len(s) {
@@ -166,7 +174,7 @@ func parseDigestParams(value string) (map[string]string, error) {
 				b.WriteByte(c)
 			}
 			if !closed {
-				return nil, fmt.Errorf("parameter %q: unterminated quoted string", name)
+				return nil, nil, fmt.Errorf("parameter %q: unterminated quoted string", name)
 			}
 			val, s = b.String(), s[j:]
 		} else {
@@ -175,24 +183,25 @@ func parseDigestParams(value string) (map[string]string, error) {
 				j++
 			}
 			if j == 0 {
-				return nil, fmt.Errorf("parameter %q has an empty value", name)
+				return nil, nil, fmt.Errorf("parameter %q has an empty value", name)
 			}
 			val, s = s[:j], s[j:]
 		}
 		if _, dup := params[name]; dup {
-			return nil, fmt.Errorf("parameter %q repeated", name)
+			return nil, nil, fmt.Errorf("parameter %q repeated", name)
 		}
 		params[name] = val
+		quoted[name] = isQuoted
 		s = strings.TrimLeft(s, " \t\r\n")
 		if s == "" {
 			break
 		}
 		if s[0] != ',' {
-			return nil, fmt.Errorf("expected ',' after parameter %q", name)
+			return nil, nil, fmt.Errorf("expected ',' after parameter %q", name)
 		}
 		s = s[1:]
 	}
-	return params, nil
+	return params, quoted, nil
 }
 
 func isLWS(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }

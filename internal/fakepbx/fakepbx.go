@@ -1,13 +1,21 @@
 // Package fakepbx is an in-process fake SIP upstream for tests: a sipgo
 // server that challenges like Asterisk.
 //
-// Start binds UDP and TCP on the same free port of a loopback address and
-// serves every method. A request without valid digest credentials for every
-// configured realm gets a 401 (REGISTER) or 407 (everything else) with one
-// challenge header per realm and algorithm, each with its own fresh nonce and
-// opaque. A request with valid credentials gets Config.FinalCode. Credentials
-// are verified with the fake's own digest implementation (DigestResponse),
-// not with github.com/icholy/digest, so the fake cross-checks the proxy.
+// Start binds UDP and TCP on the same free port of a loopback address (and
+// TLS on another, with Config.TLS) and serves every method. A request
+// without valid digest credentials for every configured realm gets a 401
+// (REGISTER) or 407 (everything else) with one challenge header per realm
+// and algorithm, each with its own fresh nonce and opaque. A request with
+// valid credentials gets Config.FinalCode. Credentials are verified with the
+// fake's own digest implementation (DigestResponse), not with
+// github.com/icholy/digest, so the fake cross-checks the proxy.
+//
+// Config.Strict makes the fake as strict as real servers (strict.go): 401
+// for every method (Asterisk's PJSIP), only the first credential for a
+// realm judged, nonces that expire on the fake's clock (stale=true),
+// registrar bounds (423 with Min-Expires, capped expiry, every binding
+// listed), Request-URI and route set checks in dialogs, and RFC 7616
+// quoting (400 otherwise). Each mode is also a knob of its own.
 //
 // Like a strict registrar or UA, the fake also refuses (500 "CSeq out of
 // order") any request whose CSeq is not higher than the last one it saw for
@@ -19,7 +27,8 @@
 // The fake reads its sockets through a tap that keeps every request's bytes
 // and arrival order: Request.Raw and the digest uri check use the wire text
 // (not sipgo's re-rendering), and Requests() and the CSeq check follow wire
-// order although sipgo handles each message in its own goroutine. Final
+// order although sipgo handles each message in its own goroutine. A request
+// whose bytes the tap does not have fails the test. Final
 // responses are remembered per transaction, so a retransmission reaching the
 // handler after sipgo dropped its transaction is answered again instead of
 // failing the CSeq check. Responses that sipgo refuses to send over UDP
@@ -37,6 +46,7 @@ package fakepbx
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -96,13 +106,56 @@ type Config struct {
 	// Call configures the callee UA that answers authenticated INVITEs.
 	// Its zero value rings once (180) and answers 200 with SDP at once.
 	Call CallConfig
+	// TLS, when set, also serves SIP over TLS with this configuration, on
+	// a port of its own (TLSAddr), judged like UDP and TCP. The UA's own
+	// requests into dialogs (HangUp...) do not go over TLS.
+	TLS *tls.Config
+
+	// Strict makes the fake judge requests as real servers do (strict.go):
+	// it turns on FirstCredentialOnly, StrictQuoting, ListAllBindings and
+	// CheckDialogTarget, and fills NonceLifetime (StrictNonceLifetime),
+	// MinExpires and MaxExpires (StrictMinExpires, StrictMaxExpires) and
+	// ChallengeCode (401 for every method, as Asterisk's PJSIP) when they
+	// are unset.
+	Strict bool
+	// FirstCredentialOnly judges, for each realm, only the first
+	// credential for that realm in the expected header, as Asterisk and
+	// Kamailio do; without it any correct one of several is accepted.
+	FirstCredentialOnly bool
+	// StrictQuoting refuses with 400 a request whose credentials in the
+	// expected header do not parse or break RFC 7616 §3.4's quoting
+	// (username, realm, nonce, uri, response, cnonce, opaque quoted;
+	// algorithm, qop, nc not), as Kamailio does.
+	StrictQuoting bool
+	// NonceLifetime is how long a nonce is accepted, measured on Clock:
+	// a correct answer with an older one gets a fresh challenge with
+	// stale=true (0: nonces never expire; see also ExpireNonces).
+	NonceLifetime time.Duration
+	// Clock is the fake's time, for NonceLifetime (default time.Now).
+	Clock func() time.Time
+	// MinExpires and MaxExpires bound the registrar (0: no bound): a
+	// REGISTER asking for less than MinExpires (but not 0) gets 423
+	// Interval Too Brief with Min-Expires (RFC 3261 §10.3 step 7); more
+	// than MaxExpires is granted MaxExpires.
+	MinExpires, MaxExpires int
+	// ListAllBindings makes the 200 to a REGISTER list every current
+	// binding of the AOR (the To user), as RFC 3261 §10.3 step 8 wants and
+	// real registrars do, not only the request's Contacts.
+	ListAllBindings bool
+	// CheckDialogTarget makes the UA refuse (404) a request in one of its
+	// dialogs whose Request-URI is not the Contact the UA gave the dialog
+	// (RFC 3261 §12.2.1.1), that carries a Route not naming the fake, or
+	// that did not come from the adjacent hop of the dialog's route set;
+	// such an ACK is recorded as an error of the dialog, and so is a CANCEL
+	// whose Request-URI is not its INVITE's (RFC 3261 §9.1).
+	CheckDialogTarget bool
 }
 
 // Request is one request as received by the fake.
 type Request struct {
 	Method     string
 	CallID     string
-	Transport  string // "UDP" or "TCP"
+	Transport  string // "UDP", "TCP" or "TLS"
 	Source     string // remote "ip:port" the request came from
 	RequestURI string // exactly as on the request line
 	CSeq       uint32
@@ -139,10 +192,11 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	pc   net.PacketConn
-	ln   *tapListener
-	port int
-	raws rawStore
+	pc    net.PacketConn
+	ln    *tapListener
+	tlsLn *tapListener // nil without Config.TLS
+	port  int
+	raws  rawStore
 
 	serveWG   sync.WaitGroup
 	handlerWG sync.WaitGroup
@@ -177,10 +231,11 @@ type nonceState struct {
 	realm     string
 	algorithm digestAlgorithm
 	opaque    string
-	lastNC    uint32 // highest nc accepted so far
-	used      bool   // a correct answer has been seen
-	stale     bool   // refused as stale: never accepted again
-	exempt    bool   // issued by a stale challenge: StaleOnce does not apply
+	lastNC    uint32    // highest nc accepted so far
+	used      bool      // a correct answer has been seen
+	stale     bool      // refused as stale: never accepted again
+	exempt    bool      // issued by a stale challenge: StaleOnce does not apply
+	issued    time.Time // on the fake's clock, for NonceLifetime
 }
 
 // Start starts a fake PBX serving UDP and TCP on the same free port of
@@ -193,6 +248,7 @@ func Start(t testing.TB, cfg Config) *Server {
 		callIndex: map[string]*callState{}, invites: map[string]*inviteTx{},
 		inviteCallIDs: map[string]struct{}{},
 	}
+	s.cfg.applyStrict()
 	s.name = cfg.Name
 	if s.name == "" {
 		s.name = "fakepbx"
@@ -236,6 +292,9 @@ func Start(t testing.TB, cfg Config) *Server {
 	if s.cfg.FinalCode < 200 || s.cfg.FinalCode > 699 {
 		t.Fatalf("fakepbx %s: FinalCode %d is not a final status", s.name, s.cfg.FinalCode)
 	}
+	if err := s.cfg.validateStrict(); err != nil {
+		t.Fatalf("fakepbx %s: %v", s.name, err)
+	}
 	if err := s.cfg.Call.validate(); err != nil {
 		t.Fatalf("fakepbx %s: %v", s.name, err)
 	}
@@ -246,13 +305,23 @@ func Start(t testing.TB, cfg Config) *Server {
 	}
 	s.raws.onCancel = s.onTapCancel
 	s.pc = &tapPacketConn{PacketConn: pc, raws: &s.raws}
-	s.ln = &tapListener{Listener: ln, raws: &s.raws}
+	s.ln = &tapListener{Listener: ln, raws: &s.raws, transport: "TCP"}
 	s.port = pc.LocalAddr().(*net.UDPAddr).Port
+	if s.cfg.TLS != nil {
+		tl, err := tls.Listen("tcp4", net.JoinHostPort(s.cfg.Host, "0"), s.cfg.TLS)
+		if err != nil {
+			pc.Close()
+			ln.Close()
+			t.Fatalf("fakepbx %s: listen tls: %v", s.name, err)
+		}
+		s.tlsLn = &tapListener{Listener: tl, raws: &s.raws, transport: "TLS"}
+	}
 
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent(s.serverHeader()))
 	if err != nil {
 		pc.Close()
 		ln.Close()
+		s.closeTLSListener()
 		t.Fatalf("fakepbx %s: new UA: %v", s.name, err)
 	}
 	srv, err := sipgo.NewServer(ua)
@@ -263,6 +332,7 @@ func Start(t testing.TB, cfg Config) *Server {
 		ua.Close()
 		pc.Close()
 		ln.Close()
+		s.closeTLSListener()
 		t.Fatalf("fakepbx %s: new server: %v", s.name, err)
 	}
 	s.ua = ua
@@ -286,6 +356,13 @@ func Start(t testing.TB, cfg Config) *Server {
 		defer s.serveWG.Done()
 		_ = srv.ServeTCP(s.ln) // returns when ln is closed
 	}()
+	if s.tlsLn != nil {
+		s.serveWG.Add(1)
+		go func() {
+			defer s.serveWG.Done()
+			_ = srv.ServeTLS(s.tlsLn) // returns when tlsLn is closed
+		}()
+	}
 	t.Cleanup(s.close)
 	return s
 }
@@ -315,6 +392,7 @@ func (s *Server) close() {
 	s.cancel() // releases handlers waiting for an ACK
 	s.pc.Close()
 	s.ln.Close()
+	s.closeTLSListener()
 	s.serveWG.Wait() // no more reads from the sockets
 
 	s.mu.Lock()
@@ -326,7 +404,25 @@ func (s *Server) close() {
 	// release them normally (ua.Close first makes its refcounts go negative
 	// and log warnings).
 	s.ln.closeConns()
+	if s.tlsLn != nil {
+		s.tlsLn.closeConns()
+	}
 	s.ua.Close()
+}
+
+func (s *Server) closeTLSListener() {
+	if s.tlsLn != nil {
+		s.tlsLn.Close()
+	}
+}
+
+// TLSAddr returns the "host:port" the fake serves TLS on ("" without
+// Config.TLS).
+func (s *Server) TLSAddr() string {
+	if s.tlsLn == nil {
+		return ""
+	}
+	return s.tlsLn.Addr().String()
 }
 
 // Addr returns the "host:port" the fake serves UDP and TCP on.
@@ -507,6 +603,9 @@ type incoming struct {
 	seq    uint64       // arrival order
 	cseqOK bool         // CSeq above every earlier one of the Call-ID (or dialog), by arrival
 	creds  []credential // every parsable Authorization and Proxy-Authorization
+	// malformed describes every unparsable credential in the header that
+	// answers the method's challenge.
+	malformed []string
 	// auth holds every Authorization and Proxy-Authorization in a
 	// comparable form (header name and parameters), see normCredential.
 	auth []string
@@ -516,6 +615,7 @@ type incoming struct {
 type credential struct {
 	header string // lowercased header name
 	params map[string]string
+	quoted map[string]bool // the parameters whose value was a quoted-string
 }
 
 // newIncoming builds the record for req, with its raw bytes (taken from the
@@ -555,8 +655,11 @@ func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 		r.Raw, r.RequestURI = raw.raw, raw.ruri
 		in.seq, in.cseqOK = raw.seq, raw.cseqOK
 	} else {
-		s.t.Logf("fakepbx %s: %s: raw bytes not found; CSeq not checked", s.name, r.Method)
-		in.seq, in.cseqOK = s.raws.nextSeq(), true
+		// Without the wire bytes neither the CSeq order nor the digest
+		// uri can be judged: that is the fake failing, never a pass.
+		s.t.Errorf("fakepbx %s: %s (CSeq %d, Call-ID %s) from %s: the tap has no raw bytes for it; refused with 500",
+			s.name, r.Method, r.CSeq, r.CallID, r.Source)
+		in.seq, in.cseqOK = s.raws.nextSeq(), false
 	}
 	expected := s.credentialHeader(r.Method)
 	for _, h := range req.Headers() {
@@ -566,12 +669,15 @@ func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 		}
 		r.Authorization = append(r.Authorization, h.Value())
 		in.auth = append(in.auth, normCredential(name, h.Value()))
-		p, err := parseDigestParams(h.Value())
+		p, quoted, err := parseDigestParamsQuoting(h.Value())
 		if err != nil {
 			s.t.Logf("fakepbx %s: %s: unparsable %s: %v", s.name, r.Method, h.Name(), err)
+			if name == expected {
+				in.malformed = append(in.malformed, fmt.Sprintf("%s: %v", h.Name(), err))
+			}
 			continue
 		}
-		in.creds = append(in.creds, credential{header: name, params: p})
+		in.creds = append(in.creds, credential{header: name, params: p, quoted: quoted})
 		if name == expected && r.AuthUsername == "" {
 			r.AuthUsername = p["username"]
 		}
@@ -634,193 +740,6 @@ func branchOf(req *sip.Request) string {
 	return ""
 }
 
-// authVerdict is the outcome of checking the answers for one realm.
-type authVerdict int
-
-const (
-	verdictMissing authVerdict = iota
-	verdictInvalid
-	verdictStale
-	verdictOK
-)
-
-func (s *Server) challengeCode(method string) int {
-	if s.cfg.ChallengeCode != nil {
-		if s.cfg.ChallengeCode(method) == 401 {
-			return 401
-		}
-		return 407
-	}
-	if method == string(sip.REGISTER) {
-		return 401
-	}
-	return 407
-}
-
-// credentialHeader is the lowercased header that answers method's challenge.
-func (s *Server) credentialHeader(method string) string {
-	if s.challengeCode(method) == 401 {
-		return "authorization"
-	}
-	return "proxy-authorization"
-}
-
-// authenticate checks the credentials of req. It fills the auth fields of
-// in.rec and returns the challenge to send, or nil when req is authenticated.
-func (s *Server) authenticate(req *sip.Request, in *incoming) *sip.Response {
-	rec := &in.rec
-	code := s.challengeCode(rec.Method)
-	credHeader := s.credentialHeader(rec.Method)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-
-	for _, c := range in.creds {
-		if c.header != credHeader {
-			s.t.Logf("fakepbx %s: %s: %s of user %q ignored: a %d is answered in %s",
-				s.name, rec.Method, c.header, c.params["username"], code, credHeader)
-		}
-	}
-	verdicts := make([]authVerdict, len(s.realms))
-	anyStale, allOK := false, true
-	for i, realm := range s.realms {
-		for _, c := range in.creds {
-			if c.header != credHeader || c.params["realm"] != realm {
-				continue
-			}
-			v, why := s.verify(c.params, realm, req.Method.String(), rec.RequestURI, req.Body())
-			if v == verdictOK && i == 0 {
-				rec.AuthUsername = c.params["username"]
-			}
-			if why != "" {
-				s.t.Logf("fakepbx %s: %s realm %q user %q: %s", s.name, req.Method, realm, c.params["username"], why)
-			}
-			verdicts[i] = max(verdicts[i], v)
-		}
-		anyStale = anyStale || verdicts[i] == verdictStale
-		allOK = allOK && verdicts[i] == verdictOK
-	}
-	if allOK {
-		rec.Authenticated = true
-		return nil
-	}
-
-	reason := "Proxy Authentication Required"
-	authHeader := "Proxy-Authenticate"
-	if code == 401 {
-		reason, authHeader = "Unauthorized", "WWW-Authenticate"
-	}
-	res := s.newResponse(req, code, reason)
-	for i, realm := range s.realms {
-		for j, alg := range s.algorithms {
-			nonce := strconv.FormatInt(time.Now().Unix(), 10) + "/" + randomHex(16)
-			opaque := randomHex(16)
-			s.nonces[nonce] = &nonceState{realm: realm, algorithm: alg, opaque: opaque, exempt: anyStale}
-			res.AppendHeader(sip.NewHeader(authHeader, s.challengeValue(realm, s.algNames[j], nonce, opaque, verdicts[i] == verdictStale)))
-		}
-	}
-	s.challenges++
-	return res
-}
-
-// challengeValue formats one challenge like pjsip (Asterisk) does.
-func (s *Server) challengeValue(realm, algorithm, nonce, opaque string, stale bool) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "Digest realm=%s,nonce=%s,opaque=%s", quote(realm), quote(nonce), quote(opaque))
-	if stale {
-		b.WriteString(",stale=true")
-	}
-	b.WriteString(",algorithm=" + algorithm)
-	if len(s.qops) > 0 {
-		b.WriteString(",qop=" + quote(strings.Join(s.qops, ",")))
-	}
-	return b.String()
-}
-
-func quote(v string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v) + `"`
-}
-
-// verify checks one credential for realm. s.mu must be held. It returns a
-// non-empty explanation for every verdict other than verdictOK.
-func (s *Server) verify(p map[string]string, realm, method, ruri string, body []byte) (authVerdict, string) {
-	user := p["username"]
-	if _, ok := p["username"]; !ok {
-		return verdictInvalid, "no username"
-	}
-	if strings.EqualFold(p["userhash"], "true") {
-		return verdictInvalid, "userhash is not supported"
-	}
-	password, ok := s.cfg.Accounts[user]
-	if !ok {
-		return verdictInvalid, "unknown user"
-	}
-	n := s.nonces[p["nonce"]]
-	if n == nil {
-		return verdictInvalid, fmt.Sprintf("nonce %q was not issued by this server", p["nonce"])
-	}
-	if n.realm != realm {
-		return verdictInvalid, fmt.Sprintf("nonce was issued for realm %q", n.realm)
-	}
-	alg, ok := lookupAlgorithm(p["algorithm"])
-	if !ok || alg.name != n.algorithm.name {
-		return verdictInvalid, fmt.Sprintf("algorithm %q does not match the nonce's %s", p["algorithm"], n.algorithm.name)
-	}
-	if p["opaque"] != n.opaque {
-		return verdictInvalid, fmt.Sprintf("opaque %q does not match the challenge's %q", p["opaque"], n.opaque)
-	}
-	if p["uri"] != ruri {
-		return verdictInvalid, fmt.Sprintf("uri %q is not the Request-URI %q", p["uri"], ruri)
-	}
-	qop, cnonce := p["qop"], p["cnonce"]
-	var nc uint32
-	if len(s.qops) == 0 {
-		if qop != "" {
-			return verdictInvalid, fmt.Sprintf("qop %q answered but none offered", qop)
-		}
-	} else {
-		if !slices.Contains(s.qops, qop) {
-			return verdictInvalid, fmt.Sprintf("qop %q is not one offered (%s)", qop, strings.Join(s.qops, ","))
-		}
-		ncs := p["nc"]
-		v, err := strconv.ParseUint(ncs, 16, 32)
-		if len(ncs) != 8 || err != nil {
-			return verdictInvalid, fmt.Sprintf("nc %q is not 8 hex digits", ncs)
-		}
-		nc = uint32(v)
-		if cnonce == "" {
-			return verdictInvalid, "qop without cnonce"
-		}
-		if nc <= n.lastNC {
-			return verdictInvalid, fmt.Sprintf("nc %08x replayed (last accepted %08x)", nc, n.lastNC)
-		}
-	}
-	if alg.sess && cnonce == "" {
-		return verdictInvalid, "-sess algorithm without cnonce"
-	}
-	want, err := DigestResponse(DigestInput{
-		Algorithm: alg.name, Username: user, Realm: realm, Password: password,
-		Method: method, URI: ruri, Nonce: p["nonce"], Cnonce: cnonce, NC: nc, QOP: qop, Body: body,
-	})
-	if err != nil {
-		return verdictInvalid, err.Error()
-	}
-	if p["response"] != want {
-		return verdictInvalid, "wrong response (wrong password, method, body or hash input)"
-	}
-	if qop != "" {
-		n.lastNC = nc
-	}
-	switch {
-	case n.stale:
-		return verdictStale, "nonce is stale"
-	case s.cfg.StaleOnce && !n.exempt && !n.used:
-		n.used, n.stale = true, true
-		return verdictStale, "correct, but refused once as stale (StaleOnce)"
-	}
-	n.used = true
-	return verdictOK, ""
-}
-
 // finalResponse builds the answer to an authenticated request.
 func (s *Server) finalResponse(req *sip.Request) *sip.Response {
 	code := s.cfg.FinalCode
@@ -830,22 +749,26 @@ func (s *Server) finalResponse(req *sip.Request) *sip.Response {
 	}
 	switch req.Method {
 	case sip.REGISTER:
-		expires := "3600"
-		if h := req.GetHeader("Expires"); h != nil {
-			expires = strings.TrimSpace(h.Value())
+		d := s.decideExpires(req)
+		if d.tooBrief != 0 {
+			return s.intervalTooBrief(req)
 		}
-		for _, h := range req.GetHeaders("Contact") {
+		if s.cfg.ListAllBindings && req.To() != nil {
+			// RFC 3261 §10.3 step 8: every binding of the AOR.
+			for _, b := range s.applyRegister(s.Bindings(req.To().Address.User), req) {
+				c := &sip.ContactHeader{Address: *b.Contact.Clone(), Params: sip.NewParams()}
+				c.Params.Add("expires", strconv.Itoa(b.Expires))
+				res.AppendHeader(c)
+			}
+			break
+		}
+		for i, h := range req.GetHeaders("Contact") {
 			c, ok := h.(*sip.ContactHeader)
-			if !ok || c.Address.Wildcard {
-				continue
-			}
-			c = c.Clone()
-			if !c.Params.Has("expires") {
-				c.Params.Add("expires", expires)
-			}
-			if v, _ := c.Params.Get("expires"); strings.TrimSpace(v) == "0" {
+			if !ok || c.Address.Wildcard || d.granted[i] == 0 {
 				continue // removed binding: not listed, as a registrar does
 			}
+			c = c.Clone()
+			c.Params.Add("expires", strconv.Itoa(d.granted[i]))
 			res.AppendHeader(c)
 		}
 	case sip.SUBSCRIBE:

@@ -1,10 +1,8 @@
 package fakepbx
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"runtime"
 	"slices"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
-	"github.com/icholy/digest"
 )
 
 var transports = []string{"UDP", "TCP"}
@@ -128,16 +125,16 @@ func wantStatus(t *testing.T, res *sip.Response, code int) {
 	}
 }
 
-// challengesOf parses every challenge header of a 401/407 with icholy/digest.
-func challengesOf(t *testing.T, res *sip.Response) []*digest.Challenge {
+// challengesOf parses every challenge header of a 401/407.
+func challengesOf(t *testing.T, res *sip.Response) []*testChallenge {
 	t.Helper()
 	name := "Proxy-Authenticate"
 	if res.StatusCode == 401 {
 		name = "WWW-Authenticate"
 	}
-	var out []*digest.Challenge
+	var out []*testChallenge
 	for _, h := range res.GetHeaders(name) {
-		c, err := digest.ParseChallenge(h.Value())
+		c, err := parseTestChallenge(h.Value())
 		if err != nil {
 			t.Fatalf("%s %q: %v", name, h.Value(), err)
 		}
@@ -150,49 +147,13 @@ func challengesOf(t *testing.T, res *sip.Response) []*digest.Challenge {
 }
 
 // answer returns the Authorization (for a 401) or Proxy-Authorization (407)
-// header answering chal for req: with icholy/digest for the algorithms it
-// supports, with DigestResponse for -sess.
-func answer(t *testing.T, code int, chal *digest.Challenge, req *sip.Request, user, pass string, nc int) sip.Header {
+// header answering chal for req.
+func answer(t *testing.T, code int, chal *testChallenge, req *sip.Request, user, pass string, nc int) sip.Header {
 	t.Helper()
-	name := "Proxy-Authorization"
-	if code == 401 {
-		name = "Authorization"
-	}
-	uri := req.Recipient.String()
-	if strings.HasSuffix(strings.ToLower(chal.Algorithm), "-sess") {
-		qop := ""
-		if len(chal.QOP) > 0 {
-			qop = "auth"
-			if !chal.SupportsQOP("auth") {
-				qop = "auth-int"
-			}
-		}
-		cred := &digest.Credentials{
-			Username: user, Realm: chal.Realm, Nonce: chal.Nonce, URI: uri, Algorithm: chal.Algorithm,
-			Cnonce: "0a4f113b", Opaque: chal.Opaque, QOP: qop, Nc: nc,
-		}
-		resp, err := DigestResponse(DigestInput{
-			Algorithm: chal.Algorithm, Username: user, Realm: chal.Realm, Password: pass,
-			Method: req.Method.String(), URI: uri, Nonce: chal.Nonce, Cnonce: cred.Cnonce,
-			NC: uint32(nc), QOP: qop, Body: req.Body(),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cred.Response = resp
-		return sip.NewHeader(name, cred.String())
-	}
-	cred, err := digest.Digest(chal, digest.Options{
-		Method: req.Method.String(), URI: uri, Username: user, Password: pass, Count: nc,
-		GetBody: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(req.Body())), nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sip.NewHeader(name, cred.String())
+	return answerHeader(code, digestAnswer(t, chal, req.Method.String(), req.Recipient.String(), req.Body(), user, pass, nc))
 }
 
-func findChallenge(t *testing.T, chals []*digest.Challenge, realm, alg string) *digest.Challenge {
+func findChallenge(t *testing.T, chals []*testChallenge, realm, alg string) *testChallenge {
 	t.Helper()
 	for _, c := range chals {
 		if c.Realm == realm && strings.EqualFold(c.Algorithm, alg) {
@@ -324,50 +285,39 @@ func TestRejectedCredentialsGetFreshChallenge(t *testing.T) {
 	pbx := Start(t, Config{Accounts: map[string]string{"alice": "pw"}})
 	c := newClient(t)
 
-	type tamper func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header
+	type tamper func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header
 	cases := map[string]tamper{
-		"wrong password": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
+		"wrong password": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
 			return answer(t, 407, ch, req, "alice", "nope", 1)
 		},
-		"unknown user": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
+		"unknown user": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
 			return answer(t, 407, ch, req, "mallory", "pw", 1)
 		},
-		"nonce not issued": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
+		"nonce not issued": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
 			forged := *ch
 			forged.Nonce = "1700000000/00000000000000000000000000000000"
 			return answer(t, 407, &forged, req, "alice", "pw", 1)
 		},
-		"wrong realm": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
+		"wrong realm": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
 			other := *ch
 			other.Realm = "elsewhere"
 			return answer(t, 407, &other, req, "alice", "pw", 1)
 		},
-		"wrong header": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
+		"wrong header": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
 			return answer(t, 401, ch, req, "alice", "pw", 1) // Authorization instead of Proxy-Authorization
 		},
-		"uri without parameters": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
-			cred, err := digest.Digest(ch, digest.Options{Method: "OPTIONS", URI: req.Recipient.Addr(), Username: "alice", Password: "pw"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return sip.NewHeader("Proxy-Authorization", cred.String())
+		"uri without parameters": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
+			return answerHeader(407, digestAnswer(t, ch, "OPTIONS", req.Recipient.Addr(), nil, "alice", "pw", 1))
 		},
-		"wrong method": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
-			cred, err := digest.Digest(ch, digest.Options{Method: "INVITE", URI: req.Recipient.String(), Username: "alice", Password: "pw"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return sip.NewHeader("Proxy-Authorization", cred.String())
+		"wrong method": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
+			return answerHeader(407, digestAnswer(t, ch, "INVITE", req.Recipient.String(), nil, "alice", "pw", 1))
 		},
-		"opaque dropped": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
-			cred, err := digest.Digest(ch, digest.Options{Method: "OPTIONS", URI: req.Recipient.String(), Username: "alice", Password: "pw"})
-			if err != nil {
-				t.Fatal(err)
-			}
+		"opaque dropped": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
+			cred := digestAnswer(t, ch, "OPTIONS", req.Recipient.String(), nil, "alice", "pw", 1)
 			cred.Opaque = ""
-			return sip.NewHeader("Proxy-Authorization", cred.String())
+			return answerHeader(407, cred)
 		},
-		"algorithm switched": func(t *testing.T, req *sip.Request, ch *digest.Challenge) sip.Header {
+		"algorithm switched": func(t *testing.T, req *sip.Request, ch *testChallenge) sip.Header {
 			other := *ch
 			other.Algorithm = "SHA-256"
 			return answer(t, 407, &other, req, "alice", "pw", 1)
@@ -622,36 +572,9 @@ func TestAuthInt(t *testing.T) {
 }
 
 // authIntCred answers ch with qop=auth-int over req's body.
-func authIntCred(t *testing.T, ch *digest.Challenge, req *sip.Request, user, pass string) string {
+func authIntCred(t *testing.T, ch *testChallenge, req *sip.Request, user, pass string) string {
 	t.Helper()
-	cred := &digest.Credentials{
-		Username: user, Realm: ch.Realm, Nonce: ch.Nonce, URI: req.Recipient.String(), Algorithm: ch.Algorithm,
-		Cnonce: "abcdef01", Opaque: ch.Opaque, QOP: "auth-int", Nc: 1,
-	}
-	var err error
-	cred.Response, err = DigestResponse(DigestInput{
-		Algorithm: ch.Algorithm, Username: user, Realm: ch.Realm, Password: pass, Method: req.Method.String(),
-		URI: cred.URI, Nonce: ch.Nonce, Cnonce: cred.Cnonce, NC: 1, QOP: "auth-int", Body: req.Body(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.EqualFold(ch.Algorithm, "SHA-512-256") {
-		// Cross-check with icholy/digest, which supports this one.
-		c := *ch
-		c.QOP = []string{"auth-int"}
-		ic, err := digest.Digest(&c, digest.Options{
-			Method: req.Method.String(), URI: cred.URI, Username: user, Password: pass, Cnonce: cred.Cnonce,
-			GetBody: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(req.Body())), nil },
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ic.Response != cred.Response {
-			t.Fatalf("auth-int: own %s, icholy %s", cred.Response, ic.Response)
-		}
-	}
-	return cred.String()
+	return digestAnswerQOP(t, ch, "auth-int", req.Method.String(), req.Recipient.String(), req.Body(), user, pass, 1).String()
 }
 
 func TestQOPNoneAndAnonymous(t *testing.T) {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +27,9 @@ type Binding struct {
 // Bindings returns the live bindings of user, derived from the
 // authenticated REGISTERs received (the fake answers every one with its
 // Contacts, so the latest REGISTER of a contact decides; expires 0 and
-// "Contact: *" remove). Expiry by time is not tracked.
+// "Contact: *" remove; one refused with 423 changes nothing), each with
+// the expiry granted (capped at MaxExpires). Expiry by time is not
+// tracked.
 func (s *Server) Bindings(user string) []Binding {
 	var out []Binding
 	for _, r := range s.Requests() {
@@ -42,47 +44,43 @@ func (s *Server) Bindings(user string) []Binding {
 		if !ok || req.To() == nil || req.To().Address.User != user {
 			continue
 		}
-		expires := 3600
-		if h := req.GetHeader("Expires"); h != nil {
-			if n, err := strconv.Atoi(strings.TrimSpace(h.Value())); err == nil {
-				expires = n
+		out = s.applyRegister(out, req)
+	}
+	return out
+}
+
+// applyRegister returns the bindings of req's AOR after req: its Contacts
+// replace theirs, with the expiry granted; 0 and "Contact: *" remove; a
+// REGISTER refused with 423 changes nothing.
+func (s *Server) applyRegister(bindings []Binding, req *sip.Request) []Binding {
+	d := s.decideExpires(req)
+	if d.tooBrief != 0 {
+		return bindings
+	}
+	user := req.To().Address.User
+	var path []sip.Uri
+	for _, h := range req.GetHeaders("Path") {
+		for _, v := range strings.Split(h.Value(), ",") {
+			v = strings.Trim(strings.TrimSpace(v), "<>")
+			var u sip.Uri
+			if sip.ParseUri(v, &u) == nil {
+				path = append(path, u)
 			}
 		}
-		var path []sip.Uri
-		for _, h := range req.GetHeaders("Path") {
-			for _, v := range strings.Split(h.Value(), ",") {
-				v = strings.Trim(strings.TrimSpace(v), "<>")
-				var u sip.Uri
-				if sip.ParseUri(v, &u) == nil {
-					path = append(path, u)
-				}
-			}
+	}
+	out := slices.Clone(bindings)
+	for i, h := range req.GetHeaders("Contact") {
+		c, ok := h.(*sip.ContactHeader)
+		if !ok {
+			continue
 		}
-		for _, h := range req.GetHeaders("Contact") {
-			c, ok := h.(*sip.ContactHeader)
-			if !ok {
-				continue
-			}
-			if c.Address.Wildcard {
-				out = nil
-				continue
-			}
-			exp := expires
-			if v, ok := c.Params.Get("expires"); ok {
-				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-					exp = n
-				}
-			}
-			kept := out[:0]
-			for _, b := range out {
-				if b.Contact.String() != c.Address.String() {
-					kept = append(kept, b)
-				}
-			}
-			out = kept
-			if exp > 0 {
-				out = append(out, Binding{User: user, Contact: *c.Address.Clone(), Path: path, Expires: exp})
-			}
+		if c.Address.Wildcard {
+			out = nil
+			continue
+		}
+		out = slices.DeleteFunc(out, func(b Binding) bool { return b.Contact.String() == c.Address.String() })
+		if exp := d.granted[i]; exp > 0 {
+			out = append(out, Binding{User: user, Contact: *c.Address.Clone(), Path: path, Expires: exp})
 		}
 	}
 	return out

@@ -27,6 +27,7 @@ type rawRequest struct {
 	ruri   string
 	seq    uint64 // arrival order
 	cseqOK bool   // CSeq above every earlier one of its Call-ID (ACK, CANCEL: always)
+	copies int    // copies received while pending (retransmissions), each taken once
 }
 
 // rawKey identifies a received request well enough to find its bytes again
@@ -37,7 +38,13 @@ func rawKey(transport, source, branch string, cseq uint64, cseqMethod string) st
 		strconv.FormatUint(cseq, 10) + "|" + strings.ToUpper(cseqMethod)
 }
 
-// rawStore remembers recently received requests by rawKey.
+// rawStore remembers received requests by rawKey until they are handled.
+//
+// It is unbounded: a fake lives for one test and keeps every request it
+// handled anyway (Server.Requests). What stays in it are the copies sipgo
+// absorbed (retransmissions matched to a transaction) and CANCELs sipgo
+// answered by itself. Dropping entries instead would lose the bytes of a
+// request still to be handled, which the fake reports as a test failure.
 type rawStore struct {
 	mu       sync.Mutex
 	m        map[string]rawRequest
@@ -74,8 +81,6 @@ func (rs *rawStore) openDialog(callID, remoteTag, localTag string, cseq uint64) 
 	}
 }
 
-const rawStoreMax = 4096
-
 // put stores a received message (requests only). It reports whether the
 // message was consumed and must not reach sipgo.
 func (rs *rawStore) put(transport, source string, msg []byte) (consumed bool) {
@@ -97,13 +102,16 @@ func (rs *rawStore) store(key string, f rawFields, msg []byte) bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	rs.seq++
-	if rs.m == nil || len(rs.m) >= rawStoreMax {
-		// Entries of retransmissions absorbed by sipgo are never taken;
-		// bound the map instead of tracking them.
+	if rs.m == nil {
 		rs.m = map[string]rawRequest{}
 	}
-	if _, pending := rs.m[key]; pending {
-		return false // a retransmission of a request not handled yet: keep the original
+	if r, pending := rs.m[key]; pending {
+		// A retransmission of a request not handled yet: keep the
+		// original, and its bytes for the copy too (an ACK for a 2xx is
+		// no transaction: sipgo hands every copy to the handler).
+		r.copies++
+		rs.m[key] = r
+		return false
 	}
 	if rs.lastCSeq == nil {
 		rs.lastCSeq = map[string]uint64{}
@@ -127,21 +135,28 @@ func (rs *rawStore) store(key string, f rawFields, msg []byte) bool {
 			}
 		}
 	}
-	rs.m[key] = rawRequest{raw: string(msg), ruri: f.ruri, seq: rs.seq, cseqOK: cseqOK}
+	rs.m[key] = rawRequest{raw: string(msg), ruri: f.ruri, seq: rs.seq, cseqOK: cseqOK, copies: 1}
 	return true
 }
 
+// take hands out the bytes of one received copy of the request with key.
 func (rs *rawStore) take(key string) (rawRequest, bool) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	r, ok := rs.m[key]
-	if ok {
-		delete(rs.m, key)
+	if !ok {
+		return r, false
 	}
-	return r, ok
+	if r.copies--; r.copies <= 0 {
+		delete(rs.m, key)
+	} else {
+		rs.m[key] = r
+	}
+	return r, true
 }
 
-// nextSeq numbers a request the tap did not see (should not happen).
+// nextSeq numbers a request the tap did not see (a fault of the fake,
+// reported as a test failure).
 func (rs *rawStore) nextSeq() uint64 {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
@@ -266,12 +281,13 @@ func (c *tapPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 }
 
-// tapListener wraps accepted TCP connections in tapConn and tracks them, so
-// that cleanup can close them and wait until sipgo's reader has seen the
-// close.
+// tapListener wraps accepted TCP connections (TLS ones after the
+// handshake: the tap reads plaintext) in tapConn and tracks them, so that
+// cleanup can close them and wait until sipgo's reader has seen the close.
 type tapListener struct {
 	net.Listener
-	raws *rawStore
+	raws      *rawStore
+	transport string // "TCP" or "TLS", as sipgo names the requests' transport
 
 	mu     sync.Mutex
 	closed bool
@@ -284,7 +300,7 @@ func (l *tapListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &tapConn{Conn: c, raws: l.raws, remote: c.RemoteAddr().String()}
+	tc := &tapConn{Conn: c, raws: l.raws, transport: l.transport, remote: c.RemoteAddr().String()}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -332,13 +348,14 @@ func (l *tapListener) closeConns() {
 // called by sipgo's single reader goroutine for the connection.
 type tapConn struct {
 	net.Conn
-	raws   *rawStore
-	remote string
-	buf    []byte // received, not framed yet
-	out    []byte // framed, for sipgo
-	rerr   error  // read error, returned once out is drained
-	once   sync.Once
-	done   func()
+	raws      *rawStore
+	transport string
+	remote    string
+	buf       []byte // received, not framed yet
+	out       []byte // framed, for sipgo
+	rerr      error  // read error, returned once out is drained
+	once      sync.Once
+	done      func()
 }
 
 func (c *tapConn) Read(b []byte) (int, error) {
@@ -382,7 +399,7 @@ func (c *tapConn) feed(p []byte) {
 		if len(c.buf) < total {
 			return
 		}
-		if !c.raws.put("TCP", c.remote, c.buf[:total]) {
+		if !c.raws.put(c.transport, c.remote, c.buf[:total]) {
 			c.out = append(c.out, c.buf[:total]...)
 		}
 		c.buf = append([]byte(nil), c.buf[total:]...)

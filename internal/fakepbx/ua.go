@@ -202,6 +202,7 @@ type inviteTx struct {
 	req       *sip.Request
 	tx        sip.ServerTransaction
 	key       string // rawKey of the INVITE
+	ruri      string // its Request-URI as received
 	branch    string
 	cseq      uint32
 	transport string
@@ -235,7 +236,7 @@ func callKey(callID, localTag string) string { return callID + "\x00" + localTag
 // learns from sipgo when its transaction answers a CANCEL by itself.
 func (s *Server) registerInvite(req *sip.Request, tx sip.ServerTransaction, in *incoming) *inviteTx {
 	it := &inviteTx{
-		req: req, tx: tx, key: in.key, branch: in.rec.Branch, cseq: in.rec.CSeq,
+		req: req, tx: tx, key: in.key, ruri: in.rec.RequestURI, branch: in.rec.Branch, cseq: in.rec.CSeq,
 		transport: in.rec.Transport, source: in.rec.Source, auth: in.auth,
 		signal: make(chan struct{}, 1), notify: make(chan struct{}, 1), prack: make(chan struct{}),
 		cancelSeen: map[string]bool{},
@@ -348,14 +349,20 @@ func (s *Server) recordCancel(it *inviteTx, raw rawRequest, transport, source st
 	s.recordLocked(in, it.calls...)
 	for _, c := range it.calls {
 		c.Cancelled = true
-		s.cancelCSeqCheck(c, in.rec.CSeq)
+		s.cancelCheck(it, c, in.rec)
 	}
 	return in.req
 }
 
-func (s *Server) cancelCSeqCheck(c *callState, cseq uint32) {
-	if cseq != c.InviteCSeq {
-		c.Errors = append(c.Errors, fmt.Sprintf("CANCEL CSeq %d, the INVITE's is %d", cseq, c.InviteCSeq))
+// cancelCheck records in c what is wrong with a CANCEL of it's INVITE: a
+// CSeq number other than the INVITE's, and with CheckDialogTarget another
+// Request-URI (RFC 3261 §9.1 wants both the same). s.mu must be held.
+func (s *Server) cancelCheck(it *inviteTx, c *callState, cancel Request) {
+	if cancel.CSeq != c.InviteCSeq {
+		c.Errors = append(c.Errors, fmt.Sprintf("CANCEL CSeq %d, the INVITE's is %d", cancel.CSeq, c.InviteCSeq))
+	}
+	if s.cfg.CheckDialogTarget && cancel.RequestURI != it.ruri {
+		c.Errors = append(c.Errors, fmt.Sprintf("CANCEL Request-URI %s, the INVITE's is %s", cancel.RequestURI, it.ruri))
 	}
 }
 
@@ -606,7 +613,7 @@ func (s *Server) newCall(it *inviteTx, in *incoming, localTag string, fork int) 
 	c.refreshStrings()
 	for i, r := range it.cancels {
 		insertBySeq(&c.Requests, &c.seqs, r, it.cancelSeqs[i])
-		s.cancelCSeqCheck(c, r.CSeq)
+		s.cancelCheck(it, c, r)
 	}
 	c.Cancelled = len(it.cancels) > 0 || it.sipgoCanceled
 	it.calls = append(it.calls, c)
@@ -745,6 +752,13 @@ func (s *Server) handleAck(in *incoming) {
 		return
 	}
 	s.recordLocked(in, c)
+	if s.cfg.CheckDialogTarget && c.FinalCode < 300 {
+		// The ACK for a 2xx goes to the dialog's target (that of a
+		// non-2xx final goes where the INVITE went).
+		if problem := s.dialogTargetProblemLocked(in.req, in, c); problem != "" {
+			c.Errors = append(c.Errors, problem)
+		}
+	}
 	w := c.ack
 	switch {
 	case c.FinalCode >= 300:
@@ -819,6 +833,10 @@ func (s *Server) handleInDialog(req *sip.Request, tx sip.ServerTransaction, in *
 	r := &in.rec
 	s.mu.Lock()
 	state := c.State
+	var target string
+	if s.cfg.CheckDialogTarget {
+		target = s.dialogTargetProblemLocked(req, in, c)
+	}
 	s.mu.Unlock()
 	var res *sip.Response
 	var problem string
@@ -826,6 +844,10 @@ func (s *Server) handleInDialog(req *sip.Request, tx sip.ServerTransaction, in *
 	case state == StateTerminated || state == StateCancelled:
 		res = s.newResponse(req, 481, "")
 		problem = fmt.Sprintf("%s (CSeq %d) in a %s dialog: 481", r.Method, r.CSeq, state)
+	case target != "":
+		res = s.newResponse(req, 404, "Not Found (not this dialog's target)")
+		problem = target + ": 404"
+		s.t.Logf("fakepbx %s: %s", s.name, problem)
 	case !in.cseqOK:
 		res = s.newResponse(req, 500, "CSeq out of order")
 		problem = fmt.Sprintf("%s CSeq %d is not above the dialog's last: 500", r.Method, r.CSeq)

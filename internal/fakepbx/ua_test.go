@@ -192,9 +192,9 @@ func withSDP(req *sip.Request) *sip.Request {
 	return req
 }
 
-// invite sends the INVITE, answers the 407 with the fake's own digest
-// (the authenticated re-send has CSeq 2) and leaves the authenticated
-// INVITE's transaction in l.tx.
+// invite sends the INVITE, answers the 401 or 407 with the fake's own
+// digest (the authenticated re-send has CSeq 2) and leaves the
+// authenticated INVITE's transaction in l.tx.
 func (l *leg) invite(extra ...sip.Header) {
 	t := l.c.t
 	t.Helper()
@@ -204,14 +204,16 @@ func (l *leg) invite(extra ...sip.Header) {
 		first.AppendHeader(sip.HeaderClone(h))
 	}
 	res := l.do(first)
-	wantStatus(t, res, 407)
-	ch := challengesOf(t, res)[0]
+	if res.StatusCode != 401 && res.StatusCode != 407 {
+		t.Fatalf("INVITE: %d, want a challenge", res.StatusCode)
+	}
+	code, ch := res.StatusCode, challengesOf(t, res)[0]
 	l.cseq++
 	req := withSDP(l.request(sip.INVITE, l.cseq))
 	for _, h := range append(l.extra, extra...) {
 		req.AppendHeader(sip.HeaderClone(h))
 	}
-	l.auth = answer(t, 407, ch, req, "alice", "pw", 1)
+	l.auth = answer(t, code, ch, req, "alice", "pw", 1)
 	req.AppendHeader(l.auth)
 	l.inv = req
 	l.tx = l.send(req)
@@ -590,8 +592,14 @@ func TestInviteBusy(t *testing.T) {
 // and returns the CANCEL's final response.
 func (l *leg) cancel() *sip.Response {
 	l.c.t.Helper()
+	return l.cancelTo(l.inv.Recipient)
+}
+
+// cancelTo is cancel with the Request-URI ruri.
+func (l *leg) cancelTo(ruri sip.Uri) *sip.Response {
+	l.c.t.Helper()
 	inv := l.inv
-	req := sip.NewRequest(sip.CANCEL, *inv.Recipient.Clone())
+	req := sip.NewRequest(sip.CANCEL, *ruri.Clone())
 	req.AppendHeader(inv.Via().Clone())
 	req.AppendHeader(sip.HeaderClone(inv.From()))
 	req.AppendHeader(sip.HeaderClone(inv.To()))

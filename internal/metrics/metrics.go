@@ -75,6 +75,7 @@ type Metrics struct {
 	retries        *prometheus.CounterVec
 	authFailures   *prometheus.CounterVec
 	refused        *prometheus.CounterVec
+	discarded      *prometheus.CounterVec
 	stateChanges   *prometheus.CounterVec
 	preemptive     *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
@@ -128,7 +129,11 @@ func New(version string) *Metrics {
 	}, []string{"upstream", "reason"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "requests_refused_total",
-		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources).",
+		Help: "Requests refused before any upstream traffic, by reason (source-denied, scope-denied, local-auth-failed, rate-limited, too-many-in-progress, overloaded, blocked, too-many-sources, bad-request, version-not-supported, unsupported-uri-scheme, message-too-large, cancel-source).",
+	}, []string{"reason"})
+	m.discarded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "messages_discarded_total",
+		Help: "Messages dropped unanswered because of what they are, by reason (response-source: a response from elsewhere than where its request went; unparsable; ack-source; malformed-ack; stray-response: a response matching no request in progress).",
 	}, []string{"reason"})
 	m.preemptive = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "preemptive_auth_total",
@@ -159,7 +164,7 @@ func New(version string) *Metrics {
 	m.reloadSuccess.SetToCurrentTime()
 	m.reg.MustRegister(
 		m.requests, m.outcomes, m.duration, m.upstreamTime, m.challenges, m.staleRetries, m.retries,
-		m.authFailures, m.refused, m.stateChanges, m.preemptive, m.reloads, m.reloadSuccess, m.registrations, build,
+		m.authFailures, m.refused, m.discarded, m.stateChanges, m.preemptive, m.reloads, m.reloadSuccess, m.registrations, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -279,6 +284,11 @@ func (m *Metrics) AuthRejected(upstream string) {
 // Refused implements proxy.Observer.
 func (m *Metrics) Refused(reason string) {
 	m.refused.WithLabelValues(reason).Inc()
+}
+
+// Discarded implements proxy.Observer.
+func (m *Metrics) Discarded(reason string) {
+	m.discarded.WithLabelValues(reason).Inc()
 }
 
 // RequestResent implements proxy.Observer.

@@ -1,5 +1,6 @@
-// Package peers runs real SIP peers (Kamailio, SIPp) on loopback addresses
-// for authproxy's interop tests (see ../../e2e).
+// Package peers runs real SIP peers (Kamailio, SIPp) and a DNS server
+// (dnsmasq) on loopback addresses for authproxy's interop tests (see
+// ../../e2e).
 //
 // Everything here is test support: functions take a testing.TB, call
 // t.Helper, put their files under t.TempDir and stop what they started in
@@ -26,6 +27,9 @@
 //     status, call counters and message trace. StartSipp runs one in the
 //     background, typically the UAS behind a relaying Kamailio, and Wait
 //     collects the same result.
+//   - StartDnsmasq runs dnsmasq as a local DNS server with the A/AAAA, SRV
+//     and NAPTR records a test gives it, reading no system configuration
+//     and forwarding nothing, for RFC 3263 resolution tests.
 //   - StartProcess runs any daemon in a process group of its own with its
 //     output captured (and, on request, a pipe to its stdin), stopping it
 //     with SIGTERM and then SIGKILL; the e2e authproxy and baresip runners

@@ -15,16 +15,17 @@ import (
 )
 
 // InstallHint is the command that installs every peer this package runs.
-const InstallHint = "apt-get install -y kamailio sip-tester baresip"
+const InstallHint = "apt-get install -y kamailio sip-tester baresip dnsmasq-base"
 
 // Packages maps each peer binary to the Debian package that ships it.
 var Packages = map[string]string{
 	"kamailio": "kamailio",
 	"sipp":     "sip-tester",
 	"baresip":  "baresip",
+	"dnsmasq":  "dnsmasq-base", // the binary only; "dnsmasq" adds a system service
 }
 
-// sbinDirs are searched after $PATH: Debian installs kamailio in /usr/sbin,
+// sbinDirs are searched after $PATH: Debian installs kamailio and dnsmasq in /usr/sbin,
 // which is not on an unprivileged user's PATH.
 var sbinDirs = []string{"/usr/sbin", "/sbin", "/usr/local/sbin"}
 

@@ -32,6 +32,9 @@ type TransactionLayer struct {
 	// fast (authproxy patch 11) takes UDP requests and their upstream
 	// responses synchronously on their parse worker (transaction_lite.go).
 	fast FastLane
+	// cancelFilter (authproxy patch 15) decides whether a CANCEL may
+	// cancel the INVITE server transaction it matches.
+	cancelFilter func(cancel, invite *Request) bool
 
 	terminateOnConnClose bool
 
@@ -51,6 +54,20 @@ func WithTransactionLayerLogger(l *slog.Logger) TransactionLayerOption {
 func WithTransactionLayerUnhandledResponseHandler(f func(r *Response)) TransactionLayerOption {
 	return func(txl *TransactionLayer) {
 		txl.unRespHandler = f
+	}
+}
+
+// WithTransactionLayerCancelFilter (authproxy patch 15) installs f, asked
+// before a CANCEL that matches a pending INVITE server transaction (RFC
+// 3261 §9.2) is answered 200 and the INVITE 487: cancel is the CANCEL,
+// invite the INVITE the transaction was created for. When f returns false
+// the CANCEL is dropped and the INVITE goes on; f answers the CANCEL
+// itself if it should be answered. The transaction key leaves out where a
+// request came from, so without f a CANCEL copying an INVITE's Via, From,
+// To, Call-ID and CSeq cancels it from anywhere.
+func WithTransactionLayerCancelFilter(f func(cancel, invite *Request) bool) TransactionLayerOption {
+	return func(txl *TransactionLayer) {
+		txl.cancelFilter = f
 	}
 }
 
@@ -183,6 +200,9 @@ func (txl *TransactionLayer) handleRequest(req *Request) error {
 		}
 
 		tx, exists := txl.getServerTx(key)
+		if exists && txl.cancelFilter != nil && !txl.cancelFilter(req, tx.Origin()) { // authproxy patch 15
+			return nil
+		}
 		if exists {
 			// Send 200 OK for CANCEL first, then terminate the INVITE.
 			// The CANCEL client transaction retransmits until it receives
