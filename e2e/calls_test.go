@@ -459,16 +459,26 @@ func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
 		return n
 	}
 	before := invites()
-	time.Sleep(sip.Timer_L + 500*time.Millisecond)
 	conn, err := net.Dial("udp", h.Addr["udp"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := conn.Write([]byte(c.invite.String())); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(500 * time.Millisecond)
+	// The client retransmits its INVITE (RFC 3261 §17.1.1.2): sipgo's
+	// server transaction absorbs the copies until Timer L ends it, then
+	// authproxy absorbs them itself, logging each as handled.
+	absorbed := []string{`"msg":"request"`, `"outcome":"retransmission-absorbed"`, `"call_id":"` + c.callID + `"`}
+	testutil.Eventually(t, "a retransmission absorbed after the server transaction ended", func() bool {
+		if _, err := conn.Write([]byte(c.invite.String())); err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(h.Logs.String(), "\n") {
+			if containsAll(line, absorbed) {
+				return true
+			}
+		}
+		return false
+	})
 	if after := invites(); after != before {
 		t.Fatalf("the upstream got %d INVITEs for the call after the late retransmission, want %d", after, before)
 	}
