@@ -40,6 +40,8 @@ type Config struct {
 	Clients []Client
 	// Limits is the [limits] table.
 	Limits Limits
+	// TCP is the [tcp] table.
+	TCP TCP
 	// Registrations are the [[registration]] tables: registrations
 	// authproxy keeps up with an upstream itself.
 	Registrations []Registration

@@ -134,7 +134,8 @@ func TestExampleConfig(t *testing.T) {
 }
 
 // TestExampleConfigDocumentsDefaults holds the example to its word: the
-// values it spells out for [log] and [proxy] are the built-in defaults.
+// values it spells out for [log], [proxy] and [tcp] are the built-in
+// defaults.
 func TestExampleConfigDocumentsDefaults(t *testing.T) {
 	example := mustParse(t, string(readExample(t)))
 	minimal := mustParse(t, baseOK)
@@ -143,6 +144,9 @@ func TestExampleConfigDocumentsDefaults(t *testing.T) {
 	}
 	if example.Proxy != minimal.Proxy {
 		t.Errorf("example [proxy] = %+v, defaults = %+v", example.Proxy, minimal.Proxy)
+	}
+	if example.TCP != minimal.TCP {
+		t.Errorf("example [tcp] = %+v, defaults = %+v", example.TCP, minimal.TCP)
 	}
 }
 

@@ -35,6 +35,7 @@ type fileConfig struct {
 	Credential []fileCredential `koanf:"credential"`
 	Client     []fileClient     `koanf:"client"`
 	Limits     fileLimits       `koanf:"limits"`
+	TCP        fileTCP          `koanf:"tcp"`
 	Runtime    fileRuntime      `koanf:"runtime"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
@@ -73,6 +74,15 @@ type fileLimits struct {
 	BlockFor     string `koanf:"block_for"`
 	MaxSources   int    `koanf:"max_sources"`
 	Deny         string `koanf:"deny"`
+}
+
+type fileTCP struct {
+	MaxConnections          int    `koanf:"max_connections"`
+	MaxConnectionsPerSource int    `koanf:"max_connections_per_source"`
+	IdleTimeout             string `koanf:"idle_timeout"`
+	MessageTimeout          string `koanf:"message_timeout"`
+	HandshakeTimeout        string `koanf:"handshake_timeout"`
+	MaxMessageSize          int    `koanf:"max_message_size"`
 }
 
 type fileRuntime struct {
@@ -159,7 +169,11 @@ func isSecretKey(name string) bool {
 
 // isDurationKey reports whether a key holds a duration string.
 func isDurationKey(name string) bool {
-	return name == "shutdown_grace" || name == "options_interval"
+	switch name {
+	case "shutdown_grace", "options_interval", "idle_timeout", "message_timeout", "handshake_timeout":
+		return true
+	}
+	return false
 }
 
 // defaultsTOML is the first layer. Per-element defaults of the arrays of
@@ -198,6 +212,14 @@ auth_failures = 5
 block_for = "5m"
 max_sources = 100000
 deny = "reject"
+
+[tcp]
+max_connections = 10000
+max_connections_per_source = 500
+idle_timeout = "1h"
+message_timeout = "10s"
+handshake_timeout = "10s"
+max_message_size = 65535
 
 [runtime]
 max_procs = 0

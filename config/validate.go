@@ -85,6 +85,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.Credentials = v.buildCredentials(fc.Credential, idx)
 	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
 	cfg.Limits = v.buildLimits(fc.Limits)
+	cfg.TCP = v.buildTCP(fc.TCP)
 	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
 	cfg.Runtime = v.buildRuntime(fc.Runtime)
 	return cfg

@@ -27,15 +27,19 @@ func prefixes(ps ...string) []netip.Prefix {
 
 func requests(s *fakepbx.Server) int { return len(s.Requests()) }
 
-// TestDeniedSource: a source no group admits gets 403 and the upstream
-// sees nothing.
+// TestDeniedSource: a source no group admits gets 403 over UDP, has its
+// TCP connection closed unanswered (TestTCPRefusedSource), and the
+// upstream sees nothing.
 func TestDeniedSource(t *testing.T) {
 	h := startHarness(t, harnessOptions{Clients: []proxy.ClientGroup{{Name: "lan", Networks: prefixes("10.0.0.0/8"), Upstreams: []string{"*"}}}})
-	for _, tp := range []string{"udp", "tcp"} {
-		res := h.final(t, tp, clientRequest{Method: sip.INVITE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
-		if res.StatusCode != 403 {
-			t.Fatalf("%s: status %d, want 403", tp, res.StatusCode)
-		}
+	res := h.final(t, "udp", clientRequest{Method: sip.INVITE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
+	if res.StatusCode != 403 {
+		t.Fatalf("udp: status %d, want 403", res.StatusCode)
+	}
+	r := dialRaw(t, h.Addr["tcp"], "127.0.0.1")
+	_, _ = r.c.Write([]byte(r.message("denied-over-tcp", 5))) // may fail: the connection is closed at once
+	if got := r.closedByPeer(t); got != "" {
+		t.Fatalf("tcp: answered %q, want the connection closed unanswered", got)
 	}
 	if n := requests(h.A) + requests(h.B); n != 0 {
 		t.Fatalf("upstreams saw %d requests from a denied source", n)

@@ -41,6 +41,14 @@ const authproxyStopGrace = 10 * time.Second
 // every upstream (authproxy admits no one without a client group).
 func StartAuthproxy(t testing.TB, tomlConfig string) *Authproxy {
 	t.Helper()
+	return startAuthproxy(t, tomlConfig, nil)
+}
+
+// startAuthproxy is StartAuthproxy with the binary run under wrap, a
+// command line the binary and its arguments are appended to (e.g.
+// prlimit and its options); nil runs it directly.
+func startAuthproxy(t testing.TB, tomlConfig string, wrap []string) *Authproxy {
+	t.Helper()
 	if !strings.Contains(tomlConfig, "[[client]]") {
 		tomlConfig += "\n[[client]]\nname = \"loopback\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n"
 	}
@@ -57,10 +65,14 @@ func StartAuthproxy(t testing.TB, tomlConfig string) *Authproxy {
 			t.Errorf("authproxy: the race detector reported a data race (output above)")
 		}
 	})
+	path, args := bin, []string{"-config", cfgPath}
+	if len(wrap) > 0 {
+		path, args = wrap[0], append(append(wrap[1:len(wrap):len(wrap)], bin), args...)
+	}
 	proc := peers.StartProcess(t, peers.ProcessConfig{
 		Name:      "authproxy",
-		Path:      bin,
-		Args:      []string{"-config", cfgPath},
+		Path:      path,
+		Args:      args,
 		Dir:       dir,
 		Env:       append(os.Environ(), "NO_COLOR=1"),
 		StopGrace: authproxyStopGrace,

@@ -21,6 +21,7 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers (log handlers).
@@ -94,6 +95,8 @@ type harnessOptions struct {
 	Limits  proxy.Limits
 	// ListenTLS adds a TLS listener with this server configuration.
 	ListenTLS *tls.Config
+	// TCP limits the TCP and TLS listeners' connections (off when zero).
+	TCP tcpguard.Limits
 	// Lookup replaces the credential store built from Credentials.
 	Lookup proxy.Credentials
 	// RegisterMode is pbx-a's and pbx-b's Upstream.RegisterMode.
@@ -214,6 +217,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		Credentials:     lookupOr(o.Lookup, store),
 		Clients:         clientsOr(o.Clients),
 		Limits:          o.Limits,
+		TCP:             o.TCP,
 		UpstreamTimeout: o.UpstreamTimeout,
 		TimerC:          o.TimerC,
 		ShutdownGrace:   2 * time.Second,

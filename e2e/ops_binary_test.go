@@ -72,7 +72,14 @@ realm = "asterisk"
 
 func startOpsBinary(t *testing.T, toml string) *opsBinary {
 	t.Helper()
-	a := StartAuthproxy(t, toml)
+	return startOpsBinaryUnder(t, toml, nil)
+}
+
+// startOpsBinaryUnder is startOpsBinary with the binary run under wrap
+// (see startAuthproxy).
+func startOpsBinaryUnder(t *testing.T, toml string, wrap []string) *opsBinary {
+	t.Helper()
+	a := startAuthproxy(t, toml, wrap)
 	b := &opsBinary{Authproxy: a, sipAddr: map[string]string{}}
 	for _, line := range strings.Split(a.Logs(), "\n") {
 		var rec struct {

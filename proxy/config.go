@@ -14,6 +14,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
 // Listener is one local socket the proxy serves clients (and upstream
@@ -82,6 +83,14 @@ type Config struct {
 	Clients []ClientGroup
 	// Limits bound requests per source and in total.
 	Limits Limits
+	// TCP bounds the connections of the TCP and TLS listeners: caps in
+	// total and per source, deadlines, the maximum message size
+	// (tcpguard.Limits). A zero field turns its limit off, except
+	// MaxMessageSize: zero means MaxMessageSize, the most it may be.
+	// Connections to a source no client group admits are refused whatever
+	// the limits; connections authproxy opens to upstreams are not limited.
+	// Reload does not apply a change (ErrRestartRequired).
+	TCP tcpguard.Limits
 	// MaxChallenges bounds how many 401/407 one request may have answered
 	// before the last one is relayed to the client (RFC 3261 §22.1 forbids
 	// retrying rejected credentials; this caps stale-nonce rounds too).
@@ -175,6 +184,9 @@ func (c *Config) validate() ([]*upstream, error) {
 	}
 	if c.Credentials == nil {
 		return nil, fmt.Errorf("no credential source configured")
+	}
+	if err := validateTCP(c.TCP); err != nil {
+		return nil, err
 	}
 	ups := make([]*upstream, 0, len(c.Upstreams))
 	for i, u := range c.Upstreams {

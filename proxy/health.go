@@ -111,17 +111,21 @@ var (
 )
 
 // Readiness returns nil when the proxy takes requests: its listeners are
-// bound, it is not shutting down, and, when OPTIONS health checks are on,
-// at least one upstream is not marked down. One upstream down among
-// several keeps the proxy ready: every instance sees the same upstreams, so
-// failing readiness for one of them would take all instances out and turn
-// one PBX's outage into an outage of all of them.
+// bound and all still serving, it is not shutting down, and, when OPTIONS
+// health checks are on, at least one upstream is not marked down. One
+// upstream down among several keeps the proxy ready: every instance sees
+// the same upstreams, so failing readiness for one of them would take all
+// instances out and turn one PBX's outage into an outage of all of them.
 func (p *Proxy) Readiness() error {
 	p.mu.Lock()
 	bound := len(p.listeners) > 0
+	stopped := p.stoppedListener()
 	p.mu.Unlock()
 	if !bound {
 		return ErrNotListening
+	}
+	if stopped != nil {
+		return stopped
 	}
 	if p.flight.isDraining() {
 		return ErrDraining

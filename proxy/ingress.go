@@ -15,7 +15,7 @@ import (
 // its source, before the fast lane's byte path or the parser, and returns
 // nil to drop one. Over UDP it drops a datagram carrying the branch of one
 // of authproxy's requests unless it comes from where that request went
-// (pinning.go), answers 513 to a request larger than MaxMessageSize, and
+// (pinning.go), answers 513 to a request larger than MaxDatagramSize, and
 // remembers where each request came from, for answering those the parser
 // refuses (unparsable.go). TCP and TLS reads are passed on as they are
 // (their responses are checked once parsed, by the fast lane's
@@ -39,7 +39,7 @@ func (p *Proxy) readFilter(props sip.TransportReadProps, data []byte) (out []byt
 		p.discarded("response-source", "message dropped: carries the branch of a request authproxy sent elsewhere", from)
 		return nil, nil
 	}
-	if messageTooLarge(len(data)) {
+	if datagramTooLarge(len(data)) {
 		p.refuseTooLarge(data, from, props.LocalAddr)
 		return nil, nil
 	}
@@ -77,7 +77,7 @@ func (p *Proxy) discarded(reason, msg string, from netip.AddrPort) {
 	}
 }
 
-// refuseTooLarge answers a request datagram larger than MaxMessageSize
+// refuseTooLarge answers a request datagram larger than MaxDatagramSize
 // with 513 (RFC 3261 §21.5.11), built from the request's header lines
 // (rawAnswer: a datagram longer than sipgo's read buffer arrives cut
 // short, and need not parse); one no response can be built for is dropped

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
 func init() {
@@ -86,8 +89,9 @@ type Proxy struct {
 	accepted recentFinals
 	limiter  *limiter
 	local    *localAuth
-	health   *healthChecker // OPTIONS pings to the upstreams (health.go)
-	regs     *regManager    // trunk registrations (registration.go)
+	health   *healthChecker  // OPTIONS pings to the upstreams (health.go)
+	regs     *regManager     // trunk registrations (registration.go)
+	tcp      *tcpguard.Guard // caps and deadlines of inbound TCP/TLS connections (listeners.go)
 
 	pins     *pinTable        // where each request with our branch went (pinning.go)
 	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
@@ -115,6 +119,7 @@ type boundListener struct {
 	closer    io.Closer
 	udp       net.PacketConn
 	tcp       net.Listener
+	stopped   error // why serving stopped while the proxy runs; guarded by Proxy.mu
 }
 
 // New checks cfg and prepares a proxy; nothing is bound until Run.
@@ -164,11 +169,17 @@ func New(cfg Config) (*Proxy, error) {
 	p.rt.Store(&routing{upstreams: ups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients})
 	p.health = newHealthChecker(p, cfg.Health)
 	p.regs = newRegManager(p)
+	p.tcp = tcpguard.New(tcpguard.Config{
+		Limits:   tcpLimits(cfg),
+		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
+		Logger:   log.With("component", "tcp"),
+	})
 	return p, nil
 }
 
 // ErrRestartRequired is wrapped by Reload when the new configuration
-// changes something only a restart can apply (the listeners).
+// changes something only a restart can apply (the listeners, their TCP
+// limits).
 var ErrRestartRequired = errors.New("listener changes need a restart")
 
 // Reload applies a new configuration to requests that start from now on:
@@ -190,7 +201,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	p.limiter.setLimits(cfg.Limits)
 	p.health.configure(cfg.Health)
 	p.regs.reconcile(cfg.Registrations)
-	if !sameListeners(p.cfg.Listeners, cfg.Listeners) {
+	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
 	return nil
@@ -302,8 +313,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 			default:
 				err = srv.ServeTCP(l.tcp)
 			}
-			if err != nil && ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				p.log.Error("listener stopped", "transport", l.transport, "address", l.Address, "error", err)
+			if ctx.Err() == nil {
+				p.listenerStopped(l, err)
 			}
 		}()
 	}
@@ -419,10 +430,14 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 				closeAll(out)
 				return nil, fmt.Errorf("listen %s %s: %w", strings.ToLower(tp), l.Address, err)
 			}
+			var tlsConf *tls.Config
 			if tp == "TLS" {
-				ln = tls.NewListener(ln, l.TLS)
+				tlsConf = l.TLS
 			}
-			bl.tcp, bl.closer, laddr = ln, ln, ln.Addr()
+			// The guard accepts (retrying when out of descriptors), refuses
+			// and caps; sipgo serves what it lets through.
+			gl := p.tcp.Listen(ln, tlsConf)
+			bl.tcp, bl.closer, laddr = gl, gl, ln.Addr()
 		}
 		host, portStr, _ := net.SplitHostPort(laddr.String())
 		bl.ip = net.ParseIP(host)

@@ -7,21 +7,22 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// MaxMessageSize is the largest SIP request, in bytes, authproxy takes:
-// what it can still send on over UDP (sip.UDPMTUSize-200, 8,800 bytes, see
+// MaxDatagramSize is the largest SIP request, in bytes, authproxy takes in
+// one UDP datagram: what it can still send on over UDP (sip.UDPMTUSize-200, 8,800 bytes, see
 // proxy.go's init) once it has added its Via, Record-Route and digest
 // answers (about a kilobyte). A larger request is answered 513 Message Too
 // Large (RFC 3261 §21.5.11) before it is handled at all, instead of failing
 // when it is sent on.
-const MaxMessageSize = 7680
+const MaxDatagramSize = 7680
 
 // statusUnsupportedURIScheme is RFC 3261 §21.4.17's 416 (sipgo names 416
 // after HTTP's range error).
 const statusUnsupportedURIScheme = 416
 
-// messageTooLarge is the one decision on a message's size, for every
-// transport: n bytes is more than authproxy takes.
-func messageTooLarge(n int) bool { return n > MaxMessageSize }
+// datagramTooLarge is the one decision on a UDP request's size: n bytes is
+// more than authproxy takes in a datagram. (Over TCP and TLS the limit is
+// Config.TCP.MaxMessageSize, checked by tcpguard while framing the stream.)
+func datagramTooLarge(n int) bool { return n > MaxDatagramSize }
 
 // malformedRequest checks what RFC 3261 §16.3 step 1 (reasonable syntax)
 // and §8.2 ask of a request before a proxy does anything with it, as far

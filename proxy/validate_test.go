@@ -98,10 +98,10 @@ func TestLenientHeaderParsers(t *testing.T) {
 }
 
 func TestMessageTooLarge(t *testing.T) {
-	if messageTooLarge(MaxMessageSize) || !messageTooLarge(MaxMessageSize+1) {
-		t.Fatal("the limit is not MaxMessageSize")
+	if datagramTooLarge(MaxDatagramSize) || !datagramTooLarge(MaxDatagramSize+1) {
+		t.Fatal("the limit is not MaxDatagramSize")
 	}
-	if MaxMessageSize+1024 > sip.UDPMTUSize-200 {
-		t.Fatalf("MaxMessageSize %d leaves no kilobyte for authproxy's headers below the UDP send limit %d", MaxMessageSize, sip.UDPMTUSize-200)
+	if MaxDatagramSize+1024 > sip.UDPMTUSize-200 {
+		t.Fatalf("MaxDatagramSize %d leaves no kilobyte for authproxy's headers below the UDP send limit %d", MaxDatagramSize, sip.UDPMTUSize-200)
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
 func main() {
@@ -191,6 +192,11 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			MaxPerSource: cfg.Limits.MaxPerSource, MaxTotal: cfg.Limits.MaxTotal,
 			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
+		},
+		TCP: tcpguard.Limits{
+			MaxConns: cfg.TCP.MaxConnections, MaxConnsPerSource: cfg.TCP.MaxConnectionsPerSource,
+			IdleTimeout: cfg.TCP.IdleTimeout, MessageTimeout: cfg.TCP.MessageTimeout,
+			HandshakeTimeout: cfg.TCP.HandshakeTimeout, MaxMessageSize: cfg.TCP.MaxMessageSize,
 		},
 	}
 	for i, l := range cfg.Listen {

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
 func TestHealthcheckFlag(t *testing.T) {
@@ -283,5 +285,29 @@ func TestApplyRuntime(t *testing.T) {
 	cur.Runtime.MaxProcs = 1
 	if got := restartKeys(mustParse(t, opsBase), &cur); !slices.Equal(got, []string{"runtime"}) {
 		t.Errorf("restartKeys = %q, want [runtime]", got)
+	}
+}
+
+// TestTCPWiring: the [tcp] table reaches the proxy field by field, its
+// default message size is the proxy's (one constant for every transport),
+// and a change needs a restart.
+func TestTCPWiring(t *testing.T) {
+	cfg := mustParse(t, opsBase)
+	if got, want := cfg.TCP.MaxMessageSize, proxy.MaxMessageSize; got != want {
+		t.Errorf("default tcp.max_message_size %d, proxy.MaxMessageSize %d", got, want)
+	}
+	cfg.TCP = config.TCP{MaxConnections: 1, MaxConnectionsPerSource: 2, IdleTimeout: 3 * time.Second,
+		MessageTimeout: 4 * time.Second, HandshakeTimeout: 5 * time.Second, MaxMessageSize: 6000}
+	pcfg, err := proxyConfig(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := tcpguard.Limits{MaxConns: 1, MaxConnsPerSource: 2, IdleTimeout: 3 * time.Second,
+		MessageTimeout: 4 * time.Second, HandshakeTimeout: 5 * time.Second, MaxMessageSize: 6000}
+	if pcfg.TCP != want {
+		t.Errorf("proxy TCP limits %+v, want %+v", pcfg.TCP, want)
+	}
+	if got := restartKeys(mustParse(t, opsBase), cfg); !slices.Equal(got, []string{"tcp"}) {
+		t.Errorf("restartKeys = %q, want [tcp]", got)
 	}
 }

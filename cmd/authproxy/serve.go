@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -191,18 +190,21 @@ func (d *daemon) reload(trigger string) {
 			restartNeeded, err = true, nil
 		}
 	}
+	// Each outcome is counted before it is logged: whoever reads the line
+	// finds the metric already moved.
 	if err != nil {
+		d.metrics.ConfigReloaded(metrics.ReloadRejected)
 		d.log.Error("configuration reload rejected; the running configuration stays",
 			"trigger", trigger, "config", d.source, "errors", errorList(err))
-		d.metrics.ConfigReloaded(metrics.ReloadRejected)
 		return
 	}
 	old := d.cur.Swap(cfg)
 	d.level.Set(cfg.Log.Level)
 
 	restart := restartKeys(d.boot, cfg)
-	if restartNeeded && !slices.Contains(restart, "listen") {
-		restart = append([]string{"listen"}, restart...)
+	if restartNeeded && len(restart) == 0 {
+		// The proxy saw a listener change the comparison above did not.
+		restart = []string{"listen"}
 	}
 	changes := describeChanges(old, cfg)
 	summary := "none"
@@ -210,13 +212,13 @@ func (d *daemon) reload(trigger string) {
 		summary = strings.Join(changes, "; ")
 	}
 	if len(restart) > 0 {
+		d.metrics.ConfigReloaded(metrics.ReloadRestartRequired)
 		d.log.Warn("configuration reloaded; some changes need a restart to take effect",
 			"trigger", trigger, "changes", summary, "restart_needed", restart)
-		d.metrics.ConfigReloaded(metrics.ReloadRestartRequired)
 		return
 	}
-	d.log.Info("configuration reloaded", "trigger", trigger, "changes", summary)
 	d.metrics.ConfigReloaded(metrics.ReloadOK)
+	d.log.Info("configuration reloaded", "trigger", trigger, "changes", summary)
 }
 
 // errorList returns the messages of every error joined in err, one each,
@@ -278,6 +280,9 @@ func restartKeys(boot, cfg *config.Config) []string {
 	}
 	if boot.Runtime != cfg.Runtime {
 		out = append(out, "runtime")
+	}
+	if boot.TCP != cfg.TCP {
+		out = append(out, "tcp")
 	}
 	return out
 }
@@ -406,7 +411,22 @@ func (d *daemon) status() admin.Status {
 	for _, r := range p.Registrations() {
 		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State})
 	}
+	st.Listeners, st.ListenersStopped, st.TCP = listenerStatus(p)
 	return st
+}
+
+// listenerStatus is the listeners' and TCP connections' part of /status.
+func listenerStatus(p *proxy.Proxy) ([]admin.Listener, int, admin.TCPConnections) {
+	var ls []admin.Listener
+	stopped := 0
+	for _, l := range p.Listeners() {
+		ls = append(ls, admin.Listener{Transport: l.Transport, Address: l.Address, Serving: l.Serving, Error: l.Error})
+		if !l.Serving {
+			stopped++
+		}
+	}
+	s := p.TCPStats()
+	return ls, stopped, admin.TCPConnections{Open: s.Open, Accepted: s.Accepted, Refused: s.Refused, Closed: s.Closed, AcceptErrors: s.AcceptErrors}
 }
 
 // fileWatcher turns changes of the configuration file into debounced

@@ -5,7 +5,7 @@
 //	GET /healthz   200 "ok" while the process serves HTTP at all
 //	GET /readyz    200 "ready", or 503 and the reason (Config.Ready)
 //	GET /status    JSON: readiness, transactions, dialogs, upstream health,
-//	               trunk registrations (Status)
+//	               listeners, TCP connections, trunk registrations (Status)
 //
 // The endpoints carry no authentication and reveal no secret, username or
 // Call-ID; bind the listener to loopback or a monitoring network.
@@ -42,6 +42,13 @@ type Status struct {
 	HealthChecks bool `json:"health_checks"`
 	// Upstreams are the configured upstreams, in configuration order.
 	Upstreams []Upstream `json:"upstreams"`
+	// Listeners are the SIP listeners, in configuration order, and
+	// ListenersStopped counts those that stopped serving while authproxy
+	// runs (each fails /readyz).
+	Listeners        []Listener `json:"listeners"`
+	ListenersStopped int        `json:"listeners_stopped"`
+	// TCP counts the connections of the TCP and TLS listeners.
+	TCP TCPConnections `json:"tcp"`
 	// TrunkRegistrations will list the registrations authproxy maintains
 	// upstream. authproxy does not register trunks yet, so the list is
 	// always empty (never null): monitoring written against /status now
@@ -70,6 +77,30 @@ type Upstream struct {
 	// Pings and Failures count the pings sent and those that failed.
 	Pings    uint64 `json:"pings"`
 	Failures uint64 `json:"failures"`
+}
+
+// Listener is one SIP listener in Status.
+type Listener struct {
+	Transport string `json:"transport"`
+	Address   string `json:"address"`
+	// Serving is false once the listener stopped; Error says why.
+	Serving bool   `json:"serving"`
+	Error   string `json:"error,omitempty"`
+}
+
+// TCPConnections is what the guard of the TCP and TLS listeners counted.
+type TCPConnections struct {
+	// Open is the number of connections open now.
+	Open int `json:"open"`
+	// Accepted counts the connections admitted.
+	Accepted uint64 `json:"accepted"`
+	// Refused counts connections closed as soon as accepted, by reason.
+	Refused map[string]uint64 `json:"refused"`
+	// Closed counts connections closed later for a deadline, a message too
+	// large or a fault, by reason.
+	Closed map[string]uint64 `json:"closed"`
+	// AcceptErrors counts failed accepts (each retried).
+	AcceptErrors uint64 `json:"accept_errors"`
 }
 
 // TrunkRegistration is one registration authproxy maintains upstream. It
@@ -216,6 +247,9 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 	}
 	if st.TrunkRegistrations == nil {
 		st.TrunkRegistrations = []TrunkRegistration{}
+	}
+	if st.Listeners == nil {
+		st.Listeners = []Listener{}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

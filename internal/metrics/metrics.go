@@ -181,8 +181,9 @@ func New(version string) *Metrics {
 }
 
 // Attach registers the gauges read from src at scrape time:
-// authproxy_active_transactions, authproxy_dialogs and the upstream health
-// metrics. Call it once, after the proxy is created; later calls do
+// authproxy_active_transactions, authproxy_dialogs, the upstream health
+// metrics and, when src reports them, the listeners and TCP connections
+// (tcp.go). Call it once, after the proxy is created; later calls do
 // nothing.
 func (m *Metrics) Attach(src Source) {
 	m.attachOnce.Do(func() {
@@ -197,6 +198,9 @@ func (m *Metrics) Attach(src Source) {
 			}, func() float64 { return float64(src.DialogCount()) }),
 			healthCollector{m: m, src: src},
 		)
+		if ls, ok := src.(listenerSource); ok {
+			m.reg.MustRegister(newTCPCollector(ls))
+		}
 		if rs, ok := src.(registrationSource); ok {
 			// The trunk registrations up now, read at each scrape.
 			m.reg.Unregister(m.registrations)

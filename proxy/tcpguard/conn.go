@@ -1,0 +1,198 @@
+package tcpguard
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+)
+
+// writeTimeout bounds the writes the guard makes itself (a keep-alive
+// pong, a 513): a client that does not read must not hold the reading
+// goroutine.
+const writeTimeout = 5 * time.Second
+
+// conn is an accepted connection under the guard. Read is called from one
+// goroutine (the SIP stack's reader); Write and Close from any.
+type conn struct {
+	net.Conn // the TCP connection, or the TLS server over it
+	g        *Guard
+	src      netip.Addr
+	peer     Peer
+	tls      *tls.Conn // nil for TCP
+	lim      Limits
+
+	fr         Framer
+	since      time.Time // accepted, or handshaken (TLS)
+	msgStart   time.Time // first byte of the message in progress
+	lastActive time.Time // last message or keep-alive
+	gotFirst   bool      // a complete message arrived
+	handshook  bool
+	pending    counter // a close decided while bytes were still handed on, or cNone
+
+	closeOnce sync.Once
+}
+
+func newConn(g *Guard, raw net.Conn, src netip.Addr, peer Peer, tlsConf *tls.Config) *conn {
+	c := &conn{Conn: raw, g: g, src: src, peer: peer, lim: g.cfg.Limits, since: time.Now()}
+	c.fr.MaxSize = c.lim.MaxMessageSize
+	if tlsConf != nil {
+		c.tls = tls.Server(raw, tlsConf)
+		c.Conn = c.tls
+	}
+	return c
+}
+
+// Close closes the connection and gives its place under the caps back.
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() { c.g.release(c.src, c.peer) })
+	return err
+}
+
+// Read returns the bytes of SIP messages only (keep-alives answered and
+// left out), under the deadline the connection's state calls for.
+func (c *conn) Read(b []byte) (int, error) {
+	if c.pending != cNone {
+		return 0, c.stop(c.pending, nil)
+	}
+	if c.tls != nil && !c.handshook {
+		if err := c.handshake(); err != nil {
+			return 0, err
+		}
+	}
+	for {
+		if err := c.Conn.SetReadDeadline(c.deadline()); err != nil {
+			return 0, fmt.Errorf("set read deadline: %w", err)
+		}
+		n, err := c.Conn.Read(b)
+		out, why := c.frame(b, n, time.Now())
+		if why != cNone {
+			if out > 0 {
+				c.pending = why // hand the complete messages before it on first
+				return out, nil
+			}
+			return 0, c.stop(why, nil)
+		}
+		if out > 0 {
+			return out, nil
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			why := cIdle
+			if !c.gotFirst || c.fr.InMessage() {
+				why = cMessage
+			}
+			return 0, c.stop(why, nil)
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+// deadline is when the connection's current wait ends: the first message
+// or the message in progress is due MessageTimeout after it began, the
+// next one IdleTimeout after the last activity. Zero: no deadline.
+func (c *conn) deadline() time.Time {
+	if !c.gotFirst || c.fr.InMessage() {
+		if c.lim.MessageTimeout <= 0 {
+			return time.Time{}
+		}
+		start := c.since
+		if c.gotFirst {
+			start = c.msgStart
+		}
+		return start.Add(c.lim.MessageTimeout)
+	}
+	if c.lim.IdleTimeout <= 0 {
+		return time.Time{}
+	}
+	return c.lastActive.Add(c.lim.IdleTimeout)
+}
+
+// frame runs the n bytes read into b through the framer, moves the
+// message bytes among them to the front of b and returns how many there
+// are, and why the connection must close (cNone: it need not).
+func (c *conn) frame(b []byte, n int, now time.Time) (int, counter) {
+	out := 0
+	data := b[:n]
+	for len(data) > 0 {
+		was := c.fr.InMessage()
+		k, msg, ev := c.fr.Next(data)
+		if msg {
+			out += copy(b[out:], data[:k])
+		}
+		data = data[k:]
+		if !was && c.fr.InMessage() {
+			c.msgStart = now
+		}
+		switch ev {
+		case End:
+			c.gotFirst, c.lastActive = true, now
+		case KeepAlive:
+			c.lastActive = now
+		case Ping:
+			c.lastActive = now
+			// A failed pong shows on the next read.
+			_ = c.write([]byte("\r\n"))
+		case TooLarge:
+			return out, cTooLarge
+		case Malformed:
+			return out, cMalformed
+		}
+	}
+	return out, cNone
+}
+
+// write sends b under writeTimeout. Writes of the SIP stack have no
+// deadline, so the deadline is cleared again.
+func (c *conn) write(b []byte) error {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := c.Conn.Write(b)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// handshake runs the TLS handshake under HandshakeTimeout.
+func (c *conn) handshake() error {
+	c.handshook = true
+	if c.lim.HandshakeTimeout > 0 {
+		_ = c.tls.SetDeadline(time.Now().Add(c.lim.HandshakeTimeout))
+	}
+	err := c.tls.Handshake()
+	_ = c.tls.SetDeadline(time.Time{})
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return c.stop(cHandshake, nil)
+		}
+		return c.stop(cTLSFailed, err)
+	}
+	c.since = time.Now() // the first message is due after the handshake
+	return nil
+}
+
+// stop closes the connection for the reason why, answering 513 first when
+// it is a message too large, and returns the error Read reports. It wraps
+// net.ErrClosed: the connection was closed on purpose, which the SIP stack
+// takes for a normal end.
+func (c *conn) stop(why counter, cause error) error {
+	c.g.counts[why].Add(1)
+	if why == cTooLarge {
+		if head, all := c.fr.Kept(); all {
+			if res := TooLargeResponse(head, c.RemoteAddr().String()); res != nil {
+				_ = c.write(res)
+			}
+		}
+	}
+	_ = c.Close()
+	reason := counterReasons[why]
+	c.g.log.Debug("tcp connection closed", "reason", reason, "source", c.src.String(), "error", cause)
+	if cause != nil {
+		return fmt.Errorf("%s: %v: %w", reason, cause, net.ErrClosed)
+	}
+	return fmt.Errorf("%s: %w", reason, net.ErrClosed)
+}
