@@ -116,6 +116,10 @@ func (a *Authproxy) Exited() (bool, error) {
 	}
 }
 
+// Kill ends authproxy at once with SIGKILL, as a crash would, and waits
+// for it to exit.
+func (a *Authproxy) Kill() error { return a.proc.Kill() }
+
 // Stop stops authproxy now instead of at cleanup.
 func (a *Authproxy) Stop() error { return a.proc.Stop() }
 

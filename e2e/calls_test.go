@@ -10,6 +10,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // callTarget is one of the two fake PBXs as the callee of a call.
@@ -54,13 +55,7 @@ func assertNoCallErrors(t *testing.T, pbx *fakepbx.Server) {
 // waitDialogs waits until the proxy tracks n dialogs.
 func waitDialogs(t *testing.T, h *harness, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for h.Proxy.DialogCount() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("proxy tracks %d dialogs, want %d", h.Proxy.DialogCount(), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, fmt.Sprintf("%d dialogs at the proxy", n), func() bool { return h.Proxy.DialogCount() == n })
 }
 
 // TestCall: challenged calls to each upstream, over every combination of
@@ -375,35 +370,108 @@ func TestCancelBeforeAnswer(t *testing.T) {
 	}
 }
 
-// TestCancelRacingChallenge: a CANCEL sent right after the INVITE, while
-// authproxy is busy with the 407. Whatever the interleaving, the client
-// gets 487 and no call is left up at the upstream.
+// TestCancelRacingChallenge: a CANCEL sent at each step of the challenge
+// exchange: at once (it may even reach authproxy before its handler has
+// run), while the 407 is on its way, and while the authenticated INVITE
+// rings (its 2xx comes 300 ms later, so the CANCEL may also cross the 2xx).
+// Whatever the interleaving, the client gets 487 and no call is left up at
+// the upstream.
 func TestCancelRacingChallenge(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 300 * time.Millisecond}}})
-	for i := 0; i < 5; i++ {
-		ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-		c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-		// A few milliseconds let authproxy's server transaction exist while
-		// its upstream exchange is in flight. On a loaded machine the CANCEL
-		// can still overtake the INVITE's transaction (481, §9.2): send it
-		// again, as the race under test is the one with the challenge.
-		time.Sleep(5 * time.Millisecond)
-		for try := 0; c.cancel().StatusCode == sip.StatusCallTransactionDoesNotExists; try++ {
-			if try == 100 {
-				t.Fatalf("round %d: CANCEL answered 481 for 100 tries", i)
+	sentInvite := func(authenticated bool) func(c *call, rs []fakepbx.Request) bool {
+		return func(c *call, rs []fakepbx.Request) bool {
+			for _, r := range rs {
+				if r.CallID == c.callID && r.Method == "INVITE" && r.Authenticated == authenticated {
+					return true
+				}
 			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		if res := c.waitFinal(5 * time.Second); res.StatusCode != 487 {
-			t.Fatalf("round %d: INVITE final %d, want 487", i, res.StatusCode)
+			return false
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // let a late 2xx, if any, be hung up
-	for _, fc := range h.A.Calls() {
-		if fc.State == "confirmed" {
-			t.Fatalf("call %s left up at the upstream", fc.CallID)
+	for _, step := range []struct {
+		name    string
+		reached func(c *call, rs []fakepbx.Request) bool // nil: cancel at once
+	}{
+		{"at-once", nil},
+		{"challenged", sentInvite(false)},
+		{"ringing", sentInvite(true)},
+	} {
+		for i := range 3 {
+			t.Run(fmt.Sprintf("%s/%d", step.name, i), func(t *testing.T) {
+				ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+				c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+				if step.reached != nil {
+					h.A.WaitFor(t, testutil.EventuallyLimit, func(rs []fakepbx.Request) bool { return step.reached(c, rs) })
+				}
+				cancelUntilMatched(t, c)
+				switch res := c.waitFinal(testutil.EventuallyLimit); res.StatusCode {
+				case sip.StatusRequestTerminated:
+				case sip.StatusOK:
+					// The 2xx was relayed before the CANCEL arrived, which
+					// then has no effect (RFC 3261 §9.1): the caller has
+					// the call and hangs up itself.
+					c.ack()
+					if bye := c.request(sip.BYE, nil); bye.StatusCode != sip.StatusOK {
+						t.Fatalf("BYE after the 2xx won: %d", bye.StatusCode)
+					}
+				default:
+					t.Fatalf("INVITE final %d, want 487 (or 200 when the 2xx came first)", res.StatusCode)
+				}
+				// Once authproxy is done with the INVITE, it sends nothing
+				// more for it but the BYE that ends a call whose 2xx crossed
+				// the CANCEL: every call the upstream has must end.
+				waitRequestDone(t, h, "INVITE", c.callID)
+				h.A.WaitCall(t, testutil.EventuallyLimit, func(cs []fakepbx.Call) bool {
+					for _, fc := range cs {
+						if fc.CallID == c.callID && fc.State != fakepbx.StateCancelled && fc.State != fakepbx.StateTerminated {
+							return false
+						}
+					}
+					return true
+				})
+				assertNoCallErrors(t, h.A)
+			})
 		}
 	}
+}
+
+// cancelUntilMatched sends the CANCEL for c's INVITE until authproxy has
+// the INVITE's transaction to match it to. A CANCEL sent right after its
+// INVITE can overtake it (sipgo handles each datagram on a goroutine of
+// its own) and get a 481 (RFC 3261 §9.2); the client then sends it again,
+// a bounded number of times.
+func cancelUntilMatched(t *testing.T, c *call) {
+	t.Helper()
+	for try := 0; c.cancel().StatusCode == sip.StatusCallTransactionDoesNotExists; try++ {
+		if try == 100 {
+			t.Fatalf("CANCEL answered 481 for 100 tries")
+		}
+	}
+}
+
+// waitRequestDone waits until authproxy has logged the end of its
+// handling of the request (the "request" line, written when the handler
+// returns).
+func waitRequestDone(t *testing.T, h *harness, method, callID string) {
+	t.Helper()
+	want := []string{`"msg":"request"`, `"method":"` + method + `"`, `"call_id":"` + callID + `"`}
+	testutil.Eventually(t, "authproxy to finish the "+method+" of call "+callID, func() bool {
+		for line := range strings.SplitSeq(h.Logs.String(), "\n") {
+			if containsAll(line, want) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 // Test2xxRacingCancel: the upstream answers 200 just as the CANCEL
@@ -447,16 +515,26 @@ func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
 		return n
 	}
 	before := invites()
-	time.Sleep(sip.Timer_L + 500*time.Millisecond)
 	conn, err := net.Dial("udp", h.Addr["udp"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := conn.Write([]byte(c.invite.String())); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(500 * time.Millisecond)
+	// The client retransmits its INVITE (RFC 3261 §17.1.1.2): sipgo's
+	// server transaction absorbs the copies until Timer L ends it, then
+	// authproxy absorbs them itself, logging each as handled.
+	absorbed := []string{`"msg":"request"`, `"outcome":"retransmission-absorbed"`, `"call_id":"` + c.callID + `"`}
+	testutil.Eventually(t, "a retransmission absorbed after the server transaction ended", func() bool {
+		if _, err := conn.Write([]byte(c.invite.String())); err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(h.Logs.String(), "\n") {
+			if containsAll(line, absorbed) {
+				return true
+			}
+		}
+		return false
+	})
 	if after := invites(); after != before {
 		t.Fatalf("the upstream got %d INVITEs for the call after the late retransmission, want %d", after, before)
 	}
@@ -532,19 +610,15 @@ func TestCallAuthInt(t *testing.T) {
 func TestForking(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Forks: 2}}})
 	c := answeredCall(t, h, "udp")
-	deadline := time.Now().Add(5 * time.Second)
 	var other *sip.Response
-	for other == nil && time.Now().Before(deadline) {
+	testutil.Eventually(t, "the second fork's 2xx relayed", func() bool {
 		for _, r := range c.extra2xx() {
 			if tag, _ := r.To().Params.Get("tag"); tag != c.toTag {
 				other = r
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if other == nil {
-		t.Fatal("the second fork's 2xx was not relayed")
-	}
+		return other != nil
+	})
 	c.ackFork(other)
 	// Both ACKs must be in before the BYEs (sipgo may reorder them).
 	h.A.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
@@ -618,13 +692,7 @@ func Test2xxRetransmissionsRelayed(t *testing.T) {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
 	// The fake retransmits after T1 (500ms), then 1s later.
-	deadline := time.Now().Add(5 * time.Second)
-	for len(c.extra2xx()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no 2xx retransmission reached the client")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, "a 2xx retransmission at the client", func() bool { return len(c.extra2xx()) > 0 })
 	if tag, _ := c.extra2xx()[0].To().Params.Get("tag"); tag != c.toTag {
 		t.Fatalf("retransmission for another dialog (tag %s)", tag)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -475,23 +476,12 @@ func TestTrunkRegistrationRefreshRecoverUnregister(t *testing.T) {
 	reg.setMode("silent")
 	n := len(reg.times())
 	reg.waitFor(t, 5*time.Second, "a REGISTER while silent", func(rs []*sip.Request) bool { return len(rs) > n })
-	deadline := time.Now().Add(5 * time.Second)
-	for regState(t, tp.p).State != proxy.RegStateFailing {
-		if time.Now().After(deadline) {
-			t.Fatalf("state %+v, want failing", regState(t, tp.p))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the registration failing", func() bool { return regState(t, tp.p).State == proxy.RegStateFailing })
 	if st := regState(t, tp.p); st.LastError == "" || st.Failures == 0 || st.NextAttempt.IsZero() {
 		t.Fatalf("failing state without reason or next attempt: %+v", st)
 	}
 	reg.setMode("ok")
-	for regState(t, tp.p).State != proxy.RegStateRegistered {
-		if time.Now().After(deadline.Add(5 * time.Second)) {
-			t.Fatalf("state %+v, want registered again", regState(t, tp.p))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the registration registered again", func() bool { return regState(t, tp.p).State == proxy.RegStateRegistered })
 
 	tp.stop()
 	rs = reg.waitFor(t, 3*time.Second, "Expires: 0", func(rs []*sip.Request) bool {
@@ -514,13 +504,7 @@ func TestTrunkRegistration423(t *testing.T) {
 	if expiresOf(rs[0]) != "2" {
 		t.Fatalf("first REGISTER asked for %q, want 2", expiresOf(rs[0]))
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for st := regState(t, tp.p); st.State != proxy.RegStateRegistered; st = regState(t, tp.p) {
-		if time.Now().After(deadline) {
-			t.Fatalf("state %+v", st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the registration registered", func() bool { return regState(t, tp.p).State == proxy.RegStateRegistered })
 	if st := regState(t, tp.p); time.Until(st.Expires) < 3*time.Second {
 		t.Fatalf("granted expiry %s, want about 5s", time.Until(st.Expires))
 	}
@@ -535,14 +519,11 @@ func TestTrunkRegistrationRejectedPasswordBacksOff(t *testing.T) {
 	creds := []credentials.Entry{{Username: "trunkuser", Password: credentials.NewSecret("wrong-password"), Server: pbx.Addr()}}
 	tp := startTrunkProxy(t, pbx.Addr(), proxy.Registration{Upstream: "trunk", AOR: "sip:trunk1@127.0.0.5", Expires: time.Minute}, creds, nil)
 	pbx.WaitFor(t, 5*time.Second, func(rs []fakepbx.Request) bool { return len(rs) >= 2 })
-	deadline := time.Now().Add(5 * time.Second)
 	var st proxy.RegistrationState
-	for st = regState(t, tp.p); st.State != proxy.RegStateFailing; st = regState(t, tp.p) {
-		if time.Now().After(deadline) {
-			t.Fatalf("state %+v, want failing", st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the registration failing", func() bool {
+		st = regState(t, tp.p)
+		return st.State == proxy.RegStateFailing
+	})
 	if !strings.Contains(st.LastError, "rejected") || st.LastStatus != 401 {
 		t.Fatalf("state %+v, want a 401 with credentials rejected", st)
 	}
@@ -663,11 +644,7 @@ func TestBindingExpires(t *testing.T) {
 	if res := h.A.SendTo(t, b, sip.OPTIONS); res == nil || res.StatusCode != 200 {
 		t.Fatalf("OPTIONS while bound: %v", res)
 	}
-	// Wait for the expiry itself (not for readiness).
-	time.Sleep(time.Until(bs[0].Expires) + 10*time.Millisecond)
-	if n := len(h.Proxy.Bindings()); n != 0 {
-		t.Fatalf("%d bindings after expiry", n)
-	}
+	testutil.Eventually(t, "the binding to expire", func() bool { return len(h.Proxy.Bindings()) == 0 })
 	if res := h.A.SendTo(t, b, sip.OPTIONS); res != nil && res.StatusCode == 200 {
 		t.Fatal("OPTIONS after expiry answered 200")
 	}

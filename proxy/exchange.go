@@ -18,6 +18,14 @@ import (
 // responses until the sender has its final response. A send that fails at
 // once (a TCP connection refused) fails over like any transport error.
 func (f *forwarding) sendAndRelay() {
+	var cw *cancelWatch
+	if f.req.Method == sip.INVITE {
+		cw = f.watchCancel()
+		if cw.fired.Load() {
+			f.notSent()
+			return
+		}
+	}
 	f.sentAt = time.Now()
 	f.att.tried++
 	clTx, err := f.send(f.fwd)
@@ -29,8 +37,8 @@ func (f *forwarding) sendAndRelay() {
 			return
 		}
 	}
-	if f.req.Method == sip.INVITE {
-		f.inviteLoop(clTx)
+	if cw != nil {
+		f.inviteLoop(clTx, cw)
 		return
 	}
 	f.relayLoop(clTx)
@@ -122,7 +130,7 @@ func ourVia(transport, host string, port int, branch string) *sip.ViaHeader {
 // has its final response, answering challenges and failing over on the
 // way.
 func (f *forwarding) relayLoop(clTx sip.ClientTransaction) {
-	res, end := f.exchange(clTx, f.tx.Done(), f.relay)
+	res, end := f.exchange(clTx, f.tx.Done(), func(r *sip.Response) { _ = f.relay(r) })
 	if res != nil {
 		f.relay(res)
 		return

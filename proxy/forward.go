@@ -263,6 +263,18 @@ func (f *forwarding) run() {
 	f.sendAndRelay()
 }
 
+// notSent ends an INVITE whose server transaction was cancelled, or had
+// ended, before anything went upstream: the client has its 487 (sipgo sent
+// it) or is gone, and no branch may be created now (RFC 3261 §16.10).
+func (f *forwarding) notSent() {
+	if !errors.Is(f.tx.Err(), sip.ErrTransactionCanceled) {
+		f.outcome = "client-gone"
+		return
+	}
+	f.outcome, f.status, f.replied = "cancelled", sip.StatusRequestTerminated, true
+	f.rememberNon2xxFinal()
+}
+
 // prepare checks the request (§16.3), routes it, admits its sender, picks
 // its first target and builds f.fwd, the request to send. It answers the
 // sender itself and returns false when the request goes no further.
@@ -603,8 +615,8 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 
 // relay sends a response back to the request's sender: our Via removed
 // (§16.7 step 3), the sender's own CSeq number restored, dialog state
-// updated.
-func (f *forwarding) relay(res *sip.Response) {
+// updated. It returns the error sending it (already logged).
+func (f *forwarding) relay(res *sip.Response) error {
 	f.preemptiveDone(res.StatusCode)
 	f.prepareRelay(res)
 	if res.StatusCode == sip.StatusServiceUnavailable && !f.toClient {
@@ -623,13 +635,11 @@ func (f *forwarding) relay(res *sip.Response) {
 			f.recordDialog(res, nil, 0)
 		}
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(res))
-		if f.req.Method == sip.BYE && f.dlg != nil {
-			// The dialog ends with the 2xx to BYE, in either direction.
-			f.p.dialogs.remove(f.dlg.key)
-			f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
-		}
 	}
-	f.relayed(res.StatusCode, f.tx.Respond(res))
+	f.byeAnswered(res.StatusCode)
+	err := f.tx.Respond(res)
+	f.relayed(res.StatusCode, err)
+	return err
 }
 
 // relayed notes a response sent on to the sender (err from sending it).
@@ -680,8 +690,25 @@ func (f *forwarding) prepareRelay(res *sip.Response) {
 	}
 }
 
+// byeAnswered ends the dialog of a BYE answered with a final status, in
+// either direction: a 2xx ends it, and so do a 408 (also authproxy's own,
+// when the BYE got no answer) and a 481, after which the UAC must consider
+// the dialog terminated (RFC 3261 §15.1.1). Other failures leave it: the
+// UAC may send the BYE again.
+func (f *forwarding) byeAnswered(status int) {
+	if f.req.Method != sip.BYE || f.dlg == nil {
+		return
+	}
+	if status/100 != 2 && status != sip.StatusRequestTimeout && status != sip.StatusCallTransactionDoesNotExists {
+		return
+	}
+	f.p.dialogs.remove(f.dlg.key)
+	f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
+}
+
 // respondLocal answers the client ourselves.
 func (f *forwarding) respondLocal(code int, reason, outcome string, hdrs ...sip.Header) {
+	f.byeAnswered(code)
 	res := sip.NewResponseFromRequest(f.req, code, reason, nil)
 	res.SipVersion = "SIP/2.0" // the only version authproxy speaks, whatever the request's (§21.5.6)
 	for _, h := range hdrs {
@@ -805,6 +832,7 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 	}
 	if v := req.Via(); v != nil {
 		if b, ok := v.Params.Get("branch"); ok && p.finals.has(b) {
+			log.Debug("absorbing the ACK for a non-2xx final")
 			return
 		}
 	}

@@ -31,10 +31,18 @@ const (
 // sends upstream are handed to upstream(), which returns the response, and
 // nothing touches a socket.
 type socketlessProxy struct {
-	p    *Proxy
-	logs *bytes.Buffer
-	mu   sync.Mutex
-	sent []*sip.Request
+	p     *Proxy
+	logs  *bytes.Buffer
+	logMu sync.Mutex // guards logs
+	mu    sync.Mutex
+	sent  []*sip.Request
+}
+
+// logString returns what the proxy logged so far.
+func (sp *socketlessProxy) logString() string {
+	sp.logMu.Lock()
+	defer sp.logMu.Unlock()
+	return sp.logs.String()
 }
 
 func newSocketlessProxy(t testing.TB, upstream func(*sip.Request) *sip.Response) *socketlessProxy {
@@ -47,7 +55,6 @@ func newSocketlessProxy(t testing.TB, upstream func(*sip.Request) *sip.Response)
 		t.Fatal(err)
 	}
 	sp := &socketlessProxy{logs: &bytes.Buffer{}}
-	var logMu sync.Mutex
 	p, err := New(Config{
 		Listeners: []Listener{{Transport: "udp", Address: "127.0.0.1:5060"}},
 		Upstreams: []Upstream{
@@ -62,7 +69,7 @@ func newSocketlessProxy(t testing.TB, upstream func(*sip.Request) *sip.Response)
 		Clients:         []ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
 		UpstreamTimeout: 300 * time.Millisecond,
 		TimerC:          300 * time.Millisecond,
-		Logger:          slog.New(slog.NewTextHandler(lockedWriter{&logMu, sp.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:          slog.New(slog.NewTextHandler(lockedWriter{&sp.logMu, sp.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -71,10 +72,15 @@ func TestSpoofedResponsesDropped(t *testing.T) {
 
 // Over TCP a response counts only on the connection its request went on:
 // the same response on a connection of its own, even from the upstream's
-// host, is dropped.
+// host, is dropped. A connection from a source no client group admits is
+// closed before anything on it is read (the TCP listener's guard).
 func TestSpoofedResponseOnAnotherTCPConnectionDropped(t *testing.T) {
 	e := startHostile(t, hostileOptions{})
-	for _, host := range []string{refusedHost, "127.0.0.1"} {
+	for _, tc := range []struct {
+		host     string
+		admitted bool // a client group admits it
+	}{{refusedHost, false}, {"127.0.0.1", true}} {
+		host := tc.host
 		t.Run("from "+host, func(t *testing.T) {
 			client := newUDPPeer(t, "127.0.0.1")
 			callID := "tcp-spoof-" + host
@@ -86,14 +92,29 @@ func TestSpoofedResponseOnAnotherTCPConnectionDropped(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer conn.Close()
+			closed := make(chan struct{})
+			go func() { // until either side closes the connection
+				defer close(closed)
+				_, _ = io.Copy(io.Discard, conn)
+			}()
+			defer func() { conn.Close(); <-closed }()
 			before := e.obs.discards("response-source")
-			if _, err := conn.Write(response(sent.data, "200 OK", "X-Spoofed: yes")); err != nil {
-				t.Fatal(err)
+			// A write may fail once the guard has closed the connection.
+			_, _ = conn.Write(response(sent.data, "200 OK", "X-Spoofed: yes"))
+			if tc.admitted {
+				testutil.Eventually(t, "the spoofed response dropped (counted) or relayed", func() bool {
+					return e.obs.discards("response-source") == before+1 || client.saw("X-Spoofed")
+				})
+			} else {
+				testutil.Eventually(t, "the connection closed by authproxy", func() bool {
+					select {
+					case <-closed:
+						return true
+					default:
+						return client.saw("X-Spoofed")
+					}
+				})
 			}
-			testutil.Eventually(t, "the spoofed response dropped (counted) or relayed", func() bool {
-				return e.obs.discards("response-source") == before+1 || client.saw("X-Spoofed")
-			})
 			if client.saw("X-Spoofed") {
 				t.Fatal("the spoofed response reached the client")
 			}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,22 +13,46 @@ import (
 	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
+// cancelWatch tells an INVITE's forwarding that the client cancelled it
+// (RFC 3261 §9.2). sipgo answers the CANCEL (200) and the INVITE (487) to
+// the client itself and calls the hook under its transaction lock, before
+// it writes the 487; the hook only signals.
+type cancelWatch struct {
+	signal chan struct{} // receives one value when the CANCEL arrives
+	fired  atomic.Bool   // set before signal is sent; read from sipgo's hooks too
+}
+
+// watchCancel starts watching f.tx for the client's CANCEL. It must run
+// before anything goes upstream: sipgo keeps no record of a CANCEL that
+// arrived before a hook was registered, other than the transaction's
+// error, so a CANCEL received while the request was being checked and
+// built is found here, and the INVITE is then not sent at all.
+func (f *forwarding) watchCancel() *cancelWatch {
+	w := &cancelWatch{signal: make(chan struct{}, 1)}
+	hook := func(*sip.Request) {
+		w.fired.Store(true)
+		select {
+		case w.signal <- struct{}{}:
+		default:
+		}
+	}
+	if !f.tx.OnCancel(hook) {
+		// sipgo takes no hook once the transaction is cancelled (its 487
+		// sent) or has ended (the client is gone): either way the INVITE is
+		// not to be sent any more.
+		hook(nil)
+	}
+	return w
+}
+
 // inviteLoop relays the responses to an INVITE until the client has its
 // final response, answering challenges, honouring CANCEL and Timer C, and
 // recording the dialogs that 2xx responses establish.
-func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
-	cancelled := make(chan struct{}, 1)
-	var isCancelled atomic.Bool
-	// sipgo answers the CANCEL (200) and the INVITE (487) to the client
-	// itself, then calls this under its transaction lock: only signal.
-	f.tx.OnCancel(func(*sip.Request) {
-		isCancelled.Store(true)
-		select {
-		case cancelled <- struct{}{}:
-		default:
-		}
-	})
-	f.watch2xxRetransmissions(clTx, &isCancelled)
+func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
+	defer f.rememberNon2xxFinal()
+	cancelled, isCancelled := cw.signal, &cw.fired
+	answered := &answeredDialogs{}
+	f.watch2xxRetransmissions(clTx, isCancelled, answered)
 
 	timer := time.NewTimer(f.attemptTimeout())
 	defer timer.Stop()
@@ -50,7 +75,7 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 		tx, ok := f.failover(f.ctx, why, res)
 		if ok {
 			clTx, provisional = tx, false
-			f.watch2xxRetransmissions(clTx, &isCancelled)
+			f.watch2xxRetransmissions(clTx, isCancelled, answered)
 			resetTimer(timer, f.attemptTimeout())
 		}
 		return ok
@@ -115,14 +140,25 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 				if tx != nil {
 					clTx = tx
 					provisional = false
-					f.watch2xxRetransmissions(clTx, &isCancelled)
+					f.watch2xxRetransmissions(clTx, isCancelled, answered)
 					resetTimer(timer, f.p.cfg.UpstreamTimeout)
 					continue
 				}
 			}
 			if res.IsSuccess() {
-				f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
-				f.relay(res)
+				if answered.first(res) {
+					f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
+				}
+				if err := f.relay(res); err != nil && isCancelled.Load() {
+					// The client's CANCEL took the server transaction
+					// between this response's arrival and its relay: the
+					// client has a 487 instead, so hang up as above.
+					f.forgetDialog(res)
+					f.outcome = "cancel-raced-2xx"
+					f.status = sip.StatusRequestTerminated
+					f.hangUpUpstream(res)
+					return
+				}
 				if k, ok := acceptedKey(f.req); ok {
 					// The client retransmits an INVITE for at most Timer B
 					// (64×T1) from its first send.
@@ -136,11 +172,6 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 			if _, toTag := tags(f.req); toTag == "" {
 				// No dialog came of this INVITE: forget its CSeq offset.
 				f.p.cseq.remove(f.key)
-			}
-			if f.req.Transport() != "UDP" {
-				if b, ok := f.req.Via().Params.Get("branch"); ok {
-					f.p.finals.add(b, time.Now().Add(sip.Timer_M))
-				}
 			}
 			clTx.Terminate()
 			return
@@ -194,11 +225,47 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction) {
 	}
 }
 
+// rememberNon2xxFinal notes the client's INVITE when its final response
+// was not a 2xx (relayed, 487 after its CANCEL, or authproxy's own 408 or
+// 503) and it came over a reliable transport: there sipgo ends the server
+// transaction when the handler returns, and the client's ACK for that
+// final, which may come later, reaches handleAck, which must absorb it (the
+// upstream leg was ACKed hop by hop by our client transaction, RFC 3261
+// §17.1.1.3), not forward it as a stray ACK.
+func (f *forwarding) rememberNon2xxFinal() {
+	if f.status < 300 || f.req.Transport() == "UDP" {
+		return
+	}
+	if v := f.req.Via(); v != nil {
+		if b, ok := v.Params.Get("branch"); ok {
+			f.p.finals.add(b, time.Now().Add(sip.Timer_M))
+		}
+	}
+}
+
+// forgetDialog undoes recordDialog for a 2xx the client never got (its
+// CANCEL won), for an initial INVITE; a re-INVITE's dialog stays.
+func (f *forwarding) forgetDialog(res *sip.Response) {
+	if f.dlg != nil {
+		return
+	}
+	fromTag, _ := tags(f.req)
+	toTag := ""
+	if to := res.To(); to != nil {
+		toTag, _ = to.Params.Get("tag")
+	}
+	k := dialogKey{callID: f.key.callID, callerTag: fromTag, calleeTag: toTag}
+	if f.toClient {
+		k.callerTag, k.calleeTag = toTag, fromTag // as recordInboundDialog keys it
+	}
+	f.p.dialogs.remove(k)
+}
+
 // watch2xxRetransmissions relays the 2xx responses that sipgo does not put
 // on Responses(): retransmissions of the 2xx and 2xx from other forks
 // (other To tags), which establish dialogs of their own. The hook runs on
 // sipgo's goroutine; it captures what it needs now.
-func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancelled *atomic.Bool) {
+func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancelled *atomic.Bool, answered *answeredDialogs) {
 	auth := f.auth
 	upCSeq := f.fwd.CSeq().SeqNo
 	clTx.OnRetransmission(func(res *sip.Response) {
@@ -209,12 +276,43 @@ func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancell
 			f.hangUpUpstream(res)
 			return
 		}
-		f.recordDialog(res, auth, upCSeq)
+		if answered.first(res) {
+			f.recordDialog(res, auth, upCSeq)
+		}
 		f.prepareRelay(res)
 		if err := f.tx.Respond(res); err != nil {
 			f.log.Debug("cannot relay 2xx retransmission", "error", err)
 		}
 	})
+}
+
+// answeredDialogs are the dialogs (To tags) an INVITE's 2xx responses
+// established, each recorded in the dialog table at its first 2xx only: a
+// retransmission of the 2xx that arrives after the dialog's BYE (the
+// callee sent it just before the BYE reached it) is relayed, but must not
+// bring the ended dialog back. A 2xx with a new To tag is another fork's
+// dialog.
+type answeredDialogs struct {
+	mu   sync.Mutex
+	tags map[string]bool
+}
+
+// first reports whether res is the first 2xx of its dialog, and notes it.
+func (a *answeredDialogs) first(res *sip.Response) bool {
+	tag := ""
+	if to := res.To(); to != nil {
+		tag, _ = to.Params.Get("tag")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tags[tag] {
+		return false
+	}
+	if a.tags == nil {
+		a.tags = map[string]bool{}
+	}
+	a.tags[tag] = true
+	return true
 }
 
 // recordDialog remembers the dialog a 2xx to an INVITE establishes (or

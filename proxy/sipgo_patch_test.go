@@ -10,6 +10,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // The patched sipgo (internal/sipgo, PATCHES.md) must keep header lookups
@@ -121,11 +123,14 @@ func (as *answeringServer) waitHandled(t *testing.T, n int) {
 // A non-INVITE server transaction over a UDP listener ends the moment it
 // answers (PATCHES.md, 6: answeredStore): its Done is closed when Respond
 // returns, retransmissions within Timer J get the same bytes without
-// reaching the handler, and after Timer J (plus at most a quarter of it)
-// the store has let the answer go, so the same request is new again.
+// reaching the handler, and once Timer J (plus at most a quarter of it)
+// has passed the store lets the answer go, so the same request is new
+// again.
 func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
 	saved := sip.Timer_J
-	sip.Timer_J = 400 * time.Millisecond // read when the UA is made
+	// Read when the UA is made. Long enough that the retransmissions
+	// below, sent at once, come within it even on a busy machine.
+	sip.Timer_J = 2 * time.Second
 	t.Cleanup(func() { sip.Timer_J = saved })
 	as := newAnsweringServer(t)
 	first := as.send("answered")
@@ -133,7 +138,6 @@ func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
 		t.Fatalf("first response:\n%s", first)
 	}
 	for range 2 {
-		time.Sleep(50 * time.Millisecond)
 		if got := as.send("answered"); got != first {
 			t.Errorf("retransmission answered with\n%s\nwant the first response:\n%s", got, first)
 		}
@@ -141,9 +145,15 @@ func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
 	if n := as.calls.Load(); n != 1 {
 		t.Fatalf("handler called %d times within Timer J, want 1", n)
 	}
-	time.Sleep(600 * time.Millisecond) // > Timer J + one span (500 ms)
-	if got := as.send("answered"); !strings.Contains(got, "X-Call: 2") {
-		t.Errorf("after Timer J the request was answered from the store:\n%s", got)
+	// Retransmitted until the store has let the answer go: then the
+	// handler answers the request as new.
+	var got string
+	testutil.Eventually(t, "the answer let go after Timer J", func() bool {
+		got = as.send("answered")
+		return got != first
+	})
+	if !strings.Contains(got, "X-Call: 2") {
+		t.Errorf("after Timer J the request was answered with:\n%s", got)
 	}
 	as.waitHandled(t, 2)
 	if n := as.endedAtOnce.Load(); n != 2 {

@@ -32,8 +32,10 @@
 //     and forwarding nothing, for RFC 3263 resolution tests.
 //   - StartProcess runs any daemon in a process group of its own with its
 //     output captured (and, on request, a pipe to its stdin), stopping it
-//     with SIGTERM and then SIGKILL; the e2e authproxy and baresip runners
-//     use it too.
+//     with SIGTERM and then SIGKILL, or killing it at once (Kill, SIGKILL to
+//     the group: a crash, for fault tests); the e2e authproxy and baresip
+//     runners use it too. Kamailio.Kill crashes a Kamailio, which starts
+//     again from the same KamailioConfig.
 //   - UDPExchange sends one hand-written SIP request and returns the answer,
 //     for tests that need a client SIPp cannot be (SIPp digests MD5 only).
 package peers

@@ -67,6 +67,11 @@ type KamailioConfig struct {
 	// Children is the number of UDP and of TCP worker processes. Zero
 	// means 2.
 	Children int
+	// SharedMemoryMB is Kamailio's shared memory (-m), which holds every
+	// transaction until its wait timer ends. Zero means 32, plenty for a
+	// handful of requests; under load Kamailio answers 500 once it runs
+	// out (tm: "out of mem"), so a load test needs a few hundred.
+	SharedMemoryMB int
 
 	// RelayTo switches on relay mode: Kamailio becomes a PBX trunk in front
 	// of a UAS (e.g. a SIPp scenario started with StartSipp) at this
@@ -93,6 +98,16 @@ type KamailioConfig struct {
 	// that REGISTER stored (RFC 3327; registrar use_path). Requests inside
 	// the dialog follow the route set as in relay mode. Excludes RelayTo.
 	Registrar bool
+	// Advertise is a loopback "host:port" Kamailio writes into its Via and
+	// Record-Route headers instead of its own address, and accepts as its
+	// own in Route headers (an alias): the address of a relay in front of
+	// it (internal/lossyrelay), so that requests inside a dialog take the
+	// relay too. Empty means Host:Port. UDP only.
+	Advertise string
+	// Secret is the auth module's secret, from which nonces are computed.
+	// Empty lets Kamailio draw one at each start; a fixed one keeps the
+	// nonces it issued valid across a restart (as on a cluster of PBXs).
+	Secret string
 }
 
 // Kamailio is a running Kamailio started by StartKamailio.
@@ -181,6 +196,9 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 	if cfg.Children <= 0 {
 		cfg.Children = 2
 	}
+	if cfg.SharedMemoryMB <= 0 {
+		cfg.SharedMemoryMB = 32
+	}
 	if cfg.RelayTo != "" {
 		if err := checkLoopbackAddr(cfg.RelayTo); err != nil {
 			return cfg, fmt.Errorf("relay target: %w", err)
@@ -198,6 +216,14 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 	}
 	if cfg.Registrar && cfg.RelayTo != "" {
 		return cfg, errors.New("Registrar and RelayTo exclude each other")
+	}
+	if cfg.Advertise != "" {
+		if err := checkLoopbackAddr(cfg.Advertise); err != nil {
+			return cfg, fmt.Errorf("advertise: %w", err)
+		}
+	}
+	if strings.ContainsAny(cfg.Secret, "\"\\") || strings.ContainsFunc(cfg.Secret, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return cfg, errors.New("secret: no quote, backslash or control character")
 	}
 	check := func(what, s string) error {
 		if strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
@@ -297,7 +323,7 @@ func startKamailio(t testing.TB, bin string, cfg KamailioConfig) (*Kamailio, err
 			"-P", filepath.Join(dir, "kamailio.pid"),
 			"-Y", dir, // runtime dir (sockets, fifo) of our own
 			"-w", dir,
-			"-m", "32", // shared memory, MB: plenty for a handful of requests
+			"-m", strconv.Itoa(cfg.SharedMemoryMB),
 			"-M", "4", // private memory per process, MB
 		},
 		Dir: dir,
@@ -365,6 +391,14 @@ func (k *Kamailio) probe(ctx context.Context) error {
 	marker := "PEERS|probe|" + token
 	_, err = k.proc.WaitLine(ctx, func(l string) bool { return strings.Contains(l, marker) })
 	return err
+}
+
+// Kill ends Kamailio at once, as a crash would: SIGKILL to its process
+// group (the main process and its workers, which share the sockets), and
+// waits until the main process has exited. Start a new one with the same
+// KamailioConfig (Config) to restart it.
+func (k *Kamailio) Kill() error {
+	return k.proc.Kill()
 }
 
 // Addr returns "host:port", the same for UDP and TCP.

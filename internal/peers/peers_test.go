@@ -59,14 +59,18 @@ func TestParseEvents(t *testing.T) {
 }
 
 func TestSippCounters(t *testing.T) {
-	csv := "StartTime;SuccessfulCall(P);SuccessfulCall(C);FailedCall(P);FailedCall(C);\n" +
-		"x;0;0;0;0;\n" +
-		"y;1;3;0;2;\n"
-	if ok, failed := sippCounters(csv); ok != 3 || failed != 2 {
-		t.Errorf("sippCounters = %d, %d; want 3, 2", ok, failed)
+	csv := "StartTime;SuccessfulCall(P);SuccessfulCall(C);FailedCall(P);FailedCall(C);3_200_Recv;\n" +
+		"x;0;0;0;0;0;\n" +
+		"y;1;3;0;2;5;\n"
+	got := sippCounters(csv)
+	if got["SuccessfulCall(C)"] != 3 || got["FailedCall(C)"] != 2 || got["3_200_Recv"] != 5 {
+		t.Errorf("sippCounters = %v; want SuccessfulCall(C) 3, FailedCall(C) 2, 3_200_Recv 5", got)
 	}
-	if ok, failed := sippCounters(""); ok != 0 || failed != 0 {
-		t.Errorf("sippCounters(empty) = %d, %d", ok, failed)
+	if _, ok := got["StartTime"]; ok {
+		t.Errorf("sippCounters kept the non-numeric StartTime: %v", got)
+	}
+	if got := sippCounters(""); len(got) != 0 {
+		t.Errorf("sippCounters(empty) = %v", got)
 	}
 }
 

@@ -249,6 +249,22 @@ func (p *Process) Stop() error {
 	}
 }
 
+// Kill sends SIGKILL to the whole process group at once (a crash, not a
+// shutdown) and waits until the leader has exited. Stop, afterwards,
+// returns the same exit error.
+func (p *Process) Kill() error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("%s: kill: %w", p.name, err)
+	}
+	<-p.done
+	return nil
+}
+
 // isSignalExit reports whether err is the exit of a process killed by a
 // signal we sent, which is how every daemon here is supposed to end.
 func isSignalExit(err error) bool {

@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -53,6 +54,9 @@ type SippRun struct {
 	// Timer F (32s): on loopback, a proxy's challenge round trips take
 	// milliseconds, and a test should not wait half a minute to fail.
 	Timeout time.Duration
+	// NoMessageTrace leaves out the message trace (Messages stays empty):
+	// for runs of thousands of calls, read the counters instead.
+	NoMessageTrace bool
 }
 
 func (r SippRun) timeout() time.Duration {
@@ -71,6 +75,13 @@ type SippResult struct {
 	ExitCode int
 	// Successful and Failed are SIPp's cumulative call counters.
 	Successful, Failed int
+	// Counters are every counter of the last rows of SIPp's statistics
+	// (-trace_stat) and message counts (-trace_counts), by column name:
+	// the cumulative statistics end in "(C)" ("OutgoingCall(C)",
+	// "FailedMaxUDPRetrans(C)", "Retransmissions(C)", ...); each scenario
+	// element, numbered from 0, has "<index>_<method or status>_Sent" or
+	// "_Recv", "_Retrans", "_Timeout" and "_Unexp" (e.g. "3_200_Recv").
+	Counters map[string]int
 	// Messages is the message trace (-trace_msg): every message SIPp sent
 	// and received.
 	Messages string
@@ -161,7 +172,13 @@ func (r *SippResult) readTraces(dir string) {
 	}
 	r.Messages = read("messages.log")
 	r.Errors = read("errors.log")
-	r.Successful, r.Failed = sippCounters(read("stats.csv"))
+	r.Counters = sippCounters(read("stats.csv"))
+	counts, _ := filepath.Glob(filepath.Join(dir, "*_counts.csv"))
+	for _, name := range counts {
+		b, _ := os.ReadFile(name)
+		maps.Copy(r.Counters, sippCounters(string(b)))
+	}
+	r.Successful, r.Failed = r.Counters["SuccessfulCall(C)"], r.Counters["FailedCall(C)"]
 }
 
 // sippArgs builds SIPp's command line for run and makes its trace
@@ -229,9 +246,9 @@ func sippArgs(t testing.TB, run SippRun, server bool) (args []string, dir string
 		"-r", strconv.Itoa(run.Rate),
 		"-key", "domain", run.Domain,
 		"-nostdin",
-		"-trace_msg", "-message_file", filepath.Join(dir, "messages.log"),
 		"-trace_err", "-error_file", filepath.Join(dir, "errors.log"),
 		"-trace_stat", "-stf", filepath.Join(dir, "stats.csv"),
+		"-trace_counts", // <scenario>_<pid>_counts.csv in dir
 		"-timeout", fmt.Sprintf("%ds", max(1, int(run.timeout().Round(time.Second)/time.Second))),
 		"-timeout_error",
 		// Abort a call on an unexpected message (a relayed 401/407 must fail
@@ -239,6 +256,9 @@ func sippArgs(t testing.TB, run SippRun, server bool) (args []string, dir string
 		// the unexpected message, not what SIPp did about it.
 		"-default_behaviors", "all,-bye",
 	)
+	if !run.NoMessageTrace {
+		args = append(args, "-trace_msg", "-message_file", filepath.Join(dir, "messages.log"))
+	}
 	if run.Service != "" {
 		args = append(args, "-s", run.Service)
 	}
@@ -270,27 +290,28 @@ func redactArgs(args []string) []string {
 	return out
 }
 
-// sippCounters reads the cumulative SuccessfulCall and FailedCall counters
-// from the last row of SIPp's -trace_stat CSV (";"-separated).
-func sippCounters(stats string) (ok, failed int) {
+// sippCounters reads every integer column of the last row of SIPp's
+// -trace_stat CSV (";"-separated), by column name.
+func sippCounters(stats string) map[string]int {
 	r := csv.NewReader(strings.NewReader(stats))
 	r.Comma = ';'
 	r.FieldsPerRecord = -1
 	r.LazyQuotes = true
 	rows, err := r.ReadAll()
 	if err != nil || len(rows) < 2 {
-		return 0, 0
+		return map[string]int{}
 	}
 	head, last := rows[0], rows[len(rows)-1]
-	col := func(name string) int {
-		i := slices.Index(head, name)
-		if i < 0 || i >= len(last) {
-			return 0
+	out := make(map[string]int, len(head))
+	for i, name := range head {
+		if i >= len(last) || name == "" {
+			continue
 		}
-		n, _ := strconv.Atoi(strings.TrimSpace(last[i]))
-		return n
+		if n, err := strconv.Atoi(strings.TrimSpace(last[i])); err == nil {
+			out[name] = n
+		}
 	}
-	return col("SuccessfulCall(C)"), col("FailedCall(C)")
+	return out
 }
 
 func lastLines(s string, n int) string {

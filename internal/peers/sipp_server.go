@@ -127,6 +127,15 @@ func (s *SippServer) Wait() SippResult {
 	return s.result()
 }
 
+// Counters returns SIPp's counters as it last wrote them (SippResult's
+// Counters): it writes its statistics every -fd seconds (pass "-fd", "1"
+// in Extra to read them while it runs) and when it exits.
+func (s *SippServer) Counters() map[string]int {
+	var res SippResult
+	res.readTraces(s.dir)
+	return res.Counters
+}
+
 // Stop stops SIPp now (SIGTERM, then SIGKILL) and returns what happened.
 // SIPp exits 0 on SIGTERM, so only the call counters (OK) tell whether the
 // calls it was waiting for completed.
