@@ -365,6 +365,22 @@ func TestOpsMetricsScenario(t *testing.T) {
 			}
 		}
 	}
+	// Nor any admin answer a secret, a username or a Call-ID.
+	bad := []string{"alice", "bob", "carol", alicePassword, bobPassword}
+	for _, r := range append(h.A.Requests(), h.B.Requests()...) {
+		bad = append(bad, r.CallID)
+	}
+	for _, path := range []string{"/status", "/readyz", "/healthz"} {
+		code, body := httpGet(t, h.admin+path)
+		if code != 200 {
+			t.Errorf("%s: %d", path, code)
+		}
+		for _, b := range bad {
+			if strings.Contains(body, b) {
+				t.Errorf("%s answers with %q:\n%s", path, b, body)
+			}
+		}
+	}
 }
 
 // responder is a minimal SIP upstream on UDP that answers every request
