@@ -1,0 +1,50 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
+)
+
+// TestRecordRouteWhereDialogsStart: authproxy Record-Routes the requests
+// that may create a dialog (SUBSCRIBE and REFER here; INVITE in TestCall),
+// so that every later request of the dialog comes back through it, and
+// only those: a MESSAGE or OPTIONS creates none.
+func TestRecordRouteWhereDialogsStart(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	for _, tc := range []struct {
+		method  sip.RequestMethod
+		headers []sip.Header
+		routed  bool
+	}{
+		{sip.SUBSCRIBE, nil, true},
+		{sip.REFER, []sip.Header{sip.NewHeader("Refer-To", "<sip:1003@pbx-a.example.com>")}, true},
+		{sip.MESSAGE, nil, false},
+		{sip.OPTIONS, nil, false},
+	} {
+		t.Run(tc.method.String(), func(t *testing.T) {
+			callID := uuid.NewString()
+			res := h.final(t, "udp", clientRequest{Method: tc.method, RequestURI: "sip:1002@pbx-a.example.com",
+				FromUser: "1001", CallID: callID, Headers: tc.headers})
+			if !res.IsSuccess() {
+				t.Fatalf("%s: %d", tc.method, res.StatusCode)
+			}
+			var seen int
+			for _, r := range h.A.Requests() {
+				if r.CallID != callID || !r.Authenticated {
+					continue
+				}
+				seen++
+				rr := strings.Contains(r.Raw, "Record-Route: <sip:127.0.0.1:")
+				if rr != tc.routed {
+					t.Errorf("%s reached the upstream with our Record-Route = %v, want %v:\n%s", tc.method, rr, tc.routed, r.Raw)
+				}
+			}
+			if seen != 1 {
+				t.Fatalf("pbx-a got %d authenticated %s, want 1", seen, tc.method)
+			}
+		})
+	}
+}
