@@ -513,6 +513,11 @@ func isUnregister(req *sip.Request) bool {
 	return false
 }
 
+// pingTimeout is how long the health tests' pings wait for an answer:
+// long enough that a busy machine does not turn a late answer into a
+// failure (the silent upstreams are marked down a little later for it).
+const pingTimeout = 2 * time.Second
+
 // TestOpsReadinessFollowsUpstreamHealth: with OPTIONS health checks on,
 // /readyz fails once the only upstream has missed down_after pings in a
 // row, and recovers after up_after answered ones.
@@ -521,7 +526,7 @@ func TestOpsReadinessFollowsUpstreamHealth(t *testing.T) {
 	const downAfter, upAfter = 2, 3
 	h := startOps(t, opsOptions{
 		Upstreams: []proxy.Upstream{{Name: "flaky", Address: r.addr(), Transport: "udp", Default: true}},
-		Health:    proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: 300 * time.Millisecond, DownAfter: downAfter, UpAfter: upAfter},
+		Health:    proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: pingTimeout, DownAfter: downAfter, UpAfter: upAfter},
 	})
 
 	h.tap.waitState(t, "flaky", true, 1) // unknown -> up on the first answer
@@ -571,7 +576,7 @@ func TestOpsReadinessFollowsUpstreamHealth(t *testing.T) {
 func TestOpsHealthChallengingUpstreams(t *testing.T) {
 	dead := startResponder(t, "127.0.0.7")
 	dead.silent.Store(true)
-	h := startOps(t, opsOptions{Health: proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: 200 * time.Millisecond, DownAfter: 1}})
+	h := startOps(t, opsOptions{Health: proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: pingTimeout, DownAfter: 1}})
 	h.tap.waitState(t, "pbx-a", true, 1)
 	h.tap.waitState(t, "pbx-b", true, 1)
 

@@ -461,12 +461,9 @@ func TestTrunkRegistrationRefreshRecoverUnregister(t *testing.T) {
 		Upstream: "trunk", AOR: "sip:trunk1@127.0.0.4", Expires: time.Second,
 	}, nil, nil)
 	reg.waitFor(t, 5*time.Second, "three registrations", func(rs []*sip.Request) bool { return len(rs) >= 3 })
-	if st := regState(t, tp.p); st.State != proxy.RegStateRegistered || st.Expires.IsZero() || st.NextAttempt.IsZero() {
-		t.Fatalf("state %+v, want registered with expiry and next attempt", st)
-	}
-	ts := reg.times()
-	if gap := ts[2].Sub(ts[1]); gap > 900*time.Millisecond {
-		t.Fatalf("refresh after %s: not before the 1s expiry", gap)
+	// The refresh is planned before the expiry (when: TestRegistrationTiming).
+	if st := regState(t, tp.p); st.State != proxy.RegStateRegistered || st.Expires.IsZero() || !st.NextAttempt.Before(st.Expires) {
+		t.Fatalf("state %+v, want registered with the next attempt before the expiry", st)
 	}
 	rs := reg.waitFor(t, time.Second, "", func([]*sip.Request) bool { return true })
 	if c := rs[0].Contact(); c == nil || c.Address.User != "trunk1" || !strings.HasPrefix(tp.addr["udp"], c.Address.Host) {
