@@ -475,6 +475,9 @@ func testEveryMethodToEveryUpstream(t *testing.T, pm preemptiveMode, profile pbx
 					if reqs[1].CSeq != reqs[0].CSeq+1 {
 						t.Fatalf("re-send CSeq %d after %d, want +1", reqs[1].CSeq, reqs[0].CSeq)
 					}
+					if reqs[1].Branch == reqs[0].Branch {
+						t.Fatalf("re-send with the challenged request's branch %s, want a new transaction", reqs[1].Branch)
+					}
 					challenged[key] = true
 				})
 			}

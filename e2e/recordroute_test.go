@@ -3,9 +3,12 @@ package e2e
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/google/uuid"
+
+	"github.com/authproxy/authproxy/internal/fakepbx"
 )
 
 // TestRecordRouteWhereDialogsStart: authproxy Record-Routes the requests
@@ -46,5 +49,21 @@ func TestRecordRouteWhereDialogsStart(t *testing.T) {
 				t.Fatalf("pbx-a got %d authenticated %s, want 1", seen, tc.method)
 			}
 		})
+	}
+}
+
+// TestTryingGeneratedLocally: an INVITE whose upstream has not answered
+// yet gets a 100 Trying from authproxy itself (RFC 3261 §16.2: the
+// upstream here never answers, so any 100 is authproxy's), then 408.
+func TestTryingGeneratedLocally(t *testing.T) {
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Silent: true}, UpstreamTimeout: 1500 * time.Millisecond})
+	rs := h.do(t, "tcp", clientRequest{Method: sip.INVITE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001",
+		Headers: []sip.Header{&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "1001", Host: "127.0.0.1", Port: 5999}}}}.build(t))
+	if len(rs) < 2 || rs[0].StatusCode != 100 || rs[len(rs)-1].StatusCode != 408 {
+		var codes []int
+		for _, r := range rs {
+			codes = append(codes, r.StatusCode)
+		}
+		t.Fatalf("client got %v, want 100 Trying, then 408", codes)
 	}
 }
