@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/proxy"
 )
 
 // TestRecordRouteWhereDialogsStart: authproxy Record-Routes the requests
@@ -65,5 +67,49 @@ func TestTryingGeneratedLocally(t *testing.T) {
 			codes = append(codes, r.StatusCode)
 		}
 		t.Fatalf("client got %v, want 100 Trying, then 408", codes)
+	}
+}
+
+// TestRoutingOrder: a request goes to the upstream its next Route names
+// (after authproxy's own Route entries), else the one its Request-URI host
+// names (an upstream's host or one of its domains), else the default
+// upstream.
+func TestRoutingOrder(t *testing.T) {
+	h := startHarness(t, harnessOptions{Mutate: func(cfg *proxy.Config, _ *harness) {
+		cfg.Upstreams[1].Default = true
+	}})
+	lr := sip.HeaderParams{{K: "lr", V: ""}}
+	routeTo := func(addr string) *sip.RouteHeader {
+		host, port := splitAddr(t, addr)
+		return &sip.RouteHeader{Address: sip.Uri{Scheme: "sip", Host: host, Port: port, UriParams: lr}}
+	}
+	for _, tc := range []struct {
+		name   string
+		ruri   string
+		routes []string
+		want   *fakepbx.Server
+	}{
+		{"request-uri domain", "sip:1002@pbx-a.example.com", nil, h.A},
+		{"request-uri host", "sip:1002@" + h.A.Addr(), nil, h.A},
+		{"route over request-uri", "sip:1002@pbx-b.example.com", []string{h.A.Addr()}, h.A},
+		{"route after our own", "sip:1002@pbx-b.example.com", []string{h.Addr["udp"], h.A.Addr()}, h.A},
+		{"default", "sip:1002@unknown.example.net", nil, h.B},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			callID := uuid.NewString()
+			var hdrs []sip.Header
+			for _, r := range tc.routes {
+				hdrs = append(hdrs, routeTo(r))
+			}
+			if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: tc.ruri, FromUser: "1001", CallID: callID, Headers: hdrs}); res.StatusCode != 200 {
+				t.Fatalf("status %d", res.StatusCode)
+			}
+			for _, pbx := range []*fakepbx.Server{h.A, h.B} {
+				got := slices.ContainsFunc(pbx.Requests(), func(r fakepbx.Request) bool { return r.CallID == callID })
+				if got != (pbx == tc.want) {
+					t.Errorf("%s received the request: %v", pbx.Addr(), got)
+				}
+			}
+		})
 	}
 }
