@@ -13,7 +13,8 @@ import (
 // TestUpstream100NotRelayed: on the transaction path the upstream's 100
 // Trying stops at authproxy (RFC 3261 §16.7 step 5: a proxy does not
 // forward 100); its other provisional and final responses reach the
-// client, for the challenged INVITE and the authenticated one.
+// client, for the challenged INVITE and the authenticated one. The
+// received INVITE itself is never changed: what goes upstream is a copy.
 func TestUpstream100NotRelayed(t *testing.T) {
 	sp, _ := cancelTestProxy(t, true)
 	sp.p.client.TxRequester = &siptest.ClientTxRequesterResponder{OnRequest: func(req *sip.Request, w *siptest.ClientTxResponder) {
@@ -34,6 +35,7 @@ func TestUpstream100NotRelayed(t *testing.T) {
 		}
 	}}
 	inv, _ := clientInvite(t, "TCP")
+	received := inv.String()
 	tx := siptest.NewServerTxRecorder(inv)
 	defer tx.Terminate()
 	select {
@@ -47,5 +49,10 @@ func TestUpstream100NotRelayed(t *testing.T) {
 	}
 	if len(codes) != 2 || codes[0] != 180 || codes[1] != 200 {
 		t.Fatalf("client got %v, want 180, 200 (no 100 from the upstream)", codes)
+	}
+	// What went upstream (Via, credentials, CSeq + 1) was a copy: the
+	// received request is as it arrived.
+	if got := inv.String(); got != received {
+		t.Errorf("the received INVITE was changed:\n%s\nwas:\n%s", got, received)
 	}
 }
