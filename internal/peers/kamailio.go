@@ -281,10 +281,14 @@ type kamailioData struct {
 	StaleFlags     int            // the same plus stale=true
 	NonceExpire    int            // seconds, 0 = module default
 	RelayHost      string         // host of RelayTo
+	ListenHost     string         // Host, in brackets when IPv6
 }
 
 func renderKamailio(cfg KamailioConfig) ([]byte, error) {
-	d := kamailioData{KamailioConfig: cfg}
+	d := kamailioData{KamailioConfig: cfg, ListenHost: cfg.Host}
+	if strings.Contains(cfg.Host, ":") {
+		d.ListenHost = "[" + cfg.Host + "]"
+	}
 	for u, p := range cfg.Users {
 		d.Users = append(d.Users, kamailioUser{u, p})
 	}
@@ -380,7 +384,7 @@ func (k *Kamailio) waitReady(ctx context.Context) error {
 		return err
 	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp4", k.Addr())
+	c, err := d.DialContext(ctx, "tcp", k.Addr())
 	if err != nil {
 		return fmt.Errorf("tcp: %w", err)
 	}
