@@ -268,7 +268,7 @@ func (f *forwarding) addPreemptive() {
 		return
 	}
 	f.pre.added = true
-	server := f.preemptServer()
+	server := f.nonceServer()
 	refs := f.p.preempt.realmsFor(server, req.Method.String())
 	if len(refs) == 0 {
 		return
@@ -298,13 +298,13 @@ func (f *forwarding) addPreemptive() {
 	}
 }
 
-// preemptServer is the server a cached challenge belongs to: the upstream
-// addressed by IP, or, for one addressed by name, the upstream and the
-// target the request is sent to. Each target of a name keeps its own
-// nonces (RFC 7616 §3.3: a nonce is the server's), and an answer computed
-// for one target's nonce would be refused by another, which the other
-// counts as a failed authentication.
-func (f *forwarding) preemptServer() string {
+// nonceServer is the server a nonce belongs to, the key of the nonce
+// counts and of the cached challenges: the upstream addressed by IP, or,
+// for one addressed by name, the upstream and the target the request is
+// sent to. Each target of a name issues its own nonces (RFC 7616 §3.3),
+// and an answer computed for one target's nonce would be refused by
+// another, which counts it as a failed authentication.
+func (f *forwarding) nonceServer() string {
 	if f.up.literal != nil {
 		return f.up.Address
 	}
@@ -375,7 +375,7 @@ func (f *forwarding) preemptiveDone(status int) {
 	if len(f.pre.answered) > 0 {
 		now := time.Now()
 		for _, a := range f.pre.answered {
-			f.p.preempt.put(f.preemptServer(), a.method, a.ch, a.username, a.nc, now)
+			f.p.preempt.put(f.nonceServer(), a.method, a.ch, a.username, a.nc, now)
 		}
 	}
 	if len(f.pre.sent) > 0 && !f.pre.challenged {
