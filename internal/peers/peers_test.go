@@ -14,12 +14,12 @@ import (
 )
 
 func TestCheckLoopback(t *testing.T) {
-	for _, ok := range []string{"127.0.0.1", "127.0.0.2", "127.255.0.9"} {
+	for _, ok := range []string{"127.0.0.1", "127.0.0.2", "127.255.0.9", "::1"} {
 		if err := checkLoopback(ok); err != nil {
 			t.Errorf("checkLoopback(%q) = %v, want nil", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "localhost", "0.0.0.0", "10.0.0.1", "192.168.1.1", "8.8.8.8", "::1", "::ffff:10.0.0.1"} {
+	for _, bad := range []string{"", "localhost", "0.0.0.0", "10.0.0.1", "192.168.1.1", "8.8.8.8", "::", "::2", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"} {
 		if err := checkLoopback(bad); err == nil {
 			t.Errorf("checkLoopback(%q) = nil, want an error", bad)
 		}
@@ -30,9 +30,10 @@ func TestCheckLoopback(t *testing.T) {
 }
 
 func TestFreePort(t *testing.T) {
-	p := FreePort(t, "127.0.0.2")
-	if p <= 0 || p > 65535 {
-		t.Fatalf("FreePort = %d", p)
+	for _, host := range []string{"127.0.0.2", "::1"} {
+		if p := FreePort(t, host); p <= 0 || p > 65535 {
+			t.Fatalf("FreePort(%q) = %d", host, p)
+		}
 	}
 }
 
@@ -182,13 +183,18 @@ func TestRequire(t *testing.T) {
 }
 
 func TestSocketBound(t *testing.T) {
-	const host = "127.0.0.9"
-	u, err := net.ListenPacket("udp4", host+":0")
+	for _, host := range []string{"127.0.0.9", "::1"} {
+		t.Run(host, func(t *testing.T) { testSocketBound(t, host) })
+	}
+}
+
+func testSocketBound(t *testing.T, host string) {
+	u, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	uport := u.LocalAddr().(*net.UDPAddr).Port
-	l, err := net.Listen("tcp4", host+":0")
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
