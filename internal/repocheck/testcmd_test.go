@@ -12,8 +12,9 @@ import (
 )
 
 // TestTestCommand holds the test command to the README's word: scripts/test
-// runs every test with the race detector, then scripts/fuzz-all, which
-// runs every fuzz target of the module; .ci/run runs scripts/test.
+// installs missing interop peers, runs every test with the race detector,
+// then scripts/fuzz-all, which runs every fuzz target of the module;
+// .ci/run runs scripts/test.
 func TestTestCommand(t *testing.T) {
 	root := filepath.Join("..", "..")
 	read := func(name string) string {
@@ -34,7 +35,7 @@ func TestTestCommand(t *testing.T) {
 		return out
 	}
 	test := lines(read("scripts/test"))
-	for _, want := range []string{"go test -race -count=1 ./... || status=1", "scripts/fuzz-all || status=1"} {
+	for _, want := range []string{"scripts/install-peers || status=1", "go test -race -count=1 ./... || status=1", "scripts/fuzz-all || status=1"} {
 		if !slices.Contains(test, want) {
 			t.Errorf("scripts/test does not run %q", want)
 		}
