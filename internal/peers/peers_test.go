@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -103,9 +104,27 @@ func TestNormalizeKamailio(t *testing.T) {
 		"relay without port": {RelayTo: "127.0.0.4"},
 		"relay over sctp":    {RelayTo: "127.0.0.4:5060", RelayTransport: "sctp"},
 		"ChallengeBYE alone": {ChallengeBYE: true},
+		"status and relay":   {RelayTo: "127.0.0.4:5060", InviteStatus: 503},
 	} {
 		if _, err := normalizeKamailio(bad); err == nil {
 			t.Errorf("%s: accepted %+v", name, bad)
+		}
+	}
+	// A normalized config normalizes again to itself: a restart starts
+	// Kamailio again from Kamailio.Config.
+	for name, c := range map[string]KamailioConfig{
+		"plain":     {},
+		"status":    {InviteStatus: 503},
+		"relay":     {RelayTo: "127.0.0.4:5060"},
+		"registrar": {Registrar: true},
+	} {
+		once, err := normalizeKamailio(c)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		twice, err := normalizeKamailio(once)
+		if err != nil || !reflect.DeepEqual(once, twice) {
+			t.Errorf("%s: normalized again: %+v, %v; want %+v", name, twice, err, once)
 		}
 	}
 }
