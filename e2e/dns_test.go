@@ -405,7 +405,7 @@ func TestPerTargetHealth(t *testing.T) {
 		c.DNS = dnsFor(z)
 		c.Registrations = nil
 		c.Upstreams[0] = proxy.Upstream{Name: "carrier", Address: "carrier.sip.test", Default: true}
-		c.Health = proxy.HealthCheck{Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, DownAfter: 1, UpAfter: 1}
+		c.Health = proxy.HealthCheck{Interval: 100 * time.Millisecond, Timeout: pingTimeout, DownAfter: 1, UpAfter: 1}
 	})
 	testutil.Eventually(t, "the silent target marked down, the other up", func() bool {
 		st := health(t, tp.p, "carrier")

@@ -97,7 +97,9 @@ func newAnsweringServer(t *testing.T) *answeringServer {
 		if _, err := conn.WriteTo([]byte(msg), pc.LocalAddr()); err != nil {
 			t.Fatal(err)
 		}
-		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		// The answer comes: the deadline only ends a wait for one that
+		// never will, so it is long enough for a busy machine.
+		_ = conn.SetReadDeadline(time.Now().Add(testutil.EventuallyLimit))
 		n, _, err := conn.ReadFrom(buf)
 		if err != nil {
 			t.Fatalf("no response: %v", err)
@@ -114,7 +116,7 @@ func (as *answeringServer) waitHandled(t *testing.T, n int) {
 	for range n {
 		select {
 		case <-as.handled:
-		case <-time.After(2 * time.Second):
+		case <-time.After(testutil.EventuallyLimit):
 			t.Fatal("handler did not return")
 		}
 	}
@@ -130,7 +132,7 @@ func TestPatchedSipgoAnsweredTransactionEndsAtOnce(t *testing.T) {
 	saved := sip.Timer_J
 	// Read when the UA is made. Long enough that the retransmissions
 	// below, sent at once, come within it even on a busy machine.
-	sip.Timer_J = 2 * time.Second
+	sip.Timer_J = 5 * time.Second
 	t.Cleanup(func() { sip.Timer_J = saved })
 	as := newAnsweringServer(t)
 	first := as.send("answered")

@@ -335,3 +335,70 @@ func TestTCPWiring(t *testing.T) {
 		t.Errorf("restartKeys = %q, want [tcp]", got)
 	}
 }
+
+// TestProxyConfigWiring: every key of [proxy], [log] sip_trace, [dns],
+// [health] and [limits] reaches the proxy's configuration with its value,
+// none left at a default.
+func TestProxyConfigWiring(t *testing.T) {
+	cfg := mustParse(t, opsBase+`
+[proxy]
+max_challenges = 7
+shutdown_grace = "7s"
+timer_c = "4m"
+dialog_idle_timeout = "3h"
+failover_timeout = "2s"
+[dns]
+servers = ["192.0.2.53:5353"]
+min_ttl = "20s"
+max_ttl = "2h"
+timeout = "3s"
+[health]
+options_interval = "9s"
+down_after = 4
+up_after = 5
+[limits]
+rate = 11
+burst = 12
+max_per_source = 13
+max_total = 14
+auth_failures = 15
+block_for = "16s"
+max_sources = 17
+deny = "drop"
+`)
+	cfg.Log.SIPTrace = true
+	pcfg, err := proxyConfig(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		key       string
+		got, want any
+	}{
+		{"proxy.max_challenges", pcfg.MaxChallenges, 7},
+		{"proxy.shutdown_grace", pcfg.ShutdownGrace, 7 * time.Second},
+		{"proxy.timer_c", pcfg.TimerC, 4 * time.Minute},
+		{"proxy.dialog_idle_timeout", pcfg.DialogIdleTimeout, 3 * time.Hour},
+		{"proxy.failover_timeout", pcfg.FailoverTimeout, 2 * time.Second},
+		{"log.sip_trace", pcfg.SIPTrace, true},
+		{"dns.servers", fmt.Sprint(pcfg.DNS.Servers), "[192.0.2.53:5353]"},
+		{"dns.min_ttl", pcfg.DNS.MinTTL, 20 * time.Second},
+		{"dns.max_ttl", pcfg.DNS.MaxTTL, 2 * time.Hour},
+		{"dns.timeout", pcfg.DNS.Timeout, 3 * time.Second},
+		{"health.options_interval", pcfg.Health.Interval, 9 * time.Second},
+		{"health.down_after", pcfg.Health.DownAfter, 4},
+		{"health.up_after", pcfg.Health.UpAfter, 5},
+		{"limits.rate", pcfg.Limits.Rate, 11.0},
+		{"limits.burst", pcfg.Limits.Burst, 12},
+		{"limits.max_per_source", pcfg.Limits.MaxPerSource, 13},
+		{"limits.max_total", pcfg.Limits.MaxTotal, 14},
+		{"limits.auth_failures", pcfg.Limits.AuthFailures, 15},
+		{"limits.block_for", pcfg.Limits.BlockFor, 16 * time.Second},
+		{"limits.max_sources", pcfg.Limits.MaxSources, 17},
+		{"limits.deny", pcfg.Limits.Drop, true},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s reaches the proxy as %v, want %v", c.key, c.got, c.want)
+		}
+	}
+}
