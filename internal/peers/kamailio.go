@@ -221,8 +221,7 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 		return cfg, errors.New("RelayTransport and ChallengeBYE need RelayTo")
 	}
 	switch {
-	case cfg.InviteStatus == 0:
-		cfg.InviteStatus = 486
+	case cfg.InviteStatus == 0: // 486, filled in by renderKamailio
 	case cfg.InviteStatus < 300 || cfg.InviteStatus > 699:
 		return cfg, fmt.Errorf("invite status %d: want 300..699", cfg.InviteStatus)
 	case cfg.RelayTo != "" || cfg.Registrar:
@@ -286,6 +285,9 @@ type kamailioData struct {
 
 func renderKamailio(cfg KamailioConfig) ([]byte, error) {
 	d := kamailioData{KamailioConfig: cfg, ListenHost: cfg.Host}
+	if d.InviteStatus == 0 {
+		d.InviteStatus = 486
+	}
 	if strings.Contains(cfg.Host, ":") {
 		d.ListenHost = "[" + cfg.Host + "]"
 	}
