@@ -35,10 +35,13 @@ func TestCancelWhileChallengeHeld(t *testing.T) {
 				t.Fatalf("held the challenge of call %s, want %s", got, c.callID)
 			}
 			cancelUntilMatched(t, c)
-			close(release)
+			// sipgo answers the CANCEL 200 before its INVITE transaction
+			// takes it; the 487 comes after authproxy was told. Only then
+			// is the challenge released.
 			if res := c.waitFinal(testutil.EventuallyLimit); res.StatusCode != sip.StatusRequestTerminated {
 				t.Fatalf("INVITE final %d, want 487", res.StatusCode)
 			}
+			close(release)
 			// Once authproxy is done with the INVITE it sends nothing more
 			// for it: what reached the upstream by then is all there is.
 			waitRequestDone(t, h, "INVITE", c.callID)

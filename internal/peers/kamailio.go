@@ -220,17 +220,12 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 	} else if cfg.RelayTransport != "" || cfg.ChallengeBYE {
 		return cfg, errors.New("RelayTransport and ChallengeBYE need RelayTo")
 	}
-	// InviteStatus is defaulted only where it applies, so that a config
-	// normalized once (Kamailio.Config, for a restart) normalizes again.
 	switch {
-	case cfg.RelayTo != "" || cfg.Registrar:
-		if cfg.InviteStatus != 0 {
-			return cfg, errors.New("InviteStatus needs neither RelayTo nor Registrar")
-		}
-	case cfg.InviteStatus == 0:
-		cfg.InviteStatus = 486
+	case cfg.InviteStatus == 0: // 486, filled in by renderKamailio
 	case cfg.InviteStatus < 300 || cfg.InviteStatus > 699:
 		return cfg, fmt.Errorf("invite status %d: want 300..699", cfg.InviteStatus)
+	case cfg.RelayTo != "" || cfg.Registrar:
+		return cfg, errors.New("InviteStatus needs neither RelayTo nor Registrar")
 	}
 	if cfg.Registrar && cfg.RelayTo != "" {
 		return cfg, errors.New("Registrar and RelayTo exclude each other")
@@ -290,6 +285,9 @@ type kamailioData struct {
 
 func renderKamailio(cfg KamailioConfig) ([]byte, error) {
 	d := kamailioData{KamailioConfig: cfg, ListenHost: cfg.Host}
+	if d.InviteStatus == 0 {
+		d.InviteStatus = 486
+	}
 	if strings.Contains(cfg.Host, ":") {
 		d.ListenHost = "[" + cfg.Host + "]"
 	}
