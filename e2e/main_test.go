@@ -21,7 +21,7 @@ var peerBinaries = []string{"kamailio", "sipp", "baresip", "dnsmasq"}
 func TestMain(m *testing.M) {
 	installPeers()
 	code := m.Run()
-	removeAuthproxyBuild()
+	peers.RemoveAuthproxyBuild()
 	os.Exit(code)
 }
 
