@@ -57,7 +57,7 @@ func FuzzHandleUDP(f *testing.F) {
 		if len(raw) > 4000 {
 			return // a datagram, within what authproxy sends on over UDP
 		}
-		env := startUDPFuzzEnv(t, challenge)
+		env := startUDPFuzzEnv(t, challenge, fuzzUpstreamTimeout)
 		for copyN := range 2 {
 			// A transaction of its own each time (the branch made unique).
 			dgram := bytes.ReplaceAll(raw, []byte("z9hG4bK"), []byte(fmt.Sprintf("z9hG4bK%d-%d.", env.id, copyN)))
@@ -82,7 +82,9 @@ func TestFuzzHandleUDPHarness(t *testing.T) {
 		{"INVITE", "INVITE sip:1002@pbx-b.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-h;rport\r\nFrom: <sip:1001@pbx-b.example.com>;tag=a\r\nTo: <sip:1002@pbx-b.example.com>\r\nCall-ID: h2\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env := startUDPFuzzEnv(t, 0)
+			// Every request here is answered: no wait is bounded but by
+			// the test's own limit, however busy the machine.
+			env := startUDPFuzzEnv(t, 0, testutil.EventuallyLimit)
 			for copyN := range 2 {
 				env.send(t, []byte(strings.ReplaceAll(tc.dgram, "z9hG4bK", fmt.Sprintf("z9hG4bK%d.", copyN))))
 				// The second copy is preemptive only if the first was
@@ -104,7 +106,7 @@ func TestFuzzHandleUDPHarness(t *testing.T) {
 		})
 	}
 	t.Run("planted", func(t *testing.T) {
-		env := startUDPFuzzEnv(t, 0)
+		env := startUDPFuzzEnv(t, 0, fuzzUpstreamTimeout)
 		u := env.ups[0]
 		req := sip.NewRequest(sip.MESSAGE, sip.Uri{Scheme: "sip", User: "1002", Host: "pbx-a.example.com"})
 		req.AppendHeader(sip.NewHeader("Authorization", `Digest username="alice-only-a", realm="asterisk", nonce="client-nonce", uri="sip:1002@pbx-a.example.com", response="00"`))
@@ -128,7 +130,14 @@ type udpFuzzEnv struct {
 	logs   *syncBuffer
 }
 
-func startUDPFuzzEnv(t *testing.T, challenge byte) *udpFuzzEnv {
+// fuzzUpstreamTimeout is the proxy's UpstreamTimeout and TimerC for fuzz
+// inputs: an input whose response the proxy cannot match waits this long
+// (the upstreams answer everything else at once).
+const fuzzUpstreamTimeout = 200 * time.Millisecond
+
+// startUDPFuzzEnv starts a proxy whose UpstreamTimeout and TimerC are
+// timeout, between a client socket and two verifying upstreams.
+func startUDPFuzzEnv(t *testing.T, challenge byte, timeout time.Duration) *udpFuzzEnv {
 	t.Helper()
 	e := &udpFuzzEnv{id: udpFuzzIteration.Add(1), logs: &syncBuffer{}}
 	a := startVerifyingUpstream(t, "127.0.0.2", "alice-only-a", "pw-a", challenge)
@@ -148,12 +157,10 @@ func startUDPFuzzEnv(t *testing.T, challenge byte) *udpFuzzEnv {
 			{Name: "pbx-a", Address: a.addr(), Domains: []string{"pbx-a.example.com"}, Default: true, Preemptive: proxy.PreemptiveAll},
 			{Name: "pbx-b", Address: b.addr(), Domains: []string{"pbx-b.example.com"}, Preemptive: proxy.PreemptiveAll},
 		},
-		Credentials: store,
-		Clients:     []proxy.ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
-		// Short: an input whose response the proxy cannot match waits
-		// this long (the upstreams answer everything else at once).
-		UpstreamTimeout: 200 * time.Millisecond,
-		TimerC:          200 * time.Millisecond,
+		Credentials:     store,
+		Clients:         []proxy.ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
+		UpstreamTimeout: timeout,
+		TimerC:          timeout,
 		ShutdownGrace:   time.Second,
 		Logger:          slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Ready:           func() { close(ready) },
