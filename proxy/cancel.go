@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -15,51 +16,96 @@ import (
 // ACK for a 2xx from the client of its dialog. Otherwise anyone who saw, or
 // guessed, an INVITE's Via, Call-ID, tags and CSeq could end an admitted
 // client's call: sipgo matches a CANCEL to the INVITE's server transaction
-// by those alone (§9.2) and answers it before any handler runs, hence
-// sipgo patch 15 (WithTransactionLayerCancelFilter).
+// by those alone (§9.2) and answers it before any handler runs. So the
+// CANCEL is checked before sipgo reads it: on a UDP listener by the socket
+// authproxy reads for sipgo (laneSocket), on a TCP or TLS connection by
+// the connection guard's message inspector (tcpguard.Config.Inspect).
 
-// cancelMatched is sipgo's CANCEL filter (patch 15): a CANCEL matching
-// invite's pending server transaction cancels it only when it comes from
-// the INVITE's source. Otherwise it is refused (403, or dropped with
-// Limits.Drop over UDP), counted, and never reaches the upstream; the call
-// goes on.
-func (p *Proxy) cancelMatched(cancel, invite *sip.Request) bool {
-	if sameSource(cancel, invite) {
+// inviteSources remembers where each INVITE came from, under every RFC
+// 3261 branch its bytes carry (wherever one appears, so that no reading of
+// the headers other than the parser's can hide the top Via's), first
+// sender first: a later copy from elsewhere changes nothing. Entries live
+// from one to two spans (the longest an INVITE server transaction can wait
+// for its final response: Timer C), kept in two generations.
+type inviteSources struct {
+	span time.Duration
+
+	mu       sync.Mutex
+	cur, old map[string]string // branch → transport and source ("UDP 192.0.2.1:5060")
+	started  time.Time
+}
+
+func newInviteSources(span time.Duration) *inviteSources {
+	return &inviteSources{span: span, cur: map[string]string{}, old: map[string]string{}}
+}
+
+// note remembers that the INVITE data came over transport from from.
+func (s *inviteSources) note(data []byte, transport string, from netip.AddrPort, now time.Time) {
+	src := transport + " " + from.String()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rotate(now)
+	forEachBranch(data, func(branch []byte) bool {
+		if _, ok := s.old[string(branch)]; !ok {
+			if _, ok := s.cur[string(branch)]; !ok {
+				s.cur[string(branch)] = src
+			}
+		}
 		return true
+	})
+}
+
+// source returns where the first INVITE carrying branch came from.
+func (s *inviteSources) source(branch string, now time.Time) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rotate(now)
+	if src, ok := s.cur[branch]; ok {
+		return src, true
+	}
+	src, ok := s.old[branch]
+	return src, ok
+}
+
+// rotate drops the older generation once a span passed (s.mu held).
+func (s *inviteSources) rotate(now time.Time) {
+	switch d := now.Sub(s.started); {
+	case d < s.span:
+	case d < 2*s.span:
+		s.old, s.cur, s.started = s.cur, map[string]string{}, now
+	default:
+		clear(s.old)
+		clear(s.cur)
+		s.started = now
+	}
+}
+
+// cancelRefused reports whether cancel, received over transport from
+// from, is refused: its top Via branch is that of an INVITE that came from
+// elsewhere. A refused CANCEL is counted and logged (throttled); the
+// caller answers it (403, or nothing with Limits.Drop over UDP) and never
+// hands it to sipgo, so the call goes on. A CANCEL matching no INVITE
+// goes on to sipgo and handleCancel.
+func (p *Proxy) cancelRefused(cancel *sip.Request, transport string, from netip.AddrPort) bool {
+	invite, ok := p.invites.source(topViaBranch(cancel), time.Now())
+	if !ok || invite == transport+" "+from.String() {
+		return false
 	}
 	p.cfg.Observer.Refused("cancel-source")
 	if ok, suppressed := p.inputLog.allow("cancel-source", time.Now()); ok {
 		p.log.Warn("request refused", logMethod, "CANCEL", "reason", "cancel-source",
-			"source", cancel.Source(), "invite_source", invite.Source(), "suppressed", suppressed)
+			"source", from.String(), "invite_source", invite, "suppressed", suppressed)
 	}
-	if p.limiter.drop() && cancel.Transport() == "UDP" {
-		return false
-	}
-	p.respondStateless(cancel, sip.StatusForbidden, "Forbidden (not the INVITE's source)")
-	return false
+	return true
 }
 
-// sameSource reports whether a and b came over the same transport from
-// the same address (over TCP and TLS: on the same connection).
-func sameSource(a, b *sip.Request) bool {
-	return a.Transport() == b.Transport() && a.Source() == b.Source()
-}
-
-// respondStateless answers req outside any transaction, to its source
-// (over TCP or TLS, on its connection).
-func (p *Proxy) respondStateless(req *sip.Request, code int, reason string) {
-	res := sip.NewResponseFromRequest(req, code, reason, nil)
-	res.SetDestination(req.Source())
-	if p.srv == nil {
-		return
-	}
-	if err := p.srv.WriteResponse(res); err != nil {
-		p.log.Debug("cannot send response", logStatus, code, "error", err)
-	}
+// cancelRefusal is the answer to a refused CANCEL: 403 (RFC 3261 §21.4.4).
+func cancelRefusal(cancel *sip.Request) []byte {
+	return []byte(sip.NewResponseFromRequest(cancel, sip.StatusForbidden, "Forbidden (not the INVITE's source)", nil).String())
 }
 
 // handleCancel answers a CANCEL that matched no pending INVITE (sipgo
-// answers the ones that do, once cancelMatched let them): 481 (RFC 3261
+// answers the ones that do, once cancelRefused let them): 481 (RFC 3261
 // §9.2) to a source authproxy admits, and to any other what every request
 // from it gets, 403 (or nothing, with Limits.Drop over UDP).
 func (p *Proxy) handleCancel(req *sip.Request, tx sip.ServerTransaction) {
