@@ -93,6 +93,9 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 			resetTimer(timer, f.p.cfg.UpstreamTimeout)
 
 		case res := <-clTx.Responses():
+			if f.p.misdirectedOnStream(res) {
+				continue
+			}
 			f.att.answered = true
 			if res.IsProvisional() {
 				provisional = true

@@ -320,6 +320,23 @@ func isBranchChar(c byte) bool {
 	return isDigit(c) || isLetter(c) || bytes.IndexByte([]byte("-.!%*_+`'~"), c) >= 0
 }
 
+// misdirectedOnStream reports whether res, a response sipgo matched to one
+// of authproxy's client transactions, came over TCP or TLS on another
+// connection than its request went on, and counts it: it is then not
+// relayed. Inbound connections were checked before sipgo read them
+// (inspectStream); this catches the connections authproxy dialed, whose
+// reads sipgo does itself. sipgo matches a response by branch and method
+// alone, so it has already moved its transaction on: at worst the request
+// times out, but nothing from elsewhere reaches the client.
+func (p *Proxy) misdirectedOnStream(res *sip.Response) bool {
+	if res.Transport() == "UDP" || p.responseVerdict(res) != pinMismatch {
+		return false
+	}
+	from, _ := netip.ParseAddrPort(res.Source())
+	p.discarded("response-source", "message dropped: carries the branch of a request authproxy sent elsewhere", from)
+	return true
+}
+
 // responseVerdict is what the pins say of res, a parsed response: its top
 // Via branch (the one sipgo matches transactions by), the transport it
 // came over and its source (over TCP or TLS, the connection's remote
