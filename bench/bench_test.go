@@ -577,8 +577,14 @@ func scenario(name string) string {
 	return p
 }
 
+// buildAuthproxy builds ./cmd/authproxy for the load tests, or returns
+// AUTHPROXY_BENCH_BIN when set (a binary built elsewhere, e.g. from another
+// commit, to compare two builds on the same machine).
 func buildAuthproxy(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("AUTHPROXY_BENCH_BIN"); bin != "" {
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), "authproxy")
 	cmd := exec.Command("go", "build", "-o", bin, "../cmd/authproxy")
 	if out, err := cmd.CombinedOutput(); err != nil {

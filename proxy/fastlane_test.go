@@ -153,8 +153,26 @@ func (c *laneClient) read(t *testing.T, wait time.Duration) string {
 // is not relayed, other provisional responses and the final one are; a
 // retransmission after the final response is answered with it again
 // without reaching the upstream; an upstream's retransmitted final
-// response is not relayed twice.
+// response is not relayed twice. Both ways a UDP listener handles what it
+// reads: on its read loop, and through its workers, as above 10,000
+// datagrams a second.
 func TestFastLaneTransactionBehaviour(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		handOffAt int64
+	}{
+		{"read loop", proxy.UDPHandOffAbove.Load()},
+		{"workers", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			was := proxy.UDPHandOffAbove.Swap(tc.handOffAt)
+			defer proxy.UDPHandOffAbove.Store(was)
+			testFastLaneTransactionBehaviour(t)
+		})
+	}
+}
+
+func testFastLaneTransactionBehaviour(t *testing.T) {
 	up := startScriptedUpstream(t)
 	addr := startLoopbackProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff)
 	c := newLaneClient(t, addr, "lane-1")

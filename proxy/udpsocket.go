@@ -36,18 +36,37 @@ type laneSocket struct {
 	net.PacketConn
 	p        *Proxy
 	answered *answeredStore
+	workers  udpWorkers // above udpHandOffAbove datagrams a second (udpworkers.go)
 }
 
 func (p *Proxy) newLaneSocket(pc net.PacketConn) *laneSocket {
-	return &laneSocket{PacketConn: pc, p: p, answered: newAnsweredStore(sip.Timer_J)}
+	s := &laneSocket{PacketConn: pc, p: p, answered: newAnsweredStore(sip.Timer_J)}
+	s.workers.back = make(chan handedDatagram, udpWorkerQueue)
+	s.workers.quit = make(chan struct{})
+	return s
 }
 
 // ReadFrom reads datagrams into b until one is for sipgo, and returns it.
+// sipgo calls it from its read loop, the only goroutine that reads the
+// socket.
 func (s *laneSocket) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
+		if n, addr, ok := s.handedBack(b); ok {
+			return n, addr, nil
+		}
 		n, addr, err := s.PacketConn.ReadFrom(b)
-		if err != nil || n == 0 {
+		if err != nil {
+			if s.woken(err) {
+				continue
+			}
+			s.stopWorkers()
 			return n, addr, err
+		}
+		if n == 0 {
+			return n, addr, nil
+		}
+		if s.handOff(b[:n], addr) {
+			continue
 		}
 		if !s.take(b[:n], addr) {
 			return n, addr, nil
