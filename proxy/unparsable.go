@@ -122,7 +122,9 @@ func rawAnswer(data []byte, status string) ([]byte, bool) {
 		}
 		name, _, _ := bytes.Cut(line, []byte(":"))
 		i := copiedHeader(bytes.TrimRight(name, " \t"))
-		copying = i >= 0
+		// Via may repeat; the others are single-valued (RFC 3261 §20):
+		// only their first line is copied, so the answer has one To tag.
+		copying = i == 0 || (i > 0 && !seen[i])
 		if !copying {
 			continue
 		}
