@@ -24,31 +24,58 @@ import (
 // inviteSources remembers where each INVITE came from, under every RFC
 // 3261 branch its bytes carry (wherever one appears, so that no reading of
 // the headers other than the parser's can hide the top Via's), first
-// sender first: a later copy from elsewhere changes nothing. Entries live
-// from one to two spans (the longest an INVITE server transaction can wait
-// for its final response: Timer C), kept in two generations.
+// sender first: a later copy from elsewhere changes nothing. An entry goes
+// when the INVITE's handler returns (its final response sent: a CANCEL
+// then cancels nothing), or else lives from one to two spans (the longest
+// an INVITE server transaction can wait for its final response: Timer C),
+// kept in two generations. Entries hold no pointer (a hash of the branch,
+// the address as bytes), so the garbage collector does not mark them.
 type inviteSources struct {
 	span time.Duration
 
 	mu       sync.Mutex
-	cur, old map[string]string // branch → transport and source ("UDP 192.0.2.1:5060")
+	cur, old map[uint64]inviteSource // by hashKey of the branch
 	started  time.Time
 }
 
+// inviteSource is an INVITE's transport and source address.
+type inviteSource struct {
+	transport byte // 'U', 'T' or 'L' (TLS)
+	addr      [16]byte
+	port      uint16
+}
+
 func newInviteSources(span time.Duration) *inviteSources {
-	return &inviteSources{span: span, cur: map[string]string{}, old: map[string]string{}}
+	return &inviteSources{span: span, cur: map[uint64]inviteSource{}, old: map[uint64]inviteSource{}}
+}
+
+func makeInviteSource(transport string, from netip.AddrPort) inviteSource {
+	src := inviteSource{transport: 'U', addr: from.Addr().As16(), port: from.Port()}
+	switch transport {
+	case "TCP":
+		src.transport = 'T'
+	case "TLS":
+		src.transport = 'L'
+	}
+	return src
+}
+
+func (s inviteSource) String() string {
+	t := map[byte]string{'U': "UDP", 'T': "TCP", 'L': "TLS"}[s.transport]
+	return t + " " + netip.AddrPortFrom(netip.AddrFrom16(s.addr).Unmap(), s.port).String()
 }
 
 // note remembers that the INVITE data came over transport from from.
 func (s *inviteSources) note(data []byte, transport string, from netip.AddrPort, now time.Time) {
-	src := transport + " " + from.String()
+	src := makeInviteSource(transport, from)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rotate(now)
 	forEachBranch(data, func(branch []byte) bool {
-		if _, ok := s.old[string(branch)]; !ok {
-			if _, ok := s.cur[string(branch)]; !ok {
-				s.cur[string(branch)] = src
+		h := hashKey(branch)
+		if _, ok := s.old[h]; !ok {
+			if _, ok := s.cur[h]; !ok {
+				s.cur[h] = src
 			}
 		}
 		return true
@@ -56,15 +83,32 @@ func (s *inviteSources) note(data []byte, transport string, from netip.AddrPort,
 }
 
 // source returns where the first INVITE carrying branch came from.
-func (s *inviteSources) source(branch string, now time.Time) (string, bool) {
+func (s *inviteSources) source(branch string, now time.Time) (inviteSource, bool) {
+	h := hashKey(branch)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rotate(now)
-	if src, ok := s.cur[branch]; ok {
+	if src, ok := s.cur[h]; ok {
 		return src, true
 	}
-	src, ok := s.old[branch]
+	src, ok := s.old[h]
 	return src, ok
+}
+
+// forget drops the INVITE whose top Via branch is branch.
+func (s *inviteSources) forget(branch string) {
+	h := hashKey(branch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.cur, h)
+	delete(s.old, h)
+}
+
+// len is the number of branches remembered.
+func (s *inviteSources) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.cur) + len(s.old)
 }
 
 // rotate drops the older generation once a span passed (s.mu held).
@@ -72,7 +116,7 @@ func (s *inviteSources) rotate(now time.Time) {
 	switch d := now.Sub(s.started); {
 	case d < s.span:
 	case d < 2*s.span:
-		s.old, s.cur, s.started = s.cur, map[string]string{}, now
+		s.old, s.cur, s.started = s.cur, map[uint64]inviteSource{}, now
 	default:
 		clear(s.old)
 		clear(s.cur)
@@ -88,13 +132,13 @@ func (s *inviteSources) rotate(now time.Time) {
 // goes on to sipgo and handleCancel.
 func (p *Proxy) cancelRefused(cancel *sip.Request, transport string, from netip.AddrPort) bool {
 	invite, ok := p.invites.source(topViaBranch(cancel), time.Now())
-	if !ok || invite == transport+" "+from.String() {
+	if !ok || invite == makeInviteSource(transport, from) {
 		return false
 	}
 	p.cfg.Observer.Refused("cancel-source")
 	if ok, suppressed := p.inputLog.allow("cancel-source", time.Now()); ok {
 		p.log.Warn("request refused", logMethod, "CANCEL", "reason", "cancel-source",
-			"source", from.String(), "invite_source", invite, "suppressed", suppressed)
+			"source", from.String(), "invite_source", invite.String(), "suppressed", suppressed)
 	}
 	return true
 }

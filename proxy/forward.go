@@ -116,6 +116,11 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	defer f.end()
 	defer f.recoverPanic()
+	if req.Method == sip.INVITE {
+		// Its final response went out when run returns: a CANCEL cancels
+		// nothing from then on (cancel.go).
+		defer p.invites.forget(topViaBranch(req))
+	}
 	f.run()
 }
 
