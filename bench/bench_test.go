@@ -674,9 +674,9 @@ func startAuthproxy(t *testing.T, bin, upstream, preemptive string) (string, *pe
 	return startAuthproxyAdmin(t, bin, upstream, preemptive, "")
 }
 
-// startAuthproxyAdmin is startAuthproxy with an admin listener at admin
-// ("" for none).
-func startAuthproxyAdmin(t *testing.T, bin, upstream, preemptive, admin string) (string, *peers.Process) {
+// startAuthproxyAdmin is startAuthproxy with the admin listener at admin
+// ("" for none); extra is appended to the configuration (more tables).
+func startAuthproxyAdmin(t *testing.T, bin, upstream, preemptive, admin string, extra ...string) (string, *peers.Process) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	conf := fmt.Sprintf(`[admin]
@@ -719,7 +719,7 @@ server = "pbx"
 name = "loopback"
 networks = ["127.0.0.0/8"]
 upstreams = ["*"]
-`, admin, admin != "", addr, addr, upstream, domain, preemptive, benchUser, benchPass)
+`, admin, admin != "", addr, addr, upstream, domain, preemptive, benchUser, benchPass) + strings.Join(extra, "\n")
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "authproxy.toml")
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {

@@ -14,9 +14,9 @@ import (
 	"github.com/authproxy/authproxy/config"
 )
 
-// TestReadmeTOMLBlocks parses every ```toml block of the repository README,
-// so that documentation cannot drift from the schema (after coredns
-// test/readme_test.go).
+// TestReadmeTOMLBlocks parses every ```toml block of the repository README
+// and of the documents in docs/, so that documentation cannot drift from
+// the schema (after coredns test/readme_test.go).
 //
 // A block may be a fragment: when it has no [[listen]] or no [[upstream]],
 // the ones of config.example.toml (127.0.0.1:5060; pbx-a, pbx-b) are
@@ -24,15 +24,23 @@ import (
 // password_file that does not exist is tolerated; everything else must
 // validate.
 func TestReadmeTOMLBlocks(t *testing.T) {
-	path := filepath.Join("..", "README.md")
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		t.Skip("README.md does not exist yet")
-	}
+	docs, err := filepath.Glob(filepath.Join("..", "docs", "*.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkMarkdownTOML(t, "README.md", data)
+	blocks := 0
+	for _, path := range append([]string{filepath.Join("..", "README.md")}, docs...) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, _ := filepath.Rel("..", path)
+		blocks += len(tomlBlocks(data))
+		t.Run(name, func(t *testing.T) { checkMarkdownTOML(t, name, data) })
+	}
+	if blocks < 2 {
+		t.Errorf("found %d TOML blocks in README.md and docs/, want the README's example and the group example", blocks)
+	}
 }
 
 // checkMarkdownTOML runs TestReadmeTOMLBlocks' checks on one document.

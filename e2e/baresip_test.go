@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // baresipModulePath is where Debian's baresip-core installs its modules.
@@ -143,7 +144,14 @@ func TestBaresipCall(t *testing.T) {
 			step("start", "", "baresip is ready.")
 			step("dial", "/dial sip:"+callsInteropCallee+"@"+pbx.domain, "Call established",
 				"session closed", "terminated", "Call failed")
-			time.Sleep(200 * time.Millisecond) // talk a little
+			// The BYE must not overtake the ACK on its way through
+			// authproxy and Kamailio to the callee: hang up once the PBX
+			// relayed the ACK.
+			testutil.Eventually(t, "the PBX relaying the caller's ACK", func() bool {
+				return slices.ContainsFunc(k.Events(), func(e peers.AuthEvent) bool {
+					return e.Method == "ACK" && e.Result == "relay"
+				})
+			})
 			// baresip 1.0 prints no reliable line once a call it hung up has
 			// ended (the "Call ... terminated" event line comes or not), so
 			// the callee tells: its scenario ends with the 200 for the BYE.

@@ -578,10 +578,14 @@ func TestCallRejected(t *testing.T) {
 				if res := c.waitFinal(10 * time.Second); res.StatusCode != tc.relayed {
 					t.Fatalf("INVITE final %d, want %d", res.StatusCode, tc.relayed)
 				}
-				time.Sleep(300 * time.Millisecond) // let a wrongly forwarded ACK arrive
+				// The phone sent its ACK before it passed the final up; a
+				// request it sends now is read by authproxy after it, and
+				// reaches the upstream only after a challenge round trip,
+				// later than a wrongly forwarded ACK would.
+				ph.barrier(c.ruri)
 				acks := 0
 				for _, r := range h.A.Requests() {
-					if r.Method == "ACK" {
+					if r.Method == "ACK" && r.CallID == c.callID {
 						acks++
 					}
 				}

@@ -405,7 +405,7 @@ func TestPerTargetHealth(t *testing.T) {
 		c.DNS = dnsFor(z)
 		c.Registrations = nil
 		c.Upstreams[0] = proxy.Upstream{Name: "carrier", Address: "carrier.sip.test", Default: true}
-		c.Health = proxy.HealthCheck{Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, DownAfter: 1, UpAfter: 1}
+		c.Health = proxy.HealthCheck{Interval: 100 * time.Millisecond, Timeout: pingTimeout, DownAfter: 1, UpAfter: 1}
 	})
 	testutil.Eventually(t, "the silent target marked down, the other up", func() bool {
 		st := health(t, tp.p, "carrier")
@@ -418,5 +418,49 @@ func TestPerTargetHealth(t *testing.T) {
 	}
 	if n := seen(dead, "MESSAGE"); n != 0 {
 		t.Fatalf("the target marked down got %d MESSAGEs (and %d pings)", n, pings)
+	}
+}
+
+// TestPreemptivePerTarget: with preemptive answers on, an upstream whose
+// name has two targets of equal priority (each with its own nonces) gets,
+// at each target, answers computed for that target's nonces only: no
+// target ever sees an answer it refuses, and both see preemptive ones.
+func TestPreemptivePerTarget(t *testing.T) {
+	z := dnstest.New(t)
+	one := fakepbx.Start(t, fakepbx.Config{Name: "one", Host: "127.0.0.6", Accounts: map[string]string{"alice": alicePassword}})
+	two := fakepbx.Start(t, fakepbx.Config{Name: "two", Host: "127.0.0.7", Accounts: map[string]string{"alice": alicePassword}})
+	z.Set(aRecord("t1.sip.test", "127.0.0.6"), aRecord("t2.sip.test", "127.0.0.7"))
+	z.Set(srv("_sip._udp.carrier.sip.test", 10, 10, one.Port(), "t1.sip.test"), srv("_sip._udp.carrier.sip.test", 10, 10, two.Port(), "t2.sip.test"))
+	creds := []credentials.Entry{{Username: "alice", Password: credentials.NewSecret(alicePassword), Server: "carrier.sip.test"}}
+	tp := startTrunkProxy(t, "carrier.sip.test", proxy.Registration{}, creds, func(c *proxy.Config) {
+		c.DNS = dnsFor(z)
+		c.Registrations = nil
+		c.Upstreams[0] = proxy.Upstream{Name: "carrier", Address: "carrier.sip.test", Default: true, Preemptive: proxy.PreemptiveAll}
+	})
+	for i := range 40 {
+		msg := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}
+		if res := sendVia(t, tp.addr["udp"], msg); res.StatusCode != 200 {
+			t.Fatalf("MESSAGE %d: %d", i, res.StatusCode)
+		}
+	}
+	for _, s := range []*fakepbx.Server{one, two} {
+		challenged := map[string]bool{}
+		preemptive := 0
+		for _, r := range s.Requests() {
+			if r.Method != "MESSAGE" {
+				continue
+			}
+			switch {
+			case len(r.Authorization) > 0 && !r.Authenticated:
+				t.Errorf("%s refused an answer (computed for another target's nonce?):\n%s", s.Addr(), r.Raw)
+			case len(r.Authorization) == 0:
+				challenged[r.CallID] = true
+			case !challenged[r.CallID]:
+				preemptive++
+			}
+		}
+		if preemptive == 0 {
+			t.Errorf("%s got no preemptive answer", s.Addr())
+		}
 	}
 }

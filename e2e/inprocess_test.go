@@ -475,6 +475,9 @@ func testEveryMethodToEveryUpstream(t *testing.T, pm preemptiveMode, profile pbx
 					if reqs[1].CSeq != reqs[0].CSeq+1 {
 						t.Fatalf("re-send CSeq %d after %d, want +1", reqs[1].CSeq, reqs[0].CSeq)
 					}
+					if reqs[1].Branch == reqs[0].Branch {
+						t.Fatalf("re-send with the challenged request's branch %s, want a new transaction", reqs[1].Branch)
+					}
 					challenged[key] = true
 				})
 			}
@@ -513,21 +516,28 @@ func assertOnlyUsernames(t *testing.T, name string, s *fakepbx.Server, allowed .
 }
 
 // TestUserScopedCredential: a credential scoped to SIP user 1003 beats the
-// server-wide one for requests from 1003 only.
+// server-wide one for requests sent for 1003 only: the From user, but the
+// To user for a REGISTER (a registration is for its To address, whoever
+// sends it).
 func TestUserScopedCredential(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
-	res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1003"})
-	if res.StatusCode != 200 {
-		t.Fatalf("status %d", res.StatusCode)
-	}
-	rs := h.A.Requests()
-	if got := rs[len(rs)-1].AuthUsername; got != "carol" {
-		t.Fatalf("user 1003 authenticated as %q, want carol", got)
-	}
-	res = h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1004"})
-	rs = h.A.Requests()
-	if got := rs[len(rs)-1].AuthUsername; res.StatusCode != 200 || got != "alice" {
-		t.Fatalf("user 1004: status %d as %q, want 200 as alice", res.StatusCode, got)
+	for _, tc := range []struct {
+		method   sip.RequestMethod
+		from, to string
+		want     string
+	}{
+		{sip.MESSAGE, "1003", "1001", "carol"},
+		{sip.MESSAGE, "1004", "1001", "alice"},
+		{sip.MESSAGE, "1004", "1003", "alice"},
+		{sip.REGISTER, "1003", "1003", "carol"},
+		{sip.REGISTER, "1004", "1003", "carol"},
+		{sip.REGISTER, "1003", "1004", "alice"},
+	} {
+		res := h.final(t, "udp", clientRequest{Method: tc.method, RequestURI: ruriFor(tc.method, "pbx-a.example.com", tc.to), FromUser: tc.from, ToUser: tc.to})
+		rs := h.A.Requests()
+		if got := rs[len(rs)-1].AuthUsername; res.StatusCode != 200 || got != tc.want {
+			t.Errorf("%s from %s to %s: status %d as %q, want 200 as %s", tc.method, tc.from, tc.to, res.StatusCode, got, tc.want)
+		}
 	}
 }
 

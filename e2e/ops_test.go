@@ -365,6 +365,22 @@ func TestOpsMetricsScenario(t *testing.T) {
 			}
 		}
 	}
+	// Nor any admin answer a secret, a username or a Call-ID.
+	bad := []string{"alice", "bob", "carol", alicePassword, bobPassword}
+	for _, r := range append(h.A.Requests(), h.B.Requests()...) {
+		bad = append(bad, r.CallID)
+	}
+	for _, path := range []string{"/status", "/readyz", "/healthz"} {
+		code, body := httpGet(t, h.admin+path)
+		if code != 200 {
+			t.Errorf("%s: %d", path, code)
+		}
+		for _, b := range bad {
+			if strings.Contains(body, b) {
+				t.Errorf("%s answers with %q:\n%s", path, b, body)
+			}
+		}
+	}
 }
 
 // responder is a minimal SIP upstream on UDP that answers every request
@@ -497,6 +513,11 @@ func isUnregister(req *sip.Request) bool {
 	return false
 }
 
+// pingTimeout is how long the health tests' pings wait for an answer:
+// long enough that a busy machine does not turn a late answer into a
+// failure (the silent upstreams are marked down a little later for it).
+const pingTimeout = 2 * time.Second
+
 // TestOpsReadinessFollowsUpstreamHealth: with OPTIONS health checks on,
 // /readyz fails once the only upstream has missed down_after pings in a
 // row, and recovers after up_after answered ones.
@@ -505,7 +526,7 @@ func TestOpsReadinessFollowsUpstreamHealth(t *testing.T) {
 	const downAfter, upAfter = 2, 3
 	h := startOps(t, opsOptions{
 		Upstreams: []proxy.Upstream{{Name: "flaky", Address: r.addr(), Transport: "udp", Default: true}},
-		Health:    proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: 300 * time.Millisecond, DownAfter: downAfter, UpAfter: upAfter},
+		Health:    proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: pingTimeout, DownAfter: downAfter, UpAfter: upAfter},
 	})
 
 	h.tap.waitState(t, "flaky", true, 1) // unknown -> up on the first answer
@@ -555,7 +576,7 @@ func TestOpsReadinessFollowsUpstreamHealth(t *testing.T) {
 func TestOpsHealthChallengingUpstreams(t *testing.T) {
 	dead := startResponder(t, "127.0.0.7")
 	dead.silent.Store(true)
-	h := startOps(t, opsOptions{Health: proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: 200 * time.Millisecond, DownAfter: 1}})
+	h := startOps(t, opsOptions{Health: proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: pingTimeout, DownAfter: 1}})
 	h.tap.waitState(t, "pbx-a", true, 1)
 	h.tap.waitState(t, "pbx-b", true, 1)
 

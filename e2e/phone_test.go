@@ -486,3 +486,19 @@ func (c *call) cancel() *sip.Response {
 }
 
 var testSDP = []byte("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+
+// barrier sends an out-of-dialog MESSAGE through authproxy, on the
+// phone's own socket or connection, and waits for its final response.
+// authproxy reads what the phone sent before the MESSAGE first, so what
+// those earlier messages make it forward without a challenge round trip
+// has reached the upstream by the time the MESSAGE's answer is back: a
+// check that something was not forwarded runs after the barrier instead
+// of after a sleep.
+func (ph *phone) barrier(ruri sip.Uri) {
+	ph.t.Helper()
+	m := &call{ph: ph, callID: "barrier-" + uuid.NewString(), fromTag: sip.GenerateTagN(8), cseq: 1, ruri: ruri}
+	m.tx = ph.send(m.newRequest(sip.MESSAGE, ruri, nil))
+	if res := m.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		ph.t.Fatalf("barrier MESSAGE: %d, want 200", res.StatusCode)
+	}
+}

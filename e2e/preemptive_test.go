@@ -265,3 +265,20 @@ func TestPreemptiveAnswerForTheRequestLineSent(t *testing.T) {
 		})
 	}
 }
+
+// TestPreemptiveNeverWithoutQOP: a challenge without qop is never reused
+// (without nc and cnonce a second answer to its nonce is a replay): every
+// request to such an upstream is challenged and answered afresh, under
+// preemptive = "all".
+func TestPreemptiveNeverWithoutQOP(t *testing.T) {
+	h := startHarness(t, harnessOptions{Preemptive: proxy.PreemptiveAll, Profile: lenientProfile, A: fakepbx.Config{QOP: "none"}})
+	for i := range 3 {
+		got := sendNew(t, h, sip.MESSAGE)
+		if len(got) != 2 || len(got[0].Authorization) != 0 {
+			t.Fatalf("MESSAGE #%d: pbx-a got %s, want a request without credentials, then the answer", i+1, summarize(got))
+		}
+	}
+	if got := h.A.Challenges(); got != 3 {
+		t.Errorf("pbx-a challenged %d times, want 3", got)
+	}
+}

@@ -105,8 +105,12 @@ func callViaKamailio(t *testing.T, what string, k *peers.Kamailio, ap *Authproxy
 		Scenario: sippScenario("uas.xml"), Local: uasHost, LocalPort: uasPort,
 		Transport: "u1", Service: callee, Timeout: 15 * time.Second,
 	})
+	callerHost := "" // 127.0.0.1, or ::1 for a callee on IPv6
+	if strings.Contains(uasHost, ":") {
+		callerHost = uasHost
+	}
 	uac := peers.RunSipp(t, peers.SippRun{
-		Scenario: sippScenario("call_auth.xml"), Remote: k.Addr(), Transport: "u1",
+		Scenario: sippScenario("call_auth.xml"), Remote: k.Addr(), Local: callerHost, Transport: "u1",
 		Service: callee, Domain: p.domain, Keys: map[string]string{"caller": caller},
 		AuthUser: callerAcct.username, AuthPass: callerAcct.password, Timeout: 10 * time.Second,
 	})

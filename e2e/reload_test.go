@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/internal/testutil"
+	"github.com/authproxy/authproxy/proxy"
 )
 
 // alicePasswordRotated is pbx-a's password for alice after a rotation.
@@ -160,5 +162,47 @@ func (h *harness) startAsync(t *testing.T, transport string, c clientRequest) fu
 			t.Fatalf("%s: %v", c.Method, r.err)
 		}
 		return r.res.StatusCode
+	}
+}
+
+// TestReloadAppliesRoutingAndAccess: a reload applies to the requests
+// after it: client groups (what a source may reach), an upstream's
+// domains and an upstream group's routes, and going back restores the
+// first configuration.
+func TestReloadAppliesRoutingAndAccess(t *testing.T) {
+	h := startHarness(t, harnessOptions{})
+	status := func(ruri string) int {
+		t.Helper()
+		return h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: ruri, FromUser: "1001"}).StatusCode
+	}
+	reload := func(cfg proxy.Config) {
+		t.Helper()
+		if err := h.Proxy.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for ruri, want := range map[string]int{"sip:1002@pbx-a.example.com": 200, "sip:1002@new.example.com": 404, "sip:1002@group.example.com": 404} {
+		if got := status(ruri); got != want {
+			t.Fatalf("before the reload, %s: %d, want %d", ruri, got, want)
+		}
+	}
+
+	cfg := h.Config
+	cfg.Clients = []proxy.ClientGroup{{Name: "b-only", Networks: prefixes("127.0.0.0/8"), Upstreams: []string{"pbx-b"}}}
+	cfg.Upstreams = slices.Clone(cfg.Upstreams)
+	cfg.Upstreams[1].Domains = append(slices.Clone(cfg.Upstreams[1].Domains), "new.example.com")
+	cfg.Groups = []proxy.UpstreamGroup{{Name: "grp", Upstreams: []string{"pbx-b"}, Domains: []string{"group.example.com"}}}
+	reload(cfg)
+	for ruri, want := range map[string]int{"sip:1002@pbx-a.example.com": 403, "sip:1002@new.example.com": 200, "sip:1002@group.example.com": 200} {
+		if got := status(ruri); got != want {
+			t.Errorf("after the reload, %s: %d, want %d", ruri, got, want)
+		}
+	}
+
+	reload(h.Config)
+	for ruri, want := range map[string]int{"sip:1002@pbx-a.example.com": 200, "sip:1002@new.example.com": 404, "sip:1002@group.example.com": 404} {
+		if got := status(ruri); got != want {
+			t.Errorf("after reloading the first configuration, %s: %d, want %d", ruri, got, want)
+		}
 	}
 }

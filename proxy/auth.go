@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -326,10 +325,13 @@ func libAuthorization(c challenge, cred credentials.Credential, method, uri stri
 	return formatCredentials(out), nil
 }
 
-// formatCredentials is (*digest.Credentials).String in one buffer: the same
-// bytes (parameters in the library's order, response last, values quoted
-// with strconv.Quote), without a slice of parameters and a string per
-// parameter. It was the largest allocation site of a forwarded request.
+// formatCredentials is (*digest.Credentials).String in one buffer
+// (parameters in the library's order, response last), without a slice of
+// parameters and a string per parameter: it was the largest allocation
+// site of a forwarded request. Values are quoted as SIP says
+// (appendQuoted), not as Go does: the library's strconv.Quote writes a
+// byte that is not UTF-8 as the four characters `\xde`, which the server
+// reads as "xde", so a digest over such a Request-URI could never match.
 func formatCredentials(c *digest.Credentials) string {
 	// The fixed text (parameter names, quotes, separators, nc) is under 160
 	// bytes; quoting may add escapes, which then costs one regrowth.
@@ -379,10 +381,28 @@ func (w *credWriter) param(k, v string, quote bool) {
 	w.b = append(w.b, k...)
 	w.b = append(w.b, '=')
 	if quote {
-		w.b = strconv.AppendQuote(w.b, v)
+		w.b = appendQuoted(w.b, v)
 	} else {
 		w.b = append(w.b, v...)
 	}
+}
+
+// appendQuoted appends v as a quoted-string (RFC 3261 §25.1): between
+// double quotes, '"', '\\' and control characters as quoted-pairs, every
+// other byte as it is (qdtext takes UTF8-NONASCII), so that the server
+// unquotes exactly the bytes the digest was computed over. CR and LF
+// cannot be quoted; no value authproxy quotes has them (the request line
+// and the challenge's parameters end at a line end).
+func appendQuoted(b []byte, v string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c == '"' || c == '\\' || (c < 0x20 && c != '\t') || c == 0x7f {
+			b = append(b, '\\')
+		}
+		b = append(b, c)
+	}
+	return append(b, '"')
 }
 
 func hashJoin(h hash.Hash, parts ...string) string {

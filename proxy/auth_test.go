@@ -206,8 +206,25 @@ func TestNonceCounter(t *testing.T) {
 	}
 }
 
-// TestFormatCredentials: the one-buffer formatter writes what the library's
-// String does.
+// TestAppendQuoted: a quoted-string (RFC 3261 §25.1) unquotes to the
+// same bytes: '"', '\\' and control characters as quoted-pairs, bytes
+// that are not UTF-8 as they are (not Go's \xde).
+func TestAppendQuoted(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"sip:1002@pbx", `"sip:1002@pbx"`},
+		{`q"uote\`, `"q\"uote\\"`},
+		{"pbx-a.example\xdecom", "\"pbx-a.example\xdecom\""},
+		{"r\u00e9alm", "\"r\u00e9alm\""},
+		{"a\tb\x01c\x7f", "\"a\tb\\\x01c\\\x7f\""},
+	} {
+		if got := string(appendQuoted(nil, tc.in)); got != tc.want {
+			t.Errorf("appendQuoted(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestFormatCredentials: for printable values, the one-buffer formatter
+// writes what the library's String does.
 func TestFormatCredentials(t *testing.T) {
 	for _, c := range []digest.Credentials{
 		{Username: "alice", Realm: "asterisk", Nonce: "n0", URI: "sip:1002@pbx", Response: "abc", Algorithm: "MD5", Cnonce: "c0", Opaque: "op", QOP: "auth", Nc: 0x1a},

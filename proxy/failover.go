@@ -201,9 +201,13 @@ func (f *forwarding) advance(ctx context.Context, why string, res *sip.Response)
 	if targetFailure && f.att.ti+1 < len(f.att.targets) {
 		f.att.ti++
 		f.hop = f.up.hopFor(f.att.targets[f.att.ti])
-		// The new target never saw our answers: a challenge from it is
-		// answered afresh, not taken for rejected credentials.
-		f.tries = nil
+		// The new target never saw our answers, and a nonce is its
+		// server's (RFC 7616 §3.3): the answers computed for the previous
+		// target are dropped rather than sent where they would count as a
+		// failed authentication; the new target's cached challenges (if
+		// any) answer preemptively, and a challenge from it is answered
+		// afresh, not taken for rejected credentials.
+		f.auth, f.tries, f.pre = nil, nil, preemptState{}
 		f.log.Info("failing over to the next target", "reason", why, "from", from, "to", f.hop.addr)
 		f.p.cfg.Observer.Failover(f.up.Name, why)
 		return true

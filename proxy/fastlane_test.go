@@ -60,16 +60,6 @@ func (u *scriptedUpstream) next(t *testing.T, wait time.Duration) datagram {
 	}
 }
 
-// none fails if the upstream receives anything within wait.
-func (u *scriptedUpstream) none(t *testing.T, wait time.Duration) {
-	t.Helper()
-	select {
-	case d := <-u.got:
-		t.Fatalf("upstream received %q", firstLine(d.data))
-	case <-time.After(wait):
-	}
-}
-
 // answer sends a response with status line status and the extra header
 // lines to request d, its Via, From, To (tagged), Call-ID and CSeq copied.
 func (u *scriptedUpstream) answer(t *testing.T, d datagram, status string, extra ...string) {
@@ -120,12 +110,24 @@ func newLaneClient(t *testing.T, proxyAddr, callID string) *laneClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := fmt.Appendf(nil, "MESSAGE sip:1002@pbx.example.com SIP/2.0\r\n"+
+	return &laneClient{conn: conn, dst: dst, msg: laneMessage(conn.LocalAddr(), callID)}
+}
+
+// laneMessage is the MESSAGE of Call-ID callID a lane client at local
+// sends.
+func laneMessage(local net.Addr, callID string) []byte {
+	return fmt.Appendf(nil, "MESSAGE sip:1002@pbx.example.com SIP/2.0\r\n"+
 		"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%s;rport\r\nMax-Forwards: 70\r\n"+
 		"From: <sip:1001@pbx.example.com>;tag=c-%s\r\nTo: <sip:1002@pbx.example.com>\r\n"+
 		"Call-ID: %s\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
-		conn.LocalAddr(), callID, callID, callID)
-	return &laneClient{conn: conn, dst: dst, msg: msg}
+		local, callID, callID, callID)
+}
+
+// other is a client on the same socket sending the MESSAGE of another
+// Call-ID: authproxy reads what the two send in the order they sent it,
+// so a request of other serves as a barrier for c's.
+func (c *laneClient) other(callID string) *laneClient {
+	return &laneClient{conn: c.conn, dst: c.dst, msg: laneMessage(c.conn.LocalAddr(), callID)}
 }
 
 func (c *laneClient) send(t *testing.T) {
@@ -179,10 +181,11 @@ func testFastLaneTransactionBehaviour(t *testing.T) {
 
 	c.send(t)
 	first := up.next(t, 2*time.Second)
-	// The client retransmits (Timer E) well before sipgo's own client
-	// transaction would (500 ms): the lane passes it on at once.
+	// The client retransmits (Timer E): the lane passes it on, with the
+	// same branch (there is no client transaction of authproxy's to send
+	// a retransmission of its own).
 	c.send(t)
-	second := up.next(t, 300*time.Millisecond)
+	second := up.next(t, 2*time.Second)
 	if b1, b2 := topBranch(t, first.data), topBranch(t, second.data); b1 != b2 {
 		t.Fatalf("retransmission went upstream as a new transaction: branch %s, then %s", b1, b2)
 	}
@@ -199,16 +202,29 @@ func testFastLaneTransactionBehaviour(t *testing.T) {
 	if got := c.read(t, 2*time.Second); got != "SIP/2.0 202 Accepted" {
 		t.Fatalf("client got %q, want 202", got)
 	}
+	// The upstream retransmits its final response, then answers another
+	// request of the client's: authproxy reads the two in that order, so
+	// the client's next datagram is that answer unless the retransmission
+	// was relayed.
+	barrier := c.other("lane-1b")
+	barrier.send(t)
+	b := up.next(t, 2*time.Second)
 	up.answer(t, first, "202 Accepted") // the upstream's retransmission
-	if got := c.read(t, 300*time.Millisecond); got != "" {
-		t.Fatalf("client got %q after its final response", got)
+	up.answer(t, b, "200 OK")
+	if got := c.read(t, 2*time.Second); got != "SIP/2.0 200 OK" {
+		t.Fatalf("client got %q after its final response, want only the next request's 200", got)
 	}
 
 	c.send(t) // retransmitted after the final response
 	if got := c.read(t, 2*time.Second); got != "SIP/2.0 202 Accepted" {
 		t.Fatalf("retransmission answered %q, want the 202 again", got)
 	}
-	up.none(t, 300*time.Millisecond)
+	// A request the client sends after the retransmission is what the
+	// upstream gets next: the retransmission did not go on.
+	c.other("lane-1c").send(t)
+	if d := up.next(t, 2*time.Second); !bytes.Contains(d.data, []byte("\r\nCall-ID: lane-1c\r\n")) {
+		t.Fatalf("upstream got %q after the final response, want the next request", firstLine(d.data))
+	}
 }
 
 // A 401/407 on the fast lane is answered off it, as on the usual path:

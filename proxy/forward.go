@@ -593,7 +593,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 		}
 	}
 	for _, pk := range picks {
-		nc := f.p.nonces.next(f.up.Address, pk.ch.Realm, pk.ch.Nonce, now)
+		nc := f.p.nonces.next(f.nonceServer(), pk.ch.Realm, pk.ch.Nonce, now)
 		val, err := computeAuthorization(pk.ch, pk.cred, next.Method.String(), next.Recipient.String(), next.Body(), nc, newCnonce())
 		if err != nil {
 			// canAnswer vetted the challenge; this is a bug, not an input.

@@ -16,8 +16,10 @@ import (
 // move a target up or down with hysteresis, and a transaction that failed
 // on a target (no response, a transport error, a 503: failover.go) keeps
 // it out of requests' first choices for a while (avoidFor), as Kamailio's
-// destination blocklist does, with health checks on or off. An upstream is
-// up when one of its targets is, down when all are.
+// destination blocklist does, with health checks on or off; with them on,
+// a target the pings saw down and then up again is back in requests' first
+// choices as soon as it is marked up. An upstream is up when one of its
+// targets is, down when all are.
 
 // Passive avoidance of a target after a failed transaction.
 const (
@@ -292,6 +294,12 @@ func (h *healthChecker) record(ups []*upstream, results []pingResult, cfg Health
 			next = HealthDown
 		}
 		if next != s.state {
+			if next == HealthUp && s.state == HealthDown {
+				// The pings saw it die and come back (a restart): the
+				// avoidance its failed transactions earned ends now, so
+				// that it rejoins at once rather than at avoidFor.
+				s.avoidUntil = time.Time{}
+			}
 			s.state, s.since = next, now
 			if next == HealthUp {
 				h.p.log.Info("upstream target up", logUpstream, r.u.Name, "target", r.t.Addr.String())

@@ -80,23 +80,36 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 		}
 		return ok
 	}
+	// startCancelling takes the client's CANCEL (§16.10): the client has
+	// its 487, the upstream INVITE is cancelled once it may be.
+	startCancelling := func() {
+		cancelling = true
+		clientDone = nil // the server transaction now ends on its own
+		f.outcome = "cancelled"
+		f.status = sip.StatusRequestTerminated
+		f.replied = true
+		cancelUpstream()
+		// Bound the wait for the upstream's final response.
+		resetTimer(timer, f.p.cfg.UpstreamTimeout)
+	}
 	for {
 		select {
 		case <-cancelled:
-			cancelling = true
-			clientDone = nil // the server transaction now ends on its own
-			f.outcome = "cancelled"
-			f.status = sip.StatusRequestTerminated
-			f.replied = true
-			cancelUpstream()
-			// Bound the wait for the upstream's final response.
-			resetTimer(timer, f.p.cfg.UpstreamTimeout)
+			if !cancelling {
+				startCancelling()
+			}
 
 		case res := <-clTx.Responses():
 			if f.p.misdirectedOnStream(res) {
 				continue
 			}
 			f.att.answered = true
+			if !cancelling && isCancelled.Load() {
+				// The CANCEL came before this response, though select
+				// picked the response first: a challenge must not be
+				// answered, nor a 2xx relayed, for a cancelled INVITE.
+				startCancelling()
+			}
 			if res.IsProvisional() {
 				provisional = true
 				if res.StatusCode != sip.StatusTrying {

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"bytes"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -124,5 +127,32 @@ func TestLocalAuthNonce(t *testing.T) {
 	}
 	if !la.acceptCount(n, 1, true) || la.acceptCount(n, 1, true) || !la.acceptCount(n, 2, true) {
 		t.Fatal("nonce counts not checked for replay")
+	}
+}
+
+// TestRefusalLogThrottled: a flood of refusals writes one "request refused"
+// line a second, not one per request, so that refused traffic cannot fill
+// the log.
+func TestRefusalLogThrottled(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	p := &Proxy{}
+	src := netip.MustParseAddr("192.0.2.7")
+	for range 100 {
+		p.refusalLog(log, "source not admitted", src)
+	}
+	if n := strings.Count(buf.String(), `"msg":"request refused"`); n != 1 {
+		t.Fatalf("%d lines for 100 refusals within a second, want 1:\n%s", n, buf.String())
+	}
+	for _, want := range []string{`"level":"WARN"`, `"reason":"source not admitted"`, `"source":"192.0.2.7"`} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("refusal line lacks %s: %s", want, buf.String())
+		}
+	}
+	// A second later the next refusal is logged again.
+	p.lastRefusalLog.Store(time.Now().Add(-time.Second - time.Millisecond).UnixNano())
+	p.refusalLog(log, "rate-limited", src)
+	if n := strings.Count(buf.String(), `"msg":"request refused"`); n != 2 {
+		t.Fatalf("%d lines after the second passed, want 2", n)
 	}
 }

@@ -268,7 +268,8 @@ func (f *forwarding) addPreemptive() {
 		return
 	}
 	f.pre.added = true
-	refs := f.p.preempt.realmsFor(f.up.Address, req.Method.String())
+	server := f.nonceServer()
+	refs := f.p.preempt.realmsFor(server, req.Method.String())
 	if len(refs) == 0 {
 		return
 	}
@@ -281,7 +282,7 @@ func (f *forwarding) addPreemptive() {
 		if f.hop.transport != "TLS" && f.rt.scopedToTLS(cred.Server) {
 			continue
 		}
-		k := authCacheKey{server: f.up.Address, realmKey: r.key(), username: cred.Username}
+		k := authCacheKey{server: server, realmKey: r.key(), username: cred.Username}
 		ch, nc, ok := f.p.preempt.take(k, f.p.nonces, now)
 		if !ok || !canAnswer(ch, cred) {
 			continue
@@ -295,6 +296,19 @@ func (f *forwarding) addPreemptive() {
 		f.pre.sent = append(f.pre.sent, preemptSent{key: k, nonce: ch.Nonce})
 		f.credIDs = append(f.credIDs, cred.String())
 	}
+}
+
+// nonceServer is the server a nonce belongs to, the key of the nonce
+// counts and of the cached challenges: the upstream addressed by IP, or,
+// for one addressed by name, the upstream and the target the request is
+// sent to. Each target of a name issues its own nonces (RFC 7616 §3.3),
+// and an answer computed for one target's nonce would be refused by
+// another, which counts it as a failed authentication.
+func (f *forwarding) nonceServer() string {
+	if f.up.literal != nil {
+		return f.up.Address
+	}
+	return f.up.Address + " " + f.hop.addr
 }
 
 // preemptiveChallenged is told of a 401/407: a preemptive answer for a
@@ -361,7 +375,7 @@ func (f *forwarding) preemptiveDone(status int) {
 	if len(f.pre.answered) > 0 {
 		now := time.Now()
 		for _, a := range f.pre.answered {
-			f.p.preempt.put(f.up.Address, a.method, a.ch, a.username, a.nc, now)
+			f.p.preempt.put(f.nonceServer(), a.method, a.ch, a.username, a.nc, now)
 		}
 	}
 	if len(f.pre.sent) > 0 && !f.pre.challenged {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
@@ -150,7 +151,11 @@ func checkAppendForward(t testing.TB, data []byte, flags byte, shift uint32) (se
 	extra := []authAnswer{{header: "Proxy-Authorization", value: `Digest username="u", realm="r", nonce="n", uri="sip:a", response="0"`}}
 	via := appendVia(nil, "127.0.0.1", 5060, "z9hG4bK-ours")
 
+	received := bytes.Clone(data)
 	out, ok := e.appendForward([]byte("junk"), data, len(req.Body()), via, extra)
+	if !bytes.Equal(data, received) {
+		t.Fatalf("appendForward changed the received datagram")
+	}
 	if string(out[:4]) != "junk" {
 		t.Fatalf("appendForward overwrote dst")
 	}

@@ -329,10 +329,7 @@ func (tr *trunkReg) run(ctx context.Context) {
 		if err == nil {
 			registered = true
 			failures = 0
-			wait = granted / 2
-			if granted-refreshMargin > wait {
-				wait = granted - refreshMargin
-			}
+			wait = refreshIn(granted)
 			tr.update(func(s *RegistrationState) {
 				s.State, s.LastStatus, s.LastError, s.Failures = RegStateRegistered, status, "", 0
 				s.Expires, s.NextAttempt = now.Add(granted), now.Add(wait)
@@ -361,6 +358,13 @@ func (tr *trunkReg) run(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// refreshIn is when a registration granted for granted is refreshed:
+// refreshMargin before it expires, or at half its lifetime when the
+// lifetime is too short for that margin.
+func refreshIn(granted time.Duration) time.Duration {
+	return max(granted/2, granted-refreshMargin)
 }
 
 // backoff is the wait after n consecutive failures: doubling from the

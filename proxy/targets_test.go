@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -194,5 +196,37 @@ func TestUsableTargets(t *testing.T) {
 	}
 	if got := p.usableTargets(u, []resolve.Target{v6}); len(got) != 0 {
 		t.Errorf("usable = %v, want none (no IPv6 listener)", got)
+	}
+}
+
+// TestAvoidanceEndsWhenPingsSeeTargetUp: a target avoided after a failed
+// transaction, then marked down by pings, is a first choice again as soon
+// as the pings mark it up (a restart), not only once avoidFor has passed.
+// A target that was never marked down keeps its avoidance.
+func TestAvoidanceEndsWhenPingsSeeTargetUp(t *testing.T) {
+	p := &Proxy{log: slog.New(slog.DiscardHandler), cfg: Config{Observer: noObserver{}}}
+	cfg := HealthCheck{Interval: time.Second, DownAfter: 1, UpAfter: 2}.withDefaults()
+	p.health = newHealthChecker(p, cfg)
+	u := &upstream{Upstream: Upstream{Name: "u"}}
+	t1 := literalTarget(netip.MustParseAddr("192.0.2.1"), 5060, "UDP", "t1")
+	t2 := literalTarget(netip.MustParseAddr("192.0.2.2"), 5060, "UDP", "t2")
+	ups := []*upstream{u}
+	round := func(err1 error) {
+		p.health.record(ups, []pingResult{{u: u, t: t1, status: 200, err: err1}, {u: u, t: t2, status: 200}}, cfg, time.Now())
+	}
+	round(nil) // both up
+	p.health.failed(u, t1, "timeout", 0)
+	p.health.failed(u, t2, "timeout", 0)
+	round(errors.New("timeout")) // t1 down
+	round(nil)
+	if !p.health.avoid(u, t1, time.Now()) {
+		t.Fatalf("t1 not avoided after one answered ping (up_after 2)")
+	}
+	round(nil) // t1 up again
+	if p.health.avoid(u, t1, time.Now()) {
+		t.Errorf("t1 still avoided after the pings marked it up")
+	}
+	if !p.health.avoid(u, t2, time.Now()) {
+		t.Errorf("t2, never marked down, lost its avoidance")
 	}
 }

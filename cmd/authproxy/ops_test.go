@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/config"
+	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
@@ -130,50 +131,103 @@ func TestErrorList(t *testing.T) {
 	}
 }
 
-// TestFileWatcher: writing the file, and replacing it by rename as
-// config management does, each signal a change.
+// TestFileWatcher: writing the file, replacing it by rename as config
+// management does, and a Kubernetes ConfigMap update (the file is a
+// symlink through "..data", which is swapped atomically to a new
+// directory) each signal a change, one after the other.
 func TestFileWatcher(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "authproxy.toml")
 	if err := os.WriteFile(path, []byte("a"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w := newFileWatcher(path, 10*time.Millisecond, slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer func() {
-		cancel()
-		<-w.done
-	}()
-	go w.run(ctx)
-	// Watch arms synchronously at the start of run; wait for it through a
-	// write that keeps coming until it is seen.
-	wait := func(what string, act func()) {
-		t.Helper()
-		deadline := time.After(5 * time.Second)
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		act()
-		for {
-			select {
-			case <-w.changed:
-				return
-			case <-tick.C:
-				act() // the watch may not have been armed at the first write
-			case <-deadline:
-				t.Fatalf("no change signalled after %s", what)
-			}
-		}
-	}
+	w := startFileWatcher(t, path)
 	n := 0
-	wait("a write", func() {
+	waitChanged(t, w, "a write", func() {
 		n++
 		_ = os.WriteFile(path, fmt.Appendf(nil, "write %d", n), 0o600)
 	})
-	wait("a rename over the file", func() {
+	waitChanged(t, w, "a rename over the file", func() {
 		tmp := filepath.Join(dir, "new.tmp")
 		_ = os.WriteFile(tmp, []byte("renamed"), 0o600)
 		_ = os.Rename(tmp, path)
 	})
+}
+
+// TestFileWatcherConfigMapSwap: a file mounted from a ConfigMap is
+// dir/authproxy.toml -> ..data/authproxy.toml, ..data -> ..<timestamp>;
+// the kubelet writes a new ..<timestamp> directory, points ..data_tmp at
+// it, renames ..data_tmp over ..data and removes the old directory. The
+// file's own path never changes; the watch still signals each swap.
+func TestFileWatcherConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	version := 0
+	swap := func() {
+		version++
+		ts := fmt.Sprintf("..2026_12_03_%03d", version)
+		if err := os.Mkdir(filepath.Join(dir, ts), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, ts, "authproxy.toml"), fmt.Appendf(nil, "version %d", version), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(ts, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		if version > 1 {
+			_ = os.RemoveAll(filepath.Join(dir, fmt.Sprintf("..2026_12_03_%03d", version-1)))
+		}
+	}
+	swap()
+	path := filepath.Join(dir, "authproxy.toml")
+	if err := os.Symlink(filepath.Join("..data", "authproxy.toml"), path); err != nil {
+		t.Fatal(err)
+	}
+	w := startFileWatcher(t, path)
+	waitChanged(t, w, "a ConfigMap swap", swap)
+	waitChanged(t, w, "a second ConfigMap swap", swap)
+	if b, err := os.ReadFile(path); err != nil || !strings.HasPrefix(string(b), "version ") {
+		t.Fatalf("the file through the symlinks: %q, %v", b, err)
+	}
+}
+
+// startFileWatcher runs a fileWatcher on path until the test ends.
+func startFileWatcher(t *testing.T, path string) *fileWatcher {
+	t.Helper()
+	w := newFileWatcher(path, 10*time.Millisecond, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() {
+		cancel()
+		<-w.done
+	})
+	go w.run(ctx)
+	return w
+}
+
+// waitChanged does act and waits for w to signal a change. The watch arms
+// at the start of run, asynchronously to the test, so act is repeated
+// until the signal comes (a change made before the watch armed is not
+// seen); only the first signal after act counts.
+func waitChanged(t *testing.T, w *fileWatcher, what string, act func()) {
+	t.Helper()
+	deadline := time.After(testutil.EventuallyLimit)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	act()
+	for {
+		select {
+		case <-w.changed:
+			return
+		case <-tick.C:
+			act()
+		case <-deadline:
+			t.Fatalf("no change signalled after %s", what)
+		}
+	}
 }
 
 // TestRun_AdminListener runs the command with [admin] on a free port: the
@@ -333,5 +387,72 @@ func TestTCPWiring(t *testing.T) {
 	}
 	if got := restartKeys(mustParse(t, opsBase), cfg); !slices.Equal(got, []string{"tcp"}) {
 		t.Errorf("restartKeys = %q, want [tcp]", got)
+	}
+}
+
+// TestProxyConfigWiring: every key of [proxy], [log] sip_trace, [dns],
+// [health] and [limits] reaches the proxy's configuration with its value,
+// none left at a default.
+func TestProxyConfigWiring(t *testing.T) {
+	cfg := mustParse(t, opsBase+`
+[proxy]
+max_challenges = 7
+shutdown_grace = "7s"
+timer_c = "4m"
+dialog_idle_timeout = "3h"
+failover_timeout = "2s"
+[dns]
+servers = ["192.0.2.53:5353"]
+min_ttl = "20s"
+max_ttl = "2h"
+timeout = "3s"
+[health]
+options_interval = "9s"
+down_after = 4
+up_after = 5
+[limits]
+rate = 11
+burst = 12
+max_per_source = 13
+max_total = 14
+auth_failures = 15
+block_for = "16s"
+max_sources = 17
+deny = "drop"
+`)
+	cfg.Log.SIPTrace = true
+	pcfg, err := proxyConfig(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		key       string
+		got, want any
+	}{
+		{"proxy.max_challenges", pcfg.MaxChallenges, 7},
+		{"proxy.shutdown_grace", pcfg.ShutdownGrace, 7 * time.Second},
+		{"proxy.timer_c", pcfg.TimerC, 4 * time.Minute},
+		{"proxy.dialog_idle_timeout", pcfg.DialogIdleTimeout, 3 * time.Hour},
+		{"proxy.failover_timeout", pcfg.FailoverTimeout, 2 * time.Second},
+		{"log.sip_trace", pcfg.SIPTrace, true},
+		{"dns.servers", fmt.Sprint(pcfg.DNS.Servers), "[192.0.2.53:5353]"},
+		{"dns.min_ttl", pcfg.DNS.MinTTL, 20 * time.Second},
+		{"dns.max_ttl", pcfg.DNS.MaxTTL, 2 * time.Hour},
+		{"dns.timeout", pcfg.DNS.Timeout, 3 * time.Second},
+		{"health.options_interval", pcfg.Health.Interval, 9 * time.Second},
+		{"health.down_after", pcfg.Health.DownAfter, 4},
+		{"health.up_after", pcfg.Health.UpAfter, 5},
+		{"limits.rate", pcfg.Limits.Rate, 11.0},
+		{"limits.burst", pcfg.Limits.Burst, 12},
+		{"limits.max_per_source", pcfg.Limits.MaxPerSource, 13},
+		{"limits.max_total", pcfg.Limits.MaxTotal, 14},
+		{"limits.auth_failures", pcfg.Limits.AuthFailures, 15},
+		{"limits.block_for", pcfg.Limits.BlockFor, 16 * time.Second},
+		{"limits.max_sources", pcfg.Limits.MaxSources, 17},
+		{"limits.deny", pcfg.Limits.Drop, true},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s reaches the proxy as %v, want %v", c.key, c.got, c.want)
+		}
 	}
 }

@@ -138,8 +138,8 @@ type TCPConnections struct {
 	AcceptErrors uint64 `json:"accept_errors"`
 }
 
-// TrunkRegistration is one registration authproxy maintains upstream. It
-// is a placeholder: trunk registrations do not exist yet.
+// TrunkRegistration is one [[registration]] authproxy keeps registered
+// upstream: its AOR, its upstream and its state.
 type TrunkRegistration struct {
 	Name     string `json:"name"`
 	Upstream string `json:"upstream"`

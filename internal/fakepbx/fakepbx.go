@@ -167,6 +167,7 @@ type Config struct {
 
 // Request is one request as received by the fake.
 type Request struct {
+	At         time.Time // when the fake received it
 	Method     string
 	CallID     string
 	Transport  string // "UDP", "TCP" or "TLS"
@@ -657,6 +658,7 @@ type credential struct {
 // tap unless given), and parses its credentials.
 func (s *Server) newIncoming(req *sip.Request, raw *rawRequest) *incoming {
 	r := Request{
+		At:         time.Now(),
 		Method:     req.Method.String(),
 		Transport:  strings.ToUpper(req.Transport()),
 		Source:     req.Source(),

@@ -12,6 +12,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 var transports = []string{"UDP", "TCP"}
@@ -730,9 +732,16 @@ func TestNoGoroutineOutlivesTheFake(t *testing.T) {
 			wantStatus(t, do(t, c, req), 200) // its handler waits for an ACK until cleanup
 		}
 	})
+	noGoroutineAfter(t, maxBefore)
+}
+
+// noGoroutineAfter waits for every goroutine started after the one
+// numbered maxBefore to end, and fails the test naming those still
+// running if they do not.
+func noGoroutineAfter(t *testing.T, maxBefore int) {
+	t.Helper()
 	var leaked []string
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		// Polling for goroutines to exit, not for readiness.
+	err := testutil.Wait(t.Context(), testutil.EventuallyLimit, func() bool {
 		all, _ := goroutines()
 		leaked = leaked[:0]
 		for id, stack := range all {
@@ -740,11 +749,11 @@ func TestNoGoroutineOutlivesTheFake(t *testing.T) {
 				leaked = append(leaked, stack)
 			}
 		}
-		if len(leaked) == 0 {
-			return
-		}
+		return len(leaked) == 0
+	})
+	if err != nil {
+		t.Errorf("%d goroutines started during the test are still running:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
 	}
-	t.Errorf("%d goroutines started during the test are still running:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
 }
 
 // goroutines returns the stack of every other goroutine by id, and the

@@ -165,7 +165,10 @@ type Call struct {
 	// CSeq and Branch.
 	Cancelled bool
 	// Retransmissions counts 2xx retransmissions sent while awaiting ACKs.
-	Retransmissions int
+	// RetransmissionsAcked: they ended because every 2xx of the INVITE
+	// transaction was ACKed (not because the UA gave up); none follows.
+	Retransmissions      int
+	RetransmissionsAcked bool
 	// Requests are the requests received in the dialog (ACKs and PRACK
 	// included) and the CANCELs of its INVITE, in arrival order; the INVITE
 	// itself is not included (see Server.Requests).
@@ -713,10 +716,15 @@ func (s *Server) awaitAcks(tx sip.ServerTransaction, udp bool, ds []delivery, no
 				pending = append(pending, d)
 			}
 		}
-		s.mu.Unlock()
 		if len(pending) == 0 {
+			for _, d := range ds {
+				d.c.RetransmissionsAcked = true
+			}
+			s.bumpLocked()
+			s.mu.Unlock()
 			return
 		}
+		s.mu.Unlock()
 		select {
 		case <-notify:
 		case ack := <-acks:

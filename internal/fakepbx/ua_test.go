@@ -12,6 +12,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // caller is a UA on loopback that calls the fake directly (no proxy): a
@@ -440,13 +442,21 @@ func TestUnackedOKRetransmitted(t *testing.T) {
 	l.ack(2, true)
 	c := pbx.WaitCall(t, 5*time.Second, func(cs []Call) bool { return cs[0].Acked })[0]
 	n := c.Retransmissions
-	time.Sleep(1200 * time.Millisecond) // past the next retransmission (1s): none may come
-	if c := oneCall(t, pbx); c.Retransmissions != n {
+	// The retransmissions end with the ACK: the loop says so when it
+	// stops, and one retransmission at most raced the ACK.
+	c = pbx.WaitCall(t, 5*time.Second, func(cs []Call) bool { return cs[0].RetransmissionsAcked })[0]
+	if c.Retransmissions > n+1 {
 		t.Errorf("retransmissions went on after the ACK: %d -> %d", n, c.Retransmissions)
 	}
+	// The retransmissions the fake sent reach the caller.
+	testutil.Eventually(t, "the caller seeing a retransmission", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(again) > 0
+	})
 	mu.Lock()
 	defer mu.Unlock()
-	if len(again) == 0 || again[0].StatusCode != 200 {
+	if again[0].StatusCode != 200 {
 		t.Errorf("caller saw retransmissions %v", again)
 	}
 }
@@ -830,16 +840,11 @@ func TestForks(t *testing.T) {
 			wantStatus(t, res, 200)
 			first, _ := res.To().Params.Get("tag")
 			calls := pbx.WaitCall(t, 5*time.Second, func(cs []Call) bool { return len(cs) == 3 })
-			deadline := time.Now().Add(5 * time.Second)
-			for {
+			testutil.Eventually(t, "the other forks' 2xx retransmitted", func() bool {
 				mu.Lock()
-				n := len(tags)
-				mu.Unlock()
-				if n >= 2 || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(10 * time.Millisecond) // polling the hook's map; no event to wait on
-			}
+				defer mu.Unlock()
+				return len(tags) >= 2
+			})
 			mu.Lock()
 			tags[first] = true
 			got := len(tags)
@@ -935,19 +940,5 @@ func TestUANoGoroutineOutlivesTheFake(t *testing.T) {
 			wantStatus(t, unacked.waitFinal(unacked.tx), 200)
 		}
 	})
-	var leaked []string
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		// Polling for goroutines to exit, not for readiness.
-		all, _ := goroutines()
-		leaked = leaked[:0]
-		for id, stack := range all {
-			if id > maxBefore {
-				leaked = append(leaked, stack)
-			}
-		}
-		if len(leaked) == 0 {
-			return
-		}
-	}
-	t.Errorf("%d goroutines started during the test are still running:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
+	noGoroutineAfter(t, maxBefore)
 }

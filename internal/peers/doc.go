@@ -4,9 +4,10 @@
 //
 // Everything here is test support: functions take a testing.TB, call
 // t.Helper, put their files under t.TempDir and stop what they started in
-// t.Cleanup. Nothing sends traffic outside 127.0.0.0/8: every address a
-// helper binds or dials must be a literal IPv4 loopback address. Linux routes
-// all of 127.0.0.0/8 to lo, so each peer can have an address of its own
+// t.Cleanup. Nothing sends traffic off the machine: every address a helper
+// binds or dials must be a literal loopback address, in 127.0.0.0/8 or ::1
+// (the e2e tests run Kamailio and SIPp on both). Linux routes all of
+// 127.0.0.0/8 to lo, so each peer can have an address of its own
 // (127.0.0.2 for one PBX, 127.0.0.3 for the next, ...).
 //
 // The pieces:

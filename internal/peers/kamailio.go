@@ -104,6 +104,12 @@ type KamailioConfig struct {
 	// it (internal/lossyrelay), so that requests inside a dialog take the
 	// relay too. Empty means Host:Port. UDP only.
 	Advertise string
+	// InviteStatus is the final status Kamailio answers an authenticated
+	// INVITE with when it relays nothing (neither RelayTo nor Registrar):
+	// 300..699; zero means 486 Busy Here. 503 plays a carrier that cannot
+	// take calls (a proxy relaying a callee's 503 sends 500 instead, RFC
+	// 3261 §16.7 step 6).
+	InviteStatus int
 	// Secret is the auth module's secret, from which nonces are computed.
 	// Empty lets Kamailio draw one at each start; a fixed one keeps the
 	// nonces it issued valid across a restart (as on a cluster of PBXs).
@@ -214,6 +220,13 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 	} else if cfg.RelayTransport != "" || cfg.ChallengeBYE {
 		return cfg, errors.New("RelayTransport and ChallengeBYE need RelayTo")
 	}
+	switch {
+	case cfg.InviteStatus == 0: // 486, filled in by renderKamailio
+	case cfg.InviteStatus < 300 || cfg.InviteStatus > 699:
+		return cfg, fmt.Errorf("invite status %d: want 300..699", cfg.InviteStatus)
+	case cfg.RelayTo != "" || cfg.Registrar:
+		return cfg, errors.New("InviteStatus needs neither RelayTo nor Registrar")
+	}
 	if cfg.Registrar && cfg.RelayTo != "" {
 		return cfg, errors.New("Registrar and RelayTo exclude each other")
 	}
@@ -267,10 +280,17 @@ type kamailioData struct {
 	StaleFlags     int            // the same plus stale=true
 	NonceExpire    int            // seconds, 0 = module default
 	RelayHost      string         // host of RelayTo
+	ListenHost     string         // Host, in brackets when IPv6
 }
 
 func renderKamailio(cfg KamailioConfig) ([]byte, error) {
-	d := kamailioData{KamailioConfig: cfg}
+	d := kamailioData{KamailioConfig: cfg, ListenHost: cfg.Host}
+	if d.InviteStatus == 0 {
+		d.InviteStatus = 486
+	}
+	if strings.Contains(cfg.Host, ":") {
+		d.ListenHost = "[" + cfg.Host + "]"
+	}
 	for u, p := range cfg.Users {
 		d.Users = append(d.Users, kamailioUser{u, p})
 	}
@@ -366,7 +386,7 @@ func (k *Kamailio) waitReady(ctx context.Context) error {
 		return err
 	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp4", k.Addr())
+	c, err := d.DialContext(ctx, "tcp", k.Addr())
 	if err != nil {
 		return fmt.Errorf("tcp: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -14,12 +15,12 @@ import (
 )
 
 func TestCheckLoopback(t *testing.T) {
-	for _, ok := range []string{"127.0.0.1", "127.0.0.2", "127.255.0.9"} {
+	for _, ok := range []string{"127.0.0.1", "127.0.0.2", "127.255.0.9", "::1"} {
 		if err := checkLoopback(ok); err != nil {
 			t.Errorf("checkLoopback(%q) = %v, want nil", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "localhost", "0.0.0.0", "10.0.0.1", "192.168.1.1", "8.8.8.8", "::1", "::ffff:10.0.0.1"} {
+	for _, bad := range []string{"", "localhost", "0.0.0.0", "10.0.0.1", "192.168.1.1", "8.8.8.8", "::", "::2", "fe80::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"} {
 		if err := checkLoopback(bad); err == nil {
 			t.Errorf("checkLoopback(%q) = nil, want an error", bad)
 		}
@@ -30,9 +31,10 @@ func TestCheckLoopback(t *testing.T) {
 }
 
 func TestFreePort(t *testing.T) {
-	p := FreePort(t, "127.0.0.2")
-	if p <= 0 || p > 65535 {
-		t.Fatalf("FreePort = %d", p)
+	for _, host := range []string{"127.0.0.2", "::1"} {
+		if p := FreePort(t, host); p <= 0 || p > 65535 {
+			t.Fatalf("FreePort(%q) = %d", host, p)
+		}
 	}
 }
 
@@ -102,9 +104,27 @@ func TestNormalizeKamailio(t *testing.T) {
 		"relay without port": {RelayTo: "127.0.0.4"},
 		"relay over sctp":    {RelayTo: "127.0.0.4:5060", RelayTransport: "sctp"},
 		"ChallengeBYE alone": {ChallengeBYE: true},
+		"status and relay":   {RelayTo: "127.0.0.4:5060", InviteStatus: 503},
 	} {
 		if _, err := normalizeKamailio(bad); err == nil {
 			t.Errorf("%s: accepted %+v", name, bad)
+		}
+	}
+	// A normalized config normalizes again to itself: a restart starts
+	// Kamailio again from Kamailio.Config.
+	for name, c := range map[string]KamailioConfig{
+		"plain":     {},
+		"status":    {InviteStatus: 503},
+		"relay":     {RelayTo: "127.0.0.4:5060"},
+		"registrar": {Registrar: true},
+	} {
+		once, err := normalizeKamailio(c)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		twice, err := normalizeKamailio(once)
+		if err != nil || !reflect.DeepEqual(once, twice) {
+			t.Errorf("%s: normalized again: %+v, %v; want %+v", name, twice, err, once)
 		}
 	}
 }
@@ -182,13 +202,18 @@ func TestRequire(t *testing.T) {
 }
 
 func TestSocketBound(t *testing.T) {
-	const host = "127.0.0.9"
-	u, err := net.ListenPacket("udp4", host+":0")
+	for _, host := range []string{"127.0.0.9", "::1"} {
+		t.Run(host, func(t *testing.T) { testSocketBound(t, host) })
+	}
+}
+
+func testSocketBound(t *testing.T, host string) {
+	u, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	uport := u.LocalAddr().(*net.UDPAddr).Port
-	l, err := net.Listen("tcp4", host+":0")
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,8 +79,8 @@ func Require(t testing.TB, binaries ...string) {
 }
 
 // FreePort returns a port that is free for both UDP and TCP on host, which
-// must be a loopback IPv4 address such as "127.0.0.2". Linux routes all of
-// 127.0.0.0/8 to lo, so each peer can have its own address.
+// must be a loopback address: IPv4 such as "127.0.0.2" (Linux routes all of
+// 127.0.0.0/8 to lo, so each peer can have its own address) or "::1".
 //
 // The port is only free when FreePort returns; a caller that loses the race
 // to bind it should ask again.
@@ -97,15 +97,19 @@ func freePort(host string) (int, error) {
 	if err := checkLoopback(host); err != nil {
 		return 0, err
 	}
+	tcp, udp := "tcp4", "udp4"
+	if strings.Contains(host, ":") {
+		tcp, udp = "tcp6", "udp6"
+	}
 	var lastErr error
 	for range 20 {
 		// Let the kernel pick a TCP port, then claim the same number on UDP.
-		tl, err := net.Listen("tcp4", net.JoinHostPort(host, "0"))
+		tl, err := net.Listen(tcp, net.JoinHostPort(host, "0"))
 		if err != nil {
 			return 0, err
 		}
 		port := tl.Addr().(*net.TCPAddr).Port
-		ul, err := net.ListenPacket("udp4", net.JoinHostPort(host, strconv.Itoa(port)))
+		ul, err := net.ListenPacket(udp, net.JoinHostPort(host, strconv.Itoa(port)))
 		tl.Close()
 		if err != nil {
 			lastErr = err
@@ -120,15 +124,16 @@ func freePort(host string) (int, error) {
 	return 0, fmt.Errorf("no port free for both udp and tcp: %w", lastErr)
 }
 
-// checkLoopback refuses anything but a literal IPv4 loopback address, so a
-// typo cannot point a test peer at a real network.
+// checkLoopback refuses anything but a literal loopback address (in
+// 127.0.0.0/8, or ::1), so a typo cannot point a test peer at a real
+// network.
 func checkLoopback(host string) error {
 	a, err := netip.ParseAddr(host)
 	if err != nil {
 		return fmt.Errorf("peers: host %q is not an IP address: %w", host, err)
 	}
-	if !a.Is4() || !a.IsLoopback() {
-		return fmt.Errorf("peers: host %q is not in 127.0.0.0/8", host)
+	if !a.IsLoopback() || a.Is4In6() || a.Zone() != "" {
+		return fmt.Errorf("peers: host %q is not in 127.0.0.0/8 nor ::1", host)
 	}
 	return nil
 }

@@ -30,11 +30,11 @@ func UDPExchange(ctx context.Context, addr string, skipProvisional bool, build f
 	if err := checkLoopbackAddr(addr); err != nil {
 		return "", err
 	}
-	raddr, err := net.ResolveUDPAddr("udp4", addr)
+	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return "", err
 	}
-	conn, err := net.DialUDP("udp4", nil, raddr)
+	conn, err := net.DialUDP("udp", nil, raddr)
 	if err != nil {
 		return "", err
 	}

@@ -164,26 +164,35 @@ func (s *SippServer) result() SippResult {
 }
 
 // socketBound reports whether a UDP socket is bound, or a TCP socket
-// listening, on the IPv4 address host:port, from /proc/net/udp or
-// /proc/net/tcp (Linux).
+// listening, on host:port, from /proc/net/udp, /proc/net/tcp or, for an
+// IPv6 host, /proc/net/udp6 and /proc/net/tcp6 (Linux).
 func socketBound(proto, host string, port int) (bool, error) {
 	a, err := netip.ParseAddr(host)
-	if err != nil || !a.Is4() {
-		return false, fmt.Errorf("peers: %q is not an IPv4 address", host)
+	if err != nil {
+		return false, fmt.Errorf("peers: %q is not an IP address", host)
 	}
-	f, err := os.Open("/proc/net/" + proto)
+	file := proto
+	if a.Is6() {
+		file += "6"
+	}
+	f, err := os.Open("/proc/net/" + file)
 	if err != nil {
 		return false, err
 	}
 	defer f.Close()
-	b := a.As4()
-	// The kernel prints the address as a host-order (little-endian on
-	// every platform this runs on) 32-bit hex number, the port big-endian.
-	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", b[3], b[2], b[1], b[0], port)
+	// The kernel prints the address as host-order (little-endian on every
+	// platform this runs on) 32-bit hex numbers, one for IPv4, four for
+	// IPv6, and the port big-endian.
+	b := a.AsSlice()
+	var want strings.Builder
+	for i := 0; i < len(b); i += 4 {
+		fmt.Fprintf(&want, "%02X%02X%02X%02X", b[i+3], b[i+2], b[i+1], b[i])
+	}
+	fmt.Fprintf(&want, ":%04X", port)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 4 || fields[1] != want {
+		if len(fields) < 4 || fields[1] != want.String() {
 			continue
 		}
 		// TCP state 0A is LISTEN; an unconnected UDP socket shows 07.

@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"testing"
+	"time"
+)
+
+// TestDialogIdleTimeout: a dialog with no request for longer than
+// dialog_idle_timeout is forgotten at the next sweep; a request in the
+// dialog, from either side, restarts the wait.
+func TestDialogIdleTimeout(t *testing.T) {
+	const idle = 2 * time.Hour
+	start := time.Unix(1_700_000_000, 0)
+	for _, tc := range []struct {
+		name    string
+		touch   func(*dialogTable, time.Time) *dialog // a request at start+1h
+		sweepAt time.Duration                         // after start
+		kept    bool
+	}{
+		{name: "within the bound", sweepAt: idle, kept: true},
+		{name: "past the bound", sweepAt: idle + time.Second, kept: false},
+		{name: "client request restarts the wait", sweepAt: idle + time.Minute, kept: true,
+			touch: func(dt *dialogTable, now time.Time) *dialog { return dt.fromClient("c1", "caller", "callee", now) }},
+		{name: "upstream request restarts the wait", sweepAt: idle + time.Minute, kept: true,
+			touch: func(dt *dialogTable, now time.Time) *dialog { return dt.fromUpstream("c1", "callee", "caller", now) }},
+		{name: "restarted wait ends too", sweepAt: time.Hour + idle + time.Second, kept: false,
+			touch: func(dt *dialogTable, now time.Time) *dialog { return dt.fromClient("c1", "caller", "callee", now) }},
+		{name: "a request of another dialog does not count", sweepAt: idle + time.Minute, kept: false,
+			touch: func(dt *dialogTable, now time.Time) *dialog {
+				if d := dt.fromClient("c1", "caller", "other-callee", now); d != nil {
+					t.Error("a request with another To tag found the dialog")
+				}
+				return &dialog{}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dt := newDialogTable()
+			dt.put(&dialog{key: dialogKey{callID: "c1", callerTag: "caller", calleeTag: "callee"}, lastUse: start})
+			if tc.touch != nil && tc.touch(dt, start.Add(time.Hour)) == nil {
+				t.Fatal("the request did not find its dialog")
+			}
+			dt.sweep(start.Add(tc.sweepAt), idle)
+			if got := dt.len() == 1; got != tc.kept {
+				t.Fatalf("dialog kept = %v after a sweep at +%v, want %v", got, tc.sweepAt, tc.kept)
+			}
+		})
+	}
+}
