@@ -1,6 +1,6 @@
 // Package bench measures authproxy under load against a real upstream:
 // Kamailio on loopback challenging every out-of-dialog request with a 407
-// (bench/upstream.cfg.tmpl), SIPp as the load generator and as the callee.
+// (peers.KamailioLoadTrunk), SIPp as the load generator and as the callee.
 // It is not part of go test ./...: the test skips unless AUTHPROXY_BENCH=1.
 //
 // Run (results and the commands behind them: bench/RESULTS.md):
@@ -18,10 +18,8 @@ package bench
 import (
 	"bytes"
 	"cmp"
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,7 +28,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"text/template"
 	"time"
 
 	"github.com/authproxy/authproxy/internal/peers"
@@ -105,8 +102,8 @@ func TestBench(t *testing.T) {
 	messageRates := rates(t, "AUTHPROXY_BENCH_MESSAGE_RATES", messageRates)
 	callRates := rates(t, "AUTHPROXY_BENCH_CALL_RATES", callRates)
 	uas := peers.StartSipp(t, peers.SippRun{Scenario: scenario("uas.xml"), Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour, Extra: []string{"-bind_local"}})
-	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": uas.Addr()})
-	bin := buildAuthproxy(t)
+	upstream := startUpstream(t, uas.Addr())
+	bin := authproxyBinary(t)
 
 	paths := []path{
 		{key: "direct", name: "SIPp → upstream (no proxy; SIPp answers the 407)"},
@@ -208,9 +205,9 @@ func TestSoak(t *testing.T) {
 	}
 	peers.Require(t, "kamailio", "sipp")
 	const rate = 500 // a third of the lowest maximum measured: a steady load, not a saturating one
-	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
+	upstream := startUpstream(t, "127.0.0.4:9")
 	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
-	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, "all", admin)
+	addr, proc := startAuthproxyAdmin(t, authproxyBinary(t), upstream, "all", admin)
 	defer proc.Stop()
 	done := make(chan peers.SippResult, 1)
 	go func() {
@@ -266,9 +263,9 @@ func TestDialogs(t *testing.T) {
 	settle := 45 * time.Second // Timer L and M (32 s) end the INVITE transactions
 	hold := setup + settle + 50*time.Second
 	uas := peers.StartSipp(t, peers.SippRun{Scenario: scenario("uas.xml"), Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour, Extra: []string{"-bind_local", "-l", strconv.Itoa(2 * n)}})
-	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": uas.Addr()})
+	upstream := startUpstream(t, uas.Addr())
 	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
-	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, "all", admin)
+	addr, proc := startAuthproxyAdmin(t, authproxyBinary(t), upstream, "all", admin)
 	defer proc.Stop()
 	sc := heldCallScenario(t, hold)
 	done := make(chan peers.SippResult, 1)
@@ -356,9 +353,9 @@ func TestProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	preemptive := cmp.Or(os.Getenv("AUTHPROXY_BENCH_PREEMPTIVE"), "all")
-	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
+	upstream := startUpstream(t, "127.0.0.4:9")
 	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
-	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, preemptive, admin)
+	addr, proc := startAuthproxyAdmin(t, authproxyBinary(t), upstream, preemptive, admin)
 	defer proc.Stop()
 	const seconds = 40
 	done := make(chan peers.SippResult, 1)
@@ -577,95 +574,44 @@ func scenario(name string) string {
 	return p
 }
 
-// buildAuthproxy builds ./cmd/authproxy for the load tests, or returns
-// AUTHPROXY_BENCH_BIN when set (a binary built elsewhere, e.g. from another
-// commit, to compare two builds on the same machine).
-func buildAuthproxy(t *testing.T) string {
+// authproxyBinary returns AUTHPROXY_BENCH_BIN when set (a binary built
+// elsewhere, e.g. from another commit, to compare two builds on the same
+// machine), or else ./cmd/authproxy built by peers.BuildAuthproxy.
+func authproxyBinary(t *testing.T) string {
 	t.Helper()
 	if bin := os.Getenv("AUTHPROXY_BENCH_BIN"); bin != "" {
 		return bin
 	}
-	bin := filepath.Join(t.TempDir(), "authproxy")
-	cmd := exec.Command("go", "build", "-o", bin, "../cmd/authproxy")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return peers.BuildAuthproxy(t)
 }
 
-// startKamailio renders a bench config template and runs Kamailio with it
-// on host, with memory enough for thousands of requests a second.
-func startKamailio(t *testing.T, tmpl, host string, vars map[string]string) string {
+// Kamailio's settings for the load tests: memory enough for thousands of
+// requests a second.
+const (
+	kamailioChildren  = 2
+	kamailioSharedMB  = 256
+	kamailioPrivateMB = 16
+	upstreamHost      = "127.0.0.2"
+	kamailioProxyHost = "127.0.0.3"
+)
+
+// startUpstream runs the benchmark's upstream (peers.KamailioLoadTrunk) on
+// upstreamHost, relaying INVITEs to relayTo, and returns its address.
+func startUpstream(t *testing.T, relayTo string) string {
 	t.Helper()
-	addr, _ := startKamailioProc(t, tmpl, host, vars)
-	return addr
+	return peers.StartKamailio(t, peers.KamailioConfig{Mode: peers.KamailioLoadTrunk, Host: upstreamHost,
+		Realm: benchRealm, Users: map[string]string{benchUser: benchPass}, RelayTo: relayTo,
+		Children: kamailioChildren, SharedMemoryMB: kamailioSharedMB, PrivateMemoryMB: kamailioPrivateMB}).Addr()
 }
 
-func startKamailioProc(t *testing.T, tmpl, host string, vars map[string]string) (string, *peers.Process) {
-	t.Helper()
-	port := peers.FreePort(t, host)
-	data := map[string]string{"Host": host, "Port": strconv.Itoa(port), "Children": "2",
-		"User": benchUser, "Password": benchPass, "Realm": benchRealm}
-	for k, v := range vars {
-		data[k] = v
-	}
-	src, err := os.ReadFile(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg bytes.Buffer
-	if err := template.Must(template.New(tmpl).Parse(string(src))).Execute(&cfg, data); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "kamailio.cfg")
-	if err := os.WriteFile(cfgPath, cfg.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bin, err := peers.LookPath("kamailio")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := peers.StartProcess(t, peers.ProcessConfig{Name: "kamailio " + tmpl, Path: bin, Dir: dir,
-		Args: []string{"-DD", "-E", "-a", "no", "-f", cfgPath, "-P", filepath.Join(dir, "kamailio.pid"), "-Y", dir, "-w", dir, "-m", "256", "-M", "16"}})
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	waitSIP(t, addr, p)
-	return addr, p
-}
-
+// startKamailioProxy runs Kamailio as the uac_auth proxy
+// (peers.KamailioUACProxy) in front of upstream.
 func startKamailioProxy(t *testing.T, upstream string) (string, *peers.Process) {
-	return startKamailioProc(t, "uacproxy.cfg.tmpl", "127.0.0.3", map[string]string{"Upstream": upstream})
-}
-
-// waitSIP returns once addr answers an OPTIONS over UDP (any response).
-func waitSIP(t *testing.T, addr string, p *peers.Process) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	dst, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := conn.LocalAddr().String()
-	buf := make([]byte, 4096)
-	for i := 0; ctx.Err() == nil; i++ {
-		msg := fmt.Sprintf("OPTIONS sip:%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-probe%d;rport\r\nMax-Forwards: 70\r\n"+
-			"From: <sip:probe@%s>;tag=p%d\r\nTo: <sip:%s>\r\nCall-ID: probe-%d@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-			addr, local, i, domain, i, addr, i)
-		if _, err := conn.WriteTo([]byte(msg), dst); err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		if n, _, err := conn.ReadFrom(buf); err == nil && bytes.HasPrefix(buf[:n], []byte("SIP/2.0 ")) {
-			return
-		}
-	}
-	t.Fatalf("%s not answering\n%s", addr, p.Output())
+	k := peers.StartKamailio(t, peers.KamailioConfig{Mode: peers.KamailioUACProxy, Host: kamailioProxyHost,
+		Realm: benchRealm, Users: map[string]string{benchUser: benchPass}, RelayTo: upstream,
+		Children: kamailioChildren, SharedMemoryMB: kamailioSharedMB, PrivateMemoryMB: kamailioPrivateMB})
+	return k.Addr(), k.Process()
 }
 
 // startAuthproxy runs the binary between SIPp and the upstream and returns
@@ -720,20 +666,13 @@ name = "loopback"
 networks = ["127.0.0.0/8"]
 upstreams = ["*"]
 `, admin, admin != "", addr, addr, upstream, domain, preemptive, benchUser, benchPass) + strings.Join(extra, "\n")
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "authproxy.toml")
-	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var env []string // nil: the test's own
-	if extra := os.Getenv("AUTHPROXY_BENCH_AUTHPROXY_ENV"); extra != "" {
-		// Runtime settings for authproxy alone (e.g. "GOMAXPROCS=1
-		// GOGC=200"), not for the load generator in this process.
-		env = append(os.Environ(), strings.Fields(extra)...)
-	}
-	p := peers.StartProcess(t, peers.ProcessConfig{Name: "authproxy", Path: bin, Args: []string{"-config", cfgPath}, Dir: dir, Env: env})
-	waitSIP(t, addr, p)
-	return addr, p
+	// Runtime settings for authproxy alone (e.g. "GOMAXPROCS=1 GOGC=200"),
+	// not for the load generator in this process.
+	env := strings.Fields(os.Getenv("AUTHPROXY_BENCH_AUTHPROXY_ENV"))
+	// Logging at warn, authproxy does not log "ready": an answer on the
+	// UDP listener tells instead.
+	a := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: conf, Bin: bin, Env: env, ReadySIP: addr})
+	return addr, a.Process()
 }
 
 // treeCPU is the user+system CPU time so far of p and its child processes

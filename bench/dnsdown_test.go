@@ -39,7 +39,7 @@ func TestDNSDownLatency(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_DNSDOWN_RUNS")); err == nil && n > 1 {
 		runs = n
 	}
-	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
+	upstream := startUpstream(t, "127.0.0.4:9")
 	healthy := peers.StartDnsmasq(t, peers.DnsmasqConfig{
 		Host:  "127.0.0.11",
 		Hosts: []peers.DnsmasqHost{{Name: "t1.carrier.test", IPv4: "127.0.0.3"}},
@@ -48,7 +48,7 @@ func TestDNSDownLatency(t *testing.T) {
 		TTL:   time.Second,
 	}).Addr()
 	blackhole, queries := startBlackhole(t, "127.0.0.12")
-	bin := buildAuthproxy(t)
+	bin := authproxyBinary(t)
 
 	var p99s [2][]time.Duration
 	var direct []time.Duration

@@ -50,12 +50,12 @@ func TestLatency(t *testing.T) {
 	}
 	peers.Require(t, "kamailio")
 	const seconds, warmup = 20, 2
-	upstream := startKamailio(t, "upstream.cfg.tmpl", "127.0.0.2", map[string]string{"RelayTo": "127.0.0.4:9"})
+	upstream := startUpstream(t, "127.0.0.4:9")
 	admin := ""
 	if os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR") != "" {
 		admin = fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	}
-	addr, proc := startAuthproxyAdmin(t, buildAuthproxy(t), upstream, "all", admin)
+	addr, proc := startAuthproxyAdmin(t, authproxyBinary(t), upstream, "all", admin)
 	defer proc.Stop()
 
 	relay := ""
@@ -425,6 +425,6 @@ func startUDPRelay(t *testing.T, upstream string) string {
 	addr := fmt.Sprintf("127.0.0.6:%d", peers.FreePort(t, "127.0.0.6"))
 	args := append([]string{"-listen", addr, "-upstream", upstream}, strings.Fields(os.Getenv("AUTHPROXY_BENCH_FLOOR_FLAGS"))...)
 	p := peers.StartProcess(t, peers.ProcessConfig{Name: "udprelay", Path: bin, Args: args})
-	waitSIP(t, addr, p)
+	peers.WaitSIP(t, addr, p)
 	return addr
 }

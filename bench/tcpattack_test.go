@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/internal/peers"
-	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // TestTCPAttacks measures what two attacks on authproxy's TCP listener
@@ -38,10 +36,7 @@ func TestTCPAttacks(t *testing.T) {
 	if s, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_TCP_HOLD")); err == nil && s > 0 {
 		hold = time.Duration(s) * time.Second
 	}
-	bin := os.Getenv("AUTHPROXY_BENCH_BIN")
-	if bin == "" {
-		bin = buildAuthproxy(t)
-	}
+	bin := authproxyBinary(t)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n| attack | after %s: attacker's connections open | authproxy's sockets | heap: live before, in use at peak, live after |\n|---|---|---|---|\n", hold)
 	for _, a := range []struct {
@@ -121,20 +116,8 @@ name = "phones"
 networks = ["127.0.0.0/9"]
 upstreams = ["*"]
 `, admin, sip)
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "authproxy.toml")
-	if err := os.WriteFile(cfgPath, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p = peers.StartProcess(t, peers.ProcessConfig{Name: "authproxy", Path: bin, Args: []string{"-config", cfgPath}, Dir: dir})
-	testutil.Eventually(t, "authproxy ready", func() bool {
-		res, err := http.Get("http://" + admin + "/readyz")
-		if err != nil {
-			return false
-		}
-		res.Body.Close()
-		return res.StatusCode == http.StatusOK
-	})
+	a := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: conf, Bin: bin, ReadyAdmin: admin})
+	p = a.Process()
 	return admin, sip, p
 }
 

@@ -1,15 +1,8 @@
 package e2e
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -18,207 +11,6 @@ import (
 
 	"github.com/authproxy/authproxy/internal/peers"
 )
-
-// Authproxy is a running authproxy binary started by StartAuthproxy.
-type Authproxy struct {
-	proc       *peers.Process
-	configPath string
-}
-
-// authproxyReadyTimeout bounds the wait for the "ready" log line.
-const authproxyReadyTimeout = 15 * time.Second
-
-// authproxyStopGrace bounds the wait after SIGTERM before SIGKILL. It is
-// longer than the shutdown_grace the tests configure.
-const authproxyStopGrace = 10 * time.Second
-
-// StartAuthproxy builds ./cmd/authproxy (once per test binary), writes
-// tomlConfig to a file and runs `authproxy -config <file>`. It returns once
-// authproxy has logged the JSON line {"msg":"ready"}, which it prints after
-// every listener is bound. Cleanup sends SIGTERM, waits (bounded), then
-// SIGKILL, and fails the test if the race detector reported anything.
-// A configuration without [[client]] gets one admitting loopback sources to
-// every upstream (authproxy admits no one without a client group).
-func StartAuthproxy(t testing.TB, tomlConfig string) *Authproxy {
-	t.Helper()
-	return startAuthproxy(t, tomlConfig, nil)
-}
-
-// startAuthproxy is StartAuthproxy with the binary run under wrap, a
-// command line the binary and its arguments are appended to (e.g.
-// prlimit and its options); nil runs it directly.
-func startAuthproxy(t testing.TB, tomlConfig string, wrap []string) *Authproxy {
-	t.Helper()
-	if !strings.Contains(tomlConfig, "[[client]]") {
-		tomlConfig += "\n[[client]]\nname = \"loopback\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n"
-	}
-	bin := authproxyBinary(t)
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "authproxy.toml")
-	if err := os.WriteFile(cfgPath, []byte(tomlConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var a *Authproxy
-	// Registered before StartProcess's cleanup, so it runs after the stop.
-	t.Cleanup(func() {
-		if a != nil && strings.Contains(a.Logs(), "WARNING: DATA RACE") {
-			t.Errorf("authproxy: the race detector reported a data race (output above)")
-		}
-	})
-	path, args := bin, []string{"-config", cfgPath}
-	if len(wrap) > 0 {
-		path, args = wrap[0], append(append(wrap[1:len(wrap):len(wrap)], bin), args...)
-	}
-	proc := peers.StartProcess(t, peers.ProcessConfig{
-		Name:      "authproxy",
-		Path:      path,
-		Args:      args,
-		Dir:       dir,
-		Env:       append(os.Environ(), "NO_COLOR=1"),
-		StopGrace: authproxyStopGrace,
-	})
-	a = &Authproxy{proc: proc, configPath: cfgPath}
-
-	ctx, cancel := context.WithTimeout(t.Context(), authproxyReadyTimeout)
-	defer cancel()
-	if _, err := proc.WaitLine(ctx, isReadyLine); err != nil {
-		t.Fatalf("authproxy did not log \"ready\": %v\n--- config ---\n%s\n--- output ---\n%s",
-			err, tomlConfig, proc.Output())
-	}
-	return a
-}
-
-// isReadyLine reports whether line is authproxy's JSON log line with
-// "msg":"ready".
-func isReadyLine(line string) bool {
-	if !strings.Contains(line, `"ready"`) {
-		return false
-	}
-	var rec struct {
-		Msg string `json:"msg"`
-	}
-	return json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "ready"
-}
-
-// Logs returns everything authproxy wrote to stdout and stderr so far.
-func (a *Authproxy) Logs() string { return a.proc.Output() }
-
-// ConfigPath returns the path of the configuration file.
-func (a *Authproxy) ConfigPath() string { return a.configPath }
-
-// Exited reports whether authproxy has stopped, with its exit error.
-func (a *Authproxy) Exited() (bool, error) {
-	select {
-	case <-a.proc.Done():
-		return true, a.proc.Err()
-	default:
-		return false, nil
-	}
-}
-
-// Kill ends authproxy at once with SIGKILL, as a crash would, and waits
-// for it to exit.
-func (a *Authproxy) Kill() error { return a.proc.Kill() }
-
-// Stop stops authproxy now instead of at cleanup.
-func (a *Authproxy) Stop() error { return a.proc.Stop() }
-
-// buildTimeout bounds `go build` of the binary (a cold -race build of sipgo
-// and friends on two cores takes a while).
-const buildTimeout = 5 * time.Minute
-
-var authproxyBuild struct {
-	once sync.Once
-	dir  string // removed by TestMain
-	path string
-	err  error
-}
-
-// authproxyBinary builds ./cmd/authproxy once per test binary and returns
-// its path. When the tests run with -race, so does the binary.
-func authproxyBinary(t testing.TB) string {
-	t.Helper()
-	b := &authproxyBuild
-	b.once.Do(func() {
-		start := time.Now()
-		b.path, b.err = buildAuthproxy()
-		t.Logf("go build ./cmd/authproxy (race=%v): %v", raceEnabled(), time.Since(start).Round(time.Millisecond))
-	})
-	if b.err != nil {
-		t.Fatalf("cannot build ./cmd/authproxy: %v", b.err)
-	}
-	return b.path
-}
-
-func buildAuthproxy() (string, error) {
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	dir, err := os.MkdirTemp("", "authproxy-e2e-")
-	if err != nil {
-		return "", err
-	}
-	authproxyBuild.dir = dir
-	out := filepath.Join(dir, "authproxy")
-	args := []string{"build", "-o", out}
-	if raceEnabled() {
-		args = append(args, "-race")
-	}
-	args = append(args, "./cmd/authproxy")
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, args...)
-	cmd.Dir = root
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go %s (in %s): %v\n%s", strings.Join(args, " "), root, err, msg)
-	}
-	return out, nil
-}
-
-// removeAuthproxyBuild deletes the built binary; TestMain calls it.
-func removeAuthproxyBuild() {
-	if authproxyBuild.dir != "" {
-		os.RemoveAll(authproxyBuild.dir)
-	}
-}
-
-// raceEnabled reports whether this test binary was built with -race.
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" {
-			return s.Value == "true"
-		}
-	}
-	return false
-}
-
-// moduleRoot walks up from the working directory (the package directory
-// under go test) to the directory holding go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
 
 // upstreamConf is one [[upstream]] of an authproxy test config.
 type upstreamConf struct {
@@ -395,12 +187,12 @@ func testKamailioThroughAuthproxy(t *testing.T, pm preemptiveMode) {
 	creds = append(creds, credentialsFor(upstreamC)...)
 	creds = append(creds, credentialsFor(upstreamD)...)
 	creds = append(creds, credentialConf{wrongUsername, wrongPassword, upstreamB.name, "asterisk", wrongUser})
-	ap := StartAuthproxy(t, pm.applyTOML(authproxyTOML(listen, []upstreamConf{
-		{upstreamA, ka.Addr(), "udp"}, // the upstream transport varies too
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: pm.applyTOML(authproxyTOML(listen, []upstreamConf{
+		{upstreamA, ka.Addr(), "udp"},
 		{upstreamB, kb.Addr(), "tcp"},
 		{upstreamC, kc.Addr(), "udp"},
 		{upstreamD, kd.Addr(), "udp"},
-	}, creds)))
+	}, creds))})
 
 	secrets := []string{rightPassword, wrongPassword}
 	for _, p := range []upstreamPBX{upstreamA, upstreamB, upstreamC, upstreamD} {

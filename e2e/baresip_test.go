@@ -90,8 +90,8 @@ func TestBaresipCall(t *testing.T) {
 				Host: pbx.host, Users: pbx.users(), StrictURI: true, RelayTo: uas.Addr(),
 			})
 			listen := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
-			ap := StartAuthproxy(t, authproxyTOML(listen,
-				[]upstreamConf{{pbx, k.Addr(), "udp"}}, credentialsFor(pbx)))
+			ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: authproxyTOML(listen,
+				[]upstreamConf{{pbx, k.Addr(), "udp"}}, credentialsFor(pbx))})
 
 			dir := writeBaresipConfig(t, baresipConfig{
 				SIPPort:     peers.FreePort(t, "127.0.0.1"),

@@ -156,10 +156,10 @@ func TestCallsThroughKamailio(t *testing.T) {
 	})
 
 	listen := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
-	ap := StartAuthproxy(t, authproxyTOML(listen, []upstreamConf{
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: authproxyTOML(listen, []upstreamConf{
 		{pbxA.p, pbxA.k.Addr(), pbxA.transport},
 		{pbxB.p, pbxB.k.Addr(), pbxB.transport},
-	}, append(credentialsFor(pbxA.p), credentialsFor(pbxB.p)...)))
+	}, append(credentialsFor(pbxA.p), credentialsFor(pbxB.p)...))})
 
 	var (
 		tracesMu sync.Mutex

@@ -48,7 +48,7 @@ func TestHostnameUpstreamsWithKamailio(t *testing.T) {
 		fmt.Sprintf("[[registration]]\nupstream = %q\naor = %q\nexpires = 60\ntarget = \"%s:%d\"\n\n",
 			reg.name, "sip:"+callee+"@"+reg.domain, callsInteropUASHost, targetPort) +
 		fmt.Sprintf("[dns]\nservers = [%s]\nmin_ttl = \"1s\"\nmax_ttl = \"2s\"\n", tomlString(dnsSrv.Addr()))
-	ap := StartAuthproxy(t, cfg)
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: cfg})
 
 	t.Run("callee-bye", func(t *testing.T) {
 		uas := peers.StartSipp(t, peers.SippRun{
@@ -80,7 +80,7 @@ func TestHostnameUpstreamsWithKamailio(t *testing.T) {
 	t.Run("trunk-registration", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
-		if _, err := ap.proc.WaitLine(ctx, func(l string) bool { return strings.Contains(l, `"msg":"registered"`) }); err != nil {
+		if _, err := ap.Process().WaitLine(ctx, func(l string) bool { return strings.Contains(l, `"msg":"registered"`) }); err != nil {
 			t.Fatalf("authproxy did not register at %s: %v\n--- authproxy ---\n%s\n--- kamailio ---\n%s", regName, err, ap.Logs(), kReg.Log())
 		}
 		callViaKamailio(t, "the trunk registration's target", kReg, ap, reg, caller, callee, callsInteropUASHost, targetPort)

@@ -150,7 +150,7 @@ func TestFaultsLossyPath(t *testing.T) {
 		RelayTo: uasAddr, Advertise: upRelay.Addr(), Children: 4, SharedMemoryMB: 256,
 	})
 	listen, admin := faultsAddrs(t)
-	StartAuthproxy(t, faultsTOML(listen, admin, upRelay.Addr()))
+	peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: faultsTOML(listen, admin, upRelay.Addr())})
 	clientRelay := startRelay(t, faultsClientRelayHost, listen, loss, jitter, 2)
 
 	uas := peers.StartSipp(t, peers.SippRun{
@@ -280,7 +280,7 @@ func TestFaultsUpstreamRestart(t *testing.T) {
 		StrictURI: true, Secret: peers.NewToken(16),
 	})
 	listen, admin := faultsAddrs(t)
-	StartAuthproxy(t, faultsTOML(listen, admin, k.Addr()))
+	peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: faultsTOML(listen, admin, k.Addr())})
 	done := runSippAsync(t, peers.SippRun{
 		Scenario: sippScenario("message_tolerant.xml"), Remote: listen, Service: callsInteropCaller,
 		Domain: upstreamA.domain, Calls: messages, Rate: rate, Timeout: 2 * time.Minute, Extra: sippTolerant,
@@ -355,7 +355,7 @@ func TestFaultsAuthproxyRestart(t *testing.T) {
 	k := peers.StartKamailio(t, peers.KamailioConfig{Host: upstreamA.host, Users: upstreamA.users(), StrictURI: true})
 	listen, admin := faultsAddrs(t)
 	conf := faultsTOML(listen, admin, k.Addr())
-	ap := StartAuthproxy(t, conf)
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: conf})
 	done := runSippAsync(t, peers.SippRun{
 		Scenario: sippScenario("message_tolerant.xml"), Remote: listen, Service: callsInteropCaller,
 		Domain: upstreamA.domain, Calls: messages, Rate: rate, Timeout: 2 * time.Minute,
@@ -366,7 +366,7 @@ func TestFaultsAuthproxyRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	ap = StartAuthproxy(t, conf)
+	ap = peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: conf})
 	ready := time.Since(start)
 	var answers []time.Time
 	testutil.Eventually(t, "the restarted authproxy to answer a request", func() bool {

@@ -50,7 +50,7 @@ func testGroupFailoverThroughKamailio(t *testing.T, relay bool, failedOn string)
 		append(credentialsFor(upstreamA), credentialsFor(upstreamB)...)) +
 		fmt.Sprintf("[[group]]\nname = \"carriers\"\nupstreams = [%s, %s]\ndomains = [%s]\n\n",
 			tomlString(upstreamA.name), tomlString(upstreamB.name), tomlString(groupDomain))
-	ap := StartAuthproxy(t, cfg)
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: cfg})
 
 	var uasA *peers.SippServer
 	if relay {

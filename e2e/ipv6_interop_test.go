@@ -29,9 +29,9 @@ func TestIPv6WithKamailio(t *testing.T) {
 	reg := upstreamPBX{name: "pbx-b", domain: upstreamB.domain, accounts: upstreamA.accounts}
 	kReg := peers.StartKamailio(t, peers.KamailioConfig{Host: host, Users: reg.users(), Registrar: true})
 	listen := fmt.Sprintf("[%s]:%d", host, peers.FreePort(t, host))
-	ap := StartAuthproxy(t, authproxyTOML(listen, []upstreamConf{{upstreamA, kCall.Addr(), "udp"}, {reg, kReg.Addr(), "udp"}},
-		append(credentialsFor(upstreamA), credentialsFor(reg)...))+
-		"[[client]]\nname = \"loopback6\"\nnetworks = [\"::1/128\"]\nupstreams = [\"*\"]\n")
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: authproxyTOML(listen, []upstreamConf{{upstreamA, kCall.Addr(), "udp"}, {reg, kReg.Addr(), "udp"}},
+		append(credentialsFor(upstreamA), credentialsFor(reg)...)) +
+		"[[client]]\nname = \"loopback6\"\nnetworks = [\"::1/128\"]\nupstreams = [\"*\"]\n"})
 
 	t.Run("call", func(t *testing.T) {
 		uas := peers.StartSipp(t, peers.SippRun{

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 	proxy.TuneSIPStack()
 	installPeers()
 	code := m.Run()
-	removeAuthproxyBuild()
+	peers.RemoveAuthproxyBuild()
 	os.Exit(code)
 }
 

@@ -21,12 +21,13 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/peers"
 	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // opsBinary is a running authproxy binary with the addresses it logged.
 type opsBinary struct {
-	*Authproxy
+	*peers.Authproxy
 	sipAddr map[string]string // "udp"/"tcp" -> bound address
 	admin   string            // "http://host:port"
 	client  *sipgo.Client
@@ -79,10 +80,10 @@ func startOpsBinary(t *testing.T, toml string) *opsBinary {
 }
 
 // startOpsBinaryUnder is startOpsBinary with the binary run under wrap
-// (see startAuthproxy).
+// (see peers.AuthproxyConfig.Wrap).
 func startOpsBinaryUnder(t *testing.T, toml string, wrap []string) *opsBinary {
 	t.Helper()
-	a := startAuthproxy(t, toml, wrap)
+	a := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: toml, Wrap: wrap})
 	b := &opsBinary{Authproxy: a, sipAddr: map[string]string{}}
 	for _, line := range strings.Split(a.Logs(), "\n") {
 		var rec struct {
@@ -138,7 +139,7 @@ func (b *opsBinary) waitLog(t *testing.T, msg string, n int) logRecord {
 	defer cancel()
 	seen := 0
 	var rec logRecord
-	_, err := b.proc.WaitLine(ctx, func(line string) bool {
+	_, err := b.Process().WaitLine(ctx, func(line string) bool {
 		if !strings.Contains(line, msg) {
 			return false
 		}
@@ -158,7 +159,7 @@ func (b *opsBinary) waitLog(t *testing.T, msg string, n int) logRecord {
 
 func (b *opsBinary) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	if err := syscall.Kill(b.proc.Pid(), sig); err != nil {
+	if err := syscall.Kill(b.Process().Pid(), sig); err != nil {
 		t.Fatalf("kill %v: %v", sig, err)
 	}
 }
@@ -319,7 +320,7 @@ func (b *opsBinary) waitReload(t *testing.T, change string) logRecord {
 	ctx, cancel := context.WithTimeout(t.Context(), testutil.EventuallyLimit)
 	defer cancel()
 	var rec logRecord
-	_, err := b.proc.WaitLine(ctx, func(line string) bool {
+	_, err := b.Process().WaitLine(ctx, func(line string) bool {
 		if !strings.Contains(line, change) {
 			return false
 		}
@@ -439,11 +440,11 @@ func TestOpsBinarySIGTERMDrains(t *testing.T) {
 		t.Fatalf("request in flight at SIGTERM: %v, want 200", err)
 	}
 	select {
-	case <-b.proc.Done():
+	case <-b.Process().Done():
 	case <-time.After(testutil.EventuallyLimit):
 		t.Fatal("authproxy did not exit after draining")
 	}
-	if err := b.proc.Err(); err != nil {
+	if err := b.Process().Err(); err != nil {
 		t.Fatalf("exit: %v, want status 0\n%s", err, b.Logs())
 	}
 	if !strings.Contains(b.Logs(), `"msg":"stopped"`) {
@@ -481,12 +482,12 @@ func TestOpsBinarySecondSignalExits1(t *testing.T) {
 			}
 			b.signal(t, tc.second)
 			select {
-			case <-b.proc.Done():
+			case <-b.Process().Done():
 			case <-time.After(testutil.EventuallyLimit):
 				t.Fatal("authproxy did not exit after the second signal (the held request keeps it draining for 60 s)")
 			}
 			var ee *exec.ExitError
-			if err := b.proc.Err(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			if err := b.Process().Err(); !errors.As(err, &ee) || ee.ExitCode() != 1 {
 				t.Fatalf("exit: %v, want status 1\n%s", err, b.Logs())
 			}
 			if strings.Contains(b.Logs(), `"msg":"stopped"`) {

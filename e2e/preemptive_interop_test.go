@@ -23,7 +23,7 @@ func TestPreemptiveThroughKamailio(t *testing.T) {
 	listen := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	conf := authproxyTOML(listen, []upstreamConf{{p, k.Addr(), "udp"}}, credentialsFor(p))
 	conf = strings.Replace(conf, `preemptive = "off"`, `preemptive = "all"`, 1)
-	ap := StartAuthproxy(t, conf)
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: conf})
 	acct := p.accounts[0]
 
 	send := func(n int) {

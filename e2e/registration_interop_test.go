@@ -22,7 +22,7 @@ func TestRegisterThroughAuthproxyThenCallViaKamailio(t *testing.T) {
 	p := upstreamA
 	k := peers.StartKamailio(t, peers.KamailioConfig{Host: p.host, Users: p.users(), Registrar: true})
 	listen := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
-	ap := StartAuthproxy(t, authproxyTOML(listen, []upstreamConf{{p, k.Addr(), "udp"}}, credentialsFor(p)))
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: authproxyTOML(listen, []upstreamConf{{p, k.Addr(), "udp"}}, credentialsFor(p))})
 
 	const callee, caller = "1001", "1002"
 	uaPort := peers.FreePort(t, "127.0.0.1")
@@ -61,10 +61,10 @@ func TestTrunkRegistrationWithKamailio(t *testing.T) {
 	cfg := authproxyTOML(listen, []upstreamConf{{p, k.Addr(), "udp"}}, credentialsFor(p)) +
 		fmt.Sprintf("[[registration]]\nupstream = %q\naor = %q\nexpires = 60\ntarget = \"%s:%d\"\n",
 			p.name, "sip:"+callee+"@"+p.domain, callsInteropUASHost, targetPort)
-	ap := StartAuthproxy(t, cfg)
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: cfg})
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	if _, err := ap.proc.WaitLine(ctx, func(l string) bool { return strings.Contains(l, `"msg":"registered"`) }); err != nil {
+	if _, err := ap.Process().WaitLine(ctx, func(l string) bool { return strings.Contains(l, `"msg":"registered"`) }); err != nil {
 		t.Fatalf("authproxy did not register: %v\n--- authproxy ---\n%s\n--- kamailio ---\n%s", err, ap.Logs(), k.Log())
 	}
 	callViaKamailio(t, "the trunk registration's target", k, ap, p, caller, callee, callsInteropUASHost, targetPort)
@@ -93,7 +93,7 @@ func TestTrunkRegistrationWithKamailio(t *testing.T) {
 // account) call callee through Kamailio, while a SIPp UAS on uasHost:uasPort
 // answers as the callee; it fails the test unless both complete the call,
 // and returns the UAS's result.
-func callViaKamailio(t *testing.T, what string, k *peers.Kamailio, ap *Authproxy, p upstreamPBX, caller, callee, uasHost string, uasPort int) peers.SippResult {
+func callViaKamailio(t *testing.T, what string, k *peers.Kamailio, ap *peers.Authproxy, p upstreamPBX, caller, callee, uasHost string, uasPort int) peers.SippResult {
 	t.Helper()
 	var callerAcct pbxAccount
 	for _, a := range p.accounts {

@@ -184,7 +184,7 @@ func TestSRVTargetKilledAndRestarted(t *testing.T) {
 		TTL: time.Second,
 	})
 	listen, admin := faultsAddrs(t)
-	ap := StartAuthproxy(t, srvTrunkTOML(listen, admin, dnsSrv.Addr(), "trunk.test", failover))
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: srvTrunkTOML(listen, admin, dnsSrv.Addr(), "trunk.test", failover)})
 
 	uas := peers.StartSipp(t, peers.SippRun{
 		Scenario: sippScenario("uas_tolerant.xml"), Local: callsInteropUASHost, LocalPort: uasPort,

@@ -1,6 +1,6 @@
-// Package peers runs real SIP peers (Kamailio, SIPp) and a DNS server
-// (dnsmasq) on loopback addresses for authproxy's interop tests (see
-// ../../e2e).
+// Package peers runs authproxy's binary, real SIP peers (Kamailio, SIPp)
+// and a DNS server (dnsmasq) on loopback addresses: the one launcher of the
+// interop tests (../../e2e) and the load tests (../../bench).
 //
 // Everything here is test support: functions take a testing.TB, call
 // t.Helper, put their files under t.TempDir and stop what they started in
@@ -24,6 +24,13 @@
 //     PBX trunk instead: it challenges the initial INVITE, then
 //     Record-Routes and relays it to a UAS, relays the dialog's ACK, BYE
 //     and CANCEL (logging each), and can challenge the caller's BYE too.
+//     Two lean modes serve the load tests (KamailioMode): KamailioLoadTrunk,
+//     a stateless challenging trunk that logs nothing per request, and
+//     KamailioUACProxy, Kamailio as the credential-injecting proxy
+//     (uac_auth) authproxy is measured against.
+//   - BuildAuthproxy builds ./cmd/authproxy once per test binary (with -race
+//     when the tests run with it); StartAuthproxy runs it from configuration
+//     text and returns once it is ready.
 //   - RunSipp runs one SIPp scenario to completion and returns its exit
 //     status, call counters and message trace. StartSipp runs one in the
 //     background, typically the UAS behind a relaying Kamailio, and Wait
@@ -34,9 +41,10 @@
 //   - StartProcess runs any daemon in a process group of its own with its
 //     output captured (and, on request, a pipe to its stdin), stopping it
 //     with SIGTERM and then SIGKILL, or killing it at once (Kill, SIGKILL to
-//     the group: a crash, for fault tests); the e2e authproxy and baresip
-//     runners use it too. Kamailio.Kill crashes a Kamailio, which starts
+//     the group: a crash, for fault tests); StartAuthproxy and the e2e
+//     baresip runner use it too. Kamailio.Kill crashes a Kamailio, which starts
 //     again from the same KamailioConfig.
 //   - UDPExchange sends one hand-written SIP request and returns the answer,
-//     for tests that need a client SIPp cannot be (SIPp digests MD5 only).
+//     for tests that need a client SIPp cannot be (SIPp digests MD5 only);
+//     WaitSIP waits until a daemon answers SIP on a UDP address.
 package peers

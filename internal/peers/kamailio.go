@@ -20,6 +20,11 @@ import (
 // KamailioConfig configures StartKamailio. The zero value of every field but
 // Users is a usable default.
 type KamailioConfig struct {
+	// Mode selects the generated script: the instrumented PBX of the
+	// interop tests (the zero value) or one of the lean scripts of the load
+	// tests (KamailioLoadTrunk, KamailioUACProxy), which take only the
+	// options their doc names.
+	Mode KamailioMode
 	// Host is the loopback IPv4 address to listen on, e.g. "127.0.0.2".
 	// Empty means "127.0.0.1".
 	Host string
@@ -72,6 +77,8 @@ type KamailioConfig struct {
 	// handful of requests; under load Kamailio answers 500 once it runs
 	// out (tm: "out of mem"), so a load test needs a few hundred.
 	SharedMemoryMB int
+	// PrivateMemoryMB is each process's private memory (-M). Zero means 4.
+	PrivateMemoryMB int
 
 	// RelayTo switches on relay mode: Kamailio becomes a PBX trunk in front
 	// of a UAS (e.g. a SIPp scenario started with StartSipp) at this
@@ -122,12 +129,27 @@ type Kamailio struct {
 	proc *Process
 }
 
-//go:embed kamailio.cfg.tmpl
-var kamailioTemplate string
+var (
+	//go:embed kamailio.cfg.tmpl
+	kamailioPBXTemplate string
+	//go:embed kamailio_trunk.cfg.tmpl
+	kamailioTrunkTemplate string
+	//go:embed kamailio_uacproxy.cfg.tmpl
+	kamailioUACProxyTemplate string
+)
 
-var kamailioTmpl = template.Must(template.New("kamailio.cfg").
-	Funcs(template.FuncMap{"kstr": kamailioString}).
-	Parse(kamailioTemplate))
+// kamailioTmpls holds the script template of each mode.
+var kamailioTmpls = map[KamailioMode]*template.Template{
+	KamailioPBX:       parseKamailioTemplate(kamailioPBXTemplate),
+	KamailioLoadTrunk: parseKamailioTemplate(kamailioTrunkTemplate),
+	KamailioUACProxy:  parseKamailioTemplate(kamailioUACProxyTemplate),
+}
+
+func parseKamailioTemplate(text string) *template.Template {
+	return template.Must(template.New("kamailio.cfg").
+		Funcs(template.FuncMap{"kstr": kamailioString}).
+		Parse(text))
+}
 
 // kamailioString escapes s for a double-quoted Kamailio config string.
 func kamailioString(s string) string {
@@ -172,6 +194,9 @@ func StartKamailio(t testing.TB, cfg KamailioConfig) *Kamailio {
 var errAddrInUse = errors.New("address already in use")
 
 func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
+	if err := checkMode(cfg); err != nil {
+		return cfg, err
+	}
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
@@ -204,6 +229,9 @@ func normalizeKamailio(cfg KamailioConfig) (KamailioConfig, error) {
 	}
 	if cfg.SharedMemoryMB <= 0 {
 		cfg.SharedMemoryMB = 32
+	}
+	if cfg.PrivateMemoryMB <= 0 {
+		cfg.PrivateMemoryMB = 4
 	}
 	if cfg.RelayTo != "" {
 		if err := checkLoopbackAddr(cfg.RelayTo); err != nil {
@@ -311,7 +339,7 @@ func renderKamailio(cfg KamailioConfig) ([]byte, error) {
 		d.RelayHost, _, _ = net.SplitHostPort(cfg.RelayTo)
 	}
 	var buf bytes.Buffer
-	if err := kamailioTmpl.Execute(&buf, d); err != nil {
+	if err := kamailioTmpls[cfg.Mode].Execute(&buf, d); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
@@ -333,7 +361,7 @@ func startKamailio(t testing.TB, bin string, cfg KamailioConfig) (*Kamailio, err
 	}
 	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
 	proc := StartProcess(t, ProcessConfig{
-		Name: "kamailio " + addr,
+		Name: "kamailio " + cfg.Mode.String() + " " + addr,
 		Path: bin,
 		Args: []string{
 			"-DD",      // do not daemonize: the main process stays our child
@@ -344,7 +372,7 @@ func startKamailio(t testing.TB, bin string, cfg KamailioConfig) (*Kamailio, err
 			"-Y", dir, // runtime dir (sockets, fifo) of our own
 			"-w", dir,
 			"-m", strconv.Itoa(cfg.SharedMemoryMB),
-			"-M", "4", // private memory per process, MB
+			"-M", strconv.Itoa(cfg.PrivateMemoryMB),
 		},
 		Dir: dir,
 		// The script's exit_timeout=1 bounds the main process's own wait for
@@ -356,7 +384,13 @@ func startKamailio(t testing.TB, bin string, cfg KamailioConfig) (*Kamailio, err
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), readyTimeout)
 	defer cancel()
-	err = k.waitReady(ctx)
+	if cfg.Mode == KamailioPBX {
+		err = k.waitReady(ctx)
+	} else {
+		// The lean scripts know no probe and listen on UDP only: any
+		// answer (a 407) will do.
+		err = waitSIP(ctx, addr, proc)
+	}
 	t.Logf("peers: kamailio %s ready after %v", addr, time.Since(start).Round(time.Millisecond))
 	if err != nil {
 		_ = proc.Stop()
@@ -375,13 +409,7 @@ func startKamailio(t testing.TB, bin string, cfg KamailioConfig) (*Kamailio, err
 func (k *Kamailio) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go func() {
-		select {
-		case <-k.proc.Done():
-			cancel(fmt.Errorf("%w: %v", ErrExited, k.proc.Err()))
-		case <-ctx.Done():
-		}
-	}()
+	stopOnExit(ctx, cancel, k.proc)
 	if err := k.probe(ctx); err != nil {
 		return err
 	}
@@ -429,6 +457,9 @@ func (k *Kamailio) Addr() string {
 // Config returns the effective configuration, defaults filled in.
 func (k *Kamailio) Config() KamailioConfig { return k.cfg }
 
+// Process returns Kamailio's main process (the parent of its workers).
+func (k *Kamailio) Process() *Process { return k.proc }
+
 // Log returns Kamailio's stderr so far. Use Events for anything a test
 // asserts on: it first makes sure every earlier request has been logged.
 func (k *Kamailio) Log() string { return k.proc.Output() }
@@ -472,8 +503,12 @@ const syncTimeout = 5 * time.Second
 // Events returns every auth decision (and, in relay mode, every relayed or
 // stray request) so far, in log order. It first sends a probe and waits for
 // its log line, so every request answered before the call is included. If
-// Kamailio has stopped it returns what was logged.
+// Kamailio has stopped it returns what was logged. The lean scripts of
+// KamailioLoadTrunk and KamailioUACProxy log no events.
 func (k *Kamailio) Events() []AuthEvent {
+	if k.cfg.Mode != KamailioPBX {
+		return nil
+	}
 	select {
 	case <-k.proc.Done():
 	default:

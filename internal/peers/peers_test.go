@@ -105,6 +105,14 @@ func TestNormalizeKamailio(t *testing.T) {
 		"relay over sctp":    {RelayTo: "127.0.0.4:5060", RelayTransport: "sctp"},
 		"ChallengeBYE alone": {ChallengeBYE: true},
 		"status and relay":   {RelayTo: "127.0.0.4:5060", InviteStatus: 503},
+		"unknown mode":       {Mode: 7},
+		"trunk, no relay":    {Mode: KamailioLoadTrunk, Users: map[string]string{"u": "p"}},
+		"trunk, no user":     {Mode: KamailioLoadTrunk, RelayTo: "127.0.0.4:5060"},
+		"trunk, stale":       {Mode: KamailioLoadTrunk, RelayTo: "127.0.0.4:5060", Users: map[string]string{"u": "p"}, StaleOnce: true},
+		"trunk, SHA-256":     {Mode: KamailioLoadTrunk, RelayTo: "127.0.0.4:5060", Users: map[string]string{"u": "p"}, Algorithm: "SHA-256"},
+		"uac, two users":     {Mode: KamailioUACProxy, RelayTo: "127.0.0.2:5060", Users: map[string]string{"u": "p", "v": "q"}},
+		"uac, colon in user": {Mode: KamailioUACProxy, RelayTo: "127.0.0.2:5060", Users: map[string]string{"u:x": "p"}},
+		"uac, space in pw":   {Mode: KamailioUACProxy, RelayTo: "127.0.0.2:5060", Users: map[string]string{"u": "p w"}},
 	} {
 		if _, err := normalizeKamailio(bad); err == nil {
 			t.Errorf("%s: accepted %+v", name, bad)
@@ -117,6 +125,8 @@ func TestNormalizeKamailio(t *testing.T) {
 		"status":    {InviteStatus: 503},
 		"relay":     {RelayTo: "127.0.0.4:5060"},
 		"registrar": {Registrar: true},
+		"trunk":     {Mode: KamailioLoadTrunk, RelayTo: "127.0.0.4:5060", Users: map[string]string{"u": "p"}},
+		"uac proxy": {Mode: KamailioUACProxy, RelayTo: "127.0.0.2:5060", Users: map[string]string{"u": "p"}},
 	} {
 		once, err := normalizeKamailio(c)
 		if err != nil {
@@ -149,6 +159,9 @@ func TestKamailioConfigSyntax(t *testing.T) {
 		"relay":      {Users: users, RelayTo: "127.0.0.4:5070"},
 		"relay-tcp":  {Users: users, RelayTo: "127.0.0.4:5070", RelayTransport: "tcp", ChallengeBYE: true, StrictURI: true},
 		"registrar":  {Users: users, Registrar: true},
+		"trunk":      {Mode: KamailioLoadTrunk, Users: users, RelayTo: "127.0.0.4:5070"},
+		"trunk-one":  {Mode: KamailioLoadTrunk, Users: map[string]string{"bench": "pw"}, RelayTo: "127.0.0.4:5070"},
+		"uac-proxy":  {Mode: KamailioUACProxy, Users: map[string]string{"we$ird.u-1": `back\slash"and$dollar#hash$var(x)%s`}, RelayTo: "127.0.0.2:5070"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg.Port = 5060

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -72,6 +73,33 @@ func UDPExchange(ctx context.Context, addr string, skipProvisional bool, build f
 }
 
 func isConnRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// sipReadyTimeout bounds WaitSIP.
+const sipReadyTimeout = 10 * time.Second
+
+// WaitSIP returns once addr (a loopback UDP "host:port") answers an OPTIONS
+// with any SIP response: the daemon p listens there. It fails the test if p
+// exits first or nothing answers within 10s.
+func WaitSIP(t testing.TB, addr string, p *Process) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), sipReadyTimeout)
+	defer cancel()
+	if err := waitSIP(ctx, addr, p); err != nil {
+		t.Fatalf("peers: %v\n--- output ---\n%s", err, p.Output())
+	}
+}
+
+// waitSIP sends an OPTIONS to addr until any SIP response arrives, p exits
+// or ctx ends.
+func waitSIP(ctx context.Context, addr string, p *Process) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stopOnExit(ctx, cancel, p)
+	_, err := UDPExchange(ctx, addr, false, func(local string) string {
+		return probeRequest(addr, local, NewToken(8))
+	})
+	return err
+}
 
 // probeRequest builds the OPTIONS that StartKamailio uses to wait for
 // readiness. The X-Peers-Probe header makes the generated script answer 200
