@@ -27,9 +27,6 @@ ARG GO_VERSION=1.26
 FROM golang:${GO_VERSION} AS build
 WORKDIR /src
 COPY go.mod go.sum ./
-# go.mod replaces sipgo with the patched copy in internal/sipgo (see its
-# PATCHES.md); its go.mod must be there for the download.
-COPY internal/sipgo/go.mod internal/sipgo/go.sum internal/sipgo/
 RUN go mod download
 COPY . .
 # The build context has no .git (.dockerignore), so the version and commit

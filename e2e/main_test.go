@@ -13,12 +13,16 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/proxy"
 )
 
 // peerBinaries are the programs the interop tests run.
 var peerBinaries = []string{"kamailio", "sipp", "baresip", "dnsmasq"}
 
 func TestMain(m *testing.M) {
+	// The in-process proxies need sipgo's settings as cmd/authproxy sets
+	// them.
+	proxy.TuneSIPStack()
 	installPeers()
 	code := m.Run()
 	peers.RemoveAuthproxyBuild()

@@ -154,7 +154,7 @@ const (
 
 // verify checks the Proxy-Authorization for realm in req against g's users.
 func (a *localAuth) verify(req *sip.Request, g *ClientGroup, realm string, src netip.Addr, now time.Time) (authVerdict, string) {
-	for _, h := range req.GetHeaders("Proxy-Authorization") {
+	for _, h := range headersNamed(req, "Proxy-Authorization") {
 		cr, err := parseCredentials(h.Value())
 		if err != nil || cr.Realm != realm {
 			continue

@@ -60,7 +60,7 @@ func collectChallenges(res *sip.Response) ([]challenge, []error) {
 		name  string
 		proxy bool
 	}{{"WWW-Authenticate", false}, {"Proxy-Authenticate", true}} {
-		for _, h := range res.GetHeaders(hdr.name) {
+		for _, h := range headersNamed(res, hdr.name) {
 			ch, err := parseChallenge(h.Value())
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", hdr.name, err))

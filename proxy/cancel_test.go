@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -274,5 +275,35 @@ func TestCancelWinsOver2xx(t *testing.T) {
 	})
 	if n := sp.p.DialogCount(); n != 0 {
 		t.Errorf("%d dialogs recorded for a call the client cancelled, want 0", n)
+	}
+}
+
+// inviteSources keeps the first sender of each branch an INVITE carries,
+// forgets a branch on request, and lets entries go after two spans.
+func TestInviteSources(t *testing.T) {
+	s := newInviteSources(time.Minute)
+	t0 := time.Unix(1_000_000, 0)
+	client := netip.MustParseAddrPort("192.0.2.1:5060")
+	other := netip.MustParseAddrPort("192.0.2.1:5061")
+	invite := []byte("INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-top\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-low\r\n\r\n")
+	s.note(invite, "UDP", client, t0)
+	s.note(invite, "UDP", other, t0) // a copy from elsewhere changes nothing
+	for _, b := range []string{"z9hG4bK-top", "z9hG4bK-low"} {
+		if src, ok := s.source(b, t0); !ok || src != makeInviteSource("UDP", client) {
+			t.Fatalf("%s: %v %v, want the first sender %v", b, src, ok, client)
+		}
+	}
+	if src, _ := s.source("z9hG4bK-top", t0); src == makeInviteSource("TCP", client) {
+		t.Fatal("the same address over TCP is another source")
+	}
+	s.forget("z9hG4bK-top")
+	if _, ok := s.source("z9hG4bK-top", t0); ok {
+		t.Fatal("a forgotten branch still known")
+	}
+	if _, ok := s.source("z9hG4bK-low", t0.Add(90*time.Second)); !ok {
+		t.Fatal("a branch gone before two spans")
+	}
+	if _, ok := s.source("z9hG4bK-low", t0.Add(3*time.Minute)); ok || s.len() != 0 {
+		t.Fatalf("a branch kept past two spans (%d entries)", s.len())
 	}
 }

@@ -86,12 +86,15 @@
 // Anyone who can reach a listener can send anything. Responses are
 // believed only from where their request went: each request authproxy
 // sends is pinned, by the branch of its Via, to its transport and
-// destination (pinning.go), and a datagram carrying a pinned branch from
-// elsewhere is dropped by sipgo's public read filter before anything
-// parses it (ingress.go); over TCP and TLS the parsed response is checked
-// on arrival (fastLane.HandleResponse). A CANCEL is obeyed only from its
-// INVITE's source (cancel.go, sipgo patch 15), the ACK for a 2xx only
-// from the dialog's client. Requests go through RFC 3261 §16.3 step 1's
+// destination (pinning.go). authproxy owns its listeners' sockets and
+// reads every datagram before sipgo does (udpsocket.go): one carrying a
+// pinned branch from elsewhere is dropped before anything parses it
+// (ingress.go). Over TCP and TLS the connection guard shows each complete
+// message to the same checks before sipgo reads it (tcpguard's Inspect,
+// inspectStream). A CANCEL is obeyed only from its INVITE's source
+// (cancel.go: refused at the socket or the guard, since sipgo answers a
+// matching CANCEL before any handler runs), the ACK for a 2xx only from
+// the dialog's client. Requests go through RFC 3261 §16.3 step 1's
 // checks before routing (validate.go: 400 naming the fault, 505, 416,
 // 513); what sipgo's parser refuses reaches authproxy only as a log record,
 // which the handler wrapping sipgo's loggers redacts, cuts short, throttles
@@ -100,19 +103,19 @@
 // # The fast lane
 //
 // Out-of-dialog requests that create no dialog and are no REGISTER
-// (MESSAGE, OPTIONS, PUBLISH), received over UDP, skip sipgo's
-// transactions (fastlane.go, internal/sipgo patch 11). The goroutine that
-// parsed such a request (the UDP read loop, or above 10,000 datagrams a
-// second one of its workers: patch 12) runs the same checks, routing,
-// admission and preemptive answer as every request (forwarding.check),
-// sends it with our Via and returns: as the client's datagram with
-// authproxy's edits made in its bytes (rawsip.go, patch 14), or else as a
-// parsed copy. The goroutine that reads the upstream's response finds the
-// request by our branch and relays it, as bytes with our Via cut out
-// (patch 13) unless it is a challenge or unusual, which sipgo parses. The
-// client's retransmissions stand in for Timer E (each is sent on at
-// once), one sweeper for Timer F, and the final response's bytes answer
-// later retransmissions (sip.LiteServerTx). A 401/407, or a next hop over TCP or
+// (MESSAGE, OPTIONS, PUBLISH), received over UDP, never reach sipgo
+// (fastlane.go): the UDP listener's socket, which authproxy reads for
+// sipgo (udpsocket.go), parses such a request itself, and on that
+// goroutine runs the same checks, routing, admission and preemptive
+// answer as every request (forwarding.check), sends it with our Via from
+// the same socket and returns: as the client's datagram with authproxy's
+// edits made in its bytes (rawsip.go), or else as a parsed copy. The
+// goroutine that reads the upstream's response finds the request by our
+// branch and relays it, as bytes with our Via cut out unless it is a
+// challenge or unusual, which it parses. The client's retransmissions
+// stand in for Timer E (each is sent on at once), one sweeper for Timer
+// F, and the final response's bytes, kept by the socket (answered.go),
+// answer later retransmissions (liteTx). A 401/407, or a next hop over TCP or
 // TLS, hands the request to a goroutine that continues the usual way with
 // a sipgo client transaction. It exists for latency: at 3,500 requests a
 // second on two shared cores, the goroutines, FSMs, timers and channels of

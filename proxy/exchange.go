@@ -170,6 +170,9 @@ func (f *forwarding) exchange(clTx sip.ClientTransaction, clientGone <-chan stru
 	for {
 		select {
 		case res := <-clTx.Responses():
+			if f.p.misdirectedOnStream(res) {
+				continue
+			}
 			if !f.att.answered {
 				f.att.answered = true
 				resetTimer(timeout, f.p.cfg.UpstreamTimeout)

@@ -15,15 +15,15 @@ import (
 
 // fastLane forwards the out-of-dialog non-INVITE requests clients send
 // over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter) without
-// sipgo's transactions (sip.FastLane, internal/sipgo patch 11). The
-// request is checked, routed and admitted exactly as on the usual path
-// (forwarding.check), on the goroutine that parsed it (the UDP read loop,
-// or one of its workers at high rates: patch 12), and sent at once, as
-// the client's datagram with authproxy's edits made in its bytes
-// (forwardBytes, patch 14) or else as a parsed copy (forwarding.build);
-// the upstream's response is matched to it by our Via branch and relayed
-// as bytes from where it was read (HandleRawResponse, patch 13), or parsed
-// when it is a challenge or unusual. No goroutine, FSM,
+// sipgo's transactions. The UDP listener's socket (laneSocket) offers it
+// every request datagram before sipgo reads it; the request is checked,
+// routed and admitted exactly as on the usual path (forwarding.check), on
+// the goroutine that read it, and sent at once from that socket, as the
+// client's datagram with authproxy's edits made in its bytes
+// (forwardBytes) or else as a parsed copy (forwarding.build); the
+// upstream's response is matched to it by our Via branch and relayed as
+// bytes from where it was read (HandleRawResponse), or parsed when it is a
+// challenge or unusual. No goroutine, FSM,
 // timer or channel per request: on a machine whose two cores authproxy
 // shares with its PBX, those handoffs are most of its CPU and of the
 // latency it adds (docs/performance.md, "The fast lane").
@@ -36,8 +36,7 @@ import (
 // to the client). A 401/407 takes the request off the lane: a goroutine
 // answers the challenge with a sipgo client transaction as the usual path
 // does, and so does a next hop over TCP or TLS. The sender's side (Timer J,
-// answering retransmissions after the final response) is the
-// sip.LiteServerTx's.
+// answering retransmissions after the final response) is the liteTx's.
 type fastLane struct {
 	p *Proxy
 
@@ -52,19 +51,20 @@ type fastLane struct {
 type laneEntry struct {
 	key string // the sender's server transaction key
 	f   *forwarding
-	tx  *sip.LiteServerTx
+	tx  *liteTx
 
-	// The request as sent when the lane sent the client's datagram on
-	// edited (appendForward) instead of f.fwd: its bytes, the target's
-	// address they go to and the CSeq number they carry.
-	raw []byte
-	dst *net.UDPAddr
-	seq uint32
+	// The request as sent: its bytes (the client's datagram edited by
+	// appendForward, or f.fwd serialised), the listening socket they go
+	// out on, the target's address they go to and, when sent as edited
+	// bytes (f.fwd nil), the CSeq number they carry.
+	raw  []byte
+	sock *laneSocket
+	dst  *net.UDPAddr
+	seq  uint32
 
 	mu      sync.Mutex
-	waiting bool           // sent, its response awaited on the lane (not before, not off the lane, not once answered)
-	branch  string         // our Via branch, while waiting
-	conn    sip.Connection // the socket the request went out on, while waiting
+	waiting bool   // sent, its response awaited on the lane (not before, not off the lane, not once answered)
+	branch  string // our Via branch, while waiting
 	// deadline is when the attempt times out, in Unix nanoseconds: the
 	// failover timeout, then Timer F once it was answered. Atomic: the
 	// sweeper reads it holding only the lane's lock.
@@ -92,7 +92,7 @@ func (l *fastLane) TakesRequest(req *sip.Request) bool {
 
 // HandleRequest forwards req, or sends a retransmission of a request still
 // waiting for its response on again.
-func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
+func (l *fastLane) HandleRequest(req *sip.Request, tx *liteTx) {
 	key := tx.Key()
 	l.mu.Lock()
 	if old := l.byKey[key]; old != nil {
@@ -128,42 +128,34 @@ func (l *fastLane) HandleRequest(req *sip.Request, tx *sip.LiteServerTx) {
 
 // forward sends e's request and reports whether it is now in the lane's
 // hands (waiting, or handed to a goroutine); false when it was answered
-// here (next hop unreachable). raw is the datagram the request came in,
-// if sipgo kept it (patch 14): when it can, the lane sends that on with
-// authproxy's edits made in its bytes, instead of a parsed copy
-// serialised again.
+// here (next hop unreachable). raw is the datagram the request came in:
+// when it can, the lane sends that on with authproxy's edits made in its
+// bytes, instead of a parsed copy serialised again.
 func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	f := e.f
-	if !f.pickCachedTarget() || f.hop.transport != "UDP" {
+	if !f.pickCachedTarget() || f.hop.transport != "UDP" || !l.hasSocketFor(f.hop.addr) {
 		// A name not resolved yet (the wait for it must not hold up this
-		// goroutine), or a next hop over TCP or TLS: the usual way.
+		// goroutine), a next hop over TCP or TLS, or none a UDP listener
+		// can reach: the usual way.
 		go l.offLane(e, nil, false)
 		return true
 	}
 	branch := sip.GenerateBranchN(16)
-	var err error
-	conn := l.forwardBytes(e, raw, branch)
-	if conn == nil {
+	if !l.forwardBytes(e, raw, branch) {
 		if !f.build() {
 			return false
 		}
 		f.fwd.PrependHeader(l.p.newVia(f.hop.transport, hopAddr(f.hop.addr), branch))
-		conn, err = l.p.ua.TransportLayer().ClientRequestConnection(context.Background(), f.fwd)
-	}
-	if err != nil {
-		f.log.Warn("next hop unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
-		return false
+		l.prepareParsed(e)
 	}
 	if err := l.p.pinRequest(branch, f.req.Method, f.hop.transport, f.hop.addr); err != nil {
-		conn.TryClose()
 		f.log.Warn("next hop unreachable", "error", err)
 		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
 		return false
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.waiting, e.branch, e.conn = true, branch, conn
+	e.waiting, e.branch = true, branch
 	f.sentAt = time.Now()
 	f.att.tried++
 	e.deadline.Store(f.sentAt.Add(f.attemptTimeout()).UnixNano())
@@ -181,34 +173,58 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	return true
 }
 
+// hasSocketFor reports whether a UDP listener's socket can send to addr
+// ("ip:port"): the lane sends from the socket its responses come back to.
+func (l *fastLane) hasSocketFor(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return false
+	}
+	lst := l.p.listenerFor("UDP", ap.Addr().Unmap())
+	return lst != nil && lst.sock != nil
+}
+
+// prepareParsed prepares f.fwd, the parsed copy with our Via on top, to be
+// sent from the UDP listener's socket toward the next hop (hasSocketFor
+// said there is one): serialised once into e.raw, so that the client's
+// retransmissions go on as the same bytes.
+func (l *fastLane) prepareParsed(e *laneEntry) {
+	f := e.f
+	ap, _ := netip.ParseAddrPort(f.hop.addr)
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	e.sock = l.p.listenerFor("UDP", ap.Addr()).sock
+	e.dst = net.UDPAddrFromAddrPort(ap)
+	e.raw = []byte(f.fwd.String())
+}
+
 // forwardBytes prepares e's request as the client's datagram raw with
 // authproxy's edits (forwardEdits, the preemptive answers, our Via with
-// branch) made in its bytes, into e.raw, and returns the listening socket
-// to send it from. It returns nil when the request must be built as a
-// parsed copy instead: no datagram, something other than a plain request
-// to an upstream addressed by IP from a listener bound to one, or bytes
-// appendForward would not edit. The preemptive answers, once computed,
-// are in f.auth either way.
-func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Connection {
+// branch) made in its bytes, into e.raw, with the listening socket to send
+// it from, and reports whether it did. It reports false when the request
+// must be built as a parsed copy instead: no datagram, something other
+// than a plain request to an upstream addressed by IP from a listener
+// bound to one, or bytes appendForward would not edit. The preemptive
+// answers, once computed, are in f.auth either way.
+func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) bool {
 	f, req := e.f, e.f.req
 	if raw == nil || f.toClient || f.bind != nil || f.up == nil || req.Method == sip.REGISTER || req.Route() != nil {
-		return nil
+		return false
 	}
 	dst := f.up.udpAddr // an IP literal's, computed once
 	if f.up.literal == nil {
 		t, ok := f.target()
 		if !ok {
-			return nil
+			return false
 		}
 		dst = net.UDPAddrFromAddrPort(t.Addr)
 	}
 	lst := l.p.listenerFor("UDP", dst.AddrPort().Addr())
-	if lst == nil || lst.ip.IsUnspecified() {
-		return nil
+	if lst == nil || lst.ip.IsUnspecified() || lst.sock == nil {
+		return false
 	}
 	edits, err := f.forwardEdits()
 	if err != nil {
-		return nil // build answers it
+		return false // build answers it
 	}
 	f.addPreemptive()
 	if len(f.auth) > 0 && !requestLineURIIs(raw, req.Recipient.String()) {
@@ -217,7 +233,7 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Con
 		// it otherwise (a scheme in capitals, a port with a leading zero),
 		// and an upstream comparing the two would refuse them. The parsed
 		// copy carries that rendering on its request line.
-		return nil
+		return false
 	}
 	buf := datagramBufs.Get().(*[]byte)
 	defer datagramBufs.Put(buf)
@@ -228,17 +244,13 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) sip.Con
 	if !ok || len(out)-via > sip.UDPMTUSize-200 {
 		// The parsed copy carries the answers computed here (build adds
 		// f.auth); too large, it fails there as it always did.
-		return nil
-	}
-	conn, err := l.p.ua.TransportLayer().GetConnection("udp", lst.local)
-	if err != nil {
-		// Not in sipgo's pool (yet): the parsed copy finds or makes one.
-		return nil
+		return false
 	}
 	e.raw = bytes.Clone(out[via:])
 	e.seq = edits.seq
 	e.dst = dst
-	return conn
+	e.sock = lst.sock
+	return true
 }
 
 // requestLineURIIs reports whether the request line of the datagram raw
@@ -253,17 +265,15 @@ func requestLineURIIs(raw []byte, uri string) bool {
 	return ok && string(got) == uri
 }
 
-// send sends the request (again) to the next hop on e.conn (e.mu held).
+// send sends the request (again) to the next hop from e.sock (e.mu held).
 func (e *laneEntry) send() error {
-	if e.raw == nil {
-		return e.conn.WriteMsg(e.f.fwd)
+	if len(e.raw) > sip.UDPMTUSize-200 {
+		return sip.ErrUDPMTUCongestion
 	}
-	uc, ok := e.conn.(*sip.UDPConnection)
-	if !ok {
-		return fmt.Errorf("listening socket is a %T", e.conn)
+	if _, err := e.sock.WriteTo(e.raw, e.dst); err != nil {
+		return fmt.Errorf("send request: %w", err)
 	}
-	_, err := uc.WriteTo(e.raw, e.dst)
-	return err
+	return nil
 }
 
 // buildSent makes f.fwd, the parsed form of a request the lane sent as
@@ -285,17 +295,45 @@ func (l *fastLane) buildSent(e *laneEntry) error {
 	return nil
 }
 
-// HandleResponse relays a response to a request waiting on the lane. It
-// sees every response sipgo parses, from every transport, before sipgo's
-// transactions: one read over TCP or TLS is dropped here (true) unless it
-// came on the connection its request went on (pinning.go; datagrams were
-// checked before parsing, by the read filter).
-func (l *fastLane) HandleResponse(res *sip.Response) bool {
-	if res.Transport() != "UDP" && l.p.responseVerdict(res) == pinMismatch {
-		from, _ := netip.ParseAddrPort(res.Source())
-		l.p.discarded("response-source", "message dropped: carries the branch of a request authproxy sent elsewhere", from)
+// takeResponse offers the lane a response datagram a UDP listener read
+// (from addr, checked against the pins already) and reports whether it
+// took it: relayed as bytes (HandleRawResponse), or parsed and relayed
+// (HandleResponse) when a branch in it is one the lane waits on. Anything
+// else is sipgo's.
+func (l *fastLane) takeResponse(data []byte, addr net.Addr) bool {
+	if l.HandleRawResponse(data) {
 		return true
 	}
+	if !l.waitsOnBranchIn(data) {
+		return false
+	}
+	msg, err := l.p.parser.ParseSIP(data)
+	if err != nil {
+		return false // sipgo logs it, unparsable.go counts it
+	}
+	res, ok := msg.(*sip.Response)
+	if !ok {
+		return false
+	}
+	res.SetTransport("UDP")
+	res.SetSource(addr.String())
+	return l.HandleResponse(res)
+}
+
+// waitsOnBranchIn reports whether a branch in data is that of a request
+// waiting on the lane.
+func (l *fastLane) waitsOnBranchIn(data []byte) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.byBranch) == 0 {
+		return false
+	}
+	return !forEachBranch(data, func(b []byte) bool { return l.byBranch[string(b)] == nil })
+}
+
+// HandleResponse relays a parsed response to a request waiting on the
+// lane and reports whether it took it.
+func (l *fastLane) HandleResponse(res *sip.Response) bool {
 	via := res.Via()
 	if via == nil {
 		return false
@@ -339,7 +377,7 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 }
 
 // HandleRawResponse relays a response to a request waiting on the lane
-// as the bytes the upstream sent (sipgo patch 13): our Via line cut out,
+// as the bytes the upstream sent: our Via line cut out,
 // the sender's CSeq number put back, nothing parsed or serialised. A
 // challenge, or anything scanResponse cannot read for sure, goes to the
 // parser and HandleResponse instead.
@@ -490,10 +528,6 @@ func (l *fastLane) stopWaiting(e *laneEntry) {
 	l.mu.Unlock()
 	l.p.pins.release(e.branch, false, time.Now())
 	e.waiting = false
-	if e.conn != nil {
-		e.conn.TryClose()
-		e.conn = nil
-	}
 }
 
 // finish ends a waiting entry (e.mu held): off the response path and its

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/proxy"
-	"github.com/emiago/sipgo/sip"
 )
 
 // scriptedUpstream is a UDP upstream the test answers by hand.
@@ -156,20 +155,20 @@ func (c *laneClient) read(t *testing.T, wait time.Duration) string {
 // is not relayed, other provisional responses and the final one are; a
 // retransmission after the final response is answered with it again
 // without reaching the upstream; an upstream's retransmitted final
-// response is not relayed twice. Both ways a UDP listener hands on what it
-// reads (internal/sipgo patch 12): on its read loop, and through its
-// workers, as above 10,000 datagrams a second.
+// response is not relayed twice. Both ways a UDP listener handles what it
+// reads: on its read loop, and through its workers, as above 10,000
+// datagrams a second.
 func TestFastLaneTransactionBehaviour(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		handOffAt int64
 	}{
-		{"read loop", sip.UDPHandOffAbove.Load()},
-		{"workers", 0},
+		{"read loop", proxy.UDPHandOffAbove.Load()},
+		{"workers", -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			was := sip.UDPHandOffAbove.Swap(tc.handOffAt)
-			defer sip.UDPHandOffAbove.Store(was)
+			was := proxy.UDPHandOffAbove.Swap(tc.handOffAt)
+			defer proxy.UDPHandOffAbove.Store(was)
 			testFastLaneTransactionBehaviour(t)
 		})
 	}
@@ -258,8 +257,8 @@ func laneAfterChallenge(t *testing.T, callID string) (*scriptedUpstream, *laneCl
 }
 
 // A request on the fast lane goes on as the client's bytes with
-// authproxy's edits (internal/sipgo patch 14), and its response comes back
-// as the bytes the upstream sent (patch 13): our Via gone, the client's
+// authproxy's edits, and its response comes back
+// as the bytes the upstream sent: our Via gone, the client's
 // own CSeq number back where authproxy shifted it after a challenge in the
 // same Call-ID, every other header as the upstream wrote it.
 func TestFastLaneRawRelay(t *testing.T) {
@@ -270,7 +269,7 @@ func TestFastLaneRawRelay(t *testing.T) {
 	}
 
 	// The next MESSAGE of the dialer's Call-ID: CSeq 2 goes up as 3, sent
-	// on as the client's bytes edited (patch 14): its header spelt
+	// on as the client's bytes edited: its header spelt
 	// oddly arrives verbatim, which a parsed copy would not.
 	c.msg = bytes.Replace(c.msg, []byte("CSeq: 1 MESSAGE"), []byte("CSeq: 2 MESSAGE\r\nX-Odd:   spaced"), 1)
 	c.msg = bytes.Replace(c.msg, []byte("branch=z9hG4bK-lane-3"), []byte("branch=z9hG4bK-lane-3b"), 1)

@@ -116,6 +116,11 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	defer f.end()
 	defer f.recoverPanic()
+	if req.Method == sip.INVITE {
+		// Its final response went out when run returns: a CANCEL cancels
+		// nothing from then on (cancel.go).
+		defer p.invites.forget(topViaBranch(req))
+	}
 	f.run()
 }
 
@@ -328,14 +333,14 @@ func (f *forwarding) check() bool {
 	// §16.3 step 4: loop detection. authproxy only forwards to configured
 	// upstreams and to clients in known dialogs, so a request carrying our
 	// own sent-by came back to us.
-	for _, h := range req.GetHeaders("Via") {
+	for _, h := range headersNamed(req, "Via") {
 		if v, ok := h.(*sip.ViaHeader); ok && p.isOwnVia(v) {
 			f.respondLocal(sip.StatusLoopDetected, "Loop Detected", "loop")
 			return false
 		}
 	}
 	// §16.3 step 5: we support no extension a proxy must understand.
-	if pr := req.GetHeaders("Proxy-Require"); len(pr) > 0 {
+	if pr := headersNamed(req, "Proxy-Require"); len(pr) > 0 {
 		vals := make([]string, 0, len(pr))
 		for _, h := range pr {
 			vals = append(vals, h.Value())
@@ -663,7 +668,7 @@ func (f *forwarding) relayed(status int, err error) {
 // upstream sent (scanned by scanResponse): what relay does for the
 // requests the lane takes (no REGISTER, nothing creating a dialog, never
 // toward a client), on bytes instead of a parsed message.
-func (f *forwarding) relayRaw(tx *sip.LiteServerTx, data []byte, r *scannedResponse) {
+func (f *forwarding) relayRaw(tx *liteTx, data []byte, r *scannedResponse) {
 	f.preemptiveDone(r.status)
 	if r.status >= 200 && r.status < 300 {
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
@@ -795,23 +800,47 @@ func callID(m sip.Message) string {
 // headerEditor is what *sip.Request and *sip.Response share for editing
 // headers (sip.Message lacks RemoveHeader).
 type headerEditor interface {
-	GetHeader(name string) sip.Header
-	GetHeaders(name string) []sip.Header
+	Headers() []sip.Header
 	RemoveHeader(name string) bool
+}
+
+// headersNamed returns m's headers called name, compared
+// case-insensitively (RFC 3261 §7.3.1). sipgo's GetHeaders lowercases the
+// name of every header it looks at, an allocation for each name outside
+// its table, on every lookup; this compares in place.
+func headersNamed(m interface{ Headers() []sip.Header }, name string) []sip.Header {
+	var out []sip.Header
+	for _, h := range m.Headers() {
+		if strings.EqualFold(h.Name(), name) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// headerNamed returns m's first header called name (case-insensitive), nil
+// if none; see headersNamed.
+func headerNamed(m interface{ Headers() []sip.Header }, name string) sip.Header {
+	for _, h := range m.Headers() {
+		if strings.EqualFold(h.Name(), name) {
+			return h
+		}
+	}
+	return nil
 }
 
 // removeAll removes every header called name, compared case-insensitively.
 // sipgo's RemoveHeader removes only the first header whose name matches
 // case-sensitively, so a received "authorization:" would survive it.
 func removeAll(m headerEditor, name string) {
-	for _, h := range m.GetHeaders(name) {
+	for _, h := range headersNamed(m, name) {
 		m.RemoveHeader(h.Name())
 	}
 }
 
 // removeFirst removes the first header called name (case-insensitive).
 func removeFirst(m headerEditor, name string) {
-	if h := m.GetHeader(name); h != nil {
+	if h := headerNamed(m, name); h != nil {
 		m.RemoveHeader(h.Name())
 	}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // BenchmarkHostileChecks measures what the checks against hostile input
-// add to each message on the fast lane: the read filter on a request
+// add to each message on the fast lane: the socket's screen on a request
 // datagram (branch scan, source noted by hash) and on a response to a
 // pinned request (branch scan, pin lookup), the request validation, and
 // pinning then releasing a request's branch.
@@ -33,22 +33,22 @@ func BenchmarkHostileChecks(b *testing.B) {
 	local := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5060}
 	client := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 	upstream := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 5060}
-	b.Run("read filter, request", func(b *testing.B) {
+	b.Run("screen, request", func(b *testing.B) {
 		data := []byte(reqData)
-		props := sip.TransportReadProps{Transport: "UDP", LocalAddr: local, RemoteAddr: client}
+		from := client.AddrPort()
 		b.ReportAllocs()
 		for b.Loop() {
-			if out, _ := p.readFilter(props, data); out == nil {
+			if !p.screenDatagram(data, from, local) {
 				b.Fatal("dropped")
 			}
 		}
 	})
-	b.Run("read filter, response", func(b *testing.B) {
+	b.Run("screen, response", func(b *testing.B) {
 		data := []byte(resData)
-		props := sip.TransportReadProps{Transport: "UDP", LocalAddr: local, RemoteAddr: upstream}
+		from := upstream.AddrPort()
 		b.ReportAllocs()
 		for b.Loop() {
-			if out, _ := p.readFilter(props, data); out == nil {
+			if !p.screenDatagram(data, from, local) {
 				b.Fatal("dropped")
 			}
 		}

@@ -1,52 +1,33 @@
 package proxy
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
 
-// readFilter is sipgo's transport read filter (sip.WithTransportLayerReadFilter,
-// public API): it sees every datagram authproxy's UDP sockets read, with
-// its source, before the fast lane's byte path or the parser, and returns
-// nil to drop one. Over UDP it drops a datagram carrying the branch of one
-// of authproxy's requests unless it comes from where that request went
-// (pinning.go), answers 513 to a request larger than MaxDatagramSize, and
-// remembers where each request came from, for answering those the parser
-// refuses (unparsable.go). TCP and TLS reads are passed on as they are
-// (their responses are checked once parsed, by the fast lane's
-// HandleResponse).
-//
-// It never returns an error, which would make sipgo stop reading the
-// socket, and a panic in it is recovered: it runs on a listener's read
-// loop.
-func (p *Proxy) readFilter(props sip.TransportReadProps, data []byte) (out []byte, err error) {
-	if props.Transport != "UDP" {
-		return data, nil
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			p.log.Error("panic while reading a datagram", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			out, err = nil, nil
-		}
-	}()
-	from := addrPortOf(props.RemoteAddr)
+// screenDatagram applies the checks against hostile input to a datagram
+// a UDP listener (local) read from from, before anything parses it, and
+// reports whether it may go on. It drops a datagram carrying the branch
+// of one of authproxy's requests unless it comes from where that request
+// went (pinning.go), answers 513 to a request larger than MaxDatagramSize,
+// and remembers where each request came from, for answering those the
+// parser refuses (unparsable.go).
+func (p *Proxy) screenDatagram(data []byte, from netip.AddrPort, local net.Addr) bool {
 	if !p.datagramFromWhereSent(data, from) {
 		p.discarded("response-source", "message dropped: carries the branch of a request authproxy sent elsewhere", from)
-		return nil, nil
+		return false
 	}
 	if datagramTooLarge(len(data)) {
-		p.refuseTooLarge(data, from, props.LocalAddr)
-		return nil, nil
+		p.refuseTooLarge(data, from, local)
+		return false
 	}
 	if !isResponseStart(data) {
-		p.recent.note(data, from, props.LocalAddr)
+		p.recent.note(data, from, local)
 	}
-	return data, nil
+	return true
 }
 
 // addrPortOf returns a's address and port (unmapped), zero if a is no IP
@@ -133,4 +114,35 @@ func (p *Proxy) answerDatagram(local net.Addr, to netip.AddrPort, msg []byte) {
 			return
 		}
 	}
+}
+
+// inspectStream is the TCP and TLS listeners' message inspector
+// (tcpguard.Config.Inspect): it sees each complete message an inbound
+// connection carries before sipgo reads it, as screenDatagram sees
+// datagrams. A response carrying the branch of one of authproxy's
+// requests is dropped unless it came on the connection that request went
+// on (pinning.go); a CANCEL from anywhere but its INVITE's source is
+// refused with 403 (cancel.go), and each INVITE's source noted for that.
+func (p *Proxy) inspectStream(msg []byte, transport string, from netip.AddrPort) (pass bool, answer []byte) {
+	if isResponseStart(msg) {
+		if !p.fromWhereSent(msg, transport, from) {
+			p.discarded("response-source", "message dropped: carries the branch of a request authproxy sent elsewhere", from)
+			return false, nil
+		}
+		return true, nil
+	}
+	switch sip.RequestMethod(startMethod(msg)) {
+	case sip.INVITE:
+		p.invites.note(msg, transport, from, time.Now())
+	case sip.CANCEL:
+		parsed, err := p.parser.ParseSIP(msg)
+		if err != nil {
+			return true, nil // sipgo refuses it
+		}
+		req, ok := parsed.(*sip.Request)
+		if ok && p.cancelRefused(req, transport, from) {
+			return false, cancelRefusal(req)
+		}
+	}
+	return true, nil
 }

@@ -100,6 +100,9 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 			}
 
 		case res := <-clTx.Responses():
+			if f.p.misdirectedOnStream(res) {
+				continue
+			}
 			f.att.answered = true
 			if !cancelling && isCancelled.Load() {
 				// The CANCEL came before this response, though select

@@ -278,9 +278,25 @@ var branchCookie = []byte(sip.RFC3261BranchMagicCookie)
 // datagramFromWhereSent reports whether the response datagram data, read
 // over UDP from from, may be handed on: every branch of ours in it
 // (wherever it appears, so that no reading of the headers different from
-// the parser's can hide one) must have gone to from. The UDP read filter
-// asks it of every response before anything parses it.
+// the parser's can hide one) must have gone to from. The UDP listener's
+// socket (laneSocket) asks it of every datagram before anything parses it.
 func (p *Proxy) datagramFromWhereSent(data []byte, from netip.AddrPort) bool {
+	return p.fromWhereSent(data, "UDP", from)
+}
+
+// fromWhereSent reports whether the message data, read over transport
+// from from (over TCP and TLS: the connection's remote address), may be
+// handed on: every branch of ours in it must have gone there.
+func (p *Proxy) fromWhereSent(data []byte, transport string, from netip.AddrPort) bool {
+	return forEachBranch(data, func(branch []byte) bool {
+		return p.pins.check(branch, transport, from) != pinMismatch
+	})
+}
+
+// forEachBranch calls f with every RFC 3261 branch (the magic cookie and
+// the token characters after it) in data, until f returns false, and
+// reports whether none did.
+func forEachBranch(data []byte, f func(branch []byte) bool) bool {
 	for rest := data; ; {
 		i := bytes.Index(rest, branchCookie)
 		if i < 0 {
@@ -291,7 +307,7 @@ func (p *Proxy) datagramFromWhereSent(data []byte, from netip.AddrPort) bool {
 		for n < len(rest) && isBranchChar(rest[n]) {
 			n++
 		}
-		if p.pins.check(rest[:n], "UDP", from) == pinMismatch {
+		if !f(rest[:n]) {
 			return false
 		}
 		rest = rest[n:]
@@ -302,6 +318,23 @@ func (p *Proxy) datagramFromWhereSent(data []byte, from netip.AddrPort) bool {
 // token character).
 func isBranchChar(c byte) bool {
 	return isDigit(c) || isLetter(c) || bytes.IndexByte([]byte("-.!%*_+`'~"), c) >= 0
+}
+
+// misdirectedOnStream reports whether res, a response sipgo matched to one
+// of authproxy's client transactions, came over TCP or TLS on another
+// connection than its request went on, and counts it: it is then not
+// relayed. Inbound connections were checked before sipgo read them
+// (inspectStream); this catches the connections authproxy dialed, whose
+// reads sipgo does itself. sipgo matches a response by branch and method
+// alone, so it has already moved its transaction on: at worst the request
+// times out, but nothing from elsewhere reaches the client.
+func (p *Proxy) misdirectedOnStream(res *sip.Response) bool {
+	if res.Transport() == "UDP" || p.responseVerdict(res) != pinMismatch {
+		return false
+	}
+	from, _ := netip.ParseAddrPort(res.Source())
+	p.discarded("response-source", "message dropped: carries the branch of a request authproxy sent elsewhere", from)
+	return true
 }
 
 // responseVerdict is what the pins say of res, a parsed response: its top

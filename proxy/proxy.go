@@ -21,46 +21,6 @@ import (
 	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
 
-func init() {
-	// sipgo refuses UDP writes above UDPMTUSize-200 (1300 bytes) with
-	// ErrUDPMTUCongestion and never falls back to TCP. A forwarded INVITE
-	// with SDP, our Via and an Authorization header crosses that easily, so
-	// the limit is raised to what a UDP datagram can carry in practice
-	// (loopback and LAN fragment fine). Set here, before any goroutine can
-	// read it, because it is a package global of sipgo.
-	if sip.UDPMTUSize < 9000 {
-		sip.UDPMTUSize = 9000
-	}
-	// A completed non-INVITE server transaction over UDP lingers to answer
-	// retransmissions of its request with the same response: Timer J, 64*T1
-	// = 32 s in RFC 3261 §17.2.2. The patched sipgo keeps only the response
-	// bytes for that long (internal/sipgo/PATCHES.md, 6), which at
-	// thousands of requests a second is still most of authproxy's heap. A
-	// client stops retransmitting once a response reaches it and
-	// retransmits at most every T2 (4 s) until then, so T4 (5 s) still
-	// absorbs every retransmission but those whose responses were all lost:
-	// the wait Kamailio's tm module uses (wt_timer, 5 s) for the same
-	// reason.
-	if sip.Timer_J > sip.T4 {
-		sip.Timer_J = sip.T4
-	}
-	// The same for INVITE transactions once a 2xx passed (RFC 6026's
-	// Accepted state, Timer L on the server side and M on the client side,
-	// both 32 s): each holds the INVITE, its SDP and the 2xx, and a call
-	// setup rate of a few hundred a second kept some 100 MB of them, most
-	// of authproxy's memory with thousands of calls up. They absorb INVITE
-	// retransmissions (a client stops sending them at the first 1xx) and
-	// pass the callee's 2xx retransmissions on (sent until the ACK arrives,
-	// normally milliseconds). Later 2xx retransmissions, after an ACK lost
-	// for 5 s, are relayed statelessly by handleStrayResponse.
-	if sip.Timer_L > sip.T4 {
-		sip.Timer_L = sip.T4
-	}
-	if sip.Timer_M > sip.T4 {
-		sip.Timer_M = sip.T4
-	}
-}
-
 // Proxy is authproxy's SIP side: it serves clients on the configured
 // listeners, forwards their requests to the configured upstreams and answers
 // the upstreams' digest challenges with the configured credentials.
@@ -96,6 +56,7 @@ type Proxy struct {
 	tcp      *tcpguard.Guard // caps and deadlines of inbound TCP/TLS connections (listeners.go)
 
 	pins     *pinTable        // where each request with our branch went (pinning.go)
+	invites  *inviteSources   // where each INVITE came from, for its CANCEL (cancel.go)
 	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
 	parser   *sip.Parser      // sipgo's parser, lenient about some headers (validate.go)
 	inputLog *logThrottle     // lines about bad input, one per kind and interval
@@ -119,7 +80,8 @@ type boundListener struct {
 	advertise string
 	local     string // ip:port, as sipgo's UDP pool knows the listening socket
 	closer    io.Closer
-	udp       net.PacketConn
+	udp       net.PacketConn // the socket itself
+	sock      *laneSocket    // the socket as sipgo reads it (udpsocket.go)
 	tcp       net.Listener
 	stopped   error // why serving stopped while the proxy runs; guarded by Proxy.mu
 }
@@ -174,6 +136,7 @@ func New(cfg Config) (*Proxy, error) {
 		limiter:  newLimiter(cfg.Limits),
 		local:    newLocalAuth(),
 		pins:     newPinTable(),
+		invites:  newInviteSources(cfg.TimerC),
 		recent:   newRecentDatagrams(),
 		parser:   sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers())),
 		inputLog: newLogThrottle(sipgoLogInterval),
@@ -189,6 +152,7 @@ func New(cfg Config) (*Proxy, error) {
 		Limits:   tcpLimits(cfg),
 		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
 		Logger:   log.With("component", "tcp"),
+		Inspect:  p.inspectStream,
 	})
 	return p, nil
 }
@@ -295,12 +259,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(sipgoLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.handleStrayResponse),
-			sip.WithTransactionLayerFastLane(p.lane),
-			sip.WithTransactionLayerCancelFilter(p.cancelMatched),
 		),
 		sipgo.WithUserAgentTransportLayerOptions(
 			sip.WithTransportLayerLogger(sipgoLog),
-			sip.WithTransportLayerReadFilter(p.readFilter),
 		),
 	)
 	if err != nil {
@@ -368,8 +329,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 			defer serving.Done()
 			var err error
 			switch {
-			case l.udp != nil:
-				err = srv.ServeUDP(l.udp)
+			case l.sock != nil:
+				err = srv.ServeUDP(l.sock)
 			case l.transport == "TLS":
 				err = srv.ServeTLS(l.tcp)
 			default:
@@ -488,7 +449,7 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 				return nil, fmt.Errorf("listen udp %s: %w", l.Address, err)
 			}
 			growSocketBuffers(pc, p.log)
-			bl.udp, bl.closer, laddr = pc, pc, pc.LocalAddr()
+			bl.udp, bl.sock, bl.closer, laddr = pc, p.newLaneSocket(pc), pc, pc.LocalAddr()
 		case "TCP", "TLS":
 			ln, err := net.Listen("tcp", l.Address)
 			if err != nil {

@@ -10,7 +10,7 @@ import (
 )
 
 // scannedResponse is what the fast lane needs of a response to relay it
-// as bytes (sipgo patch 13): its status, the branch of its top Via (ours,
+// as bytes (HandleRawResponse): its status, the branch of its top Via (ours,
 // if the response is to a request the lane sent), its CSeq, and where the
 // top Via's header line and the CSeq number lie in the datagram.
 type scannedResponse struct {

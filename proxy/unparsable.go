@@ -17,16 +17,16 @@ import (
 // Request-URI, a malformed From, a CSeq number out of range, ...) want a
 // 400 instead whenever one can be built. The parser's refusal reaches
 // authproxy only through that log record (sipgoLogHandler), which has the
-// bytes but not their source; so the read filter notes where each request
+// bytes but not their source; so the UDP listener's socket notes where each request
 // datagram came from, by a hash of its bytes, and the record finds it
 // again. A 64-bit hash of the datagram costs some tens of nanoseconds on
 // the read loop, against the tens of microseconds the datagram costs in
 // all: the datagram is not parsed twice.
 
-// recentLen is how many request datagrams recentDatagrams remembers: more
-// than sipgo's UDP parse workers can hold queued (16 queues of 256 on two
-// cores), so the source of a refused datagram is still known when its
-// worker reports it.
+// recentLen is how many request datagrams recentDatagrams remembers: far
+// more than can be read between a datagram's read and the parser's
+// refusal of it, so the source of a refused datagram is still known when
+// sipgo reports it.
 const recentLen = 4096
 
 // recentDatagrams remembers the source of the last recentLen request

@@ -120,6 +120,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	level := new(slog.LevelVar)
 	level.Set(cfg.Log.Level)
 	log := newLogger(stderr, cfg.Log, level)
+	// The process-wide settings of the SIP stack (sipgo's package
+	// globals: UDP MTU, Timers J, L and M; see proxy.TuneSIPStack), set
+	// here, before anything serves, and nowhere else.
+	proxy.TuneSIPStack()
 	sip.SetDefaultLogger(proxy.SipgoLogger(log.With("component", "sipgo")))
 	if cfg.Log.SIPTrace {
 		sip.SIPDebugTracer(proxy.Tracer{Log: log.With("component", "trace")})

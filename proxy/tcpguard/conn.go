@@ -34,11 +34,19 @@ type conn struct {
 	handshook  bool
 	pending    counter // a close decided while bytes were still handed on, or cNone
 
+	// With Config.Inspect (insp): the bytes of the message in progress, held back
+	// until it is complete, and those of the messages it let through, not
+	// read yet (from outOff on).
+	insp   func(msg []byte, transport string, from netip.AddrPort) (bool, []byte)
+	held   []byte
+	out    []byte
+	outOff int
+
 	closeOnce sync.Once
 }
 
 func newConn(g *Guard, raw net.Conn, src netip.Addr, peer Peer, tlsConf *tls.Config) *conn {
-	c := &conn{Conn: raw, g: g, src: src, peer: peer, lim: g.cfg.Limits, since: time.Now()}
+	c := &conn{Conn: raw, g: g, src: src, peer: peer, lim: g.cfg.Limits, since: time.Now(), insp: g.cfg.Inspect}
 	c.fr.MaxSize = c.lim.MaxMessageSize
 	if tlsConf != nil {
 		c.tls = tls.Server(raw, tlsConf)
@@ -57,6 +65,9 @@ func (c *conn) Close() error {
 // Read returns the bytes of SIP messages only (keep-alives answered and
 // left out), under the deadline the connection's state calls for.
 func (c *conn) Read(b []byte) (int, error) {
+	if c.outOff < len(c.out) {
+		return c.drain(b), nil
+	}
 	if c.pending != cNone {
 		return 0, c.stop(c.pending, nil)
 	}
@@ -71,6 +82,9 @@ func (c *conn) Read(b []byte) (int, error) {
 		}
 		n, err := c.Conn.Read(b)
 		out, why := c.frame(b, n, time.Now())
+		if c.insp != nil {
+			out = c.drain(b)
+		}
 		if why != cNone {
 			if out > 0 {
 				c.pending = why // hand the complete messages before it on first
@@ -123,7 +137,9 @@ func (c *conn) frame(b []byte, n int, now time.Time) (int, counter) {
 	for len(data) > 0 {
 		was := c.fr.InMessage()
 		k, msg, ev := c.fr.Next(data)
-		if msg {
+		if msg && c.insp != nil {
+			c.held = append(c.held, data[:k]...)
+		} else if msg {
 			out += copy(b[out:], data[:k])
 		}
 		data = data[k:]
@@ -133,6 +149,9 @@ func (c *conn) frame(b []byte, n int, now time.Time) (int, counter) {
 		switch ev {
 		case End:
 			c.gotFirst, c.lastActive = true, now
+			if c.insp != nil {
+				c.inspect()
+			}
 		case KeepAlive:
 			c.lastActive = now
 		case Ping:
@@ -146,6 +165,40 @@ func (c *conn) frame(b []byte, n int, now time.Time) (int, counter) {
 		}
 	}
 	return out, cNone
+}
+
+// inspect shows the message held back, now complete, to Config.Inspect:
+// passed on (queued for Read), or dropped; its answer, if any, written.
+func (c *conn) inspect() {
+	transport := "TCP"
+	if c.tls != nil {
+		transport = "TLS"
+	}
+	from := netip.AddrPortFrom(c.src, 0)
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		from = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	pass, answer := c.insp(c.held, transport, from)
+	if answer != nil {
+		// A failed write shows on the next read.
+		_ = c.write(answer)
+	}
+	if pass {
+		c.out = append(c.out, c.held...)
+	}
+	c.held = c.held[:0]
+}
+
+// drain moves the bytes of the messages Inspect let through into b and
+// returns how many.
+func (c *conn) drain(b []byte) int {
+	n := copy(b, c.out[c.outOff:])
+	c.outOff += n
+	if c.outOff == len(c.out) {
+		c.out, c.outOff = c.out[:0], 0
+	}
+	return n
 }
 
 // write sends b under writeTimeout. Writes of the SIP stack have no

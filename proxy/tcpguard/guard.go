@@ -14,7 +14,9 @@
 //   - a Framer follows the message boundaries of the stream (RFC 3261
 //     §18.3) and stops a message larger than the maximum size before the
 //     SIP stack sees all of it: the request is answered 513 (Message Too
-//     Large, §21.5.14) when its headers allow, and the connection closed.
+//     Large, §21.5.14) when its headers allow, and the connection closed;
+//   - with Config.Inspect, each complete message is shown to it before the
+//     SIP stack reads it, and dropped (or answered) when it says so.
 //
 // CRLF keep-alives between messages (RFC 5626 §3.5.1) are taken out of the
 // stream: a double CRLF is answered with a CRLF, and every CRLF counts as
@@ -83,6 +85,14 @@ type Config struct {
 	// Logger receives refusals and accept failures (rate-limited) and each
 	// connection the guard closes (debug). nil discards.
 	Logger *slog.Logger
+	// Inspect, when set, sees each complete message of a connection before
+	// the SIP stack reads any of it: the connection holds a message's
+	// bytes back until its last one arrived. It reports whether the message
+	// goes on to the SIP stack, and an answer to write on the connection
+	// (nil: none). transport is "TCP" or "TLS", from the connection's
+	// remote address. It runs on the connection's reading goroutine and
+	// must not keep msg.
+	Inspect func(msg []byte, transport string, from netip.AddrPort) (pass bool, answer []byte)
 }
 
 // Refusal and close reasons, as Stats and the logs name them.

@@ -1,5 +1,0 @@
-//go:build !windows
-
-package sip
-
-func isRecvMsgSizeErr(error) bool { return false }
