@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// The ACK for a 2xx: a request of its own, forwarded end to end
+// (RFC 3261 §13.2.2.4).
+
+// handleAck forwards an ACK for a 2xx: end to end, a transaction of its
+// own, shifted in CSeq like every request of the dialog and carrying the
+// credentials its INVITE was accepted with (RFC 3261 §22.1: a server must
+// accept them and must not challenge an ACK). The ACK for a non-2xx is hop
+// by hop: on UDP sipgo absorbs it in the INVITE server transaction, on TCP
+// it arrives here and is dropped, our client transaction having ACKed the
+// upstream itself.
+func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
+	log := p.log.With(logMethod, "ACK", logCallID, callID(req))
+	if code, _ := malformedRequest(req); code != 0 {
+		from, _ := netip.ParseAddrPort(req.Source())
+		p.discarded("malformed-ack", "malformed ACK dropped", from)
+		return
+	}
+	if v := req.Via(); v != nil {
+		if b, ok := v.Params.Get("branch"); ok && p.finals.has(b) {
+			log.Debug("absorbing the ACK for a non-2xx final")
+			return
+		}
+	}
+	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log, src: sourceAddr(req.Source()), ctx: context.Background()}
+	if !f.routeQuiet() {
+		log.Debug("dropping ACK with no next hop")
+		return
+	}
+	if f.toClient {
+		if f.dlg != nil && !f.dlg.fromItsUpstream(f.src) {
+			f.ackRefused()
+			return
+		}
+	} else if g := f.rt.groupFor(f.src); g == nil || !g.allows(f.up.Name) {
+		f.ackRefused()
+		return
+	} else {
+		f.group = g
+	}
+	if !f.ackFromDialogClient() {
+		return
+	}
+	if !f.toClient && !f.pickCachedTarget() {
+		log.Debug("dropping ACK: its upstream has no known target")
+		return
+	}
+	fwd, err := f.buildForward()
+	if err != nil {
+		log.Debug("dropping malformed ACK", "error", err)
+		return
+	}
+	if f.dlg != nil && !f.toClient {
+		if cs := fwd.CSeq(); f.dlg.inviteUpCSeq != 0 && req.CSeq().SeqNo == f.dlg.inviteCSeq {
+			cs.SeqNo = f.dlg.inviteUpCSeq
+		}
+		for _, a := range f.dlg.inviteAuth {
+			fwd.AppendHeader(sip.NewHeader(a.header, a.value))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounds a TLS dial
+	defer cancel()
+	if err := f.tlsReady(ctx); err != nil {
+		log.Warn("cannot forward ACK", "error", err)
+		return
+	}
+	if err := p.client.WriteRequest(fwd, p.addVia(f.hop.transport)); err != nil {
+		log.Warn("cannot forward ACK", "error", err)
+	}
+}
+
+// routeQuiet is route for requests that get no response (ACK).
+func (f *forwarding) routeQuiet() bool {
+	f.tx = discardTx{}
+	return f.route()
+}
+
+// discardTx stands in for a server transaction where none exists (ACK):
+// responses to it go nowhere.
+type discardTx struct{ sip.ServerTransaction }
+
+func (discardTx) Respond(*sip.Response) error { return nil }
