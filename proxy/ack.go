@@ -89,3 +89,27 @@ func (f *forwarding) routeQuiet() bool {
 type discardTx struct{ sip.ServerTransaction }
 
 func (discardTx) Respond(*sip.Response) error { return nil }
+
+// ackFromDialogClient reports whether an ACK routed into a dialog toward
+// the upstream comes from the dialog's client (its INVITE's source). An
+// ACK from anyone else is dropped and counted: forwarded, it would carry
+// the INVITE's credentials (§22.1) for whoever copied the dialog's
+// identifiers.
+func (f *forwarding) ackFromDialogClient() bool {
+	if f.dlg == nil || f.toClient {
+		return true
+	}
+	if f.req.Transport() == f.dlg.clientTransport && f.req.Source() == f.dlg.clientAddr {
+		return true
+	}
+	f.ackRefused()
+	return false
+}
+
+// ackRefused counts and logs (throttled) an ACK dropped for its source:
+// one no client group admits (or, toward a client, no upstream), or not
+// its dialog's client.
+func (f *forwarding) ackRefused() {
+	from, _ := netip.ParseAddrPort(f.req.Source())
+	f.p.discarded("ack-source", "ACK dropped: not from a source that may send it", from)
+}
