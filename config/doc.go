@@ -46,6 +46,7 @@
 // file's own terms. validate.go turns the decoded file into a Config, one
 // function per table: validate_listen.go, validate_upstreams.go,
 // validate_credentials.go, validate_clients.go ([[client]] and
-// [[registration]]), validate_dns.go ([dns] and [[group]]), tcp.go; address.go parses the
-// addresses they share. errors.go holds FieldError and the sentinels.
+// [[registration]]), validate_dns.go ([dns] and [[group]]), tcp.go;
+// address.go parses the addresses they share. errors.go holds FieldError
+// and the sentinels.
 package config
