@@ -63,9 +63,7 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 		if cs := fwd.CSeq(); f.dlg.inviteUpCSeq != 0 && req.CSeq().SeqNo == f.dlg.inviteCSeq {
 			cs.SeqNo = f.dlg.inviteUpCSeq
 		}
-		for _, a := range f.dlg.inviteAuth {
-			fwd.AppendHeader(sip.NewHeader(a.header, a.value))
-		}
+		appendAuth(fwd, f.dlg.inviteAuth)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounds a TLS dial
 	defer cancel()

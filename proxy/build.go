@@ -19,18 +19,33 @@ import (
 // (the fast lane sends most requests as edited bytes instead and builds
 // f.fwd only if it needs it after all: buildSent).
 func (f *forwarding) build() bool {
-	fwd, err := f.buildForward()
-	if err != nil {
+	if err := f.buildWithAnswers(); err != nil {
 		f.log.Warn("cannot build forwarded request", "error", err)
 		f.respondLocal(sip.StatusBadRequest, "Bad Request", "bad-request")
 		return false
 	}
-	f.addPreemptive()
-	for _, a := range f.auth {
-		fwd.AppendHeader(sip.NewHeader(a.header, a.value))
-	}
-	f.fwd = fwd
 	return true
+}
+
+// buildWithAnswers makes f.fwd from the client's request (buildForward)
+// with the preemptive answers and those in f.auth.
+func (f *forwarding) buildWithAnswers() error {
+	fwd, err := f.buildForward()
+	if err != nil {
+		return err
+	}
+	f.addPreemptive()
+	appendAuth(fwd, f.auth)
+	f.fwd = fwd
+	return nil
+}
+
+// appendAuth adds each answer as its Authorization or
+// Proxy-Authorization header (RFC 3261 §22.2, §22.3).
+func appendAuth(r *sip.Request, answers []authAnswer) {
+	for _, a := range answers {
+		r.AppendHeader(sip.NewHeader(a.header, a.value))
+	}
 }
 
 // buildForward makes the copy of the request that is sent on (never the

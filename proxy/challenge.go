@@ -221,9 +221,7 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 		f.realms = append(f.realms, pk.ch.Realm)
 		f.credIDs = append(f.credIDs, pk.cred.String())
 	}
-	for _, a := range answers {
-		next.AppendHeader(sip.NewHeader(a.header, a.value))
-	}
+	appendAuth(next, answers)
 	f.auth = answers
 	f.rounds++
 	f.p.cfg.Observer.RequestResent(f.up.Name)

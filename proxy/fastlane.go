@@ -150,7 +150,7 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	}
 	if err := l.p.pinRequest(branch, f.req.Method, f.hop.transport, f.hop.addr); err != nil {
 		f.log.Warn("next hop unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		f.unreachable()
 		return false
 	}
 	e.mu.Lock()
@@ -167,7 +167,7 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	if err := e.send(); err != nil {
 		l.finish(e)
 		f.log.Warn("next hop unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		f.unreachable()
 		return false
 	}
 	return true
@@ -286,9 +286,7 @@ func (l *fastLane) buildSent(e *laneEntry) error {
 	if err != nil {
 		return err
 	}
-	for _, a := range f.auth {
-		fwd.AppendHeader(sip.NewHeader(a.header, a.value))
-	}
+	appendAuth(fwd, f.auth)
 	fwd.CSeq().SeqNo = e.seq
 	fwd.PrependHeader(l.p.newVia(f.hop.transport, hopAddr(f.hop.addr), e.branch))
 	f.fwd = fwd
@@ -500,7 +498,7 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response, timedOut bool) {
 	next, err := f.answer(res)
 	if err != nil {
 		f.log.Warn("upstream unreachable on retry", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		f.unreachable()
 		return
 	}
 	if next == nil {

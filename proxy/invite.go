@@ -148,7 +148,7 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 					if next("transport-error", nil) {
 						continue
 					}
-					f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+					f.unreachable()
 					return
 				}
 				if tx != nil {
@@ -396,9 +396,7 @@ func (f *forwarding) hangUpUpstream(res *sip.Response) {
 		return r
 	}
 	ack := mk(sip.ACK, inv.CSeq().SeqNo)
-	for _, a := range f.auth {
-		ack.AppendHeader(sip.NewHeader(a.header, a.value))
-	}
+	appendAuth(ack, f.auth)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := f.tlsReady(ctx); err != nil {

@@ -104,6 +104,13 @@ func (f *forwarding) byeAnswered(status int) {
 	f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
 }
 
+// unreachable answers the sender 503 when its request could not be sent
+// on: a transport error counts as a 503 from the next hop (RFC 3261 §16.9),
+// and no other target was left to try.
+func (f *forwarding) unreachable() {
+	f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+}
+
 // respondLocal answers the client ourselves.
 func (f *forwarding) respondLocal(code int, reason, outcome string, hdrs ...sip.Header) {
 	f.byeAnswered(code)
