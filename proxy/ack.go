@@ -36,16 +36,9 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 		log.Debug("dropping ACK with no next hop")
 		return
 	}
-	if f.toClient {
-		if f.dlg != nil && !f.dlg.fromItsUpstream(f.src) {
-			f.ackRefused()
-			return
-		}
-	} else if g := f.rt.groupFor(f.src); g == nil || !g.allows(f.up.Name) {
+	if f.mayRoute(false) != senderAllowed {
 		f.ackRefused()
 		return
-	} else {
-		f.group = g
 	}
 	if !f.ackFromDialogClient() {
 		return

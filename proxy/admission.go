@@ -36,20 +36,36 @@ func (p *Proxy) refusalLog(log *slog.Logger, why string, src netip.Addr) {
 	log.Warn("request refused", "reason", why, "source", src.String())
 }
 
-// admit applies access control to a request routed toward an upstream:
-// the source must belong to a client group, the group may use the
-// upstream, and, when the group has users, the client must answer
-// authproxy's own challenge. It answers the client and returns false when
-// the request is not admitted; no upstream traffic results.
-func (f *forwarding) admit() bool {
+// senderVerdict is mayRoute's answer: whether the source may send the
+// request where route sent it, and if not, why.
+type senderVerdict int
+
+const (
+	senderAllowed     senderVerdict = iota
+	senderNotUpstream               // into a dialog toward its client, from another address than its upstream's
+	senderNoGroup                   // toward an upstream, from a source no client group admits
+	senderOutOfScope                // toward an upstream its client group may not use
+)
+
+// mayRoute decides who may send a request routed as f is: into a dialog
+// toward its client only the dialog's own upstream address (routeInbound
+// checked the source of a request to a registered client), toward an
+// upstream only a source of a client group that may use that upstream.
+// It sets f.group. With pick, a route to an upstream group is narrowed to
+// the members the client group may use (an ACK goes where route sent it).
+func (f *forwarding) mayRoute(pick bool) senderVerdict {
+	if f.toClient {
+		if f.dlg != nil && !f.dlg.fromItsUpstream(f.src) {
+			return senderNotUpstream
+		}
+		return senderAllowed
+	}
 	g := f.rt.groupFor(f.src)
 	if g == nil {
-		f.p.refusalLog(f.log, "source not admitted", f.src)
-		f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
-		return false
+		return senderNoGroup
 	}
 	f.group = g
-	if f.att.group != nil {
+	if pick && f.att.group != nil {
 		// A group: the upstreams this client may use, in order; none is
 		// refused as a single upstream would be.
 		members := f.p.chooseMembers(f.att.group, g)
@@ -61,10 +77,34 @@ func (f *forwarding) admit() bool {
 	if !g.allows(f.up.Name) {
 		// Per-client scope: whatever Request-URI, Route or From the client
 		// sends, it cannot make authproxy use another trunk's credentials.
-		f.log.Warn("upstream not allowed for client group", "group", g.Name, "source", f.src.String())
+		return senderOutOfScope
+	}
+	return senderAllowed
+}
+
+// admit applies access control to a routed request: mayRoute, and toward
+// an upstream, when the client group has users, authproxy's own challenge.
+// It answers the sender and returns false when the request is not
+// admitted; no upstream traffic results.
+func (f *forwarding) admit() bool {
+	switch f.mayRoute(true) {
+	case senderNotUpstream:
+		f.p.refusalLog(f.log, "request into a dialog from another address than its upstream's", f.src)
+		f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
+		return false
+	case senderNoGroup:
+		f.p.refusalLog(f.log, "source not admitted", f.src)
+		f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
+		return false
+	case senderOutOfScope:
+		f.log.Warn("upstream not allowed for client group", "group", f.group.Name, "source", f.src.String())
 		f.refuse(sip.StatusForbidden, "Forbidden", "scope-denied")
 		return false
 	}
+	if f.toClient {
+		return true
+	}
+	g := f.group
 	if len(g.Users) == 0 || f.req.Method == sip.ACK || f.req.Method == sip.CANCEL {
 		return true
 	}
@@ -140,20 +180,5 @@ func (f *forwarding) check() bool {
 			sip.NewHeader("Unsupported", strings.Join(vals, ", ")))
 		return false
 	}
-	if !f.route() {
-		return false
-	}
-	if f.toClient {
-		// Only the dialog's own upstream address may send into it toward
-		// the client (routeInbound checked the source of a request to a
-		// registered client).
-		if f.dlg != nil && !f.dlg.fromItsUpstream(f.src) {
-			f.p.refusalLog(f.log, "request into a dialog from another address than its upstream's", f.src)
-			f.refuse(sip.StatusForbidden, "Forbidden", "source-denied")
-			return false
-		}
-	} else if !f.admit() {
-		return false
-	}
-	return true
+	return f.route() && f.admit()
 }

@@ -76,8 +76,8 @@
 // prepare, send and relay, end. Each step has its own file:
 //
 //   - checks and admission: validate.go (§16.3 step 1), admission.go
-//     (check, admit, refuse), access.go (client groups, local digest auth),
-//     limits.go;
+//     (check, mayRoute, admit, refuse), access.go (client groups, local
+//     digest auth), limits.go;
 //   - routing and targets: route.go, targets.go, groups.go, failover.go,
 //     sources.go, tlsconn.go, tls.go, proxy/resolve;
 //   - building the forwarded request: build.go (buildForward, the
