@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
+
 	"github.com/authproxy/authproxy/proxy/resolve"
 )
 
@@ -73,13 +75,32 @@ func (d *dialog) fromItsUpstream(src netip.Addr) bool {
 
 // dialogTable holds established dialogs. Entries end at a 2xx to BYE or
 // after the idle bound without any request in the dialog.
+//
+// A dialog ended by its BYE is kept apart for a while, for the caller's
+// ACK alone: the ACK for the last 2xx may reach authproxy after a BYE the
+// caller sent later (UDP reorders; sipgo handles each request of a TCP
+// connection on a goroutine of its own), and must still reach the
+// upstream as the ACK of the INVITE it saw, with that INVITE's CSeq
+// number and credentials (RFC 3261 §22.1).
 type dialogTable struct {
 	mu      sync.Mutex
 	entries map[dialogKey]*dialog
+	ended   map[dialogKey]endedDialog
 }
 
+// endedDialog is a dialog its BYE ended, kept for a late ACK until until.
+type endedDialog struct {
+	d     *dialog
+	until time.Time
+}
+
+// endedAckWindow is how long an ended dialog still takes the ACK for its
+// last 2xx: the callee retransmits a 2xx, and the caller ACKs each copy,
+// for 64*T1 (RFC 3261 §13.3.1.4).
+var endedAckWindow = 64 * sip.T1
+
 func newDialogTable() *dialogTable {
-	return &dialogTable{entries: map[dialogKey]*dialog{}}
+	return &dialogTable{entries: map[dialogKey]*dialog{}, ended: map[dialogKey]endedDialog{}}
 }
 
 // put stores d (replacing an entry with the same key: a retransmitted 2xx).
@@ -120,13 +141,47 @@ func (t *dialogTable) remove(k dialogKey) {
 	delete(t.entries, k)
 }
 
-// sweep ends dialogs idle for longer than idle.
+// end ends a dialog at its BYE, keeping it for a late ACK from the caller
+// (ackFromClient) until endedAckWindow after now.
+func (t *dialogTable) end(k dialogKey, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d, ok := t.entries[k]; ok {
+		delete(t.entries, k)
+		t.ended[k] = endedDialog{d: d, until: now.Add(endedAckWindow)}
+	}
+}
+
+// ackFromClient finds the dialog a caller's ACK belongs to: an established
+// one (marked used), else one its BYE ended within endedAckWindow.
+func (t *dialogTable) ackFromClient(callID, fromTag, toTag string, now time.Time) *dialog {
+	k := dialogKey{callID: callID, callerTag: fromTag, calleeTag: toTag}
+	if d := t.touch(k, now); d != nil {
+		return d
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.ended[k]
+	if !ok || now.After(e.until) {
+		return nil
+	}
+	cp := *e.d
+	return &cp
+}
+
+// sweep ends dialogs idle for longer than idle, and forgets ended ones
+// past their ACK window.
 func (t *dialogTable) sweep(now time.Time, idle time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for k, d := range t.entries {
 		if now.Sub(d.lastUse) > idle {
 			delete(t.entries, k)
+		}
+	}
+	for k, e := range t.ended {
+		if now.After(e.until) {
+			delete(t.ended, k)
 		}
 	}
 }

@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // TestDialogIdleTimeout: a dialog with no request for longer than
@@ -45,4 +49,46 @@ func TestDialogIdleTimeout(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAnsweredDialogRecordedBeforeEitherRelay: the first 2xx of a dialog
+// and its retransmission arrive together (one through the client
+// transaction's Responses, one through its retransmission hook). The one
+// that does not record the dialog must not go on to relay its 2xx before
+// the other has recorded it: the client's ACK would find no dialog (or
+// the one before a re-INVITE) and go upstream without the INVITE's CSeq
+// and credentials. The loser is held until the winner's record is done.
+func TestAnsweredDialogRecordedBeforeEitherRelay(t *testing.T) {
+	res := sip.NewResponse(200, "OK")
+	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: "1002", Host: "pbx-a.example.com"}, Params: sip.NewParams()}
+	to.Params.Add("tag", "callee")
+	res.AppendHeader(to)
+	var answered answeredDialogs
+	var recorded atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	winnerDone := make(chan struct{})
+	go func() {
+		defer close(winnerDone)
+		answered.recordFirst(res, func() {
+			close(entered)
+			<-release
+			recorded.Store(true)
+		})
+	}()
+	<-entered
+	loserStarted, loserSaw := make(chan struct{}), make(chan bool, 1)
+	go func() {
+		close(loserStarted)
+		answered.recordFirst(res.Clone(), func() { t.Error("the dialog recorded twice") })
+		loserSaw <- recorded.Load()
+	}()
+	<-loserStarted
+	for range 100 {
+		runtime.Gosched() // let the loser run as far as it may
+	}
+	close(release)
+	if !<-loserSaw {
+		t.Error("the second 2xx went on before the first had recorded the dialog")
+	}
+	<-winnerDone
 }

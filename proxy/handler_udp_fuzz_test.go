@@ -57,7 +57,7 @@ func FuzzHandleUDP(f *testing.F) {
 		if len(raw) > 4000 {
 			return // a datagram, within what authproxy sends on over UDP
 		}
-		env := startUDPFuzzEnv(t, challenge)
+		env := startUDPFuzzEnv(t, challenge, fuzzUpstreamTimeout)
 		for copyN := range 2 {
 			// A transaction of its own each time (the branch made unique).
 			dgram := bytes.ReplaceAll(raw, []byte("z9hG4bK"), []byte(fmt.Sprintf("z9hG4bK%d-%d.", env.id, copyN)))
@@ -82,9 +82,17 @@ func TestFuzzHandleUDPHarness(t *testing.T) {
 		{"INVITE", "INVITE sip:1002@pbx-b.example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-h;rport\r\nFrom: <sip:1001@pbx-b.example.com>;tag=a\r\nTo: <sip:1002@pbx-b.example.com>\r\nCall-ID: h2\r\nCSeq: 1 INVITE\r\nContact: <sip:1001@127.0.0.1:5999>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env := startUDPFuzzEnv(t, 0)
+			// Every request here is answered: no wait is bounded but by
+			// the test's own limit, however busy the machine.
+			env := startUDPFuzzEnv(t, 0, testutil.EventuallyLimit)
 			for copyN := range 2 {
 				env.send(t, []byte(strings.ReplaceAll(tc.dgram, "z9hG4bK", fmt.Sprintf("z9hG4bK%d.", copyN))))
+				// The second copy is preemptive only if the first was
+				// answered before it was sent: settle alone does not
+				// order them (sipgo handles each request on a goroutine
+				// of its own, so the sentinel may be answered before the
+				// first copy's handler has started).
+				env.awaitFinal(t, 200)
 				env.settle(t)
 			}
 			env.check(t)
@@ -98,7 +106,7 @@ func TestFuzzHandleUDPHarness(t *testing.T) {
 		})
 	}
 	t.Run("planted", func(t *testing.T) {
-		env := startUDPFuzzEnv(t, 0)
+		env := startUDPFuzzEnv(t, 0, fuzzUpstreamTimeout)
 		u := env.ups[0]
 		req := sip.NewRequest(sip.MESSAGE, sip.Uri{Scheme: "sip", User: "1002", Host: "pbx-a.example.com"})
 		req.AppendHeader(sip.NewHeader("Authorization", `Digest username="alice-only-a", realm="asterisk", nonce="client-nonce", uri="sip:1002@pbx-a.example.com", response="00"`))
@@ -122,7 +130,14 @@ type udpFuzzEnv struct {
 	logs   *syncBuffer
 }
 
-func startUDPFuzzEnv(t *testing.T, challenge byte) *udpFuzzEnv {
+// fuzzUpstreamTimeout is the proxy's UpstreamTimeout and TimerC for fuzz
+// inputs: an input whose response the proxy cannot match waits this long
+// (the upstreams answer everything else at once).
+const fuzzUpstreamTimeout = 200 * time.Millisecond
+
+// startUDPFuzzEnv starts a proxy whose UpstreamTimeout and TimerC are
+// timeout, between a client socket and two verifying upstreams.
+func startUDPFuzzEnv(t *testing.T, challenge byte, timeout time.Duration) *udpFuzzEnv {
 	t.Helper()
 	e := &udpFuzzEnv{id: udpFuzzIteration.Add(1), logs: &syncBuffer{}}
 	a := startVerifyingUpstream(t, "127.0.0.2", "alice-only-a", "pw-a", challenge)
@@ -142,12 +157,10 @@ func startUDPFuzzEnv(t *testing.T, challenge byte) *udpFuzzEnv {
 			{Name: "pbx-a", Address: a.addr(), Domains: []string{"pbx-a.example.com"}, Default: true, Preemptive: proxy.PreemptiveAll},
 			{Name: "pbx-b", Address: b.addr(), Domains: []string{"pbx-b.example.com"}, Preemptive: proxy.PreemptiveAll},
 		},
-		Credentials: store,
-		Clients:     []proxy.ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
-		// Short: an input whose response the proxy cannot match waits
-		// this long (the upstreams answer everything else at once).
-		UpstreamTimeout: 200 * time.Millisecond,
-		TimerC:          200 * time.Millisecond,
+		Credentials:     store,
+		Clients:         []proxy.ClientGroup{{Name: "lan", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
+		UpstreamTimeout: timeout,
+		TimerC:          timeout,
 		ShutdownGrace:   time.Second,
 		Logger:          slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Ready:           func() { close(ready) },
@@ -186,10 +199,36 @@ func (e *udpFuzzEnv) send(t *testing.T, dgram []byte) {
 	}
 }
 
-// settle waits until the proxy is done with everything sent so far: an
-// OPTIONS to the proxy itself, sent after it from the same socket, is
-// answered (the read loop has handled the datagram before it), then no
-// request is in progress (challenges answered, responses relayed).
+// awaitFinal reads the client socket until a final response arrives and
+// fails the test unless its status is want.
+func (e *udpFuzzEnv) awaitFinal(t *testing.T, want int) {
+	t.Helper()
+	buf := make([]byte, 65535)
+	_ = e.client.SetReadDeadline(time.Now().Add(testutil.EventuallyLimit))
+	for {
+		n, _, err := e.client.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("no final response: %v\n%s", err, e.logs.String())
+		}
+		msg, err := sip.ParseMessage(bytes.Clone(buf[:n]))
+		if err != nil {
+			continue
+		}
+		if res, ok := msg.(*sip.Response); ok && res.StatusCode >= 200 {
+			if res.StatusCode != want {
+				t.Fatalf("final response %d, want %d", res.StatusCode, want)
+			}
+			return
+		}
+	}
+}
+
+// settle waits until the proxy is done with everything sent so far that
+// has reached a handler: an OPTIONS to the proxy itself, sent after it
+// from the same socket, is answered, then no request is in progress
+// (challenges answered, responses relayed). A request whose handler sipgo
+// has not started yet (each runs on a goroutine of its own) is not waited
+// for: the fuzz target's copies may overlap, which its checks allow.
 func (e *udpFuzzEnv) settle(t *testing.T) {
 	t.Helper()
 	local := e.client.LocalAddr().String()

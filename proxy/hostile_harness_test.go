@@ -463,3 +463,10 @@ func header(msg []byte, name string) string {
 	}
 	return ""
 }
+
+// received returns a copy of every datagram received so far, in order.
+func (u *udpPeer) received() [][]byte {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([][]byte(nil), u.seen...)
+}

@@ -240,9 +240,9 @@ func TestCrossSourceCancelDropped(t *testing.T) {
 	}
 }
 
-// An ACK for a call's 2xx goes upstream only from the call's client: the
-// same ACK from another port of an admitted address, or from a source no
-// group admits, is dropped and counted.
+// An ACK for a call's 2xx goes upstream only from the call's client: an
+// ACK for it (Call-ID, tags, CSeq) from another port of an admitted
+// address, or from a source no group admits, is dropped and counted.
 func TestCrossSourceAckDropped(t *testing.T) {
 	e := startHostile(t, hostileOptions{})
 	client := newUDPPeer(t, "127.0.0.1")
@@ -253,7 +253,12 @@ func TestCrossSourceAckDropped(t *testing.T) {
 
 	for i, host := range []string{"127.0.0.1", refusedHost} {
 		attacker := newUDPPeer(t, host)
-		attacker.send(t, e.udp, ack(client.addr(), "ack-call", e.upA.addr()))
+		// A branch of its own for each ACK: sipgo matches an ACK to the
+		// "transaction" of an earlier one with the same branch and sent-by
+		// (RFC 3261 §17.2.3 ignores the source) until that one's handler
+		// has returned, and would absorb it as a retransmission, unseen.
+		msg := bytes.Replace(ack(client.addr(), "ack-call", e.upA.addr()), []byte("-ack;"), []byte(fmt.Sprintf("-ack-%d;", i)), 1)
+		attacker.send(t, e.udp, msg)
 		testutil.Eventually(t, "the ACK from "+host+" dropped (counted) or forwarded", func() bool {
 			return e.obs.discards("ack-source") == i+1 || e.upA.count("ACK ") > 0
 		})

@@ -160,9 +160,8 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 				}
 			}
 			if res.IsSuccess() {
-				if answered.first(res) {
-					f.recordDialog(res, f.auth, f.fwd.CSeq().SeqNo)
-				}
+				auth, upCSeq := f.auth, f.fwd.CSeq().SeqNo
+				answered.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
 				if err := f.relay(res); err != nil && isCancelled.Load() {
 					// The client's CANCEL took the server transaction
 					// between this response's arrival and its relay: the
@@ -290,9 +289,7 @@ func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancell
 			f.hangUpUpstream(res)
 			return
 		}
-		if answered.first(res) {
-			f.recordDialog(res, auth, upCSeq)
-		}
+		answered.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
 		f.prepareRelay(res)
 		if err := f.tx.Respond(res); err != nil {
 			f.log.Debug("cannot relay 2xx retransmission", "error", err)
@@ -311,8 +308,13 @@ type answeredDialogs struct {
 	tags map[string]bool
 }
 
-// first reports whether res is the first 2xx of its dialog, and notes it.
-func (a *answeredDialogs) first(res *sip.Response) bool {
+// recordFirst runs record if res is the first 2xx of its dialog, and
+// notes it. The first 2xx and its retransmission may arrive together, one
+// through Responses(), one through the retransmission hook: whichever
+// loses waits here until the winner has recorded the dialog, so that
+// neither relays a 2xx (and the client ACKs it) before the dialog holds
+// the INVITE's CSeq and credentials for that ACK.
+func (a *answeredDialogs) recordFirst(res *sip.Response, record func()) {
 	tag := ""
 	if to := res.To(); to != nil {
 		tag, _ = to.Params.Get("tag")
@@ -320,13 +322,13 @@ func (a *answeredDialogs) first(res *sip.Response) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.tags[tag] {
-		return false
+		return
 	}
 	if a.tags == nil {
 		a.tags = map[string]bool{}
 	}
 	a.tags[tag] = true
-	return true
+	record()
 }
 
 // recordDialog remembers the dialog a 2xx to an INVITE establishes (or

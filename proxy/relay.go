@@ -100,7 +100,7 @@ func (f *forwarding) byeAnswered(status int) {
 	if status/100 != 2 && status != sip.StatusRequestTimeout && status != sip.StatusCallTransactionDoesNotExists {
 		return
 	}
-	f.p.dialogs.remove(f.dlg.key)
+	f.p.dialogs.end(f.dlg.key, time.Now())
 	f.p.cseq.remove(cseqKey{callID: f.dlg.key.callID, fromTag: f.dlg.key.callerTag})
 }
 

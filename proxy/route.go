@@ -178,7 +178,12 @@ func (f *forwarding) route() bool {
 			f.log = f.log.With(logUpstream, d.up.Name, "direction", "to-client")
 			return true
 		}
-		f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
+		if req.Method == sip.ACK {
+			// Also the dialog its BYE has just ended (dialogTable).
+			f.dlg = p.dialogs.ackFromClient(f.key.callID, fromTag, toTag, now)
+		} else {
+			f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
+		}
 	} else if f.routeInbound() {
 		// An upstream's request to a client registered through us.
 		return true
