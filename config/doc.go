@@ -37,4 +37,16 @@
 // ErrUnknownKey, ErrRequired, ErrInvalid or ErrDuplicate. A TOML syntax error
 // stops parsing early and wraps ErrSyntax. No error text ever contains a
 // password or HA1, whether it came from the file, a variable or a file.
+//
+// # Files
+//
+// config.go holds the public types, Parse and Load; file.go the TOML
+// schema (the file* types) and the built-in defaults; file_load.go merges
+// the layers and decodes them; file_errors.go describes a fault in the
+// file's own terms. validate.go turns the decoded file into a Config, one
+// function per table: validate_listen.go, validate_upstreams.go,
+// validate_credentials.go, validate_clients.go ([[client]] and
+// [[registration]]), validate_dns.go ([dns] and [[group]]), tcp.go;
+// address.go parses the addresses they share. errors.go holds FieldError
+// and the sentinels.
 package config

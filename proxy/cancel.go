@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -13,13 +15,14 @@ import (
 // §22.1), so what admits them is where they come from. A CANCEL must come
 // from where its INVITE came from (over the same transport, from the same
 // address: the INVITE's sender is the only one who may cancel it), and an
-// ACK for a 2xx from the client of its dialog. Otherwise anyone who saw, or
-// guessed, an INVITE's Via, Call-ID, tags and CSeq could end an admitted
-// client's call: sipgo matches a CANCEL to the INVITE's server transaction
-// by those alone (§9.2) and answers it before any handler runs. So the
-// CANCEL is checked before sipgo reads it: on a UDP listener by the socket
-// authproxy reads for sipgo (laneSocket), on a TCP or TLS connection by
-// the connection guard's message inspector (tcpguard.Config.Inspect).
+// ACK for a 2xx from the client of its dialog (ack.go). Otherwise anyone
+// who saw, or guessed, an INVITE's Via, Call-ID, tags and CSeq could end
+// an admitted client's call: sipgo matches a CANCEL to the INVITE's server
+// transaction by those alone (§9.2) and answers it before any handler
+// runs. So the CANCEL is checked before sipgo reads it: on a UDP listener
+// by the socket authproxy reads for sipgo (laneSocket), on a TCP or TLS
+// connection by the connection guard's message inspector
+// (tcpguard.Config.Inspect).
 
 // inviteSources remembers where each INVITE came from, under every RFC
 // 3261 branch its bytes carry (wherever one appears, so that no reading of
@@ -169,26 +172,53 @@ func (p *Proxy) handleCancel(req *sip.Request, tx sip.ServerTransaction) {
 	}
 }
 
-// ackFromDialogClient reports whether an ACK routed into a dialog toward
-// the upstream comes from the dialog's client (its INVITE's source). An
-// ACK from anyone else is dropped and counted: forwarded, it would carry
-// the INVITE's credentials (§22.1) for whoever copied the dialog's
-// identifiers.
-func (f *forwarding) ackFromDialogClient() bool {
-	if f.dlg == nil || f.toClient {
-		return true
+// sendCancel cancels the INVITE authproxy has outstanding upstream: same
+// Request-URI, Call-ID, From, To, Route, top Via (our branch) and CSeq
+// number as that INVITE — after an answered challenge, the authenticated
+// re-send, not the client's original (RFC 3261 §9.1).
+func (f *forwarding) sendCancel(inv *sip.Request) {
+	c := sip.NewRequest(sip.CANCEL, *inv.Recipient.Clone())
+	c.SipVersion = inv.SipVersion
+	c.AppendHeader(inv.Via().Clone())
+	for _, r := range inv.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(r))
 	}
-	if f.req.Transport() == f.dlg.clientTransport && f.req.Source() == f.dlg.clientAddr {
-		return true
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	c.AppendHeader(sip.HeaderClone(inv.From()))
+	c.AppendHeader(sip.HeaderClone(inv.To()))
+	c.AppendHeader(sip.HeaderClone(inv.CallID()))
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil)
+	c.SetTransport(inv.Transport())
+	c.SetDestination(inv.Destination())
+	c.Laddr = inv.Laddr
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.tlsReady(ctx); err != nil {
+		f.log.Warn("cannot send CANCEL upstream", "error", err)
+		return
 	}
-	f.ackRefused()
-	return false
+	tx, err := f.p.client.TransactionRequest(ctx, c, keepAsIs)
+	if err != nil {
+		f.log.Warn("cannot send CANCEL upstream", "error", err)
+		return
+	}
+	go drainTransaction(tx)
 }
 
-// ackRefused counts and logs (throttled) an ACK dropped for its source:
-// one no client group admits (or, toward a client, no upstream), or not
-// its dialog's client.
-func (f *forwarding) ackRefused() {
-	from, _ := netip.ParseAddrPort(f.req.Source())
-	f.p.discarded("ack-source", "ACK dropped: not from a source that may send it", from)
+// keepAsIs is a client request option that changes nothing: passing any
+// option stops sipgo from filling in headers of its own.
+func keepAsIs(*sipgo.Client, *sip.Request) error { return nil }
+
+// drainTransaction reads a client transaction's responses until it ends,
+// so that sipgo never blocks passing one up.
+func drainTransaction(tx sip.ClientTransaction) {
+	for {
+		select {
+		case <-tx.Responses():
+		case <-tx.Done():
+			return
+		}
+	}
 }

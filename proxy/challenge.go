@@ -4,8 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
+
+	"github.com/authproxy/authproxy/credentials"
 )
 
 // parseChallenge parses one WWW-Authenticate / Proxy-Authenticate value into
@@ -131,4 +135,98 @@ func isTokenChar(b byte) bool {
 		return true
 	}
 	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
+}
+
+// answer handles a 401/407. It returns the client transaction of the
+// authenticated re-send, or nil when the response must be relayed instead:
+// no usable challenge, credentials just rejected (RFC 3261 §22.1: never
+// retry them unless the nonce was stale), or the challenge budget spent.
+func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
+	chs, perrs := collectChallenges(res)
+	for _, e := range perrs {
+		f.log.Debug("ignoring challenge", "error", e)
+	}
+	f.preemptiveChallenged(chs)
+	if len(chs) == 0 {
+		f.outcome = "no-challenge"
+		return nil, nil
+	}
+	if f.rounds >= f.rt.maxChallenges {
+		f.outcome = "challenge-limit"
+		return nil, nil
+	}
+	if f.tries == nil {
+		f.tries = map[string]bool{}
+	}
+	type chosen struct {
+		ch   challenge
+		cred credentials.Credential
+	}
+	var picks []chosen
+	picked := map[string]bool{}
+	for _, c := range chs {
+		k := c.key()
+		if picked[k] {
+			continue // RFC 8760 §2.4: the topmost supported challenge per realm
+		}
+		cred := f.rt.creds.Lookup(f.up.Address, c.Realm, f.user)
+		if !canAnswer(c, cred) {
+			continue
+		}
+		if f.hop.transport != "TLS" && f.rt.scopedToTLS(cred.Server) {
+			// A credential meant for a TLS upstream never crosses a plain
+			// transport, even to the same host.
+			f.log.Warn("not answering over a plain transport with a credential scoped to a tls upstream", logCredential, cred.String())
+			continue
+		}
+		if f.tries[k] && !c.Stale {
+			// We answered this realm and got challenged again without
+			// stale=true: the credentials were rejected.
+			f.outcome = "rejected"
+			f.p.cfg.Observer.AuthRejected(f.up.Name)
+			return nil, nil
+		}
+		picked[k] = true
+		picks = append(picks, chosen{c, cred})
+	}
+	if len(picks) == 0 {
+		f.outcome = "no-usable-challenge"
+		return nil, nil
+	}
+
+	next := f.fwd.Clone()
+	removeFirst(next, "Via") // ours; addVia puts a new one with a new branch
+	removeAll(next, "Authorization")
+	removeAll(next, "Proxy-Authorization")
+	// §22.1/§8.1.3.5: the re-send is a new transaction with CSeq+1.
+	next.CSeq().SeqNo++
+	now := time.Now()
+	answers := make([]authAnswer, 0, len(f.auth)+len(picks))
+	for _, old := range f.auth {
+		if !picked[old.key] {
+			answers = append(answers, old) // still valid for realms not re-challenged
+		}
+	}
+	for _, pk := range picks {
+		nc := f.p.nonces.next(f.nonceServer(), pk.ch.Realm, pk.ch.Nonce, now)
+		val, err := computeAuthorization(pk.ch, pk.cred, next.Method.String(), next.Recipient.String(), next.Body(), nc, newCnonce())
+		if err != nil {
+			// canAnswer vetted the challenge; this is a bug, not an input.
+			return nil, fmt.Errorf("compute digest for realm %q: %w", pk.ch.Realm, err)
+		}
+		answers = append(answers, authAnswer{key: pk.ch.key(), header: pk.ch.authHeaderName(), value: val})
+		f.rememberChallenge(pk.ch, pk.cred.Username, next.Method.String(), nc, now)
+		f.tries[pk.ch.key()] = true
+		f.p.cfg.Observer.ChallengeAnswered(f.up.Name, pk.ch.Realm, pk.ch.Stale)
+		f.realms = append(f.realms, pk.ch.Realm)
+		f.credIDs = append(f.credIDs, pk.cred.String())
+	}
+	appendAuth(next, answers)
+	f.auth = answers
+	f.rounds++
+	f.p.cfg.Observer.RequestResent(f.up.Name)
+	f.p.cseq.add(f.key, 1, now, f.cseqTTL(nil))
+	f.fwd = next
+	f.log.Debug("answering challenge", logStatus, res.StatusCode, logRealms, f.realms, logCredential, f.credIDs)
+	return f.send(next)
 }

@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // cseqKey identifies one client→upstream CSeq space: RFC 3261 §8.1.1.5 and
@@ -87,4 +91,50 @@ func (t *cseqTable) sweep(now time.Time) {
 			delete(t.entries, k)
 		}
 	}
+}
+
+// Idle lifetimes of CSeq offsets (see cseqTable).
+const (
+	cseqIdleTTL   = 5 * time.Minute // out-of-dialog requests reusing a Call-ID (MESSAGE sessions)
+	cseqDialogTTL = 2 * time.Hour   // INVITE dialogs; removed earlier at the 2xx to BYE or a failed INVITE
+	cseqExpiryPad = 64 * time.Second
+)
+
+// cseqTTL is how long a CSeq offset must outlive its last use: for a
+// registration or subscription its expiry, for a dialog its idle bound.
+func (f *forwarding) cseqTTL(res *sip.Response) time.Duration {
+	switch f.req.Method {
+	case sip.INVITE:
+		return cseqDialogTTL
+	case sip.REGISTER, sip.SUBSCRIBE:
+		ttl := cseqIdleTTL
+		if res != nil {
+			if exp := expiresOf(res); exp+cseqExpiryPad > ttl {
+				ttl = exp + cseqExpiryPad
+			}
+		}
+		return ttl
+	}
+	return cseqIdleTTL
+}
+
+// expiresOf returns the largest registration/subscription lifetime a 2xx
+// grants: the Expires header or any Contact's expires parameter.
+func expiresOf(res *sip.Response) time.Duration {
+	var secs int
+	if h := res.GetHeader("Expires"); h != nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(h.Value())); err == nil && n > secs {
+			secs = n
+		}
+	}
+	for _, h := range res.GetHeaders("Contact") {
+		if c, ok := h.(*sip.ContactHeader); ok {
+			if v, ok := c.Params.Get("expires"); ok {
+				if n, err := strconv.Atoi(v); err == nil && n > secs {
+					secs = n
+				}
+			}
+		}
+	}
+	return time.Duration(secs) * time.Second
 }

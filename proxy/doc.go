@@ -70,6 +70,35 @@
 // client group must allow an upstream for it to be tried at all. FuzzHandle
 // holds this invariant across failover.
 //
+// # Where each concern lives
+//
+// The request's story is forward.go: handle, begin (shutdown, limits),
+// prepare, send and relay, end. Each step has its own file:
+//
+//   - checks and admission: validate.go (§16.3 step 1), admission.go
+//     (check, mayRoute, admit, refuse), access.go (client groups, local
+//     digest auth), limits.go;
+//   - routing and targets: route.go, targets.go, groups.go, failover.go,
+//     sources.go, tlsconn.go, tls.go, proxy/resolve;
+//   - building the forwarded request: build.go (buildForward, the
+//     forwardEdits both paths share, Record-Route, RAck), rawsip.go (the
+//     same edits in bytes);
+//   - sending and relaying: exchange.go (non-INVITE), invite.go (INVITE,
+//     Timer C, CANCEL races), relay.go (responses back, local answers, the
+//     log line), stray.go (after the transactions ended), ack.go, cancel.go;
+//   - answering challenges: challenge.go (parsing, answer), auth.go
+//     (digest responses, nonce counts), preemptive.go;
+//   - dialog and CSeq state: dialog.go, cseq.go;
+//   - registrations: registrar.go (clients registering through authproxy),
+//     registration.go (trunk registrations authproxy keeps itself);
+//   - health: health.go, healthstate.go;
+//   - sockets, hostile input and the fast lane: listeners.go, udpsocket.go,
+//     udpworkers.go, pinning.go, ingress.go, tcpguard, fastlane.go,
+//     litetx.go, answered.go;
+//   - configuration and wiring: config.go, proxy.go, sipstack.go;
+//   - logs and metrics: sipgolog.go, unparsable.go, throttle.go, lazylog.go,
+//     trace.go, observe.go; shared header helpers: headers.go.
+//
 // # What sipgo does and what this package does
 //
 // sipgo v1.7.3 provides the transports, the parser and the transaction

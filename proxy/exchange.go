@@ -33,7 +33,7 @@ func (f *forwarding) sendAndRelay() {
 		f.log.Warn("next hop unreachable", "target", f.hop.addr, "error", err)
 		var ok bool
 		if clTx, ok = f.failover(f.ctx, "transport-error", nil); !ok {
-			f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+			f.unreachable()
 			return
 		}
 	}
@@ -233,7 +233,7 @@ func (f *forwarding) ended(end string) {
 	case endTimeout:
 		f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
 	case endUnreachable:
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		f.unreachable()
 	case endClientGone:
 		f.outcome = "client-gone"
 	}

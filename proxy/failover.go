@@ -272,16 +272,10 @@ func (f *forwarding) rebuild() bool {
 		f.fwd = next
 		return true
 	}
-	fwd, err := f.buildForward()
-	if err != nil {
+	if err := f.buildWithAnswers(); err != nil {
 		f.log.Warn("cannot build forwarded request", "error", err)
 		return false
 	}
-	f.addPreemptive()
-	for _, a := range f.auth {
-		fwd.AppendHeader(sip.NewHeader(a.header, a.value))
-	}
-	f.fwd = fwd
 	return true
 }
 

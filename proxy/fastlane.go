@@ -150,7 +150,7 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	}
 	if err := l.p.pinRequest(branch, f.req.Method, f.hop.transport, f.hop.addr); err != nil {
 		f.log.Warn("next hop unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		f.unreachable()
 		return false
 	}
 	e.mu.Lock()
@@ -167,7 +167,7 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	if err := e.send(); err != nil {
 		l.finish(e)
 		f.log.Warn("next hop unreachable", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		f.unreachable()
 		return false
 	}
 	return true
@@ -286,9 +286,7 @@ func (l *fastLane) buildSent(e *laneEntry) error {
 	if err != nil {
 		return err
 	}
-	for _, a := range f.auth {
-		fwd.AppendHeader(sip.NewHeader(a.header, a.value))
-	}
+	appendAuth(fwd, f.auth)
 	fwd.CSeq().SeqNo = e.seq
 	fwd.PrependHeader(l.p.newVia(f.hop.transport, hopAddr(f.hop.addr), e.branch))
 	f.fwd = fwd
@@ -339,40 +337,27 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 		return false
 	}
 	branch, _ := via.Params.Get("branch")
-	l.mu.Lock()
-	e := l.byBranch[branch]
-	l.mu.Unlock()
+	method := sip.RequestMethod("")
+	if cs := res.CSeq(); cs != nil {
+		method = cs.MethodName
+	}
+	e, took := l.claim(branch, string(method), false)
 	if e == nil {
-		return false
+		return took
 	}
-	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.waiting {
-		return true // answered meanwhile: a retransmission
-	}
 	f := e.f
-	if cs := res.CSeq(); cs == nil || cs.MethodName != f.req.Method {
-		return false // RFC 3261 §17.1.3 matches branch and method
-	}
 	defer l.recoverRelay(e)
 	l.answered(e)
-	_, failover := f.failoverOnStatus(res.StatusCode)
-	switch {
-	case res.StatusCode == sip.StatusTrying:
-		// §16.7 step 3: a 100 is not forwarded.
-	case res.IsProvisional():
-		f.relay(res)
-	case failover || (!f.toClient && isChallenge(res)):
+	if _, failover := f.failoverOnStatus(res.StatusCode); failover || (!f.toClient && isChallenge(res)) {
 		// The challenge is answered, or the request fails over to its
 		// next target or upstream, off the lane, with a client
 		// transaction of sipgo's, as on the usual path.
 		l.stopWaiting(e)
 		go l.offLane(e, res, false)
-	default:
-		f.relay(res)
-		l.finish(e)
-		f.end()
+		return true
 	}
+	l.deliver(e, res.StatusCode, func() { f.relay(res) })
 	return true
 }
 
@@ -386,37 +371,59 @@ func (l *fastLane) HandleRawResponse(data []byte) bool {
 	if !ok || r.status == sip.StatusUnauthorized || r.status == sip.StatusProxyAuthRequired || r.status == sip.StatusServiceUnavailable {
 		return false // a 503 is relayed as 500 or failed over: HandleResponse
 	}
-	l.mu.Lock()
-	e := l.byBranch[string(r.branch)]
-	l.mu.Unlock()
-	if e == nil || !e.tx.CanRespondRaw() {
-		return false
+	e, took := l.claim(string(r.branch), string(r.method), true)
+	if e == nil {
+		return took
 	}
-	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.waiting {
-		return true // answered meanwhile: a retransmission
-	}
 	f := e.f
-	if string(r.method) != string(f.req.Method) {
-		return false // RFC 3261 §17.1.3 matches branch and method
-	}
 	if _, failover := f.failoverOnStatus(r.status); failover {
 		return false // HandleResponse fails it over
 	}
 	defer l.recoverRelay(e)
 	l.answered(e)
-	switch {
-	case r.status == sip.StatusTrying:
-		// §16.7 step 3: a 100 is not forwarded.
-	case r.status < 200:
-		f.relayRaw(e.tx, data, &r)
-	default:
-		f.relayRaw(e.tx, data, &r)
-		l.finish(e)
-		f.end()
-	}
+	l.deliver(e, r.status, func() { f.relayRaw(e.tx, data, &r) })
 	return true
+}
+
+// claim finds the request waiting on the lane under branch for a response
+// to it, and returns its entry locked (e.mu held; the caller unlocks), or
+// nil and whether the response is the lane's all the same (a
+// retransmission of one already answered). RFC 3261 §17.1.3 matches a
+// response by branch and method. raw asks for a request whose server
+// transaction can send the response's bytes as they are.
+func (l *fastLane) claim(branch, method string, raw bool) (*laneEntry, bool) {
+	l.mu.Lock()
+	e := l.byBranch[branch]
+	l.mu.Unlock()
+	if e == nil || (raw && !e.tx.CanRespondRaw()) {
+		return nil, false
+	}
+	e.mu.Lock()
+	if !e.waiting {
+		e.mu.Unlock()
+		return nil, true // answered meanwhile: a retransmission
+	}
+	if method != string(e.f.req.Method) {
+		e.mu.Unlock()
+		return nil, false
+	}
+	return e, true
+}
+
+// deliver relays a response the lane took (e.mu held) with relay: a 100
+// is not forwarded (§16.7 step 3), a provisional response is, and a final
+// one ends the request.
+func (l *fastLane) deliver(e *laneEntry, status int, relay func()) {
+	switch {
+	case status == sip.StatusTrying:
+	case status < 200:
+		relay()
+	default:
+		relay()
+		l.finish(e)
+		e.f.end()
+	}
 }
 
 // recoverRelay, deferred while a response to e's request is handled,
@@ -500,7 +507,7 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response, timedOut bool) {
 	next, err := f.answer(res)
 	if err != nil {
 		f.log.Warn("upstream unreachable on retry", "error", err)
-		f.respondLocal(sip.StatusServiceUnavailable, "Service Unavailable", "unreachable")
+		f.unreachable()
 		return
 	}
 	if next == nil {

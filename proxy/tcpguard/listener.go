@@ -115,8 +115,8 @@ func (l *Listener) admit(raw net.Conn) net.Conn {
 	peer, why := l.g.admit(src)
 	if peer == Refused {
 		// No answer at all: a refused source learns nothing, and costs no
-		// read, no handshake and no goroutine. Counted before it is
-		// closed, so that whoever sees the close finds it in Stats.
+		// read, no handshake and no goroutine. Counted before the close,
+		// so that the count is there once the peer sees it closed.
 		l.g.refused(why, src, l.name)
 		_ = raw.Close()
 		return nil

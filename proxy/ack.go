@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// The ACK for a 2xx: a request of its own, forwarded end to end
+// (RFC 3261 §13.2.2.4).
+
+// handleAck forwards an ACK for a 2xx: end to end, a transaction of its
+// own, shifted in CSeq like every request of the dialog and carrying the
+// credentials its INVITE was accepted with (RFC 3261 §22.1: a server must
+// accept them and must not challenge an ACK). The ACK for a non-2xx is hop
+// by hop: on UDP sipgo absorbs it in the INVITE server transaction, on TCP
+// it arrives here and is dropped, our client transaction having ACKed the
+// upstream itself.
+func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
+	log := p.log.With(logMethod, "ACK", logCallID, callID(req))
+	if code, _ := malformedRequest(req); code != 0 {
+		from, _ := netip.ParseAddrPort(req.Source())
+		p.discarded("malformed-ack", "malformed ACK dropped", from)
+		return
+	}
+	if v := req.Via(); v != nil {
+		if b, ok := v.Params.Get("branch"); ok && p.finals.has(b) {
+			log.Debug("absorbing the ACK for a non-2xx final")
+			return
+		}
+	}
+	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log, src: sourceAddr(req.Source()), ctx: context.Background()}
+	if !f.routeQuiet() {
+		log.Debug("dropping ACK with no next hop")
+		return
+	}
+	if f.mayRoute(false) != senderAllowed {
+		f.ackRefused()
+		return
+	}
+	if !f.ackFromDialogClient() {
+		return
+	}
+	if !f.toClient && !f.pickCachedTarget() {
+		log.Debug("dropping ACK: its upstream has no known target")
+		return
+	}
+	fwd, err := f.buildForward()
+	if err != nil {
+		log.Debug("dropping malformed ACK", "error", err)
+		return
+	}
+	if f.dlg != nil && !f.toClient {
+		if cs := fwd.CSeq(); f.dlg.inviteUpCSeq != 0 && req.CSeq().SeqNo == f.dlg.inviteCSeq {
+			cs.SeqNo = f.dlg.inviteUpCSeq
+		}
+		appendAuth(fwd, f.dlg.inviteAuth)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounds a TLS dial
+	defer cancel()
+	if err := f.tlsReady(ctx); err != nil {
+		log.Warn("cannot forward ACK", "error", err)
+		return
+	}
+	if err := p.client.WriteRequest(fwd, p.addVia(f.hop.transport)); err != nil {
+		log.Warn("cannot forward ACK", "error", err)
+	}
+}
+
+// routeQuiet is route for requests that get no response (ACK).
+func (f *forwarding) routeQuiet() bool {
+	f.tx = discardTx{}
+	return f.route()
+}
+
+// discardTx stands in for a server transaction where none exists (ACK):
+// responses to it go nowhere.
+type discardTx struct{ sip.ServerTransaction }
+
+func (discardTx) Respond(*sip.Response) error { return nil }
+
+// ackFromDialogClient reports whether an ACK routed into a dialog toward
+// the upstream comes from the dialog's client (its INVITE's source). An
+// ACK from anyone else is dropped and counted: forwarded, it would carry
+// the INVITE's credentials (§22.1) for whoever copied the dialog's
+// identifiers.
+func (f *forwarding) ackFromDialogClient() bool {
+	if f.dlg == nil || f.toClient {
+		return true
+	}
+	if f.req.Transport() == f.dlg.clientTransport && f.req.Source() == f.dlg.clientAddr {
+		return true
+	}
+	f.ackRefused()
+	return false
+}
+
+// ackRefused counts and logs (throttled) an ACK dropped for its source:
+// one no client group admits (or, toward a client, no upstream), or not
+// its dialog's client.
+func (f *forwarding) ackRefused() {
+	from, _ := netip.ParseAddrPort(f.req.Source())
+	f.p.discarded("ack-source", "ACK dropped: not from a source that may send it", from)
+}
