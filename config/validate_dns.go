@@ -184,27 +184,9 @@ func (v *validator) buildGroups(gs []fileGroup, idx *upstreamIndex) []Group {
 					"must be a final status from 300 to 699 (not 401 or 407, which are answered)", ErrInvalid, nil)
 			}
 		}
-		for j, d := range g.Domains {
-			dkey := fmt.Sprintf("%s.domains[%d]", key, j)
-			dom := lowerASCII(d)
-			if !validHost(dom) {
-				v.add(dkey, strconv.Quote(d), "must be a hostname or IP address", ErrInvalid, nil)
-				continue
-			}
-			if first, dup := idx.domainAt[dom]; dup {
-				v.add(dkey, strconv.Quote(d), "duplicates "+first+": a domain routes to one upstream or group", ErrDuplicate, nil)
-				continue
-			}
-			idx.domainAt[dom] = dkey
-			o.Domains = append(o.Domains, dom)
-		}
+		o.Domains = idx.claimDomains(v, key, g.Domains)
 		if g.Default {
-			if idx.defaultAt != "" {
-				v.add(key+".default", "true",
-					fmt.Sprintf("%s is already the default; at most one upstream or group may be", idx.defaultAt), ErrDuplicate, nil)
-			} else {
-				idx.defaultAt = key
-			}
+			idx.claimDefault(v, key)
 		}
 		out = append(out, o)
 	}

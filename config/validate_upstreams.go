@@ -30,7 +30,6 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 	out := make([]Upstream, 0, len(us))
 	nameAt := map[string]int{}
 	addrAt := map[string]int{} // transport + " " + address → first index
-	domainAt := idx.domainAt
 	for i, u := range us {
 		key := fmt.Sprintf("upstream[%d]", i)
 		o := Upstream{Name: u.Name, Address: u.Address, Transport: v.upstreamTransport(key, u.Transport), Default: u.Default,
@@ -96,32 +95,46 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 			v.add(key+".register_mode", strconv.Quote(u.RegisterMode), `must be "path" or "contact"`, ErrInvalid, nil)
 		}
 
-		for j, d := range u.Domains {
-			dkey := fmt.Sprintf("%s.domains[%d]", key, j)
-			dom := lowerASCII(d)
-			if !validHost(dom) {
-				v.add(dkey, strconv.Quote(d), "must be a hostname or IP address", ErrInvalid, nil)
-				continue
-			}
-			if first, dup := domainAt[dom]; dup {
-				v.add(dkey, strconv.Quote(d), "duplicates "+first+": a domain routes to one upstream", ErrDuplicate, nil)
-				continue
-			}
-			domainAt[dom] = dkey
-			o.Domains = append(o.Domains, dom)
-		}
-
+		o.Domains = idx.claimDomains(v, key, u.Domains)
 		if u.Default {
-			if idx.defaultAt != "" {
-				v.add(key+".default", "true",
-					fmt.Sprintf("%s is already the default; at most one upstream or group may be", idx.defaultAt), ErrDuplicate, nil)
-			} else {
-				idx.defaultAt = key
-			}
+			idx.claimDefault(v, key)
 		}
 		out = append(out, o)
 	}
 	return out, idx
+}
+
+// claimDomains checks the domains listed under key and claims each for
+// it: a domain routes to one upstream or group, the first that lists it.
+// It returns the valid ones, lowercased.
+func (idx *upstreamIndex) claimDomains(v *validator, key string, domains []string) []string {
+	var out []string
+	for j, d := range domains {
+		dkey := fmt.Sprintf("%s.domains[%d]", key, j)
+		dom := lowerASCII(d)
+		if !validHost(dom) {
+			v.add(dkey, strconv.Quote(d), "must be a hostname or IP address", ErrInvalid, nil)
+			continue
+		}
+		if first, dup := idx.domainAt[dom]; dup {
+			v.add(dkey, strconv.Quote(d), "duplicates "+first+": a domain routes to one upstream or group", ErrDuplicate, nil)
+			continue
+		}
+		idx.domainAt[dom] = dkey
+		out = append(out, dom)
+	}
+	return out
+}
+
+// claimDefault makes key (an upstream or a group) the default route, or
+// reports the one that already is.
+func (idx *upstreamIndex) claimDefault(v *validator, key string) {
+	if idx.defaultAt != "" {
+		v.add(key+".default", "true",
+			fmt.Sprintf("%s is already the default; at most one upstream or group may be", idx.defaultAt), ErrDuplicate, nil)
+		return
+	}
+	idx.defaultAt = key
 }
 
 // transport validates and defaults a transport key.
