@@ -147,15 +147,7 @@ func (v *validator) buildGroups(gs []fileGroup, idx *upstreamIndex) []Group {
 	for i, g := range gs {
 		key := fmt.Sprintf("group[%d]", i)
 		o := Group{Name: g.Name, Default: g.Default, FailoverOn: g.FailoverOn}
-		switch j, dup := nameAt[g.Name]; {
-		case strings.TrimSpace(g.Name) == "":
-			v.add(key+".name", strconv.Quote(g.Name), "is required", ErrRequired, nil)
-		case hasControl(g.Name):
-			v.add(key+".name", strconv.Quote(g.Name), "must not contain control characters", ErrInvalid, nil)
-		case dup:
-			v.add(key+".name", strconv.Quote(g.Name), fmt.Sprintf("duplicates group[%d].name", j), ErrDuplicate, nil)
-		default:
-			nameAt[g.Name] = i
+		if v.uniqueName("group", i, g.Name, nameAt) {
 			if _, clash := idx.byName[g.Name]; clash {
 				v.add(key+".name", strconv.Quote(g.Name), "is an upstream's name; a group needs a name of its own", ErrDuplicate, nil)
 			}

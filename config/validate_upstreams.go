@@ -35,15 +35,7 @@ func (v *validator) buildUpstreams(us []fileUpstream) ([]Upstream, upstreamIndex
 		o := Upstream{Name: u.Name, Address: u.Address, Transport: v.upstreamTransport(key, u.Transport), Default: u.Default,
 			Preemptive: v.preemptive(key, u.Preemptive), AcceptFrom: v.prefixes(key+".accept_from", u.AcceptFrom)}
 
-		switch j, dup := nameAt[u.Name]; {
-		case strings.TrimSpace(u.Name) == "":
-			v.add(key+".name", strconv.Quote(u.Name), "is required", ErrRequired, nil)
-		case hasControl(u.Name):
-			v.add(key+".name", strconv.Quote(u.Name), "must not contain control characters", ErrInvalid, nil)
-		case dup:
-			v.add(key+".name", strconv.Quote(u.Name), fmt.Sprintf("duplicates upstream[%d].name", j), ErrDuplicate, nil)
-		default:
-			nameAt[u.Name] = i
+		if v.uniqueName("upstream", i, u.Name, nameAt) {
 			idx.names = append(idx.names, u.Name)
 		}
 
@@ -186,4 +178,23 @@ func (v *validator) resolveServer(key, s string, idx upstreamIndex) (string, boo
 		"names no configured upstream: use an upstream name (%s) or an upstream's host or host:port",
 		strings.Join(names, ", ")), ErrInvalid, nil)
 	return s, false
+}
+
+// uniqueName checks the name of table[i] (required, no control
+// characters, unique in its table, nameAt holding the index of each name
+// seen) and reports whether it is good, noting it in nameAt.
+func (v *validator) uniqueName(table string, i int, name string, nameAt map[string]int) bool {
+	key := fmt.Sprintf("%s[%d].name", table, i)
+	switch j, dup := nameAt[name]; {
+	case strings.TrimSpace(name) == "":
+		v.add(key, strconv.Quote(name), "is required", ErrRequired, nil)
+	case hasControl(name):
+		v.add(key, strconv.Quote(name), "must not contain control characters", ErrInvalid, nil)
+	case dup:
+		v.add(key, strconv.Quote(name), fmt.Sprintf("duplicates %s[%d].name", table, j), ErrDuplicate, nil)
+	default:
+		nameAt[name] = i
+		return true
+	}
+	return false
 }
