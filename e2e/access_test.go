@@ -11,6 +11,7 @@ import (
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -33,13 +34,13 @@ func requests(s *fakepbx.Server) int { return len(s.Requests()) }
 // upstream sees nothing.
 func TestDeniedSource(t *testing.T) {
 	h := startHarness(t, harnessOptions{Clients: []proxy.ClientGroup{{Name: "lan", Networks: prefixes("10.0.0.0/8"), Upstreams: []string{"*"}}}})
-	res := h.final(t, "udp", clientRequest{Method: sip.INVITE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.INVITE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
 	if res.StatusCode != 403 {
 		t.Fatalf("udp: status %d, want 403", res.StatusCode)
 	}
-	r := dialRaw(t, h.Addr["tcp"], "127.0.0.1")
-	_, _ = r.c.Write([]byte(r.message("denied-over-tcp", 5))) // may fail: the connection is closed at once
-	if got := r.closedByPeer(t); got != "" {
+	r := siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.1")
+	_, _ = r.Conn.Write([]byte(r.Message("denied-over-tcp", 5))) // may fail: the connection is closed at once
+	if got := r.ClosedByPeer(t); got != "" {
 		t.Fatalf("tcp: answered %q, want the connection closed unanswered", got)
 	}
 	if n := requests(h.A) + requests(h.B); n != 0 {
@@ -52,7 +53,7 @@ func TestDeniedSource(t *testing.T) {
 func TestScope(t *testing.T) {
 	h := startHarness(t, harnessOptions{Clients: []proxy.ClientGroup{{Name: "b-only", Networks: prefixes("127.0.0.0/8"), Upstreams: []string{"pbx-b"}}}})
 	routeToA := sip.RouteHeader{Address: sip.Uri{Scheme: "sip", Host: "127.0.0.2", Port: h.A.Port(), UriParams: sip.HeaderParams{{K: "lr", V: ""}}}}
-	for name, c := range map[string]clientRequest{
+	for name, c := range map[string]siptest.Request{
 		"request-uri": {Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"},
 		"route":       {Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-b.example.com", FromUser: "1001", Headers: []sip.Header{&routeToA}},
 		"address":     {Method: sip.MESSAGE, RequestURI: "sip:1002@" + h.A.Addr(), FromUser: "1001"},
@@ -64,7 +65,7 @@ func TestScope(t *testing.T) {
 	if n := requests(h.A); n != 0 {
 		t.Fatalf("pbx-a saw %d requests from a client scoped to pbx-b", n)
 	}
-	if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:2002@pbx-b.example.com", FromUser: "2001"}); res.StatusCode != 200 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:2002@pbx-b.example.com", FromUser: "2001"}); res.StatusCode != 200 {
 		t.Fatalf("allowed upstream: status %d", res.StatusCode)
 	}
 }
@@ -94,7 +95,7 @@ func TestLocalClientAuth(t *testing.T) {
 	groups := []proxy.ClientGroup{{Name: "auth", Networks: prefixes("127.0.0.0/8"), Upstreams: []string{"*"},
 		Users: map[string]credentials.Secret{"1001": credentials.NewSecret(localPassword)}}}
 	h := startHarness(t, harnessOptions{Clients: groups, Limits: proxy.Limits{AuthFailures: 3, BlockFor: 60e9}})
-	c := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001", CallID: "local-auth-1", FromTag: "t1"}
+	c := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001", CallID: "local-auth-1", FromTag: "t1"}
 
 	first := h.final(t, "udp", c)
 	if first.StatusCode != 407 || !strings.Contains(first.GetHeader("Proxy-Authenticate").Value(), `realm="authproxy"`) {
@@ -104,7 +105,7 @@ func TestLocalClientAuth(t *testing.T) {
 		t.Fatalf("upstream saw %d requests before the client authenticated", n)
 	}
 	c.CSeq = 2
-	auth := answerLocal(t, first, c.build(t), "1001", localPassword)
+	auth := answerLocal(t, first, c.Build(t), "1001", localPassword)
 	c.Headers = []sip.Header{sip.NewHeader("Proxy-Authorization", auth)}
 	if res := h.final(t, "udp", c); res.StatusCode != 200 {
 		t.Fatalf("right answer: status %d", res.StatusCode)
@@ -122,17 +123,17 @@ func TestLocalClientAuth(t *testing.T) {
 		}
 	})
 	t.Run("wrong password, then blocked", func(t *testing.T) {
-		w := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001", CallID: "local-auth-2", FromTag: "t2"}
+		w := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001", CallID: "local-auth-2", FromTag: "t2"}
 		res := h.final(t, "udp", w)
 		for i := 0; i < 3; i++ {
 			w.CSeq++
-			w.Headers = []sip.Header{sip.NewHeader("Proxy-Authorization", answerLocal(t, res, w.build(t), "1001", "guess"))}
+			w.Headers = []sip.Header{sip.NewHeader("Proxy-Authorization", answerLocal(t, res, w.Build(t), "1001", "guess"))}
 			res = h.final(t, "udp", w)
 			if i < 2 && res.StatusCode != 407 {
 				t.Fatalf("wrong password: status %d, want 407", res.StatusCode)
 			}
 		}
-		if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}); res.StatusCode != 503 {
+		if res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}); res.StatusCode != 503 {
 			t.Fatalf("after 3 failures: status %d, want 503 (blocked)", res.StatusCode)
 		}
 		if !strings.Contains(h.Logs.String(), "source blocked after failed authentications") {
@@ -153,7 +154,7 @@ func TestRateLimit(t *testing.T) {
 	h := startHarness(t, harnessOptions{Limits: proxy.Limits{Rate: 0.001, Burst: 2}})
 	var codes []int
 	for i := 0; i < 4; i++ {
-		rs := h.do(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}.build(t))
+		rs := h.do(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}.Build(t))
 		res := rs[len(rs)-1]
 		codes = append(codes, res.StatusCode)
 		if res.StatusCode == 503 && res.GetHeader("Retry-After") == nil {
@@ -170,7 +171,7 @@ func TestRateLimit(t *testing.T) {
 func TestIdentityHeaders(t *testing.T) {
 	for _, trusted := range []bool{false, true} {
 		h := startHarness(t, harnessOptions{Clients: []proxy.ClientGroup{{Name: "g", Networks: prefixes("127.0.0.0/8"), Upstreams: []string{"*"}, Trusted: trusted}}})
-		res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001", Headers: []sip.Header{
+		res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001", Headers: []sip.Header{
 			sip.NewHeader("P-Asserted-Identity", "<sip:ceo@example.com>"),
 			sip.NewHeader("Remote-Party-ID", "<sip:ceo@example.com>;party=calling"),
 			sip.NewHeader("p-preferred-identity", "<sip:ceo@example.com>"),

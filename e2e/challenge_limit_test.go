@@ -9,6 +9,7 @@ import (
 	"github.com/icholy/digest"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 )
 
@@ -47,7 +48,7 @@ func testChallengeLimit(t *testing.T, pm preemptiveMode, budget int, method sip.
 		}
 		want = budget
 	}
-	c := clientRequest{Method: method, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}
+	c := siptest.Request{Method: method, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}
 	res := h.final(t, transport, c)
 	if res.StatusCode != 401 {
 		t.Fatalf("status %d %s, want the upstream's 401 relayed", res.StatusCode, res.Reason)

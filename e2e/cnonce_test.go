@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/internal/siptest"
 )
 
 // digestParam matches one parameter of digest credentials, quoted or not.
@@ -20,7 +22,7 @@ func TestCnonceFreshNcCounted(t *testing.T) {
 	const n = 6
 	for range n {
 		for _, m := range []sip.RequestMethod{sip.MESSAGE, sip.OPTIONS} {
-			if res := h.final(t, "udp", clientRequest{Method: m, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}); res.StatusCode != 200 {
+			if res := h.final(t, "udp", siptest.Request{Method: m, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}); res.StatusCode != 200 {
 				t.Fatalf("%s: %d", m, res.StatusCode)
 			}
 		}

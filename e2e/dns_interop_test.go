@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // TestHostnameUpstreamsWithKamailio: upstreams addressed by host name and
@@ -38,8 +39,8 @@ func TestHostnameUpstreamsWithKamailio(t *testing.T) {
 		},
 		TTL: time.Second,
 	})
-	pbxAName := fmt.Sprintf("pbx-a.dns.test:%d", portOf(t, kA.Addr()))
-	regName := fmt.Sprintf("registrar.dns.test:%d", portOf(t, kReg.Addr()))
+	pbxAName := fmt.Sprintf("pbx-a.dns.test:%d", testutil.PortOf(t, kA.Addr()))
+	regName := fmt.Sprintf("registrar.dns.test:%d", testutil.PortOf(t, kReg.Addr()))
 	const callee, caller = "1001", "1002"
 	targetPort := peers.FreePort(t, callsInteropUASHost)
 	listen := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))

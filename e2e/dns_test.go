@@ -15,6 +15,7 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/dnstest"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/resolve"
@@ -27,17 +28,6 @@ import (
 // refreshed every 100ms so that zone changes show within a test.
 func dnsFor(z *dnstest.Server) resolve.Config {
 	return resolve.Config{Servers: []string{z.Addr()}, MinTTL: 100 * time.Millisecond, MaxTTL: 200 * time.Millisecond, Timeout: time.Second}
-}
-
-// portOf is the port of a "host:port".
-func portOf(t *testing.T, addr string) int {
-	t.Helper()
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := strconv.Atoi(p)
-	return n
 }
 
 // srv is an SRV record line for name pointing at target:port.
@@ -61,7 +51,7 @@ func hostnameHarness(t *testing.T, o harnessOptions) (*harness, *dnstest.Server)
 	z := dnstest.New(t)
 	z.Set(aRecord("pbx-a.sip.test", "127.0.0.2"))
 	o.Credentials = func(a, b string) []credentials.Entry {
-		return defaultCredentials("pbx-a.sip.test:"+strconv.Itoa(portOf(t, a)), b)
+		return defaultCredentials("pbx-a.sip.test:"+strconv.Itoa(testutil.PortOf(t, a)), b)
 	}
 	mutate := o.Mutate
 	o.Mutate = func(cfg *proxy.Config, h *harness) {
@@ -80,7 +70,7 @@ func hostnameHarness(t *testing.T, o harnessOptions) (*harness, *dnstest.Server)
 // accepted into the dialog and reaches the client.
 func TestHostnameUpstream(t *testing.T) {
 	h, _ := hostnameHarness(t, harnessOptions{})
-	res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
 	if res.StatusCode != 200 {
 		t.Fatalf("MESSAGE: %d", res.StatusCode)
 	}
@@ -149,7 +139,7 @@ func carrierZone(t *testing.T, z *dnstest.Server, tp string, targets ...string) 
 		host, _, _ := net.SplitHostPort(addr)
 		name := fmt.Sprintf("t%d.sip.test", i+1)
 		z.Set(aRecord(name, host))
-		recs = append(recs, srv("_sip._"+tp+".carrier.sip.test", 10*(i+1), 10, portOf(t, addr), name))
+		recs = append(recs, srv("_sip._"+tp+".carrier.sip.test", 10*(i+1), 10, testutil.PortOf(t, addr), name))
 	}
 	z.Set(recs...)
 }
@@ -171,7 +161,7 @@ func carrierProxy(t *testing.T, z *dnstest.Server, tp string) *trunkProxy {
 
 // sendVia sends one request built by c to the proxy at addr over UDP and
 // returns the final response.
-func sendVia(t *testing.T, addr string, c clientRequest) *sip.Response {
+func sendVia(t *testing.T, addr string, c siptest.Request) *sip.Response {
 	t.Helper()
 	h := &harness{Addr: map[string]string{"udp": addr}}
 	h.client = newTestClient(t)
@@ -209,7 +199,7 @@ func TestFailoverOnTimeout(t *testing.T) {
 	live := fakepbx.Start(t, fakepbx.Config{Name: "live", Host: "127.0.0.7", Accounts: map[string]string{"alice": alicePassword}})
 	carrierZone(t, z, "udp", dead.Addr(), live.Addr())
 	tp := carrierProxy(t, z, "udp")
-	if res := sendVia(t, tp.addr["udp"], clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
+	if res := sendVia(t, tp.addr["udp"], siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
 		t.Fatalf("MESSAGE: %d, want 200 from the second target", res.StatusCode)
 	}
 	if seen(dead, "MESSAGE") == 0 || authenticated(live, "MESSAGE") != 1 {
@@ -255,7 +245,7 @@ func TestFailoverOnTransportError(t *testing.T) {
 	live := fakepbx.Start(t, fakepbx.Config{Name: "live", Host: "127.0.0.7", Accounts: map[string]string{"alice": alicePassword}})
 	carrierZone(t, z, "tcp", refused, live.Addr())
 	tp := carrierProxy(t, z, "tcp")
-	if res := sendVia(t, tp.addr["udp"], clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
+	if res := sendVia(t, tp.addr["udp"], siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
 		t.Fatalf("OPTIONS: %d, want 200 from the second target", res.StatusCode)
 	}
 	if st := health(t, tp.p, "carrier"); st.Targets[0].LastFailure != "transport-error" {
@@ -272,7 +262,7 @@ func TestFailoverOn503(t *testing.T) {
 	live := fakepbx.Start(t, fakepbx.Config{Name: "live", Host: "127.0.0.7", Accounts: map[string]string{"alice": alicePassword}})
 	carrierZone(t, z, "udp", busy.Addr(), live.Addr())
 	tp := carrierProxy(t, z, "udp")
-	msg := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}
+	msg := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}
 	if res := sendVia(t, tp.addr["udp"], msg); res.StatusCode != 200 {
 		t.Fatalf("MESSAGE: %d, want 200 from the second target", res.StatusCode)
 	}
@@ -379,7 +369,7 @@ func TestTransportAuto(t *testing.T) {
 	z.Set(`carrier.sip.test. 60 IN NAPTR 10 50 "s" "SIP+D2T" "" _sip._tcp.carrier.sip.test.`)
 	z.Set(srv("_sip._tcp.carrier.sip.test", 10, 10, pbx.Port(), "t1.sip.test"), aRecord("t1.sip.test", "127.0.0.6"))
 	tp := carrierProxy(t, z, "auto")
-	if res := sendVia(t, tp.addr["udp"], clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
+	if res := sendVia(t, tp.addr["udp"], siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
 		t.Fatalf("MESSAGE: %d", res.StatusCode)
 	}
 	for _, r := range pbx.Requests() {
@@ -413,7 +403,7 @@ func TestPerTargetHealth(t *testing.T) {
 			st.Targets[0].State == proxy.HealthDown && st.Targets[1].State == proxy.HealthUp
 	})
 	pings := seen(dead, "OPTIONS")
-	if res := sendVia(t, tp.addr["udp"], clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
+	if res := sendVia(t, tp.addr["udp"], siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
 		t.Fatalf("MESSAGE: %d", res.StatusCode)
 	}
 	if n := seen(dead, "MESSAGE"); n != 0 {
@@ -438,7 +428,7 @@ func TestPreemptivePerTarget(t *testing.T) {
 		c.Upstreams[0] = proxy.Upstream{Name: "carrier", Address: "carrier.sip.test", Default: true, Preemptive: proxy.PreemptiveAll}
 	})
 	for i := range 40 {
-		msg := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}
+		msg := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}
 		if res := sendVia(t, tp.addr["udp"], msg); res.StatusCode != 200 {
 			t.Fatalf("MESSAGE %d: %d", i, res.StatusCode)
 		}

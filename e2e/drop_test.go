@@ -13,6 +13,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/metrics"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
@@ -77,9 +78,9 @@ func newRawClient(t *testing.T, host, proxyAddr string) *rawClient {
 
 // send sends c with a Via naming this socket (with rport) and returns its
 // Call-ID.
-func (rc *rawClient) send(c clientRequest) string {
+func (rc *rawClient) send(c siptest.Request) string {
 	rc.t.Helper()
-	req := c.build(rc.t)
+	req := c.Build(rc.t)
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: rc.host, Port: rc.port, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranch())
 	via.Params.Add("rport", "")
@@ -199,12 +200,12 @@ func TestDenyDrop(t *testing.T) {
 			if tc.from != "127.0.0.1" {
 				barrierClient = newRawClient(t, "127.0.0.1", h.Addr["udp"])
 			}
-			refusedID := refusedClient.send(clientRequest{Method: tc.method, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
+			refusedID := refusedClient.send(siptest.Request{Method: tc.method, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
 			testutil.Eventually(t, "the refused request counted and finished", func() bool {
 				refused, done := obs.counts(tc.reason)
 				return refused == 1 && done == 1
 			})
-			barrierID := barrierClient.send(clientRequest{Method: sip.MESSAGE, RequestURI: "sip:2002@pbx-b.example.com", FromUser: "2001"})
+			barrierID := barrierClient.send(siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:2002@pbx-b.example.com", FromUser: "2001"})
 			_, others := barrierClient.readUntilFinal(barrierID)
 			for _, id := range others {
 				t.Errorf("the client got a response before the barrier's: %s (the refused request is %s)", id, refusedID)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/internal/siptest"
 )
 
 // fdLimit is the descriptor limit authproxy runs with in
@@ -62,7 +63,7 @@ func TestOpsBinaryFDExhaustion(t *testing.T) {
 	}
 
 	// The listener serves again.
-	dialRaw(t, addr, "127.0.0.1").works(t, "after-exhaustion")
+	siptest.DialRaw(t, addr, "127.0.0.1").Works(t, "after-exhaustion")
 	if strings.Contains(b.Logs(), `"msg":"listener stopped"`) {
 		t.Errorf("the TCP listener stopped:\n%s", b.Logs())
 	}

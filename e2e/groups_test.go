@@ -13,6 +13,7 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/dnstest"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
@@ -71,7 +72,7 @@ func TestGroupSkipsUpstreamNotAllowed(t *testing.T) {
 		Clients: []proxy.ClientGroup{{Name: "b-only", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"pbx-b"}}},
 		Mutate:  carriersGroup,
 	})
-	res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carriers.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carriers.example.com", FromUser: "1001"})
 	if res.StatusCode != 200 || len(h.A.Requests()) != 0 || authenticated(h.B, "MESSAGE") != 1 {
 		t.Fatalf("status %d, A saw %d requests, B %d authenticated; want 200 from B alone", res.StatusCode, len(h.A.Requests()), authenticated(h.B, "MESSAGE"))
 	}
@@ -84,7 +85,7 @@ func TestGroupFailoverWhenUnreachable(t *testing.T) {
 		carriersGroup(cfg, h)
 		cfg.FailoverTimeout = 300 * time.Millisecond
 	}})
-	res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carriers.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carriers.example.com", FromUser: "1001"})
 	if res.StatusCode != 200 || authenticated(h.B, "MESSAGE") != 1 {
 		t.Fatalf("status %d, B %d authenticated; want 200 from B", res.StatusCode, authenticated(h.B, "MESSAGE"))
 	}
@@ -126,13 +127,13 @@ func TestDNSDownDoesNotSlowAddressedUpstreams(t *testing.T) {
 		cfg.Upstreams = append(cfg.Upstreams, proxy.Upstream{Name: "named", Address: "named.sip.test:5060", Domains: []string{"named.example.com"}})
 	}})
 	waitQuery(t, z, "named.sip.test", dns.TypeA)
-	res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
 	if res.StatusCode != 200 {
 		t.Fatalf("MESSAGE to an IP upstream while DNS hangs: %d", res.StatusCode)
 	}
 	c := answeredCall(t, h, "udp")
 	waitAck(t, h.A, c.callID)
-	res = h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@named.example.com", FromUser: "1001"})
+	res = h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@named.example.com", FromUser: "1001"})
 	if res.StatusCode != 503 {
 		t.Fatalf("MESSAGE to the unresolved upstream: %d, want 503", res.StatusCode)
 	}
@@ -162,7 +163,7 @@ func TestReloadChangesTargets(t *testing.T) {
 			cfg.Upstreams = []proxy.Upstream{{Name: "trunk", Address: "one.sip.test:" + strconv.Itoa(h.A.Port()), Default: true}}
 		},
 	})
-	msg := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@anywhere.example.com", FromUser: "1001"}
+	msg := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@anywhere.example.com", FromUser: "1001"}
 	if res := h.final(t, "udp", msg); res.StatusCode != 200 || authenticated(h.A, "MESSAGE") != 1 {
 		t.Fatalf("before reload: %d, A %d", res.StatusCode, authenticated(h.A, "MESSAGE"))
 	}

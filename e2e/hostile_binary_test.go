@@ -171,11 +171,11 @@ upstreams = ["*"]
 `, tomlString(upstream.addr()), tomlString(hostileTrunkPassword)))
 	proxyAddr := b.sipAddr["udp"]
 	metric := func(name, reason string) float64 {
-		code, body := httpGet(t, b.admin+"/metrics")
+		code, body := testutil.HTTPGet(t, b.admin+"/metrics")
 		if code != 200 {
 			t.Fatalf("/metrics: %d", code)
 		}
-		v, _ := metricsSnapshot(parseExposition(t, body)).sum(name, map[string]string{"reason": reason})
+		v, _ := testutil.Metrics(testutil.ParseMetrics(t, body)).Sum(name, map[string]string{"reason": reason})
 		return v
 	}
 

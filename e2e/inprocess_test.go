@@ -21,6 +21,7 @@ import (
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
@@ -303,66 +304,6 @@ func lookupOr(l proxy.Credentials, store *credentials.Store) proxy.Credentials {
 	return store
 }
 
-// clientRequest is what a password-less client sends.
-type clientRequest struct {
-	Method      sip.RequestMethod
-	RequestURI  string
-	FromUser    string
-	ToUser      string
-	CallID      string
-	FromTag     string
-	CSeq        uint32
-	Body        []byte
-	ContentType string
-	Headers     []sip.Header
-}
-
-func (c clientRequest) build(t *testing.T) *sip.Request {
-	t.Helper()
-	var ruri sip.Uri
-	if err := sip.ParseUri(c.RequestURI, &ruri); err != nil {
-		t.Fatalf("parse %q: %v", c.RequestURI, err)
-	}
-	req := sip.NewRequest(c.Method, ruri)
-	if c.CallID == "" {
-		c.CallID = uuid.NewString()
-	}
-	if c.FromTag == "" {
-		c.FromTag = sip.GenerateTagN(8)
-	}
-	if c.CSeq == 0 {
-		c.CSeq = 1
-	}
-	if c.ToUser == "" {
-		c.ToUser = ruri.User
-	}
-	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: c.FromUser, Host: ruri.Host}, Params: sip.NewParams()}
-	from.Params.Add("tag", c.FromTag)
-	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: c.ToUser, Host: ruri.Host}, Params: sip.NewParams()}
-	callID := sip.CallIDHeader(c.CallID)
-	maxFwd := sip.MaxForwardsHeader(70)
-	req.AppendHeader(from)
-	req.AppendHeader(to)
-	req.AppendHeader(&callID)
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: c.CSeq, MethodName: c.Method})
-	req.AppendHeader(&maxFwd)
-	if c.Method == sip.REGISTER || c.Method == sip.SUBSCRIBE {
-		req.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: c.FromUser, Host: "127.0.0.1", Port: 5999}})
-	}
-	if c.Method == sip.SUBSCRIBE {
-		req.AppendHeader(sip.NewHeader("Event", "presence"))
-	}
-	for _, h := range c.Headers {
-		req.AppendHeader(h)
-	}
-	if c.ContentType != "" {
-		ct := sip.ContentTypeHeader(c.ContentType)
-		req.AppendHeader(&ct)
-	}
-	req.SetBody(c.Body)
-	return req
-}
-
 // do sends req to the proxy over transport ("udp"/"tcp") and returns every
 // response the client got, the final one last.
 func (h *harness) do(t *testing.T, transport string, req *sip.Request) []*sip.Response {
@@ -393,9 +334,9 @@ func (h *harness) do(t *testing.T, transport string, req *sip.Request) []*sip.Re
 }
 
 // final sends and returns the final response.
-func (h *harness) final(t *testing.T, transport string, c clientRequest) *sip.Response {
+func (h *harness) final(t *testing.T, transport string, c siptest.Request) *sip.Response {
 	t.Helper()
-	req := c.build(t)
+	req := c.Build(t)
 	rs := h.do(t, transport, req)
 	res := rs[len(rs)-1]
 	if res.CSeq().SeqNo != req.CSeq().SeqNo || res.CSeq().MethodName != req.Method {
@@ -450,7 +391,7 @@ func testEveryMethodToEveryUpstream(t *testing.T, pm preemptiveMode, profile pbx
 			}{{"pbx-a", "pbx-a.example.com", "1001", h.A}, {"pbx-b", "pbx-b.example.com", "2001", h.B}} {
 				t.Run(fmt.Sprintf("%s/%s/%s", transport, m, target.domain), func(t *testing.T) {
 					before, challenges := len(target.pbx.Requests()), target.pbx.Challenges()
-					res := h.final(t, transport, clientRequest{Method: m, RequestURI: ruriFor(m, target.domain, target.user), FromUser: target.user})
+					res := h.final(t, transport, siptest.Request{Method: m, RequestURI: ruriFor(m, target.domain, target.user), FromUser: target.user})
 					if res.StatusCode != 200 {
 						t.Fatalf("status %d %s, want 200", res.StatusCode, res.Reason)
 					}
@@ -533,7 +474,7 @@ func TestUserScopedCredential(t *testing.T) {
 		{sip.REGISTER, "1004", "1003", "carol"},
 		{sip.REGISTER, "1003", "1004", "alice"},
 	} {
-		res := h.final(t, "udp", clientRequest{Method: tc.method, RequestURI: ruriFor(tc.method, "pbx-a.example.com", tc.to), FromUser: tc.from, ToUser: tc.to})
+		res := h.final(t, "udp", siptest.Request{Method: tc.method, RequestURI: ruriFor(tc.method, "pbx-a.example.com", tc.to), FromUser: tc.from, ToUser: tc.to})
 		rs := h.A.Requests()
 		if got := rs[len(rs)-1].AuthUsername; res.StatusCode != 200 || got != tc.want {
 			t.Errorf("%s from %s to %s: status %d as %q, want 200 as %s", tc.method, tc.from, tc.to, res.StatusCode, got, tc.want)
@@ -548,7 +489,7 @@ func TestWrongPassword(t *testing.T) {
 		for _, m := range []sip.RequestMethod{sip.REGISTER, sip.MESSAGE} {
 			t.Run(profile.String()+"/"+m.String(), func(t *testing.T) {
 				h := startHarness(t, harnessOptions{Profile: profile, A: fakepbx.Config{Accounts: map[string]string{"alice": "not-the-configured-one"}}})
-				rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, "pbx-a.example.com", "1001"), FromUser: "1001"}.build(t))
+				rs := h.do(t, "udp", siptest.Request{Method: m, RequestURI: ruriFor(m, "pbx-a.example.com", "1001"), FromUser: "1001"}.Build(t))
 				want := profile.challengeCode(m)
 				if res := rs[len(rs)-1]; res.StatusCode != want {
 					t.Fatalf("status %d, want %d", res.StatusCode, want)
@@ -573,7 +514,7 @@ func TestAnonymousFallback(t *testing.T) {
 	}
 	t.Run("refused", func(t *testing.T) {
 		h := startHarness(t, harnessOptions{Credentials: none})
-		res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
+		res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
 		if want := asteriskProfile.challengeCode(sip.OPTIONS); res.StatusCode != want {
 			t.Fatalf("status %d, want %d", res.StatusCode, want)
 		}
@@ -585,7 +526,7 @@ func TestAnonymousFallback(t *testing.T) {
 	})
 	t.Run("accepted", func(t *testing.T) {
 		h := startHarness(t, harnessOptions{Credentials: none, A: fakepbx.Config{Accounts: map[string]string{"anonymous": ""}}})
-		res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
+		res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
 		if res.StatusCode != 200 {
 			t.Fatalf("status %d, want 200", res.StatusCode)
 		}
@@ -611,7 +552,7 @@ func TestAlgorithmsAndQOP(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := startHarness(t, harnessOptions{A: fakepbx.Config{Algorithms: tc.algs, QOP: tc.qop}})
-			res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com;transport=udp", FromUser: "1001",
+			res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com;transport=udp", FromUser: "1001",
 				Body: []byte("Hello with a body\r\n"), ContentType: "text/plain"})
 			if res.StatusCode != 200 {
 				t.Fatalf("status %d", res.StatusCode)
@@ -631,7 +572,7 @@ func TestAlgorithmsAndQOP(t *testing.T) {
 // TestStaleNonce: stale=true is retried with the new nonce, invisibly.
 func TestStaleNonce(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{StaleOnce: true}})
-	res := h.final(t, "tcp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
+	res := h.final(t, "tcp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
 	if res.StatusCode != 200 {
 		t.Fatalf("status %d", res.StatusCode)
 	}
@@ -650,7 +591,7 @@ func TestTwoRealms(t *testing.T) {
 		}
 	}
 	h := startHarness(t, harnessOptions{Credentials: creds, A: fakepbx.Config{ExtraRealms: []string{"voicemail"}}})
-	res := h.final(t, "udp", clientRequest{Method: sip.REGISTER, RequestURI: "sip:pbx-a.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.REGISTER, RequestURI: "sip:pbx-a.example.com", FromUser: "1001"})
 	if res.StatusCode != 200 {
 		t.Fatalf("status %d", res.StatusCode)
 	}
@@ -667,7 +608,7 @@ func TestRegisterRefreshSameCallID(t *testing.T) {
 	for _, profile := range strictProfiles {
 		t.Run(profile.String(), func(t *testing.T) {
 			h := startHarness(t, harnessOptions{Profile: profile})
-			c := clientRequest{Method: sip.REGISTER, RequestURI: "sip:pbx-a.example.com", FromUser: "1001", CallID: uuid.NewString(), FromTag: "fixedtag", CSeq: 1}
+			c := siptest.Request{Method: sip.REGISTER, RequestURI: "sip:pbx-a.example.com", FromUser: "1001", CallID: uuid.NewString(), FromTag: "fixedtag", CSeq: 1}
 			for i := 0; i < 3; i++ {
 				for _, transport := range []string{"udp", "tcp"} {
 					res := h.final(t, transport, c)
@@ -694,7 +635,7 @@ func TestRegisterRefreshSameCallID(t *testing.T) {
 // TestUpstreamSilent: no answer at all → 408 to the client.
 func TestUpstreamSilent(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Silent: true}, UpstreamTimeout: 1500 * time.Millisecond})
-	res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
 	if res.StatusCode != 408 {
 		t.Fatalf("status %d, want 408", res.StatusCode)
 	}
@@ -711,7 +652,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 	h := startHarness(t, harnessOptions{ExtraUpstreams: []proxy.Upstream{
 		{Name: "dead", Address: dead, Transport: "tcp", Domains: []string{"dead.example.com"}},
 	}})
-	res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1001@dead.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1001@dead.example.com", FromUser: "1001"})
 	if res.StatusCode != 503 {
 		t.Fatalf("status %d, want 503", res.StatusCode)
 	}
@@ -721,7 +662,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 func TestProxyRules(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	t.Run("max-forwards 0", func(t *testing.T) {
-		req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}.build(t)
+		req := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}.Build(t)
 		mf := sip.MaxForwardsHeader(0)
 		req.ReplaceHeader(&mf)
 		rs := h.do(t, "udp", req)
@@ -730,7 +671,7 @@ func TestProxyRules(t *testing.T) {
 		}
 	})
 	t.Run("max-forwards decremented", func(t *testing.T) {
-		res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-b.example.com", FromUser: "1001"})
+		res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1001@pbx-b.example.com", FromUser: "1001"})
 		if res.StatusCode != 200 {
 			t.Fatalf("status %d", res.StatusCode)
 		}
@@ -742,7 +683,7 @@ func TestProxyRules(t *testing.T) {
 	t.Run("unknown host is never forwarded", func(t *testing.T) {
 		for _, tp := range []string{"udp", "tcp"} {
 			mark := h.upstreamMark()
-			res := h.final(t, tp, clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@attacker.example.net", FromUser: "1001"})
+			res := h.final(t, tp, siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@attacker.example.net", FromUser: "1001"})
 			if res.StatusCode != 404 {
 				t.Fatalf("%s: status %d, want 404", tp, res.StatusCode)
 			}
@@ -754,7 +695,7 @@ func TestProxyRules(t *testing.T) {
 		// understand; each one asked for is named in Unsupported.
 		for _, tp := range []string{"udp", "tcp"} {
 			mark := h.upstreamMark()
-			res := h.final(t, tp, clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001",
+			res := h.final(t, tp, siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001",
 				Headers: []sip.Header{sip.NewHeader("Proxy-Require", "foo"), sip.NewHeader("Proxy-Require", "bar, baz")}})
 			if res.StatusCode != 420 {
 				t.Fatalf("%s: status %d, want 420 Bad Extension", tp, res.StatusCode)
@@ -772,7 +713,7 @@ func TestProxyRules(t *testing.T) {
 		}
 	})
 	t.Run("client authorization stripped", func(t *testing.T) {
-		res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001",
+		res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001",
 			Headers: []sip.Header{sip.NewHeader("authorization", `Digest username="mallory", realm="asterisk", nonce="x", uri="sip:x", response="00"`),
 				sip.NewHeader("Proxy-Authorization", `Digest username="mallory2", realm="asterisk", nonce="x", uri="sip:x", response="00"`)}})
 		if res.StatusCode != 200 {
@@ -787,7 +728,7 @@ func TestProxyRules(t *testing.T) {
 		}
 	})
 	t.Run("loop", func(t *testing.T) {
-		req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}.build(t)
+		req := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}.Build(t)
 		host, port, _ := net.SplitHostPort(h.Addr["udp"])
 		p, _ := strconv.Atoi(port)
 		via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "UDP", Host: host, Port: p, Params: sip.NewParams()}
@@ -799,7 +740,7 @@ func TestProxyRules(t *testing.T) {
 		}
 	})
 	t.Run("options to the proxy itself", func(t *testing.T) {
-		res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:" + h.Addr["udp"], FromUser: "1001"})
+		res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:" + h.Addr["udp"], FromUser: "1001"})
 		if res.StatusCode != 200 {
 			t.Fatalf("status %d, want 200", res.StatusCode)
 		}
@@ -819,7 +760,7 @@ func TestNoSecretsInLogsOrResponses(t *testing.T) {
 	for range 2 { // the second round goes with preemptive answers
 		for _, m := range coreMethods {
 			for _, d := range []string{"pbx-a.example.com", "pbx-b.example.com"} {
-				rs := h.do(t, "udp", clientRequest{Method: m, RequestURI: ruriFor(m, d, "1003"), FromUser: "1003"}.build(t))
+				rs := h.do(t, "udp", siptest.Request{Method: m, RequestURI: ruriFor(m, d, "1003"), FromUser: "1003"}.Build(t))
 				for _, r := range rs {
 					responses.WriteString(r.String())
 				}
@@ -828,7 +769,7 @@ func TestNoSecretsInLogsOrResponses(t *testing.T) {
 	}
 	// A failing exchange too: its errors and warnings are logged.
 	h2 := startHarness(t, harnessOptions{A: fakepbx.Config{Accounts: map[string]string{"alice": "other"}}})
-	for _, r := range h2.do(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1@pbx-a.example.com", FromUser: "1"}.build(t)) {
+	for _, r := range h2.do(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1@pbx-a.example.com", FromUser: "1"}.Build(t)) {
 		responses.WriteString(r.String())
 	}
 	logs := h.Logs.String() + h2.Logs.String()
@@ -880,7 +821,7 @@ func (panicky) Lookup(string, string, string) credentials.Credential { panic("bo
 func TestPanicAnswers500(t *testing.T) {
 	h := startHarness(t, harnessOptions{Lookup: panicky{}})
 	for i := 0; i < 2; i++ {
-		res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
+		res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"})
 		if res.StatusCode != 500 {
 			t.Fatalf("status %d, want 500", res.StatusCode)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/authproxy/authproxy/internal/dnstest"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -116,7 +117,7 @@ func TestDualStackName(t *testing.T) {
 	z.Set(aRecord("t1.sip.test", "::1"), aRecord("t2.sip.test", "127.0.0.7"))
 	z.Set(srv("_sip._udp.carrier.sip.test", 10, 10, v6.Port(), "t1.sip.test"), srv("_sip._udp.carrier.sip.test", 20, 10, v4.Port(), "t2.sip.test"))
 	tp := carrierProxy(t, z, "udp")
-	if res := sendVia(t, tp.addr["udp"], clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
+	if res := sendVia(t, tp.addr["udp"], siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@carrier.sip.test", FromUser: "1001"}); res.StatusCode != 200 {
 		t.Fatalf("MESSAGE: %d", res.StatusCode)
 	}
 	if len(v6.Requests()) != 0 || authenticated(v4, "MESSAGE") != 1 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -96,7 +97,7 @@ func (h *harness) assertNoUpstreamTrafficSince(t *testing.T, mark upstreamMark) 
 		since        int
 	}{{"pbx-a", "pbx-a.example.com", h.A, mark.a}, {"pbx-b", "pbx-b.example.com", h.B, mark.b}} {
 		barrier := uuid.NewString()
-		if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:barrier@" + up.domain, FromUser: "1001", CallID: barrier}); res.StatusCode != 200 {
+		if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:barrier@" + up.domain, FromUser: "1001", CallID: barrier}); res.StatusCode != 200 {
 			t.Fatalf("barrier MESSAGE to %s: %d", up.name, res.StatusCode)
 		}
 		for _, r := range up.pbx.Requests()[up.since:] {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 )
 
@@ -115,17 +116,17 @@ func startOpsBinaryUnder(t *testing.T, toml string, wrap []string) *opsBinary {
 }
 
 // send sends c over UDP and returns the final status.
-func (b *opsBinary) send(t *testing.T, c clientRequest) int {
+func (b *opsBinary) send(t *testing.T, c siptest.Request) int {
 	t.Helper()
-	res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", c.build(t))
+	res, err := siptest.Send(b.client, b.sipAddr["udp"], "udp", c.Build(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return res.StatusCode
 }
 
-func opsMessage() clientRequest {
-	return clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}
+func opsMessage() siptest.Request {
+	return siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}
 }
 
 // logRecord is one JSON log line of the binary.
@@ -239,15 +240,15 @@ advertise = "sip.example.com"
 		t.Errorf("restart_needed = %s, want listen", need)
 	}
 
-	code, body := httpGet(t, b.admin+"/metrics")
+	code, body := testutil.HTTPGet(t, b.admin+"/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics: %d", code)
 	}
-	ms := metricsSnapshot(parseExposition(t, body))
-	expectMetric(t, ms, "authproxy_config_reloads_total", lbl{"result": "ok"}, 1)
-	expectMetric(t, ms, "authproxy_config_reloads_total", lbl{"result": "rejected"}, 1)
-	expectMetric(t, ms, "authproxy_config_reloads_total", lbl{"result": "restart-required"}, 1)
-	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a", "reason": "rejected"}, 1)
+	ms := testutil.Metrics(testutil.ParseMetrics(t, body))
+	testutil.ExpectMetric(t, ms, "authproxy_config_reloads_total", testutil.Labels{"result": "ok"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_config_reloads_total", testutil.Labels{"result": "rejected"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_config_reloads_total", testutil.Labels{"result": "restart-required"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_auth_failures_total", testutil.Labels{"upstream": "pbx-a", "reason": "rejected"}, 1)
 }
 
 // TestOpsBinaryReloadWatch: with reload.watch, changing the file reloads
@@ -342,7 +343,7 @@ func (b *opsBinary) waitReload(t *testing.T, change string) logRecord {
 // with a trunk registration on it (unregistered at shutdown), the admin
 // listener on and shutdown_grace long enough that only the requests in
 // flight decide when draining ends.
-func sigtermTOML(r *responder) string {
+func sigtermTOML(r *siptest.Responder) string {
 	return fmt.Sprintf(`[log]
 format = "json"
 [proxy]
@@ -359,18 +360,18 @@ default = true
 [[registration]]
 upstream = "slow"
 aor = "sip:trunk@slow.example.com"
-`, tomlString(r.addr()))
+`, tomlString(r.Addr()))
 }
 
 // startHeldMessage sends a MESSAGE through b that r holds, and returns once
 // r has it, with the channel its final response arrives on.
-func startHeldMessage(t *testing.T, b *opsBinary, r *responder) (<-chan *sip.Response, <-chan error) {
+func startHeldMessage(t *testing.T, b *opsBinary, r *siptest.Responder) (<-chan *sip.Response, <-chan error) {
 	t.Helper()
-	r.holdMessages.Store(true)
-	req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1@slow.example.com", FromUser: "1001"}.build(t)
+	r.HoldMessages.Store(true)
+	req := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1@slow.example.com", FromUser: "1001"}.Build(t)
 	resc, errc := make(chan *sip.Response, 1), make(chan error, 1)
 	go func() {
-		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", req)
+		res, err := siptest.Send(b.client, b.sipAddr["udp"], "udp", req)
 		if err != nil {
 			errc <- err
 			return
@@ -378,7 +379,7 @@ func startHeldMessage(t *testing.T, b *opsBinary, r *responder) (<-chan *sip.Res
 		resc <- res
 	}()
 	select {
-	case <-r.messages:
+	case <-r.Messages:
 	case err := <-errc:
 		t.Fatalf("MESSAGE: %v", err)
 	case <-time.After(testutil.EventuallyLimit):
@@ -395,8 +396,8 @@ func startHeldMessage(t *testing.T, b *opsBinary, r *responder) (<-chan *sip.Res
 // /readyz says shutting down; then authproxy exits 0. Each request is sent
 // once.
 func TestOpsBinarySIGTERMDrains(t *testing.T) {
-	r := startResponder(t, "127.0.0.9")
-	r.ignoreUnregister.Store(true)
+	r := siptest.StartResponder(t, "127.0.0.9")
+	r.IgnoreUnregister.Store(true)
 	b := startOpsBinary(t, sigtermTOML(r))
 	b.waitLog(t, "registered", 1)
 	inFlight, inFlightErr := startHeldMessage(t, b, r)
@@ -404,16 +405,16 @@ func TestOpsBinarySIGTERMDrains(t *testing.T) {
 	b.signal(t, syscall.SIGTERM)
 	b.waitLog(t, "shutting down", 1)
 	refused := map[string]string{}
-	for _, c := range []clientRequest{
+	for _, c := range []siptest.Request{
 		{Method: sip.INVITE, RequestURI: "sip:2@slow.example.com", FromUser: "1001"},
 		{Method: sip.BYE, RequestURI: "sip:2@slow.example.com", FromUser: "1001", Headers: []sip.Header{sip.NewHeader("X-In-Dialog", "yes")}},
 	} {
-		req := c.build(t)
+		req := c.Build(t)
 		if c.Method == sip.BYE {
 			req.To().Params.Add("tag", "callee-tag")
 		}
 		refused[string(c.Method)] = req.CallID().Value()
-		res, err := sendRequest(b.client, b.sipAddr["udp"], "udp", req)
+		res, err := siptest.Send(b.client, b.sipAddr["udp"], "udp", req)
 		if err != nil {
 			t.Fatalf("%s while draining: %v", c.Method, err)
 		}
@@ -423,14 +424,14 @@ func TestOpsBinarySIGTERMDrains(t *testing.T) {
 			t.Errorf("%s while draining: 503 with Retry-After %v, want 5", c.Method, ra)
 		}
 	}
-	if code, _ := httpGet(t, b.admin+"/healthz"); code != 200 {
+	if code, _ := testutil.HTTPGet(t, b.admin+"/healthz"); code != 200 {
 		t.Errorf("/healthz while draining: %d, want 200", code)
 	}
-	if code, body := httpGet(t, b.admin+"/readyz"); code != 503 || !strings.Contains(body, "shutting down") {
+	if code, body := testutil.HTTPGet(t, b.admin+"/readyz"); code != 503 || !strings.Contains(body, "shutting down") {
 		t.Errorf("/readyz while draining: %d %q, want 503 shutting down", code, body)
 	}
 
-	r.releaseMessages()
+	r.ReleaseMessages()
 	select {
 	case res := <-inFlight:
 		if res.StatusCode != 200 {
@@ -451,7 +452,7 @@ func TestOpsBinarySIGTERMDrains(t *testing.T) {
 		t.Error("no stopped line")
 	}
 	// The process is gone: whatever it forwarded has arrived.
-	for _, m := range r.methods() {
+	for _, m := range r.Methods() {
 		for method, id := range refused {
 			if m == method+" "+id {
 				t.Errorf("the %s refused while draining reached the upstream", method)
@@ -472,7 +473,7 @@ func TestOpsBinarySecondSignalExits1(t *testing.T) {
 		waitDraining bool
 	}{{"back-to-back", syscall.SIGINT, false}, {"while-draining", syscall.SIGTERM, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := startResponder(t, "127.0.0.9")
+			r := siptest.StartResponder(t, "127.0.0.9")
 			b := startOpsBinary(t, sigtermTOML(r))
 			b.waitLog(t, "registered", 1)
 			startHeldMessage(t, b, r)

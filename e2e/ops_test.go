@@ -10,24 +10,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/admin"
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/internal/metrics"
+	"github.com/authproxy/authproxy/internal/siptest"
+	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -162,131 +159,14 @@ func (o *observerTap) waitState(t *testing.T, upstream string, up bool, n int) {
 	})
 }
 
-// httpGet returns the status code and body of GET url.
-func httpGet(t *testing.T, url string) (int, string) {
+func (h *opsHarness) scrape(t *testing.T) testutil.Metrics {
 	t.Helper()
-	res, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return res.StatusCode, string(b)
-}
-
-// sample is one line of the Prometheus text exposition.
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-// parseExposition parses the Prometheus text format's sample lines.
-func parseExposition(t *testing.T, text string) []sample {
-	t.Helper()
-	var out []sample
-	for _, line := range strings.Split(text, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		s := sample{labels: map[string]string{}}
-		rest := line
-		if i := strings.IndexAny(rest, "{ "); i >= 0 && rest[i] == '{' {
-			s.name = rest[:i]
-			rest = rest[i+1:]
-			for !strings.HasPrefix(rest, "}") {
-				k, after, ok := strings.Cut(rest, `="`)
-				if !ok {
-					t.Fatalf("bad metric line %q", line)
-				}
-				var v strings.Builder
-				j := 0
-				for ; j < len(after) && after[j] != '"'; j++ {
-					if after[j] == '\\' && j+1 < len(after) {
-						j++
-					}
-					v.WriteByte(after[j])
-				}
-				s.labels[k] = v.String()
-				rest = strings.TrimPrefix(after[j+1:], ",")
-			}
-			rest = strings.TrimSpace(rest[1:])
-		} else {
-			name, after, _ := strings.Cut(rest, " ")
-			s.name, rest = name, after
-		}
-		valStr, _, _ := strings.Cut(rest, " ")
-		v, err := strconv.ParseFloat(valStr, 64)
-		if err != nil {
-			t.Fatalf("bad value in %q: %v", line, err)
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out
-}
-
-// metricsSnapshot is a scrape of /metrics.
-type metricsSnapshot []sample
-
-// sum adds the values of the samples called name whose labels include
-// every pair of match; found is false when none matched.
-func (ms metricsSnapshot) sum(name string, match map[string]string) (total float64, found bool) {
-	for _, s := range ms {
-		if s.name != name {
-			continue
-		}
-		ok := true
-		for k, v := range match {
-			if s.labels[k] != v {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			total += s.value
-			found = true
-		}
-	}
-	return total, found
-}
-
-func (h *opsHarness) scrape(t *testing.T) metricsSnapshot {
-	t.Helper()
-	code, body := httpGet(t, h.admin+"/metrics")
+	code, body := testutil.HTTPGet(t, h.admin+"/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics: %d %s", code, body)
 	}
-	return parseExposition(t, body)
+	return testutil.ParseMetrics(t, body)
 }
-
-// expectMetric fails unless samples match and their sum is want; a
-// missing series fails, whatever want is.
-func expectMetric(t *testing.T, ms metricsSnapshot, name string, match map[string]string, want float64) {
-	t.Helper()
-	got, found := ms.sum(name, match)
-	if !found {
-		t.Errorf("%s%v: no sample, want %v", name, match, want)
-		return
-	}
-	if got != want {
-		t.Errorf("%s%v = %v, want %v", name, match, got, want)
-	}
-}
-
-// expectMetricZeroOrAbsent fails unless the matching samples sum to 0 or
-// there are none: for a labelled counter, which exists only once counted.
-func expectMetricZeroOrAbsent(t *testing.T, ms metricsSnapshot, name string, match map[string]string) {
-	t.Helper()
-	if got, _ := ms.sum(name, match); got != 0 {
-		t.Errorf("%s%v = %v, want 0 or no sample", name, match, got)
-	}
-}
-
-type lbl = map[string]string
 
 // TestOpsMetricsScenario sends a scripted mix of requests and checks that
 // the counters on /metrics match what was sent, label by label.
@@ -304,22 +184,22 @@ func TestOpsMetricsScenario(t *testing.T) {
 
 	const messagesA, registersB = 3, 2
 	for i := range messagesA {
-		if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}); res.StatusCode != 200 {
+		if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}); res.StatusCode != 200 {
 			t.Fatalf("MESSAGE %d to pbx-a: %d", i, res.StatusCode)
 		}
 	}
 	for i := range registersB {
-		if res := h.final(t, "tcp", clientRequest{Method: sip.REGISTER, RequestURI: "sip:pbx-b.example.com", FromUser: "2001"}); res.StatusCode != 200 {
+		if res := h.final(t, "tcp", siptest.Request{Method: sip.REGISTER, RequestURI: "sip:pbx-b.example.com", FromUser: "2001"}); res.StatusCode != 200 {
 			t.Fatalf("REGISTER %d to pbx-b: %d", i, res.StatusCode)
 		}
 	}
-	if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:2001@pbx-b.example.com", FromUser: "2999"}); res.StatusCode != 407 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:2001@pbx-b.example.com", FromUser: "2999"}); res.StatusCode != 407 {
 		t.Fatalf("MESSAGE with refused credentials: %d, want 407", res.StatusCode)
 	}
-	if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1@nowhere.example.net", FromUser: "1001"}); res.StatusCode != 404 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1@nowhere.example.net", FromUser: "1001"}); res.StatusCode != 404 {
 		t.Fatalf("MESSAGE to an unknown host: %d, want 404", res.StatusCode)
 	}
-	if res := h.final(t, "udp", clientRequest{Method: "FROBNICATE", RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}); res.StatusCode == 0 {
+	if res := h.final(t, "udp", siptest.Request{Method: "FROBNICATE", RequestURI: "sip:1001@pbx-a.example.com", FromUser: "1001"}); res.StatusCode == 0 {
 		t.Fatal("no answer to an invented method")
 	}
 	const sent = messagesA + registersB + 3
@@ -327,40 +207,40 @@ func TestOpsMetricsScenario(t *testing.T) {
 	h.tap.waitRequests(t, sent) // RequestDone runs after the response is sent
 
 	ms := h.scrape(t)
-	expectMetric(t, ms, "authproxy_requests_total", lbl{"method": "MESSAGE", "upstream": "pbx-a", "status": "200"}, messagesA)
-	expectMetric(t, ms, "authproxy_requests_total", lbl{"method": "REGISTER", "upstream": "pbx-b", "status": "200"}, registersB)
-	expectMetric(t, ms, "authproxy_requests_total", lbl{"method": "MESSAGE", "upstream": "pbx-b", "status": "407"}, 1)
-	expectMetric(t, ms, "authproxy_requests_total", lbl{"method": "MESSAGE", "upstream": "none", "status": "404"}, 1)
-	expectMetric(t, ms, "authproxy_requests_total", lbl{"method": "other", "upstream": "pbx-a", "status": "200"}, 1) // no label per invented method
-	expectMetric(t, ms, "authproxy_requests_total", lbl{}, sent)
+	testutil.ExpectMetric(t, ms, "authproxy_requests_total", testutil.Labels{"method": "MESSAGE", "upstream": "pbx-a", "status": "200"}, messagesA)
+	testutil.ExpectMetric(t, ms, "authproxy_requests_total", testutil.Labels{"method": "REGISTER", "upstream": "pbx-b", "status": "200"}, registersB)
+	testutil.ExpectMetric(t, ms, "authproxy_requests_total", testutil.Labels{"method": "MESSAGE", "upstream": "pbx-b", "status": "407"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_requests_total", testutil.Labels{"method": "MESSAGE", "upstream": "none", "status": "404"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_requests_total", testutil.Labels{"method": "other", "upstream": "pbx-a", "status": "200"}, 1) // no label per invented method
+	testutil.ExpectMetric(t, ms, "authproxy_requests_total", testutil.Labels{}, sent)
 	// pbx-a: challenge + stale challenge per request; pbx-b: one per
 	// REGISTER and one for the refused MESSAGE.
-	expectMetric(t, ms, "authproxy_challenges_answered_total", lbl{"upstream": "pbx-a", "realm": "asterisk"}, 2*toA)
-	expectMetric(t, ms, "authproxy_challenges_answered_total", lbl{"upstream": "pbx-b", "realm": "asterisk"}, registersB+1)
-	expectMetric(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-a"}, toA)
-	expectMetricZeroOrAbsent(t, ms, "authproxy_stale_retries_total", lbl{"upstream": "pbx-b"})
-	expectMetric(t, ms, "authproxy_retries_total", lbl{"upstream": "pbx-a"}, 2*toA)
-	expectMetric(t, ms, "authproxy_retries_total", lbl{"upstream": "pbx-b"}, registersB+1)
-	expectMetric(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-b", "reason": "rejected"}, 1)
-	expectMetricZeroOrAbsent(t, ms, "authproxy_auth_failures_total", lbl{"upstream": "pbx-a"})
-	expectMetric(t, ms, "authproxy_request_outcomes_total", lbl{"upstream": "none", "outcome": "no-route"}, 1)
-	expectMetric(t, ms, "authproxy_request_duration_seconds_count", lbl{"method": "MESSAGE"}, messagesA+2)
-	expectMetric(t, ms, "authproxy_request_duration_seconds_count", lbl{"method": "REGISTER"}, registersB)
-	expectMetric(t, ms, "authproxy_upstream_request_duration_seconds_count", lbl{"method": "MESSAGE", "upstream": "pbx-a"}, messagesA)
-	expectMetric(t, ms, "authproxy_upstream_request_duration_seconds_count", lbl{"method": "REGISTER", "upstream": "pbx-b"}, registersB)
-	expectMetric(t, ms, "authproxy_dialogs", lbl{}, 0)
-	if _, ok := ms.sum("authproxy_active_transactions", nil); !ok {
+	testutil.ExpectMetric(t, ms, "authproxy_challenges_answered_total", testutil.Labels{"upstream": "pbx-a", "realm": "asterisk"}, 2*toA)
+	testutil.ExpectMetric(t, ms, "authproxy_challenges_answered_total", testutil.Labels{"upstream": "pbx-b", "realm": "asterisk"}, registersB+1)
+	testutil.ExpectMetric(t, ms, "authproxy_stale_retries_total", testutil.Labels{"upstream": "pbx-a"}, toA)
+	testutil.ExpectMetricZeroOrAbsent(t, ms, "authproxy_stale_retries_total", testutil.Labels{"upstream": "pbx-b"})
+	testutil.ExpectMetric(t, ms, "authproxy_retries_total", testutil.Labels{"upstream": "pbx-a"}, 2*toA)
+	testutil.ExpectMetric(t, ms, "authproxy_retries_total", testutil.Labels{"upstream": "pbx-b"}, registersB+1)
+	testutil.ExpectMetric(t, ms, "authproxy_auth_failures_total", testutil.Labels{"upstream": "pbx-b", "reason": "rejected"}, 1)
+	testutil.ExpectMetricZeroOrAbsent(t, ms, "authproxy_auth_failures_total", testutil.Labels{"upstream": "pbx-a"})
+	testutil.ExpectMetric(t, ms, "authproxy_request_outcomes_total", testutil.Labels{"upstream": "none", "outcome": "no-route"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_request_duration_seconds_count", testutil.Labels{"method": "MESSAGE"}, messagesA+2)
+	testutil.ExpectMetric(t, ms, "authproxy_request_duration_seconds_count", testutil.Labels{"method": "REGISTER"}, registersB)
+	testutil.ExpectMetric(t, ms, "authproxy_upstream_request_duration_seconds_count", testutil.Labels{"method": "MESSAGE", "upstream": "pbx-a"}, messagesA)
+	testutil.ExpectMetric(t, ms, "authproxy_upstream_request_duration_seconds_count", testutil.Labels{"method": "REGISTER", "upstream": "pbx-b"}, registersB)
+	testutil.ExpectMetric(t, ms, "authproxy_dialogs", testutil.Labels{}, 0)
+	if _, ok := ms.Sum("authproxy_active_transactions", nil); !ok {
 		t.Error("authproxy_active_transactions missing")
 	}
-	if _, ok := ms.sum("authproxy_upstream_up", nil); ok {
+	if _, ok := ms.Sum("authproxy_upstream_up", nil); ok {
 		t.Error("authproxy_upstream_up reported with health checks off")
 	}
 	// No label value may carry a username, a Call-ID or a password.
 	for _, s := range ms {
-		for k, v := range s.labels {
+		for k, v := range s.Labels {
 			for _, bad := range []string{"alice", "bob", "carol", "1001", "2001", "2999", alicePassword, bobPassword, "@"} {
 				if strings.Contains(v, bad) {
-					t.Errorf("%s has label %s=%q", s.name, k, v)
+					t.Errorf("%s has label %s=%q", s.Name, k, v)
 				}
 			}
 		}
@@ -371,7 +251,7 @@ func TestOpsMetricsScenario(t *testing.T) {
 		bad = append(bad, r.CallID)
 	}
 	for _, path := range []string{"/status", "/readyz", "/healthz"} {
-		code, body := httpGet(t, h.admin+path)
+		code, body := testutil.HTTPGet(t, h.admin+path)
 		if code != 200 {
 			t.Errorf("%s: %d", path, code)
 		}
@@ -383,136 +263,6 @@ func TestOpsMetricsScenario(t *testing.T) {
 	}
 }
 
-// responder is a minimal SIP upstream on UDP that answers every request
-// 200 (INVITE 486), or nothing while silent; with holdMessages, MESSAGEs
-// only once released, and with ignoreUnregister, no REGISTER with
-// Expires: 0. It records what it received.
-type responder struct {
-	pc      net.PacketConn
-	silent  atomic.Bool
-	options struct {
-		answered, ignored atomic.Int64
-	}
-	holdMessages     atomic.Bool
-	ignoreUnregister atomic.Bool
-	held             chan struct{} // closed by releaseMessages
-	releaseOnce      sync.Once
-	messages         chan struct{} // a MESSAGE arrived (non-blocking send)
-	mu               sync.Mutex
-	received         []string // "METHOD Call-ID" of every request, retransmissions included
-	wg               sync.WaitGroup
-	stop             chan struct{}
-}
-
-func startResponder(t *testing.T, host string) *responder {
-	t.Helper()
-	pc, err := net.ListenPacket("udp4", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &responder{pc: pc, messages: make(chan struct{}, 16), held: make(chan struct{}), stop: make(chan struct{})}
-	r.wg.Add(1)
-	go r.serve()
-	t.Cleanup(func() {
-		close(r.stop)
-		_ = pc.Close()
-		r.wg.Wait()
-	})
-	return r
-}
-
-func (r *responder) addr() string { return r.pc.LocalAddr().String() }
-
-// releaseMessages answers the MESSAGEs held so far, and later ones at once.
-func (r *responder) releaseMessages() { r.releaseOnce.Do(func() { close(r.held) }) }
-
-// methods returns the distinct "METHOD Call-ID" pairs received, in order.
-func (r *responder) methods() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []string
-	for _, m := range r.received {
-		if !slices.Contains(out, m) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func (r *responder) serve() {
-	defer r.wg.Done()
-	buf := make([]byte, 65535)
-	for {
-		n, from, err := r.pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		msg, err := sip.ParseMessage(append([]byte(nil), buf[:n]...))
-		req, ok := msg.(*sip.Request)
-		if err != nil || !ok || req.IsAck() {
-			continue
-		}
-		cid := ""
-		if h := req.CallID(); h != nil {
-			cid = h.Value()
-		}
-		r.mu.Lock()
-		r.received = append(r.received, string(req.Method)+" "+cid)
-		r.mu.Unlock()
-		if req.Method == sip.OPTIONS {
-			if r.silent.Load() {
-				r.options.ignored.Add(1)
-				continue
-			}
-			r.options.answered.Add(1)
-		} else if r.silent.Load() {
-			continue
-		}
-		if req.Method == sip.REGISTER && r.ignoreUnregister.Load() && isUnregister(req) {
-			continue
-		}
-		code, reason, hold := 200, "OK", false
-		switch req.Method {
-		case sip.INVITE:
-			code, reason = 486, "Busy Here"
-		case sip.MESSAGE:
-			hold = r.holdMessages.Load()
-			select {
-			case r.messages <- struct{}{}:
-			default:
-			}
-		}
-		res := sip.NewResponseFromRequest(req, code, reason, nil)
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			if hold {
-				select {
-				case <-r.held:
-				case <-r.stop:
-					return
-				}
-			}
-			_, _ = r.pc.WriteTo([]byte(res.String()), from)
-		}()
-	}
-}
-
-// isUnregister reports whether a REGISTER asks for expiry 0.
-func isUnregister(req *sip.Request) bool {
-	if h := req.GetHeader("Expires"); h != nil && strings.TrimSpace(h.Value()) == "0" {
-		return true
-	}
-	for _, h := range req.GetHeaders("Contact") {
-		if c, ok := h.(*sip.ContactHeader); ok {
-			if v, ok := c.Params.Get("expires"); ok && strings.TrimSpace(v) == "0" {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // pingTimeout is how long the health tests' pings wait for an answer:
 // long enough that a busy machine does not turn a late answer into a
 // failure (the silent upstreams are marked down a little later for it).
@@ -522,32 +272,32 @@ const pingTimeout = 2 * time.Second
 // /readyz fails once the only upstream has missed down_after pings in a
 // row, and recovers after up_after answered ones.
 func TestOpsReadinessFollowsUpstreamHealth(t *testing.T) {
-	r := startResponder(t, "127.0.0.6")
+	r := siptest.StartResponder(t, "127.0.0.6")
 	const downAfter, upAfter = 2, 3
 	h := startOps(t, opsOptions{
-		Upstreams: []proxy.Upstream{{Name: "flaky", Address: r.addr(), Transport: "udp", Default: true}},
+		Upstreams: []proxy.Upstream{{Name: "flaky", Address: r.Addr(), Transport: "udp", Default: true}},
 		Health:    proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: pingTimeout, DownAfter: downAfter, UpAfter: upAfter},
 	})
 
 	h.tap.waitState(t, "flaky", true, 1) // unknown -> up on the first answer
-	if code, body := httpGet(t, h.admin+"/readyz"); code != 200 {
+	if code, body := testutil.HTTPGet(t, h.admin+"/readyz"); code != 200 {
 		t.Fatalf("/readyz with the upstream up: %d %s", code, body)
 	}
 
-	r.silent.Store(true)
+	r.Silent.Store(true)
 	h.tap.waitState(t, "flaky", false, 2)
-	if n := r.options.ignored.Load(); n < downAfter {
+	if n := r.Options.Ignored.Load(); n < downAfter {
 		t.Errorf("marked down after %d unanswered pings, want at least %d", n, downAfter)
 	}
-	code, body := httpGet(t, h.admin+"/readyz")
+	code, body := testutil.HTTPGet(t, h.admin+"/readyz")
 	if code != 503 || !strings.Contains(body, "every upstream is down") || !strings.Contains(body, "flaky") {
 		t.Fatalf("/readyz with the upstream down: %d %q", code, body)
 	}
-	if code, _ := httpGet(t, h.admin+"/healthz"); code != 200 {
+	if code, _ := testutil.HTTPGet(t, h.admin+"/healthz"); code != 200 {
 		t.Errorf("/healthz: %d, want 200 whatever the upstreams", code)
 	}
 	var st admin.Status
-	_, sb := httpGet(t, h.admin+"/status")
+	_, sb := testutil.HTTPGet(t, h.admin+"/status")
 	if err := json.Unmarshal([]byte(sb), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -555,43 +305,43 @@ func TestOpsReadinessFollowsUpstreamHealth(t *testing.T) {
 		t.Fatalf("/status with the upstream down:\n%s", sb)
 	}
 	ms := h.scrape(t)
-	expectMetric(t, ms, "authproxy_upstream_up", lbl{"upstream": "flaky"}, 0)
-	expectMetric(t, ms, "authproxy_upstream_state_changes_total", lbl{"upstream": "flaky", "state": "down"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_upstream_up", testutil.Labels{"upstream": "flaky"}, 0)
+	testutil.ExpectMetric(t, ms, "authproxy_upstream_state_changes_total", testutil.Labels{"upstream": "flaky", "state": "down"}, 1)
 
-	answeredBefore := r.options.answered.Load()
-	r.silent.Store(false)
+	answeredBefore := r.Options.Answered.Load()
+	r.Silent.Store(false)
 	h.tap.waitState(t, "flaky", true, 3)
-	if n := r.options.answered.Load() - answeredBefore; n < upAfter {
+	if n := r.Options.Answered.Load() - answeredBefore; n < upAfter {
 		t.Errorf("marked up after %d answered pings, want at least %d (hysteresis)", n, upAfter)
 	}
-	if code, body := httpGet(t, h.admin+"/readyz"); code != 200 {
+	if code, body := testutil.HTTPGet(t, h.admin+"/readyz"); code != 200 {
 		t.Fatalf("/readyz after recovery: %d %s", code, body)
 	}
-	expectMetric(t, h.scrape(t), "authproxy_upstream_up", lbl{"upstream": "flaky"}, 1)
+	testutil.ExpectMetric(t, h.scrape(t), "authproxy_upstream_up", testutil.Labels{"upstream": "flaky"}, 1)
 }
 
 // TestOpsHealthChallengingUpstreams: an upstream that challenges the
 // OPTIONS (as Asterisk does) is alive; the pings carry no credentials and
 // one unreachable upstream among several keeps the proxy ready.
 func TestOpsHealthChallengingUpstreams(t *testing.T) {
-	dead := startResponder(t, "127.0.0.7")
-	dead.silent.Store(true)
+	dead := siptest.StartResponder(t, "127.0.0.7")
+	dead.Silent.Store(true)
 	h := startOps(t, opsOptions{Health: proxy.HealthCheck{Interval: 30 * time.Millisecond, Timeout: pingTimeout, DownAfter: 1}})
 	h.tap.waitState(t, "pbx-a", true, 1)
 	h.tap.waitState(t, "pbx-b", true, 1)
 
 	// A reload adds an upstream that never answers.
 	cfg := h.base
-	cfg.Upstreams = append(cfg.Upstreams, proxy.Upstream{Name: "dead", Address: dead.addr(), Transport: "udp", Domains: []string{"dead.example.com"}})
+	cfg.Upstreams = append(cfg.Upstreams, proxy.Upstream{Name: "dead", Address: dead.Addr(), Transport: "udp", Domains: []string{"dead.example.com"}})
 	if err := h.Proxy.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
 	h.tap.waitState(t, "dead", false, 1)
-	if code, body := httpGet(t, h.admin+"/readyz"); code != 200 {
+	if code, body := testutil.HTTPGet(t, h.admin+"/readyz"); code != 200 {
 		t.Fatalf("/readyz with one upstream of three down: %d %s", code, body)
 	}
 	var st admin.Status
-	_, sb := httpGet(t, h.admin+"/status")
+	_, sb := testutil.HTTPGet(t, h.admin+"/status")
 	if err := json.Unmarshal([]byte(sb), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -622,13 +372,13 @@ func TestOpsHealthChallengingUpstreams(t *testing.T) {
 		break
 	}
 	ms := h.scrape(t)
-	expectMetric(t, ms, "authproxy_upstream_up", lbl{"upstream": "pbx-a"}, 1)
-	expectMetric(t, ms, "authproxy_upstream_up", lbl{"upstream": "dead"}, 0)
-	if v, _ := ms.sum("authproxy_upstream_pings_total", lbl{"upstream": "pbx-a", "result": "answered"}); v < 1 {
+	testutil.ExpectMetric(t, ms, "authproxy_upstream_up", testutil.Labels{"upstream": "pbx-a"}, 1)
+	testutil.ExpectMetric(t, ms, "authproxy_upstream_up", testutil.Labels{"upstream": "dead"}, 0)
+	if v, _ := ms.Sum("authproxy_upstream_pings_total", testutil.Labels{"upstream": "pbx-a", "result": "answered"}); v < 1 {
 		t.Errorf("pings answered by pbx-a = %v", v)
 	}
 	// Health pings are not client requests.
-	expectMetricZeroOrAbsent(t, ms, "authproxy_requests_total", lbl{})
+	testutil.ExpectMetricZeroOrAbsent(t, ms, "authproxy_requests_total", testutil.Labels{})
 
 	// With the dead upstream the only one left, every upstream is down:
 	// not ready.
@@ -639,7 +389,7 @@ func TestOpsHealthChallengingUpstreams(t *testing.T) {
 	if err := h.Proxy.Readiness(); !errors.Is(err, proxy.ErrNoUpstreamUp) {
 		t.Fatalf("Readiness with every upstream down: %v, want %v", err, proxy.ErrNoUpstreamUp)
 	}
-	if code, body := httpGet(t, h.admin+"/readyz"); code != 503 {
+	if code, body := testutil.HTTPGet(t, h.admin+"/readyz"); code != 503 {
 		t.Fatalf("/readyz with every upstream down: %d %s, want 503", code, body)
 	}
 	// Turning health checks off by reload forgets the states: ready again
@@ -652,7 +402,7 @@ func TestOpsHealthChallengingUpstreams(t *testing.T) {
 	if err := h.Proxy.Readiness(); err != nil {
 		t.Errorf("Readiness with health checks off: %v", err)
 	}
-	if code, body := httpGet(t, h.admin+"/readyz"); code != 200 {
+	if code, body := testutil.HTTPGet(t, h.admin+"/readyz"); code != 200 {
 		t.Errorf("/readyz with health checks off: %d %s, want 200", code, body)
 	}
 }
@@ -800,7 +550,7 @@ func TestOpsReloadUnderLoad(t *testing.T) {
 			if i%3 == 0 {
 				m = sip.REGISTER
 			}
-			reqs[w] = append(reqs[w], clientRequest{Method: m, RequestURI: ruriFor(m, target, user), FromUser: user}.build(t))
+			reqs[w] = append(reqs[w], siptest.Request{Method: m, RequestURI: ruriFor(m, target, user), FromUser: user}.Build(t))
 		}
 	}
 	var (
@@ -816,7 +566,7 @@ func TestOpsReloadUnderLoad(t *testing.T) {
 				transport = "tcp"
 			}
 			for _, req := range reqs[w] {
-				res, err := sendRequest(h.client, h.Addr[transport], transport, req)
+				res, err := siptest.Send(h.client, h.Addr[transport], transport, req)
 				if err == nil && res.StatusCode != 200 {
 					err = fmt.Errorf("%s: status %d %s", req.Method, res.StatusCode, res.Reason)
 				}
@@ -863,32 +613,5 @@ func TestOpsReloadUnderLoad(t *testing.T) {
 	t.Logf("%d requests, %d reloads, no failure", workers*perWorker, reloads)
 	h.tap.waitRequests(t, workers*perWorker)
 	ms := h.scrape(t)
-	expectMetric(t, ms, "authproxy_requests_total", lbl{"status": "200"}, workers*perWorker)
-}
-
-// sendRequest sends req to addr over transport and returns the final
-// response; safe to call from any goroutine (it reports, never fails the
-// test).
-func sendRequest(client *sipgo.Client, addr, transport string, req *sip.Request) (*sip.Response, error) {
-	req.SetDestination(addr)
-	req.SetTransport(strings.ToUpper(transport))
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	tx, err := client.TransactionRequest(ctx, req, sipgo.ClientRequestAddVia)
-	if err != nil {
-		return nil, fmt.Errorf("send %s: %w", req.Method, err)
-	}
-	defer tx.Terminate()
-	for {
-		select {
-		case res := <-tx.Responses():
-			if !res.IsProvisional() {
-				return res, nil
-			}
-		case <-tx.Done():
-			return nil, fmt.Errorf("%s: transaction ended without a final response: %v", req.Method, tx.Err())
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%s: no final response", req.Method)
-		}
-	}
+	testutil.ExpectMetric(t, ms, "authproxy_requests_total", testutil.Labels{"status": "200"}, workers*perWorker)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
@@ -73,7 +74,7 @@ func TestTroubleshootingOutcomes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := startHarness(t, tc.opts)
 			callID := uuid.NewString()
-			res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: tc.ruri, FromUser: "1001", CallID: callID})
+			res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: tc.ruri, FromUser: "1001", CallID: callID})
 			if res.StatusCode != tc.status {
 				t.Fatalf("client got %d, want %d", res.StatusCode, tc.status)
 			}

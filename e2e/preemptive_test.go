@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -30,7 +31,7 @@ func ncOf(r fakepbx.Request) string {
 func sendNew(t *testing.T, h *harness, method sip.RequestMethod) []fakepbx.Request {
 	t.Helper()
 	before := len(h.A.Requests())
-	res := h.final(t, "udp", clientRequest{Method: method, RequestURI: ruriFor(method, "pbx-a.example.com", "alice"), FromUser: "alice", Body: []byte("hi"), ContentType: "text/plain"})
+	res := h.final(t, "udp", siptest.Request{Method: method, RequestURI: ruriFor(method, "pbx-a.example.com", "alice"), FromUser: "alice", Body: []byte("hi"), ContentType: "text/plain"})
 	if res.StatusCode != sip.StatusOK {
 		t.Fatalf("%s: status %d, want 200", method, res.StatusCode)
 	}
@@ -150,7 +151,7 @@ func testPreemptiveConcurrent(t *testing.T, anyOrder bool) {
 	callIDs := map[string]bool{}
 	for w := range workers {
 		for range each {
-			req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:alice@pbx-a.example.com", FromUser: "alice", Body: []byte("hi"), ContentType: "text/plain"}.build(t)
+			req := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:alice@pbx-a.example.com", FromUser: "alice", Body: []byte("hi"), ContentType: "text/plain"}.Build(t)
 			reqs[w] = append(reqs[w], req)
 			callIDs[req.CallID().Value()] = true
 		}
@@ -161,7 +162,7 @@ func testPreemptiveConcurrent(t *testing.T, anyOrder bool) {
 	for w := range workers {
 		wg.Go(func() {
 			for _, req := range reqs[w] {
-				res, err := sendRequest(h.client, h.Addr["udp"], "udp", req)
+				res, err := siptest.Send(h.client, h.Addr["udp"], "udp", req)
 				if err == nil && res.StatusCode != sip.StatusOK {
 					err = fmt.Errorf("%s: status %d", req.CallID().Value(), res.StatusCode)
 				}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
@@ -234,7 +235,7 @@ func TestInboundMessageToRegisteredPhone(t *testing.T) {
 	// A client (not an upstream's address) cannot reach the phone through
 	// its binding: the request is routed as any client request (no
 	// upstream has the phone's address: 404).
-	if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: ph.contact().Address.String(), FromUser: "1002"}); res.StatusCode == 200 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: ph.contact().Address.String(), FromUser: "1002"}); res.StatusCode == 200 {
 		t.Fatalf("client MESSAGE to a registered contact: %d", res.StatusCode)
 	}
 	if n := countReceived(ph, sip.MESSAGE); n != 1 {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
@@ -83,7 +84,7 @@ func testReloadKeepsRequestInProgress(t *testing.T, pm preemptiveMode, method si
 	held := newHeldRequest(t)
 	h := startHarness(t, harnessOptions{Preemptive: pm.mode, A: fakepbx.Config{Clock: frozenClock(), BeforeChallenge: held.hook}})
 
-	first := clientRequest{Method: method, RequestURI: ruriFor(method, "pbx-a.example.com", "1001"), FromUser: "1001"}
+	first := siptest.Request{Method: method, RequestURI: ruriFor(method, "pbx-a.example.com", "1001"), FromUser: "1001"}
 	finish := h.startAsync(t, transport, first)
 	inProgress := held.wait(t)
 
@@ -109,7 +110,7 @@ func testReloadKeepsRequestInProgress(t *testing.T, pm preemptiveMode, method si
 
 	// From now on pbx-a accepts only the new password.
 	h.A.SetAccount("alice", alicePasswordRotated)
-	second := clientRequest{Method: method, RequestURI: ruriFor(method, "pbx-a.example.com", "1001"), FromUser: "1001"}
+	second := siptest.Request{Method: method, RequestURI: ruriFor(method, "pbx-a.example.com", "1001"), FromUser: "1001"}
 	if code := h.startAsync(t, transport, second)(); code != 200 {
 		t.Fatalf("request started after the reload: %d, want 200 (answered with the new password)", code)
 	}
@@ -128,7 +129,7 @@ func testReloadKeepsRequestInProgress(t *testing.T, pm preemptiveMode, method si
 // it returns waits for the final status (for an INVITE answered 200, the
 // call is ACKed and hung up first). Nothing in the request's own
 // goroutine fails the test.
-func (h *harness) startAsync(t *testing.T, transport string, c clientRequest) func() int {
+func (h *harness) startAsync(t *testing.T, transport string, c siptest.Request) func() int {
 	t.Helper()
 	if c.Method == sip.INVITE {
 		ph := startPhone(t, c.FromUser, transport, h.Addr[transport])
@@ -145,14 +146,14 @@ func (h *harness) startAsync(t *testing.T, transport string, c clientRequest) fu
 			return res.StatusCode
 		}
 	}
-	req := c.build(t)
+	req := c.Build(t)
 	type result struct {
 		res *sip.Response
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		res, err := sendRequest(h.client, h.Addr[transport], transport, req)
+		res, err := siptest.Send(h.client, h.Addr[transport], transport, req)
 		done <- result{res, err}
 	}()
 	return func() int {
@@ -173,7 +174,7 @@ func TestReloadAppliesRoutingAndAccess(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	status := func(ruri string) int {
 		t.Helper()
-		return h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: ruri, FromUser: "1001"}).StatusCode
+		return h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: ruri, FromUser: "1001"}).StatusCode
 	}
 	reload := func(cfg proxy.Config) {
 		t.Helper()

@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -31,7 +32,7 @@ func TestRecordRouteWhereDialogsStart(t *testing.T) {
 	} {
 		t.Run(tc.method.String(), func(t *testing.T) {
 			callID := uuid.NewString()
-			res := h.final(t, "udp", clientRequest{Method: tc.method, RequestURI: "sip:1002@pbx-a.example.com",
+			res := h.final(t, "udp", siptest.Request{Method: tc.method, RequestURI: "sip:1002@pbx-a.example.com",
 				FromUser: "1001", CallID: callID, Headers: tc.headers})
 			if !res.IsSuccess() {
 				t.Fatalf("%s: %d", tc.method, res.StatusCode)
@@ -59,8 +60,8 @@ func TestRecordRouteWhereDialogsStart(t *testing.T) {
 // upstream here never answers, so any 100 is authproxy's), then 408.
 func TestTryingGeneratedLocally(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Silent: true}, UpstreamTimeout: 1500 * time.Millisecond})
-	rs := h.do(t, "tcp", clientRequest{Method: sip.INVITE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001",
-		Headers: []sip.Header{&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "1001", Host: "127.0.0.1", Port: 5999}}}}.build(t))
+	rs := h.do(t, "tcp", siptest.Request{Method: sip.INVITE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001",
+		Headers: []sip.Header{&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "1001", Host: "127.0.0.1", Port: 5999}}}}.Build(t))
 	if len(rs) < 2 || rs[0].StatusCode != 100 || rs[len(rs)-1].StatusCode != 408 {
 		var codes []int
 		for _, r := range rs {
@@ -101,7 +102,7 @@ func TestRoutingOrder(t *testing.T) {
 			for _, r := range tc.routes {
 				hdrs = append(hdrs, routeTo(r))
 			}
-			if res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: tc.ruri, FromUser: "1001", CallID: callID, Headers: hdrs}); res.StatusCode != 200 {
+			if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: tc.ruri, FromUser: "1001", CallID: callID, Headers: hdrs}); res.StatusCode != 200 {
 				t.Fatalf("status %d", res.StatusCode)
 			}
 			for _, pbx := range []*fakepbx.Server{h.A, h.B} {

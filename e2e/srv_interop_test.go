@@ -178,8 +178,8 @@ func TestSRVTargetKilledAndRestarted(t *testing.T) {
 		Host:  dnsInteropServerHost,
 		Hosts: []peers.DnsmasqHost{{Name: "k1.trunk.test", IPv4: dnsInteropTarget1}, {Name: "k2.trunk.test", IPv4: dnsInteropTarget2}},
 		SRV: []peers.DnsmasqSRV{
-			{Name: "_sip._udp.trunk.test", Target: "k1.trunk.test", Port: portOf(t, k1.Addr()), Priority: 10, Weight: 10},
-			{Name: "_sip._udp.trunk.test", Target: "k2.trunk.test", Port: portOf(t, k2.Addr()), Priority: 20, Weight: 10},
+			{Name: "_sip._udp.trunk.test", Target: "k1.trunk.test", Port: testutil.PortOf(t, k1.Addr()), Priority: 10, Weight: 10},
+			{Name: "_sip._udp.trunk.test", Target: "k2.trunk.test", Port: testutil.PortOf(t, k2.Addr()), Priority: 20, Weight: 10},
 		},
 		TTL: time.Second,
 	})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
@@ -118,7 +119,7 @@ func TestStrictNonceExpiresUnderPreemptiveAuth(t *testing.T) {
 			send := func(what string) []fakepbx.Request {
 				t.Helper()
 				before := len(h.A.Requests())
-				res := h.final(t, "udp", clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
+				res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
 				if res.StatusCode != 200 {
 					t.Fatalf("%s: status %d", what, res.StatusCode)
 				}
@@ -146,7 +147,7 @@ func TestStrictNonceExpiresUnderPreemptiveAuth(t *testing.T) {
 // that judges only the first credential for its realm accepts it.
 func TestStrictFirstCredentialPerRealm(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Algorithms: []string{"SHA-256", "MD5"}}})
-	res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
+	res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"})
 	if res.StatusCode != 200 {
 		t.Fatalf("status %d", res.StatusCode)
 	}

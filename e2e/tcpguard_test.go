@@ -6,105 +6,18 @@ package e2e
 
 import (
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
-
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
-
-// rawTCP is a SIP client on one TCP connection from a source address of
-// the test's choosing, writing requests as text.
-type rawTCP struct {
-	c   net.Conn
-	par *sip.ParserStream
-	buf []byte
-}
-
-func dialRaw(t *testing.T, addr, from string) *rawTCP {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("dial %s from %s: %v", addr, from, err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return &rawTCP{c: c, par: sip.NewParser().NewSIPStream(), buf: make([]byte, 64<<10)}
-}
-
-// message is a MESSAGE to pbx-a with a body of size bytes, sent from r's
-// address.
-func (r *rawTCP) message(callID string, size int) string {
-	return fmt.Sprintf("MESSAGE sip:1001@pbx-a.example.com SIP/2.0\r\n"+
-		"Via: SIP/2.0/TCP %s;branch=z9hG4bK-%s;rport\r\nMax-Forwards: 70\r\n"+
-		"From: <sip:1001@pbx-a.example.com>;tag=%s\r\nTo: <sip:1001@pbx-a.example.com>\r\n"+
-		"Call-ID: %s\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
-		r.c.LocalAddr(), callID, callID, callID, size, strings.Repeat("m", size))
-}
-
-func (r *rawTCP) write(t *testing.T, s string) {
-	t.Helper()
-	if _, err := r.c.Write([]byte(s)); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-}
-
-// final reads until a final response arrives and returns it.
-func (r *rawTCP) final(t *testing.T) *sip.Response {
-	t.Helper()
-	_ = r.c.SetReadDeadline(time.Now().Add(testutil.EventuallyLimit))
-	for {
-		n, err := r.c.Read(r.buf)
-		if err != nil {
-			t.Fatalf("no final response: %v", err)
-		}
-		var final *sip.Response
-		perr := r.par.ParseSIPStream(r.buf[:n], func(m sip.Message) {
-			if res, ok := m.(*sip.Response); ok && !res.IsProvisional() && final == nil {
-				final = res
-			}
-		})
-		if perr != nil && !errors.Is(perr, sip.ErrParseSipPartial) {
-			t.Fatalf("parse response: %v", perr)
-		}
-		if final != nil {
-			return final
-		}
-	}
-}
-
-// works sends a MESSAGE over r and checks it gets the 200 pbx-a answers
-// once authproxy answered its challenge.
-func (r *rawTCP) works(t *testing.T, callID string) {
-	t.Helper()
-	r.write(t, r.message(callID, 5))
-	if res := r.final(t); res.StatusCode != 200 || res.CallID().Value() != callID {
-		t.Fatalf("%s: %d %s, want 200", callID, res.StatusCode, res.Reason)
-	}
-}
-
-// closedByPeer reads until authproxy closes the connection and returns
-// what it read on the way.
-func (r *rawTCP) closedByPeer(t *testing.T) string {
-	t.Helper()
-	_ = r.c.SetReadDeadline(time.Now().Add(testutil.EventuallyLimit))
-	b, err := io.ReadAll(r.c)
-	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("connection not closed by authproxy: %v (read %q)", err, b)
-	}
-	return string(b)
-}
 
 func forwarded(h *harness, callID string) bool {
 	for _, r := range h.A.Requests() {
@@ -119,17 +32,17 @@ func forwarded(h *harness, callID string) bool {
 // connection past the message deadline.
 func TestTCPSlowloris(t *testing.T) {
 	h := startHarness(t, harnessOptions{TCP: tcpguard.Limits{MessageTimeout: 300 * time.Millisecond, IdleTimeout: time.Hour}})
-	r := dialRaw(t, h.Addr["tcp"], "127.0.0.1")
-	r.works(t, "before-the-trickle")
+	r := siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.1")
+	r.Works(t, "before-the-trickle")
 	go func() {
-		for _, b := range []byte(r.message("trickled", 100) + strings.Repeat("X", 1<<20)) {
-			if _, err := r.c.Write([]byte{b}); err != nil {
+		for _, b := range []byte(r.Message("trickled", 100) + strings.Repeat("X", 1<<20)) {
+			if _, err := r.Conn.Write([]byte{b}); err != nil {
 				return // closed: what the test waits for
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	r.closedByPeer(t)
+	r.ClosedByPeer(t)
 	if n := h.Proxy.TCPStats().Closed[tcpguard.ReasonMessage]; n != 1 {
 		t.Fatalf("closed by the message deadline: %d, want 1", n)
 	}
@@ -149,14 +62,14 @@ func TestTCPPartialMessageFlood(t *testing.T) {
 		head = fmt.Appendf(head, "X-Pad-%d: %s\r\n", i, strings.Repeat("p", 100))
 	}
 	var wg sync.WaitGroup
-	clients := make([]*rawTCP, conns)
+	clients := make([]*siptest.RawTCP, conns)
 	for i := range conns {
-		clients[i] = dialRaw(t, h.Addr["tcp"], fmt.Sprintf("127.0.1.%d", 1+i%50))
-		wg.Go(func() { _, _ = clients[i].c.Write(head) })
+		clients[i] = siptest.DialRaw(t, h.Addr["tcp"], fmt.Sprintf("127.0.1.%d", 1+i%50))
+		wg.Go(func() { _, _ = clients[i].Conn.Write(head) })
 	}
 	wg.Wait()
 	for _, c := range clients {
-		c.closedByPeer(t)
+		c.ClosedByPeer(t)
 	}
 	testutil.Eventually(t, "no TCP connection open", func() bool { return h.Proxy.TCPStats().Open == 0 })
 	if n := h.Proxy.TCPStats().Closed[tcpguard.ReasonMessage]; n != conns {
@@ -180,24 +93,24 @@ func TestTCPConnectionCaps(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := startHarness(t, harnessOptions{TCP: tc.limits})
-			var under []*rawTCP
+			var under []*siptest.RawTCP
 			for i, src := range tc.sources {
-				r := dialRaw(t, h.Addr["tcp"], src)
-				r.works(t, fmt.Sprintf("under-%d", i))
+				r := siptest.DialRaw(t, h.Addr["tcp"], src)
+				r.Works(t, fmt.Sprintf("under-%d", i))
 				under = append(under, r)
 			}
-			over := dialRaw(t, h.Addr["tcp"], tc.over)
-			_, _ = over.c.Write([]byte(over.message("over-the-cap", 5))) // may fail: the connection is closed at once
-			if got := over.closedByPeer(t); got != "" {
+			over := siptest.DialRaw(t, h.Addr["tcp"], tc.over)
+			_, _ = over.Conn.Write([]byte(over.Message("over-the-cap", 5))) // may fail: the connection is closed at once
+			if got := over.ClosedByPeer(t); got != "" {
 				t.Fatalf("the connection over the cap was answered %q", got)
 			}
-			upstream := dialRaw(t, h.Addr["tcp"], "127.0.0.2") // pbx-a's address
-			upstream.write(t, upstream.message("from-the-upstream", 5))
-			if res := upstream.final(t); res.CallID().Value() != "from-the-upstream" {
+			upstream := siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.2") // pbx-a's address
+			upstream.Write(t, upstream.Message("from-the-upstream", 5))
+			if res := upstream.Final(t); res.CallID().Value() != "from-the-upstream" {
 				t.Fatalf("the upstream's connection got %d %s", res.StatusCode, res.Reason)
 			}
 			for i, r := range under {
-				r.works(t, fmt.Sprintf("still-%d", i))
+				r.Works(t, fmt.Sprintf("still-%d", i))
 			}
 			if st := h.Proxy.TCPStats(); st.Refused[tc.reason] != 1 {
 				t.Fatalf("refused %v, want one %s", st.Refused, tc.reason)
@@ -214,16 +127,16 @@ func TestTCPConnectionCaps(t *testing.T) {
 // upstream.
 func TestTCPMessageTooLarge(t *testing.T) {
 	h := startHarness(t, harnessOptions{TCP: tcpguard.Limits{MaxMessageSize: 4096}})
-	r := dialRaw(t, h.Addr["tcp"], "127.0.0.1")
-	r.works(t, "small")
-	r.write(t, r.message("large", 8000))
-	res := r.final(t)
+	r := siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.1")
+	r.Works(t, "small")
+	r.Write(t, r.Message("large", 8000))
+	res := r.Final(t)
 	if res.StatusCode != 513 || res.CallID().Value() != "large" {
 		t.Fatalf("answer %d %s to %s, want 513 to the large request", res.StatusCode, res.Reason, res.CallID().Value())
 	}
-	r.closedByPeer(t)
+	r.ClosedByPeer(t)
 	// Barrier: a request sent after it reaches pbx-a and is answered.
-	dialRaw(t, h.Addr["tcp"], "127.0.0.1").works(t, "after")
+	siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.1").Works(t, "after")
 	if forwarded(h, "large") {
 		t.Fatal("the large request reached the upstream")
 	}
@@ -238,15 +151,15 @@ func TestTCPRefusedSource(t *testing.T) {
 	h := startHarness(t, harnessOptions{Clients: []proxy.ClientGroup{{
 		Name: "one-host", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Upstreams: []string{"*"},
 	}}})
-	r := dialRaw(t, h.Addr["tcp"], "127.0.0.9")
-	_, _ = r.c.Write([]byte(r.message("refused", 5))) // may fail: the connection is closed at once
-	if got := r.closedByPeer(t); got != "" {
+	r := siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.9")
+	_, _ = r.Conn.Write([]byte(r.Message("refused", 5))) // may fail: the connection is closed at once
+	if got := r.ClosedByPeer(t); got != "" {
 		t.Fatalf("a refused source was answered %q", got)
 	}
 	if n := h.Proxy.TCPStats().Refused[tcpguard.ReasonSourceDenied]; n != 1 {
 		t.Fatalf("refused for the source: %d, want 1", n)
 	}
-	dialRaw(t, h.Addr["tcp"], "127.0.0.1").works(t, "admitted")
+	siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.1").Works(t, "admitted")
 }
 
 // TestTLSHandshakeNeverCompleted: a TLS connection that never finishes its
@@ -257,9 +170,9 @@ func TestTLSHandshakeNeverCompleted(t *testing.T) {
 		ListenTLS: &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "127.0.0.1")}, MinVersion: tls.VersionTLS12},
 		TCP:       tcpguard.Limits{HandshakeTimeout: 300 * time.Millisecond},
 	})
-	r := dialRaw(t, h.Addr["tls"], "127.0.0.1")
-	r.write(t, "\x16\x03\x01") // the start of a ClientHello, and no more
-	r.closedByPeer(t)
+	r := siptest.DialRaw(t, h.Addr["tls"], "127.0.0.1")
+	r.Write(t, "\x16\x03\x01") // the start of a ClientHello, and no more
+	r.ClosedByPeer(t)
 	testutil.Eventually(t, "the handshake timeout counted", func() bool {
 		return h.Proxy.TCPStats().Closed[tcpguard.ReasonHandshake] == 1
 	})
@@ -270,10 +183,10 @@ func TestTLSHandshakeNeverCompleted(t *testing.T) {
 // client's request still goes out and comes back over TCP.
 func TestTCPUpstreamConnectionsNotCapped(t *testing.T) {
 	h := startHarness(t, harnessOptions{UpstreamTCP: true, TCP: tcpguard.Limits{MaxConns: 1}})
-	r := dialRaw(t, h.Addr["tcp"], "127.0.0.1")
-	r.works(t, "to-a")
-	r.write(t, strings.ReplaceAll(r.message("to-b", 5), "pbx-a.example.com", "pbx-b.example.com"))
-	if res := r.final(t); res.StatusCode != 200 {
+	r := siptest.DialRaw(t, h.Addr["tcp"], "127.0.0.1")
+	r.Works(t, "to-a")
+	r.Write(t, strings.ReplaceAll(r.Message("to-b", 5), "pbx-a.example.com", "pbx-b.example.com"))
+	if res := r.Final(t); res.StatusCode != 200 {
 		t.Fatalf("to pbx-b: %d %s", res.StatusCode, res.Reason)
 	}
 	if st := h.Proxy.TCPStats(); st.Open != 1 || st.Refused[tcpguard.ReasonTotalLimit] != 0 {

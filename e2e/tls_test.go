@@ -20,6 +20,8 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/dnstest"
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
+	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 )
 
@@ -106,10 +108,10 @@ func TestTLSUpstream(t *testing.T) {
 		{Name: "tls-good", Address: good.TLSAddr(), Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"good.example.com"}},
 		{Name: "tls-rogue", Address: rogue.TLSAddr(), Transport: "tls", RootCAs: ca.pool, ServerName: "pbx-tls.test", Domains: []string{"rogue.example.com"}},
 	}})
-	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@good.example.com", FromUser: "1"}); res.StatusCode != 200 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1@good.example.com", FromUser: "1"}); res.StatusCode != 200 {
 		t.Fatalf("verified TLS upstream: status %d", res.StatusCode)
 	}
-	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@rogue.example.com", FromUser: "1"}); res.StatusCode != 503 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1@rogue.example.com", FromUser: "1"}); res.StatusCode != 503 {
 		t.Fatalf("TLS upstream with a foreign certificate: status %d, want 503", res.StatusCode)
 	}
 	if rs := good.Requests(); len(rs) != 2 || !rs[1].Authenticated || rs[1].Transport != "TLS" || rs[1].AuthUsername != "tls-user" {
@@ -131,10 +133,10 @@ func TestTLSCredentialNeverOverPlain(t *testing.T) {
 	h := startHarness(t, harnessOptions{Credentials: creds, A: fakepbxAccounts("tls-user", "tls-pw"), ExtraUpstreams: []proxy.Upstream{
 		{Name: "tls", Address: good.TLSAddr(), Transport: "tls", RootCAs: ca.pool, Domains: []string{"tls.example.com"}},
 	}})
-	if res := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@tls.example.com", FromUser: "1"}); res.StatusCode != 200 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1@tls.example.com", FromUser: "1"}); res.StatusCode != 200 {
 		t.Fatalf("over TLS: status %d", res.StatusCode)
 	}
-	if res, want := h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@pbx-a.example.com", FromUser: "1"}), asteriskProfile.challengeCode(sip.OPTIONS); res.StatusCode != want {
+	if res, want := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1@pbx-a.example.com", FromUser: "1"}), asteriskProfile.challengeCode(sip.OPTIONS); res.StatusCode != want {
 		t.Fatalf("plain upstream on the TLS upstream's host: status %d, want the challenge relayed (%d)", res.StatusCode, want)
 	}
 	assertOnlyUsernames(t, "pbx-a", h.A)
@@ -153,7 +155,7 @@ func TestTLSListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}.build(t)
+	req := siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001"}.Build(t)
 	req.SetDestination(h.Addr["tls"])
 	req.SetTransport("TLS")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -182,9 +184,9 @@ func TestTLSUpstreamByName(t *testing.T) {
 	srvGood := startTLSUpstream(t, "127.0.0.7", ca.issue(t, "carrier2.test"))
 	z := dnstest.New(t)
 	z.Set(aRecord("pbx-tls.test", "127.0.0.5"), aRecord("other.test", "127.0.0.5"), aRecord("sip1.carrier.test", "127.0.0.6"), aRecord("sip1.carrier2.test", "127.0.0.7"))
-	z.Set(srv("_sips._tcp.carrier.test", 10, 10, portOf(t, srvTarget.TLSAddr()), "sip1.carrier.test"))
-	z.Set(srv("_sips._tcp.carrier2.test", 10, 10, portOf(t, srvGood.TLSAddr()), "sip1.carrier2.test"))
-	port := strconv.Itoa(portOf(t, named.TLSAddr()))
+	z.Set(srv("_sips._tcp.carrier.test", 10, 10, testutil.PortOf(t, srvTarget.TLSAddr()), "sip1.carrier.test"))
+	z.Set(srv("_sips._tcp.carrier2.test", 10, 10, testutil.PortOf(t, srvGood.TLSAddr()), "sip1.carrier2.test"))
+	port := strconv.Itoa(testutil.PortOf(t, named.TLSAddr()))
 	creds := func(a, b string) []credentials.Entry {
 		return append(defaultCredentials(a, b),
 			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: "pbx-tls.test"},
@@ -200,7 +202,7 @@ func TestTLSUpstreamByName(t *testing.T) {
 		{Name: "carrier2", Address: "carrier2.test", Transport: "tls", RootCAs: ca.pool, Domains: []string{"carrier2.example.com"}},
 	}, Mutate: func(cfg *proxy.Config, _ *harness) { cfg.DNS = dnsFor(z) }})
 	options := func(domain string) int {
-		return h.final(t, "udp", clientRequest{Method: sip.OPTIONS, RequestURI: "sip:1@" + domain, FromUser: "1"}).StatusCode
+		return h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1@" + domain, FromUser: "1"}).StatusCode
 	}
 	if code := options("other.example.com"); code != 503 {
 		t.Fatalf("upstream whose name the certificate lacks, dialled first: %d, want 503", code)

@@ -7,6 +7,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/google/uuid"
+
+	"github.com/authproxy/authproxy/internal/siptest"
 )
 
 // TestLargeRequestsOverUDP: requests far above the 1,300 bytes sipgo sends
@@ -30,7 +32,7 @@ func TestLargeRequestsOverUDP(t *testing.T) {
 			body := bytes.Repeat([]byte("x"), tc.body)
 			mark := h.upstreamMark()
 			callID := uuid.NewString()
-			res := h.final(t, tc.client, clientRequest{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com",
+			res := h.final(t, tc.client, siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com",
 				FromUser: "1001", CallID: callID, Body: body, ContentType: "text/plain"})
 			if !tc.sent {
 				if res.StatusCode != 503 {
