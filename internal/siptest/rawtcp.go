@@ -18,9 +18,9 @@ import (
 // RawTCP is a SIP client on one TCP connection from a source address of
 // the test's choosing, writing requests as text.
 type RawTCP struct {
-	Conn   net.Conn
-	par *sip.ParserStream
-	buf []byte
+	Conn net.Conn
+	par  *sip.ParserStream
+	buf  []byte
 }
 
 // DialRaw connects to addr over TCP from the local address from; the
