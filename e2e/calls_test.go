@@ -10,6 +10,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 )
 
@@ -88,18 +89,18 @@ func testCall(t *testing.T, pm preemptiveMode, profile pbxProfile, clientTP stri
 	h := startHarness(t, harnessOptions{UpstreamTCP: upTCP, Profile: profile, Preemptive: pm.mode, A: callee, B: callee})
 	for _, tg := range callTargets {
 		t.Run(tg.name, func(t *testing.T) {
-			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
+			ph := siptest.StartPhone(t, "1001", clientTP, h.Addr[clientTP])
 			for n := range 2 {
 				// The second call's INVITE and BYE go with answers from the
 				// first call's challenges, under the default.
 				preemptive := pm.on() && n == 1
-				c := ph.dial(tg.ruri, testSDP)
-				res := c.waitFinal(10 * time.Second)
+				c := ph.Dial(tg.ruri, siptest.SDP)
+				res := c.WaitFinal(10 * time.Second)
 				if res.StatusCode != 200 {
 					t.Fatalf("call %d INVITE: %d %s", n+1, res.StatusCode, res.Reason)
 				}
 				var ringing bool
-				for _, r := range c.responses {
+				for _, r := range c.Responses {
 					if r.StatusCode == 401 || r.StatusCode == 407 {
 						t.Fatalf("client saw the challenge %d", r.StatusCode)
 					}
@@ -113,12 +114,12 @@ func testCall(t *testing.T, pm preemptiveMode, profile pbxProfile, clientTP stri
 				if !ringing {
 					t.Fatal("180 Ringing not relayed")
 				}
-				if len(c.routes) == 0 {
+				if len(c.Routes) == 0 {
 					t.Fatal("2xx carries no Record-Route: in-dialog requests would bypass authproxy")
 				}
-				c.ack()
-				waitCallState(t, tg.pbx(h), c.callID, "confirmed")
-				fc := waitAck(t, tg.pbx(h), c.callID)
+				c.Ack()
+				waitCallState(t, tg.pbx(h), c.CallID, "confirmed")
+				fc := waitAck(t, tg.pbx(h), c.CallID)
 				if !fc.AckCSeqOK || !fc.AckAuthOK {
 					t.Fatalf("ACK at upstream: CSeq ok %v, credentials ok %v", fc.AckCSeqOK, fc.AckAuthOK)
 				}
@@ -130,11 +131,11 @@ func testCall(t *testing.T, pm preemptiveMode, profile pbxProfile, clientTP stri
 					// caller's requests come from that hop.
 					t.Fatal("the INVITE reached the upstream without Record-Route: its BYE would bypass authproxy")
 				}
-				assertChallengedOnce(t, "INVITE", invitesOf(tg.pbx(h), c.callID), preemptive)
-				if bye := c.request(sip.BYE, nil); bye.StatusCode != 200 {
+				assertChallengedOnce(t, "INVITE", invitesOf(tg.pbx(h), c.CallID), preemptive)
+				if bye := c.Request(sip.BYE, nil); bye.StatusCode != 200 {
 					t.Fatalf("BYE: %d", bye.StatusCode)
 				}
-				fc = waitCallState(t, tg.pbx(h), c.callID, "terminated")
+				fc = waitCallState(t, tg.pbx(h), c.CallID, "terminated")
 				assertChallengedOnce(t, "BYE", callRequests(fc, "BYE"), preemptive)
 			}
 			assertNoCallErrors(t, tg.pbx(h))
@@ -238,12 +239,12 @@ func TestCalleeHangsUp(t *testing.T) {
 		t.Run(tc.profile.String()+"/"+clientTP, func(t *testing.T) {
 			h := startHarness(t, harnessOptions{Profile: tc.profile})
 			c := answeredCall(t, h, clientTP)
-			waitAck(t, h.A, c.callID)
-			if code := h.A.HangUp(t, c.callID); code != 200 {
+			waitAck(t, h.A, c.CallID)
+			if code := h.A.HangUp(t, c.CallID); code != 200 {
 				t.Fatalf("callee BYE: %d", code)
 			}
-			bye := c.ph.waitReceived(sip.BYE, 5*time.Second)
-			if bye.CallID().Value() != c.callID {
+			bye := c.Phone.WaitReceived(sip.BYE, 5*time.Second)
+			if bye.CallID().Value() != c.CallID {
 				t.Fatalf("BYE for call %s", bye.CallID().Value())
 			}
 			waitDialogs(t, h, 0)
@@ -254,14 +255,14 @@ func TestCalleeHangsUp(t *testing.T) {
 
 // answeredCall dials 1002 at pbx-a through authproxy from a phone (1001)
 // over transport, expects the 200 and ACKs it.
-func answeredCall(t *testing.T, h *harness, transport string) *call {
+func answeredCall(t *testing.T, h *harness, transport string) *siptest.Call {
 	t.Helper()
-	ph := startPhone(t, "1001", transport, h.Addr[transport])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	ph := siptest.StartPhone(t, "1001", transport, h.Addr[transport])
+	c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
-	c.ack()
+	c.Ack()
 	return c
 }
 
@@ -271,36 +272,36 @@ func answeredCall(t *testing.T, h *harness, transport string) *call {
 func TestReInviteHoldAndBack(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	c := answeredCall(t, h, "udp")
-	waitAcks(t, h.A, c.callID, 1)
-	hold := []byte(strings.Replace(string(testSDP), "a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU/8000\r\na=sendonly", 1))
-	for i, body := range [][]byte{hold, testSDP} {
-		if res := c.request(sip.INVITE, body); res.StatusCode != 200 {
+	waitAcks(t, h.A, c.CallID, 1)
+	hold := []byte(strings.Replace(string(siptest.SDP), "a=rtpmap:0 PCMU/8000", "a=rtpmap:0 PCMU/8000\r\na=sendonly", 1))
+	for i, body := range [][]byte{hold, siptest.SDP} {
+		if res := c.Request(sip.INVITE, body); res.StatusCode != 200 {
 			t.Fatalf("re-INVITE: %d", res.StatusCode)
 		}
 		// The fake judges an ACK against the latest INVITE; let this one's
 		// ACK arrive before the next INVITE (sipgo may reorder them).
-		waitAcks(t, h.A, c.callID, i+2)
+		waitAcks(t, h.A, c.CallID, i+2)
 	}
-	if res := c.request(sip.INFO, nil); res.StatusCode != 200 {
+	if res := c.Request(sip.INFO, nil); res.StatusCode != 200 {
 		t.Fatalf("INFO: %d", res.StatusCode)
 	}
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE: %d", res.StatusCode)
 	}
-	waitCallState(t, h.A, c.callID, "terminated")
+	waitCallState(t, h.A, c.CallID, "terminated")
 	assertNoCallErrors(t, h.A)
 	// The callee's own re-INVITE reaches the client too.
-	c2 := c.ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c2.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	c2 := c.Phone.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+	if res := c2.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
-	c2.ack()
-	waitAck(t, h.A, c2.callID)
-	if code := h.A.ReInvite(t, c2.callID); code != 200 {
+	c2.Ack()
+	waitAck(t, h.A, c2.CallID)
+	if code := h.A.ReInvite(t, c2.CallID); code != 200 {
 		t.Fatalf("callee re-INVITE: %d", code)
 	}
-	c.ph.waitReceived(sip.INVITE, 5*time.Second)
-	if res := c2.request(sip.BYE, nil); res.StatusCode != 200 {
+	c.Phone.WaitReceived(sip.INVITE, 5*time.Second)
+	if res := c2.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE after callee re-INVITE: %d", res.StatusCode)
 	}
 	assertNoCallErrors(t, h.A)
@@ -311,15 +312,15 @@ func TestReInviteHoldAndBack(t *testing.T) {
 func TestInDialogChallenges(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{ChallengeInDialog: true}}})
 	c := answeredCall(t, h, "tcp")
-	waitAcks(t, h.A, c.callID, 1)
-	if res := c.request(sip.INVITE, testSDP); res.StatusCode != 200 {
+	waitAcks(t, h.A, c.CallID, 1)
+	if res := c.Request(sip.INVITE, siptest.SDP); res.StatusCode != 200 {
 		t.Fatalf("challenged re-INVITE: %d", res.StatusCode)
 	}
-	waitAcks(t, h.A, c.callID, 2)
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+	waitAcks(t, h.A, c.CallID, 2)
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("challenged BYE: %d", res.StatusCode)
 	}
-	waitCallState(t, h.A, c.callID, "terminated")
+	waitCallState(t, h.A, c.CallID, "terminated")
 	assertNoCallErrors(t, h.A)
 }
 
@@ -330,13 +331,13 @@ func TestCancelBeforeAnswer(t *testing.T) {
 	for _, clientTP := range []string{"udp", "tcp"} {
 		t.Run(clientTP, func(t *testing.T) {
 			h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{NoAnswer: true}}})
-			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
-			c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-			c.waitProvisional(5 * time.Second)
-			if res := c.cancel(); res.StatusCode != 200 {
+			ph := siptest.StartPhone(t, "1001", clientTP, h.Addr[clientTP])
+			c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+			c.WaitProvisional(5 * time.Second)
+			if res := c.Cancel(); res.StatusCode != 200 {
 				t.Fatalf("CANCEL: %d", res.StatusCode)
 			}
-			if res := c.waitFinal(5 * time.Second); res.StatusCode != 487 {
+			if res := c.WaitFinal(5 * time.Second); res.StatusCode != 487 {
 				t.Fatalf("INVITE final %d, want 487", res.StatusCode)
 			}
 			rs := h.A.WaitFor(t, 5*time.Second, func(rs []fakepbx.Request) bool {
@@ -378,10 +379,10 @@ func TestCancelBeforeAnswer(t *testing.T) {
 // the upstream.
 func TestCancelRacingChallenge(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Ring: 300 * time.Millisecond}}})
-	sentInvite := func(authenticated bool) func(c *call, rs []fakepbx.Request) bool {
-		return func(c *call, rs []fakepbx.Request) bool {
+	sentInvite := func(authenticated bool) func(c *siptest.Call, rs []fakepbx.Request) bool {
+		return func(c *siptest.Call, rs []fakepbx.Request) bool {
 			for _, r := range rs {
-				if r.CallID == c.callID && r.Method == "INVITE" && r.Authenticated == authenticated {
+				if r.CallID == c.CallID && r.Method == "INVITE" && r.Authenticated == authenticated {
 					return true
 				}
 			}
@@ -390,7 +391,7 @@ func TestCancelRacingChallenge(t *testing.T) {
 	}
 	for _, step := range []struct {
 		name    string
-		reached func(c *call, rs []fakepbx.Request) bool // nil: cancel at once
+		reached func(c *siptest.Call, rs []fakepbx.Request) bool // nil: cancel at once
 	}{
 		{"at-once", nil},
 		{"challenged", sentInvite(false)},
@@ -398,20 +399,20 @@ func TestCancelRacingChallenge(t *testing.T) {
 	} {
 		for i := range 3 {
 			t.Run(fmt.Sprintf("%s/%d", step.name, i), func(t *testing.T) {
-				ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-				c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
+				ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
+				c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
 				if step.reached != nil {
 					h.A.WaitFor(t, testutil.EventuallyLimit, func(rs []fakepbx.Request) bool { return step.reached(c, rs) })
 				}
 				cancelUntilMatched(t, c)
-				switch res := c.waitFinal(testutil.EventuallyLimit); res.StatusCode {
+				switch res := c.WaitFinal(testutil.EventuallyLimit); res.StatusCode {
 				case sip.StatusRequestTerminated:
 				case sip.StatusOK:
 					// The 2xx was relayed before the CANCEL arrived, which
 					// then has no effect (RFC 3261 §9.1): the caller has
 					// the call and hangs up itself.
-					c.ack()
-					if bye := c.request(sip.BYE, nil); bye.StatusCode != sip.StatusOK {
+					c.Ack()
+					if bye := c.Request(sip.BYE, nil); bye.StatusCode != sip.StatusOK {
 						t.Fatalf("BYE after the 2xx won: %d", bye.StatusCode)
 					}
 				default:
@@ -420,10 +421,10 @@ func TestCancelRacingChallenge(t *testing.T) {
 				// Once authproxy is done with the INVITE, it sends nothing
 				// more for it but the BYE that ends a call whose 2xx crossed
 				// the CANCEL: every call the upstream has must end.
-				waitRequestDone(t, h, "INVITE", c.callID)
+				waitRequestDone(t, h, "INVITE", c.CallID)
 				h.A.WaitCall(t, testutil.EventuallyLimit, func(cs []fakepbx.Call) bool {
 					for _, fc := range cs {
-						if fc.CallID == c.callID && fc.State != fakepbx.StateCancelled && fc.State != fakepbx.StateTerminated {
+						if fc.CallID == c.CallID && fc.State != fakepbx.StateCancelled && fc.State != fakepbx.StateTerminated {
 							return false
 						}
 					}
@@ -440,9 +441,9 @@ func TestCancelRacingChallenge(t *testing.T) {
 // INVITE can overtake it (sipgo handles each datagram on a goroutine of
 // its own) and get a 481 (RFC 3261 §9.2); the client then sends it again,
 // a bounded number of times.
-func cancelUntilMatched(t *testing.T, c *call) {
+func cancelUntilMatched(t *testing.T, c *siptest.Call) {
 	t.Helper()
-	for try := 0; c.cancel().StatusCode == sip.StatusCallTransactionDoesNotExists; try++ {
+	for try := 0; c.Cancel().StatusCode == sip.StatusCallTransactionDoesNotExists; try++ {
 		if try == 100 {
 			t.Fatalf("CANCEL answered 481 for 100 tries")
 		}
@@ -479,17 +480,17 @@ func containsAll(s string, subs []string) bool {
 // call upstream itself.
 func Test2xxRacingCancel(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{NoAnswer: true, AnswerOnCancel: true}}})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	c.waitProvisional(5 * time.Second)
-	c.cancel()
-	if res := c.waitFinal(5 * time.Second); res.StatusCode != 487 {
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+	c.WaitProvisional(5 * time.Second)
+	c.Cancel()
+	if res := c.WaitFinal(5 * time.Second); res.StatusCode != 487 {
 		t.Fatalf("INVITE final %d, want 487", res.StatusCode)
 	}
-	waitCallState(t, h.A, c.callID, "terminated")
+	waitCallState(t, h.A, c.CallID, "terminated")
 	// ACK and BYE leave back to back; the fake handles each on its own
 	// goroutine, so the BYE may be seen first.
-	fc := waitAck(t, h.A, c.callID)
+	fc := waitAck(t, h.A, c.CallID)
 	if !fc.AckCSeqOK || !fc.AckAuthOK {
 		t.Fatalf("authproxy's ACK: CSeq ok %v, credentials ok %v; call %+v", fc.AckCSeqOK, fc.AckAuthOK, summarize(fc.Requests))
 	}
@@ -504,11 +505,11 @@ func Test2xxRacingCancel(t *testing.T) {
 func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	c := answeredCall(t, h, "udp")
-	waitAck(t, h.A, c.callID)
+	waitAck(t, h.A, c.CallID)
 	invites := func() int {
 		n := 0
 		for _, r := range h.A.Requests() {
-			if r.Method == "INVITE" && r.CallID == c.callID {
+			if r.Method == "INVITE" && r.CallID == c.CallID {
 				n++
 			}
 		}
@@ -523,9 +524,9 @@ func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
 	// The client retransmits its INVITE (RFC 3261 §17.1.1.2): sipgo's
 	// server transaction absorbs the copies until Timer L ends it, then
 	// authproxy absorbs them itself, logging each as handled.
-	absorbed := []string{`"msg":"request"`, `"outcome":"retransmission-absorbed"`, `"call_id":"` + c.callID + `"`}
+	absorbed := []string{`"msg":"request"`, `"outcome":"retransmission-absorbed"`, `"call_id":"` + c.CallID + `"`}
 	testutil.Eventually(t, "a retransmission absorbed after the server transaction ended", func() bool {
-		if _, err := conn.Write([]byte(c.invite.String())); err != nil {
+		if _, err := conn.Write([]byte(c.Invite.String())); err != nil {
 			t.Fatal(err)
 		}
 		for line := range strings.SplitSeq(h.Logs.String(), "\n") {
@@ -538,7 +539,7 @@ func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
 	if after := invites(); after != before {
 		t.Fatalf("the upstream got %d INVITEs for the call after the late retransmission, want %d", after, before)
 	}
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE: %d", res.StatusCode)
 	}
 	assertNoCallErrors(t, h.A)
@@ -548,17 +549,17 @@ func TestInviteRetransmittedAfterItsTransaction(t *testing.T) {
 // the INVITE in the upstream's numbering.
 func TestPRACK(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{Reliable: true}}})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP, sip.NewHeader("Supported", "100rel"))
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP, sip.NewHeader("Supported", "100rel"))
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
-	c.ack()
-	fc := waitAck(t, h.A, c.callID)
+	c.Ack()
+	fc := waitAck(t, h.A, c.CallID)
 	if !fc.PRACKOK {
 		t.Fatal("PRACK's RAck did not name the INVITE as the upstream numbered it")
 	}
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE: %d", res.StatusCode)
 	}
 	assertNoCallErrors(t, h.A)
@@ -573,19 +574,19 @@ func TestCallRejected(t *testing.T) {
 		for _, clientTP := range []string{"udp", "tcp"} {
 			t.Run(fmt.Sprintf("%d/%s", code, clientTP), func(t *testing.T) {
 				h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: code}}})
-				ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
-				c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-				if res := c.waitFinal(10 * time.Second); res.StatusCode != tc.relayed {
+				ph := siptest.StartPhone(t, "1001", clientTP, h.Addr[clientTP])
+				c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+				if res := c.WaitFinal(10 * time.Second); res.StatusCode != tc.relayed {
 					t.Fatalf("INVITE final %d, want %d", res.StatusCode, tc.relayed)
 				}
 				// The phone sent its ACK before it passed the final up; a
 				// request it sends now is read by authproxy after it, and
 				// reaches the upstream only after a challenge round trip,
 				// later than a wrongly forwarded ACK would.
-				ph.barrier(c.ruri)
+				ph.Barrier(c.RURI)
 				acks := 0
 				for _, r := range h.A.Requests() {
-					if r.Method == "ACK" && r.CallID == c.callID {
+					if r.Method == "ACK" && r.CallID == c.CallID {
 						acks++
 					}
 				}
@@ -604,7 +605,7 @@ func TestCallRejected(t *testing.T) {
 func TestCallAuthInt(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{QOP: "auth-int", Algorithms: []string{"SHA-256"}}})
 	c := answeredCall(t, h, "udp")
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE: %d", res.StatusCode)
 	}
 }
@@ -616,31 +617,31 @@ func TestForking(t *testing.T) {
 	c := answeredCall(t, h, "udp")
 	var other *sip.Response
 	testutil.Eventually(t, "the second fork's 2xx relayed", func() bool {
-		for _, r := range c.extra2xx() {
-			if tag, _ := r.To().Params.Get("tag"); tag != c.toTag {
+		for _, r := range c.Extra2xx() {
+			if tag, _ := r.To().Params.Get("tag"); tag != c.ToTag {
 				other = r
 			}
 		}
 		return other != nil
 	})
-	c.ackFork(other)
+	c.AckFork(other)
 	// Both ACKs must be in before the BYEs (sipgo may reorder them).
 	h.A.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
 		acked := 0
 		for _, fc := range cs {
-			if fc.CallID == c.callID && fc.Acked {
+			if fc.CallID == c.CallID && fc.Acked {
 				acked++
 			}
 		}
 		return acked >= 2
 	})
-	second := c.fork(other)
+	second := c.Fork(other)
 	// CSeq is per dialog, but the fake PBX checks it per Call-ID: keep the
 	// second dialog's numbers above the first's.
-	second.cseq += 10
-	for _, d := range []*call{c, second} {
-		if res := d.request(sip.BYE, nil); res.StatusCode != 200 {
-			t.Fatalf("BYE to fork %s: %d", d.toTag, res.StatusCode)
+	second.CSeq += 10
+	for _, d := range []*siptest.Call{c, second} {
+		if res := d.Request(sip.BYE, nil); res.StatusCode != 200 {
+			t.Fatalf("BYE to fork %s: %d", d.ToTag, res.StatusCode)
 		}
 	}
 	waitDialogs(t, h, 0)
@@ -651,9 +652,9 @@ func TestForking(t *testing.T) {
 // client gets 408 once Timer C fires.
 func TestTimerC(t *testing.T) {
 	h := startHarness(t, harnessOptions{TimerC: time.Second, A: fakepbx.Config{Call: fakepbx.CallConfig{NoAnswer: true}}})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 408 {
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 408 {
 		t.Fatalf("INVITE final %d, want 408", res.StatusCode)
 	}
 	h.A.WaitFor(t, 5*time.Second, func(rs []fakepbx.Request) bool {
@@ -671,14 +672,14 @@ func TestTimerC(t *testing.T) {
 // calls.
 func TestManyCallsLeaveNoState(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
 	for i := 0; i < 30; i++ {
-		c := ph.dial(callTargets[i%2].ruri, testSDP)
-		if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		c := ph.Dial(callTargets[i%2].ruri, siptest.SDP)
+		if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 			t.Fatalf("call %d: %d", i, res.StatusCode)
 		}
-		c.ack()
-		if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+		c.Ack()
+		if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 			t.Fatalf("call %d BYE: %d", i, res.StatusCode)
 		}
 	}
@@ -690,21 +691,21 @@ func TestManyCallsLeaveNoState(t *testing.T) {
 // to OnRetransmission, and authproxy relays them to the client.
 func Test2xxRetransmissionsRelayed(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
 	// The fake retransmits after T1 (500ms), then 1s later.
-	testutil.Eventually(t, "a 2xx retransmission at the client", func() bool { return len(c.extra2xx()) > 0 })
-	if tag, _ := c.extra2xx()[0].To().Params.Get("tag"); tag != c.toTag {
+	testutil.Eventually(t, "a 2xx retransmission at the client", func() bool { return len(c.Extra2xx()) > 0 })
+	if tag, _ := c.Extra2xx()[0].To().Params.Get("tag"); tag != c.ToTag {
 		t.Fatalf("retransmission for another dialog (tag %s)", tag)
 	}
-	if cs := c.extra2xx()[0].CSeq().SeqNo; cs != 1 {
+	if cs := c.Extra2xx()[0].CSeq().SeqNo; cs != 1 {
 		t.Fatalf("retransmitted 2xx relayed with CSeq %d, client sent 1", cs)
 	}
-	c.ack()
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+	c.Ack()
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE: %d", res.StatusCode)
 	}
 	assertNoCallErrors(t, h.A)

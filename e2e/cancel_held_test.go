@@ -6,6 +6,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/fakepbx"
+	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 )
 
@@ -29,24 +30,24 @@ func TestCancelWhileChallengeHeld(t *testing.T) {
 				case <-t.Context().Done():
 				}
 			}}})
-			ph := startPhone(t, "1001", clientTP, h.Addr[clientTP])
-			c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-			if got := <-held; got != c.callID {
-				t.Fatalf("held the challenge of call %s, want %s", got, c.callID)
+			ph := siptest.StartPhone(t, "1001", clientTP, h.Addr[clientTP])
+			c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+			if got := <-held; got != c.CallID {
+				t.Fatalf("held the challenge of call %s, want %s", got, c.CallID)
 			}
 			cancelUntilMatched(t, c)
 			// sipgo answers the CANCEL 200 before its INVITE transaction
 			// takes it; the 487 comes after authproxy was told. Only then
 			// is the challenge released.
-			if res := c.waitFinal(testutil.EventuallyLimit); res.StatusCode != sip.StatusRequestTerminated {
+			if res := c.WaitFinal(testutil.EventuallyLimit); res.StatusCode != sip.StatusRequestTerminated {
 				t.Fatalf("INVITE final %d, want 487", res.StatusCode)
 			}
 			close(release)
 			// Once authproxy is done with the INVITE it sends nothing more
 			// for it: what reached the upstream by then is all there is.
-			waitRequestDone(t, h, "INVITE", c.callID)
+			waitRequestDone(t, h, "INVITE", c.CallID)
 			for _, r := range h.A.Requests() {
-				if r.CallID == c.callID && r.Method == "INVITE" && len(r.Authorization) > 0 {
+				if r.CallID == c.CallID && r.Method == "INVITE" && len(r.Authorization) > 0 {
 					t.Fatalf("an authenticated INVITE reached the upstream after the CANCEL: %v", summarize([]fakepbx.Request{r}))
 				}
 			}

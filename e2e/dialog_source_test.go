@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/internal/siptest"
 )
 
 // sendRawFrom sends one request as a UDP datagram from a fresh socket on
@@ -50,7 +52,7 @@ func sendRawFrom(t *testing.T, host, proxyAddr string, build func(local string) 
 
 // forgedBye is a BYE into c's dialog as its callee would send it (From =
 // the callee's tag, To = the caller's), with CSeq seq, sent from local.
-func forgedBye(c *call, seq int) func(local string) string {
+func forgedBye(c *siptest.Call, seq int) func(local string) string {
 	return func(local string) string {
 		return fmt.Sprintf("BYE sip:%s@%s SIP/2.0\r\n"+
 			"Via: SIP/2.0/UDP %s;branch=z9hG4bK-forged%d;rport\r\n"+
@@ -60,7 +62,7 @@ func forgedBye(c *call, seq int) func(local string) string {
 			"Call-ID: %s\r\n"+
 			"CSeq: %d BYE\r\n"+
 			"Content-Length: 0\r\n\r\n",
-			c.ph.user, c.ph.addr, local, seq, c.toTag, c.fromTag, c.callID, seq)
+			c.Phone.User, c.Phone.Addr, local, seq, c.ToTag, c.FromTag, c.CallID, seq)
 	}
 }
 
@@ -72,18 +74,18 @@ func forgedBye(c *call, seq int) func(local string) string {
 func TestDialogRequestOnlyFromItsUpstream(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	c := answeredCall(t, h, "udp")
-	waitAck(t, h.A, c.callID)
+	waitAck(t, h.A, c.CallID)
 	if code := sendRawFrom(t, "127.0.0.3", h.Addr["udp"], forgedBye(c, 9999)); code != 403 {
 		t.Fatalf("forged BYE from another upstream's address: %d, want 403", code)
 	}
 	// Barrier: the callee's real BYE follows the same path.
-	if code := h.A.HangUp(t, c.callID); code != 200 {
+	if code := h.A.HangUp(t, c.CallID); code != 200 {
 		t.Fatalf("callee BYE: %d", code)
 	}
-	c.ph.waitReceived(sip.BYE, 5*time.Second)
-	c.ph.mu.Lock()
-	defer c.ph.mu.Unlock()
-	for _, r := range c.ph.received {
+	c.Phone.WaitReceived(sip.BYE, 5*time.Second)
+	c.Phone.Mu.Lock()
+	defer c.Phone.Mu.Unlock()
+	for _, r := range c.Phone.Received {
 		if r.Method == sip.BYE && r.CSeq().SeqNo == 9999 {
 			t.Fatal("the forged BYE reached the client")
 		}

@@ -17,7 +17,7 @@ import (
 func TestInDialogToClientOnlyFromUpstream(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	c := answeredCall(t, h, "udp")
-	waitAck(t, h.A, c.callID)
+	waitAck(t, h.A, c.CallID)
 	for i, host := range []string{"127.0.0.1", "127.0.0.7"} {
 		rc := newRawClient(t, host, h.Addr["udp"])
 		seq := 9000 + i
@@ -29,8 +29,8 @@ func TestInDialogToClientOnlyFromUpstream(t *testing.T) {
 			"Call-ID: %s\r\n"+
 			"CSeq: %d BYE\r\n"+
 			"Content-Length: 0\r\n\r\n",
-			c.ph.user, c.ph.addr, seq, c.toTag, c.fromTag, c.callID, seq))
-		res, _ := rc.readUntilFinal(c.callID)
+			c.Phone.User, c.Phone.Addr, seq, c.ToTag, c.FromTag, c.CallID, seq))
+		res, _ := rc.readUntilFinal(c.CallID)
 		if res.StatusCode != 403 {
 			t.Fatalf("BYE into the dialog from %s: %d %s, want 403", host, res.StatusCode, res.Reason)
 		}
@@ -40,16 +40,16 @@ func TestInDialogToClientOnlyFromUpstream(t *testing.T) {
 	}
 	// Barrier: the callee's BYE takes the same way; a forged one let
 	// through would have reached the caller before the 403 was sent.
-	if code := h.A.HangUp(t, c.callID); code != 200 {
+	if code := h.A.HangUp(t, c.CallID); code != 200 {
 		t.Fatalf("callee BYE: %d", code)
 	}
-	bye := c.ph.waitReceived(sip.BYE, 10*time.Second)
+	bye := c.Phone.WaitReceived(sip.BYE, 10*time.Second)
 	if seq := bye.CSeq().SeqNo; seq >= 9000 {
 		t.Fatalf("the caller's first BYE is a forged one (CSeq %d)", seq)
 	}
-	c.ph.mu.Lock()
-	defer c.ph.mu.Unlock()
-	for _, r := range c.ph.received {
+	c.Phone.Mu.Lock()
+	defer c.Phone.Mu.Unlock()
+	for _, r := range c.Phone.Received {
 		if r.Method == sip.BYE && r.CSeq().SeqNo >= 9000 {
 			t.Errorf("a forged BYE reached the caller (CSeq %d)", r.CSeq().SeqNo)
 		}

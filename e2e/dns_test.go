@@ -75,11 +75,11 @@ func TestHostnameUpstream(t *testing.T) {
 		t.Fatalf("MESSAGE: %d", res.StatusCode)
 	}
 	c := answeredCall(t, h, "udp")
-	waitAck(t, h.A, c.callID)
-	if code := h.A.HangUp(t, c.callID); code != 200 {
+	waitAck(t, h.A, c.CallID)
+	if code := h.A.HangUp(t, c.CallID); code != 200 {
 		t.Fatalf("callee BYE: %d, want 200", code)
 	}
-	c.ph.waitReceived(sip.BYE, 5*time.Second)
+	c.Phone.WaitReceived(sip.BYE, 5*time.Second)
 	waitDialogs(t, h, 0)
 	assertOnlyUsernames(t, "pbx-a", h.A, "alice")
 	for _, u := range h.Proxy.UpstreamHealth() {
@@ -102,9 +102,9 @@ func TestTrunkRegistrationByName(t *testing.T) {
 	ph := startRegPhone(t, "1001", "udp", "")
 	tp := startTrunkProxy(t, name, proxy.Registration{
 		Upstream: "trunk", AOR: "sip:trunk1@trunk.sip.test", ContactUser: "trunk1", Expires: time.Minute,
-		Target: "sip:1001@" + ph.addr,
+		Target: "sip:1001@" + ph.Addr,
 	}, creds, func(c *proxy.Config) { c.DNS = dnsFor(z) })
-	ph.proxy = tp.addr["udp"]
+	ph.Proxy = tp.addr["udp"]
 	pbx.WaitFor(t, 5*time.Second, func(rs []fakepbx.Request) bool {
 		for _, r := range rs {
 			if r.Method == "REGISTER" && r.Authenticated {
@@ -205,12 +205,12 @@ func TestFailoverOnTimeout(t *testing.T) {
 	if seen(dead, "MESSAGE") == 0 || authenticated(live, "MESSAGE") != 1 {
 		t.Fatalf("dead saw %d MESSAGEs, live %d authenticated; want the dead one tried first", seen(dead, "MESSAGE"), authenticated(live, "MESSAGE"))
 	}
-	ph := startPhone(t, "1001", "udp", tp.addr["udp"])
-	c := ph.dial("sip:1002@carrier.sip.test", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	ph := siptest.StartPhone(t, "1001", "udp", tp.addr["udp"])
+	c := ph.Dial("sip:1002@carrier.sip.test", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d, want 200", res.StatusCode)
 	}
-	c.ack()
+	c.Ack()
 	if authenticated(live, "INVITE") != 1 {
 		t.Fatalf("live target saw %d authenticated INVITEs", authenticated(live, "INVITE"))
 	}
@@ -288,9 +288,9 @@ func TestNoFailoverAfterProvisional(t *testing.T) {
 	other := fakepbx.Start(t, fakepbx.Config{Name: "other", Host: "127.0.0.7", Accounts: map[string]string{"alice": alicePassword}})
 	carrierZone(t, z, "udp", rang.Addr(), other.Addr())
 	tp := carrierProxy(t, z, "udp")
-	ph := startPhone(t, "1001", "udp", tp.addr["udp"])
-	c := ph.dial("sip:1002@carrier.sip.test", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 500 {
+	ph := siptest.StartPhone(t, "1001", "udp", tp.addr["udp"])
+	c := ph.Dial("sip:1002@carrier.sip.test", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 500 {
 		t.Fatalf("INVITE: %d, want 500", res.StatusCode)
 	}
 	if n := seen(other, "INVITE"); n != 0 {
@@ -308,17 +308,17 @@ func TestInDialogStaysOnTarget(t *testing.T) {
 	z.Set(aRecord("t1.sip.test", "127.0.0.6"), aRecord("t2.sip.test", "127.0.0.7"))
 	z.Set(srv("_sip._udp.carrier.sip.test", 10, 10, one.Port(), "t1.sip.test"), srv("_sip._udp.carrier.sip.test", 10, 10, two.Port(), "t2.sip.test"))
 	tp := carrierProxy(t, z, "udp")
-	ph := startPhone(t, "1001", "udp", tp.addr["udp"])
-	c := ph.dial("sip:1002@carrier.sip.test", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	ph := siptest.StartPhone(t, "1001", "udp", tp.addr["udp"])
+	c := ph.Dial("sip:1002@carrier.sip.test", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d", res.StatusCode)
 	}
-	c.ack()
+	c.Ack()
 	answered, other := one, two
 	if authenticated(two, "INVITE") == 1 {
 		answered, other = two, one
 	}
-	waitAck(t, answered, c.callID)
+	waitAck(t, answered, c.CallID)
 	// DNS now lists only the other target.
 	otherName := "t1.sip.test"
 	if other == two {
@@ -332,7 +332,7 @@ func TestInDialogStaysOnTarget(t *testing.T) {
 	if code := sendRawFrom(t, otherHost(other), tp.addr["udp"], forgedBye(c, 7777)); code != 403 {
 		t.Fatalf("BYE from the other target: %d, want 403", code)
 	}
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 {
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE: %d", res.StatusCode)
 	}
 	if seen(answered, "BYE") != 1 || seen(other, "BYE") != 0 {

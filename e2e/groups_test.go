@@ -29,12 +29,12 @@ func carriersGroup(cfg *proxy.Config, _ *harness) {
 // username and B never sees A's.
 func TestGroupFailover(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: 503, NoProvisional: true}}, Mutate: carriersGroup})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@carriers.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.Dial("sip:1002@carriers.example.com", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("INVITE: %d, want 200 through carrier B", res.StatusCode)
 	}
-	c.ack()
+	c.Ack()
 	if authenticated(h.A, "INVITE") != 1 || authenticated(h.B, "INVITE") != 1 {
 		t.Fatalf("authenticated INVITEs: A %d, B %d; want 1 each", authenticated(h.A, "INVITE"), authenticated(h.B, "INVITE"))
 	}
@@ -45,8 +45,8 @@ func TestGroupFailover(t *testing.T) {
 			t.Fatalf("carrier A received B's username:\n%s", r.Raw)
 		}
 	}
-	waitAck(t, h.B, c.callID)
-	if res := c.request(sip.BYE, nil); res.StatusCode != 200 || seen(h.B, "BYE") != 1 || seen(h.A, "BYE") != 0 {
+	waitAck(t, h.B, c.CallID)
+	if res := c.Request(sip.BYE, nil); res.StatusCode != 200 || seen(h.B, "BYE") != 1 || seen(h.A, "BYE") != 0 {
 		t.Fatalf("BYE: %d, at B %d, at A %d; want 200 at B only", res.StatusCode, seen(h.B, "BYE"), seen(h.A, "BYE"))
 	}
 }
@@ -55,9 +55,9 @@ func TestGroupFailover(t *testing.T) {
 // Busy Here) is the call's answer: relayed, carrier B never tried.
 func TestGroupStopsOnAnswer(t *testing.T) {
 	h := startHarness(t, harnessOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{FinalCode: 486, NoProvisional: true}}, Mutate: carriersGroup})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
-	c := ph.dial("sip:1002@carriers.example.com", testSDP)
-	if res := c.waitFinal(10 * time.Second); res.StatusCode != 486 {
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
+	c := ph.Dial("sip:1002@carriers.example.com", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 486 {
 		t.Fatalf("INVITE: %d, want 486", res.StatusCode)
 	}
 	if n := seen(h.B, "INVITE"); n != 0 {
@@ -100,14 +100,14 @@ func TestAcceptFrom(t *testing.T) {
 		cfg.Upstreams[0].AcceptFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.9/32")}
 	}})
 	c := answeredCall(t, h, "udp")
-	waitAck(t, h.A, c.callID)
+	waitAck(t, h.A, c.CallID)
 	if code := sendRawFrom(t, "127.0.0.3", h.Addr["udp"], forgedBye(c, 5000)); code != 403 {
 		t.Fatalf("BYE from an address outside accept_from: %d, want 403", code)
 	}
 	if code := sendRawFrom(t, "127.0.0.9", h.Addr["udp"], forgedBye(c, 5001)); code != 200 {
 		t.Fatalf("BYE from accept_from: %d, want 200 (the client's)", code)
 	}
-	bye := c.ph.waitReceived(sip.BYE, 5*time.Second)
+	bye := c.Phone.WaitReceived(sip.BYE, 5*time.Second)
 	if bye.CSeq().SeqNo != 5001 {
 		t.Fatalf("client got BYE CSeq %d, want the accepted one (5001)", bye.CSeq().SeqNo)
 	}
@@ -132,7 +132,7 @@ func TestDNSDownDoesNotSlowAddressedUpstreams(t *testing.T) {
 		t.Fatalf("MESSAGE to an IP upstream while DNS hangs: %d", res.StatusCode)
 	}
 	c := answeredCall(t, h, "udp")
-	waitAck(t, h.A, c.callID)
+	waitAck(t, h.A, c.CallID)
 	res = h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@named.example.com", FromUser: "1001"})
 	if res.StatusCode != 503 {
 		t.Fatalf("MESSAGE to the unresolved upstream: %d, want 503", res.StatusCode)

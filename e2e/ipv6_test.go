@@ -35,41 +35,41 @@ func TestIPv6Call(t *testing.T) {
 	h := v6Harness(t)
 	for _, tp := range []string{"udp", "tcp"} {
 		t.Run(tp, func(t *testing.T) {
-			ph := startPhoneAt(t, "::1", "1001", tp, h.Addr[tp+"6"])
-			c := ph.dial("sip:1002@pbx-a.example.com", testSDP)
-			if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+			ph := siptest.StartPhoneAt(t, "::1", "1001", tp, h.Addr[tp+"6"])
+			c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+			if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 				t.Fatalf("INVITE: %d", res.StatusCode)
 			}
-			c.ack()
+			c.Ack()
 			inv := lastAuthenticated(t, h.A, "INVITE")
 			for _, want := range []string{"Via: SIP/2.0/UDP [::1]:", "Record-Route: <sip:[::1]:"} {
 				if !strings.Contains(inv.Raw, want) {
 					t.Errorf("INVITE at the PBX lacks %q:\n%s", want, inv.Raw)
 				}
 			}
-			waitAck(t, h.A, c.callID)
-			if code := h.A.HangUp(t, c.callID); code != 200 {
+			waitAck(t, h.A, c.CallID)
+			if code := h.A.HangUp(t, c.CallID); code != 200 {
 				t.Fatalf("callee BYE: %d", code)
 			}
-			c.ph.waitReceived(sip.BYE, 5*time.Second)
+			c.Phone.WaitReceived(sip.BYE, 5*time.Second)
 		})
 	}
 	t.Run("to-ipv4", func(t *testing.T) {
-		ph := startPhoneAt(t, "::1", "1001", "udp", h.Addr["udp6"])
-		c := ph.dial("sip:2001@pbx-b.example.com", testSDP)
-		if res := c.waitFinal(10 * time.Second); res.StatusCode != 200 {
+		ph := siptest.StartPhoneAt(t, "::1", "1001", "udp", h.Addr["udp6"])
+		c := ph.Dial("sip:2001@pbx-b.example.com", siptest.SDP)
+		if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 			t.Fatalf("INVITE: %d", res.StatusCode)
 		}
-		c.ack()
+		c.Ack()
 		inv := lastAuthenticated(t, h.B, "INVITE")
 		if !strings.Contains(inv.Raw, "Via: SIP/2.0/UDP 127.0.0.1:") || !strings.Contains(inv.Raw, "Record-Route: <sip:127.0.0.1:") || !strings.Contains(inv.Raw, "<sip:[::1]:") {
 			t.Errorf("INVITE at the IPv4 PBX: want our IPv4 Via and both Record-Route entries:\n%s", inv.Raw)
 		}
-		waitAck(t, h.B, c.callID)
-		if code := h.B.HangUp(t, c.callID); code != 200 {
+		waitAck(t, h.B, c.CallID)
+		if code := h.B.HangUp(t, c.CallID); code != 200 {
 			t.Fatalf("callee BYE: %d", code)
 		}
-		c.ph.waitReceived(sip.BYE, 5*time.Second)
+		c.Phone.WaitReceived(sip.BYE, 5*time.Second)
 	})
 }
 
@@ -92,8 +92,8 @@ func lastAuthenticated(t *testing.T, s *fakepbx.Server, m string) fakepbx.Reques
 // Path.
 func TestIPv6Register(t *testing.T) {
 	h := v6Harness(t)
-	ph := &regPhone{startPhoneAt(t, "::1", "1001", "udp", h.Addr["udp6"])}
-	if res := ph.register("reg6-"+ph.tag, "pbx-a.example.com", 1, "300"); res.StatusCode != 200 {
+	ph := &regPhone{siptest.StartPhoneAt(t, "::1", "1001", "udp", h.Addr["udp6"])}
+	if res := ph.register("reg6-"+ph.Tag, "pbx-a.example.com", 1, "300"); res.StatusCode != 200 {
 		t.Fatalf("REGISTER: %d", res.StatusCode)
 	}
 	reg := lastAuthenticated(t, h.A, "REGISTER")

@@ -443,18 +443,18 @@ func (h *opsHarness) reloadWith(t testing.TB, username string, change func(*prox
 func TestOpsReloadDuringCall(t *testing.T) {
 	creds := func(a, b string) []credentials.Entry { return opsCredentials(a, b, "alice") }
 	h := startOps(t, opsOptions{A: fakepbx.Config{Call: fakepbx.CallConfig{ChallengeInDialog: true}}, Credentials: creds})
-	ph := startPhone(t, "1001", "udp", h.Addr["udp"])
+	ph := siptest.StartPhone(t, "1001", "udp", h.Addr["udp"])
 
-	c1 := ph.dial("sip:2001@pbx-a.example.com", testSDP)
-	if res := c1.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	c1 := ph.Dial("sip:2001@pbx-a.example.com", siptest.SDP)
+	if res := c1.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("call 1: %d", res.StatusCode)
 	}
-	c1.ack()
-	c2 := ph.dial("sip:2002@pbx-a.example.com", testSDP)
-	if res := c2.waitFinal(10 * time.Second); res.StatusCode != 200 {
+	c1.Ack()
+	c2 := ph.Dial("sip:2002@pbx-a.example.com", siptest.SDP)
+	if res := c2.WaitFinal(10 * time.Second); res.StatusCode != 200 {
 		t.Fatalf("call 2: %d", res.StatusCode)
 	}
-	c2.ack()
+	c2.Ack()
 	h.A.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
 		acked := 0
 		for _, c := range cs {
@@ -489,14 +489,14 @@ func TestOpsReloadDuringCall(t *testing.T) {
 
 	// Caller hangs up call 1: the BYE is challenged in the dialog and
 	// answered with the configuration of now.
-	if res := c1.request(sip.BYE, nil); res.StatusCode != 200 {
+	if res := c1.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE of call 1: %d", res.StatusCode)
 	}
 	// Callee hangs up call 2.
-	if code := h.A.HangUp(t, c2.callID); code != 200 {
+	if code := h.A.HangUp(t, c2.CallID); code != 200 {
 		t.Fatalf("callee BYE of call 2: %d", code)
 	}
-	ph.waitReceived(sip.BYE, 5*time.Second)
+	ph.WaitReceived(sip.BYE, 5*time.Second)
 
 	calls := h.A.WaitCall(t, 5*time.Second, func(cs []fakepbx.Call) bool {
 		for _, c := range cs {
@@ -510,7 +510,7 @@ func TestOpsReloadDuringCall(t *testing.T) {
 		if len(c.Errors) > 0 || !c.AckCSeqOK || !c.AckAuthOK {
 			t.Errorf("call %s: errors %q, ack cseq ok %v, ack auth ok %v", c.CallID, c.Errors, c.AckCSeqOK, c.AckAuthOK)
 		}
-		if c.CallID != c1.callID {
+		if c.CallID != c1.CallID {
 			continue
 		}
 		var byeUsers []string

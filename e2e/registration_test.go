@@ -27,23 +27,23 @@ import (
 // another socket than the one its Contact names (sipgo opens one toward
 // the proxy), as behind a NAT: authproxy must answer to where they come
 // from.
-type regPhone struct{ *phone }
+type regPhone struct{ *siptest.Phone }
 
 func startRegPhone(t *testing.T, user, transport, proxyAddr string) *regPhone {
 	t.Helper()
-	return &regPhone{startPhone(t, user, transport, proxyAddr)}
+	return &regPhone{siptest.StartPhone(t, user, transport, proxyAddr)}
 }
 
 // request sends req to the proxy and returns its final response.
 func (ph *regPhone) request(req *sip.Request) *sip.Response {
-	ph.t.Helper()
-	req.SetDestination(ph.proxy)
-	req.SetTransport(ph.transport)
+	ph.T.Helper()
+	req.SetDestination(ph.Proxy)
+	req.SetTransport(ph.Transport)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tx, err := ph.client.TransactionRequest(ctx, req, sipgo.ClientRequestAddVia)
+	tx, err := ph.Client.TransactionRequest(ctx, req, sipgo.ClientRequestAddVia)
 	if err != nil {
-		ph.t.Fatalf("send %s: %v", req.Method, err)
+		ph.T.Fatalf("send %s: %v", req.Method, err)
 	}
 	defer tx.Terminate()
 	for {
@@ -53,9 +53,9 @@ func (ph *regPhone) request(req *sip.Request) *sip.Response {
 				return res
 			}
 		case <-tx.Done():
-			ph.t.Fatalf("%s: no final response: %v", req.Method, tx.Err())
+			ph.T.Fatalf("%s: no final response: %v", req.Method, tx.Err())
 		case <-ctx.Done():
-			ph.t.Fatalf("%s: no final response", req.Method)
+			ph.T.Fatalf("%s: no final response", req.Method)
 		}
 	}
 }
@@ -63,11 +63,11 @@ func (ph *regPhone) request(req *sip.Request) *sip.Response {
 // register binds the phone's Contact for expires seconds (0 removes it)
 // at domain, through authproxy.
 func (ph *regPhone) register(callID, domain string, cseq uint32, expires string) *sip.Response {
-	ph.t.Helper()
+	ph.T.Helper()
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: domain})
-	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: ph.user, Host: domain}, Params: sip.NewParams()}
-	from.Params.Add("tag", "reg"+ph.tag)
-	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: ph.user, Host: domain}, Params: sip.NewParams()}
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: ph.User, Host: domain}, Params: sip.NewParams()}
+	from.Params.Add("tag", "reg"+ph.Tag)
+	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: ph.User, Host: domain}, Params: sip.NewParams()}
 	cid := sip.CallIDHeader(callID)
 	mf := sip.MaxForwardsHeader(70)
 	req.AppendHeader(from)
@@ -75,7 +75,7 @@ func (ph *regPhone) register(callID, domain string, cseq uint32, expires string)
 	req.AppendHeader(&cid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: sip.REGISTER})
 	req.AppendHeader(&mf)
-	req.AppendHeader(ph.contact())
+	req.AppendHeader(ph.Contact())
 	req.AppendHeader(sip.NewHeader("Expires", expires))
 	req.SetBody(nil)
 	return ph.request(req)
@@ -83,26 +83,26 @@ func (ph *regPhone) register(callID, domain string, cseq uint32, expires string)
 
 // waitReceived waits for the n-th (1-based) request of method m.
 func (ph *regPhone) waitReceived(m sip.RequestMethod, n int) *sip.Request {
-	ph.t.Helper()
+	ph.T.Helper()
 	deadline := time.After(5 * time.Second)
 	for {
-		ph.mu.Lock()
+		ph.Mu.Lock()
 		seen := 0
-		for _, r := range ph.received {
+		for _, r := range ph.Received {
 			if r.Method == m {
 				seen++
 				if seen == n {
-					ph.mu.Unlock()
+					ph.Mu.Unlock()
 					return r
 				}
 			}
 		}
-		ch := ph.changed
-		ph.mu.Unlock()
+		ch := ph.Changed
+		ph.Mu.Unlock()
 		select {
 		case <-ch:
 		case <-deadline:
-			ph.t.Fatalf("phone %s: no %s #%d", ph.user, m, n)
+			ph.T.Fatalf("phone %s: no %s #%d", ph.User, m, n)
 		}
 	}
 }
@@ -111,14 +111,14 @@ func (ph *regPhone) waitReceived(m sip.RequestMethod, n int) *sip.Request {
 // callee: its route set is the INVITE's Record-Route in order, RFC 3261
 // §12.1.1).
 func (ph *regPhone) hangUp(inv *sip.Request) *sip.Response {
-	ph.t.Helper()
+	ph.T.Helper()
 	target := inv.Contact().Address
 	req := sip.NewRequest(sip.BYE, *target.Clone())
 	for _, h := range inv.GetHeaders("Record-Route") {
 		req.AppendHeader(&sip.RouteHeader{Address: *h.(*sip.RecordRouteHeader).Address.Clone()})
 	}
 	from := &sip.FromHeader{Address: inv.To().Address, Params: sip.NewParams()}
-	from.Params.Add("tag", ph.tag)
+	from.Params.Add("tag", ph.Tag)
 	to := &sip.ToHeader{Address: inv.From().Address, Params: inv.From().Params.Clone()}
 	cid := sip.CallIDHeader(inv.CallID().Value())
 	mf := sip.MaxForwardsHeader(70)
@@ -171,7 +171,7 @@ func TestRegisterThenInboundCall(t *testing.T) {
 				if !strings.Contains(raw, "Supported: path") || len(bs[0].Path) == 0 {
 					t.Fatalf("REGISTER without Path / Supported: path:\n%s", raw)
 				}
-				if got, want := bs[0].Contact.String(), ph.contact().Address.String(); got != want {
+				if got, want := bs[0].Contact.String(), ph.Contact().Address.String(); got != want {
 					t.Fatalf("registrar bound %s, want the phone's own %s", got, want)
 				}
 				if p := bs[0].Path[0]; net.JoinHostPort(p.Host, strconv.Itoa(p.Port)) != h.Addr["udp"] {
@@ -235,7 +235,7 @@ func TestInboundMessageToRegisteredPhone(t *testing.T) {
 	// A client (not an upstream's address) cannot reach the phone through
 	// its binding: the request is routed as any client request (no
 	// upstream has the phone's address: 404).
-	if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: ph.contact().Address.String(), FromUser: "1002"}); res.StatusCode == 200 {
+	if res := h.final(t, "udp", siptest.Request{Method: sip.MESSAGE, RequestURI: ph.Contact().Address.String(), FromUser: "1002"}); res.StatusCode == 200 {
 		t.Fatalf("client MESSAGE to a registered contact: %d", res.StatusCode)
 	}
 	if n := countReceived(ph, sip.MESSAGE); n != 1 {
@@ -258,10 +258,10 @@ func TestInboundMessageToRegisteredPhone(t *testing.T) {
 }
 
 func countReceived(ph *regPhone, m sip.RequestMethod) int {
-	ph.mu.Lock()
-	defer ph.mu.Unlock()
+	ph.Mu.Lock()
+	defer ph.Mu.Unlock()
 	n := 0
-	for _, r := range ph.received {
+	for _, r := range ph.Received {
 		if r.Method == m {
 			n++
 		}
@@ -551,9 +551,9 @@ func TestTrunkInboundCallToTarget(t *testing.T) {
 	ph = startRegPhone(t, "1001", "udp", "")
 	tp = startTrunkProxy(t, pbx.Addr(), proxy.Registration{
 		Upstream: "trunk", AOR: "sip:trunk1@127.0.0.5", ContactUser: "trunk1", Expires: time.Minute,
-		Target: "sip:1001@" + ph.addr,
+		Target: "sip:1001@" + ph.Addr,
 	}, creds, nil)
-	ph.proxy = tp.addr["udp"]
+	ph.Proxy = tp.addr["udp"]
 	bs := pbx.WaitFor(t, 5*time.Second, func(rs []fakepbx.Request) bool {
 		for _, r := range rs {
 			if r.Method == "REGISTER" && r.Authenticated {
@@ -690,26 +690,26 @@ func TestThirdPartyRegistration(t *testing.T) {
 		Credentials: func(a, b string) []credentials.Entry {
 			return []credentials.Entry{{Username: "alice", Password: credentials.NewSecret(alicePassword), Server: a}}
 		}})
-	ph := startPhoneAt(t, "127.0.0.5", "tp", "udp", h.Addr["udp"])
-	if code := sendRawFrom(t, "127.0.0.1", h.Addr["udp"], rawRegister("tp", "", "sip:tp@"+ph.addr)); code != 200 {
+	ph := siptest.StartPhoneAt(t, "127.0.0.5", "tp", "udp", h.Addr["udp"])
+	if code := sendRawFrom(t, "127.0.0.1", h.Addr["udp"], rawRegister("tp", "", "sip:tp@"+ph.Addr)); code != 200 {
 		t.Fatalf("third-party REGISTER: %d", code)
 	}
 	if call := h.A.CallUser(t, "tp"); call.Status != 200 {
 		t.Fatalf("INVITE to the third-party contact: %d", call.Status)
 	}
-	ph.waitReceived(sip.INVITE, 5*time.Second)
+	ph.WaitReceived(sip.INVITE, 5*time.Second)
 
 	// A Via that is not the source: a NAT is in between; the contact is
 	// reached where the REGISTER came from.
-	if code := sendRawFrom(t, "127.0.0.1", h.Addr["udp"], rawRegister("natted", "192.0.2.1:5060", "sip:natted@"+ph.addr)); code != 200 {
+	if code := sendRawFrom(t, "127.0.0.1", h.Addr["udp"], rawRegister("natted", "192.0.2.1:5060", "sip:natted@"+ph.Addr)); code != 200 {
 		t.Fatalf("REGISTER behind a NAT: %d", code)
 	}
 	for _, b := range h.Proxy.Bindings() {
 		if b.AOR == "natted@pbx-a.example.com" && !strings.HasPrefix(b.Source, "127.0.0.1:") {
 			t.Fatalf("binding behind a NAT reached at %s, want its source on 127.0.0.1", b.Source)
 		}
-		if b.AOR == "tp@pbx-a.example.com" && b.Source != ph.addr {
-			t.Fatalf("third-party binding reached at %s, want its contact %s", b.Source, ph.addr)
+		if b.AOR == "tp@pbx-a.example.com" && b.Source != ph.Addr {
+			t.Fatalf("third-party binding reached at %s, want its contact %s", b.Source, ph.Addr)
 		}
 	}
 }

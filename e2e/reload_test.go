@@ -132,14 +132,14 @@ func testReloadKeepsRequestInProgress(t *testing.T, pm preemptiveMode, method si
 func (h *harness) startAsync(t *testing.T, transport string, c siptest.Request) func() int {
 	t.Helper()
 	if c.Method == sip.INVITE {
-		ph := startPhone(t, c.FromUser, transport, h.Addr[transport])
-		call := ph.dial(c.RequestURI, testSDP)
+		ph := siptest.StartPhone(t, c.FromUser, transport, h.Addr[transport])
+		call := ph.Dial(c.RequestURI, siptest.SDP)
 		return func() int {
 			t.Helper()
-			res := call.waitFinal(testutil.EventuallyLimit)
+			res := call.WaitFinal(testutil.EventuallyLimit)
 			if res.StatusCode == 200 {
-				call.ack()
-				if bye := call.request(sip.BYE, nil); bye.StatusCode != 200 {
+				call.Ack()
+				if bye := call.Request(sip.BYE, nil); bye.StatusCode != 200 {
 					t.Errorf("BYE: %d", bye.StatusCode)
 				}
 			}

@@ -81,7 +81,7 @@ func TestRoutingOrder(t *testing.T) {
 	}})
 	lr := sip.HeaderParams{{K: "lr", V: ""}}
 	routeTo := func(addr string) *sip.RouteHeader {
-		host, port := splitAddr(t, addr)
+		host, port := siptest.SplitAddr(t, addr)
 		return &sip.RouteHeader{Address: sip.Uri{Scheme: "sip", Host: host, Port: port, UriParams: lr}}
 	}
 	for _, tc := range []struct {

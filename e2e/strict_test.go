@@ -179,7 +179,7 @@ func TestStrictRegistrarListsEveryBinding(t *testing.T) {
 			}
 			expiryOf := func(ph *regPhone) time.Duration {
 				t.Helper()
-				want := ph.contact().Address.String()
+				want := ph.Contact().Address.String()
 				for _, b := range h.Proxy.Bindings() {
 					if b.Contact == want {
 						return time.Until(b.Expires)
@@ -197,7 +197,7 @@ func TestStrictRegistrarListsEveryBinding(t *testing.T) {
 			if res := first.register(firstCall, "pbx-a.example.com", 2, "0"); res.StatusCode != 200 {
 				t.Fatalf("first phone's un-REGISTER: %d", res.StatusCode)
 			}
-			if bs := h.Proxy.Bindings(); len(bs) != 1 || bs[0].Contact != second.contact().Address.String() {
+			if bs := h.Proxy.Bindings(); len(bs) != 1 || bs[0].Contact != second.Contact().Address.String() {
 				t.Fatalf("after the first phone's un-REGISTER authproxy keeps %+v, want the second phone's only", bs)
 			}
 			expiryOf(second)
@@ -214,10 +214,10 @@ func TestStrictNonceExpiresDuringCall(t *testing.T) {
 	clock := fakepbx.NewManualClock(time.Now())
 	h := startHarness(t, harnessOptions{Preemptive: proxy.PreemptiveAll,
 		A: fakepbx.Config{Clock: clock.Now, Call: fakepbx.CallConfig{ChallengeInDialog: true}}})
-	byesOf := func(c *call) []fakepbx.Request {
+	byesOf := func(c *siptest.Call) []fakepbx.Request {
 		t.Helper()
 		var out []fakepbx.Request
-		for _, r := range waitCallState(t, h.A, c.callID, fakepbx.StateTerminated).Requests {
+		for _, r := range waitCallState(t, h.A, c.CallID, fakepbx.StateTerminated).Requests {
 			if r.Method == "BYE" {
 				out = append(out, r)
 			}
@@ -225,16 +225,16 @@ func TestStrictNonceExpiresDuringCall(t *testing.T) {
 		return out
 	}
 	first := answeredCall(t, h, "udp")
-	waitAck(t, h.A, first.callID)
-	if res := first.request(sip.BYE, nil); res.StatusCode != 200 {
+	waitAck(t, h.A, first.CallID)
+	if res := first.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("first call's BYE: %d", res.StatusCode)
 	}
 	byesOf(first)
 
 	second := answeredCall(t, h, "udp")
-	waitAck(t, h.A, second.callID)
+	waitAck(t, h.A, second.CallID)
 	clock.Advance(fakepbx.StrictNonceLifetime + time.Second)
-	if res := second.request(sip.BYE, nil); res.StatusCode != 200 {
+	if res := second.Request(sip.BYE, nil); res.StatusCode != 200 {
 		t.Fatalf("BYE after the nonce expired: %d", res.StatusCode)
 	}
 	byes := byesOf(second)
