@@ -154,6 +154,7 @@ func sameTarget(ruri, contact sip.Uri) bool {
 	return ruri.User == contact.User && strings.EqualFold(host(ruri), host(contact)) && port(ruri) == port(contact)
 }
 
+// SplitAddr splits a "host:port" into host and port number.
 func SplitAddr(t *testing.T, addr string) (string, int) {
 	t.Helper()
 	h, p, err := net.SplitHostPort(addr)
@@ -164,6 +165,7 @@ func SplitAddr(t *testing.T, addr string) (string, int) {
 	return h, n
 }
 
+// Contact is the phone's Contact header: where it listens.
 func (ph *Phone) Contact() *sip.ContactHeader {
 	host, port := SplitAddr(ph.T, ph.Addr)
 	u := sip.Uri{Scheme: "sip", User: ph.User, Host: host, Port: port, UriParams: sip.NewParams()}
@@ -277,6 +279,7 @@ func (c *Call) newRequest(m sip.RequestMethod, target sip.Uri, routes []sip.Rout
 	return req
 }
 
+// Send sends req to authproxy in a client transaction.
 func (ph *Phone) Send(req *sip.Request) sip.ClientTransaction {
 	ph.T.Helper()
 	req.SetDestination(ph.Proxy)
@@ -319,6 +322,8 @@ func (c *Call) WaitFinal(timeout time.Duration) *sip.Response {
 	}
 }
 
+// learnDialog takes the dialog's remote tag, target and route set from a
+// response that establishes it (RFC 3261 §12.1.2).
 func (c *Call) learnDialog(res *sip.Response) {
 	c.ToTag, _ = res.To().Params.Get("tag")
 	if ct := res.Contact(); ct != nil {
