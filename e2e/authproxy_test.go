@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // upstreamConf is one [[upstream]] of an authproxy test config.
@@ -41,7 +42,7 @@ func authproxyTOML(listen string, ups []upstreamConf, creds []credentialConf) st
 	}
 	for _, u := range ups {
 		// preemptive = "off": these tests pin the challenge exchange on the
-		// wire (e2e/preemptive_test.go and bench/ cover preemptive answers).
+		// wire (proxy/scenarios/preemptive_test.go and bench/ cover preemptive answers).
 		fmt.Fprintf(&b, "[[upstream]]\nname = %s\naddress = %s\ntransport = %q\ndomains = [%s]\npreemptive = \"off\"\n\n",
 			tomlString(u.p.name), tomlString(u.addr), u.transport, tomlString(u.p.domain))
 	}
@@ -324,7 +325,7 @@ func testKamailioThroughAuthproxy(t *testing.T, pm preemptiveMode) {
 		t.Logf("authproxy config:\n%s", fileText(t, ap.ConfigPath()))
 	}
 
-	if pm.on() {
+	if pm.on {
 		t.Run("PreemptiveAnswersAccepted", func(t *testing.T) {
 			// Under the default, the isolation below must hold for answers
 			// sent before any challenge too: some must have been sent.
@@ -364,10 +365,10 @@ func testKamailioThroughAuthproxy(t *testing.T, pm preemptiveMode) {
 		tracesMu.Unlock()
 		for _, s := range secrets {
 			if i := strings.Index(logs, s); i >= 0 {
-				t.Errorf("authproxy's logs contain a password: ...%s...", excerptAround(logs, i))
+				t.Errorf("authproxy's logs contain a password: ...%s...", testutil.Excerpt(logs, i))
 			}
 			if i := strings.Index(all, s); i >= 0 {
-				t.Errorf("a SIP client received a password: ...%s...", excerptAround(all, i))
+				t.Errorf("a SIP client received a password: ...%s...", testutil.Excerpt(all, i))
 			}
 		}
 	})
@@ -389,11 +390,6 @@ func preemptiveAccepted(evs []peers.AuthEvent) int {
 		}
 	}
 	return n
-}
-
-// context50 returns up to 50 bytes around s[i], for a failure message.
-func excerptAround(s string, i int) string {
-	return s[max(0, i-25):min(len(s), i+25)]
 }
 
 func fileText(t *testing.T, path string) string {

@@ -186,13 +186,13 @@ func TestBaresipCall(t *testing.T) {
 			logs := ap.Logs()
 			for _, s := range pbx.passwords() {
 				if i := strings.Index(logs, s); i >= 0 {
-					t.Errorf("authproxy's logs contain a password: ...%s...", excerptAround(logs, i))
+					t.Errorf("authproxy's logs contain a password: ...%s...", testutil.Excerpt(logs, i))
 				}
 				if i := strings.Index(out, s); i >= 0 {
-					t.Errorf("baresip received a password: ...%s...", excerptAround(out, i))
+					t.Errorf("baresip received a password: ...%s...", testutil.Excerpt(out, i))
 				}
 				if i := strings.Index(uasRes.Messages, s); i >= 0 {
-					t.Errorf("the callee received a password: ...%s...", excerptAround(uasRes.Messages, i))
+					t.Errorf("the callee received a password: ...%s...", testutil.Excerpt(uasRes.Messages, i))
 				}
 			}
 			if t.Failed() {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // The calls interop topology (TestCallsThroughKamailio, TestBaresipCall):
@@ -256,10 +257,10 @@ func TestCallsThroughKamailio(t *testing.T) {
 		tracesMu.Unlock()
 		for _, s := range append(pbxA.p.passwords(), pbxB.p.passwords()...) {
 			if i := strings.Index(logs, s); i >= 0 {
-				t.Errorf("authproxy's logs contain a password: ...%s...", excerptAround(logs, i))
+				t.Errorf("authproxy's logs contain a password: ...%s...", testutil.Excerpt(logs, i))
 			}
 			if i := strings.Index(all, s); i >= 0 {
-				t.Errorf("a SIPp trace contains a password: ...%s...", excerptAround(all, i))
+				t.Errorf("a SIPp trace contains a password: ...%s...", testutil.Excerpt(all, i))
 			}
 		}
 	})

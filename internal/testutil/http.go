@@ -33,3 +33,8 @@ func PortOf(t *testing.T, addr string) int {
 	n, _ := strconv.Atoi(p)
 	return n
 }
+
+// Excerpt returns up to 50 bytes around s[i], for a failure message.
+func Excerpt(s string, i int) string {
+	return s[max(0, i-25):min(len(s), i+25)]
+}

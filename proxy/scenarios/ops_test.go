@@ -1,4 +1,4 @@
-package e2e
+package scenarios
 
 // Operations tests in process: metrics after a scripted scenario, health
 // checks flipping readiness, reloads during a call and under load. The

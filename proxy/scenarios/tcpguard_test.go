@@ -1,4 +1,4 @@
-package e2e
+package scenarios
 
 // Attacks on the TCP and TLS listeners, in process: each test configures
 // short limits, attacks, and waits for the event that proves the defence

@@ -1,4 +1,4 @@
-package e2e
+package scenarios
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/internal/siptest"
+	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
 )
@@ -42,16 +43,6 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// sipTrace receives every SIP message of the in-process tests through
-// authproxy's redacting tracer. sipgo's tracer is a package global read by
-// its transports, so it is installed once, before any test starts.
-var sipTrace = &syncBuffer{}
-
-func init() {
-	sip.SIPDebugTracer(proxy.Tracer{Log: slog.New(slog.NewTextHandler(sipTrace, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	sip.SIPDebug = true
 }
 
 // Passwords of the two fake PBXs' accounts; distinctive so that a grep for
@@ -794,7 +785,7 @@ func TestNoSecretsInLogsOrResponses(t *testing.T) {
 	for where, text := range map[string]string{"proxy logs": logs, "sip trace": sipTrace.String(), "responses to the client": responses.String()} {
 		for _, secret := range secrets {
 			if i := strings.Index(text, secret); i >= 0 {
-				t.Errorf("%q found in %s: ...%s...", secret, where, excerptAround(text, i))
+				t.Errorf("%q found in %s: ...%s...", secret, where, testutil.Excerpt(text, i))
 			}
 		}
 	}
