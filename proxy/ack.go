@@ -31,7 +31,7 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 			return
 		}
 	}
-	f := &forwarding{p: p, req: req, rt: p.rt.Load(), log: log, src: sourceAddr(req.Source()), ctx: context.Background()}
+	f := &forwarding{p: p, rt: p.rt.Load(), log: log, ctx: context.Background(), origin: origin{req: req, src: sourceAddr(req.Source())}}
 	if !f.routeQuiet() {
 		log.Debug("dropping ACK with no next hop")
 		return

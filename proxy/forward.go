@@ -44,40 +44,62 @@ func (p *Proxy) registerHandlers(srv *sipgo.Server) {
 
 // forwarding is the state of one request while it is forwarded, either
 // from a client to an upstream or, inside an established dialog, from the
-// upstream to the client.
+// upstream to the client. Its parts, embedded so that each field reads as
+// f.field: where the request came from (origin), where it goes
+// (destination), the challenge exchange (answering) and how it ended
+// (report).
 type forwarding struct {
-	p     *Proxy
-	rt    *routing // the configuration this request started with
-	req   *sip.Request
-	tx    sip.ServerTransaction
-	log   *slog.Logger
-	start time.Time
-	ctx   context.Context // bounds sends (a TCP dial) and waits for DNS
-	own   bool            // authproxy's own request (trunk registration, hang-up), re-sent as built
-	att   attempts        // where the request may go and is (failover.go)
+	p   *Proxy
+	rt  *routing        // the configuration this request started with
+	log *slog.Logger    // the request's logger (method, Call-ID)
+	ctx context.Context // bounds sends (a TCP dial) and waits for DNS
+	own bool            // authproxy's own request (trunk registration, hang-up), re-sent as built
+	origin
+	destination
+	answering
+	report
+}
 
-	hop      hop          // where the request goes
-	up       *upstream    // the upstream the request goes to (or comes from, toward a registered client); nil in a dialog toward a client
-	dlg      *dialog      // the dialog the request belongs to, if known
-	bind     *binding     // the registered client an upstream's request goes to (registrar.go)
-	group    *ClientGroup // the client group that admitted the request
+// origin is the request as it arrived and who sent it.
+type origin struct {
+	req      *sip.Request
+	tx       sip.ServerTransaction
+	start    time.Time
 	src      netip.Addr   // the sender's address
+	group    *ClientGroup // the client group that admitted the request
 	toClient bool         // the upstream sent it into a dialog, toward the client
+}
 
-	user    string        // SIP URI user credentials are looked up for
-	key     cseqKey       // the sender's CSeq space
-	fwd     *sip.Request  // the request as last sent
-	auth    []authAnswer  // answers carried by fwd
-	rounds  int           // challenges answered
-	realms  []string      // realms answered, for the log
-	credIDs []string      // credentials used, for the log (never secrets)
+// destination is where the request goes.
+type destination struct {
+	att  attempts  // where the request may go and is (failover.go)
+	hop  hop       // the next hop
+	up   *upstream // the upstream the request goes to (or comes from, toward a registered client); nil in a dialog toward a client
+	dlg  *dialog   // the dialog the request belongs to, if known
+	bind *binding  // the registered client an upstream's request goes to (registrar.go)
+}
+
+// answering is the challenge exchange: what was sent and answered
+// (challenge.go, preemptive.go).
+type answering struct {
+	user   string          // SIP URI user credentials are looked up for
+	key    cseqKey         // the sender's CSeq space
+	fwd    *sip.Request    // the request as last sent
+	auth   []authAnswer    // answers carried by fwd
+	rounds int             // challenges answered
+	tries  map[string]bool // protection domains already answered, to stop a loop
+	pre    preemptState    // answers sent before any challenge (preemptive.go)
+}
+
+// report is how the forwarding ended, for its log line and metrics.
+type report struct {
 	replied bool          // a final response went to the sender
 	status  int           // that response's code
 	outcome string        // short word for the log line
 	sentAt  time.Time     // when the request first went to the next hop
 	hopTime time.Duration // time from sentAt to the final response
-	tries   map[string]bool
-	pre     preemptState // answers sent before any challenge (preemptive.go)
+	realms  []string      // realms answered
+	credIDs []string      // credentials used (never secrets)
 }
 
 // authAnswer is one Authorization/Proxy-Authorization value we send, with
@@ -115,8 +137,9 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 // newForwarding starts the forwarding of req, answered through tx.
 func (p *Proxy) newForwarding(req *sip.Request, tx sip.ServerTransaction) *forwarding {
 	return &forwarding{
-		p: p, req: req, tx: tx, start: time.Now(), rt: p.rt.Load(), ctx: context.Background(),
-		log: withLazyAttrs(p.log, logMethod, req.Method.String(), logCallID, callID(req)),
+		p: p, rt: p.rt.Load(), ctx: context.Background(),
+		log:    withLazyAttrs(p.log, logMethod, req.Method.String(), logCallID, callID(req)),
+		origin: origin{req: req, tx: tx, start: time.Now()},
 	}
 }
 

@@ -408,8 +408,10 @@ func (f *forwarding) hangUpUpstream(res *sip.Response) {
 	}
 	bye := mk(sip.BYE, inv.CSeq().SeqNo+1)
 	g := &forwarding{
-		p: f.p, rt: f.rt, req: bye, tx: discardTx{}, log: f.log.With("hangup", true), ctx: context.Background(), own: true,
-		hop: f.hop, up: f.up, user: f.user, key: f.key, fwd: bye,
+		p: f.p, rt: f.rt, log: f.log.With("hangup", true), ctx: context.Background(), own: true,
+		origin:      origin{req: bye, tx: discardTx{}},
+		destination: destination{hop: f.hop, up: f.up},
+		answering:   answering{user: f.user, key: f.key, fwd: bye},
 	}
 	if t, ok := f.target(); ok {
 		g.att.targets = []resolve.Target{t} // where the 2xx came from, and nowhere else

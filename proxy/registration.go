@@ -503,8 +503,10 @@ func (tr *trunkReg) send(ctx context.Context, log *slog.Logger, rt *routing, up 
 	req.AppendHeader(sip.NewHeader("User-Agent", "authproxy"))
 	req.SetBody(nil)
 	f := &forwarding{
-		p: tr.p, rt: rt, req: req, tx: discardTx{}, log: log, start: time.Now(), ctx: ctx, own: true,
-		up: up, user: aor.User, key: cseqKey{callID: tr.callID, fromTag: tr.tag}, fwd: req,
+		p: tr.p, rt: rt, log: log, ctx: ctx, own: true,
+		origin:      origin{req: req, tx: discardTx{}, start: time.Now()},
+		destination: destination{up: up},
+		answering:   answering{user: aor.User, key: cseqKey{callID: tr.callID, fromTag: tr.tag}, fwd: req},
 	}
 	defer func() {
 		// The re-sends answering challenges took CSeq numbers of ours.

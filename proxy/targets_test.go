@@ -103,7 +103,7 @@ func TestFailoverDecisions(t *testing.T) {
 		{"Success", attempts{targets: ts, group: g, rest: g.members[1:]}, false, 200, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &forwarding{att: tc.att}
+			f := &forwarding{destination: destination{att: tc.att}}
 			if tc.dialog {
 				f.dlg = &dialog{}
 			}
