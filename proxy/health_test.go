@@ -29,7 +29,7 @@ func TestHealthCheckDefaults(t *testing.T) {
 // brackets IPv6 hosts in URIs, names TCP in the Request-URI, and each ping
 // has a Call-ID of its own.
 func TestHealthRequest(t *testing.T) {
-	p := &Proxy{listeners: []*boundListener{{transport: "TCP", ip: net.ParseIP("::1"), port: 5070, advertise: "::1"}}}
+	p := &Proxy{listenState: listenState{listeners: []*boundListener{{transport: "TCP", ip: net.ParseIP("::1"), port: 5070, advertise: "::1"}}}}
 	tg := literalTarget(netip.MustParseAddr("2001:db8::1"), 5080, "TCP", "2001:db8::1")
 	u := &upstream{Upstream: Upstream{Name: "v6"}, host: "2001:db8::1", port: 5080, transport: "TCP", literal: []resolve.Target{tg}}
 	r1, r2 := p.healthRequest(u, tg), p.healthRequest(u, tg)

@@ -16,7 +16,7 @@ import (
 //
 //	go test ./proxy -run '^$' -bench HostileChecks -benchmem
 func BenchmarkHostileChecks(b *testing.B) {
-	p := &Proxy{pins: newPinTable(), recent: newRecentDatagrams(), cfg: Config{UpstreamTimeout: time.Second, Observer: noObserver{}}}
+	p := &Proxy{sourceGuards: sourceGuards{pins: newPinTable(), recent: newRecentDatagrams()}, cfg: Config{UpstreamTimeout: time.Second, Observer: noObserver{}}}
 	p.rt.Store(&routing{})
 	p.limiter = newLimiter(Limits{})
 	const reqData = "MESSAGE sip:1002@pbx.example.com SIP/2.0\r\n" +

@@ -13,7 +13,7 @@ import (
 // is unknown; a released pin is gone at once, an INVITE's lingers for
 // pinLinger; a host name is pinned to every address it resolves to.
 func TestPinTable(t *testing.T) {
-	p := &Proxy{pins: newPinTable(), cfg: Config{UpstreamTimeout: time.Second, TimerC: time.Minute}}
+	p := &Proxy{sourceGuards: sourceGuards{pins: newPinTable()}, cfg: Config{UpstreamTimeout: time.Second, TimerC: time.Minute}}
 	up := netip.MustParseAddrPort("127.0.0.2:5060")
 	if err := p.pinRequest("z9hG4bK.a", sip.MESSAGE, "UDP", up.String()); err != nil {
 		t.Fatal(err)
@@ -79,7 +79,7 @@ func TestPinTableBound(t *testing.T) {
 // The datagram check looks at every branch of ours in the datagram,
 // wherever it is: one pinned elsewhere drops the datagram.
 func TestDatagramFromWhereSent(t *testing.T) {
-	p := &Proxy{pins: newPinTable(), cfg: Config{UpstreamTimeout: time.Second}}
+	p := &Proxy{sourceGuards: sourceGuards{pins: newPinTable()}, cfg: Config{UpstreamTimeout: time.Second}}
 	if err := p.pinRequest("z9hG4bK.ours", sip.MESSAGE, "UDP", "127.0.0.2:5060"); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func FuzzDatagramFromWhereSent(f *testing.F) {
 		f.Add([]byte(s), true)
 	}
 	f.Fuzz(func(t *testing.T, data []byte, fromPinned bool) {
-		p := &Proxy{pins: newPinTable(), cfg: Config{UpstreamTimeout: time.Second}}
+		p := &Proxy{sourceGuards: sourceGuards{pins: newPinTable()}, cfg: Config{UpstreamTimeout: time.Second}}
 		if err := p.pinRequest(branch, sip.INVITE, "UDP", "127.0.0.2:5060"); err != nil {
 			t.Fatal(err)
 		}

@@ -24,18 +24,36 @@ import (
 // Proxy is authproxy's SIP side: it serves clients on the configured
 // listeners, forwards their requests to the configured upstreams and answers
 // the upstreams' digest challenges with the configured credentials.
+//
+// Its parts are embedded, so that each field reads as p.field: the sipgo
+// stack it runs on, the tables of request and dialog state, the guards on
+// what sources send, the services kept per upstream, and the listeners.
 type Proxy struct {
 	cfg Config
 	log *slog.Logger
-	rt  atomic.Pointer[routing]
+	rt  atomic.Pointer[routing] // upstreams, groups, credentials: swapped whole by Reload
+	sipStack
+	stateTables
+	sourceGuards
+	upstreamServices
+	listenState
+}
 
+// sipStack is the sipgo user agent the proxy runs on, and what it adds to
+// sipgo's paths.
+type sipStack struct {
 	ua     *sipgo.UserAgent
 	srv    *sipgo.Server
 	client *sipgo.Client
-	lane   *fastLane // UDP out-of-dialog non-INVITE requests, without sipgo's transactions
+	lane   *fastLane   // UDP out-of-dialog non-INVITE requests, without sipgo's transactions
+	parser *sip.Parser // sipgo's parser, lenient about some headers (validate.go)
 	// strayWriter sends the responses handleStrayResponse relays.
 	strayWriter strayResponseWriter
+}
 
+// stateTables are what the proxy remembers about requests, dialogs and
+// challenges beyond one transaction.
+type stateTables struct {
 	cseq     *cseqTable
 	nonces   *nonceCounter
 	preempt  *authCache // challenges kept for preemptive answers (preemptive.go)
@@ -47,27 +65,38 @@ type Proxy struct {
 	// retransmission arriving after sipgo ended the server transaction
 	// (Timer L, 5 s) is absorbed instead of forwarded as a new INVITE.
 	accepted recentFinals
+}
+
+// sourceGuards decide what a source may send and which messages are
+// believed: limits, local authentication, response pinning, CANCEL
+// sources, TCP caps, and the throttles of what bad input logs.
+type sourceGuards struct {
 	limiter  *limiter
 	local    *localAuth
-	health   *healthChecker  // OPTIONS pings to the upstreams' targets (health.go)
-	regs     *regManager     // trunk registrations (registration.go)
-	targets  *targets        // what upstream names resolve to (targets.go)
-	tlsConn  *tlsConnector   // TLS connections to upstream targets, verified for their names (tlsconn.go)
-	tcp      *tcpguard.Guard // caps and deadlines of inbound TCP/TLS connections (listeners.go)
-
 	pins     *pinTable        // where each request with our branch went (pinning.go)
 	invites  *inviteSources   // where each INVITE came from, for its CANCEL (cancel.go)
 	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
-	parser   *sip.Parser      // sipgo's parser, lenient about some headers (validate.go)
+	tcp      *tcpguard.Guard  // caps and deadlines of inbound TCP/TLS connections (listeners.go)
 	inputLog *logThrottle     // lines about bad input, one per kind and interval
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
+}
 
+// upstreamServices run per upstream, beside the requests.
+type upstreamServices struct {
+	health  *healthChecker // OPTIONS pings to the upstreams' targets (health.go)
+	regs    *regManager    // trunk registrations (registration.go)
+	targets *targets       // what upstream names resolve to (targets.go)
+	tlsConn *tlsConnector  // TLS connections to upstream targets, verified for their names (tlsconn.go)
+}
+
+// listenState is the bound listeners and the requests in flight, guarded
+// by mu where noted.
+type listenState struct {
 	mu        sync.Mutex
 	listeners []*boundListener
 	runCtx    context.Context
-
-	flight inflight
+	flight    inflight
 }
 
 // boundListener is a Listener after bind: its real port and the host we
@@ -125,21 +154,25 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy config: %w", err)
 	}
 	p := &Proxy{
-		cfg:      cfg,
-		log:      log,
-		targets:  tg,
-		cseq:     newCSeqTable(),
-		nonces:   newNonceCounter(),
-		preempt:  newAuthCache(),
-		dialogs:  newDialogTable(),
-		bindings: newBindingTable(),
-		limiter:  newLimiter(cfg.Limits),
-		local:    newLocalAuth(),
-		pins:     newPinTable(),
-		invites:  newInviteSources(cfg.TimerC),
-		recent:   newRecentDatagrams(),
-		parser:   sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers())),
-		inputLog: newLogThrottle(sipgoLogInterval),
+		cfg:              cfg,
+		log:              log,
+		upstreamServices: upstreamServices{targets: tg},
+		sipStack:         sipStack{parser: sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers()))},
+		stateTables: stateTables{
+			cseq:     newCSeqTable(),
+			nonces:   newNonceCounter(),
+			preempt:  newAuthCache(),
+			dialogs:  newDialogTable(),
+			bindings: newBindingTable(),
+		},
+		sourceGuards: sourceGuards{
+			limiter:  newLimiter(cfg.Limits),
+			local:    newLocalAuth(),
+			pins:     newPinTable(),
+			invites:  newInviteSources(cfg.TimerC),
+			recent:   newRecentDatagrams(),
+			inputLog: newLogThrottle(sipgoLogInterval),
+		},
 	}
 	rt, err := p.newRouting(cfg, ups)
 	if err != nil {

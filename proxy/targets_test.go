@@ -177,7 +177,7 @@ func TestRetryAfter(t *testing.T) {
 // TestUsableTargets: targets of a family no listener serves are dropped;
 // targets marked down or avoided come after none... unless all are.
 func TestUsableTargets(t *testing.T) {
-	p := &Proxy{listeners: []*boundListener{{transport: "UDP", ip: net.ParseIP("192.0.2.10")}}}
+	p := &Proxy{listenState: listenState{listeners: []*boundListener{{transport: "UDP", ip: net.ParseIP("192.0.2.10")}}}}
 	p.health = newHealthChecker(p, HealthCheck{})
 	u := &upstream{Upstream: Upstream{Name: "u"}}
 	t1 := literalTarget(netip.MustParseAddr("192.0.2.1"), 5060, "UDP", "t1")
