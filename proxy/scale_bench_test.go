@@ -56,11 +56,13 @@ func benchDialogs(b *testing.B, n int) {
 	sp.fillDialogs(b, n)
 	fill := time.Since(start)
 	fresh := liveHeap()
+	heapProfile(b, fmt.Sprintf("dialogs-%d-fresh", n))
 	sp.settle()
 	after := liveHeap()
 	if got := sp.p.DialogCount(); got != n {
 		b.Fatalf("%d dialogs after %d calls", got, n)
 	}
+	heapProfile(b, fmt.Sprintf("dialogs-%d", n))
 	state := func(b *testing.B) {
 		b.ReportMetric(perItem(before, after, n), "heapB/dialog")
 		b.ReportMetric(perItem(before, fresh, n), "freshB/dialog")
@@ -156,6 +158,7 @@ func benchBindings(b *testing.B, n int) {
 	if got := len(sp.p.Bindings()); got != n {
 		b.Fatalf("%d bindings after %d registrations", got, n)
 	}
+	heapProfile(b, fmt.Sprintf("bindings-%d", n))
 	state := func(b *testing.B) {
 		b.ReportMetric(perItem(before, after, n), "heapB/binding")
 		b.ReportMetric(perItem(before, fresh, n), "freshB/binding")

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,6 +60,25 @@ func liveHeap() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// heapProfile writes a heap profile named name to the directory
+// AUTHPROXY_BENCH_HEAPPROFILE, when that is set (after a collection, so
+// its in-use figures are the live heap).
+func heapProfile(tb testing.TB, name string) {
+	dir := os.Getenv("AUTHPROXY_BENCH_HEAPPROFILE")
+	if dir == "" {
+		return
+	}
+	runtime.GC()
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // perItem is the heap grown from before to after, per item, in bytes.
@@ -145,12 +166,13 @@ func newScaleProxy(tb testing.TB, cfg Config) *scaleProxy {
 // own address; a client (anything else) accepts everything. ACKs are
 // counted, no transaction is made for them. It keeps weak pointers to the
 // transactions it makes, so that settle can end those still waiting on a
-// timer.
+// timer, and when it last made one for an INVITE.
 type scaleDouble struct {
-	log  *slog.Logger
-	acks atomic.Int64
-	mu   sync.Mutex
-	txs  []weak.Pointer[sip.ClientTx]
+	log        *slog.Logger
+	acks       atomic.Int64
+	lastInvite atomic.Int64 // unix nanoseconds
+	mu         sync.Mutex
+	txs        []weak.Pointer[sip.ClientTx]
 }
 
 func (d *scaleDouble) Request(_ context.Context, req *sip.Request) (sip.ClientTransaction, error) {
@@ -169,6 +191,9 @@ func (d *scaleDouble) Request(_ context.Context, req *sip.Request) (sip.ClientTr
 	d.mu.Lock()
 	d.txs = append(d.txs, weak.Make(tx))
 	d.mu.Unlock()
+	if req.IsInvite() {
+		d.lastInvite.Store(time.Now().UnixNano())
+	}
 	go tx.Receive(scaleAnswer(req))
 	return tx, nil
 }
@@ -194,12 +219,18 @@ func scaleAnswer(req *sip.Request) *sip.Response {
 }
 
 // settle ends the double's transactions still held by a timer (an INVITE's
-// for Timer M or D, 32 s; a non-INVITE's for Timer K, 5 s) and sweeps
-// what the proxy keeps for 64*T1 at most (2xx-answered INVITEs, ended
-// dialogs, response pins) and the limiter's idle sources, as time and the
-// proxy's 30 s sweeper would. What is left is state that outlives a call
-// setup or a request: dialogs, bindings, CSeq offsets.
+// for Timer D, 32 s, after a non-2xx; a non-INVITE's for Timer K, 5 s),
+// waits out Timer M (64*T1) of the last INVITE answered 2xx (sipgo's
+// Terminate leaves that timer running, and its hook holds the INVITE's
+// forwarding), and sweeps what the proxy keeps for 64*T1 at most
+// (2xx-answered INVITEs, ended dialogs, response pins) and the limiter's
+// idle sources, as time and the proxy's 30 s sweeper would. What is left
+// is state that outlives a call setup or a request: dialogs, bindings,
+// CSeq offsets.
 func (sp *scaleProxy) settle() {
+	if t := sp.double.lastInvite.Swap(0); t != 0 {
+		time.Sleep(time.Until(time.Unix(0, t).Add(sip.Timer_M + 500*time.Millisecond)))
+	}
 	sp.double.mu.Lock()
 	txs := sp.double.txs
 	sp.double.txs = nil
@@ -222,11 +253,11 @@ func (sp *scaleProxy) settle() {
 // write (ACKs for non-2xx, retransmissions) goes nowhere.
 type discardConn struct{}
 
-func (discardConn) LocalAddr() net.Addr          { return nil }
-func (discardConn) WriteMsg(sip.Message) error   { return nil }
-func (discardConn) Ref(int) int                  { return 1 }
-func (discardConn) TryClose() (int, error)       { return 1, nil }
-func (discardConn) Close() error                 { return nil }
+func (discardConn) LocalAddr() net.Addr        { return nil }
+func (discardConn) WriteMsg(sip.Message) error { return nil }
+func (discardConn) Ref(int) int                { return 1 }
+func (discardConn) TryClose() (int, error)     { return 1, nil }
+func (discardConn) Close() error               { return nil }
 
 // parse parses raw as a request that came over UDP from src.
 func (sp *scaleProxy) parse(tb testing.TB, raw, src string) *sip.Request {
