@@ -2,6 +2,10 @@ package credentials_test
 
 import (
 	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strconv"
 	"testing"
 
 	"github.com/authproxy/authproxy/credentials"
@@ -37,19 +41,23 @@ func benchEntries(n int) []credentials.Entry {
 	return entries
 }
 
+// lookupCases are the asks of the Lookup benchmarks, each answered by an
+// entry of benchEntries (of at least 7 entries) or by nothing.
+var lookupCases = []struct {
+	name string
+	ask  ask
+	want string
+}{
+	{"hit-hostport-realm-user", ask{"h0.example.net:5060", "realm0", "user0"}, "auth0"},
+	{"hit-host", ask{"h3.example.net:5070", "realm-x", "user-x"}, "auth3"},
+	{"hit-host-uppercase", ask{"H3.EXAMPLE.NET:5070", "realm-x", "user-x"}, "auth3"},
+	{"hit-realm", ask{"other.example.net:5060", "realm5", "user-x"}, "auth5"},
+	{"hit-user", ask{"other.example.net:5060", "realm-x", "user6"}, "auth6"},
+	{"miss-anonymous", ask{"other.example.net:5060", "realm-x", "user-x"}, "anonymous"},
+}
+
 func BenchmarkLookup(b *testing.B) {
-	cases := []struct {
-		name string
-		ask  ask
-		want string
-	}{
-		{"hit-hostport-realm-user", ask{"h0.example.net:5060", "realm0", "user0"}, "auth0"},
-		{"hit-host", ask{"h3.example.net:5070", "realm-x", "user-x"}, "auth3"},
-		{"hit-host-uppercase", ask{"H3.EXAMPLE.NET:5070", "realm-x", "user-x"}, "auth3"},
-		{"hit-realm", ask{"other.example.net:5060", "realm5", "user-x"}, "auth5"},
-		{"hit-user", ask{"other.example.net:5060", "realm-x", "user6"}, "auth6"},
-		{"miss-anonymous", ask{"other.example.net:5060", "realm-x", "user-x"}, "anonymous"},
-	}
+	cases := lookupCases
 	for _, n := range []int{10, 100_000} {
 		s, err := credentials.NewStore(benchEntries(n))
 		if err != nil {
@@ -96,4 +104,76 @@ func TestLookupDoesNotAllocate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkScaleStore measures a store of 1M credentials (benchEntries,
+// each with a password of its own; AUTHPROXY_BENCH_SCALE=0.01 makes it
+// 10k):
+//
+//   - build: NewStore of all of them (ns/op is the build time), with
+//     heapB/entry and heapMB, the live heap the store holds once the
+//     entries it was built from are dropped (its strings and secrets
+//     included);
+//
+//   - lookup-*: Lookup, for each of lookupCases.
+//
+//     go test -run '^$' -bench ScaleStore ./credentials
+func BenchmarkScaleStore(b *testing.B) {
+	n := 1_000_000
+	if v := os.Getenv("AUTHPROXY_BENCH_SCALE"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f <= 0 {
+			b.Fatalf("AUTHPROXY_BENCH_SCALE=%q: want a positive number", v)
+		}
+		n = max(7, int(math.Round(float64(n)*f)))
+	}
+	before := liveHeap()
+	entries := scaleEntries(n)
+	s, err := credentials.NewStore(entries)
+	if err != nil {
+		b.Fatal(err)
+	}
+	entries = nil
+	after := liveHeap() // the store and the strings it shares with entries
+	b.Run(fmt.Sprintf("entries=%d/build", n), func(b *testing.B) {
+		entries := scaleEntries(n)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := credentials.NewStore(entries); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric((float64(after)-float64(before))/float64(n), "heapB/entry")
+		b.ReportMetric((float64(after)-float64(before))/(1<<20), "heapMB")
+	})
+	for _, c := range lookupCases {
+		b.Run(fmt.Sprintf("entries=%d/lookup-%s", n, c.name), func(b *testing.B) {
+			if got := s.Lookup(c.ask.server, c.ask.realm, c.ask.user); got.Username != c.want {
+				b.Fatalf("Lookup(%v) = %v, want %s", c.ask, got, c.want)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Lookup(c.ask.server, c.ask.realm, c.ask.user)
+			}
+		})
+	}
+}
+
+// scaleEntries is benchEntries(n) with a password of its own per entry,
+// as a real configuration has.
+func scaleEntries(n int) []credentials.Entry {
+	entries := benchEntries(n)
+	for i := range entries {
+		entries[i].Password = credentials.NewSecret("pw-" + strconv.Itoa(i))
+	}
+	return entries
+}
+
+// liveHeap is the heap the program holds after two collections.
+func liveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
