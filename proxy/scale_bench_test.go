@@ -41,8 +41,9 @@ import (
 // BenchmarkScaleDialogs fills the dialog table with 1k, 10k and 100k
 // calls (INVITE, 407, INVITE with credentials, 200, ACK), each from a
 // client address of its own, and measures with them up: an out-of-dialog
-// challenged MESSAGE (message), an INFO in one of the dialogs (info), and
-// a whole call set up and hung up (call: INVITE challenged, ACK, BYE).
+// challenged MESSAGE (message), an INFO in one of the dialogs (info), a
+// whole call set up and hung up (call: INVITE challenged, ACK, BYE), and
+// the periodic sweep of the proxy's tables (sweep).
 func BenchmarkScaleDialogs(b *testing.B) {
 	for _, n := range []int{scaled(b, 1000, 1), scaled(b, 10_000, 1), scaled(b, 100_000, 1)} {
 		b.Run(fmt.Sprintf("dialogs=%d", n), func(b *testing.B) { benchDialogs(b, n) })
@@ -94,6 +95,31 @@ func benchDialogs(b *testing.B, n int) {
 		}
 		state(b)
 	})
+	b.Run("sweep", func(b *testing.B) {
+		sp.benchSweep(b)
+		state(b)
+	})
+}
+
+// benchSweep measures one round of the sweeps the running proxy makes
+// every 30 s (Proxy.Run): each holds its table's lock while it walks the
+// whole table, so ns/op is about how long requests needing those tables
+// may wait for it.
+func (sp *scaleProxy) benchSweep(b *testing.B) {
+	p := sp.p
+	b.ReportAllocs()
+	for b.Loop() {
+		now := time.Now()
+		p.cseq.sweep(now)
+		p.nonces.sweep(now)
+		p.preempt.sweep(now)
+		p.dialogs.sweep(now, p.cfg.DialogIdleTimeout)
+		p.bindings.sweep(now)
+		p.finals.sweep(now)
+		p.accepted.sweep(now)
+		p.limiter.sweep(now)
+		p.pins.sweep(now)
+	}
 }
 
 // fillDialogs sets up n calls through upstream pbx-0, call i from
@@ -133,8 +159,10 @@ func (sp *scaleProxy) measure(b *testing.B, op func(k int)) {
 // table's bound, maxBindings), each AOR u<i> from a client address of
 // its own (REGISTER, 407, REGISTER with credentials, 200), and measures
 // with them registered: a MESSAGE the upstream sends to one of the
-// contacts (inbound), and a client's refresh of its registration
-// (refresh).
+// contacts (inbound), a client's refresh of its registration (refresh),
+// a client removing all its bindings (REGISTER with "Contact: *" and
+// Expires: 0, RFC 3261 §10.2.2) and registering again (unregister-all),
+// and the periodic sweep of the proxy's tables (sweep).
 func BenchmarkScaleBindings(b *testing.B) {
 	for _, n := range []int{scaled(b, 1000, 1), scaled(b, maxBindings, 1)} {
 		b.Run(fmt.Sprintf("bindings=%d", n), func(b *testing.B) { benchBindings(b, n) })
@@ -179,6 +207,21 @@ func benchBindings(b *testing.B, n int) {
 		if got := len(sp.p.Bindings()); got != n {
 			b.Fatalf("%d bindings after the refreshes, want %d", got, n)
 		}
+		state(b)
+	})
+	b.Run("unregister-all", func(b *testing.B) {
+		sp.measure(b, func(k int) {
+			i := scatter(k, n)
+			sp.send(b, scaleUnregisterAll("ua"+strconv.Itoa(k), i, 2+k), scaleClientAddr(i))
+			sp.send(b, scaleRegister("ra"+strconv.Itoa(k), i, 2+k), scaleClientAddr(i))
+		})
+		if got := len(sp.p.Bindings()); got != n {
+			b.Fatalf("%d bindings after unregistering and registering again, want %d", got, n)
+		}
+		state(b)
+	})
+	b.Run("sweep", func(b *testing.B) {
+		sp.benchSweep(b)
 		state(b)
 	})
 }

@@ -333,6 +333,17 @@ func scaleRegister(id string, i, seq int) string {
 		"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
 }
 
+// scaleUnregisterAll removes every binding of user u<i> (RFC 3261
+// §10.2.2).
+func scaleUnregisterAll(id string, i, seq int) string {
+	aor := "sip:u" + strconv.Itoa(i) + "@pbx0.example.com"
+	return "REGISTER sip:pbx0.example.com SIP/2.0\r\n" +
+		"Via: SIP/2.0/UDP " + scaleClientAddr(i) + ";branch=z9hG4bK-r" + id + ";rport\r\n" +
+		"From: <" + aor + ">;tag=r" + strconv.Itoa(i) + "\r\nTo: <" + aor + ">\r\n" +
+		"Call-ID: reg-" + strconv.Itoa(i) + "\r\nCSeq: " + strconv.Itoa(seq) + " REGISTER\r\n" +
+		"Contact: *\r\nExpires: 0\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+}
+
 // scaleInbound is a MESSAGE upstream 0 sends to the contact client i
 // registered.
 func scaleInbound(id string, i int) string {
