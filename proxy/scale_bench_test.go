@@ -125,7 +125,7 @@ func (sp *scaleProxy) benchSweep(b *testing.B) {
 // fillDialogs sets up n calls through upstream pbx-0, call i from
 // scaleClientAddr(i), and sweeps the limiter's idle sources every 10,000
 // calls as the proxy's sweeper would (it holds 100,000 sources at most).
-func (sp *scaleProxy) fillDialogs(b *testing.B, n int) {
+func (sp *scaleProxy) fillDialogs(b testing.TB, n int) {
 	acks := sp.double.acks.Load()
 	for i := range n {
 		id := strconv.Itoa(i)
@@ -173,12 +173,7 @@ func benchBindings(b *testing.B, n int) {
 	sp := newScaleProxy(b, scaleConfig(2, scaleStore(b)))
 	before := liveHeap()
 	start := time.Now()
-	for i := range n {
-		sp.send(b, scaleRegister("f"+strconv.Itoa(i), i, 1), scaleClientAddr(i))
-		if i%10_000 == 9999 {
-			sp.p.limiter.sweep(time.Now())
-		}
-	}
+	sp.fillBindings(b, n)
 	fill := time.Since(start)
 	fresh := liveHeap()
 	sp.settle()
@@ -224,6 +219,17 @@ func benchBindings(b *testing.B, n int) {
 		sp.benchSweep(b)
 		state(b)
 	})
+}
+
+// fillBindings registers u0..u(n-1), u<i> from scaleClientAddr(i),
+// sweeping the limiter as fillDialogs does.
+func (sp *scaleProxy) fillBindings(b testing.TB, n int) {
+	for i := range n {
+		sp.send(b, scaleRegister("f"+strconv.Itoa(i), i, 1), scaleClientAddr(i))
+		if i%10_000 == 9999 {
+			sp.p.limiter.sweep(time.Now())
+		}
+	}
 }
 
 // BenchmarkScaleCredentials measures a challenged MESSAGE through the

@@ -166,11 +166,13 @@ func newScaleProxy(tb testing.TB, cfg Config) *scaleProxy {
 // own address; a client (anything else) accepts everything. ACKs are
 // counted, no transaction is made for them. It keeps weak pointers to the
 // transactions it makes, so that settle can end those still waiting on a
-// timer, and when it last made one for an INVITE.
+// timer, when it last made one for an INVITE, and where the last request
+// went.
 type scaleDouble struct {
 	log        *slog.Logger
 	acks       atomic.Int64
 	lastInvite atomic.Int64 // unix nanoseconds
+	lastDest   atomic.Pointer[string]
 	mu         sync.Mutex
 	txs        []weak.Pointer[sip.ClientTx]
 }
@@ -180,6 +182,8 @@ func (d *scaleDouble) Request(_ context.Context, req *sip.Request) (sip.ClientTr
 		d.acks.Add(1)
 		return nil, nil
 	}
+	dst := req.Destination()
+	d.lastDest.Store(&dst)
 	key, err := sip.ClientTxKeyMake(req)
 	if err != nil {
 		return nil, fmt.Errorf("scale double: %w", err)
@@ -359,4 +363,34 @@ func scaleInbound(id string, i int) string {
 // over the table rather than walking it in order.
 func scatter(k, n int) int {
 	return int(uint64(k) * 2654435761 % uint64(n))
+}
+
+// TestScaleHarness keeps the scale benchmarks' requests working through
+// the handler: calls leave dialogs whose INFO, ACK and BYE go through,
+// registrations leave bindings an upstream's MESSAGE reaches, and
+// "Contact: *" removes them.
+func TestScaleHarness(t *testing.T) {
+	sp := newScaleProxy(t, scaleConfig(3, scaleStore(t)))
+	sp.fillDialogs(t, 3)
+	if n := sp.p.DialogCount(); n != 3 {
+		t.Fatalf("%d dialogs after 3 calls", n)
+	}
+	sp.send(t, scaleInDialog("INFO", "1", 1, 0, 2, "t-info"), scaleClientAddr(1))
+	sp.send(t, scaleInDialog("BYE", "1", 1, 0, 3, "t-bye"), scaleClientAddr(1))
+	if n := sp.p.DialogCount(); n != 2 {
+		t.Fatalf("%d dialogs after a BYE, want 2", n)
+	}
+	sp.send(t, scaleMessage("t-last", 0, 2), scaleClientAddr(0))
+	if got := *sp.double.lastDest.Load(); got != scaleUpstreamAddr(2) {
+		t.Fatalf("a MESSAGE to pbx2.example.com went to %s, want %s", got, scaleUpstreamAddr(2))
+	}
+	sp.fillBindings(t, 2)
+	sp.send(t, scaleInbound("t-in", 1), scaleUpstreamAddr(0))
+	if got := *sp.double.lastDest.Load(); got != scaleClientAddr(1) {
+		t.Fatalf("the upstream's MESSAGE to u1 went to %s, want its contact %s", got, scaleClientAddr(1))
+	}
+	sp.send(t, scaleUnregisterAll("t-ua", 1, 2), scaleClientAddr(1))
+	if n := len(sp.p.Bindings()); n != 1 {
+		t.Fatalf("%d bindings after unregistering one AOR of 2, want 1", n)
+	}
 }
