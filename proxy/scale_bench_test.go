@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
+
 	"github.com/authproxy/authproxy/credentials"
 )
 
@@ -95,30 +97,38 @@ func benchDialogs(b *testing.B, n int) {
 		}
 		state(b)
 	})
-	b.Run("sweep", func(b *testing.B) {
-		sp.benchSweep(b)
-		state(b)
-	})
+	sp.benchSweep(b, state)
 }
 
-// benchSweep measures one round of the sweeps the running proxy makes
+// benchSweep measures, table by table, the sweeps the running proxy makes
 // every 30 s (Proxy.Run): each holds its table's lock while it walks the
-// whole table, so ns/op is about how long requests needing those tables
-// may wait for it.
-func (sp *scaleProxy) benchSweep(b *testing.B) {
+// whole table, so ns/op is about how long requests needing that table may
+// wait for it.
+func (sp *scaleProxy) benchSweep(b *testing.B, state func(*testing.B)) {
 	p := sp.p
-	b.ReportAllocs()
-	for b.Loop() {
-		now := time.Now()
-		p.cseq.sweep(now)
-		p.nonces.sweep(now)
-		p.preempt.sweep(now)
-		p.dialogs.sweep(now, p.cfg.DialogIdleTimeout)
-		p.bindings.sweep(now)
-		p.finals.sweep(now)
-		p.accepted.sweep(now)
-		p.limiter.sweep(now)
-		p.pins.sweep(now)
+	for _, t := range []struct {
+		name  string
+		sweep func(time.Time)
+	}{
+		{"cseq", p.cseq.sweep},
+		{"dialogs", func(now time.Time) { p.dialogs.sweep(now, p.cfg.DialogIdleTimeout) }},
+		{"bindings", p.bindings.sweep},
+		{"pins", p.pins.sweep},
+		{"limiter", p.limiter.sweep},
+		{"rest", func(now time.Time) {
+			p.nonces.sweep(now)
+			p.preempt.sweep(now)
+			p.finals.sweep(now)
+			p.accepted.sweep(now)
+		}},
+	} {
+		b.Run("sweep-"+t.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				t.sweep(time.Now())
+			}
+			state(b)
+		})
 	}
 }
 
@@ -141,16 +151,19 @@ func (sp *scaleProxy) fillDialogs(b testing.TB, n int) {
 }
 
 // measure runs op(0), op(1), ... for the benchmark's iterations, then
-// reports the live heap they left behind once settled (liveB/op).
+// reports the CPU time the garbage collector spent meanwhile (gc-ns/op)
+// and the live heap they left behind once settled (liveB/op).
 func (sp *scaleProxy) measure(b *testing.B, op func(k int)) {
 	b.ReportAllocs()
 	sp.settle()
 	before := liveHeap()
+	gc := gcCPU()
 	k := 0
 	for b.Loop() {
 		op(k)
 		k++
 	}
+	b.ReportMetric(float64((gcCPU()-gc).Nanoseconds())/float64(k), "gc-ns/op")
 	sp.settle()
 	b.ReportMetric(perItem(before, liveHeap(), k), "liveB/op")
 }
@@ -215,10 +228,7 @@ func benchBindings(b *testing.B, n int) {
 		}
 		state(b)
 	})
-	b.Run("sweep", func(b *testing.B) {
-		sp.benchSweep(b)
-		state(b)
-	})
+	sp.benchSweep(b, state)
 }
 
 // fillBindings registers u0..u(n-1), u<i> from scaleClientAddr(i),
@@ -287,7 +297,8 @@ func scaleEntries(n int) []credentials.Entry {
 
 // BenchmarkScaleUpstreams configures 2 and 500 upstreams, each serving
 // one domain, and measures a challenged MESSAGE routed by domain to the
-// first upstream and to the last, and building the configuration: New
+// first upstream and to the last (message-*), the routing decision alone
+// (route-*: routing.matchRoute), and building the configuration: New
 // (validation, routing, source index) and Reload of the same
 // configuration on a proxy that is not running.
 func BenchmarkScaleUpstreams(b *testing.B) {
@@ -298,11 +309,21 @@ func BenchmarkScaleUpstreams(b *testing.B) {
 			for _, c := range []struct {
 				name string
 				up   int
-			}{{"message-first", 0}, {"message-last", n - 1}} {
-				b.Run(c.name, func(b *testing.B) {
+			}{{"first", 0}, {"last", n - 1}} {
+				b.Run("message-"+c.name, func(b *testing.B) {
 					sp.measure(b, func(k int) {
 						sp.send(b, scaleMessage("um"+strconv.Itoa(k), k%1000, c.up), scaleClientAddr(k%1000))
 					})
+				})
+				b.Run("route-"+c.name, func(b *testing.B) {
+					u := sip.Uri{Scheme: "sip", User: "1002", Host: "pbx" + strconv.Itoa(c.up) + ".example.com"}
+					rt := sp.p.rt.Load()
+					b.ReportAllocs()
+					for b.Loop() {
+						if up, _ := rt.matchRoute(u); up == nil || up.Name != "pbx-"+strconv.Itoa(c.up) {
+							b.Fatalf("%s routed to %v", u.Host, up)
+						}
+					}
 				})
 			}
 			b.Run("new", func(b *testing.B) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -79,6 +80,18 @@ func heapProfile(tb testing.TB, name string) {
 	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// gcCPU is the CPU time the garbage collector has used so far
+// (runtime/metrics, /cpu/classes/gc/total:cpu-seconds: an estimate the
+// runtime updates at each collection).
+func gcCPU() time.Duration {
+	s := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64 {
+		return 0
+	}
+	return time.Duration(s[0].Value.Float64() * float64(time.Second))
 }
 
 // perItem is the heap grown from before to after, per item, in bytes.
