@@ -30,12 +30,13 @@ import (
 // table, full, before and after it settled.
 //
 // Custom metrics:
-//   - heapB/dialog, heapB/binding, heapB/entry: live heap (after GC) grown
-//     by filling the table, per item, once what only lasts a
-//     transaction's timers (64*T1 at most) has ended (scaleProxy.settle).
+//   - heapB/dialog, heapB/binding: live heap (after GC) grown by filling
+//     the table, per item, once what only lasts a transaction's timers
+//     (32 s at most) has ended (scaleProxy.settle).
 //   - freshB/dialog, freshB/binding: the same right after the fill, those
-//     timers still running (sipgo keeps an answered INVITE's client
-//     transaction for Timer M, 32 s).
+//     timers still running (sipgo keeps a challenged request's client
+//     transaction for Timer D, 32 s, and an answered INVITE's for
+//     Timer M).
 //   - heapMB: the settled heap the whole table adds.
 //   - fill-ns/dialog, fill-ns/binding: the fill's wall time per item
 //     (INVITE challenged and answered 200, then ACK; REGISTER challenged

@@ -179,15 +179,14 @@ func newScaleProxy(tb testing.TB, cfg Config) *scaleProxy {
 // own address; a client (anything else) accepts everything. ACKs are
 // counted, no transaction is made for them. It keeps weak pointers to the
 // transactions it makes, so that settle can end those still waiting on a
-// timer, when it last made one for an INVITE, and where the last request
-// went.
+// timer, when it last made one, and where its request went.
 type scaleDouble struct {
-	log        *slog.Logger
-	acks       atomic.Int64
-	lastInvite atomic.Int64 // unix nanoseconds
-	lastDest   atomic.Pointer[string]
-	mu         sync.Mutex
-	txs        []weak.Pointer[sip.ClientTx]
+	log      *slog.Logger
+	acks     atomic.Int64
+	last     atomic.Int64 // unix nanoseconds
+	lastDest atomic.Pointer[string]
+	mu       sync.Mutex
+	txs      []weak.Pointer[sip.ClientTx]
 }
 
 func (d *scaleDouble) Request(_ context.Context, req *sip.Request) (sip.ClientTransaction, error) {
@@ -208,9 +207,7 @@ func (d *scaleDouble) Request(_ context.Context, req *sip.Request) (sip.ClientTr
 	d.mu.Lock()
 	d.txs = append(d.txs, weak.Make(tx))
 	d.mu.Unlock()
-	if req.IsInvite() {
-		d.lastInvite.Store(time.Now().UnixNano())
-	}
+	d.last.Store(time.Now().UnixNano())
 	go tx.Receive(scaleAnswer(req))
 	return tx, nil
 }
@@ -235,18 +232,21 @@ func scaleAnswer(req *sip.Request) *sip.Response {
 	return res
 }
 
-// settle ends the double's transactions still held by a timer (an INVITE's
-// for Timer D, 32 s, after a non-2xx; a non-INVITE's for Timer K, 5 s),
-// waits out Timer M (64*T1) of the last INVITE answered 2xx (sipgo's
-// Terminate leaves that timer running, and its hook holds the INVITE's
-// forwarding), and sweeps what the proxy keeps for 64*T1 at most
-// (2xx-answered INVITEs, ended dialogs, response pins) and the limiter's
-// idle sources, as time and the proxy's 30 s sweeper would. What is left
-// is state that outlives a call setup or a request: dialogs, bindings,
-// CSeq offsets.
+// settle lets every transaction timer of the requests so far run out, as
+// a quiet minute would: it waits until Timer D (32 s, which sipgo also
+// applies as Timer K to non-INVITE transactions over UDP) after the
+// double's last transaction began, since sipgo may arm that timer after
+// the transaction was terminated (the proxy ends a challenged
+// transaction as soon as it has its 407, and sipgo's actFinal starts the
+// timer afterwards), and such a timer holds the transaction and the
+// proxy's hooks on it; then it ends the transactions still open, and
+// sweeps what the proxy keeps for 64*T1 at most (2xx-answered INVITEs,
+// ended dialogs, response pins) and the limiter's idle sources, as the
+// proxy's 30 s sweeper would. What is left is state that outlives a call
+// setup or a request: dialogs, bindings, CSeq offsets.
 func (sp *scaleProxy) settle() {
-	if t := sp.double.lastInvite.Swap(0); t != 0 {
-		time.Sleep(time.Until(time.Unix(0, t).Add(sip.Timer_M + 500*time.Millisecond)))
+	if t := sp.double.last.Swap(0); t != 0 {
+		time.Sleep(time.Until(time.Unix(0, t).Add(max(sip.Timer_D, sip.Timer_M) + time.Second)))
 	}
 	sp.double.mu.Lock()
 	txs := sp.double.txs
