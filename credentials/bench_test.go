@@ -106,36 +106,38 @@ func TestLookupDoesNotAllocate(t *testing.T) {
 	}
 }
 
-// BenchmarkScaleStore measures a store of 1M credentials (benchEntries,
-// each with a password of its own; AUTHPROXY_BENCH_SCALE=0.01 makes it
-// 10k):
-//
+// BenchmarkScaleStore measures stores of 1k and 1M credentials
+// (benchEntries, each with a password of its own;
+// AUTHPROXY_BENCH_SCALE=0.01 divides the sizes by 100):
 //   - build: NewStore of all of them (ns/op is the build time), with
 //     heapB/entry and heapMB, the live heap the store holds once the
 //     entries it was built from are dropped (its strings and secrets
 //     included);
-//
 //   - lookup-*: Lookup, for each of lookupCases.
 //
-//     go test -run '^$' -bench ScaleStore ./credentials
+//	go test -run '^$' -bench ScaleStore -benchtime 3s ./credentials
 func BenchmarkScaleStore(b *testing.B) {
-	n := 1_000_000
+	f := 1.0
 	if v := os.Getenv("AUTHPROXY_BENCH_SCALE"); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f <= 0 {
+		var err error
+		if f, err = strconv.ParseFloat(v, 64); err != nil || f <= 0 {
 			b.Fatalf("AUTHPROXY_BENCH_SCALE=%q: want a positive number", v)
 		}
-		n = max(7, int(math.Round(float64(n)*f)))
 	}
+	for _, n := range []int{1000, 1_000_000} {
+		n = max(7, int(math.Round(float64(n)*f)))
+		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) { benchScaleStore(b, n) })
+	}
+}
+
+func benchScaleStore(b *testing.B, n int) {
 	before := liveHeap()
-	entries := scaleEntries(n)
-	s, err := credentials.NewStore(entries)
+	s, err := credentials.NewStore(scaleEntries(n))
 	if err != nil {
 		b.Fatal(err)
 	}
-	entries = nil
-	after := liveHeap() // the store and the strings it shares with entries
-	b.Run(fmt.Sprintf("entries=%d/build", n), func(b *testing.B) {
+	after := liveHeap() // the store and the strings it shares with its entries
+	b.Run("build", func(b *testing.B) {
 		entries := scaleEntries(n)
 		b.ReportAllocs()
 		for b.Loop() {
@@ -147,7 +149,7 @@ func BenchmarkScaleStore(b *testing.B) {
 		b.ReportMetric((float64(after)-float64(before))/(1<<20), "heapMB")
 	})
 	for _, c := range lookupCases {
-		b.Run(fmt.Sprintf("entries=%d/lookup-%s", n, c.name), func(b *testing.B) {
+		b.Run("lookup-"+c.name, func(b *testing.B) {
 			if got := s.Lookup(c.ask.server, c.ask.realm, c.ask.user); got.Username != c.want {
 				b.Fatalf("Lookup(%v) = %v, want %s", c.ask, got, c.want)
 			}
