@@ -108,16 +108,13 @@ func TestLookupDoesNotAllocate(t *testing.T) {
 
 // BenchmarkScaleStore measures stores of 1k and 1M credentials
 // (benchEntries, each with a password of its own;
-// AUTHPROXY_BENCH_SCALE=0.01 divides the sizes by 100):
+// AUTHPROXY_BENCH_SCALE=0.01 divides the sizes by 100). Its "build"
+// builds the store with NewStore (ns/op is the build time) and reports
+// heapB/entry and heapMB, the live heap the store holds once the entries
+// it was built from are dropped (its strings and secrets included); its
+// "lookup-*" run Lookup for each of lookupCases. Run it with
 //
-//   - build: NewStore of all of them (ns/op is the build time), with
-//     heapB/entry and heapMB, the live heap the store holds once the
-//     entries it was built from are dropped (its strings and secrets
-//     included);
-//
-//   - lookup-*: Lookup, for each of lookupCases.
-//
-//     go test -run '^$' -bench ScaleStore -benchtime 3s ./credentials
+//	go test -run '^$' -bench ScaleStore -benchtime 3s ./credentials
 func BenchmarkScaleStore(b *testing.B) {
 	f := 1.0
 	if v := os.Getenv("AUTHPROXY_BENCH_SCALE"); v != "" {
