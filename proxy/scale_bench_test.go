@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,30 +111,41 @@ func benchDialogs(b *testing.B, n int) {
 // benchSweep measures, table by table, the sweeps the running proxy makes
 // every 30 s (Proxy.Run): each holds its table's lock while it walks the
 // whole table, so ns/op is about how long requests needing that table may
-// wait for it.
+// wait for it. The metric entries is the table's size: the state filled
+// in, and what the requests measured before left (a challenged
+// out-of-dialog request's CSeq offset stays 5 minutes).
 func (sp *scaleProxy) benchSweep(b *testing.B, state func(*testing.B)) {
 	p := sp.p
+	count := func(mu *sync.Mutex, n func() int) func() int {
+		return func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return n()
+		}
+	}
 	for _, t := range []struct {
 		name  string
 		sweep func(time.Time)
+		size  func() int
 	}{
-		{"cseq", p.cseq.sweep},
-		{"dialogs", func(now time.Time) { p.dialogs.sweep(now, p.cfg.DialogIdleTimeout) }},
-		{"bindings", p.bindings.sweep},
-		{"pins", p.pins.sweep},
-		{"limiter", p.limiter.sweep},
+		{"cseq", p.cseq.sweep, count(&p.cseq.mu, func() int { return len(p.cseq.entries) })},
+		{"dialogs", func(now time.Time) { p.dialogs.sweep(now, p.cfg.DialogIdleTimeout) }, p.dialogs.len},
+		{"bindings", p.bindings.sweep, count(&p.bindings.mu, func() int { return len(p.bindings.byKey) })},
+		{"pins", p.pins.sweep, p.pins.len},
+		{"limiter", p.limiter.sweep, p.limiter.size},
 		{"rest", func(now time.Time) {
 			p.nonces.sweep(now)
 			p.preempt.sweep(now)
 			p.finals.sweep(now)
 			p.accepted.sweep(now)
-		}},
+		}, func() int { return 0 }},
 	} {
 		b.Run("sweep-"+t.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				t.sweep(time.Now())
 			}
+			b.ReportMetric(float64(t.size()), "entries")
 			state(b)
 		})
 	}
