@@ -10,6 +10,8 @@
 //	AUTHPROXY_BENCH=1 go test ./bench -run 'TestBench$' -v -timeout 120m
 //
 // AUTHPROXY_BENCH_STEP sets the seconds per rate step (default 30);
+// AUTHPROXY_BENCH_MAX_P99 (e.g. 100ms) fails a step whose p99 response
+// time is above it, besides one with ≥ 0.1 % failed or overrunning its time;
 // AUTHPROXY_BENCH_OPTIONS_RATES, _MESSAGE_RATES and _CALL_RATES the steps
 // (requests or calls a second, comma-separated). AUTHPROXY_BENCH_PATHS
 // (direct, off, all, kamailio; and all-tcp and off-tcp, which only run
@@ -463,6 +465,7 @@ func statusMB(pid int, field string) float64 {
 // search runs the rate steps in order until one fails.
 func search(t *testing.T, name string, rates []int, step time.Duration, proc *peers.Process, mk func(rate int) peers.SippRun) result {
 	t.Helper()
+	maxP99 := maxP99(t)
 	var r result
 	for i, rate := range rates {
 		run := mk(rate)
@@ -483,9 +486,13 @@ func search(t *testing.T, name string, rates []int, step time.Duration, proc *pe
 			t.Logf("unexpected messages (first lines):\n%s\noutput (last lines):\n%s", firstLines(res.Errors, 12), lastLines(res.Output, 8))
 			break
 		}
-		r.rate = rate
-		r.p50, r.p99 = percentiles(res)
-		t.Logf("%s: %d/s: response time p50 %v, p99 %v", name, rate, r.p50, r.p99)
+		p50, p99 := percentiles(res)
+		t.Logf("%s: %d/s: response time p50 %v, p99 %v", name, rate, p50, p99)
+		if maxP99 > 0 && p99 > maxP99 {
+			t.Logf("%s: %d/s: p99 over AUTHPROXY_BENCH_MAX_P99 (%v): not clean", name, rate, maxP99)
+			break
+		}
+		r.rate, r.p50, r.p99 = rate, p50, p99
 		if total > 0 {
 			r.cpuPer1k = cpu * 1000 / time.Duration(total)
 		}
@@ -495,6 +502,23 @@ func search(t *testing.T, name string, rates []int, step time.Duration, proc *pe
 		r.rssMB = peakRSSMB(proc.Pid())
 	}
 	return r
+}
+
+// maxP99 is AUTHPROXY_BENCH_MAX_P99 (e.g. 100ms): a step whose p99
+// response time is above it does not pass either, so that a maximum is a
+// rate the path carries without a queue building up, not only without
+// losses. 0 (unset): no bound.
+func maxP99(t *testing.T) time.Duration {
+	t.Helper()
+	v := os.Getenv("AUTHPROXY_BENCH_MAX_P99")
+	if v == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		t.Fatalf("AUTHPROXY_BENCH_MAX_P99=%q: want a duration such as 100ms", v)
+	}
+	return d
 }
 
 // timedScenario is scenario(name) with SIPp's response-time measure 1
