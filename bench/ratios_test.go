@@ -125,14 +125,14 @@ func writeTable(b *strings.Builder, paths []path, kinds []kind, res map[string]m
 		rss := 0.0
 		for _, k := range kinds {
 			r := res[p.key][k.key]
-			cpu, times := "–", "–"
+			cpu, rt := "–", "–"
 			if r.rate > 0 {
-				times = lat(r)
+				rt = lat(r)
 				if p.start != nil {
 					cpu = r.cpuPer1k.Round(time.Millisecond).String()
 				}
 			}
-			fmt.Fprintf(b, " %s | %s | %s |", rateString(r, k), times, cpu)
+			fmt.Fprintf(b, " %s | %s | %s |", rateString(r, k), rt, cpu)
 			rss = max(rss, r.rssMB)
 		}
 		if rss > 0 {
