@@ -7,11 +7,11 @@
 // the ratios of its maxima against authproxy's goals (results and the
 // commands behind them: bench/RESULTS.md):
 //
-//	AUTHPROXY_BENCH=1 go test ./bench -run 'TestBench$' -v -timeout 120m
+//	AUTHPROXY_BENCH=1 AUTHPROXY_BENCH_MAX_P99=100ms go test ./bench -run 'TestBench$' -v -timeout 120m
 //
 // AUTHPROXY_BENCH_STEP sets the seconds per rate step (default 30);
 // AUTHPROXY_BENCH_MAX_P99 (e.g. 100ms) fails a step whose p99 response
-// time is above it, besides one with ≥ 0.1 % failed or overrunning its time;
+// time (calls: less the callee's 100 ms of ringing) is above it, besides one with ≥ 0.1 % failed or overrunning its time;
 // AUTHPROXY_BENCH_OPTIONS_RATES, _MESSAGE_RATES and _CALL_RATES the steps
 // (requests or calls a second, comma-separated). AUTHPROXY_BENCH_PATHS
 // (direct, off, all, kamailio; and all-tcp and off-tcp, which only run
@@ -25,7 +25,8 @@
 // the same command with AUTHPROXY_BENCH_LATENCY=half, it does so at half
 // the maximum TestBench found on that path; everything at once:
 //
-//	AUTHPROXY_BENCH=1 AUTHPROXY_BENCH_PATHS=direct,off,all,kamailio,all-tcp,off-tcp \
+//	AUTHPROXY_BENCH=1 AUTHPROXY_BENCH_MAX_P99=100ms \
+//	AUTHPROXY_BENCH_PATHS=direct,off,all,kamailio,all-tcp,off-tcp \
 //	AUTHPROXY_BENCH_LATENCY=half AUTHPROXY_BENCH_LATENCY_PATHS=all,off,tcp,off-tcp \
 //	go test ./bench -run 'TestBench$|TestLatency$' -v -timeout 180m
 //
@@ -60,10 +61,9 @@ const (
 
 // The rate steps of the search, per second: each runs for the step
 // duration; the highest with < 0.1 % failed is reported. The search stops
-// at the first failing step, which bounds the total time. They reach past
-// the highest maxima measured on the reference machine (no-proxy ceiling
-// 10,000 requests/s, 1,200 calls/s) so that a ratio's numerator and
-// denominator are both found, not cut off at the last step.
+// at the first failing step, which bounds the total time. They reach well
+// past the maxima measured on the reference machine (bench/RESULTS.md) so
+// that both terms of a ratio are found, not cut off at the last step.
 var (
 	messageRates = []int{1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 14000}
 	callRates    = []int{100, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000}
@@ -170,7 +170,7 @@ func TestBench(t *testing.T) {
 	for _, k := range kinds {
 		fmt.Fprintf(&b, " %s steps %v/s;", strings.TrimPrefix(k.label, "challenged "), k.rates)
 	}
-	b.WriteString(" UDP on loopback\n\n")
+	b.WriteString(" loopback, UDP unless the path says TCP\n\n")
 	writeTable(&b, paths, kinds, res)
 	writeRatios(&b, kinds, res)
 	recordMaxima(paths, kinds, res)
@@ -463,7 +463,9 @@ func statusMB(pid int, field string) float64 {
 }
 
 // search runs the rate steps in order until one fails.
-func search(t *testing.T, name string, rates []int, step time.Duration, proc *peers.Process, mk func(rate int) peers.SippRun) result {
+// ring is the part of the response time the callee takes on purpose (its
+// ringing before the 200), not counted against AUTHPROXY_BENCH_MAX_P99.
+func search(t *testing.T, name string, rates []int, step, ring time.Duration, proc *peers.Process, mk func(rate int) peers.SippRun) result {
 	t.Helper()
 	maxP99 := maxP99(t)
 	var r result
@@ -488,8 +490,8 @@ func search(t *testing.T, name string, rates []int, step time.Duration, proc *pe
 		}
 		p50, p99 := percentiles(res)
 		t.Logf("%s: %d/s: response time p50 %v, p99 %v", name, rate, p50, p99)
-		if maxP99 > 0 && p99 > maxP99 {
-			t.Logf("%s: %d/s: p99 over AUTHPROXY_BENCH_MAX_P99 (%v): not clean", name, rate, maxP99)
+		if maxP99 > 0 && p99-ring > maxP99 {
+			t.Logf("%s: %d/s: p99 over AUTHPROXY_BENCH_MAX_P99 (%v, besides the callee's %v of ringing): not clean", name, rate, maxP99, ring)
 			break
 		}
 		r.rate, r.p50, r.p99 = rate, p50, p99
@@ -505,7 +507,8 @@ func search(t *testing.T, name string, rates []int, step time.Duration, proc *pe
 }
 
 // maxP99 is AUTHPROXY_BENCH_MAX_P99 (e.g. 100ms): a step whose p99
-// response time is above it does not pass either, so that a maximum is a
+// response time (for calls, INVITE to 200 less the callee's ringing) is
+// above it does not pass either, so that a maximum is a
 // rate the path carries without a queue building up, not only without
 // losses. 0 (unset): no bound.
 func maxP99(t *testing.T) time.Duration {

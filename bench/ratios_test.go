@@ -23,8 +23,9 @@ type kind struct {
 	service                string
 	keys                   map[string]string
 	rates                  []int
-	latency                string // the column head of its response time
-	perCPU                 string // the unit of the CPU column
+	ring                   time.Duration // the callee's ringing in the response time (uas.xml)
+	latency                string        // the column head of its response time
+	perCPU                 string        // the unit of the CPU column
 }
 
 // benchKinds returns the kinds TestBench can run, their rate steps read
@@ -40,7 +41,7 @@ func benchKinds(t *testing.T) []kind {
 		{key: "message", label: "challenged MESSAGE", scenario: "message.xml", authScenario: "message_auth.xml", service: benchUser,
 			rates: msgRates, latency: "MESSAGE p50 / p99", perCPU: "1k MESSAGE"},
 		{key: "call", label: "call", scenario: "call.xml", authScenario: "call_auth.xml", service: "1002", keys: map[string]string{"caller": benchUser},
-			rates: rates(t, "AUTHPROXY_BENCH_CALL_RATES", callRates), latency: "INVITE→200 p50 / p99", perCPU: "1k calls"},
+			rates: rates(t, "AUTHPROXY_BENCH_CALL_RATES", callRates), ring: 100 * time.Millisecond, latency: "INVITE→200 p50 / p99", perCPU: "1k calls"},
 	}
 }
 
@@ -67,7 +68,7 @@ func runKind(t *testing.T, p path, k kind, upstream string, step time.Duration) 
 		sc = timedScenario(t, k.authScenario)
 	}
 	name := p.name + " " + strings.TrimPrefix(k.label, "challenged ")
-	return search(t, name, k.rates, step, proc, func(rate int) peers.SippRun {
+	return search(t, name, k.rates, step, k.ring, proc, func(rate int) peers.SippRun {
 		run := peers.SippRun{Scenario: sc, Remote: addr, Domain: domain, Service: k.service, Keys: k.keys, Transport: p.sippTransport}
 		if p.start == nil {
 			run.AuthUser, run.AuthPass = benchUser, benchPass
