@@ -153,14 +153,16 @@ func heldCallScenario(t *testing.T, hold time.Duration) string {
 	return p
 }
 
-// TestProfile runs challenged MESSAGEs through authproxy (preemptive
-// AUTHPROXY_BENCH_PREEMPTIVE, default all) at AUTHPROXY_BENCH_PROFILE
-// requests a second for 40 s and saves authproxy's CPU profile (20 s from
-// the 10th second), its heap and allocation profiles and a mutex and block
-// profile into AUTHPROXY_BENCH_PROFILE_DIR (default a temporary directory,
-// logged):
+// TestProfile runs challenged MESSAGEs (or, with
+// AUTHPROXY_BENCH_PROFILE_KIND=call, INVITE-ACK-BYE calls to a SIPp callee)
+// through authproxy (preemptive AUTHPROXY_BENCH_PREEMPTIVE, default all) at
+// AUTHPROXY_BENCH_PROFILE requests or calls a second for 40 s and saves
+// authproxy's CPU profile (20 s from the 10th second), its heap and
+// allocation profiles and a mutex and block profile into
+// AUTHPROXY_BENCH_PROFILE_DIR (default a temporary directory, logged):
 //
 //	AUTHPROXY_BENCH_PROFILE=3000 AUTHPROXY_BENCH_PROFILE_DIR=/tmp/prof go test ./bench -run TestProfile -v
+//	AUTHPROXY_BENCH_PROFILE=300 AUTHPROXY_BENCH_PROFILE_KIND=call AUTHPROXY_BENCH_PROFILE_DIR=/tmp/prof-call go test ./bench -run TestProfile -v
 //	go tool pprof -top /tmp/prof/cpu.pprof
 func TestProfile(t *testing.T) {
 	rate, err := strconv.Atoi(os.Getenv("AUTHPROXY_BENCH_PROFILE"))
@@ -176,15 +178,27 @@ func TestProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	preemptive := cmp.Or(os.Getenv("AUTHPROXY_BENCH_PREEMPTIVE"), "all")
-	upstream := startUpstream(t, "127.0.0.4:9")
+	const seconds = 40
+	run := peers.SippRun{Scenario: scenario("message.xml"), Domain: domain, Service: benchUser,
+		Rate: rate, Calls: rate * seconds, Timeout: 2 * seconds * time.Second, Extra: []string{"-l", strconv.Itoa(rate * 4)}}
+	callee := "127.0.0.4:9"
+	switch kind := cmp.Or(os.Getenv("AUTHPROXY_BENCH_PROFILE_KIND"), "message"); kind {
+	case "message":
+	case "call":
+		uas := peers.StartSipp(t, peers.SippRun{Scenario: scenario("uas.xml"), Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour, Extra: []string{"-bind_local"}})
+		callee = uas.Addr()
+		run.Scenario, run.Service, run.Keys = scenario("call.xml"), "1002", map[string]string{"caller": benchUser}
+	default:
+		t.Fatalf("AUTHPROXY_BENCH_PROFILE_KIND=%q: want message or call", kind)
+	}
+	upstream := startUpstream(t, callee)
 	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	addr, proc := startAuthproxyAdmin(t, authproxyBinary(t), upstream, preemptive, admin)
 	defer proc.Stop()
-	const seconds = 40
+	run.Remote = addr
 	done := make(chan peers.SippResult, 1)
 	go func() {
-		done <- peers.RunSipp(t, peers.SippRun{Scenario: scenario("message.xml"), Remote: addr, Domain: domain, Service: benchUser,
-			Rate: rate, Calls: rate * seconds, Timeout: 2 * seconds * time.Second, Extra: []string{"-l", strconv.Itoa(rate * 4)}})
+		done <- peers.RunSipp(t, run)
 	}()
 	save := func(name, query string) {
 		if err := savePprof(admin, query, filepath.Join(dir, name)); err != nil {
