@@ -56,7 +56,7 @@ func TestDNSDownLatency(t *testing.T) {
 		// Alternate which goes first: a run starts while Kamailio still
 		// holds the previous run's transactions (tm's wait timer), which
 		// would otherwise always weigh on the same one.
-		d := runLatency(t, upstream, rate, seconds, warmup, true, "client → upstream")
+		d := runLatency(t, upstream, latencyClient{mode: ownNonce}, rate, seconds, warmup, "client → upstream")
 		direct = append(direct, d.p(0.99))
 		t.Logf("run %d, straight to the upstream (the machine's own noise): p50 %v, p90 %v, p99 %v, p99.9 %v",
 			run, d.p(0.5), d.p(0.9), d.p(0.99), d.p(0.999))
@@ -82,7 +82,7 @@ domains = ["carrier.example"]
 			q0 := queries()
 			addr, proc := startAuthproxyAdmin(t, bin, upstream, "all", "", extra)
 			cpu0, _ := readStat(proc.Pid())
-			r := runLatency(t, addr, rate, seconds, warmup, false, "client → authproxy → IP upstream, "+name)
+			r := runLatency(t, addr, latencyClient{mode: bare}, rate, seconds, warmup, "client → authproxy → IP upstream, "+name)
 			cpu1, _ := readStat(proc.Pid())
 			q := queries() - q0
 			_ = proc.Stop()
