@@ -21,9 +21,10 @@ import (
 //
 // Run at the sizes of bench/RESULTS.md ("State scale"):
 //
-//	go test -run '^$' -bench Scale -benchtime 3s -timeout 60m ./proxy
+//	go test -run '^$' -bench Scale -benchtime 3s -timeout 90m ./proxy
 //
-// and with a hundredth of the state, as a quick check:
+// and with a hundredth of the state, as a check (a few minutes still: each
+// measurement first waits out 32 s of transaction timers, see settle):
 //
 //	AUTHPROXY_BENCH_SCALE=0.01 go test -run '^$' -bench Scale -benchtime 200x ./proxy
 //
@@ -42,8 +43,10 @@ import (
 //   - fill-ns/dialog, fill-ns/binding: the fill's wall time per item
 //     (INVITE challenged and answered 200, then ACK; REGISTER challenged
 //     and answered 200).
-//   - liveB/op: live heap a request leaves behind once settled, per
-//     request: state that outlives 64*T1 (CSeq offsets, cseq.go).
+//   - liveB/op: live heap the requests leave behind once settled, per
+//     request: state that outlives their transactions (a challenged
+//     out-of-dialog request's CSeq offset, cseq.go), and the capacity
+//     their transient entries left in maps (Go maps do not shrink).
 //   - gc-ns/op: the garbage collector's CPU time per request, amortised
 //     over the collections during the run (it reads 0 when the run
 //     allocated too little to start one: give it time, -benchtime 3s).
@@ -53,7 +56,7 @@ import (
 // client address of its own, and measures with them up: an out-of-dialog
 // challenged MESSAGE (message), an INFO in one of the dialogs (info), a
 // whole call set up and hung up (call: INVITE challenged, ACK, BYE), and
-// the periodic sweep of the proxy's tables (sweep).
+// the periodic sweep of each of the proxy's tables (sweep-*).
 func BenchmarkScaleDialogs(b *testing.B) {
 	for _, n := range []int{scaled(b, 1000, 1), scaled(b, 10_000, 1), scaled(b, 100_000, 1)} {
 		b.Run(fmt.Sprintf("dialogs=%d", n), func(b *testing.B) { benchDialogs(b, n) })
@@ -194,7 +197,7 @@ func (sp *scaleProxy) measure(b *testing.B, op func(k int)) {
 // contacts (inbound), a client's refresh of its registration (refresh),
 // a client removing all its bindings (REGISTER with "Contact: *" and
 // Expires: 0, RFC 3261 §10.2.2) and registering again (unregister-all),
-// and the periodic sweep of the proxy's tables (sweep).
+// and the periodic sweep of each of the proxy's tables (sweep-*).
 func BenchmarkScaleBindings(b *testing.B) {
 	for _, n := range []int{scaled(b, 1000, 1), scaled(b, maxBindings, 1)} {
 		b.Run(fmt.Sprintf("bindings=%d", n), func(b *testing.B) { benchBindings(b, n) })
