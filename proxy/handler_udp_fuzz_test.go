@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -377,10 +378,19 @@ func (u *verifyingUpstream) verifyAll(req *sip.Request, data []byte) int {
 // verify returns what is wrong with one credential, "" when it is one
 // authproxy computed for this upstream's account and challenge.
 func (u *verifyingUpstream) verify(req *sip.Request, data []byte, value string) string {
-	cr, err := digest.ParseCredentials(value)
+	// icholy/digest's parser reads quoted values as runes, turning a byte
+	// that is not UTF-8 into U+FFFD; a server compares bytes, and so does
+	// fakepbx's parser.
+	params, err := fakepbx.ParseDigestParams(value)
 	if err != nil {
 		return fmt.Sprintf("unparsable (%v)", err)
 	}
+	nc, err := strconv.ParseUint(params["nc"], 16, 32)
+	if err != nil && params["nc"] != "" {
+		return fmt.Sprintf("nc %q: %v", params["nc"], err)
+	}
+	cr := digest.Credentials{Username: params["username"], Realm: params["realm"], Nonce: params["nonce"], URI: params["uri"],
+		Response: params["response"], Algorithm: params["algorithm"], Cnonce: params["cnonce"], QOP: params["qop"], Nc: int(nc)}
 	if cr.Username != u.username {
 		return "another account's username"
 	}

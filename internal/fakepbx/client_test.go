@@ -33,7 +33,7 @@ func (c *testChallenge) supportsQOP(q string) bool {
 // parseTestChallenge parses a challenge value (the auth-param grammar of
 // credentials and challenges is the same).
 func parseTestChallenge(value string) (*testChallenge, error) {
-	p, err := parseDigestParams(value)
+	p, err := ParseDigestParams(value)
 	if err != nil {
 		return nil, err
 	}

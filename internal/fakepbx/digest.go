@@ -113,17 +113,18 @@ func DigestResponse(in DigestInput) (string, error) {
 	return hexHash(alg.newHash, ha1, in.Nonce, fmt.Sprintf("%08x", in.NC), in.Cnonce, in.QOP, ha2), nil
 }
 
-// parseDigestParams parses a credentials value `Digest k=v, k="v", ...`.
+// ParseDigestParams parses a credentials value `Digest k=v, k="v", ...`
+// byte for byte (a quoted value keeps bytes that are not UTF-8).
 // Unlike icholy/digest's parser it matches parameter names
 // case-insensitively (keys are returned lowercased), accepts any linear
 // whitespace, token or quoted-string values (with backslash escapes) and
 // rejects duplicated parameters.
-func parseDigestParams(value string) (map[string]string, error) {
+func ParseDigestParams(value string) (map[string]string, error) {
 	p, _, err := parseDigestParamsQuoting(value)
 	return p, err
 }
 
-// parseDigestParamsQuoting is parseDigestParams that also tells which
+// parseDigestParamsQuoting is ParseDigestParams that also tells which
 // parameters had a quoted-string value.
 func parseDigestParamsQuoting(value string) (map[string]string, map[string]bool, error) {
 	s := strings.TrimLeft(value, " \t\r\n")

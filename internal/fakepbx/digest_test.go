@@ -138,7 +138,7 @@ func TestParseDigestParams(t *testing.T) {
 	}
 
 	// What authproxy sends (proxy.formatCredentials) parses back.
-	p, err = parseDigestParams(`Digest username="u", realm="r", nonce="n", uri="sip:x", algorithm=SHA-256, cnonce="c0", opaque="o", qop=auth, nc=00000001, response="ab"`)
+	p, err = ParseDigestParams(`Digest username="u", realm="r", nonce="n", uri="sip:x", algorithm=SHA-256, cnonce="c0", opaque="o", qop=auth, nc=00000001, response="ab"`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestParseDigestParams(t *testing.T) {
 		"Digest username",
 		"Digest username=\"a\" realm=\"b\"",
 	} {
-		if _, err := parseDigestParams(bad); err == nil {
+		if _, err := ParseDigestParams(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
 	}

@@ -989,7 +989,7 @@ func (s *Server) targetRefreshLocked(c *callState, m sip.Message) {
 // form that compares equal for the same credentials: the header name and
 // its digest parameters, sorted (the raw value when unparsable).
 func normCredential(name, value string) string {
-	p, err := parseDigestParams(value)
+	p, err := ParseDigestParams(value)
 	if err != nil {
 		return strings.ToLower(name) + ": " + strings.TrimSpace(value)
 	}
