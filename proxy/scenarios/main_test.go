@@ -1,5 +1,6 @@
 // Package scenarios holds the in-process scenarios of package proxy: a
-// proxy.Proxy built as cmd/authproxy builds it, password-less test clients
+// proxy.Proxy (its Config written by each test, sipgo tuned as
+// cmd/authproxy tunes it), password-less test clients
 // (internal/siptest) and fake Asterisk-like upstreams (internal/fakepbx)
 // on loopback addresses, one behaviour of authproxy per test: credentials
 // by server, realm and user, calls and dialogs, registrations, routing and
