@@ -113,6 +113,12 @@ func (f *forwarding) admit() bool {
 		// address: already admitted.
 		return true
 	}
+	if user := f.p.tokenUser(f.req.Transport(), f.req.Source()); user != "" {
+		// A WebSocket whose upgrade carried a valid token signed by the
+		// web application: authenticated for the connection's lifetime.
+		f.log = f.log.With("client_user", user)
+		return true
+	}
 	realm := g.Realm
 	if realm == "" {
 		realm = "authproxy"

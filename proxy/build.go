@@ -153,7 +153,7 @@ func (p *Proxy) addRecordRoute(r *sip.Request, clientTransport string, client ne
 	mk := func(l *boundListener) *sip.RecordRouteHeader {
 		u := sip.Uri{Scheme: "sip", Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
 		if l.transport != "UDP" {
-			u.UriParams.Add("transport", strings.ToLower(l.transport))
+			u.UriParams.Add("transport", l.uriTransport())
 		}
 		u.UriParams.Add("lr", "")
 		return &sip.RecordRouteHeader{Address: u}

@@ -17,12 +17,14 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/proxy/resolve"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
+	"github.com/authproxy/authproxy/proxy/wsgate"
 )
 
 // Listener is one local socket the proxy serves clients (and upstream
 // responses) on.
 type Listener struct {
-	// Transport is "udp" or "tcp".
+	// Transport is "udp", "tcp", "tls", "ws" or "wss" (SIP over
+	// WebSocket, RFC 7118; "wss" over TLS).
 	Transport string
 	// Address is the local host:port to bind; port 0 picks a free one
 	// (tests), reported afterwards by Proxy.ListenAddrs.
@@ -30,8 +32,27 @@ type Listener struct {
 	// Advertise is the host written into our Via and Record-Route headers;
 	// empty means the bound host.
 	Advertise string
-	// TLS is the server configuration (certificate) of a "tls" listener.
+	// TLS is the server configuration (certificate) of a "tls" or "wss"
+	// listener.
 	TLS *tls.Config
+	// WebSocket is what a "ws" or "wss" listener checks at the upgrade.
+	WebSocket WebSocketListener
+}
+
+// WebSocketListener is the HTTP side of a "ws" or "wss" listener
+// (wsgate.ListenerConfig).
+type WebSocketListener struct {
+	// Path is the request path upgraded (default "/"); any other is
+	// answered 404.
+	Path string
+	// Origins are the web page origins ("https://app.example.com") that may
+	// open a connection; a page of another origin is answered 403. Empty
+	// allows every origin.
+	Origins []string
+	// TokenSecret, when set, requires a token signed with it (wsgate
+	// token.go) at the upgrade, and admits the SIP requests of that
+	// connection without authproxy's digest challenge.
+	TokenSecret credentials.Secret
 }
 
 // Upstream is one configured server authproxy forwards to. Requests only
@@ -106,6 +127,11 @@ type Config struct {
 	// the limits; connections authproxy opens to upstreams are not limited.
 	// Reload does not apply a change (ErrRestartRequired).
 	TCP tcpguard.Limits
+	// WebSocket bounds the connections of the "ws" and "wss" listeners:
+	// caps in total and per source, the handshake and idle timeouts, the
+	// Ping interval, the maximum message size (wsgate.Limits). Reload does
+	// not apply a change (ErrRestartRequired).
+	WebSocket wsgate.Limits
 	// MaxChallenges bounds how many 401/407 one request may have answered
 	// before the last one is relayed to the client (RFC 3261 §22.1 forbids
 	// retrying rejected credentials; this caps stale-nonce rounds too).
@@ -203,11 +229,11 @@ func (c *Config) validate() ([]*upstream, error) {
 		return nil, fmt.Errorf("no listener configured")
 	}
 	for i, l := range c.Listeners {
-		tp, err := normTransport(l.Transport)
+		tp, err := listenTransport(l.Transport)
 		if err != nil {
 			return nil, fmt.Errorf("listener %d: %w", i, err)
 		}
-		if tp == "TLS" && (l.TLS == nil || (len(l.TLS.Certificates) == 0 && l.TLS.GetCertificate == nil)) {
+		if (tp == "TLS" || tp == "WSS") && (l.TLS == nil || (len(l.TLS.Certificates) == 0 && l.TLS.GetCertificate == nil)) {
 			return nil, fmt.Errorf("listener %d: tls needs a certificate", i)
 		}
 	}
@@ -215,6 +241,9 @@ func (c *Config) validate() ([]*upstream, error) {
 		return nil, fmt.Errorf("no credential source configured")
 	}
 	if err := validateTCP(c.TCP); err != nil {
+		return nil, err
+	}
+	if err := validateWebSocket(c.WebSocket); err != nil {
 		return nil, err
 	}
 	ups := make([]*upstream, 0, len(c.Upstreams))
@@ -275,6 +304,28 @@ func (c *Config) validate() ([]*upstream, error) {
 		}
 	}
 	return ups, nil
+}
+
+// listenTransport is normTransport for a listener, which may also be
+// "ws" or "wss".
+func listenTransport(t string) (string, error) {
+	switch strings.ToLower(t) {
+	case "ws":
+		return "WS", nil
+	case "wss":
+		return "WSS", nil
+	}
+	tp, err := normTransport(t)
+	if err != nil {
+		return "", fmt.Errorf("transport %q: want udp, tcp, tls, ws or wss", t)
+	}
+	return tp, nil
+}
+
+// isWebSocket reports whether transport ("WS", "WSS") is SIP over
+// WebSocket.
+func isWebSocket(transport string) bool {
+	return transport == "WS" || transport == "WSS"
 }
 
 // upstreamTransport is normTransport for an upstream, which may also be

@@ -53,6 +53,10 @@ func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 	if err := f.tlsReady(ctx); err != nil {
 		return nil, err
 	}
+	if isWebSocket(f.hop.transport) && !f.p.webSocketOpen(f.hop.transport, f.hop.addr) {
+		// sipgo would dial the browser, which accepts no connection.
+		return nil, ErrFlowClosed
+	}
 	return f.p.request(ctx, r, f.hop.transport)
 }
 

@@ -59,6 +59,15 @@ func (l *boundListener) bound() string {
 	return net.JoinHostPort(l.ip.String(), strconv.Itoa(l.port))
 }
 
+// uriTransport is the transport parameter of a URI naming l: "ws" for a
+// WSS listener too (RFC 7118 §5.2 defines no "wss" value).
+func (l *boundListener) uriTransport() string {
+	if l.transport == "WSS" {
+		return "ws"
+	}
+	return strings.ToLower(l.transport)
+}
+
 // listenerStopped records that l's serve loop returned with err while the
 // proxy runs: no request reaches it any more, which Readiness reports.
 func (p *Proxy) listenerStopped(l *boundListener, err error) {

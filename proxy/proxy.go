@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/proxy/tcpguard"
+	"github.com/authproxy/authproxy/proxy/wsgate"
 )
 
 // Proxy is authproxy's SIP side: it serves clients on the configured
@@ -77,6 +79,7 @@ type sourceGuards struct {
 	invites  *inviteSources   // where each INVITE came from, for its CANCEL (cancel.go)
 	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
 	tcp      *tcpguard.Guard  // caps and deadlines of inbound TCP/TLS connections (listeners.go)
+	ws       *wsgate.Gate     // upgrade checks, caps and timeouts of inbound WebSocket connections (websocket.go)
 	inputLog *logThrottle     // lines about bad input, one per kind and interval
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
@@ -103,7 +106,7 @@ type listenState struct {
 // advertise in Via and Record-Route.
 type boundListener struct {
 	Listener
-	transport string // "UDP" / "TCP"
+	transport string // "UDP", "TCP", "TLS", "WS", "WSS"
 	ip        net.IP
 	port      int
 	advertise string
@@ -187,6 +190,7 @@ func New(cfg Config) (*Proxy, error) {
 		Logger:   log.With("component", "tcp"),
 		Inspect:  p.inspectStream,
 	})
+	p.ws = p.newWebSocketGate(cfg.WebSocket)
 	return p, nil
 }
 
@@ -232,7 +236,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	p.limiter.setLimits(cfg.Limits)
 	p.health.configure(cfg.Health)
 	p.regs.reconcile(cfg.Registrations)
-	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) {
+	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) || p.cfg.WebSocket != cfg.WebSocket {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
 	return nil
@@ -244,6 +248,10 @@ func sameListeners(a, b []Listener) bool {
 	}
 	for i := range a {
 		if !strings.EqualFold(a[i].Transport, b[i].Transport) || a[i].Address != b[i].Address || a[i].Advertise != b[i].Advertise {
+			return false
+		}
+		wa, wb := a[i].WebSocket, b[i].WebSocket
+		if wa.Path != wb.Path || !slices.Equal(wa.Origins, wb.Origins) || wa.TokenSecret.Reveal() != wb.TokenSecret.Reveal() {
 			return false
 		}
 	}
@@ -366,6 +374,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 				err = srv.ServeUDP(l.sock)
 			case l.transport == "TLS":
 				err = srv.ServeTLS(l.tcp)
+			case l.transport == "WS":
+				err = srv.ServeWS(l.tcp)
+			case l.transport == "WSS":
+				err = srv.ServeWSS(l.tcp)
 			default:
 				err = srv.ServeTCP(l.tcp)
 			}
@@ -471,7 +483,7 @@ func growSocketBuffers(pc net.PacketConn, log *slog.Logger) {
 func (p *Proxy) bind() ([]*boundListener, error) {
 	var out []*boundListener
 	for _, l := range p.cfg.Listeners {
-		tp, _ := normTransport(l.Transport)
+		tp, _ := listenTransport(l.Transport)
 		bl := &boundListener{Listener: l, transport: tp}
 		var laddr net.Addr
 		switch tp {
@@ -497,6 +509,14 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 			// and caps; sipgo serves what it lets through.
 			gl := p.tcp.Listen(ln, tlsConf)
 			bl.tcp, bl.closer, laddr = gl, gl, ln.Addr()
+		case "WS", "WSS":
+			ln, err := net.Listen("tcp", l.Address)
+			if err != nil {
+				closeAll(out)
+				return nil, fmt.Errorf("listen %s %s: %w", strings.ToLower(tp), l.Address, err)
+			}
+			wl := p.ws.Listen(ln, webSocketListenerConfig(tp, l))
+			bl.tcp, bl.closer, laddr = wl, wl, ln.Addr()
 		}
 		host, portStr, _ := net.SplitHostPort(laddr.String())
 		bl.ip = net.ParseIP(host)

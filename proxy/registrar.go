@@ -157,6 +157,22 @@ func (t *bindingTable) removeAOR(aor, upstream string) {
 	}
 }
 
+// removeFlow deletes every binding registered over the connection of
+// transport from addr (a WebSocket that closed), and returns how many.
+func (t *bindingTable) removeFlow(transport, addr string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for k, b := range t.byKey {
+		if b.transport == transport && b.addr == addr {
+			delete(t.byKey, k)
+			t.unindexLocked(b)
+			n++
+		}
+	}
+	return n
+}
+
 func (t *bindingTable) unindexLocked(b *binding) {
 	if t.byContact[b.ckey] == b {
 		delete(t.byContact, b.ckey)
@@ -228,7 +244,7 @@ func (p *Proxy) Bindings() []Binding {
 // Path and Record-Route.
 func (p *Proxy) ownURI(l *boundListener, user string) sip.Uri {
 	u := sip.Uri{Scheme: "sip", User: user, Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
-	u.UriParams.Add("transport", strings.ToLower(l.transport))
+	u.UriParams.Add("transport", l.uriTransport())
 	if user == "" {
 		u.UriParams.Add("lr", "")
 	}

@@ -1,0 +1,114 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/authproxy/authproxy/proxy/tcpguard"
+	"github.com/authproxy/authproxy/proxy/wsgate"
+)
+
+// SIP over WebSocket (RFC 7118): browsers' softphones.
+//
+// A "ws" or "wss" listener is a wsgate.Listener (upgrade checks, caps,
+// timeouts) served by sipgo's WS or WSS transport. Requests from a
+// WebSocket are handled as any client's: admitted by client group (and
+// authproxy's own digest challenge, or a token checked at the upgrade),
+// forwarded to the upstream, the upstream's challenges answered. What the
+// transport changes:
+//   - Record-Route and Path name authproxy twice, the WebSocket listener
+//     for the browser's side and the upstream-facing listener for the
+//     other (RFC 5658 double Record-Route, addRecordRoute and
+//     prepareRegister), with transport=ws for WS and WSS alike (RFC 7118
+//     §5.2 defines no "wss" value);
+//   - the browser's Via sent-by and Contact host are "<random>.invalid"
+//     (RFC 7118 §5.2): nothing can reach them but the browser's own
+//     connection. Responses go back on the connection the request came
+//     on (sipgo's server transaction); requests in a dialog follow the
+//     dialog's client address (the connection), and requests for a
+//     registered Contact the binding made when its REGISTER passed (the
+//     connection it registered on, reachAt): the flow of RFC 5626, named
+//     by the connection's address instead of a flow token in the Path,
+//     since authproxy keeps the binding itself;
+//   - a connection that closes takes its bindings with it (nothing can
+//     reach that Contact any more); its dialogs stay until they end or
+//     idle out, and a request toward a closed connection fails at once
+//     (ErrFlowClosed) instead of sipgo dialing the browser.
+//
+// SDP passes untouched: ICE and DTLS-SRTP run between the browser and the
+// far end.
+
+// ErrFlowClosed is returned for a request toward a WebSocket client whose
+// connection has closed: nothing else reaches it.
+var ErrFlowClosed = errors.New("websocket connection of the client is closed")
+
+// newWebSocketGate is the gate of the WebSocket listeners, refusing the
+// sources and capping the connections as the TCP guard does.
+func (p *Proxy) newWebSocketGate(l wsgate.Limits) *wsgate.Gate {
+	return wsgate.New(wsgate.Config{
+		Limits:   l,
+		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
+		Logger:   p.log.With("component", "websocket"),
+		Inspect:  p.inspectStream,
+		OnClose:  p.webSocketClosed,
+	})
+}
+
+// webSocketListenerConfig is what listener l checks at the upgrade.
+func webSocketListenerConfig(transport string, l Listener) wsgate.ListenerConfig {
+	c := wsgate.ListenerConfig{Transport: transport, Path: l.WebSocket.Path, Origins: l.WebSocket.Origins}
+	if transport == "WSS" {
+		c.TLS = l.TLS
+	}
+	if !l.WebSocket.TokenSecret.IsZero() {
+		c.TokenSecret = []byte(l.WebSocket.TokenSecret.Reveal())
+	}
+	return c
+}
+
+// validateWebSocket checks cfg.WebSocket's values.
+func validateWebSocket(l wsgate.Limits) error {
+	if l.MaxConns < 0 || l.MaxConnsPerSource < 0 || l.HandshakeTimeout < 0 || l.IdleTimeout < 0 || l.PingInterval < 0 {
+		return fmt.Errorf("websocket limits must not be negative (0 turns one off)")
+	}
+	if l.MaxMessageSize > wsgate.DefaultMaxMessageSize {
+		return fmt.Errorf("websocket max message size %d: at most %d (sipgo's WebSocket read buffer)", l.MaxMessageSize, wsgate.DefaultMaxMessageSize)
+	}
+	return nil
+}
+
+// webSocketClosed forgets the bindings registered over the connection
+// that closed; nothing else ends with it.
+func (p *Proxy) webSocketClosed(transport string, remote netip.AddrPort) {
+	if n := p.bindings.removeFlow(transport, remote.String()); n > 0 {
+		p.log.Debug("websocket closed: bindings removed", "transport", transport, "source", remote.String(), "bindings", n)
+	}
+}
+
+// webSocketOpen reports whether sipgo still holds the connection to a
+// WebSocket client at addr.
+func (p *Proxy) webSocketOpen(transport, addr string) bool {
+	c, _ := p.ua.TransportLayer().GetConnection(transport, addr)
+	if c == nil {
+		return false
+	}
+	_, _ = c.TryClose() // Get took a reference
+	return true
+}
+
+// WebSocketStats returns what the WebSocket listeners' gate counted.
+func (p *Proxy) WebSocketStats() wsgate.Stats { return p.ws.Stats() }
+
+// tokenUser is the user of the token the WebSocket connection a request
+// came on presented at its upgrade, or "".
+func (p *Proxy) tokenUser(transport, source string) string {
+	if !isWebSocket(transport) {
+		return ""
+	}
+	ap, err := netip.ParseAddrPort(source)
+	if err != nil {
+		return ""
+	}
+	return p.ws.TokenUser(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+}
