@@ -112,24 +112,28 @@ func newLocalAuth() *localAuth {
 }
 
 func (a *localAuth) nonce(src netip.Addr, now time.Time) string {
-	var ts [8]byte
-	binary.BigEndian.PutUint64(ts[:], uint64(now.Unix()))
+	// A timestamp and 8 random bytes: two challenges in the same second to
+	// the same source get different nonces, so that a client counting nc
+	// from 1 for each new nonce is not taken for a replay (RFC 7616 §3.4).
+	var head [16]byte
+	binary.BigEndian.PutUint64(head[:8], uint64(now.Unix()))
+	_, _ = rand.Read(head[8:])
 	m := hmac.New(sha256.New, a.key)
-	m.Write(ts[:])
+	m.Write(head[:])
 	m.Write(src.AsSlice())
-	return base64.RawURLEncoding.EncodeToString(append(ts[:], m.Sum(nil)[:16]...))
+	return base64.RawURLEncoding.EncodeToString(append(head[:], m.Sum(nil)[:16]...))
 }
 
 // nonceValid reports whether n was issued to src and is still fresh.
 func (a *localAuth) nonceValid(n string, src netip.Addr, now time.Time) bool {
 	raw, err := base64.RawURLEncoding.DecodeString(n)
-	if err != nil || len(raw) != 24 {
+	if err != nil || len(raw) != 32 {
 		return false
 	}
 	m := hmac.New(sha256.New, a.key)
-	m.Write(raw[:8])
+	m.Write(raw[:16])
 	m.Write(src.AsSlice())
-	if !hmac.Equal(raw[8:], m.Sum(nil)[:16]) {
+	if !hmac.Equal(raw[16:], m.Sum(nil)[:16]) {
 		return false
 	}
 	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)

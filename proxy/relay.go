@@ -119,6 +119,12 @@ func (f *forwarding) respondLocal(code int, reason, outcome string, hdrs ...sip.
 	for _, h := range hdrs {
 		res.AppendHeader(h)
 	}
+	if f.req.Method == sip.INVITE {
+		// Before the answer leaves: on a reliable transport the client's
+		// ACK for it may arrive as soon as it is sent.
+		f.status = code
+		f.rememberNon2xxFinal()
+	}
 	if err := f.tx.Respond(res); err != nil {
 		f.log.Warn("cannot send response to client", logStatus, code, "error", err)
 	}
