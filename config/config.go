@@ -48,6 +48,8 @@ type Config struct {
 	Limits Limits
 	// TCP is the [tcp] table.
 	TCP TCP
+	// WebSocket is the [websocket] table.
+	WebSocket WebSocket
 	// Registrations are the [[registration]] tables: registrations
 	// authproxy keeps up with an upstream itself.
 	Registrations []Registration
@@ -228,7 +230,8 @@ type Reload struct {
 
 // Listen is one [[listen]] entry: a local socket serving SIP clients.
 type Listen struct {
-	// Transport is "udp" (the default) or "tcp".
+	// Transport is "udp" (the default), "tcp", "tls", "ws" or "wss" (SIP
+	// over WebSocket, RFC 7118).
 	Transport string
 	// Address is the local host:port to bind, host lowercased. Port 0
 	// means any free port.
@@ -238,8 +241,19 @@ type Listen struct {
 	// (0.0.0.0, :: or empty), because no peer can route to those.
 	Advertise string
 	// CertFile and KeyFile are the PEM certificate chain and key of a "tls"
-	// listener, resolved against the configuration's directory.
+	// or "wss" listener, resolved against the configuration's directory.
 	CertFile, KeyFile string
+	// Path is the HTTP path a "ws" or "wss" listener upgrades (default
+	// "/").
+	Path string
+	// Origins are the web page origins ("https://app.example.com",
+	// lowercased) allowed to open a "ws" or "wss" connection; empty allows
+	// every origin.
+	Origins []string
+	// TokenSecret, from token_secret_env or token_secret_file, makes a
+	// "ws" or "wss" listener require a token signed with it at the
+	// upgrade (docs/websocket.md).
+	TokenSecret credentials.Secret
 }
 
 // Upstream is one [[upstream]] entry: a PBX requests are forwarded to.

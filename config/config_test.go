@@ -98,12 +98,13 @@ func readExample(t *testing.T) []byte {
 func TestExampleConfig(t *testing.T) {
 	cfg := mustParse(t, string(readExample(t)))
 
-	if got, want := cfg.Summary(), "2 listeners, 2 upstreams, 3 credentials"; got != want {
+	if got, want := cfg.Summary(), "3 listeners, 2 upstreams, 3 credentials"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 	wantListen := []config.Listen{
 		{Transport: "udp", Address: "127.0.0.1:5060", Advertise: "127.0.0.1"},
 		{Transport: "tcp", Address: "127.0.0.1:5060", Advertise: "127.0.0.1"},
+		{Transport: "ws", Address: "127.0.0.1:8080", Advertise: "127.0.0.1", Path: "/sip", Origins: []string{"https://app.example.com"}},
 	}
 	if !reflect.DeepEqual(cfg.Listen, wantListen) {
 		t.Errorf("Listen = %+v, want %+v", cfg.Listen, wantListen)
@@ -158,7 +159,7 @@ func TestDefaults(t *testing.T) {
 	if got, want := cfg.Proxy, (config.Proxy{MaxChallenges: 3, ShutdownGrace: 5 * time.Second, TimerC: 210 * time.Second, DialogIdleTimeout: 2 * time.Hour, FailoverTimeout: 4 * time.Second}); got != want {
 		t.Errorf("Proxy = %+v, want %+v", got, want)
 	}
-	if got, want := cfg.Listen[0], (config.Listen{Transport: "udp", Address: "127.0.0.1:5060", Advertise: "127.0.0.1"}); got != want {
+	if got, want := cfg.Listen[0], (config.Listen{Transport: "udp", Address: "127.0.0.1:5060", Advertise: "127.0.0.1"}); !reflect.DeepEqual(got, want) {
 		t.Errorf("Listen[0] = %+v, want %+v", got, want)
 	}
 	if got, want := cfg.Upstreams[0].Address, "127.0.0.2:5060"; got != want {
@@ -203,7 +204,7 @@ domains = ["Calls.Example.COM"]
 	if cfg.Log.Level != slog.LevelDebug || cfg.Log.Format != "json" {
 		t.Errorf("Log = %+v, want debug/json", cfg.Log)
 	}
-	if got, want := cfg.Listen[0], (config.Listen{Transport: "tcp", Address: "[::1]:0", Advertise: "::1"}); got != want {
+	if got, want := cfg.Listen[0], (config.Listen{Transport: "tcp", Address: "[::1]:0", Advertise: "::1"}); !reflect.DeepEqual(got, want) {
 		t.Errorf("Listen[0] = %+v, want %+v", got, want)
 	}
 	if got, want := cfg.Listen[1].Advertise, "sip.example.com"; got != want {

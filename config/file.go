@@ -26,6 +26,7 @@ type fileConfig struct {
 	Client     []fileClient     `koanf:"client"`
 	Limits     fileLimits       `koanf:"limits"`
 	TCP        fileTCP          `koanf:"tcp"`
+	WebSocket  fileWebSocket    `koanf:"websocket"`
 	Runtime    fileRuntime      `koanf:"runtime"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
@@ -93,6 +94,15 @@ type fileTCP struct {
 	MaxMessageSize          int    `koanf:"max_message_size"`
 }
 
+type fileWebSocket struct {
+	MaxConnections          int    `koanf:"max_connections"`
+	MaxConnectionsPerSource int    `koanf:"max_connections_per_source"`
+	HandshakeTimeout        string `koanf:"handshake_timeout"`
+	IdleTimeout             string `koanf:"idle_timeout"`
+	PingInterval            string `koanf:"ping_interval"`
+	MaxMessageSize          int    `koanf:"max_message_size"`
+}
+
 type fileRuntime struct {
 	MaxProcs    int    `koanf:"max_procs"`
 	GCPercent   int    `koanf:"gc_percent"`
@@ -134,6 +144,11 @@ type fileListen struct {
 	Advertise string `koanf:"advertise"`
 	CertFile  string `koanf:"cert_file"`
 	KeyFile   string `koanf:"key_file"`
+	// ws and wss only.
+	Path            string   `koanf:"path"`
+	Origins         []string `koanf:"origins"`
+	TokenSecretEnv  *string  `koanf:"token_secret_env"`
+	TokenSecretFile *string  `koanf:"token_secret_file"`
 }
 
 type fileUpstream struct {
@@ -238,6 +253,14 @@ idle_timeout = "1h"
 message_timeout = "10s"
 handshake_timeout = "10s"
 max_message_size = 65535
+
+[websocket]
+max_connections = 10000
+max_connections_per_source = 500
+handshake_timeout = "10s"
+idle_timeout = "2m"
+ping_interval = "30s"
+max_message_size = 32768
 
 [runtime]
 max_procs = 0

@@ -84,6 +84,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
 	cfg.Limits = v.buildLimits(fc.Limits)
 	cfg.TCP = v.buildTCP(fc.TCP)
+	cfg.WebSocket = v.buildWebSocket(fc.WebSocket)
 	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
 	cfg.Runtime = v.buildRuntime(fc.Runtime)
 	return cfg

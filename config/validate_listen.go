@@ -20,13 +20,14 @@ func (v *validator) buildListen(ls []fileListen) []Listen {
 		key := fmt.Sprintf("listen[%d]", i)
 		tr := v.transport(key, l.Transport)
 		o := Listen{Transport: tr, Address: l.Address, Advertise: l.Advertise}
-		if tr == "tls" {
+		v.webSocketListen(key, l, &o)
+		if tr == "tls" || tr == "wss" {
 			o.CertFile = v.existingFile(key+".cert_file", l.CertFile, "the listener's PEM certificate chain")
 			o.KeyFile = v.existingFile(key+".key_file", l.KeyFile, "the listener's PEM private key")
 		} else {
 			for _, f := range []struct{ k, v string }{{"cert_file", l.CertFile}, {"key_file", l.KeyFile}} {
 				if f.v != "" {
-					v.add(key+"."+f.k, strconv.Quote(f.v), `applies only to transport = "tls"`, ErrInvalid, nil)
+					v.add(key+"."+f.k, strconv.Quote(f.v), `applies only to transport = "tls" or "wss"`, ErrInvalid, nil)
 				}
 			}
 		}
@@ -77,9 +78,9 @@ func (v *validator) transport(key, t string) string {
 	switch lt := strings.ToLower(t); lt {
 	case "":
 		return "udp"
-	case "udp", "tcp", "tls":
+	case "udp", "tcp", "tls", "ws", "wss":
 		return lt
 	}
-	v.add(key+".transport", strconv.Quote(t), `must be "udp", "tcp" or "tls"`, ErrInvalid, nil)
+	v.add(key+".transport", strconv.Quote(t), `must be "udp", "tcp", "tls", "ws" or "wss"`, ErrInvalid, nil)
 	return t
 }

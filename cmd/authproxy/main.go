@@ -33,6 +33,7 @@ import (
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/resolve"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
+	"github.com/authproxy/authproxy/proxy/wsgate"
 )
 
 func main() {
@@ -216,10 +217,16 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			IdleTimeout: cfg.TCP.IdleTimeout, MessageTimeout: cfg.TCP.MessageTimeout,
 			HandshakeTimeout: cfg.TCP.HandshakeTimeout, MaxMessageSize: cfg.TCP.MaxMessageSize,
 		},
+		WebSocket: wsgate.Limits{
+			MaxConns: cfg.WebSocket.MaxConnections, MaxConnsPerSource: cfg.WebSocket.MaxConnectionsPerSource,
+			HandshakeTimeout: cfg.WebSocket.HandshakeTimeout, IdleTimeout: cfg.WebSocket.IdleTimeout,
+			PingInterval: cfg.WebSocket.PingInterval, MaxMessageSize: cfg.WebSocket.MaxMessageSize,
+		},
 	}
 	for i, l := range cfg.Listen {
-		pl := proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise}
-		if l.Transport == "tls" {
+		pl := proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise,
+			WebSocket: proxy.WebSocketListener{Path: l.Path, Origins: l.Origins, TokenSecret: l.TokenSecret}}
+		if l.Transport == "tls" || l.Transport == "wss" {
 			cert, err := tls.LoadX509KeyPair(l.CertFile, l.KeyFile)
 			if err != nil {
 				return proxy.Config{}, fmt.Errorf("listen[%d]: load certificate %s: %w", i, l.CertFile, err)

@@ -63,7 +63,7 @@ server = "pbx-z"
 		stderr    []string
 		notStderr []string
 	}{
-		{name: "check embedded example", args: []string{"-check"}, code: 0, stdout: []string{"embedded config.example.toml: ok: 2 listeners, 2 upstreams"}},
+		{name: "check embedded example", args: []string{"-check"}, code: 0, stdout: []string{"embedded config.example.toml: ok: 3 listeners, 2 upstreams"}},
 		{name: "check example file", args: []string{"-check", "-config", "../../config.example.toml"}, code: 0, stdout: []string{"ok:"}},
 		{name: "check bad file lists every error", args: []string{"-check", "-config", bad}, code: 1,
 			stderr:    []string{"log.level", "listen[0].transport", "credential[0].server"},
