@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/google/uuid"
@@ -217,3 +218,32 @@ var handledInvites = map[string]bool{}
 
 func seenInvite(_ *wsPhone, r *sip.Request) bool { return handledInvites[r.CallID().Value()] }
 func markInvite(_ *wsPhone, r *sip.Request)      { handledInvites[r.CallID().Value()] = true }
+
+// TestWebSocketToken: a listener with a token secret upgrades only a
+// WebSocket whose URL carries a valid token, and admits its requests
+// without authproxy's digest challenge; the page holds no password at
+// all. A page of another origin is refused at the upgrade.
+func TestWebSocketToken(t *testing.T) {
+	secret := "W-token-secret-0123456789abcdef"
+	h := startWSHarness(t, wsgate.Limits{}, func(c *proxy.Config) {
+		c.Listeners[len(c.Listeners)-1].WebSocket.TokenSecret = credentials.NewSecret(secret)
+	})
+	if _, err := dialWS(wsURL(h), "https://app.example.com", []string{"sip"}); err == nil {
+		t.Fatal("upgrade without a token succeeded")
+	}
+	tok := wsgate.MintToken([]byte(secret), "1001", time.Now().Add(time.Minute))
+	if _, err := dialWS(wsURL(h)+"?token="+tok, "https://evil.example", []string{"sip"}); err == nil {
+		t.Fatal("upgrade from another origin succeeded")
+	}
+	ph := startWSPhone(t, "1001", wsURL(h)+"?token="+tok)
+	res := ph.register("pbx-a.example.com", uuid.NewString(), 1, 300, "")
+	if res.StatusCode != 200 {
+		t.Fatalf("REGISTER over a token-authenticated WebSocket: %d", res.StatusCode)
+	}
+	if s := h.Proxy.WebSocketStats(); s.Refused[wsgate.ReasonToken] != 1 || s.Refused[wsgate.ReasonOrigin] != 1 {
+		t.Fatalf("websocket refusals %v", s.Refused)
+	}
+	if strings.Contains(h.Logs.String(), secret) || strings.Contains(h.Logs.String(), tok) {
+		t.Fatal("the token secret or a token reached a log")
+	}
+}
