@@ -140,9 +140,10 @@ func (a *localAuth) nonceValid(n string, src netip.Addr, now time.Time) bool {
 	return now.Sub(issued) <= localNonceTTL && !issued.After(now.Add(time.Minute))
 }
 
-// challenge returns a Proxy-Authenticate value for a new nonce.
-func (a *localAuth) challenge(realm string, src netip.Addr, stale bool, now time.Time) string {
-	c := digest.Challenge{Realm: realm, Nonce: a.nonce(src, now), Algorithm: "SHA-256", QOP: []string{"auth"}, Stale: stale}
+// challenge returns a Proxy-Authenticate value of algorithm for a new
+// nonce.
+func (a *localAuth) challenge(realm, algorithm string, src netip.Addr, stale bool, now time.Time) string {
+	c := digest.Challenge{Realm: realm, Nonce: a.nonce(src, now), Algorithm: algorithm, QOP: []string{"auth"}, Stale: stale}
 	return c.String()
 }
 

@@ -137,8 +137,16 @@ func (f *forwarding) admit() bool {
 		}
 		f.log.Info("local authentication failed", "source", f.src.String(), "client_user", user)
 	}
-	f.respondLocal(sip.StatusProxyAuthRequired, "Proxy Authentication Required", "local-challenge",
-		sip.NewHeader("Proxy-Authenticate", f.p.local.challenge(realm, f.src, verdict == authStale, now)))
+	alg := "SHA-256"
+	if isWebSocket(f.req.Transport()) {
+		// Browser SIP stacks compute MD5 only, and read one challenge
+		// header (JsSIP the last, SIP.js the first), so over WebSocket the
+		// local challenge is MD5 alone. It protects the local password
+		// only, over the browser's (TLS) connection.
+		alg = "MD5"
+	}
+	chal := sip.NewHeader("Proxy-Authenticate", f.p.local.challenge(realm, alg, f.src, verdict == authStale, now))
+	f.respondLocal(sip.StatusProxyAuthRequired, "Proxy Authentication Required", "local-challenge", chal)
 	return false
 }
 

@@ -212,9 +212,17 @@ func (b *Browser) eval(expr string, out any) error {
 	return nil
 }
 
-// WaitTrue evaluates cond until it is true, for at most limit.
+// WaitTrue evaluates cond until it is true, for at most limit, and fails
+// the test if it never is.
 func (b *Browser) WaitTrue(limit time.Duration, what, cond string) {
 	b.t.Helper()
+	if err := b.Poll(limit, cond); err != nil {
+		b.t.Fatalf("browser: waiting for %s: %v\nconsole: %s", what, err, strings.Join(b.Console(), "\n"))
+	}
+}
+
+// Poll evaluates cond until it is true, for at most limit.
+func (b *Browser) Poll(limit time.Duration, cond string) error {
 	var last error
 	// The DevTools protocol has no event for a JavaScript condition: poll.
 	err := testutil.Wait(b.t.Context(), limit, func() bool {
@@ -222,9 +230,10 @@ func (b *Browser) WaitTrue(limit time.Duration, what, cond string) {
 		last = b.eval("!!("+cond+")", &ok)
 		return last == nil && ok
 	})
-	if err != nil {
-		b.t.Fatalf("browser: waiting for %s: %v (%v)\nconsole: %s", what, err, last, strings.Join(b.Console(), "\n"))
+	if err != nil && last != nil {
+		return fmt.Errorf("%w (last evaluation: %v)", err, last)
 	}
+	return err
 }
 
 // Console returns what the page logged and threw.
