@@ -19,11 +19,12 @@ const browserLocalPassword = "L-browser-1001-Pw-5d7e"
 // TestBrowserJsSIPThroughAuthproxy: JsSIP in headless Chromium, holding
 // only its local password, registers through authproxy's "ws" listener to
 // a Kamailio registrar that challenges (authproxy answers the 401 with
-// pbx-a's credential), places a call through a challenging Kamailio trunk
-// (pbx-b) to a SIPp UAS and hangs up, then receives a call from a SIPp
-// caller through the registrar (Kamailio routes it through the Path to
-// authproxy, which sends it down the WebSocket the browser registered on)
-// and answers it; the caller hangs up. The browser never sees a 401/407
+// pbx-a's credential), places calls through a challenging Kamailio trunk
+// (pbx-b) to a SIPp UAS (hung up by either side, re-INVITEd, cancelled
+// while ringing), then receives calls from a SIPp caller through the
+// registrar (Kamailio routes them through the Path to authproxy, which
+// sends them down the WebSocket the browser registered on), answers them,
+// and hangs up or is hung up on. The browser never sees a 401/407
 // from an upstream (only authproxy's own 407), and neither the page nor
 // anything the browser received holds a trunk password.
 func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
@@ -67,43 +68,87 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 		t.Fatalf("the registrar saw no REGISTER%s", dump())
 	}
 
-	t.Run("call out through the trunk, browser hangs up", func(t *testing.T) {
-		uas := peers.StartSipp(t, peers.SippRun{
-			Scenario: sippScenario("uas_webrtc.xml"), Local: callsInteropUASHost, LocalPort: uasPort,
-			Transport: "u1", Service: "2001", Timeout: 30 * time.Second,
-		})
-		br.Eval(fmt.Sprintf("call(%q)", "sip:2001@"+b.domain), nil)
-		waitEvent(t, br, "out:confirmed", dump)
-		br.Eval("hangUp()", nil)
-		waitEvent(t, br, "out:ended", dump)
-		if res := uas.Wait(); !res.OK() {
-			t.Fatalf("SIPp UAS: %v%s", res, dump())
-		}
-	})
-
-	t.Run("inbound call through the registrar, caller hangs up", func(t *testing.T) {
-		var caller pbxAccount
-		for _, acc := range a.accounts {
-			if acc.user == "1002" {
-				caller = acc
-			}
-		}
-		done := make(chan peers.SippResult, 1)
-		go func() {
-			done <- peers.RunSipp(t, peers.SippRun{
-				Scenario: sippScenario("call_auth_webrtc.xml"), Remote: reg.Addr(), Transport: "u1",
-				Service: "1001", Domain: a.domain, Keys: map[string]string{"caller": "1002"},
-				AuthUser: caller.username, AuthPass: caller.password, Timeout: 30 * time.Second,
+	// Outgoing calls: to a SIPp UAS behind the trunk, each scenario on a
+	// fresh SIPp; the UAS's final state decides.
+	for _, tc := range []struct {
+		name, scenario string
+		run            func(t *testing.T, call string)
+	}{
+		{"call out, browser hangs up", "uas_webrtc.xml", func(t *testing.T, call string) {
+			waitEvent(t, br, call+":confirmed", dump)
+			br.Eval("hangUp()", nil)
+			waitEvent(t, br, call+":ended", dump)
+		}},
+		{"call out, callee hangs up", "uas_bye_webrtc.xml", func(t *testing.T, call string) {
+			waitEvent(t, br, call+":confirmed", dump)
+			waitEvent(t, br, call+":ended", dump)
+		}},
+		{"call out, browser re-INVITEs then hangs up", "uas_reinvite_webrtc.xml", func(t *testing.T, call string) {
+			waitEvent(t, br, call+":confirmed", dump)
+			var ok bool
+			br.Eval("renegotiate()", &ok)
+			br.Eval("hangUp()", nil)
+			waitEvent(t, br, call+":ended", dump)
+		}},
+		{"call out, browser cancels while it rings", "uas_ring.xml", func(t *testing.T, call string) {
+			waitEvent(t, br, call+":progress", dump)
+			br.Eval("hangUp()", nil)
+			waitEvent(t, br, call+":failed", dump)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uas := peers.StartSipp(t, peers.SippRun{
+				Scenario: sippScenario(tc.scenario), Local: callsInteropUASHost, LocalPort: uasPort,
+				Transport: "u1", Service: "2001", Timeout: 30 * time.Second,
 			})
-		}()
-		waitEvent(t, br, "incoming", dump)
-		br.Eval("answer()", nil)
-		waitEvent(t, br, "in:confirmed", dump)
-		waitEvent(t, br, "in:ended", dump)
-		if res := <-done; !res.OK() {
-			t.Fatalf("SIPp caller: %v%s", res, dump())
+			call := strings.ReplaceAll(tc.name, " ", "-")
+			br.Eval(fmt.Sprintf("call(%q, %q)", "sip:2001@"+b.domain, call), nil)
+			tc.run(t, call)
+			if res := uas.Wait(); !res.OK() {
+				t.Fatalf("SIPp UAS: %v%s", res, dump())
+			}
+		})
+	}
+
+	// Incoming calls: a SIPp caller that knows its own password calls
+	// 1001 at the registrar, which routes the INVITE through the Path to
+	// authproxy and down the browser's WebSocket.
+	var callerAcct pbxAccount
+	for _, acc := range a.accounts {
+		if acc.user == "1002" {
+			callerAcct = acc
 		}
-	})
+	}
+	for _, tc := range []struct {
+		name, scenario string
+		browserHangsUp bool
+	}{
+		{"inbound call through the registrar, caller hangs up", "call_auth_webrtc.xml", false},
+		{"inbound call through the registrar, browser hangs up", "call_auth_callee_bye_webrtc.xml", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			call := strings.ReplaceAll(tc.name, " ", "-")
+			br.Eval(fmt.Sprintf("expectIncoming(%q)", call), nil)
+			done := make(chan peers.SippResult, 1)
+			go func() {
+				done <- peers.RunSipp(t, peers.SippRun{
+					Scenario: sippScenario(tc.scenario), Remote: reg.Addr(), Transport: "u1",
+					Service: "1001", Domain: a.domain, Keys: map[string]string{"caller": "1002"},
+					AuthUser: callerAcct.username, AuthPass: callerAcct.password, Timeout: 30 * time.Second,
+				})
+			}()
+			waitEvent(t, br, call+":incoming", dump)
+			br.Eval("answer()", nil)
+			waitEvent(t, br, call+":confirmed", dump)
+			if tc.browserHangsUp {
+				br.Eval("hangUpIncoming()", nil)
+			}
+			waitEvent(t, br, call+":ended", dump)
+			if res := <-done; !res.OK() {
+				t.Fatalf("SIPp caller: %v%s", res, dump())
+			}
+		})
+	}
 
 	// What the browser received: authproxy's own 407s only, never an
 	// upstream's challenge, and no trunk password anywhere in the page.

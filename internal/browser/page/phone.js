@@ -10,6 +10,7 @@ window.events = [];
 let ua = null;
 let outgoing = null;
 let incoming = null;
+let incomingName = 'in';
 
 function note(type, detail) {
   window.events.push({ type: type, detail: detail || '' });
@@ -47,27 +48,46 @@ window.startPhone = function (cfg) {
   ua.on('newRTCSession', function (e) {
     if (e.originator === 'remote') {
       incoming = e.session;
-      note('incoming', e.request.from.uri.toString());
-      watch(incoming, 'in');
+      note(incomingName + ':incoming', e.request.from.uri.toString());
+      watch(incoming, incomingName);
     }
   });
   ua.start();
 };
 
-window.call = function (target) {
+// call places a call; its events are named name + ':' + event.
+window.call = function (target, name) {
   outgoing = ua.call(target, {
     mediaConstraints: { audio: true, video: false },
     pcConfig: { iceServers: [] },
   });
-  watch(outgoing, 'out');
+  watch(outgoing, name);
+};
+
+// expectIncoming names the events of the next incoming call.
+window.expectIncoming = function (name) {
+  incomingName = name;
+};
+
+// renegotiate sends a re-INVITE in the outgoing call.
+window.renegotiate = function () {
+  return new Promise(function (resolve) {
+    outgoing.renegotiate({}, function () { note('renegotiated'); resolve(true); });
+  });
 };
 
 window.answer = function () {
   incoming.answer({ mediaConstraints: { audio: true, video: false }, pcConfig: { iceServers: [] } });
 };
 
+// hangUp ends (or cancels) the outgoing call.
 window.hangUp = function () {
   outgoing.terminate();
+};
+
+// hangUpIncoming ends the incoming call.
+window.hangUpIncoming = function () {
+  incoming.terminate();
 };
 
 window.stopPhone = function () {
