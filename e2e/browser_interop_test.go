@@ -23,8 +23,8 @@ const browserLocalPassword = "L-browser-1001-Pw-5d7e"
 // (pbx-b) to a SIPp UAS (hung up by either side, re-INVITEd, cancelled
 // while ringing), then receives calls from a SIPp caller through the
 // registrar (Kamailio routes them through the Path to authproxy, which
-// sends them down the WebSocket the browser registered on), answers them,
-// and hangs up or is hung up on. The browser never sees a 401/407
+// sends them down the WebSocket the browser registered on), answers them
+// and hangs up or is hung up on, or sees one cancelled while it rings. The browser never sees a 401/407
 // from an upstream (only authproxy's own 407), and neither the page nor
 // anything the browser received holds a trunk password.
 func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
@@ -122,9 +122,11 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 	for _, tc := range []struct {
 		name, scenario string
 		browserHangsUp bool
+		cancelled      bool
 	}{
-		{"inbound call through the registrar, caller hangs up", "call_auth_webrtc.xml", false},
-		{"inbound call through the registrar, browser hangs up", "call_auth_callee_bye_webrtc.xml", true},
+		{"inbound call through the registrar, caller hangs up", "call_auth_webrtc.xml", false, false},
+		{"inbound call through the registrar, browser hangs up", "call_auth_callee_bye_webrtc.xml", true, false},
+		{"inbound call through the registrar, caller cancels", "call_auth_cancel_webrtc.xml", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			call := strings.ReplaceAll(tc.name, " ", "-")
@@ -138,6 +140,13 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 				})
 			}()
 			waitEvent(t, br, call+":incoming", dump)
+			if tc.cancelled {
+				waitEvent(t, br, call+":failed", dump)
+				if res := <-done; !res.OK() {
+					t.Fatalf("SIPp caller: %v%s", res, dump())
+				}
+				return
+			}
 			br.Eval("answer()", nil)
 			waitEvent(t, br, call+":confirmed", dump)
 			if tc.browserHangsUp {
