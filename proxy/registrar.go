@@ -83,11 +83,19 @@ type bindingTable struct {
 	byContact map[string]*binding   // ckey (the latest registration wins)
 	byAlias   map[string]*binding   // alias
 	byAOR     map[string][]*binding // aor (a few contacts each)
+	// byFlow indexes the bindings registered over each WebSocket
+	// connection (flowKey), for removeFlow when it closes; a set, so that
+	// one connection with many bindings costs no more per removal.
+	byFlow map[string]map[*binding]struct{}
 }
+
+// flowKey names the connection (or UDP source) a binding was registered
+// over: its transport and the client's address.
+func flowKey(transport, addr string) string { return transport + "\x00" + addr }
 
 func newBindingTable() *bindingTable {
 	return &bindingTable{byKey: map[string]*binding{}, byContact: map[string]*binding{}, byAlias: map[string]*binding{},
-		byAOR: map[string][]*binding{}}
+		byAOR: map[string][]*binding{}, byFlow: map[string]map[*binding]struct{}{}}
 }
 
 // contactKey identifies a contact URI for matching a Request-URI against
@@ -136,6 +144,13 @@ func (t *bindingTable) put(b *binding, now time.Time) bool {
 		t.byAlias[b.alias] = b
 	}
 	t.byAOR[b.aor] = append(t.byAOR[b.aor], b)
+	if isWebSocket(b.transport) {
+		fk := flowKey(b.transport, b.addr)
+		if t.byFlow[fk] == nil {
+			t.byFlow[fk] = map[*binding]struct{}{}
+		}
+		t.byFlow[fk][b] = struct{}{}
+	}
 	return true
 }
 
@@ -164,17 +179,16 @@ func (t *bindingTable) removeAOR(aor, upstream string) {
 }
 
 // removeFlow deletes every binding registered over the connection of
-// transport from addr (a WebSocket that closed), and returns how many.
+// transport from addr (a WebSocket that closed), and returns how many: a
+// walk over that connection's bindings, not the whole table.
 func (t *bindingTable) removeFlow(transport, addr string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n := 0
-	for k, b := range t.byKey {
-		if b.transport == transport && b.addr == addr {
-			delete(t.byKey, k)
-			t.unindexLocked(b)
-			n++
-		}
+	flow := t.byFlow[flowKey(transport, addr)]
+	n := len(flow)
+	for b := range flow { // unindexLocked deletes b from flow: allowed while ranging
+		delete(t.byKey, b.aor+"\x00"+b.ckey)
+		t.unindexLocked(b)
 	}
 	return n
 }
@@ -191,6 +205,12 @@ func (t *bindingTable) unindexLocked(b *binding) {
 		delete(t.byAOR, b.aor)
 	} else {
 		t.byAOR[b.aor] = contacts
+	}
+	if flow := t.byFlow[flowKey(b.transport, b.addr)]; flow != nil {
+		delete(flow, b)
+		if len(flow) == 0 {
+			delete(t.byFlow, flowKey(b.transport, b.addr))
+		}
 	}
 }
 

@@ -95,6 +95,32 @@ func TestBindingTable(t *testing.T) {
 			t.Fatalf("AOR index %v, want 1002@pbx's binding alone", tb.byAOR)
 		}
 	})
+	t.Run("RemoveFlow", func(t *testing.T) {
+		// A WebSocket that closes takes the bindings registered over it,
+		// and only those.
+		tb := newBindingTable()
+		onFlow := func(aor string, c sip.Uri, addr string) *binding {
+			b := newBinding(aor, c, time.Minute)
+			b.transport, b.addr = "WS", addr
+			return b
+		}
+		tb.put(onFlow("1001@pbx", contact, "203.0.113.5:50000"), now)
+		tb.put(onFlow("1002@pbx", mustURI(t, "sip:x@abc.invalid;transport=ws"), "203.0.113.5:50000"), now)
+		kept := onFlow("1003@pbx", mustURI(t, "sip:y@def.invalid;transport=ws"), "203.0.113.5:50001")
+		tb.put(kept, now)
+		if n := tb.removeFlow("WS", "203.0.113.5:50000"); n != 2 {
+			t.Fatalf("removeFlow removed %d, want 2", n)
+		}
+		if n := tb.removeFlow("WSS", "203.0.113.5:50001"); n != 0 {
+			t.Fatalf("removeFlow of another transport removed %d", n)
+		}
+		if bs := tb.snapshot(); len(bs) != 1 || bs[0].AOR != "1003@pbx" {
+			t.Fatalf("bindings %+v, want 1003's alone", bs)
+		}
+		if len(tb.byFlow) != 1 || len(tb.byAOR) != 1 || len(tb.byContact) != 1 {
+			t.Fatalf("indexes keep removed bindings: flows %d, AORs %d, contacts %d", len(tb.byFlow), len(tb.byAOR), len(tb.byContact))
+		}
+	})
 	t.Run("RefreshReplaces", func(t *testing.T) {
 		tb := newBindingTable()
 		tb.put(newBinding("1001@pbx", contact, time.Second), now)
