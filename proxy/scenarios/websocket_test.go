@@ -1,6 +1,7 @@
 package scenarios
 
 import (
+	"crypto/tls"
 	"fmt"
 	"strings"
 	"testing"
@@ -245,5 +246,49 @@ func TestWebSocketToken(t *testing.T) {
 	}
 	if strings.Contains(h.Logs.String(), secret) || strings.Contains(h.Logs.String(), tok) {
 		t.Fatal("the token secret or a token reached a log")
+	}
+}
+
+// TestWebSocketSecure: a "wss" listener (TLS with the listener's
+// certificate) carries the same exchange: the browser registers with its
+// local password and is called through its connection; the browser-side
+// Path entry says transport=ws, as RFC 7118 has no "wss" value.
+func TestWebSocketSecure(t *testing.T) {
+	ca := newTestCA(t)
+	h := startWSHarness(t, wsgate.Limits{}, func(c *proxy.Config) {
+		l := &c.Listeners[len(c.Listeners)-1]
+		l.Transport = "wss"
+		l.TLS = &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "127.0.0.1")}}
+	})
+	wsTLS.Lock()
+	wsTLS.conf = &tls.Config{RootCAs: ca.pool}
+	wsTLS.Unlock()
+	t.Cleanup(func() { wsTLS.Lock(); wsTLS.conf = nil; wsTLS.Unlock() })
+	ph := startWSPhone(t, "1001", "wss://"+h.Addr["wss"]+"/sip")
+	if res := ph.register("pbx-a.example.com", uuid.NewString(), 1, 300, browserPassword); res.StatusCode != 200 {
+		t.Fatalf("REGISTER over wss: %d", res.StatusCode)
+	}
+	bs := h.A.Bindings("1001")
+	if len(bs) != 1 || len(bs[0].Path) != 2 {
+		t.Fatalf("registrar bindings %+v", bs)
+	}
+	if tp, _ := bs[0].Path[1].UriParams.Get("transport"); tp != "ws" {
+		t.Fatalf("browser-side Path entry %s, want transport=ws", bs[0].Path[1].String())
+	}
+	if pb := h.Proxy.Bindings(); len(pb) != 1 || pb[0].Transport != "WSS" {
+		t.Fatalf("proxy bindings %+v", pb)
+	}
+	done := make(chan fakepbx.OutgoingCall, 1)
+	go func() { done <- h.A.CallUser(t, "1001") }()
+	inv := ph.wait("INVITE over wss", func(m sip.Message) bool {
+		r, ok := m.(*sip.Request)
+		return ok && r.Method == sip.INVITE
+	}).(*sip.Request)
+	if v := inv.Via(); v == nil || v.Transport != "WSS" {
+		t.Fatalf("INVITE to the browser: top Via %v, want SIP/2.0/WSS", inv.Via())
+	}
+	ph.respond(inv, 200, "OK")
+	if call := <-done; call.Status != 200 {
+		t.Fatalf("call over wss: %d", call.Status)
 	}
 }

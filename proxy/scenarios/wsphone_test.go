@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -33,6 +34,12 @@ type wsPhone struct {
 	closed   chan struct{}
 }
 
+// wsTLS is the client TLS configuration of wss:// dials (nil: none).
+var wsTLS struct {
+	sync.Mutex
+	conf *tls.Config
+}
+
 // dialWS opens a WebSocket to url with the given Origin ("" for none) and
 // subprotocols, and returns the connection or the handshake error.
 func dialWS(url, origin string, protocols []string) (net.Conn, error) {
@@ -40,7 +47,10 @@ func dialWS(url, origin string, protocols []string) (net.Conn, error) {
 	if origin != "" {
 		hdr.Set("Origin", origin)
 	}
-	d := ws.Dialer{Protocols: protocols, Header: ws.HandshakeHeaderHTTP(hdr), Timeout: 5 * time.Second}
+	wsTLS.Lock()
+	conf := wsTLS.conf
+	wsTLS.Unlock()
+	d := ws.Dialer{Protocols: protocols, Header: ws.HandshakeHeaderHTTP(hdr), Timeout: 5 * time.Second, TLSConfig: conf}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, _, _, err := d.Dial(ctx, url)
