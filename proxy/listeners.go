@@ -25,7 +25,8 @@ var ErrListenerStopped = errors.New("listener stopped")
 
 // ListenerStatus is a snapshot of one bound listener.
 type ListenerStatus struct {
-	// Transport is "udp", "tcp" or "tls"; Address the bound host:port.
+	// Transport is "udp", "tcp", "tls", "ws" or "wss"; Address the bound
+	// host:port.
 	Transport, Address string
 	// Serving is false once the listener stopped while the proxy runs;
 	// Error then says why.

@@ -263,8 +263,8 @@ func sameListeners(a, b []Listener) bool {
 func (p *Proxy) DialogCount() int { return p.dialogs.len() }
 
 // ListenAddrs returns the bound "host:port" of the first listener of each
-// transport ("udp", "tcp", "tls"), and of the first IPv6 one ("udp6",
-// "tcp6", "tls6"), once Run has bound them (for tests that listen on port
+// transport ("udp", "tcp", "tls", "ws", "wss"), and of the first IPv6 one
+// ("udp6", "tcp6", "tls6", ...), once Run has bound them (for tests that listen on port
 // 0).
 func (p *Proxy) ListenAddrs() map[string]string {
 	p.mu.Lock()

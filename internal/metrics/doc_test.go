@@ -15,6 +15,7 @@ import (
 
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
+	"github.com/authproxy/authproxy/proxy/wsgate"
 )
 
 // allSource reports every kind of state the metrics read at scrape time,
@@ -70,6 +71,7 @@ func TestMetricsTableMatchesExported(t *testing.T) {
 				Refused: map[string]uint64{tcpguard.ReasonSourceDenied: 1},
 				Closed:  map[string]uint64{tcpguard.ReasonIdle: 1, tcpguard.ReasonTooLarge: 1, tcpguard.ReasonMalformed: 1},
 			},
+			ws: wsgate.Stats{Refused: map[string]uint64{wsgate.ReasonOrigin: 1}, Closed: map[string]uint64{wsgate.ReasonIdle: 1}},
 		},
 		regs: []proxy.RegistrationState{{AOR: "sip:a@x", State: proxy.RegStateRegistered}},
 	})

@@ -8,17 +8,45 @@ import (
 
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
+	"github.com/authproxy/authproxy/proxy/wsgate"
 )
 
-// listenerFake is a Source that reports listeners and TCP counters.
+// listenerFake is a Source that reports listeners, TCP and WebSocket
+// counters.
 type listenerFake struct {
 	fakeSource
 	listeners []proxy.ListenerStatus
 	stats     tcpguard.Stats
+	ws        wsgate.Stats
 }
 
 func (f *listenerFake) Listeners() []proxy.ListenerStatus { return f.listeners }
 func (f *listenerFake) TCPStats() tcpguard.Stats          { return f.stats }
+func (f *listenerFake) WebSocketStats() wsgate.Stats      { return f.ws }
+
+func TestWebSocketMetrics(t *testing.T) {
+	m := New("v9")
+	m.Attach(&listenerFake{ws: wsgate.Stats{
+		Open: 3, Upgraded: 12,
+		Refused: map[string]uint64{wsgate.ReasonOrigin: 2, wsgate.ReasonPerSourceLimit: 950},
+		Closed:  map[string]uint64{wsgate.ReasonTooLarge: 1, wsgate.ReasonIdle: 4},
+	}})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	for _, want := range []string{
+		"authproxy_websocket_connections 3",
+		"authproxy_websocket_upgrades_total 12",
+		`authproxy_websocket_refused_total{reason="origin-denied"} 2`,
+		`authproxy_websocket_refused_total{reason="per-source-limit"} 950`,
+		`authproxy_websocket_closed_total{reason="too-large"} 1`,
+		`authproxy_websocket_closed_total{reason="idle-timeout"} 4`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
 
 func TestTCPMetrics(t *testing.T) {
 	m := New("v9")
