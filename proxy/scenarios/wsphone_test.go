@@ -27,6 +27,7 @@ type wsPhone struct {
 	user string
 	host string // the .invalid host of its Via and Contact
 	tag  string
+	via  string // Via transport: "WS", or "WSS" over TLS, as JsSIP writes it
 
 	mu       sync.Mutex
 	received []sip.Message
@@ -64,7 +65,10 @@ func startWSPhone(t *testing.T, user, url string) *wsPhone {
 		t.Fatalf("websocket to %s: %v", url, err)
 	}
 	ph := &wsPhone{t: t, conn: c, user: user, host: strings.ReplaceAll(uuid.NewString()[:13], "-", "") + ".invalid",
-		tag: uuid.NewString()[:8], changed: make(chan struct{}), closed: make(chan struct{})}
+		tag: uuid.NewString()[:8], via: "WS", changed: make(chan struct{}), closed: make(chan struct{})}
+	if strings.HasPrefix(url, "wss:") {
+		ph.via = "WSS"
+	}
 	go ph.read()
 	t.Cleanup(func() { _ = c.Close(); <-ph.closed })
 	return ph
@@ -155,7 +159,7 @@ func (ph *wsPhone) final(req *sip.Request) *sip.Response {
 // its .invalid host, From its AOR at domain.
 func (ph *wsPhone) request(m sip.RequestMethod, ruri sip.Uri, callID, fromTag string, cseq uint32, domain string) *sip.Request {
 	req := sip.NewRequest(m, ruri)
-	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: "WS", Host: ph.host, Params: sip.NewParams()}
+	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: ph.via, Host: ph.host, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranch())
 	req.AppendHeader(via)
 	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: ph.user, Host: domain}, Params: sip.NewParams()}
