@@ -80,6 +80,7 @@ type sourceGuards struct {
 	recent   *recentDatagrams // where recent request datagrams came from (unparsable.go)
 	tcp      *tcpguard.Guard  // caps and deadlines of inbound TCP/TLS connections (listeners.go)
 	ws       *wsgate.Gate     // upgrade checks, caps and timeouts of inbound WebSocket connections (websocket.go)
+	flows    *flowTokens      // flow tokens in the Path of WebSocket clients' REGISTERs (websocket.go)
 	inputLog *logThrottle     // lines about bad input, one per kind and interval
 
 	lastRefusalLog atomic.Int64 // unix nanos of the last "request refused" log line
@@ -175,6 +176,7 @@ func New(cfg Config) (*Proxy, error) {
 			invites:  newInviteSources(cfg.TimerC),
 			recent:   newRecentDatagrams(),
 			inputLog: newLogThrottle(sipgoLogInterval),
+			flows:    newFlowTokens(),
 		},
 	}
 	rt, err := p.newRouting(cfg, ups)

@@ -320,6 +320,9 @@ func (f *forwarding) prepareRegister(fwd *sip.Request) {
 			continue
 		}
 		u := f.p.ownURI(l, "")
+		if l == cl && isWebSocket(f.req.Transport()) {
+			u = f.p.flowPathURI(l, f.req.Transport(), f.req.Source())
+		}
 		path = append(path, "<"+u.String()+">")
 	}
 	if len(path) == 0 {
@@ -517,6 +520,17 @@ func (f *forwarding) routeInbound() bool {
 	own := f.p.isOwnURI(req.Recipient)
 	up := ups[0]
 	b := f.p.bindings.lookup(req.Recipient, own, time.Now())
+	if tp, addr, ok := f.routeFlow(); ok {
+		// The Path of a WebSocket client's registration: its flow decides
+		// (RFC 5626 §5.3), whatever the Request-URI.
+		if !f.p.webSocketOpen(tp, addr) {
+			f.flowFailed = true
+			return false
+		}
+		if b == nil || b.transport != tp || b.addr != addr {
+			b = &binding{contact: *req.Recipient.Clone(), upstream: up.Name, transport: tp, addr: addr}
+		}
+	}
 	if b != nil {
 		// The upstream the client registered with, when the source is one
 		// of its addresses too.

@@ -201,6 +201,10 @@ func (f *forwarding) route() bool {
 	} else if f.routeInbound() {
 		// An upstream's request to a client registered through us.
 		return true
+	} else if f.flowFailed {
+		// RFC 5626 §5.3: the flow the Path names is gone.
+		f.respondLocal(430, "Flow Failed", "flow-failed")
+		return false
 	}
 	if !f.routeUpstream() {
 		return false

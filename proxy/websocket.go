@@ -1,9 +1,16 @@
 package proxy
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/proxy/tcpguard"
 	"github.com/authproxy/authproxy/proxy/wsgate"
@@ -28,9 +35,10 @@ import (
 //     on (sipgo's server transaction); requests in a dialog follow the
 //     dialog's client address (the connection), and requests for a
 //     registered Contact the binding made when its REGISTER passed (the
-//     connection it registered on, reachAt): the flow of RFC 5626, named
-//     by the connection's address instead of a flow token in the Path,
-//     since authproxy keeps the binding itself;
+//     connection it registered on, reachAt): the flow of RFC 5626,
+//     also named by a flow token in the Path (flowTokens below), so that
+//     a request the registrar sends through that Path reaches the
+//     connection whatever its Request-URI;
 //   - a connection that closes takes its bindings with it (nothing can
 //     reach that Contact any more); its dialogs stay until they end or
 //     idle out, and a request toward a closed connection fails at once
@@ -111,4 +119,80 @@ func (p *Proxy) tokenUser(transport, source string) string {
 		return ""
 	}
 	return p.ws.TokenUser(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+}
+
+// Flow tokens (RFC 5626 §5.2). The Path entry authproxy adds for a
+// browser's REGISTER names the WebSocket it came over in its user part,
+// "fl-" + base64url(HMAC-SHA256(key, flow)[:10] + flow), flow being
+// transport "|" address; the ";ob" parameter says authproxy keeps that
+// flow (§5.1). A request the registrar sends through that Path goes down
+// that connection whatever its Request-URI; when the connection has
+// closed it is answered 430 Flow Failed (§5.3). The key is drawn at start:
+// flows do not outlive the process.
+const flowTokenPrefix = "fl-"
+
+// flowTokenMAC is the length of a flow token's truncated HMAC: 80 bits,
+// as RFC 5626 §5.2's example.
+const flowTokenMAC = 10
+
+// flowTokens makes and checks flow tokens.
+type flowTokens struct{ key []byte }
+
+func newFlowTokens() *flowTokens {
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	return &flowTokens{key: k}
+}
+
+func (ft *flowTokens) mac(flow string) []byte {
+	m := hmac.New(sha256.New, ft.key)
+	m.Write([]byte(flow))
+	return m.Sum(nil)[:flowTokenMAC]
+}
+
+// token is the user part naming the flow of transport from addr.
+func (ft *flowTokens) token(transport, addr string) string {
+	flow := transport + "|" + addr
+	return flowTokenPrefix + base64.RawURLEncoding.EncodeToString(append(ft.mac(flow), flow...))
+}
+
+// parse returns the flow a token names, or ok false when user is no
+// token of ours (forged, altered, or not a token).
+func (ft *flowTokens) parse(user string) (transport, addr string, ok bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(user, flowTokenPrefix))
+	if !strings.HasPrefix(user, flowTokenPrefix) || err != nil || len(raw) <= flowTokenMAC {
+		return "", "", false
+	}
+	flow := string(raw[flowTokenMAC:])
+	if !hmac.Equal(raw[:flowTokenMAC], ft.mac(flow)) {
+		return "", "", false
+	}
+	transport, addr, ok = strings.Cut(flow, "|")
+	return transport, addr, ok && isWebSocket(transport)
+}
+
+// flowPathURI is the Path entry of a REGISTER that came over the
+// WebSocket listener l from addr: its flow token, lr and ob.
+func (p *Proxy) flowPathURI(l *boundListener, transport, addr string) sip.Uri {
+	u := sip.Uri{Scheme: "sip", User: p.flows.token(transport, addr), Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
+	u.UriParams.Add("transport", l.uriTransport())
+	u.UriParams.Add("lr", "")
+	u.UriParams.Add("ob", "")
+	return u
+}
+
+// routeFlow looks for a flow token in our own Route entries of an
+// upstream's request (the Path the registrar preloaded): the flow it
+// names, and whether one was found.
+func (f *forwarding) routeFlow() (transport, addr string, found bool) {
+	for _, h := range f.req.GetHeaders("Route") {
+		r, ok := h.(*sip.RouteHeader)
+		if !ok || !f.p.isOwnURI(r.Address) {
+			break
+		}
+		if tp, a, ok := f.p.flows.parse(r.Address.User); ok {
+			return tp, a, true
+		}
+	}
+	return "", "", false
 }

@@ -65,8 +65,9 @@ func TestWebSocketPhone(t *testing.T) {
 	if len(bs) != 1 || len(bs[0].Path) < 2 {
 		t.Fatalf("registrar bindings %+v: want one, with a double Path", bs)
 	}
-	if tp, _ := bs[0].Path[len(bs[0].Path)-1].UriParams.Get("transport"); tp != "ws" {
-		t.Fatalf("Path %v: the browser-side entry is not transport=ws", bs[0].Path)
+	browserSide := bs[0].Path[len(bs[0].Path)-1]
+	if tp, _ := browserSide.UriParams.Get("transport"); tp != "ws" || !browserSide.UriParams.Has("ob") || !strings.HasPrefix(browserSide.User, "fl-") {
+		t.Fatalf("Path %v: the browser-side entry is not transport=ws with a flow token and ;ob (RFC 5626 §5.1)", bs[0].Path)
 	}
 	if pb := h.Proxy.Bindings(); len(pb) != 1 || pb[0].Transport != "WS" {
 		t.Fatalf("proxy bindings %+v", pb)
@@ -190,15 +191,36 @@ func TestWebSocketPhone(t *testing.T) {
 		})
 	}
 
+	t.Run("the flow token routes whatever the Request-URI", func(t *testing.T) {
+		// A registrar that addresses the AOR instead of the Contact (some
+		// do with GRUUs): the Path's flow token still finds the browser.
+		b := h.A.Bindings("1001")[0]
+		b.Contact = sip.Uri{Scheme: "sip", User: "1001", Host: "pbx-a.example.com"}
+		done := make(chan *sip.Response, 1)
+		go func() { done <- h.A.SendTo(t, b, sip.MESSAGE) }()
+		m := ph.wait("MESSAGE", func(m sip.Message) bool {
+			r, ok := m.(*sip.Request)
+			return ok && r.Method == sip.MESSAGE
+		}).(*sip.Request)
+		if m.Recipient.User != "1001" || m.Recipient.Host != "pbx-a.example.com" {
+			t.Fatalf("MESSAGE Request-URI %s, want the AOR as the registrar sent it", m.Recipient.String())
+		}
+		ph.respond(m, 200, "OK")
+		if res := <-done; res == nil || res.StatusCode != 200 {
+			t.Fatalf("MESSAGE to the AOR through the Path: %v", res)
+		}
+	})
+
 	t.Run("closed socket removes bindings only", func(t *testing.T) {
 		if len(h.Proxy.Bindings()) != 1 {
 			t.Fatalf("bindings before close: %+v", h.Proxy.Bindings())
 		}
 		_ = ph.conn.Close()
 		testutil.Eventually(t, "bindings of the closed WebSocket removed", func() bool { return len(h.Proxy.Bindings()) == 0 })
-		// The PBX's call to the registered contact now finds no flow.
-		if call := h.A.CallUser(t, "1001"); call.Status == 200 {
-			t.Fatalf("call to a closed WebSocket's contact: %d", call.Status)
+		// The PBX's call through the Path now names a flow that is gone
+		// (RFC 5626 §5.3).
+		if call := h.A.CallUser(t, "1001"); call.Status != 430 {
+			t.Fatalf("call to a closed WebSocket's contact: %d, want 430 Flow Failed", call.Status)
 		}
 	})
 	assertNoCallErrors(t, h.A)
