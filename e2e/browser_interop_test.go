@@ -20,8 +20,8 @@ const browserLocalPassword = "L-browser-1001-Pw-5d7e"
 // only its local password, registers through authproxy's "ws" listener to
 // a Kamailio registrar that challenges (authproxy answers the 401 with
 // pbx-a's credential), places calls through a challenging Kamailio trunk
-// (pbx-b) to a SIPp UAS (hung up by either side, re-INVITEd, cancelled
-// while ringing), then receives calls from a SIPp caller through the
+// (pbx-b) to a SIPp UAS (hung up by either side, re-INVITEd by either
+// side, cancelled while ringing), then receives calls from a SIPp caller through the
 // registrar (Kamailio routes them through the Path to authproxy, which
 // sends them down the WebSocket the browser registered on), answers them
 // and hangs up or is hung up on, or sees one cancelled while it rings. The browser never sees a 401/407
@@ -88,6 +88,10 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 			var ok bool
 			br.Eval("renegotiate()", &ok)
 			br.Eval("hangUp()", nil)
+			waitEvent(t, br, call+":ended", dump)
+		}},
+		{"call out, callee re-INVITEs then hangs up", "uas_far_reinvite_webrtc.xml", func(t *testing.T, call string) {
+			waitEvent(t, br, call+":confirmed", dump)
 			waitEvent(t, br, call+":ended", dump)
 		}},
 		{"call out, browser cancels while it rings", "uas_ring.xml", func(t *testing.T, call string) {
