@@ -33,8 +33,13 @@ func TestWebSocketListen(t *testing.T) {
 		IdleTimeout: 2 * time.Minute, PingInterval: 30 * time.Second, MaxMessageSize: 32768}); cfg.WebSocket != want {
 		t.Fatalf("websocket = %+v, want %+v", cfg.WebSocket, want)
 	}
-	if cfg := mustParse(t, string(withClient(baseOK+wsListen))); cfg.Listen[1].Path != "/" || cfg.Listen[1].TokenSecret.IsZero() == false {
+	if cfg := mustParse(t, string(withClient(baseOK+wsListen))); cfg.Listen[1].Path != "/" || !cfg.Listen[1].TokenSecret.IsZero() {
 		t.Fatalf("defaults: %+v", cfg.Listen[1])
+	}
+	envCfg, err := config.Parse(withClient(baseOK+wsListen), env(map[string]string{
+		"AUTHPROXY_WEBSOCKET__PING_INTERVAL": "45s", "AUTHPROXY_WEBSOCKET__MAX_CONNECTIONS_PER_SOURCE": "20"}))
+	if err != nil || envCfg.WebSocket.PingInterval != 45*time.Second || envCfg.WebSocket.MaxConnectionsPerSource != 20 {
+		t.Fatalf("environment overrides: %+v, %v", envCfg.WebSocket, err)
 	}
 
 	dir := t.TempDir()
