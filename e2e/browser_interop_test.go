@@ -16,37 +16,47 @@ import (
 // [[client]] group's account), the only secret its page is given.
 const browserLocalPassword = "L-browser-1001-Pw-5d7e"
 
-// TestBrowserJsSIPThroughAuthproxy: JsSIP in headless Chromium, holding
-// only its local password, registers through authproxy's "ws" listener to
-// a Kamailio registrar that challenges (authproxy answers the 401 with
-// pbx-a's credential), places calls through a challenging Kamailio trunk
-// (pbx-b) to a SIPp UAS (hung up by either side, re-INVITEd by either
-// side, cancelled while ringing), then receives calls from a SIPp caller through the
-// registrar (Kamailio routes them through the Path to authproxy, which
-// sends them down the WebSocket the browser registered on), answers them
-// and hangs up or is hung up on, or sees one cancelled while it rings. The browser never sees a 401/407
-// from an upstream (only authproxy's own 407), and neither the page nor
-// anything the browser received holds a trunk password.
-func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
-	peers.Require(t, "kamailio", "sipp")
-	browser.Require(t)
-	a, b := upstreamA, upstreamB
-	uasPort := peers.FreePort(t, callsInteropUASHost)
-	reg := peers.StartKamailio(t, peers.KamailioConfig{Host: a.host, Users: a.users(), Registrar: true})
-	trunk := peers.StartKamailio(t, peers.KamailioConfig{Host: b.host, Users: b.users(),
-		RelayTo: fmt.Sprintf("%s:%d", callsInteropUASHost, uasPort)})
-	page := browser.ServePage(t)
+// softphone drives page/phone.js of internal/browser, in Chromium or in
+// Node.
+type softphone interface {
+	// do calls one of phone.js's functions with args and waits until it
+	// returned.
+	do(fn string, args ...any)
+	// waitEvent waits until phone.js recorded the JsSIP event ev.
+	waitEvent(ev string)
+	// received returns every SIP message the phone read from its
+	// WebSocket.
+	received() []string
+}
 
+// jssipRig is the world the JsSIP tests run in: a Kamailio registrar
+// (pbx-a) and a Kamailio trunk (pbx-b) relaying to a SIPp UAS, both
+// challenging, and authproxy with a "ws" listener in front of them.
+type jssipRig struct {
+	t          *testing.T
+	reg, trunk *peers.Kamailio
+	ap         *peers.Authproxy
+	ws         string // ws:// URL of authproxy's listener
+	uasPort    int
+}
+
+func startJSSIPRig(t *testing.T, origin string) *jssipRig {
+	t.Helper()
+	a, b := upstreamA, upstreamB
+	r := &jssipRig{t: t, uasPort: peers.FreePort(t, callsInteropUASHost)}
+	r.reg = peers.StartKamailio(t, peers.KamailioConfig{Host: a.host, Users: a.users(), Registrar: true})
+	r.trunk = peers.StartKamailio(t, peers.KamailioConfig{Host: b.host, Users: b.users(),
+		RelayTo: fmt.Sprintf("%s:%d", callsInteropUASHost, r.uasPort)})
 	udp := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	wsAddr := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	var conf strings.Builder
 	conf.WriteString("[log]\nlevel = \"debug\"\nformat = \"json\"\nsip_trace = true\n\n[proxy]\nshutdown_grace = \"1s\"\n\n")
 	fmt.Fprintf(&conf, "[[listen]]\ntransport = \"udp\"\naddress = %q\n\n", udp)
-	fmt.Fprintf(&conf, "[[listen]]\ntransport = \"ws\"\naddress = %q\npath = \"/sip\"\norigins = [%q]\n\n", wsAddr, page.Origin)
+	fmt.Fprintf(&conf, "[[listen]]\ntransport = \"ws\"\naddress = %q\npath = \"/sip\"\norigins = [%q]\n\n", wsAddr, origin)
 	for _, u := range []struct {
 		p    upstreamPBX
 		addr string
-	}{{a, reg.Addr()}, {b, trunk.Addr()}} {
+	}{{a, r.reg.Addr()}, {b, r.trunk.Addr()}} {
 		fmt.Fprintf(&conf, "[[upstream]]\nname = %q\naddress = %q\ndomains = [%q]\npreemptive = \"off\"\n\n", u.p.name, u.addr, u.p.domain)
 	}
 	for _, c := range append(credentialsFor(a), credentialsFor(b)...) {
@@ -55,68 +65,70 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 	}
 	fmt.Fprintf(&conf, "[[client]]\nname = \"browsers\"\nnetworks = [\"127.0.0.0/8\"]\nupstreams = [\"*\"]\n"+
 		"[[client.user]]\nusername = \"1001\"\npassword = %q\n", browserLocalPassword)
-	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: conf.String()})
-	dump := func() string {
-		return fmt.Sprintf("\n--- authproxy ---\n%s\n--- registrar ---\n%s\n--- trunk ---\n%s", ap.Logs(), reg.Log(), trunk.Log())
-	}
+	r.ap = peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: conf.String()})
+	r.ws = "ws://" + wsAddr + "/sip"
+	return r
+}
 
-	br := browser.Launch(t, page.Origin+"/")
-	cfg, _ := json.Marshal(map[string]string{"ws": "ws://" + wsAddr + "/sip", "uri": "sip:1001@" + a.domain, "password": browserLocalPassword})
-	br.Eval(fmt.Sprintf("startPhone(%s)", cfg), nil)
-	waitEvent(t, br, "registered", dump)
-	if n := len(reg.Events()); n == 0 {
-		t.Fatalf("the registrar saw no REGISTER%s", dump())
-	}
+func (r *jssipRig) dump() string {
+	return fmt.Sprintf("\n--- authproxy ---\n%s\n--- registrar ---\n%s\n--- trunk ---\n%s", r.ap.Logs(), r.reg.Log(), r.trunk.Log())
+}
 
-	// Outgoing calls: to a SIPp UAS behind the trunk, each scenario on a
-	// fresh SIPp; the UAS's final state decides.
+// runCalls registers the phone through authproxy and runs every call
+// scenario: calls out through the trunk to a SIPp UAS (hung up by either
+// side, re-INVITEd by either side, cancelled while ringing), then calls
+// in from a SIPp caller through the registrar, which routes them through
+// the Path to authproxy and down the phone's WebSocket (hung up by either
+// side, cancelled by the caller). Last it checks that the phone never
+// received an upstream's 401/407 (only authproxy's own 407) and no trunk
+// password.
+func (r *jssipRig) runCalls(t *testing.T, ph softphone) {
+	a, b := upstreamA, upstreamB
+	ph.do("startPhone", map[string]string{"ws": r.ws, "uri": "sip:1001@" + a.domain, "password": browserLocalPassword})
+	ph.waitEvent("registered")
 	for _, tc := range []struct {
 		name, scenario string
-		run            func(t *testing.T, call string)
+		run            func(call string)
 	}{
-		{"call out, browser hangs up", "uas_webrtc.xml", func(t *testing.T, call string) {
-			waitEvent(t, br, call+":confirmed", dump)
-			br.Eval("hangUp()", nil)
-			waitEvent(t, br, call+":ended", dump)
+		{"call out, browser hangs up", "uas_webrtc.xml", func(call string) {
+			ph.waitEvent(call + ":confirmed")
+			ph.do("hangUp")
+			ph.waitEvent(call + ":ended")
 		}},
-		{"call out, callee hangs up", "uas_bye_webrtc.xml", func(t *testing.T, call string) {
-			waitEvent(t, br, call+":confirmed", dump)
-			waitEvent(t, br, call+":ended", dump)
+		{"call out, callee hangs up", "uas_bye_webrtc.xml", func(call string) {
+			ph.waitEvent(call + ":confirmed")
+			ph.waitEvent(call + ":ended")
 		}},
-		{"call out, browser re-INVITEs then hangs up", "uas_reinvite_webrtc.xml", func(t *testing.T, call string) {
-			waitEvent(t, br, call+":confirmed", dump)
-			var ok bool
-			br.Eval("renegotiate()", &ok)
-			br.Eval("hangUp()", nil)
-			waitEvent(t, br, call+":ended", dump)
+		{"call out, browser re-INVITEs then hangs up", "uas_reinvite_webrtc.xml", func(call string) {
+			ph.waitEvent(call + ":confirmed")
+			ph.do("renegotiate")
+			ph.do("hangUp")
+			ph.waitEvent(call + ":ended")
 		}},
-		{"call out, callee re-INVITEs then hangs up", "uas_far_reinvite_webrtc.xml", func(t *testing.T, call string) {
-			waitEvent(t, br, call+":confirmed", dump)
-			waitEvent(t, br, call+":ended", dump)
+		{"call out, callee re-INVITEs then hangs up", "uas_far_reinvite_webrtc.xml", func(call string) {
+			ph.waitEvent(call + ":confirmed")
+			ph.waitEvent(call + ":ended")
 		}},
-		{"call out, browser cancels while it rings", "uas_ring.xml", func(t *testing.T, call string) {
-			waitEvent(t, br, call+":progress", dump)
-			br.Eval("hangUp()", nil)
-			waitEvent(t, br, call+":failed", dump)
+		{"call out, browser cancels while it rings", "uas_ring.xml", func(call string) {
+			ph.waitEvent(call + ":progress")
+			ph.do("hangUp")
+			ph.waitEvent(call + ":failed")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			uas := peers.StartSipp(t, peers.SippRun{
-				Scenario: sippScenario(tc.scenario), Local: callsInteropUASHost, LocalPort: uasPort,
+				Scenario: sippScenario(tc.scenario), Local: callsInteropUASHost, LocalPort: r.uasPort,
 				Transport: "u1", Service: "2001", Timeout: 30 * time.Second,
 			})
 			call := strings.ReplaceAll(tc.name, " ", "-")
-			br.Eval(fmt.Sprintf("call(%q, %q)", "sip:2001@"+b.domain, call), nil)
-			tc.run(t, call)
+			ph.do("call", "sip:2001@"+b.domain, call)
+			tc.run(call)
 			if res := uas.Wait(); !res.OK() {
-				t.Fatalf("SIPp UAS: %v%s", res, dump())
+				t.Fatalf("SIPp UAS: %v%s", res, r.dump())
 			}
 		})
 	}
 
-	// Incoming calls: a SIPp caller that knows its own password calls
-	// 1001 at the registrar, which routes the INVITE through the Path to
-	// authproxy and down the browser's WebSocket.
 	var callerAcct pbxAccount
 	for _, acc := range a.accounts {
 		if acc.user == "1002" {
@@ -124,9 +136,8 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
-		name, scenario string
-		browserHangsUp bool
-		cancelled      bool
+		name, scenario            string
+		browserHangsUp, cancelled bool
 	}{
 		{"inbound call through the registrar, caller hangs up", "call_auth_webrtc.xml", false, false},
 		{"inbound call through the registrar, browser hangs up", "call_auth_callee_bye_webrtc.xml", true, false},
@@ -134,64 +145,129 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			call := strings.ReplaceAll(tc.name, " ", "-")
-			br.Eval(fmt.Sprintf("expectIncoming(%q)", call), nil)
+			ph.do("expectIncoming", call)
 			done := make(chan peers.SippResult, 1)
 			go func() {
 				done <- peers.RunSipp(t, peers.SippRun{
-					Scenario: sippScenario(tc.scenario), Remote: reg.Addr(), Transport: "u1",
+					Scenario: sippScenario(tc.scenario), Remote: r.reg.Addr(), Transport: "u1",
 					Service: "1001", Domain: a.domain, Keys: map[string]string{"caller": "1002"},
 					AuthUser: callerAcct.username, AuthPass: callerAcct.password, Timeout: 30 * time.Second,
 				})
 			}()
-			waitEvent(t, br, call+":incoming", dump)
-			if tc.cancelled {
-				waitEvent(t, br, call+":failed", dump)
-				if res := <-done; !res.OK() {
-					t.Fatalf("SIPp caller: %v%s", res, dump())
+			ph.waitEvent(call + ":incoming")
+			switch {
+			case tc.cancelled:
+				ph.waitEvent(call + ":failed")
+			default:
+				ph.do("answer")
+				ph.waitEvent(call + ":confirmed")
+				if tc.browserHangsUp {
+					ph.do("hangUpIncoming")
 				}
-				return
+				ph.waitEvent(call + ":ended")
 			}
-			br.Eval("answer()", nil)
-			waitEvent(t, br, call+":confirmed", dump)
-			if tc.browserHangsUp {
-				br.Eval("hangUpIncoming()", nil)
-			}
-			waitEvent(t, br, call+":ended", dump)
 			if res := <-done; !res.OK() {
-				t.Fatalf("SIPp caller: %v%s", res, dump())
+				t.Fatalf("SIPp caller: %v%s", res, r.dump())
 			}
 		})
 	}
 
-	// What the browser received: authproxy's own 407s only, never an
-	// upstream's challenge, and no trunk password anywhere in the page.
-	var received []string
-	br.Eval("window.sipReceived", &received)
+	received := ph.received()
+	if len(received) == 0 {
+		t.Fatal("the phone recorded no SIP message")
+	}
 	challenge := regexp.MustCompile(`^SIP/2\.0 (401|407) `)
 	for _, m := range received {
 		if challenge.MatchString(m) && !strings.Contains(m, `realm="authproxy"`) {
-			t.Fatalf("the browser saw an upstream's challenge:\n%s", m)
+			t.Fatalf("the phone saw an upstream's challenge:\n%s", m)
+		}
+		for _, pw := range append(a.passwords(), b.passwords()...) {
+			if strings.Contains(m, pw) {
+				t.Fatal("a trunk password reached the phone")
+			}
 		}
 	}
-	var html string
-	br.Eval("document.documentElement.outerHTML + JSON.stringify(window.events)", &html)
-	everything := page.Served() + html + strings.Join(received, "\n")
-	for _, pw := range append(a.passwords(), b.passwords()...) {
-		if strings.Contains(everything, pw) {
-			t.Fatal("a trunk password reached the browser")
-		}
-	}
-	if strings.Contains(ap.Logs(), browserLocalPassword) {
-		t.Fatal("the browser's local password reached authproxy's log")
+	if strings.Contains(r.ap.Logs(), browserLocalPassword) {
+		t.Fatal("the phone's local password reached authproxy's log")
 	}
 }
 
-// waitEvent waits until the page recorded a JsSIP event of type ev.
-func waitEvent(t *testing.T, br *browser.Browser, ev string, dump func() string) {
-	t.Helper()
-	if err := br.Poll(60*time.Second, fmt.Sprintf("window.events.some(e => e.type === %q)", ev)); err != nil {
-		var events []struct{ Type, Detail string }
-		br.Eval("window.events", &events)
-		t.Fatalf("browser: no %s event (%v); events %+v%s", ev, err, events, dump())
+// TestBrowserJsSIPThroughAuthproxy: JsSIP in headless Chromium, holding
+// only its local password, registers through authproxy's "ws" listener to
+// a Kamailio registrar that challenges (authproxy answers the 401 with
+// pbx-a's credential), and runs every call scenario of runCalls: out
+// through a challenging Kamailio trunk to a SIPp UAS, in from a SIPp
+// caller through the registrar. The SIPp scenarios offer and answer
+// WebRTC-shaped SDP, so that the browser confirms the calls; no media
+// flows. Neither the page nor anything the browser received holds a
+// trunk password.
+func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
+	peers.Require(t, "kamailio", "sipp")
+	browser.Require(t)
+	page := browser.ServePage(t)
+	r := startJSSIPRig(t, page.Origin)
+	br := browser.Launch(t, page.Origin+"/")
+	r.runCalls(t, chromiumPhone{t: t, br: br, dump: r.dump})
+	var html string
+	br.Eval("document.documentElement.outerHTML + JSON.stringify(window.events)", &html)
+	for _, pw := range append(upstreamA.passwords(), upstreamB.passwords()...) {
+		if strings.Contains(page.Served()+html, pw) {
+			t.Fatal("a trunk password is in the page")
+		}
 	}
 }
+
+// TestNodeJsSIPThroughAuthproxy: the same softphone and call scenarios
+// with JsSIP run by Node over the npm ws WebSocket and a stand-in
+// RTCPeerConnection: the signalling alone, without a browser.
+func TestNodeJsSIPThroughAuthproxy(t *testing.T) {
+	peers.Require(t, "kamailio", "sipp")
+	browser.RequireNode(t)
+	r := startJSSIPRig(t, "https://app.example.com")
+	r.runCalls(t, nodePhone{t: t, n: browser.StartNodePhone(t), dump: r.dump})
+}
+
+// chromiumPhone is a softphone in headless Chromium.
+type chromiumPhone struct {
+	t    *testing.T
+	br   *browser.Browser
+	dump func() string
+}
+
+func (c chromiumPhone) do(fn string, args ...any) {
+	c.t.Helper()
+	if args == nil {
+		args = []any{}
+	}
+	js, err := json.Marshal(args)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.br.Eval(fmt.Sprintf("%s(...%s)", fn, js), nil)
+}
+
+func (c chromiumPhone) waitEvent(ev string) {
+	c.t.Helper()
+	if err := c.br.Poll(60*time.Second, fmt.Sprintf("window.events.some(e => e.type === %q)", ev)); err != nil {
+		var events []struct{ Type, Detail string }
+		c.br.Eval("window.events", &events)
+		c.t.Fatalf("browser: no %s event (%v); events %+v%s", ev, err, events, c.dump())
+	}
+}
+
+func (c chromiumPhone) received() []string {
+	var out []string
+	c.br.Eval("window.sipReceived", &out)
+	return out
+}
+
+// nodePhone is a softphone run by Node.
+type nodePhone struct {
+	t    *testing.T
+	n    *browser.NodePhone
+	dump func() string
+}
+
+func (p nodePhone) do(fn string, args ...any) { p.t.Helper(); p.n.Call(fn, args...) }
+func (p nodePhone) waitEvent(ev string)       { p.t.Helper(); p.n.WaitEvent(ev, p.dump) }
+func (p nodePhone) received() []string        { return p.n.Received() }

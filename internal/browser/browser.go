@@ -2,7 +2,10 @@
 // Chromium (Debian package chromium) for the interop tests of SIP over
 // WebSocket: it bundles JsSIP for a page (npm package esbuild), serves that
 // page on a loopback address, starts Chromium with fake media devices and
-// drives the page through the DevTools protocol over a WebSocket.
+// drives the page through the DevTools protocol over a WebSocket. The
+// same softphone script also runs in Node (node/phone.js, NodePhone) over
+// the npm ws WebSocket with a stand-in RTCPeerConnection, for the
+// signalling alone.
 //
 // The npm packages are installed into this directory's node_modules by
 // scripts/install-peers (`npm ci` from package-lock.json); without them, or
