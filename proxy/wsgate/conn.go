@@ -298,7 +298,8 @@ func (c *conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		close(c.closed)
-		err = c.raw.Close()
+		// The connection's place and bindings go before the peer sees it
+		// closed: whoever reconnects finds them free.
 		g := c.l.g
 		g.release(c.remote.Addr(), c.peer)
 		if c.user != "" {
@@ -309,6 +310,7 @@ func (c *conn) Close() error {
 		if g.cfg.OnClose != nil {
 			g.cfg.OnClose(c.l.cfg.Transport, c.remote)
 		}
+		err = c.raw.Close()
 	})
 	return err
 }

@@ -134,8 +134,8 @@ func (l *Listener) acceptLoop() {
 		src := remoteAddrPort(raw)
 		peer, reason := l.g.admit(src.Addr())
 		if reason != "" {
+			l.g.refusal(reason, src, l.name) // counted before the peer sees the close
 			_ = raw.Close()
-			l.g.refusal(reason, src, l.name)
 			continue
 		}
 		go l.upgrade(raw, src, peer)
@@ -187,7 +187,6 @@ func (l *Listener) upgrade(raw net.Conn, src netip.AddrPort, peer tcpguard.Peer)
 	}
 	user, key, rf := l.check(req)
 	if rf != nil {
-		writeRefusal(stream, rf)
 		l.fail(stream, src, peer, rf.reason, rf)
 		return
 	}
@@ -214,12 +213,18 @@ func (l *Listener) upgrade(raw net.Conn, src netip.AddrPort, peer tcpguard.Peer)
 	}
 }
 
-// fail closes a connection refused during its upgrade.
+// fail counts and closes a connection refused during its upgrade, after
+// the HTTP answer when err is a refusal (counted first, so that whoever
+// reads the answer finds it counted).
 func (l *Listener) fail(c net.Conn, src netip.AddrPort, peer tcpguard.Peer, reason string, err error) {
-	_ = c.Close()
 	l.g.release(src.Addr(), peer)
 	l.g.refusal(reason, src, l.name)
 	l.g.log.Debug("websocket upgrade refused", "listener", l.name, "source", src.String(), "reason", reason, "error", err)
+	var rf *refusal
+	if errors.As(err, &rf) {
+		writeRefusal(c, rf)
+	}
+	_ = c.Close()
 }
 
 func writeRefusal(w io.Writer, rf *refusal) {
