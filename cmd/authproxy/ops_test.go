@@ -117,6 +117,10 @@ func TestDescribeChanges(t *testing.T) {
 	if got, want := restartKeys(old, cur), []string{"listen", "admin.address", "log.format"}; !slices.Equal(got, want) {
 		t.Errorf("restartKeys = %q, want %q", got, want)
 	}
+	ws := mustParse(t, opsBase+"\n[websocket]\nping_interval = \"20s\"\n")
+	if got, want := restartKeys(old, ws), []string{"websocket"}; !slices.Equal(got, want) {
+		t.Errorf("restartKeys after a [websocket] change = %q, want %q", got, want)
+	}
 }
 
 func TestErrorList(t *testing.T) {

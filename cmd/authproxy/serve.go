@@ -290,6 +290,9 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if boot.TCP != cfg.TCP {
 		out = append(out, "tcp")
 	}
+	if boot.WebSocket != cfg.WebSocket {
+		out = append(out, "websocket")
+	}
 	return out
 }
 
