@@ -10,6 +10,7 @@ import (
 
 	"github.com/authproxy/authproxy/internal/browser"
 	"github.com/authproxy/authproxy/internal/peers"
+	"github.com/authproxy/authproxy/internal/testutil"
 )
 
 // browserLocalPassword is the browser's password at authproxy (its
@@ -21,12 +22,12 @@ const browserLocalPassword = "L-browser-1001-Pw-5d7e"
 type softphone interface {
 	// do calls one of phone.js's functions with args and waits until it
 	// returned.
-	do(fn string, args ...any)
+	do(t *testing.T, fn string, args ...any)
 	// waitEvent waits until phone.js recorded the JsSIP event ev.
-	waitEvent(ev string)
+	waitEvent(t *testing.T, ev string)
 	// received returns every SIP message the phone read from its
 	// WebSocket.
-	received() []string
+	received(t *testing.T) []string
 }
 
 // jssipRig is the world the JsSIP tests run in: a Kamailio registrar
@@ -70,6 +71,17 @@ func startJSSIPRig(t *testing.T, origin string) *jssipRig {
 	return r
 }
 
+// relayedACKs counts the ACKs the trunk relayed so far.
+func (r *jssipRig) relayedACKs() int {
+	n := 0
+	for _, e := range r.trunk.Events() {
+		if e.Method == "ACK" && e.Result == "relay" {
+			n++
+		}
+	}
+	return n
+}
+
 func (r *jssipRig) dump() string {
 	return fmt.Sprintf("\n--- authproxy ---\n%s\n--- registrar ---\n%s\n--- trunk ---\n%s", r.ap.Logs(), r.reg.Log(), r.trunk.Log())
 }
@@ -84,45 +96,51 @@ func (r *jssipRig) dump() string {
 // password.
 func (r *jssipRig) runCalls(t *testing.T, ph softphone) {
 	a, b := upstreamA, upstreamB
-	ph.do("startPhone", map[string]string{"ws": r.ws, "uri": "sip:1001@" + a.domain, "password": browserLocalPassword})
-	ph.waitEvent("registered")
+	ph.do(t, "startPhone", map[string]string{"ws": r.ws, "uri": "sip:1001@" + a.domain, "password": browserLocalPassword})
+	ph.waitEvent(t, "registered")
+	acks := 0 // ACKs the trunk relayed before the current call
 	for _, tc := range []struct {
 		name, scenario string
-		run            func(call string)
+		run            func(t *testing.T, call string)
 	}{
-		{"call out, browser hangs up", "uas_webrtc.xml", func(call string) {
-			ph.waitEvent(call + ":confirmed")
-			ph.do("hangUp")
-			ph.waitEvent(call + ":ended")
+		{"call out, browser hangs up", "uas_webrtc.xml", func(t *testing.T, call string) {
+			ph.waitEvent(t, call+":confirmed")
+			ph.do(t, "hangUp")
+			ph.waitEvent(t, call+":ended")
 		}},
-		{"call out, callee hangs up", "uas_bye_webrtc.xml", func(call string) {
-			ph.waitEvent(call + ":confirmed")
-			ph.waitEvent(call + ":ended")
+		{"call out, callee hangs up", "uas_bye_webrtc.xml", func(t *testing.T, call string) {
+			ph.waitEvent(t, call+":confirmed")
+			ph.waitEvent(t, call+":ended")
 		}},
-		{"call out, browser re-INVITEs then hangs up", "uas_reinvite_webrtc.xml", func(call string) {
-			ph.waitEvent(call + ":confirmed")
-			ph.do("renegotiate")
-			ph.do("hangUp")
-			ph.waitEvent(call + ":ended")
+		{"call out, browser re-INVITEs then hangs up", "uas_reinvite_webrtc.xml", func(t *testing.T, call string) {
+			ph.waitEvent(t, call+":confirmed")
+			// The re-INVITE must not overtake the ACK on the way (each
+			// hop handles requests concurrently; the UAS wants the ACK
+			// first): wait until the trunk relayed this call's ACK.
+			testutil.Eventually(t, "the trunk relayed the ACK", func() bool { return r.relayedACKs() > acks })
+			ph.do(t, "renegotiate")
+			ph.do(t, "hangUp")
+			ph.waitEvent(t, call+":ended")
 		}},
-		{"call out, callee re-INVITEs then hangs up", "uas_far_reinvite_webrtc.xml", func(call string) {
-			ph.waitEvent(call + ":confirmed")
-			ph.waitEvent(call + ":ended")
+		{"call out, callee re-INVITEs then hangs up", "uas_far_reinvite_webrtc.xml", func(t *testing.T, call string) {
+			ph.waitEvent(t, call+":confirmed")
+			ph.waitEvent(t, call+":ended")
 		}},
-		{"call out, browser cancels while it rings", "uas_ring.xml", func(call string) {
-			ph.waitEvent(call + ":progress")
-			ph.do("hangUp")
-			ph.waitEvent(call + ":failed")
+		{"call out, browser cancels while it rings", "uas_ring.xml", func(t *testing.T, call string) {
+			ph.waitEvent(t, call+":progress")
+			ph.do(t, "hangUp")
+			ph.waitEvent(t, call+":failed")
 		}},
 	} {
+		acks = r.relayedACKs()
 		t.Run(tc.name, func(t *testing.T) {
 			uas := peers.StartSipp(t, peers.SippRun{
 				Scenario: sippScenario(tc.scenario), Local: callsInteropUASHost, LocalPort: r.uasPort,
 				Transport: "u1", Service: "2001", Timeout: 30 * time.Second,
 			})
 			call := strings.ReplaceAll(tc.name, " ", "-")
-			ph.do("call", "sip:2001@"+b.domain, call)
-			tc.run(call)
+			ph.do(t, "call", "sip:2001@"+b.domain, call)
+			tc.run(t, call)
 			if res := uas.Wait(); !res.OK() {
 				t.Fatalf("SIPp UAS: %v%s", res, r.dump())
 			}
@@ -145,7 +163,7 @@ func (r *jssipRig) runCalls(t *testing.T, ph softphone) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			call := strings.ReplaceAll(tc.name, " ", "-")
-			ph.do("expectIncoming", call)
+			ph.do(t, "expectIncoming", call)
 			done := make(chan peers.SippResult, 1)
 			go func() {
 				done <- peers.RunSipp(t, peers.SippRun{
@@ -154,17 +172,17 @@ func (r *jssipRig) runCalls(t *testing.T, ph softphone) {
 					AuthUser: callerAcct.username, AuthPass: callerAcct.password, Timeout: 30 * time.Second,
 				})
 			}()
-			ph.waitEvent(call + ":incoming")
+			ph.waitEvent(t, call+":incoming")
 			switch {
 			case tc.cancelled:
-				ph.waitEvent(call + ":failed")
+				ph.waitEvent(t, call+":failed")
 			default:
-				ph.do("answer")
-				ph.waitEvent(call + ":confirmed")
+				ph.do(t, "answer")
+				ph.waitEvent(t, call+":confirmed")
 				if tc.browserHangsUp {
-					ph.do("hangUpIncoming")
+					ph.do(t, "hangUpIncoming")
 				}
-				ph.waitEvent(call + ":ended")
+				ph.waitEvent(t, call+":ended")
 			}
 			if res := <-done; !res.OK() {
 				t.Fatalf("SIPp caller: %v%s", res, r.dump())
@@ -172,7 +190,7 @@ func (r *jssipRig) runCalls(t *testing.T, ph softphone) {
 		})
 	}
 
-	received := ph.received()
+	received := ph.received(t)
 	if len(received) == 0 {
 		t.Fatal("the phone recorded no SIP message")
 	}
@@ -207,7 +225,7 @@ func TestBrowserJsSIPThroughAuthproxy(t *testing.T) {
 	page := browser.ServePage(t)
 	r := startJSSIPRig(t, page.Origin)
 	br := browser.Launch(t, page.Origin+"/")
-	r.runCalls(t, chromiumPhone{t: t, br: br, dump: r.dump})
+	r.runCalls(t, chromiumPhone{br: br, dump: r.dump})
 	var html string
 	br.Eval("document.documentElement.outerHTML + JSON.stringify(window.events)", &html)
 	for _, pw := range append(upstreamA.passwords(), upstreamB.passwords()...) {
@@ -224,50 +242,71 @@ func TestNodeJsSIPThroughAuthproxy(t *testing.T) {
 	peers.Require(t, "kamailio", "sipp")
 	browser.RequireNode(t)
 	r := startJSSIPRig(t, "https://app.example.com")
-	r.runCalls(t, nodePhone{t: t, n: browser.StartNodePhone(t), dump: r.dump})
+	r.runCalls(t, nodePhone{n: browser.StartNodePhone(t), dump: r.dump})
 }
 
 // chromiumPhone is a softphone in headless Chromium.
 type chromiumPhone struct {
-	t    *testing.T
 	br   *browser.Browser
 	dump func() string
 }
 
-func (c chromiumPhone) do(fn string, args ...any) {
-	c.t.Helper()
+func (c chromiumPhone) do(t *testing.T, fn string, args ...any) {
+	t.Helper()
 	if args == nil {
 		args = []any{}
 	}
 	js, err := json.Marshal(args)
 	if err != nil {
-		c.t.Fatal(err)
+		t.Fatal(err)
 	}
-	c.br.Eval(fmt.Sprintf("%s(...%s)", fn, js), nil)
+	if err := c.br.Try(fmt.Sprintf("%s(...%s)", fn, js), nil); err != nil {
+		t.Fatalf("browser: %s: %v%s", fn, err, c.dump())
+	}
 }
 
-func (c chromiumPhone) waitEvent(ev string) {
-	c.t.Helper()
+func (c chromiumPhone) waitEvent(t *testing.T, ev string) {
+	t.Helper()
 	if err := c.br.Poll(60*time.Second, fmt.Sprintf("window.events.some(e => e.type === %q)", ev)); err != nil {
 		var events []struct{ Type, Detail string }
-		c.br.Eval("window.events", &events)
-		c.t.Fatalf("browser: no %s event (%v); events %+v%s", ev, err, events, c.dump())
+		_ = c.br.Try("window.events", &events)
+		t.Fatalf("browser: no %s event (%v); events %+v%s", ev, err, events, c.dump())
 	}
 }
 
-func (c chromiumPhone) received() []string {
+func (c chromiumPhone) received(t *testing.T) []string {
 	var out []string
-	c.br.Eval("window.sipReceived", &out)
+	if err := c.br.Try("window.sipReceived", &out); err != nil {
+		t.Fatalf("browser: %v", err)
+	}
 	return out
 }
 
 // nodePhone is a softphone run by Node.
 type nodePhone struct {
-	t    *testing.T
 	n    *browser.NodePhone
 	dump func() string
 }
 
-func (p nodePhone) do(fn string, args ...any) { p.t.Helper(); p.n.Call(fn, args...) }
-func (p nodePhone) waitEvent(ev string)       { p.t.Helper(); p.n.WaitEvent(ev, p.dump) }
-func (p nodePhone) received() []string        { return p.n.Received() }
+func (p nodePhone) do(t *testing.T, fn string, args ...any) {
+	t.Helper()
+	if err := p.n.Call(fn, args...); err != nil {
+		t.Fatalf("%v%s", err, p.dump())
+	}
+}
+
+func (p nodePhone) waitEvent(t *testing.T, ev string) {
+	t.Helper()
+	if err := p.n.WaitEvent(ev); err != nil {
+		t.Fatalf("%v%s", err, p.dump())
+	}
+}
+
+func (p nodePhone) received(t *testing.T) []string {
+	t.Helper()
+	out, err := p.n.Received()
+	if err != nil {
+		t.Fatalf("%v%s", err, p.dump())
+	}
+	return out
+}

@@ -178,12 +178,21 @@ func (b *Browser) call(ctx context.Context, session, method string, params any, 
 }
 
 // Eval evaluates a JavaScript expression in the page and decodes its
-// value (JSON) into out, which may be nil.
+// value (JSON) into out, which may be nil; it fails the test it was
+// launched for on an error.
 func (b *Browser) Eval(expr string, out any) {
 	b.t.Helper()
-	if err := b.eval(expr, out); err != nil {
-		b.t.Fatalf("browser: %s: %v\nconsole: %s", expr, err, strings.Join(b.Console(), "\n"))
+	if err := b.Try(expr, out); err != nil {
+		b.t.Fatal(err)
 	}
+}
+
+// Try is Eval returning the error, for use from subtests.
+func (b *Browser) Try(expr string, out any) error {
+	if err := b.eval(expr, out); err != nil {
+		return fmt.Errorf("%s: %w\nconsole: %s", expr, err, strings.Join(b.Console(), "\n"))
+	}
+	return nil
 }
 
 func (b *Browser) eval(expr string, out any) error {

@@ -58,30 +58,29 @@ func StartNodePhone(t testing.TB) *NodePhone {
 // Call runs one of page/phone.js's functions (startPhone, call, answer,
 // renegotiate, hangUp, hangUpIncoming, expectIncoming) with args and
 // waits until it returned (a promise it returns resolved).
-func (n *NodePhone) Call(fn string, args ...any) {
-	n.t.Helper()
+func (n *NodePhone) Call(fn string, args ...any) error {
 	n.seq++
 	id := fmt.Sprintf("%s-%d", fn, n.seq)
 	line, err := json.Marshal(map[string]any{"fn": fn, "args": args, "id": id})
 	if err != nil {
-		n.t.Fatal(err)
+		return err
 	}
 	if err := n.proc.WriteStdin(string(line) + "\n"); err != nil {
-		n.t.Fatalf("node phone: %s: %v", fn, err)
+		return fmt.Errorf("node phone: %s: %w", fn, err)
 	}
 	ctx, cancel := context.WithTimeout(n.t.Context(), 30*time.Second)
 	defer cancel()
 	got, err := n.proc.WaitLine(ctx, func(l string) bool {
-		return l == "DONE "+id || l == "ERROR "+id || strings.HasPrefix(l, "ERROR "+id+" ")
+		return l == "DONE "+id || strings.HasPrefix(l, "ERROR "+id+" ")
 	})
 	if err != nil || strings.HasPrefix(got, "ERROR ") {
-		n.t.Fatalf("node phone: %s: %v %s\n%s", fn, err, got, n.proc.Output())
+		return fmt.Errorf("node phone: %s: %v %s\n%s", fn, err, got, n.proc.Output())
 	}
+	return nil
 }
 
 // WaitEvent waits until the phone recorded a JsSIP event of type ev.
-func (n *NodePhone) WaitEvent(ev string, dump func() string) {
-	n.t.Helper()
+func (n *NodePhone) WaitEvent(ev string) error {
 	ctx, cancel := context.WithTimeout(n.t.Context(), 30*time.Second)
 	defer cancel()
 	_, err := n.proc.WaitLine(ctx, func(l string) bool {
@@ -89,17 +88,19 @@ func (n *NodePhone) WaitEvent(ev string, dump func() string) {
 		return strings.HasPrefix(l, "EVENT ") && json.Unmarshal([]byte(l[len("EVENT "):]), &e) == nil && e.Type == ev
 	})
 	if err != nil {
-		n.t.Fatalf("node phone: no %s event: %v\n%s%s", ev, err, n.proc.Output(), dump())
+		return fmt.Errorf("node phone: no %s event: %w\n%s", ev, err, n.proc.Output())
 	}
+	return nil
 }
 
 // Output is everything the Node phone printed.
 func (n *NodePhone) Output() string { return n.proc.Output() }
 
 // Received returns every SIP message the phone read from its WebSocket.
-func (n *NodePhone) Received() []string {
-	n.t.Helper()
-	n.Call("printReceived")
+func (n *NodePhone) Received() ([]string, error) {
+	if err := n.Call("printReceived"); err != nil {
+		return nil, err
+	}
 	var out []string
 	for _, l := range strings.Split(n.proc.Output(), "\n") {
 		var m string
@@ -107,5 +108,5 @@ func (n *NodePhone) Received() []string {
 			out = append(out, m)
 		}
 	}
-	return out
+	return out, nil
 }
