@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/authproxy/authproxy/credentials"
@@ -209,7 +210,8 @@ type Admin struct {
 // down for /readyz, /status and the metrics.
 type Health struct {
 	// OptionsInterval is the time between two OPTIONS pings to each
-	// upstream; zero (the default) turns the pings off.
+	// upstream (default 30s: an upstream that stops answering is marked
+	// down within DownAfter intervals); zero turns the pings off.
 	OptionsInterval time.Duration
 	// DownAfter is how many consecutive unanswered pings mark an upstream
 	// down, 1..100 (default 3).
@@ -281,12 +283,24 @@ type Upstream struct {
 	RegisterMode string
 }
 
-// Summary describes the configuration in one line for the startup log, e.g.
-// "2 listeners, 2 upstreams, 3 credentials". It never shows a secret.
+// Summary describes the configuration in one line for the startup log and
+// authproxy -check, counting every section, e.g. "2 listeners, 2
+// upstreams, 0 groups, 3 credentials, 1 client group, 0 client users, 0
+// registrations". It never shows a secret.
 func (c *Config) Summary() string {
-	return plural(len(c.Listen), "listener") + ", " +
-		plural(len(c.Upstreams), "upstream") + ", " +
-		plural(len(c.Credentials), "credential")
+	users := 0
+	for _, g := range c.Clients {
+		users += len(g.Users)
+	}
+	return strings.Join([]string{
+		plural(len(c.Listen), "listener"),
+		plural(len(c.Upstreams), "upstream"),
+		plural(len(c.Groups), "group"),
+		plural(len(c.Credentials), "credential"),
+		plural(len(c.Clients), "client group"),
+		plural(users, "client user"),
+		plural(len(c.Registrations), "registration"),
+	}, ", ")
 }
 
 func plural(n int, noun string) string {
@@ -303,6 +317,12 @@ type Option func(*options)
 type options struct {
 	baseDir   string
 	lookupEnv func(string) (string, bool)
+	// environ lists the environment as "NAME=value" for the check of
+	// unknown AUTHPROXY_ variables; nil skips that check.
+	environ func() []string
+	// skipSecrets leaves password_env, password_file and TLS key_file
+	// unread.
+	skipSecrets bool
 }
 
 // WithBaseDir sets the directory relative password_file paths resolve
@@ -315,9 +335,37 @@ func WithBaseDir(dir string) Option {
 // WithLookupEnv replaces os.LookupEnv as the source of environment
 // variables, both the AUTHPROXY_<TABLE>__<KEY> overrides and the variables
 // password_env names. Tests use it to inject a map instead of mutating the
-// process environment.
+// process environment. A lookup function cannot list the variables, so
+// unknown AUTHPROXY_ variables are not reported (WithEnviron does both).
 func WithLookupEnv(lookup func(key string) (string, bool)) Option {
-	return func(o *options) { o.lookupEnv = lookup }
+	return func(o *options) { o.lookupEnv, o.environ = lookup, nil }
+}
+
+// WithEnviron replaces the process environment with env ("NAME=value"
+// entries, as os.Environ returns): the overrides, the password_env
+// variables, and the list checked for unknown AUTHPROXY_ variables.
+func WithEnviron(env []string) Option {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return func(o *options) {
+		o.lookupEnv = func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+		o.environ = func() []string { return env }
+	}
+}
+
+// SkipSecrets validates the structure of the configuration without
+// reading the secrets it refers to outside itself: the variables
+// password_env names and the files password_file and a TLS listener's
+// key_file name need not exist (authproxy -check -skip-secrets, for CI).
+// Such a credential gets a placeholder secret: a Config parsed this way is
+// for checking, never for serving. Inline secrets (password, ha1) are
+// still checked.
+func SkipSecrets() Option {
+	return func(o *options) { o.skipSecrets = true }
 }
 
 // Parse parses and validates a TOML configuration. Defaults are applied
@@ -329,7 +377,7 @@ func WithLookupEnv(lookup func(key string) (string, bool)) Option {
 // Parse reads the environment variables and files that password_env and
 // password_file name, and nothing else.
 func Parse(data []byte, opts ...Option) (*Config, error) {
-	o := options{lookupEnv: os.LookupEnv}
+	o := options{lookupEnv: os.LookupEnv, environ: os.Environ}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -345,6 +393,7 @@ func Parse(data []byte, opts ...Option) (*Config, error) {
 	var fc fileConfig
 	v.checkKeys("", raw, fileConfigType)
 	v.decode(raw, &fc)
+	v.checkEnviron(&fc)
 	cfg := v.build(&fc)
 	if err := errors.Join(v.errs...); err != nil {
 		return nil, err

@@ -98,7 +98,7 @@ func readExample(t *testing.T) []byte {
 func TestExampleConfig(t *testing.T) {
 	cfg := mustParse(t, string(readExample(t)))
 
-	if got, want := cfg.Summary(), "2 listeners, 2 upstreams, 3 credentials"; got != want {
+	if got, want := cfg.Summary(), "2 listeners, 2 upstreams, 0 groups, 3 credentials, 1 client group, 0 client users, 0 registrations"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 	wantListen := []config.Listen{
@@ -167,7 +167,7 @@ func TestDefaults(t *testing.T) {
 	if got, want := cfg.Upstreams[0].Transport, "udp"; got != want {
 		t.Errorf("Upstreams[0].Transport = %q, want %q", got, want)
 	}
-	if got, want := cfg.Summary(), "1 listener, 2 upstreams, 1 credential"; got != want {
+	if got, want := cfg.Summary(), "1 listener, 2 upstreams, 0 groups, 1 credential, 1 client group, 0 client users, 0 registrations"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 }

@@ -214,7 +214,7 @@ address = ""
 pprof = false
 
 [health]
-options_interval = "0s"
+options_interval = "30s"
 down_after = 3
 up_after = 2
 

@@ -85,6 +85,8 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.Limits = v.buildLimits(fc.Limits)
 	cfg.TCP = v.buildTCP(fc.TCP)
 	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
+	v.checkRegistrationCredentials(fc.Registration, cfg.Credentials, idx)
+	v.checkNamesAsHosts(fc.Upstream, fc.Registration, cfg.Groups, idx)
 	cfg.Runtime = v.buildRuntime(fc.Runtime)
 	return cfg
 }
