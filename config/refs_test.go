@@ -14,8 +14,12 @@ import (
 // says what would happen at run time.
 func TestCrossReferences(t *testing.T) {
 	const ups = listenOK + upstreamsOK
-	reg := func(body string) string { return "[[registration]]\nupstream = \"pbx-a\"\naor = \"sip:trunk1@pbx-a.example.com\"\n" + body + "\n" }
-	cred := func(body string) string { return "[[credential]]\nusername = \"u\"\npassword = \"" + secret + "\"\n" + body + "\n" }
+	reg := func(body string) string {
+		return "[[registration]]\nupstream = \"pbx-a\"\naor = \"sip:trunk1@pbx-a.example.com\"\n" + body + "\n"
+	}
+	cred := func(body string) string {
+		return "[[credential]]\nusername = \"u\"\npassword = \"" + secret + "\"\n" + body + "\n"
+	}
 	for _, tc := range []struct {
 		name, toml string
 		key        string // "" for no error
