@@ -31,7 +31,7 @@ func TestCrossReferences(t *testing.T) {
 		{"RegistrationByHost", ups + cred(`server = "127.0.0.2"`) + reg(""), "", nil, ""},
 		{"RegistrationByUser", ups + cred("server = \"pbx-a\"\nuser = \"trunk1\"") + reg(""), "", nil, ""},
 		{"RegistrationWithoutCredential", ups + cred(`server = "pbx-b"`) + reg(""),
-			"registration[0]", config.ErrRequired, "would register without credentials"},
+			"registration[0]", config.ErrRequired, "would register as anonymous"},
 		{"RegistrationOtherUser", ups + cred("server = \"pbx-a\"\nuser = \"1001\"") + reg(""),
 			"registration[0]", config.ErrRequired, `user "trunk1" or none`},
 		{"TargetIsUpstreamName", ups + cred("") + reg(`target = "pbx-b"`),

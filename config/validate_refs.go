@@ -16,9 +16,9 @@ import (
 // checkRegistrationCredentials reports each [[registration]] no
 // [[credential]] could answer a challenge for: none whose server is its
 // upstream (or any) and whose user is its AOR's user (or any). Its
-// REGISTERs would go out without credentials, and the trunk would stay
-// unregistered (or be registered as whoever the registrar takes an
-// unauthenticated REGISTER for). The realm is not known before the
+// REGISTERs would be answered as "anonymous" with an empty password (RFC
+// 3261 §22.1), and the trunk would stay unregistered, or be registered as
+// whoever the registrar takes that for. The realm is not known before the
 // upstream challenges, so any realm counts.
 func (v *validator) checkRegistrationCredentials(rs []fileRegistration, creds []credentials.Entry, idx upstreamIndex) {
 	for i, r := range rs {
@@ -37,7 +37,7 @@ func (v *validator) checkRegistrationCredentials(rs []fileRegistration, creds []
 		if !found {
 			v.add(fmt.Sprintf("registration[%d]", i), strconv.Quote(r.AOR), fmt.Sprintf(
 				"no [[credential]] answers its upstream's challenge (server %q or none, user %q or none): "+
-					"it would register without credentials; add one with server = %q", r.Upstream, user, r.Upstream),
+					"it would register as anonymous (RFC 3261 §22.1); add one with server = %q", r.Upstream, user, r.Upstream),
 				ErrRequired, nil)
 		}
 	}
