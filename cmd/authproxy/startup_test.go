@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -132,11 +133,30 @@ func TestEmbeddedExampleWarns(t *testing.T) {
 	t.Setenv("AUTHPROXY_LOG__FORMAT", "json")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // stop as soon as it started, or failed to bind 5060
-	var out, errb bytes.Buffer
+	var out bytes.Buffer
+	var errb lockedBuffer // sipgo's goroutines may still log after run returns
 	run(ctx, nil, &out, &errb)
-	if !strings.Contains(errb.String(), `"level":"WARN","msg":"running on the embedded example configuration`) {
-		t.Errorf("no WARN line about the embedded example:\n%s", errb.String())
+	if log := errb.String(); !strings.Contains(log, `"level":"WARN","msg":"running on the embedded example configuration`) {
+		t.Errorf("no WARN line about the embedded example:\n%s", log)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers and readers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // TestReloadRefusesSampleSecrets: a reload to a file with the example's
