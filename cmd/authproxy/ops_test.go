@@ -103,7 +103,7 @@ func TestDescribeChanges(t *testing.T) {
 		"log.level info -> debug",
 		"upstreams +pbx-c -pbx-b",
 		"credentials 1 added, 1 changed, 0 removed",
-		"options_interval=0s down_after=3 up_after=2 -> options_interval=10s",
+		"options_interval=30s down_after=3 up_after=2 -> options_interval=10s",
 	} {
 		if !strings.Contains(summary, want) {
 			t.Errorf("summary %q lacks %q", summary, want)
