@@ -128,6 +128,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if w := permissionWarning(*configPath); w != "" {
 			fmt.Fprintln(stderr, "authproxy: warning:", w)
 		}
+		for _, w := range cfg.Warnings() {
+			fmt.Fprintln(stderr, "authproxy: warning:", w)
+		}
 		for _, w := range resolutionWarnings(ctx, cfg) {
 			fmt.Fprintln(stderr, "authproxy: warning:", w)
 		}
@@ -154,6 +157,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("go runtime", applyRuntime(cfg.Runtime)...)
 	if w := permissionWarning(*configPath); w != "" {
+		log.Warn(w, "config", source)
+	}
+	for _, w := range cfg.Warnings() {
 		log.Warn(w, "config", source)
 	}
 

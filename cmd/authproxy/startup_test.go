@@ -74,6 +74,20 @@ upstream = "pbx-a"
 aor = "sip:trunk@pbx-a"
 target = "pbx-a"
 `)
+	warned := writeConfig(t, strings.Replace(base, `upstreams = ["*"]`, `upstreams = ["pbx-a"]`, 1)+`
+[log]
+sip_trace = true
+[[upstream]]
+name = "pbx-b"
+address = "127.0.0.3:5060"
+[[credential]]
+username = "a"
+password = "p"
+[[credential]]
+username = "b"
+password = "q"
+server = "pbx-b"
+`)
 	for _, tc := range []struct {
 		name   string
 		env    map[string]string
@@ -87,6 +101,8 @@ target = "pbx-a"
 		{name: "every line prefixed", args: []string{"-check", "-config", manyErrors}, code: 1, stderr: []string{
 			`log.level = "loud"`, "proxy.max_challenges = 0", "credential[0].realm: is required with an ha1 secret",
 			`registration[0].target = "pbx-a": is the name of upstream "pbx-a"`}},
+		{name: "warnings", args: []string{"-check", "-skip-secrets", "-config", warned}, code: 0,
+			stderr: []string{"authproxy: warning: log.sip_trace = true", `authproxy: warning: upstream[1] "pbx-b": no [[client]] group lists it`}},
 		{name: "unknown override", env: map[string]string{"AUTHPROXY_LOG__LEVL": "debug"}, args: []string{"-check", "-skip-secrets", "-config", secretsOutside},
 			code: 1, stderr: []string{"log.levl (from $AUTHPROXY_LOG__LEVL): unknown environment override (did you mean $AUTHPROXY_LOG__LEVEL?)"}},
 	} {
@@ -99,8 +115,13 @@ target = "pbx-a"
 				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout, stderr)
 			}
 			if tc.code == 0 {
-				if !strings.Contains(stdout, ": ok: 1 listener, 1 upstream, 0 groups, 2 credentials, 1 client group, 0 client users, 0 registrations") {
+				if !strings.Contains(stdout, ": ok: 1 listener, ") || !strings.Contains(stdout, " 2 credentials, 1 client group, 0 client users, 0 registrations") {
 					t.Errorf("stdout %q", stdout)
+				}
+				for _, want := range tc.stderr {
+					if !strings.Contains(stderr, want) {
+						t.Errorf("stderr lacks %q:\n%s", want, stderr)
+					}
 				}
 				return
 			}
