@@ -45,6 +45,9 @@ func TestCrossReferences(t *testing.T) {
 			"upstream[2].address", config.ErrInvalid, `name of upstream "pbx-b"`},
 		{"UpstreamAddressIsGroupName", listenOK + upstreamsOK + "[[upstream]]\nname = \"c\"\naddress = \"pstn\"\n" + cred("") +
 			"[[group]]\nname = \"pstn\"\nupstreams = [\"pbx-a\", \"pbx-b\"]\n", "upstream[2].address", config.ErrInvalid, `name of group "pstn"`},
+		{"ClientUpstreamIsGroupName", listenOK + upstreamsOK + cred("") + "[[group]]\nname = \"pstn\"\nupstreams = [\"pbx-a\", \"pbx-b\"]\n" +
+			"[[client]]\nname = \"lan\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"pstn\"]\n", "client[0].upstreams[0]", config.ErrInvalid,
+			`is a [[group]]'s name: list the group's upstreams (pbx-a, pbx-b) instead`},
 		{"HA1WithRealm", ups + "[[credential]]\nusername = \"u\"\nrealm = \"asterisk\"\nha1 = \"" + md5HA1 + "\"\n", "", nil, ""},
 		{"HA1WithoutRealm", ups + "[[credential]]\nusername = \"u\"\nha1 = \"" + md5HA1 + "\"\n",
 			"credential[0].realm", config.ErrRequired, "RFC 7616 §3.4.2"},

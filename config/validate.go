@@ -81,7 +81,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.Upstreams, idx = v.buildUpstreams(fc.Upstream)
 	cfg.Groups = v.buildGroups(fc.Group, &idx)
 	cfg.Credentials = v.buildCredentials(fc.Credential, idx)
-	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
+	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams, cfg.Groups)
 	cfg.Limits = v.buildLimits(fc.Limits)
 	cfg.TCP = v.buildTCP(fc.TCP)
 	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
