@@ -92,6 +92,12 @@ func TestUnknownEnvironmentOverrides(t *testing.T) {
 			[]string{"upstream.address (from $AUTHPROXY_UPSTREAM__ADDRESS): unknown environment override (only the scalar keys"}},
 		{"EmptyIsUnset", []string{"AUTHPROXY_LOG__LEVL=", "AUTHPROXY_PBX_B_PASSWORD=pw"}, nil},
 		{"OtherTools", []string{"AUTHPROXY_BENCH=1", "AUTHPROXY_BENCH_PATHS=udp", "AUTHPROXY_PBX_B_PASSWORD=pw"}, nil},
+		// What Kubernetes puts in every pod of a namespace with a Service
+		// named authproxy.
+		{"KubernetesServiceLinks", []string{"AUTHPROXY_SERVICE_HOST=10.0.0.9", "AUTHPROXY_SERVICE_PORT=5060", "AUTHPROXY_SERVICE_PORT_SIP=5060",
+			"AUTHPROXY_PORT=udp://10.0.0.9:5060", "AUTHPROXY_PORT_5060_UDP=udp://10.0.0.9:5060", "AUTHPROXY_PORT_5060_UDP_PROTO=udp",
+			"AUTHPROXY_PORT_5060_UDP_PORT=5060", "AUTHPROXY_PORT_5060_UDP_ADDR=10.0.0.9", "AUTHPROXY_PORT_9060_TCP_ADDR=10.0.0.9",
+			"AUTHPROXY_PBX_B_PASSWORD=pw"}, nil},
 		{"Several", []string{"AUTHPROXY_PROXY__MAX_CHALENGES=2", "AUTHPROXY_ADMIN__ADRESS=:9060", "AUTHPROXY_PBX_B_PASSWORD=pw"},
 			[]string{"admin.adress (from $AUTHPROXY_ADMIN__ADRESS)", "proxy.max_chalenges (from $AUTHPROXY_PROXY__MAX_CHALENGES)"}},
 	} {
