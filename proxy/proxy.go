@@ -49,6 +49,9 @@ type sipStack struct {
 	parser *sip.Parser // sipgo's parser, lenient about some headers (validate.go)
 	// strayWriter sends the responses handleStrayResponse relays.
 	strayWriter strayResponseWriter
+	// capture sends HEPv3 copies of the messages (capture.go); nil when
+	// off. Set once by Run before anything serves.
+	capture atomic.Pointer[capturer]
 }
 
 // stateTables are what the proxy remembers about requests, dialogs and
@@ -279,6 +282,23 @@ func (p *Proxy) ListenAddrs() map[string]string {
 // accepting requests, lets the ones in flight finish within ShutdownGrace,
 // and closes everything it started. It returns nil after a clean stop.
 func (p *Proxy) Run(ctx context.Context) error {
+	capture, err := newCapturer(ctx, p.cfg.Capture, p.log.With("component", "capture"))
+	if err != nil {
+		return err
+	}
+	p.capture.Store(capture)
+	// Capture sends until everything else stopped, the messages of the
+	// shutdown included, then what is still queued.
+	captureCtx, stopCapture := context.WithCancel(context.Background())
+	captureDone := make(chan struct{})
+	go func() {
+		defer close(captureDone)
+		capture.run(captureCtx)
+	}()
+	defer func() {
+		stopCapture()
+		<-captureDone
+	}()
 	bound, err := p.bind()
 	if err != nil {
 		return err
