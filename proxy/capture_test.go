@@ -107,9 +107,9 @@ func isCredentialSecret(param string) bool {
 
 func TestCaptureCorrelation(t *testing.T) {
 	tests := map[string]string{
-		"INVITE sip:a SIP/2.0\r\nVia: v\r\nCall-ID:  abc@host \r\n\r\n":  "abc@host",
-		"SIP/2.0 200 OK\r\ni: compact\r\n\r\n":                            "compact",
-		"SIP/2.0 200 OK\r\nX: y\r\n\r\nCall-ID: in-the-body\r\n":          "",
+		"INVITE sip:a SIP/2.0\r\nVia: v\r\nCall-ID:  abc@host \r\n\r\n":      "abc@host",
+		"SIP/2.0 200 OK\r\ni: compact\r\n\r\n":                               "compact",
+		"SIP/2.0 200 OK\r\nX: y\r\n\r\nCall-ID: in-the-body\r\n":             "",
 		"BYE sip:a SIP/2.0\r\ncall-id: " + strings.Repeat("x", 300) + "\r\n": strings.Repeat("x", maxCorrelationID),
 	}
 	for msg, want := range tests {
