@@ -207,7 +207,7 @@ func (p *Proxy) newRouting(cfg Config, ups []*upstream) (*routing, error) {
 
 // ErrRestartRequired is wrapped by Reload when the new configuration
 // changes something only a restart can apply (the listeners, their TCP
-// limits).
+// limits, the capture).
 var ErrRestartRequired = errors.New("listener changes need a restart")
 
 // Reload applies a new configuration to requests that start from now on:
@@ -215,9 +215,9 @@ var ErrRestartRequired = errors.New("listener changes need a restart")
 // routes, credentials and the challenge budget are swapped as one. The
 // DNS settings and FailoverTimeout are kept from New. Requests, transactions and dialogs in progress keep what they
 // started with. An invalid configuration is rejected whole and the old one
-// stays. Listener changes are not applied (they need new sockets): Reload
-// then applies everything else and returns an error wrapping
-// ErrRestartRequired.
+// stays. Listener and capture changes are not applied (they need new
+// sockets): Reload then applies everything else and returns an error
+// wrapping ErrRestartRequired.
 func (p *Proxy) Reload(cfg Config) error {
 	ups, err := cfg.validate()
 	if err != nil {
@@ -235,7 +235,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	p.limiter.setLimits(cfg.Limits)
 	p.health.configure(cfg.Health)
 	p.regs.reconcile(cfg.Registrations)
-	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) {
+	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) || p.cfg.Capture != cfg.Capture {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
 	return nil
