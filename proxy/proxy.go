@@ -184,12 +184,16 @@ func New(cfg Config) (*Proxy, error) {
 	p.rt.Store(rt)
 	p.health = newHealthChecker(p, cfg.Health)
 	p.regs = newRegManager(p)
-	p.tcp = tcpguard.New(tcpguard.Config{
+	guard := tcpguard.Config{
 		Limits:   tcpLimits(cfg),
 		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
 		Logger:   log.With("component", "tcp"),
 		Inspect:  p.inspectStream,
-	})
+	}
+	if cfg.Capture.HEP != "" {
+		guard.Tap = p.tapStream
+	}
+	p.tcp = tcpguard.New(guard)
 	return p, nil
 }
 
@@ -333,7 +337,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		_ = ua.Close()
 		return fmt.Errorf("sip client: %w", err)
 	}
-	tlsConn := newTLSConnector(func(addr string) bool {
+	tlsConn := newTLSConnector(capture, func(addr string) bool {
 		c, _ := ua.TransportLayer().GetConnection("tls", addr)
 		if c == nil {
 			return false

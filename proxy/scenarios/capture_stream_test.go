@@ -1,0 +1,149 @@
+package scenarios
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
+
+	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/internal/siptest"
+	"github.com/authproxy/authproxy/internal/testutil"
+	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/proxy/hep"
+)
+
+// hepReceiver is an in-process HEP receiver: it decodes and keeps every
+// packet.
+type hepReceiver struct {
+	addr string
+	mu   sync.Mutex
+	pkts []hep.Packet
+	bad  int
+}
+
+func startHEPReceiver(t *testing.T) *hepReceiver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &hepReceiver{addr: pc.LocalAddr().String()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			p, err := hep.Decode(buf[:n])
+			r.mu.Lock()
+			if err != nil {
+				r.bad++
+			} else {
+				p.Payload = bytes.Clone(p.Payload)
+				r.pkts = append(r.pkts, p)
+			}
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		pc.Close()
+		<-done
+	})
+	return r
+}
+
+// find returns the packets of callID whose start line begins with line,
+// sent from src to dst over proto.
+func (r *hepReceiver) find(callID, line string, proto uint8, src, dst netip.AddrPort) []hep.Packet {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []hep.Packet
+	for _, p := range r.pkts {
+		if p.CorrelationID == callID && strings.HasPrefix(firstLine(p.Payload), line) && p.Proto == proto && p.Src == src && p.Dst == dst {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// TestHEPCaptureStreams: messages over TCP and TLS are captured too, as
+// HEP protocol TCP: a client's MESSAGE over authproxy's TCP listener
+// (both directions, between the client's connection and the listener),
+// and an OPTIONS to a TLS upstream over the connection authproxy made, in
+// clear text, its Authorization redacted.
+func TestHEPCaptureStreams(t *testing.T) {
+	rx := startHEPReceiver(t)
+	ca := newTestCA(t)
+	up := startTLSUpstream(t, "127.0.0.5", ca.issue(t, "pbx-tls.test"))
+	creds := func(a, b string) []credentials.Entry {
+		return append(defaultCredentials(a, b),
+			credentials.Entry{Username: "tls-user", Password: credentials.NewSecret("tls-pw"), Server: up.TLSAddr()})
+	}
+	h := startHarness(t, harnessOptions{
+		Credentials: creds,
+		ExtraUpstreams: []proxy.Upstream{{Name: "tls", Address: up.TLSAddr(), Transport: "tls", RootCAs: ca.pool,
+			ServerName: "pbx-tls.test", Domains: []string{"tls.example.com"}}},
+		Mutate: func(c *proxy.Config, _ *harness) { c.Capture = proxy.Capture{HEP: rx.addr} },
+	})
+
+	messageID := "hep-tcp-" + uuid.NewString()
+	if res := h.final(t, "tcp", siptest.Request{Method: sip.MESSAGE, RequestURI: "sip:1002@pbx-a.example.com", FromUser: "1001", CallID: messageID}); res.StatusCode != 200 {
+		t.Fatalf("MESSAGE over TCP: %d", res.StatusCode)
+	}
+	optionsID := "hep-tls-" + uuid.NewString()
+	if res := h.final(t, "udp", siptest.Request{Method: sip.OPTIONS, RequestURI: "sip:1@tls.example.com", FromUser: "1", CallID: optionsID}); res.StatusCode != 200 {
+		t.Fatalf("OPTIONS to the TLS upstream: %d", res.StatusCode)
+	}
+
+	listener := netip.MustParseAddrPort(h.Addr["tcp"])
+	var client netip.AddrPort
+	testutil.Eventually(t, "the MESSAGE over TCP captured", func() bool {
+		rx.mu.Lock()
+		for _, p := range rx.pkts {
+			if p.CorrelationID == messageID && p.Dst == listener && p.Proto == hep.ProtoTCP {
+				client = p.Src
+			}
+		}
+		rx.mu.Unlock()
+		return client.IsValid() && len(rx.find(messageID, "SIP/2.0 200", hep.ProtoTCP, listener, client)) == 1
+	})
+	if got := rx.find(messageID, "MESSAGE ", hep.ProtoTCP, client, listener); len(got) != 1 {
+		t.Errorf("captured %d copies of the MESSAGE from %s to the TCP listener %s, want 1", len(got), client, listener)
+	}
+
+	// The TLS connection's local address is authproxy's; the upstream
+	// recorded where its requests came from.
+	upAddr := netip.MustParseAddrPort(up.TLSAddr())
+	rs := up.Requests()
+	if len(rs) != 2 {
+		t.Fatalf("the TLS upstream got %d requests, want the challenged OPTIONS and its answer", len(rs))
+	}
+	local := netip.MustParseAddrPort(rs[0].Source)
+	testutil.Eventually(t, "the OPTIONS over TLS captured", func() bool {
+		return len(rx.find(optionsID, "SIP/2.0 200", hep.ProtoTCP, upAddr, local)) == 1
+	})
+	if got := rx.find(optionsID, "SIP/2.0 407", hep.ProtoTCP, upAddr, local); len(got) != 1 {
+		t.Errorf("captured %d challenges (407) from the TLS upstream, want 1", len(got))
+	}
+	sent := rx.find(optionsID, "OPTIONS ", hep.ProtoTCP, local, upAddr)
+	if len(sent) != 2 {
+		t.Fatalf("captured %d OPTIONS to the TLS upstream, want 2 (the challenged one, the answer)", len(sent))
+	}
+	if p := sent[1].Payload; !bytes.Contains(p, []byte(`response="[redacted]"`)) || !bytes.Contains(p, []byte(`username="tls-user"`)) {
+		t.Errorf("the answer as captured:\n%s", p)
+	}
+	rx.mu.Lock()
+	defer rx.mu.Unlock()
+	if rx.bad != 0 {
+		t.Errorf("%d packets were not HEPv3", rx.bad)
+	}
+}
