@@ -91,6 +91,7 @@ type upstreamServices struct {
 	regs    *regManager    // trunk registrations (registration.go)
 	targets *targets       // what upstream names resolve to (targets.go)
 	tlsConn *tlsConnector  // TLS connections to upstream targets, verified for their names (tlsconn.go)
+	tcpConn *tcpConnector  // TCP connections to upstream targets, with capture on (tcpconn.go); nil otherwise
 }
 
 // listenState is the bound listeners and the requests in flight, guarded
@@ -345,8 +346,19 @@ func (p *Proxy) Run(ctx context.Context) error {
 		_, _ = c.TryClose() // Get took a reference
 		return true
 	})
+	var tcpConn *tcpConnector
+	if capture != nil {
+		tcpConn = newTCPConnector(capture, firstTCPAddr(bound), func(addr string) bool {
+			c, _ := ua.TransportLayer().GetConnection("tcp", addr)
+			if c == nil {
+				return false
+			}
+			_, _ = c.TryClose() // Get took a reference
+			return true
+		})
+	}
 	p.mu.Lock()
-	p.ua, p.srv, p.client, p.tlsConn = ua, srv, client, tlsConn
+	p.ua, p.srv, p.client, p.tlsConn, p.tcpConn = ua, srv, client, tlsConn, tcpConn
 	p.strayWriter = srv.WriteResponse
 	p.listeners = bound
 	p.runCtx = ctx
@@ -380,6 +392,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	var serving sync.WaitGroup
 	serving.Go(func() { _ = srv.ServeTLS(tlsConn) }) // the TLS connections authproxy makes to upstreams
+	if tcpConn != nil {
+		serving.Go(func() { _ = srv.ServeTCP(tcpConn) }) // the TCP ones, with capture on
+	}
 	for _, l := range bound {
 		serving.Add(1)
 		go func() {
@@ -461,6 +476,9 @@ loop:
 	<-healthDone
 	closeAll(bound)
 	_ = tlsConn.Close()
+	if tcpConn != nil {
+		_ = tcpConn.Close()
+	}
 	_ = ua.Close()
 	serving.Wait()
 	p.log.Info("stopped")
@@ -533,6 +551,17 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 		out = append(out, bl)
 	}
 	return out, nil
+}
+
+// firstTCPAddr is the bound address of the first TCP listener, nil
+// without one.
+func firstTCPAddr(ls []*boundListener) net.Addr {
+	for _, l := range ls {
+		if l.transport == "TCP" {
+			return l.tcp.Addr()
+		}
+	}
+	return nil
 }
 
 func closeAll(ls []*boundListener) {

@@ -147,3 +147,55 @@ func TestHEPCaptureStreams(t *testing.T) {
 		t.Errorf("%d packets were not HEPv3", rx.bad)
 	}
 }
+
+// TestHEPCaptureUpstreamTCP: with capture on, authproxy makes its TCP
+// connections to upstreams itself so that they are captured: a call (its
+// INVITE challenged) to an upstream over TCP shows on the
+// upstream leg as TCP between the connection's ends, the PBX's view of
+// them, and the call works as without capture.
+func TestHEPCaptureUpstreamTCP(t *testing.T) {
+	rx := startHEPReceiver(t)
+	h := startHarness(t, harnessOptions{
+		UpstreamTCP: true,
+		Mutate:      func(c *proxy.Config, _ *harness) { c.Capture = proxy.Capture{HEP: rx.addr} },
+	})
+	call := answeredCall(t, h, "udp")
+	if res := call.Request(sip.BYE, nil); res.StatusCode != 200 {
+		t.Fatalf("BYE: %d", res.StatusCode)
+	}
+	waitCallState(t, h.A, call.CallID, "terminated")
+	rs := h.A.Requests()
+	if len(rs) == 0 || rs[0].Transport != "TCP" {
+		t.Fatalf("pbx-a got %v, want the call over TCP", summarize(rs))
+	}
+	local := netip.MustParseAddrPort(rs[0].Source)
+	pbx := netip.MustParseAddrPort(h.A.Addr())
+	for _, r := range rs {
+		if r.Source != rs[0].Source {
+			t.Errorf("pbx-a got %s from %s, the call's first request from %s: one connection expected", r.Method, r.Source, local)
+		}
+	}
+	testutil.Eventually(t, "the BYE's 200 from pbx-a captured", func() bool {
+		for _, p := range rx.find(call.CallID, "SIP/2.0 200", hep.ProtoTCP, pbx, local) {
+			if bytes.Contains(p.Payload, []byte(" BYE\r\n")) {
+				return true
+			}
+		}
+		return false
+	})
+	for _, want := range []struct {
+		line     string
+		src, dst netip.AddrPort
+		n        int
+	}{
+		{"INVITE ", local, pbx, 2}, // challenged, then answered
+		{"SIP/2.0 401", pbx, local, 1},
+		{"ACK ", local, pbx, 2}, // the 401's and the 200's
+		{"BYE ", local, pbx, 1},
+	} {
+		if got := rx.find(call.CallID, want.line, hep.ProtoTCP, want.src, want.dst); len(got) != want.n {
+			t.Errorf("captured %d %q from %s to %s over TCP, want %d", len(got), want.line, want.src, want.dst, want.n)
+		}
+	}
+	assertNoCallErrors(t, h.A)
+}
