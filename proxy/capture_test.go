@@ -222,3 +222,87 @@ func TestValidateCapture(t *testing.T) {
 		}
 	}
 }
+
+// benchInvite is a forwarded INVITE with credentials and SDP, about 1 kB.
+var benchInvite = []byte("INVITE sip:1002@pbx-a.example.com SIP/2.0\r\n" +
+	"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK.abcdefghijklmnop;rport\r\n" +
+	"Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK.qrstuvwxyz012345\r\n" +
+	"Record-Route: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 69\r\n" +
+	"From: <sip:1001@pbx-a.example.com>;tag=8xpx3gRt\r\nTo: <sip:1002@pbx-a.example.com>\r\n" +
+	"Call-ID: 5c1f0a2e-3b7d-4e0a-9f5e-0d4c3b2a1f00\r\nCSeq: 2 INVITE\r\n" +
+	"Contact: <sip:1001@127.0.0.1:40000>\r\n" +
+	"Authorization: Digest username=\"alice\", realm=\"asterisk\", nonce=\"6f1c2b3a\", uri=\"sip:1002@pbx-a.example.com\", " +
+	"response=\"0123456789abcdef0123456789abcdef\", algorithm=MD5, cnonce=\"a1b2c3d4\", qop=auth, nc=00000001\r\n" +
+	"Content-Type: application/sdp\r\nContent-Length: 300\r\n\r\n" + strings.Repeat("v=0\r\n", 60))
+
+// BenchmarkCaptureTap is what capture costs the SIP path per message: a
+// copy into the queue (a goroutine sends them meanwhile).
+func BenchmarkCaptureTap(b *testing.B) {
+	sink, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			if _, _, err := sink.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := newCapturer(b.Context(), Capture{HEP: sink.LocalAddr().String()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(b.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.run(ctx)
+	}()
+	src, dst := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.1:5060")
+	b.ReportAllocs()
+	for b.Loop() {
+		c.tap(benchInvite, hep.ProtoUDP, src, dst)
+	}
+	cancel()
+	<-done
+}
+
+// BenchmarkCaptureSend is the capture goroutine's work per message:
+// redaction, correlation id, encoding and the send.
+func BenchmarkCaptureSend(b *testing.B) {
+	_, addr := receiverB(b)
+	c, err := newCapturer(b.Context(), Capture{HEP: addr}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.conn.Close()
+	m := capturedMsg{at: time.Now(), src: netip.MustParseAddrPort("127.0.0.1:40000"), dst: netip.MustParseAddrPort("127.0.0.1:5060"),
+		proto: hep.ProtoUDP, data: benchInvite}
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		c.queued.Add(int64(len(m.data)))
+		buf = c.send(buf[:0], m)
+	}
+}
+
+func receiverB(b *testing.B) (net.PacketConn, string) {
+	b.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	return pc, pc.LocalAddr().String()
+}
