@@ -69,7 +69,9 @@ func (s *laneSocket) ReadFrom(b []byte) (int, net.Addr, error) {
 		if n == 0 {
 			return n, addr, nil
 		}
-		s.p.capture.Load().tap(b[:n], hep.ProtoUDP, addrPortOf(addr), s.local)
+		if c := s.p.capture.Load(); c != nil {
+			c.tap(b[:n], hep.ProtoUDP, addrPortOf(addr), s.local)
+		}
 		if s.handOff(b[:n], addr) {
 			continue
 		}
@@ -82,8 +84,8 @@ func (s *laneSocket) ReadFrom(b []byte) (int, net.Addr, error) {
 // WriteTo sends b to addr and shows it to the capture (net.PacketConn).
 func (s *laneSocket) WriteTo(b []byte, addr net.Addr) (int, error) {
 	n, err := s.PacketConn.WriteTo(b, addr)
-	if err == nil {
-		s.p.capture.Load().tap(b[:n], hep.ProtoUDP, s.local, addrPortOf(addr))
+	if c := s.p.capture.Load(); c != nil && err == nil {
+		c.tap(b[:n], hep.ProtoUDP, s.local, addrPortOf(addr))
 	}
 	return n, err
 }
