@@ -20,7 +20,8 @@ import (
 // captures nothing.
 type Capture struct {
 	// HEP is the receiver's "host:port" (UDP); "" turns capture off. A
-	// name is resolved once, when Run starts.
+	// name is resolved once, when Run starts; when that fails, Run logs an
+	// error and serves without capture.
 	HEP string
 	// AgentID is sent as the capture agent id (HEPv3 chunk 12), telling
 	// one authproxy from another at the receiver.

@@ -290,7 +290,9 @@ func (p *Proxy) ListenAddrs() map[string]string {
 func (p *Proxy) Run(ctx context.Context) error {
 	capture, err := newCapturer(ctx, p.cfg.Capture, p.log.With("component", "capture"))
 	if err != nil {
-		return err
+		// SIP goes on without the copies: a receiver whose name does not
+		// resolve must not take the proxy down.
+		p.log.Error("HEP capture off: cannot open a socket to the receiver", "receiver", p.cfg.Capture.HEP, "error", err)
 	}
 	p.capture.Store(capture)
 	// Capture sends until everything else stopped, the messages of the
