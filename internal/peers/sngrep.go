@@ -2,11 +2,16 @@ package peers
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,6 +106,19 @@ func (s *Sngrep) Packets(t *testing.T) []PCAPPacket {
 	return pkts
 }
 
-// Stop stops sngrep (SIGTERM, by its process group) and waits for it to
-// exit; the pcap file is complete then.
-func (s *Sngrep) Stop() error { return s.proc.Stop() }
+// Stop stops sngrep by its PID with SIGTERM and waits for it to exit; the
+// pcap file is complete then (sngrep writes each message as it arrives).
+// It fails when sngrep needed SIGKILL or exited with an error.
+func (s *Sngrep) Stop() error {
+	err := s.proc.Stop()
+	if strings.Contains(s.proc.Output(), "no exit after SIGTERM") {
+		return fmt.Errorf("sngrep %s did not stop on SIGTERM", s.Addr)
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
+			return nil
+		}
+	}
+	return err
+}
