@@ -189,7 +189,7 @@ func (c *capturer) send(buf []byte, m capturedMsg) []byte {
 		c.tooLarge.Add(1)
 		return buf
 	case err != nil:
-		c.sendFailed.Add(1) // an address of no family: nothing the receiver could show
+		c.sendFailed.Add(1) // no address: nothing the receiver could show
 		return buf
 	}
 	if _, err := c.conn.Write(buf); err != nil {

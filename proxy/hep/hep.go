@@ -63,8 +63,10 @@ var ErrMalformed = errors.New("hep: malformed packet")
 
 // Packet is one captured message as a HEPv3 packet carries it.
 type Packet struct {
-	// Src and Dst are the message's source and destination; both IPv4 or
-	// both IPv6 (an IPv4-mapped IPv6 address counts as IPv4).
+	// Src and Dst are the message's source and destination. Two IPv4
+	// addresses (IPv4-mapped IPv6 ones included) are sent in the IPv4
+	// chunks; otherwise both go in the IPv6 chunks, an IPv4 address as
+	// its IPv4-mapped form.
 	Src, Dst netip.AddrPort
 	// Proto is ProtoUDP or ProtoTCP.
 	Proto uint8
@@ -107,20 +109,22 @@ func (p *Packet) isIPv4() bool {
 }
 
 // Append appends p, encoded, to dst. It fails with ErrTooLarge when the
-// packet would exceed MaxPacketSize, and when Src and Dst are not
-// addresses of one family.
+// packet would exceed MaxPacketSize, and when Src or Dst has no address.
 func Append(dst []byte, p *Packet) ([]byte, error) {
 	size := p.Size()
 	if size > MaxPacketSize {
 		return dst, fmt.Errorf("%w: %d", ErrTooLarge, size)
 	}
-	src, dstAddr := p.Src.Addr().Unmap(), p.Dst.Addr().Unmap()
-	if !src.IsValid() || !dstAddr.IsValid() || src.Is4() != dstAddr.Is4() {
-		return dst, fmt.Errorf("hep: addresses %s and %s are not of one family", p.Src, p.Dst)
+	src, dstAddr := p.Src.Addr(), p.Dst.Addr()
+	if !src.IsValid() || !dstAddr.IsValid() {
+		return dst, fmt.Errorf("hep: no address in %s -> %s", p.Src, p.Dst)
+	}
+	if p.isIPv4() {
+		src, dstAddr = src.Unmap(), dstAddr.Unmap()
 	}
 	b := append(dst, "HEP3"...)
 	b = binary.BigEndian.AppendUint16(b, uint16(size))
-	if src.Is4() {
+	if p.isIPv4() {
 		b = appendChunk(b, ChunkIPFamily, FamilyIPv4)
 		b = appendChunk(b, ChunkIPProto, p.Proto)
 		s4, d4 := src.As4(), dstAddr.As4()
