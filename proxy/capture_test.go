@@ -223,7 +223,7 @@ func TestValidateCapture(t *testing.T) {
 	}
 }
 
-// benchInvite is a forwarded INVITE with credentials and SDP, about 1 kB.
+// benchInvite is a forwarded INVITE with credentials and SDP, 986 bytes.
 var benchInvite = []byte("INVITE sip:1002@pbx-a.example.com SIP/2.0\r\n" +
 	"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK.abcdefghijklmnop;rport\r\n" +
 	"Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK.qrstuvwxyz012345\r\n" +
