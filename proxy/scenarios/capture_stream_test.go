@@ -7,11 +7,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/google/uuid"
 
 	"github.com/authproxy/authproxy/credentials"
+	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
@@ -198,4 +200,60 @@ func TestHEPCaptureUpstreamTCP(t *testing.T) {
 		}
 	}
 	assertNoCallErrors(t, h.A)
+}
+
+// TestHEPCaptureIPv6: over IPv6 the packets carry the IPv6 addresses
+// (HEPv3 chunks 5 and 6), and a request the upstream sends into the
+// dialog (the callee's BYE) is captured on both legs too.
+func TestHEPCaptureIPv6(t *testing.T) {
+	rx := startHEPReceiver(t)
+	h := startHarness(t, harnessOptions{A: fakepbx.Config{Host: "::1"}, Mutate: func(cfg *proxy.Config, _ *harness) {
+		cfg.Listeners = []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}, {Transport: "udp", Address: "[::1]:0"}}
+		cfg.Clients = []proxy.ClientGroup{{Name: "loopback", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, Upstreams: []string{"*"}}}
+		cfg.Capture = proxy.Capture{HEP: rx.addr}
+	}})
+	ph := siptest.StartPhoneAt(t, "::1", "1001", "udp", h.Addr["udp6"])
+	c := ph.Dial("sip:1002@pbx-a.example.com", siptest.SDP)
+	if res := c.WaitFinal(10 * time.Second); res.StatusCode != 200 {
+		t.Fatalf("INVITE: %d", res.StatusCode)
+	}
+	c.Ack()
+	waitAck(t, h.A, c.CallID)
+	if code := h.A.HangUp(t, c.CallID); code != 200 {
+		t.Fatalf("callee BYE: %d", code)
+	}
+	c.Phone.WaitReceived(sip.BYE, 5*time.Second)
+
+	listener := netip.MustParseAddrPort(h.Addr["udp6"])
+	pbx := netip.MustParseAddrPort(h.A.Addr())
+	// The phone sends from a socket of its own; authproxy sends into the
+	// dialog where the INVITE came from.
+	var phone netip.AddrPort
+	testutil.Eventually(t, "the phone's INVITE captured", func() bool {
+		for _, p := range rx.packets() {
+			if p.CorrelationID == c.CallID && p.Dst == listener && strings.HasPrefix(firstLine(p.Payload), "INVITE ") {
+				phone = p.Src
+			}
+		}
+		return phone.IsValid()
+	})
+	testutil.Eventually(t, "the callee's BYE captured on both legs", func() bool {
+		return len(rx.find(c.CallID, "BYE ", hep.ProtoUDP, pbx, listener)) == 1 &&
+			len(rx.find(c.CallID, "BYE ", hep.ProtoUDP, listener, phone)) == 1
+	})
+	if got := rx.find(c.CallID, "INVITE ", hep.ProtoUDP, listener, pbx); len(got) != 2 {
+		t.Errorf("captured %d INVITEs from %s to %s, want 2 (challenged, answered)", len(got), listener, pbx)
+	}
+	for _, p := range rx.packets() {
+		if p.CorrelationID == c.CallID && (!p.Src.Addr().Is6() || !p.Dst.Addr().Is6() || p.Src.Addr().Is4In6()) {
+			t.Errorf("%s -> %s: not IPv6", p.Src, p.Dst)
+		}
+	}
+}
+
+// packets returns what r received so far.
+func (r *hepReceiver) packets() []hep.Packet {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]hep.Packet(nil), r.pkts...)
 }
