@@ -54,6 +54,8 @@ type Config struct {
 	Registrations []Registration
 	// Runtime is the [runtime] table.
 	Runtime Runtime
+	// Capture is the [capture] table (capture.go).
+	Capture Capture
 }
 
 // Runtime is the [runtime] table: Go runtime settings cmd/authproxy

@@ -27,6 +27,7 @@ type fileConfig struct {
 	Limits     fileLimits       `koanf:"limits"`
 	TCP        fileTCP          `koanf:"tcp"`
 	Runtime    fileRuntime      `koanf:"runtime"`
+	Capture    fileCapture      `koanf:"capture"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
 }
@@ -113,6 +114,13 @@ type fileProxy struct {
 	FailoverTimeout   string `koanf:"failover_timeout"`
 }
 
+type fileCapture struct {
+	HEP     string `koanf:"hep"`
+	Redact  bool   `koanf:"redact"`
+	AgentID int64  `koanf:"agent_id"`
+	AuthKey string `koanf:"auth_key"`
+}
+
 type fileAdmin struct {
 	Address string `koanf:"address"`
 	Pprof   bool   `koanf:"pprof"`
@@ -171,7 +179,7 @@ var fileConfigType = reflect.TypeFor[fileConfig]()
 // error.
 func isSecretKey(name string) bool {
 	switch name {
-	case "password", "ha1", "ha1_sha256", "ha1_sha512_256":
+	case "password", "ha1", "ha1_sha256", "ha1_sha512_256", "auth_key":
 		return true
 	}
 	return false
@@ -212,6 +220,12 @@ timeout = "2s"
 [admin]
 address = ""
 pprof = false
+
+[capture]
+hep = ""
+redact = true
+agent_id = 0
+auth_key = ""
 
 [health]
 options_interval = "30s"

@@ -88,6 +88,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	v.checkRegistrationCredentials(fc.Registration, cfg.Credentials, idx)
 	v.checkNamesAsHosts(fc.Upstream, fc.Registration, cfg.Groups, idx)
 	cfg.Runtime = v.buildRuntime(fc.Runtime)
+	cfg.Capture = v.buildCapture(fc.Capture)
 	return cfg
 }
 

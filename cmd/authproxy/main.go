@@ -232,6 +232,10 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			IdleTimeout: cfg.TCP.IdleTimeout, MessageTimeout: cfg.TCP.MessageTimeout,
 			HandshakeTimeout: cfg.TCP.HandshakeTimeout, MaxMessageSize: cfg.TCP.MaxMessageSize,
 		},
+		Capture: proxy.Capture{
+			HEP: cfg.Capture.HEP, AgentID: cfg.Capture.AgentID, AuthKey: cfg.Capture.AuthKey,
+			KeepCredentials: !cfg.Capture.Redact,
+		},
 	}
 	for i, l := range cfg.Listen {
 		pl := proxy.Listener{Transport: l.Transport, Address: l.Address, Advertise: l.Advertise}

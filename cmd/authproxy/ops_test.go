@@ -456,3 +456,33 @@ deny = "drop"
 		}
 	}
 }
+
+// TestCaptureWiring: the [capture] table reaches the proxy key by key
+// (redact = false as KeepCredentials), and a change needs a restart.
+func TestCaptureWiring(t *testing.T) {
+	cfg := mustParse(t, opsBase+`
+[capture]
+hep = "udp:192.0.2.9:9061"
+redact = false
+agent_id = 77
+auth_key = "hep-key"
+`)
+	pcfg, err := proxyConfig(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := proxy.Capture{HEP: "192.0.2.9:9061", AgentID: 77, AuthKey: "hep-key", KeepCredentials: true}
+	if pcfg.Capture != want {
+		t.Errorf("proxy capture %+v, want %+v", pcfg.Capture, want)
+	}
+	def, err := proxyConfig(mustParse(t, opsBase), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.Capture != (proxy.Capture{}) {
+		t.Errorf("default proxy capture %+v, want off and redacting", def.Capture)
+	}
+	if got := restartKeys(mustParse(t, opsBase), cfg); !slices.Equal(got, []string{"capture"}) {
+		t.Errorf("restartKeys = %q, want [capture]", got)
+	}
+}

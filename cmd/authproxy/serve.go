@@ -320,6 +320,10 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if boot.TCP != cfg.TCP {
 		out = append(out, "tcp")
 	}
+	if boot.Capture != cfg.Capture {
+		// The capture's socket is opened once, when the proxy starts.
+		out = append(out, "capture")
+	}
 	return out
 }
 

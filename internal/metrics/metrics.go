@@ -204,7 +204,7 @@ func New(version string) *Metrics {
 // Attach registers the gauges read from src at scrape time:
 // authproxy_active_transactions, authproxy_dialogs, the upstream health
 // metrics and, when src reports them, the listeners and TCP connections
-// (tcp.go). Call it once, after the proxy is created; later calls do
+// (tcp.go) and the HEP capture (capture.go). Call it once, after the proxy is created; later calls do
 // nothing.
 func (m *Metrics) Attach(src Source) {
 	m.attachOnce.Do(func() {
@@ -221,6 +221,9 @@ func (m *Metrics) Attach(src Source) {
 		)
 		if ls, ok := src.(listenerSource); ok {
 			m.reg.MustRegister(newTCPCollector(ls))
+		}
+		if cs, ok := src.(captureSource); ok {
+			m.reg.MustRegister(newCaptureCollector(cs))
 		}
 		if rs, ok := src.(registrationSource); ok {
 			// The trunk registrations up now, read at each scrape.
