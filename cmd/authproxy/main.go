@@ -213,6 +213,8 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			MaxPerSource: cfg.Limits.MaxPerSource, MaxTotal: cfg.Limits.MaxTotal,
 			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
+			UserAuthFailures: cfg.Limits.UserAuthFailures, UserBlockFor: cfg.Limits.UserBlockFor,
+			Exempt: cfg.Limits.ExemptNetworks,
 		},
 		TCP: tcpguard.Limits{
 			MaxConns: cfg.TCP.MaxConnections, MaxConnsPerSource: cfg.TCP.MaxConnectionsPerSource,
