@@ -147,7 +147,8 @@ type Client struct {
 	Users map[string]credentials.Secret
 }
 
-// Limits is the [limits] table: abuse limits per source and in total.
+// Limits is the [limits] table: abuse limits per source, per user of a
+// source, and in total.
 type Limits struct {
 	Rate         float64 // requests per second per source; 0 = off
 	Burst        int
@@ -157,6 +158,14 @@ type Limits struct {
 	BlockFor     time.Duration
 	MaxSources   int
 	Drop         bool // deny = "drop": refused UDP requests are not answered
+	// UserAuthFailures is how many failed local authentications one user
+	// may have from one source address before that user (not the source)
+	// is refused from it for UserBlockFor; 0 = off.
+	UserAuthFailures int
+	UserBlockFor     time.Duration
+	// ExemptNetworks are sources exempt from rate, max_per_source and the
+	// auth_failures block (a trusted office behind one NAT address).
+	ExemptNetworks []netip.Prefix
 }
 
 // Log is the [log] table: how cmd/authproxy builds its slog handler.

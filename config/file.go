@@ -83,6 +83,10 @@ type fileLimits struct {
 	BlockFor     string `koanf:"block_for"`
 	MaxSources   int    `koanf:"max_sources"`
 	Deny         string `koanf:"deny"`
+
+	UserAuthFailures int      `koanf:"user_auth_failures"`
+	UserBlockFor     string   `koanf:"user_block_for"`
+	ExemptNetworks   []string `koanf:"exempt_networks"`
 }
 
 type fileTCP struct {
@@ -189,7 +193,7 @@ func isSecretKey(name string) bool {
 func isDurationKey(name string) bool {
 	switch name {
 	case "shutdown_grace", "options_interval", "timer_c", "dialog_idle_timeout", "failover_timeout",
-		"min_ttl", "max_ttl", "timeout", "block_for", "idle_timeout", "message_timeout", "handshake_timeout":
+		"min_ttl", "max_ttl", "timeout", "block_for", "user_block_for", "idle_timeout", "message_timeout", "handshake_timeout":
 		return true
 	}
 	return false
@@ -244,6 +248,9 @@ auth_failures = 5
 block_for = "5m"
 max_sources = 100000
 deny = "reject"
+user_auth_failures = 5
+user_block_for = "5m"
+exempt_networks = []
 
 [tcp]
 max_connections = 10000

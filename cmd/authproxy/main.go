@@ -146,6 +146,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// here, before anything serves, and nowhere else.
 	proxy.TuneSIPStack()
 	sip.SetDefaultLogger(proxy.SipgoLogger(log.With("component", "sipgo")))
+	// Anything else logging through slog's or the log package's default
+	// logger writes authproxy's lines too.
+	slog.SetDefault(log)
 	if cfg.Log.SIPTrace {
 		sip.SIPDebugTracer(proxy.Tracer{Log: log.With("component", "trace")})
 		sip.SIPDebug = true
@@ -184,11 +187,11 @@ func newLogger(w io.Writer, c config.Log, level slog.Leveler) *slog.Logger {
 	switch format {
 	case "tint":
 		_, noColor := os.LookupEnv("NO_COLOR")
-		h = tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: noColor})
+		h = tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: noColor, ReplaceAttr: replaceLogAttr})
 	case "text":
-		h = slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+		h = slog.NewTextHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: replaceLogAttr})
 	default:
-		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: replaceLogAttr})
 	}
 	return slog.New(h)
 }
@@ -226,6 +229,8 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			MaxPerSource: cfg.Limits.MaxPerSource, MaxTotal: cfg.Limits.MaxTotal,
 			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
+			UserAuthFailures: cfg.Limits.UserAuthFailures, UserBlockFor: cfg.Limits.UserBlockFor,
+			Exempt: cfg.Limits.ExemptNetworks,
 		},
 		TCP: tcpguard.Limits{
 			MaxConns: cfg.TCP.MaxConnections, MaxConnsPerSource: cfg.TCP.MaxConnectionsPerSource,

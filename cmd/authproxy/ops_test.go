@@ -419,6 +419,9 @@ auth_failures = 15
 block_for = "16s"
 max_sources = 17
 deny = "drop"
+user_auth_failures = 18
+user_block_for = "19s"
+exempt_networks = ["203.0.113.10"]
 `)
 	cfg.Log.SIPTrace = true
 	pcfg, err := proxyConfig(cfg, nil)
@@ -450,6 +453,9 @@ deny = "drop"
 		{"limits.block_for", pcfg.Limits.BlockFor, 16 * time.Second},
 		{"limits.max_sources", pcfg.Limits.MaxSources, 17},
 		{"limits.deny", pcfg.Limits.Drop, true},
+		{"limits.user_auth_failures", pcfg.Limits.UserAuthFailures, 18},
+		{"limits.user_block_for", pcfg.Limits.UserBlockFor, 19 * time.Second},
+		{"limits.exempt_networks", fmt.Sprint(pcfg.Limits.Exempt), "[203.0.113.10/32]"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s reaches the proxy as %v, want %v", c.key, c.got, c.want)

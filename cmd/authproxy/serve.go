@@ -78,6 +78,7 @@ func (d *daemon) load() (*config.Config, error) {
 func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 	cfg := d.cur.Load()
 	m := metrics.New(versionString())
+	m.Prime(knownLabels(cfg))
 	d.metrics = m
 	pcfg, err := proxyConfig(cfg, store)
 	if err != nil {
@@ -230,6 +231,7 @@ func (d *daemon) reload(trigger string) {
 	outcome = "serving"
 	old := d.cur.Swap(cfg)
 	d.level.Set(cfg.Log.Level)
+	d.metrics.Prime(knownLabels(cfg))
 
 	restart := restartKeys(d.boot, cfg)
 	if restartNeeded && len(restart) == 0 {
