@@ -200,7 +200,7 @@ func New(cfg Config) (*Proxy, error) {
 		guard.Tap = p.tapStream
 	}
 	p.tcp = tcpguard.New(guard)
-	p.ws = p.newWebSocketGate(cfg.WebSocket)
+	p.ws = p.newWebSocketGate(cfg.WebSocket, cfg.Capture.HEP != "")
 	return p, nil
 }
 

@@ -53,14 +53,20 @@ var ErrFlowClosed = errors.New("websocket connection of the client is closed")
 
 // newWebSocketGate is the gate of the WebSocket listeners, refusing the
 // sources and capping the connections as the TCP guard does.
-func (p *Proxy) newWebSocketGate(l wsgate.Limits) *wsgate.Gate {
-	return wsgate.New(wsgate.Config{
+func (p *Proxy) newWebSocketGate(l wsgate.Limits, capture bool) *wsgate.Gate {
+	cfg := wsgate.Config{
 		Limits:   l,
 		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
 		Logger:   p.log.With("component", "websocket"),
 		Inspect:  p.inspectStream,
 		OnClose:  p.webSocketClosed,
-	})
+	}
+	if capture {
+		// HEP has no WebSocket protocol type: the messages go as TCP,
+		// which carries them.
+		cfg.Tap = p.tapStream
+	}
+	return wsgate.New(cfg)
 }
 
 // webSocketListenerConfig is what listener l checks at the upgrade.

@@ -3,6 +3,7 @@ package scenarios
 import (
 	"crypto/tls"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/authproxy/authproxy/internal/fakepbx"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
+	"github.com/authproxy/authproxy/proxy/hep"
 	"github.com/authproxy/authproxy/proxy/wsgate"
 )
 
@@ -312,5 +314,29 @@ func TestWebSocketSecure(t *testing.T) {
 	ph.respond(inv, 200, "OK")
 	if call := <-done; call.Status != 200 {
 		t.Fatalf("call over wss: %d", call.Status)
+	}
+}
+
+// TestWebSocketCapture: with HEP capture on, a browser's messages over
+// its WebSocket are captured as TCP between its connection and the
+// listener, both ways, without their WebSocket framing.
+func TestWebSocketCapture(t *testing.T) {
+	rx := startHEPReceiver(t)
+	h := startWSHarness(t, wsgate.Limits{}, func(c *proxy.Config) { c.Capture = proxy.Capture{HEP: rx.addr} })
+	ph := startWSPhone(t, "1001", wsURL(h))
+	regID := uuid.NewString()
+	if res := ph.register("pbx-a.example.com", regID, 1, 300, browserPassword); res.StatusCode != 200 {
+		t.Fatalf("REGISTER: %d", res.StatusCode)
+	}
+	listener := netip.MustParseAddrPort(h.Addr["ws"])
+	browser := netip.MustParseAddrPort(ph.conn.LocalAddr().String())
+	testutil.Eventually(t, "the REGISTER's 200 to the browser captured", func() bool {
+		return len(rx.find(regID, "SIP/2.0 200", hep.ProtoTCP, listener, browser)) == 1
+	})
+	if got := rx.find(regID, "REGISTER ", hep.ProtoTCP, browser, listener); len(got) != 2 {
+		t.Errorf("captured %d REGISTERs from the browser, want 2 (challenged, answered)", len(got))
+	}
+	if got := rx.find(regID, "SIP/2.0 407", hep.ProtoTCP, listener, browser); len(got) != 1 {
+		t.Errorf("captured %d local challenges to the browser, want 1", len(got))
 	}
 }

@@ -163,12 +163,17 @@ func (c *conn) nextMessage() ([]byte, error) {
 	}
 	msg := c.msg
 	c.msg, c.inMsg = nil, false
-	if in := c.l.g.cfg.Inspect; in != nil && len(bytes.Trim(msg, "\r\n")) > 0 {
+	keepAlive := len(bytes.Trim(msg, "\r\n")) == 0
+	if tap := c.l.g.cfg.Tap; tap != nil && !keepAlive {
+		tap(msg, false, addrPort(c.raw.LocalAddr()), c.remote)
+	}
+	if in := c.l.g.cfg.Inspect; in != nil && !keepAlive {
 		pass, answer := in(msg, c.l.cfg.Transport, c.remote)
 		if answer != nil {
 			if err := c.writeFrame(ws.OpText, answer); err != nil {
 				return nil, err
 			}
+			c.tapSent(answer)
 		}
 		if !pass {
 			return nil, nil
@@ -278,7 +283,8 @@ func (c *conn) Write(b []byte) (int, error) {
 		if err != nil {
 			return len(b), nil // header incomplete
 		}
-		size := ws.HeaderSize(hdr) + int(hdr.Length)
+		head := ws.HeaderSize(hdr)
+		size := head + int(hdr.Length)
 		if len(c.out) < size {
 			return len(b), nil // payload to come
 		}
@@ -286,10 +292,30 @@ func (c *conn) Write(b []byte) (int, error) {
 			c.out = nil
 			return 0, err
 		}
+		if hdr.OpCode == ws.OpText || hdr.OpCode == ws.OpBinary {
+			c.tapSent(c.out[head:size]) // sipgo's frames are unmasked
+		}
 		c.out = c.out[size:]
 	}
 	c.out = nil
 	return len(b), nil
+}
+
+// tapSent shows a SIP message written on the connection to Config.Tap.
+func (c *conn) tapSent(msg []byte) {
+	if tap := c.l.g.cfg.Tap; tap != nil && len(bytes.Trim(msg, "\r\n")) > 0 {
+		tap(msg, true, addrPort(c.raw.LocalAddr()), c.remote)
+	}
+}
+
+// addrPort is a's address and port, IPv4-mapped addresses unmapped.
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
 }
 
 // Close closes the connection once, releases its place in the caps and

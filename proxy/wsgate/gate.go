@@ -110,6 +110,12 @@ type Config struct {
 	// OnClose is called once for each upgraded connection when it closes,
 	// whoever closed it.
 	OnClose func(transport string, remote netip.AddrPort)
+	// Tap, when set, sees each complete SIP message a connection reads
+	// (before Inspect) and each one written on it (sent true): the SIP
+	// stack's and the gate's own answers, without their WebSocket framing.
+	// local and remote are the connection's addresses. It runs on the
+	// reading or writing goroutine and must not keep msg.
+	Tap func(msg []byte, sent bool, local, remote netip.AddrPort)
 }
 
 // Gate holds the limits, counts and statistics shared by its Listeners.
