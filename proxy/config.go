@@ -17,6 +17,7 @@ import (
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/proxy/resolve"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
+	"github.com/authproxy/authproxy/state"
 )
 
 // Listener is one local socket the proxy serves clients (and upstream
@@ -158,6 +159,23 @@ type Config struct {
 	// (RFC 3263 §4.3); the last attempt keeps UpstreamTimeout. Zero means
 	// 4s.
 	FailoverTimeout time.Duration
+	// State is where the bindings, REGISTER CSeq offsets, trunk
+	// registrations' state and leases go (docs/state.md); nil keeps them
+	// in memory only. The proxy does not close it.
+	State state.Store
+	// StateBackend names State's backend, for /status ("memory", "file",
+	// "redis").
+	StateBackend string
+	// Instance names this instance in a shared store (lease holder,
+	// cluster member). Empty means the host name and the process ID.
+	Instance string
+	// LeaseTTL is how long a trunk registration's lease lasts without
+	// renewal in a shared store: a dead holder's trunk is taken over
+	// within it. Zero means 15s.
+	LeaseTTL time.Duration
+	// StateReadiness makes Ready report not ready while a shared store
+	// does not answer.
+	StateReadiness bool
 }
 
 func (c *Config) setRegistrationDefaults() {

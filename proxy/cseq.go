@@ -75,6 +75,35 @@ func (t *cseqTable) touch(k cseqKey, now time.Time, ttl time.Duration) {
 	}
 }
 
+// raise sets the offset for k to off when that is larger, keeping the
+// entry until now+ttl at least.
+func (t *cseqTable) raise(k cseqKey, off uint32, now time.Time, ttl time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.entries[k]
+	if !ok {
+		e = &cseqEntry{}
+		t.entries[k] = e
+	}
+	e.offset = max(e.offset, off)
+	if exp := now.Add(ttl); exp.After(e.expires) {
+		e.expires = exp
+	}
+}
+
+// all returns every live entry (to write them back to a store).
+func (t *cseqTable) all(now time.Time) map[cseqKey]cseqEntry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[cseqKey]cseqEntry, len(t.entries))
+	for k, e := range t.entries {
+		if now.Before(e.expires) {
+			out[k] = *e
+		}
+	}
+	return out
+}
+
 // remove forgets k (its dialog or transaction ended).
 func (t *cseqTable) remove(k cseqKey) {
 	t.mu.Lock()

@@ -29,9 +29,10 @@ import (
 // stack it runs on, the tables of request and dialog state, the guards on
 // what sources send, the services kept per upstream, and the listeners.
 type Proxy struct {
-	cfg Config
-	log *slog.Logger
-	rt  atomic.Pointer[routing] // upstreams, groups, credentials: swapped whole by Reload
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+	rt      atomic.Pointer[routing] // upstreams, groups, credentials: swapped whole by Reload
 	sipStack
 	stateTables
 	sourceGuards
@@ -86,6 +87,7 @@ type sourceGuards struct {
 type upstreamServices struct {
 	health  *healthChecker // OPTIONS pings to the upstreams' targets (health.go)
 	regs    *regManager    // trunk registrations (registration.go)
+	store   *stateSync     // the state store (statestore.go)
 	targets *targets       // what upstream names resolve to (targets.go)
 	tlsConn *tlsConnector  // TLS connections to upstream targets, verified for their names (tlsconn.go)
 }
@@ -156,6 +158,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg:              cfg,
 		log:              log,
+		started:          time.Now(),
 		upstreamServices: upstreamServices{targets: tg},
 		sipStack:         sipStack{parser: sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers()))},
 		stateTables: stateTables{
@@ -180,6 +183,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.rt.Store(rt)
 	p.health = newHealthChecker(p, cfg.Health)
+	p.store = newStateSync(cfg.State, instanceName(cfg.Instance), cfg.LeaseTTL, log)
+	p.store.republish = p.republishState
 	p.regs = newRegManager(p)
 	p.tcp = tcpguard.New(tcpguard.Config{
 		Limits:   tcpLimits(cfg),
@@ -282,6 +287,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	bound, err := p.bind()
 	if err != nil {
 		return err
+	}
+	if n := p.loadBindings(ctx); n > 0 {
+		p.log.Info("bindings restored from the state store", "bindings", n)
 	}
 	p.lane = newFastLane(p)
 	sipgoLog := p.sipgoLogger()
@@ -397,6 +405,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.cfg.Ready != nil {
 		p.cfg.Ready()
 	}
+	storeCtx, stopStore := context.WithCancel(context.Background())
+	var storing sync.WaitGroup
+	storing.Go(func() { p.store.run(storeCtx, p.member) })
+	defer func() {
+		stopStore()
+		storing.Wait()
+	}()
 	regCtx, stopRegs := context.WithCancel(context.Background())
 	defer stopRegs()
 	p.regs.start(regCtx, p.cfg.Registrations)

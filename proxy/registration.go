@@ -77,6 +77,9 @@ type RegistrationState struct {
 	NextAttempt time.Time
 	// Failures counts consecutive failed attempts.
 	Failures int
+	// Holder is the instance holding the registration's lease in a
+	// shared store ("" without one).
+	Holder string
 }
 
 // Registration states.
@@ -85,6 +88,8 @@ const (
 	RegStateRegistered  = "registered"
 	RegStateFailing     = "failing"
 	RegStateStopped     = "stopped"
+	// RegStateStandby: another instance of the cluster holds it.
+	RegStateStandby = "standby"
 )
 
 // Timing of trunk registrations.
@@ -208,6 +213,18 @@ type trunkReg struct {
 	callID string
 	tag    string
 	cseq   uint32 // last CSeq sent
+	// reserved is the highest CSeq written to the store before it was
+	// used: whoever resumes the registration starts above it.
+	reserved uint32
+	// replace is a contact another instance registered for this trunk,
+	// removed (expires=0) by the next REGISTER, so that the registrar
+	// never holds two contacts for it.
+	replace string
+	// resumeAt, when set, is the refresh time of a registration restored
+	// from the store: no REGISTER before it.
+	resumeAt time.Time
+	// token is the fencing token of the lease held (shared store).
+	token uint64
 
 	mu    sync.Mutex
 	cfg   Registration
@@ -291,13 +308,16 @@ func parseTarget(target, user string) (sip.Uri, string, string, error) {
 // errRejected marks an attempt whose credentials the registrar refused.
 var errRejected = errors.New("credentials rejected")
 
-// run keeps the registration up until ctx ends, then unregisters.
-func (tr *trunkReg) run(ctx context.Context) {
+// serve keeps the registration up until hold ends (ctx ended, or the
+// lease was lost), then unregisters, unless the store is shared: another
+// instance takes the registration over, and unregistering first would
+// leave the trunk unreachable meanwhile.
+func (tr *trunkReg) serve(ctx, hold context.Context) {
 	log := tr.p.log.With("registration", tr.cfg.AOR, logUpstream, tr.cfg.Upstream)
 	failures := 0
 	var registered bool
 	defer func() {
-		if registered {
+		if registered && !tr.p.store.shared {
 			uctx, cancel := context.WithTimeout(context.Background(), unregisterWait)
 			_, _, err := tr.attempt(uctx, log, 0)
 			cancel()
@@ -311,6 +331,21 @@ func (tr *trunkReg) run(ctx context.Context) {
 			s.State, s.Expires, s.NextAttempt = RegStateStopped, time.Time{}, time.Time{}
 		})
 	}()
+	if wait := time.Until(tr.resumeAt); !tr.resumeAt.IsZero() && wait > 0 {
+		// Restored from the store: the registrar holds our binding until
+		// its expiry; refresh when it was due.
+		registered = true
+		log.Info("registration resumed from the state store", "refresh_in", wait.Round(time.Second).String())
+		t := time.NewTimer(wait)
+		select {
+		case <-hold.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	tr.resumeAt = time.Time{}
+	ctx = hold
 	for {
 		cfg := tr.config()
 		expires := cfg.Expires
@@ -330,10 +365,14 @@ func (tr *trunkReg) run(ctx context.Context) {
 			registered = true
 			failures = 0
 			wait = refreshIn(granted)
+			tr.mu.Lock()
+			tr.replace = ""
+			tr.mu.Unlock()
 			tr.update(func(s *RegistrationState) {
 				s.State, s.LastStatus, s.LastError, s.Failures = RegStateRegistered, status, "", 0
 				s.Expires, s.NextAttempt = now.Add(granted), now.Add(wait)
 			})
+			tr.save()
 			log.Info("registered", "expires", granted.String(), "refresh_in", wait.String())
 		} else {
 			failures++
@@ -348,6 +387,7 @@ func (tr *trunkReg) run(ctx context.Context) {
 				}
 				s.NextAttempt = now.Add(wait)
 			})
+			tr.save()
 			log.Warn("registration failed", "error", err.Error(), logStatus, status, "failures", failures, "retry_in", wait.Round(time.Millisecond).String())
 		}
 		t := time.NewTimer(wait)
@@ -399,26 +439,9 @@ func (tr *trunkReg) attempt(ctx context.Context, log *slog.Logger, expires int) 
 	if err := sip.ParseUri(cfg.AOR, &aor); err != nil {
 		return 0, 0, fmt.Errorf("aor %q: %w", cfg.AOR, err)
 	}
-	// The Contact names the listener facing the first target: of its
-	// transport (with "auto", the one NAPTR chose) and address family.
-	tp, dst := up.transport, netip.Addr{}
-	if ts, ok := tr.p.targets.cached(up); ok {
-		if tp == "" {
-			tp = ts[0].Transport
-		}
-		dst = ts[0].Addr.Addr()
-	}
-	l := tr.p.listenerFor(tp, dst)
-	if l == nil && len(tr.p.listeners) > 0 {
-		l = tr.p.listeners[0]
-	}
-	if l == nil {
-		return 0, 0, errors.New("no listener")
-	}
-	contact := tr.p.ownURI(l, cfg.contactUser())
-	contact.UriParams = sip.NewParams()
-	if l.transport != "UDP" {
-		contact.UriParams.Add("transport", strings.ToLower(l.transport))
+	contact, err := tr.contact(up, cfg)
+	if err != nil {
+		return 0, 0, err
 	}
 	tr.update(func(s *RegistrationState) { s.Contact = contact.String() })
 	for range max423 + 1 {
@@ -458,6 +481,32 @@ func (tr *trunkReg) attempt(ctx context.Context, log *slog.Logger, expires int) 
 	return 0, sip.StatusIntervalToBrief, errors.New("too many 423 responses")
 }
 
+// contact is the Contact authproxy registers: it names the listener
+// facing the upstream's first target, of its transport (with "auto", the
+// one NAPTR chose) and address family.
+func (tr *trunkReg) contact(up *upstream, cfg Registration) (sip.Uri, error) {
+	tp, dst := up.transport, netip.Addr{}
+	if ts, ok := tr.p.targets.cached(up); ok {
+		if tp == "" {
+			tp = ts[0].Transport
+		}
+		dst = ts[0].Addr.Addr()
+	}
+	l := tr.p.listenerFor(tp, dst)
+	if l == nil && len(tr.p.listeners) > 0 {
+		l = tr.p.listeners[0]
+	}
+	if l == nil {
+		return sip.Uri{}, errors.New("no listener")
+	}
+	contact := tr.p.ownURI(l, cfg.contactUser())
+	contact.UriParams = sip.NewParams()
+	if l.transport != "UDP" {
+		contact.UriParams.Add("transport", strings.ToLower(l.transport))
+	}
+	return contact, nil
+}
+
 // grantedFor reads the lifetime the registrar granted our contact: its
 // Contact's expires, else the Expires header, else what we asked for.
 func grantedFor(res *sip.Response, contact sip.Uri, asked int) time.Duration {
@@ -486,7 +535,12 @@ func (tr *trunkReg) send(ctx context.Context, log *slog.Logger, rt *routing, up 
 	tr.mu.Lock()
 	tr.cseq++
 	seq := tr.cseq
+	replace := tr.replace
+	reserve := seq >= tr.reserved
 	tr.mu.Unlock()
+	if reserve {
+		tr.reserveCSeq(seq)
+	}
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: aor.Host, Port: aor.Port})
 	from := &sip.FromHeader{Address: *aor.Clone(), Params: sip.NewParams()}
 	from.Params.Add("tag", tr.tag)
@@ -499,6 +553,13 @@ func (tr *trunkReg) send(ctx context.Context, log *slog.Logger, rt *routing, up 
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: sip.REGISTER})
 	req.AppendHeader(&mf)
 	req.AppendHeader(&sip.ContactHeader{Address: contact})
+	if old, ok := oldContact(replace, contact); ok && expires > 0 {
+		// RFC 3261 §10.2.2: expires=0 on a Contact removes that binding,
+		// in the same request that adds ours.
+		p := sip.NewParams()
+		p.Add("expires", "0")
+		req.AppendHeader(&sip.ContactHeader{Address: old, Params: p})
+	}
 	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(expires)))
 	req.AppendHeader(sip.NewHeader("User-Agent", "authproxy"))
 	req.SetBody(nil)

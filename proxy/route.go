@@ -185,8 +185,9 @@ func (f *forwarding) route() bool {
 			f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
 		}
 	} else if f.routeInbound() {
-		// An upstream's request to a client registered through us.
-		return true
+		// An upstream's request to a client registered through us (or
+		// answered here when that client is out of reach).
+		return !f.replied
 	}
 	if !f.routeUpstream() {
 		return false

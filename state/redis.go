@@ -241,4 +241,6 @@ func (r *Redis) Ping(ctx context.Context) error {
 func (r *Redis) Close() error { return r.c.Close() }
 
 // String names the store for logs (never the password).
-func (r *Redis) String() string { return "redis " + r.c.Options().Addr + " db " + strconv.Itoa(r.c.Options().DB) }
+func (r *Redis) String() string {
+	return "redis " + r.c.Options().Addr + " db " + strconv.Itoa(r.c.Options().DB)
+}

@@ -1,0 +1,57 @@
+package proxy
+
+import (
+	"strconv"
+	"time"
+)
+
+// A REGISTER refresh reuses its Call-ID (RFC 3261 §10.3 step 7), and the
+// registrar refuses a CSeq that is not higher than the last it saw for it
+// (§10.3 step 7 again). After authproxy answered a challenge the registrar
+// has seen more numbers than the client sent (cseqTable), so the offset of
+// each REGISTER Call-ID goes to the store: a refresh through another
+// instance, or after a restart, is shifted by the same offset. Offsets of
+// other requests (in-dialog requests stay on the instance that
+// Record-Routed them) stay local.
+
+func cseqStoreKey(k cseqKey) string { return keyCSeq + k.callID + "\x00" + k.fromTag }
+
+// loadRegisterOffset raises the local offset of a REGISTER's Call-ID to
+// the store's, which another instance (or this one before a restart) may
+// have grown. Offsets only grow: a registrar accepts any higher CSeq.
+func (p *Proxy) loadRegisterOffset(k cseqKey) {
+	if !p.store.shared && p.cseq.offset(k) > 0 {
+		return // this instance wrote the store's value itself
+	}
+	v, err := p.store.get(cseqStoreKey(k))
+	if err != nil {
+		return
+	}
+	n, err := strconv.ParseUint(string(v), 10, 32)
+	if err != nil || n == 0 {
+		return
+	}
+	p.cseq.raise(k, uint32(n), time.Now(), cseqIdleTTL)
+}
+
+// saveRegisterOffset writes the offset of a REGISTER's Call-ID, kept as
+// long as the registration lives (ttl, its expiry and a margin).
+func (p *Proxy) saveRegisterOffset(k cseqKey, ttl time.Duration) {
+	off := p.cseq.offset(k)
+	if off == 0 {
+		return
+	}
+	p.store.put(cseqStoreKey(k), []byte(strconv.FormatUint(uint64(off), 10)), ttl)
+}
+
+// republishOffsets writes the REGISTER offsets back (the store returned
+// empty). Only REGISTER's are in the store; the local table does not say
+// which entries are, so every entry goes back, with its remaining life.
+func (p *Proxy) republishOffsets() {
+	now := time.Now()
+	for k, e := range p.cseq.all(now) {
+		if e.offset > 0 {
+			p.store.put(cseqStoreKey(k), []byte(strconv.FormatUint(uint64(e.offset), 10)), e.expires.Sub(now))
+		}
+	}
+}
