@@ -53,6 +53,8 @@ type Config struct {
 	Registrations []Registration
 	// Runtime is the [runtime] table.
 	Runtime Runtime
+	// State is the [state] table.
+	State State
 }
 
 // Runtime is the [runtime] table: Go runtime settings cmd/authproxy

@@ -27,6 +27,7 @@ type fileConfig struct {
 	Limits     fileLimits       `koanf:"limits"`
 	TCP        fileTCP          `koanf:"tcp"`
 	Runtime    fileRuntime      `koanf:"runtime"`
+	State      fileState        `koanf:"state"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
 }
@@ -91,6 +92,31 @@ type fileTCP struct {
 	MessageTimeout          string `koanf:"message_timeout"`
 	HandshakeTimeout        string `koanf:"handshake_timeout"`
 	MaxMessageSize          int    `koanf:"max_message_size"`
+}
+
+// fileState is the [state] table: where bindings, REGISTER CSeq offsets
+// and trunk registrations' state are kept (docs/state.md).
+type fileState struct {
+	Backend   string         `koanf:"backend"`
+	Dir       string         `koanf:"dir"`
+	Instance  string         `koanf:"instance"`
+	Lease     string         `koanf:"lease"`
+	Readiness bool           `koanf:"readiness"`
+	Redis     fileStateRedis `koanf:"redis"`
+}
+
+type fileStateRedis struct {
+	Address      string  `koanf:"address"`
+	Username     string  `koanf:"username"`
+	Password     *string `koanf:"password"`
+	PasswordEnv  *string `koanf:"password_env"`
+	PasswordFile *string `koanf:"password_file"`
+	DB           int     `koanf:"db"`
+	TLS          bool    `koanf:"tls"`
+	CAFile       string  `koanf:"ca_file"`
+	ServerName   string  `koanf:"server_name"`
+	Prefix       string  `koanf:"prefix"`
+	Timeout      string  `koanf:"timeout"`
 }
 
 type fileRuntime struct {
@@ -181,7 +207,8 @@ func isSecretKey(name string) bool {
 func isDurationKey(name string) bool {
 	switch name {
 	case "shutdown_grace", "options_interval", "timer_c", "dialog_idle_timeout", "failover_timeout",
-		"min_ttl", "max_ttl", "timeout", "block_for", "idle_timeout", "message_timeout", "handshake_timeout":
+		"min_ttl", "max_ttl", "timeout", "block_for", "idle_timeout", "message_timeout", "handshake_timeout",
+		"lease":
 		return true
 	}
 	return false
@@ -243,4 +270,21 @@ max_message_size = 65535
 max_procs = 0
 gc_percent = 0
 memory_limit = ""
+
+[state]
+backend = "file"
+dir = "state"
+instance = ""
+lease = "15s"
+readiness = false
+
+[state.redis]
+address = ""
+username = ""
+db = 0
+tls = false
+ca_file = ""
+server_name = ""
+prefix = "authproxy:"
+timeout = "500ms"
 `

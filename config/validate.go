@@ -86,6 +86,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.TCP = v.buildTCP(fc.TCP)
 	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
 	cfg.Runtime = v.buildRuntime(fc.Runtime)
+	cfg.State = v.buildState(fc.State)
 	return cfg
 }
 

@@ -76,6 +76,18 @@ func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 		d.log.Error("cannot start", "error", err)
 		return 1
 	}
+	st, err := openStore(cfg.State, d.log)
+	if err != nil {
+		d.log.Error("cannot start", "error", err)
+		return 1
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			d.log.Warn("state store close", "error", err)
+		}
+	}()
+	pcfg.State, pcfg.StateBackend = st, cfg.State.Backend
+	pcfg.Instance, pcfg.LeaseTTL, pcfg.StateReadiness = cfg.State.Instance, cfg.State.LeaseTTL, cfg.State.Readiness
 	pcfg.Logger = d.log
 	pcfg.Observer = m
 	pcfg.Ready = func() { d.log.Info("ready") }
@@ -290,6 +302,9 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if boot.TCP != cfg.TCP {
 		out = append(out, "tcp")
 	}
+	if !reflect.DeepEqual(boot.State, cfg.State) {
+		out = append(out, "state")
+	}
 	return out
 }
 
@@ -418,8 +433,9 @@ func (d *daemon) status() admin.Status {
 		st.Upstreams = append(st.Upstreams, au)
 	}
 	for _, r := range p.Registrations() {
-		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State})
+		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State, Holder: r.Holder})
 	}
+	st.State = stateStatus(p)
 	st.Listeners, st.ListenersStopped, st.TCP = listenerStatus(p)
 	return st
 }

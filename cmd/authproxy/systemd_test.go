@@ -79,6 +79,8 @@ func TestSystemdUnit(t *testing.T) {
 		"NoNewPrivileges": "yes",
 		"ProtectSystem":   "strict",
 		"EnvironmentFile": "-/etc/authproxy/secrets.env",
+		"StateDirectory":  "authproxy",
+		"Environment":     "AUTHPROXY_STATE__DIR=/var/lib/authproxy",
 	} {
 		if v := one(k); v != want {
 			t.Errorf("%s=%s, want %s", k, v, want)
