@@ -107,8 +107,13 @@ type StoreState struct {
 
 func (s *stateSync) status() StoreState {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return StoreState{Shared: s.shared, Up: s.up, Since: s.since, Error: s.lastErr, Pending: len(s.pending)}
+	st := StoreState{Shared: s.shared, Up: s.up, Since: s.since, Error: s.lastErr, Pending: len(s.pending)}
+	s.mu.Unlock()
+	if b, ok := s.st.(interface{ Pending() int }); ok {
+		// The file backend's writes not committed yet.
+		st.Pending += b.Pending()
+	}
+	return st
 }
 
 // failed marks the store down after err (logged once per change).

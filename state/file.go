@@ -98,6 +98,13 @@ func OpenFile(dir string, log *slog.Logger) (*File, error) {
 	return f, nil
 }
 
+// Pending counts the writes not committed to the file yet.
+func (f *File) Pending() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pending) + len(f.tokens)
+}
+
 // Path is the database file.
 func (f *File) Path() string { return f.path }
 
