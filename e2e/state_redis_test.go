@@ -240,3 +240,91 @@ func TestStateRedisCluster(t *testing.T) {
 		t.Fatalf("Kamailio's contacts for the trunk after the takeover: %q; want one, at %s (%s)", cs, survivor.name, survivor.listen)
 	}
 }
+
+// registersAnswered counts the REGISTERs authproxy answered 200.
+func registersAnswered(logs string) int {
+	n := 0
+	for line := range strings.SplitSeq(logs, "\n") {
+		if strings.Contains(line, `"msg":"request"`) && strings.Contains(line, `"method":"REGISTER"`) && strings.Contains(line, `"status":200`) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestStateRedisOutage: SIPp registers (and refreshes) through A, two
+// instances sharing a redis-server, while redis-server is stopped for
+// as long as A takes to answer 300 REGISTERs (about 8 s at this rate) and
+// started again, empty (no persistence). No REGISTER fails: A serves from
+// its own memory, /status says the store is down, and once it is back both
+// instances write their state again: a phone that registered through A
+// during the outage is reachable through B, and the trunk registration
+// has one holder again.
+func TestStateRedisOutage(t *testing.T) {
+	peers.Require(t, "kamailio", "sipp", "redis-server")
+	const password = "e2e-redis-Pw8"
+	const calls, rate = 400, 20 // two REGISTERs each: about 20 s
+	rd := peers.StartRedis(t, peers.RedisConfig{Password: password})
+	k := peers.StartKamailio(t, peers.KamailioConfig{Host: upstreamS.host, Users: upstreamS.users(), Registrar: true})
+	target := siptest.StartPhone(t, stateTrunkUser, "udp", "")
+	a := startClusterNode(t, "a", k.Addr(), rd.Addr(), password, target.Addr)
+	b := startClusterNode(t, "b", k.Addr(), rd.Addr(), password, target.Addr)
+	testutil.Eventually(t, "the trunk registered by one instance", func() bool {
+		return a.status(t).State.TrunkHolders[stateTrunkName] != "" && (a.trunkState(t) == "registered" || b.trunkState(t) == "registered")
+	})
+
+	done := runSippAsync(t, peers.SippRun{
+		Scenario: sippScenario("register.xml"), Remote: a.listen, Service: "3002", Domain: upstreamS.domain,
+		Calls: calls, Rate: rate, Timeout: 2 * time.Minute, NoMessageTrace: true, Extra: sippTolerant,
+	})
+	testutil.Eventually(t, "A to answer 100 REGISTERs", func() bool { return registersAnswered(a.ap.Logs()) >= 100 })
+	if err := rd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	testutil.Eventually(t, "A to report the store down", func() bool {
+		st := a.status(t)
+		return st.State.Backend == "redis" && !st.State.Up
+	})
+	phone := siptest.StartPhone(t, "3001", "udp", a.listen)
+	if code := registerVia(t, phone, a.listen, peers.NewToken(10)+"@outage", "outagetag", 1); code != 200 {
+		t.Fatalf("REGISTER through A while the store is down: %d", code)
+	}
+	mark := registersAnswered(a.ap.Logs())
+	testutil.Eventually(t, "A to answer 300 more REGISTERs with the store down", func() bool {
+		return registersAnswered(a.ap.Logs()) >= mark+300
+	})
+	rd.Start()
+	t.Logf("redis-server was down %v", time.Since(stopped).Round(time.Millisecond))
+	for _, n := range []*clusterNode{a, b} {
+		testutil.Eventually(t, n.name+" to find the store again and write its state back", func() bool {
+			st := n.status(t)
+			return st.State.Up && st.State.Pending == 0 && len(st.State.Members) == 2
+		})
+	}
+	res := <-done
+	if res.Failed != 0 || res.Successful != calls {
+		t.Errorf("SIPp: %d registrations succeeded, %d failed; want all %d to succeed\n%s", res.Successful, res.Failed, calls, lastLinesOf(res.Output, 30))
+	}
+	// What A learnt during the outage is in the store again.
+	carrier := peers.RunSipp(t, peers.SippRun{
+		Scenario: sippScenario("call_contact.xml"), Remote: b.listen, Local: upstreamS.host, Transport: "u1",
+		Service: phone.User, Domain: upstreamS.domain, Timeout: 15 * time.Second,
+		Keys: map[string]string{"caller": "carrier", "target": phone.Contact().Address.String()},
+	})
+	if !carrier.OK() {
+		t.Fatalf("call through B to the phone registered through A during the outage: %v\n--- b ---\n%s", carrier, b.ap.Logs())
+	}
+	testutil.Eventually(t, "one holder of the trunk again, seen by both", func() bool {
+		ha, hb := a.status(t).State.TrunkHolders[stateTrunkName], b.status(t).State.TrunkHolders[stateTrunkName]
+		return ha != "" && ha == hb
+	})
+	if cs := registeredContacts(t, k.Addr(), stateTrunkUser); len(cs) != 1 {
+		t.Fatalf("Kamailio's contacts for the trunk after the outage: %q; want one", cs)
+	}
+	for _, n := range []*clusterNode{a, b} {
+		if c := strings.Count(n.ap.Logs(), `"msg":"state store unreachable; serving from local state"`); c > 1 {
+			t.Errorf("%s logged the store unreachable %d times; want once per outage", n.name, c)
+		}
+	}
+}

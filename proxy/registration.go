@@ -225,6 +225,10 @@ type trunkReg struct {
 	resumeAt time.Time
 	// token is the fencing token of the lease held (shared store).
 	token uint64
+	// known is the last state of the registration this instance wrote
+	// or read (shared store): restore falls back on it when the store has
+	// none.
+	known *storedTrunk
 
 	mu    sync.Mutex
 	cfg   Registration

@@ -202,18 +202,21 @@ func (s *stateSync) run(ctx context.Context, member func() Member) {
 	defer beat.Stop()
 	s.heartbeat(member)
 	wait := storeRetryMin
+	var next time.Time // when a store that is down is checked next
 	for {
 		var retry <-chan time.Time
 		var t *time.Timer
 		if !s.healthy() {
-			t = time.NewTimer(wait)
+			if next.IsZero() {
+				next = time.Now().Add(wait)
+			}
+			t = time.NewTimer(time.Until(next))
 			retry = t.C
 		}
 		fired := false
 		select {
 		case <-ctx.Done():
 		case <-s.wake:
-			wait = storeRetryMin
 		case <-beat.C:
 			if s.healthy() {
 				s.heartbeat(member)
@@ -235,11 +238,12 @@ func (s *stateSync) run(ctx context.Context, member func() Member) {
 		cancel()
 		if err != nil {
 			wait = min(wait*2, storeRetryMax)
+			next = time.Now().Add(wait)
 			continue
 		}
 		s.recovered(ctx)
 		s.heartbeat(member)
-		wait = storeRetryMin
+		wait, next = storeRetryMin, time.Time{}
 	}
 }
 

@@ -55,7 +55,26 @@ func (tr *trunkReg) save() {
 	if d := time.Until(st.Expires); d > 0 {
 		ttl += d
 	}
+	tr.mu.Lock()
+	tr.known = &st
+	tr.mu.Unlock()
 	tr.p.store.putJSON(tr.storeKey(), st, ttl)
+}
+
+// peek reads the holder's state from the store while standing by, so
+// that a store that comes back empty (a Redis without persistence) still
+// leaves this instance knowing which contact to replace.
+func (tr *trunkReg) peek() {
+	v, err := tr.p.store.get(tr.storeKey())
+	if err != nil {
+		return
+	}
+	var st storedTrunk
+	if json.Unmarshal(v, &st) == nil && st.CallID != "" {
+		tr.mu.Lock()
+		tr.known = &st
+		tr.mu.Unlock()
+	}
 }
 
 // reserveCSeq writes seq+cseqReserve to the store before seq is sent.
@@ -71,13 +90,17 @@ func (tr *trunkReg) reserveCSeq(seq uint32) {
 // (our own contact: nothing to send before it) or the other holder's
 // contact, replaced by the next REGISTER.
 func (tr *trunkReg) restore() {
-	v, err := tr.p.store.get(tr.storeKey())
-	if err != nil {
-		return
-	}
 	var st storedTrunk
-	if json.Unmarshal(v, &st) != nil || st.CallID == "" {
-		return
+	v, err := tr.p.store.get(tr.storeKey())
+	if err != nil || json.Unmarshal(v, &st) != nil || st.CallID == "" {
+		// Nothing in the store: what this instance last knew, if anything.
+		tr.mu.Lock()
+		known := tr.known
+		tr.mu.Unlock()
+		if known == nil {
+			return
+		}
+		st = *known
 	}
 	now := time.Now()
 	own := tr.ownContact()
@@ -174,6 +197,7 @@ func (tr *trunkReg) acquire(ctx context.Context) (state.Lease, bool) {
 			holder := ""
 			if errors.Is(err, state.ErrHeld) {
 				holder = tr.holder(ctx)
+				tr.peek()
 			} else if ctx.Err() == nil {
 				s.failed(err)
 			}

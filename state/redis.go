@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,6 +51,7 @@ func OpenRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("redis: no address")
 	}
+	quietOnce.Do(func() { redis.SetLogger(quietLog{}) })
 	t := cfg.Timeout
 	if t <= 0 {
 		t = defaultRedisTimeout
@@ -66,6 +68,14 @@ func OpenRedis(cfg RedisConfig) (*Redis, error) {
 	})
 	return &Redis{c: c, prefix: cfg.Prefix}, nil
 }
+
+// quietLog drops go-redis's own log lines (one per failed dial, on
+// stderr): the proxy logs the store's state once per change instead.
+type quietLog struct{}
+
+func (quietLog) Printf(context.Context, string, ...any) {}
+
+var quietOnce sync.Once
 
 func (r *Redis) k(key string) string { return r.prefix + key }
 
@@ -173,6 +183,11 @@ func (r *Redis) Acquire(ctx context.Context, name, holder string, ttl time.Durat
 		return Lease{}, ErrHeld
 	} else if !errors.Is(err, redis.Nil) {
 		return Lease{}, fmt.Errorf("redis get lease: %w", err)
+	}
+	// The counter starts at the clock (milliseconds), so that tokens keep
+	// growing even after a server without persistence restarted empty.
+	if err := r.c.SetNX(ctx, r.k(tokenPrefix+name), time.Now().UnixMilli(), 0).Err(); err != nil {
+		return Lease{}, fmt.Errorf("redis init token: %w", err)
 	}
 	t, err := r.c.Incr(ctx, r.k(tokenPrefix+name)).Result()
 	if err != nil {
