@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -20,8 +22,8 @@ func cseqStoreKey(k cseqKey) string { return keyCSeq + k.callID + "\x00" + k.fro
 // the store's, which another instance (or this one before a restart) may
 // have grown. Offsets only grow: a registrar accepts any higher CSeq.
 func (p *Proxy) loadRegisterOffset(k cseqKey) {
-	if !p.store.shared && p.cseq.offset(k) > 0 {
-		return // this instance wrote the store's value itself
+	if !p.store.shared {
+		return // loaded at start (loadOffsets); this instance wrote the rest
 	}
 	v, err := p.store.get(cseqStoreKey(k))
 	if err != nil {
@@ -32,6 +34,32 @@ func (p *Proxy) loadRegisterOffset(k cseqKey) {
 		return
 	}
 	p.cseq.raise(k, uint32(n), time.Now(), cseqIdleTTL)
+}
+
+// loadOffsets fills the local table from a store this instance owns (a
+// restart with the file backend), so that the request path never reads
+// it.
+func (p *Proxy) loadOffsets(ctx context.Context) int {
+	if p.store.shared {
+		return 0
+	}
+	now := time.Now()
+	n := 0
+	err := p.store.st.Scan(ctx, keyCSeq, func(k string, v []byte) error {
+		callID, fromTag, ok := strings.Cut(strings.TrimPrefix(k, keyCSeq), "\x00")
+		off, err := strconv.ParseUint(string(v), 10, 32)
+		if ok && err == nil && off > 0 {
+			// The store does not return the TTL left: the registration's
+			// longest (an hour) plus the margin bounds it.
+			p.cseq.raise(cseqKey{callID: callID, fromTag: fromTag}, uint32(off), now, defaultRegisterExpiry+cseqExpiryPad)
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		p.log.Warn("CSeq offsets not loaded from the state store", "error", err)
+	}
+	return n
 }
 
 // saveRegisterOffset writes the offset of a REGISTER's Call-ID, kept as

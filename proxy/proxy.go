@@ -291,6 +291,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if n := p.loadBindings(ctx); n > 0 {
 		p.log.Info("bindings restored from the state store", "bindings", n)
 	}
+	p.loadOffsets(ctx)
 	p.lane = newFastLane(p)
 	sipgoLog := p.sipgoLogger()
 	ua, err := sipgo.NewUA(

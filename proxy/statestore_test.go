@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/peers"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/state"
@@ -59,5 +62,78 @@ func TestStateSync_RedisOutage(t *testing.T) {
 		if _, err := s.get(k); err != nil {
 			t.Errorf("%s after the store returned: %v", k, err)
 		}
+	}
+}
+
+// newStoreProxy is a proxy on st, not running (no sockets).
+func newStoreProxy(t *testing.T, st state.Store) *Proxy {
+	t.Helper()
+	store, err := credentials.NewStore(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{
+		Listeners:   []Listener{{Transport: "udp", Address: "127.0.0.1:0"}},
+		Upstreams:   []Upstream{{Name: "pbx", Address: "127.0.0.2:5060"}},
+		Credentials: store,
+		Logger:      slog.New(slog.DiscardHandler),
+		State:       st,
+		Instance:    "a",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestStateRestored: what one proxy wrote to a store it owns (the file
+// backend's case) is what the next one on the same store starts with:
+// live bindings by contact and alias, REGISTER CSeq offsets; expired and
+// removed bindings are not restored.
+func TestStateRestored(t *testing.T) {
+	st := state.NewMemory()
+	p1 := newStoreProxy(t, st)
+	now := time.Now()
+	contact := func(s string) sip.Uri {
+		var u sip.Uri
+		if err := sip.ParseUri(s, &u); err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	live := &binding{aor: "1001@pbx", contact: contact("sip:1001@10.0.0.5:5062"), alias: "ap-1", upstream: "pbx",
+		transport: "UDP", addr: "192.0.2.1:40000", expires: now.Add(time.Hour)}
+	live.ckey = contactKey(live.contact)
+	gone := &binding{aor: "1002@pbx", contact: contact("sip:1002@10.0.0.6"), upstream: "pbx", transport: "UDP", addr: "192.0.2.2:5060", expires: now.Add(time.Hour)}
+	gone.ckey = contactKey(gone.contact)
+	for _, b := range []*binding{live, gone} {
+		p1.bindings.put(b, now)
+		p1.saveBinding(b)
+	}
+	p1.bindings.remove(gone.aor, gone.ckey)
+	p1.forgetBinding(gone.aor, gone.ckey, "")
+	k := cseqKey{callID: "reg-1", fromTag: "t1"}
+	p1.cseq.add(k, 2, now, time.Hour)
+	p1.saveRegisterOffset(k, time.Hour)
+
+	p2 := newStoreProxy(t, st)
+	if n := p2.loadBindings(t.Context()); n != 1 {
+		t.Fatalf("restored %d bindings, want 1", n)
+	}
+	if n := p2.loadOffsets(t.Context()); n != 1 {
+		t.Fatalf("restored %d offsets, want 1", n)
+	}
+	b := p2.bindings.lookup(contact("sip:1001@10.0.0.5:5062"), false, now)
+	if b == nil || b.addr != live.addr || b.upstream != "pbx" || !b.expires.Equal(live.expires) {
+		t.Fatalf("binding by contact = %+v, want %+v", b, live)
+	}
+	if b := p2.bindings.lookup(contact("sip:ap-1@127.0.0.1"), true, now); b == nil || b.aor != live.aor {
+		t.Fatalf("binding by alias = %+v", b)
+	}
+	if b := p2.bindings.lookup(contact("sip:1002@10.0.0.6"), false, now); b != nil {
+		t.Fatalf("a removed binding came back: %+v", b)
+	}
+	if got := p2.cseq.offset(k); got != 2 {
+		t.Fatalf("CSeq offset = %d, want 2", got)
 	}
 }
