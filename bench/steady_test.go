@@ -70,7 +70,8 @@ loop:
 }
 
 // TestDialogs establishes AUTHPROXY_BENCH_DIALOGS calls (e.g. 10000)
-// through authproxy at 250 a second, holds them, and reports authproxy's
+// through authproxy at AUTHPROXY_BENCH_DIALOGS_RATE a second (default
+// 250), holds them, and reports authproxy's
 // RSS, heap in use and goroutines once every call is up and the setup's
 // transactions have ended (Timer L/M, 32 s), then hangs them all up:
 //
@@ -81,7 +82,12 @@ func TestDialogs(t *testing.T) {
 		t.Skip("set AUTHPROXY_BENCH_DIALOGS=10000 to measure authproxy's memory with that many calls established")
 	}
 	peers.Require(t, "kamailio", "sipp")
-	const rate = 250
+	rate := 250
+	if v := os.Getenv("AUTHPROXY_BENCH_DIALOGS_RATE"); v != "" {
+		if rate, err = strconv.Atoi(v); err != nil || rate <= 0 {
+			t.Fatalf("AUTHPROXY_BENCH_DIALOGS_RATE=%q: want calls a second", v)
+		}
+	}
 	setup := time.Duration(n/rate+1) * time.Second
 	settle := 45 * time.Second // Timer L and M (32 s) end the INVITE transactions
 	hold := setup + settle + 50*time.Second

@@ -24,19 +24,21 @@ type cseqKey struct {
 // step 7; in-dialog requests) are shifted by the offset so that the upstream
 // still sees increasing numbers, and responses are shifted back.
 //
-// Entries expire after their TTL without use; sweep removes them.
+// Entries expire after their TTL without use; sweep removes them. They are
+// stored by value, with their expiry as Unix nanoseconds, so that a table of
+// a million offsets holds no pointer per entry for the collector to follow.
 type cseqTable struct {
 	mu      sync.Mutex
-	entries map[cseqKey]*cseqEntry
+	entries map[cseqKey]cseqEntry
 }
 
 type cseqEntry struct {
 	offset  uint32
-	expires time.Time
+	expires int64 // Unix nanoseconds
 }
 
 func newCSeqTable() *cseqTable {
-	return &cseqTable{entries: map[cseqKey]*cseqEntry{}}
+	return &cseqTable{entries: map[cseqKey]cseqEntry{}}
 }
 
 // offset returns the current offset for k (0 when none is known).
@@ -55,13 +57,13 @@ func (t *cseqTable) add(k cseqKey, n uint32, now time.Time, ttl time.Duration) {
 	defer t.mu.Unlock()
 	e, ok := t.entries[k]
 	if !ok {
-		e = &cseqEntry{}
-		t.entries[k] = e
+		// The key's strings may be cut from a whole header line; a copy
+		// keeps only what the key needs.
+		k = cseqKey{callID: strings.Clone(k.callID), fromTag: strings.Clone(k.fromTag)}
 	}
 	e.offset += n
-	if exp := now.Add(ttl); exp.After(e.expires) {
-		e.expires = exp
-	}
+	e.expires = max(e.expires, now.Add(ttl).UnixNano())
+	t.entries[k] = e
 }
 
 // touch extends the life of an existing entry to now+ttl at least.
@@ -69,8 +71,9 @@ func (t *cseqTable) touch(k cseqKey, now time.Time, ttl time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e, ok := t.entries[k]; ok {
-		if exp := now.Add(ttl); exp.After(e.expires) {
+		if exp := now.Add(ttl).UnixNano(); exp > e.expires {
 			e.expires = exp
+			t.entries[k] = e
 		}
 	}
 }
@@ -82,23 +85,22 @@ func (t *cseqTable) raise(k cseqKey, off uint32, now time.Time, ttl time.Duratio
 	defer t.mu.Unlock()
 	e, ok := t.entries[k]
 	if !ok {
-		e = &cseqEntry{}
-		t.entries[k] = e
+		k = cseqKey{callID: strings.Clone(k.callID), fromTag: strings.Clone(k.fromTag)}
 	}
 	e.offset = max(e.offset, off)
-	if exp := now.Add(ttl); exp.After(e.expires) {
-		e.expires = exp
-	}
+	e.expires = max(e.expires, now.Add(ttl).UnixNano())
+	t.entries[k] = e
 }
 
 // all returns every live entry (to write them back to a store).
 func (t *cseqTable) all(now time.Time) map[cseqKey]cseqEntry {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	n := now.UnixNano()
 	out := make(map[cseqKey]cseqEntry, len(t.entries))
 	for k, e := range t.entries {
-		if now.Before(e.expires) {
-			out[k] = *e
+		if n < e.expires {
+			out[k] = e
 		}
 	}
 	return out
@@ -115,17 +117,28 @@ func (t *cseqTable) remove(k cseqKey) {
 func (t *cseqTable) sweep(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	n := now.UnixNano()
 	for k, e := range t.entries {
-		if now.After(e.expires) {
+		if n > e.expires {
 			delete(t.entries, k)
 		}
 	}
 }
 
 // Idle lifetimes of CSeq offsets (see cseqTable).
+//
+// An out-of-dialog request other than REGISTER or SUBSCRIBE leaves no state
+// at the upstream beyond its server transaction, which lives 64*T1 after its
+// final response at most (Timer J, RFC 3261 §17.2.2). While it lives, a new
+// request with the same Call-ID, From tag and CSeq would be taken for a
+// merged request (§8.2.2.2, 482), so the offset must outlast it; afterwards
+// no upstream compares CSeq numbers across out-of-dialog requests (§12.2.2
+// and §10.3 compare them only within a dialog or a registration). Twice
+// Timer J leaves a margin; with the 30 s sweep an offset lives 64–94 s, so
+// 4,000 challenged requests a second keep about 300,000 offsets.
 const (
-	cseqIdleTTL   = 5 * time.Minute // out-of-dialog requests reusing a Call-ID (MESSAGE sessions)
-	cseqDialogTTL = 2 * time.Hour   // INVITE dialogs; removed earlier at the 2xx to BYE or a failed INVITE
+	cseqIdleTTL   = 64 * time.Second // 2 × 64*T1 with T1 = 500 ms: out-of-dialog requests reusing a Call-ID
+	cseqDialogTTL = 2 * time.Hour    // INVITE dialogs; removed earlier at the 2xx to BYE or a failed INVITE
 	cseqExpiryPad = 64 * time.Second
 )
 

@@ -79,7 +79,7 @@ func (p *Proxy) republishOffsets() {
 	now := time.Now()
 	for k, e := range p.cseq.all(now) {
 		if e.offset > 0 {
-			p.store.put(cseqStoreKey(k), []byte(strconv.FormatUint(uint64(e.offset), 10)), e.expires.Sub(now))
+			p.store.put(cseqStoreKey(k), []byte(strconv.FormatUint(uint64(e.offset), 10)), time.Duration(e.expires-now.UnixNano()))
 		}
 	}
 }

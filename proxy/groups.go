@@ -3,7 +3,6 @@ package proxy
 import (
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -97,18 +96,6 @@ func buildGroups(gs []UpstreamGroup, ups []*upstream) ([]*upstreamGroup, error) 
 		out = append(out, ug)
 	}
 	return out, nil
-}
-
-// matchGroup returns the group one of whose domains is host, if any.
-func (rt *routing) matchGroup(host string) *upstreamGroup {
-	for _, g := range rt.groups {
-		for _, d := range g.Domains {
-			if strings.EqualFold(d, host) {
-				return g
-			}
-		}
-	}
-	return nil
 }
 
 // chooseMembers picks, for a request routed to g from a client of group

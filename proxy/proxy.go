@@ -202,7 +202,8 @@ func (p *Proxy) newRouting(cfg Config, ups []*upstream) (*routing, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := &routing{upstreams: ups, groups: groups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients}
+	rt := &routing{upstreams: ups, groups: groups, creds: cfg.Credentials, maxChallenges: cfg.MaxChallenges, clients: cfg.Clients,
+		names: indexRouteNames(ups, groups)}
 	p.indexSources(rt)
 	return rt, nil
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,16 +76,19 @@ type Binding struct {
 }
 
 // bindingTable holds the clients' registered contacts, keyed by AOR and
-// contact, and indexed by contact and alias for requests toward them.
+// contact, indexed by contact and alias for requests toward them and by
+// AOR for a REGISTER that removes all of an AOR's contacts.
 type bindingTable struct {
 	mu        sync.Mutex
-	byKey     map[string]*binding // aor + "\x00" + ckey
-	byContact map[string]*binding // ckey (the latest registration wins)
-	byAlias   map[string]*binding
+	byKey     map[string]*binding   // aor + "\x00" + ckey
+	byContact map[string]*binding   // ckey (the latest registration wins)
+	byAlias   map[string]*binding   // alias
+	byAOR     map[string][]*binding // aor (a few contacts each)
 }
 
 func newBindingTable() *bindingTable {
-	return &bindingTable{byKey: map[string]*binding{}, byContact: map[string]*binding{}, byAlias: map[string]*binding{}}
+	return &bindingTable{byKey: map[string]*binding{}, byContact: map[string]*binding{}, byAlias: map[string]*binding{},
+		byAOR: map[string][]*binding{}}
 }
 
 // contactKey identifies a contact URI for matching a Request-URI against
@@ -132,6 +136,7 @@ func (t *bindingTable) put(b *binding, now time.Time) bool {
 	if b.alias != "" {
 		t.byAlias[b.alias] = b
 	}
+	t.byAOR[b.aor] = append(t.byAOR[b.aor], b)
 	return true
 }
 
@@ -146,14 +151,15 @@ func (t *bindingTable) remove(aor, ckey string) {
 }
 
 // removeAOR deletes every binding of aor made through upstream (Contact: *
-// with Expires: 0, RFC 3261 §10.2.2) and returns them.
+// with Expires: 0, RFC 3261 §10.2.2) and returns them: a walk over that
+// AOR's contacts, not the whole table.
 func (t *bindingTable) removeAOR(aor, upstream string) []*binding {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []*binding
-	for k, b := range t.byKey {
-		if b.aor == aor && b.upstream == upstream {
-			delete(t.byKey, k)
+	for _, b := range slices.Clone(t.byAOR[aor]) { // unindexLocked edits the list
+		if b.upstream == upstream {
+			delete(t.byKey, b.aor+"\x00"+b.ckey)
 			t.unindexLocked(b)
 			out = append(out, b)
 		}
@@ -181,6 +187,12 @@ func (t *bindingTable) unindexLocked(b *binding) {
 	}
 	if b.alias != "" && t.byAlias[b.alias] == b {
 		delete(t.byAlias, b.alias)
+	}
+	contacts := slices.DeleteFunc(t.byAOR[b.aor], func(c *binding) bool { return c == b })
+	if len(contacts) == 0 {
+		delete(t.byAOR, b.aor)
+	} else {
+		t.byAOR[b.aor] = contacts
 	}
 }
 

@@ -63,7 +63,7 @@ func TestBindingTable(t *testing.T) {
 		if n := len(tb.snapshot()); n != 0 {
 			t.Fatalf("%d bindings after sweep, want 0", n)
 		}
-		if len(tb.byContact) != 0 || len(tb.byAlias) != 0 {
+		if len(tb.byContact) != 0 || len(tb.byAlias) != 0 || len(tb.byAOR) != 0 {
 			t.Fatal("indexes keep a swept binding")
 		}
 	})
@@ -73,6 +73,9 @@ func TestBindingTable(t *testing.T) {
 		tb.put(newBinding("1001@pbx", contact, time.Minute), now)
 		tb.put(newBinding("1001@pbx", other, time.Minute), now)
 		tb.put(newBinding("1002@pbx", mustURI(t, "sip:1002@192.0.2.12"), time.Minute), now)
+		viaOther := newBinding("1001@pbx", mustURI(t, "sip:1001@192.0.2.13"), time.Minute)
+		viaOther.upstream = "pbx-b"
+		tb.put(viaOther, now)
 		tb.remove("1001@pbx", contactKey(contact))
 		if tb.lookup(contact, false, now) != nil || tb.lookup(other, false, now) == nil {
 			t.Fatal("remove took the wrong binding")
@@ -81,8 +84,15 @@ func TestBindingTable(t *testing.T) {
 		if tb.lookup(other, false, now) != nil {
 			t.Fatal("Contact: * left a binding of the AOR")
 		}
-		if n := len(tb.snapshot()); n != 1 {
-			t.Fatalf("%d bindings, want the other AOR's 1", n)
+		if tb.lookup(viaOther.contact, false, now) == nil {
+			t.Fatal("Contact: * through pbx removed a binding made through pbx-b")
+		}
+		if n := len(tb.snapshot()); n != 2 {
+			t.Fatalf("%d bindings, want the other AOR's and pbx-b's", n)
+		}
+		tb.removeAOR("1001@pbx", "pbx-b")
+		if len(tb.byAOR) != 1 || len(tb.byAOR["1002@pbx"]) != 1 || tb.byAOR["1002@pbx"][0].aor != "1002@pbx" {
+			t.Fatalf("AOR index %v, want 1002@pbx's binding alone", tb.byAOR)
 		}
 	})
 	t.Run("RefreshReplaces", func(t *testing.T) {

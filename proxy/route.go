@@ -61,6 +61,7 @@ type routing struct {
 	creds         Credentials
 	maxChallenges int
 	clients       []ClientGroup
+	names         routeNames
 	// sources finds the upstreams a request comes from (sources.go); it is
 	// rebuilt whenever a watched name resolves to other addresses.
 	sources atomic.Pointer[sourceIndex]
@@ -71,30 +72,12 @@ type routing struct {
 // one of its domains. Never an arbitrary host.
 func (rt *routing) matchUpstream(u sip.Uri) *upstream {
 	host := strings.ToLower(strings.Trim(u.Host, "[]"))
-	var byHost *upstream
-	for _, up := range rt.upstreams {
-		if up.host == host {
-			if u.Port == 0 || u.Port == up.port {
-				if u.Port != 0 || byHost == nil {
-					if u.Port != 0 {
-						return up
-					}
-					byHost = up
-				}
-			}
+	for _, up := range rt.names.hosts[host] {
+		if u.Port == 0 || u.Port == up.port {
+			return up
 		}
 	}
-	if byHost != nil {
-		return byHost
-	}
-	for _, up := range rt.upstreams {
-		for _, d := range up.Domains {
-			if strings.EqualFold(d, host) {
-				return up
-			}
-		}
-	}
-	return nil
+	return rt.names.domains[host]
 }
 
 // defaultRoute returns the upstream or group marked default, if any.
@@ -118,7 +101,38 @@ func (rt *routing) matchRoute(u sip.Uri) (*upstream, *upstreamGroup) {
 	if up := rt.matchUpstream(u); up != nil {
 		return up, nil
 	}
-	return nil, rt.matchGroup(strings.ToLower(strings.Trim(u.Host, "[]")))
+	return nil, rt.names.groups[strings.ToLower(strings.Trim(u.Host, "[]"))]
+}
+
+// routeNames indexes the upstreams and groups by the host names requests
+// address them by, so that routing costs the same with 2 upstreams as
+// with 500. Where names repeat, the configuration's order decides: hosts
+// keeps every upstream of a host in order (the port picks among them),
+// domains and groups the first upstream or group that lists the domain.
+type routeNames struct {
+	hosts   map[string][]*upstream
+	domains map[string]*upstream
+	groups  map[string]*upstreamGroup
+}
+
+func indexRouteNames(ups []*upstream, groups []*upstreamGroup) routeNames {
+	n := routeNames{hosts: map[string][]*upstream{}, domains: map[string]*upstream{}, groups: map[string]*upstreamGroup{}}
+	for _, up := range ups {
+		n.hosts[up.host] = append(n.hosts[up.host], up)
+		for _, d := range up.Domains {
+			if d := strings.ToLower(d); n.domains[d] == nil {
+				n.domains[d] = up
+			}
+		}
+	}
+	for _, g := range groups {
+		for _, d := range g.Domains {
+			if d := strings.ToLower(d); n.groups[d] == nil {
+				n.groups[d] = g
+			}
+		}
+	}
+	return n
 }
 
 // listenerFor picks the listener whose address we put in the Via (and
