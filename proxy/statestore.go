@@ -335,6 +335,9 @@ func (p *Proxy) Cluster(ctx context.Context) ClusterState {
 	return cs
 }
 
+// StoreUp reports whether the state store answered its last operation.
+func (p *Proxy) StoreUp() bool { return p.store.healthy() }
+
 // StoreReady reports an error while the state store does not answer and
 // Config.StateReadiness asks for that to make the instance not ready.
 func (p *Proxy) StoreReady() error {

@@ -26,6 +26,8 @@ type allSource struct {
 
 func (a *allSource) Registrations() []proxy.RegistrationState { return a.regs }
 
+func (a *allSource) StoreUp() bool { return true }
+
 // documented reads the metrics table of docs/operations.md: name → type
 // and sorted label names.
 func documented(t *testing.T) map[string]string {

@@ -222,6 +222,17 @@ func (m *Metrics) Attach(src Source) {
 		if ls, ok := src.(listenerSource); ok {
 			m.reg.MustRegister(newTCPCollector(ls))
 		}
+		if ss, ok := src.(storeSource); ok {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Namespace: namespace, Name: "state_store_up",
+				Help: "1 while the state store ([state]) answers, 0 while authproxy serves from its own memory.",
+			}, func() float64 {
+				if ss.StoreUp() {
+					return 1
+				}
+				return 0
+			}))
+		}
 		if rs, ok := src.(registrationSource); ok {
 			// The trunk registrations up now, read at each scrape.
 			m.reg.Unregister(m.registrations)
@@ -239,6 +250,11 @@ func (m *Metrics) Attach(src Source) {
 			}))
 		}
 	})
+}
+
+// storeSource is a Source with a state store (*proxy.Proxy).
+type storeSource interface {
+	StoreUp() bool
 }
 
 // registrationSource is a Source that also keeps trunk registrations
