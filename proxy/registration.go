@@ -321,6 +321,7 @@ func (tr *trunkReg) serve(ctx, hold context.Context) {
 	failures := 0
 	var registered bool
 	defer func() {
+		unregistered := false
 		if registered && !tr.p.store.shared {
 			uctx, cancel := context.WithTimeout(context.Background(), unregisterWait)
 			_, _, err := tr.attempt(uctx, log, 0)
@@ -329,11 +330,17 @@ func (tr *trunkReg) serve(ctx, hold context.Context) {
 				log.Warn("unregister failed", "error", err)
 			} else {
 				log.Info("unregistered")
+				unregistered = true
 			}
 		}
 		tr.update(func(s *RegistrationState) {
 			s.State, s.Expires, s.NextAttempt = RegStateStopped, time.Time{}, time.Time{}
 		})
+		if unregistered {
+			// The registrar holds nothing now: the next start registers
+			// at once instead of resuming a schedule.
+			tr.save()
+		}
 	}()
 	if wait := time.Until(tr.resumeAt); !tr.resumeAt.IsZero() && wait > 0 {
 		// Restored from the store: the registrar holds our binding until

@@ -106,6 +106,9 @@ func (tr *trunkReg) restore() {
 	own := tr.ownContact()
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
+	if st.CallID == tr.callID {
+		st.CSeq = max(st.CSeq, tr.cseq) // numbers this instance used itself
+	}
 	tr.callID, tr.tag = st.CallID, st.Tag
 	tr.cseq, tr.reserved = st.CSeq, st.CSeq
 	tr.resumeAt, tr.replace = time.Time{}, ""
