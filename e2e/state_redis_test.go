@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -326,5 +328,31 @@ func TestStateRedisOutage(t *testing.T) {
 		if c := strings.Count(n.ap.Logs(), `"msg":"state store unreachable; serving from local state"`); c > 1 {
 			t.Errorf("%s logged the store unreachable %d times; want once per outage", n.name, c)
 		}
+	}
+}
+
+// TestStateRedisTLS: the binary reaches a TLS-only redis-server with
+// [state.redis] tls, ca_file and a password from password_file: the
+// store is up, the instance is a member and holds the trunk.
+func TestStateRedisTLS(t *testing.T) {
+	peers.Require(t, "kamailio", "redis-server")
+	const password = "e2e-redis-Pw9"
+	rd := peers.StartRedis(t, peers.RedisConfig{Password: password, TLS: true})
+	k := peers.StartKamailio(t, peers.KamailioConfig{Host: upstreamS.host, Users: upstreamS.users(), Registrar: true})
+	target := siptest.StartPhone(t, stateTrunkUser, "udp", "")
+	pwFile := filepath.Join(t.TempDir(), "redis-password")
+	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listen, admin := faultsAddrs(t)
+	table := fmt.Sprintf("[state]\nbackend = \"redis\"\ninstance = \"tls\"\n\n[state.redis]\naddress = %s\npassword_file = %s\ntls = true\nca_file = %s\n",
+		tomlString(rd.Addr()), tomlString(pwFile), tomlString(rd.CAFile()))
+	ap := peers.StartAuthproxy(t, peers.AuthproxyConfig{Config: stateTOML(listen, admin, k.Addr(), table, target.Addr)})
+	testutil.Eventually(t, "the store up over TLS, this instance a member holding the trunk", func() bool {
+		st, ok := stateStatusOf(admin)
+		return ok && st.State.Up && len(st.State.Members) == 1 && st.State.TrunkHolders[stateTrunkName] == "tls"
+	})
+	if strings.Contains(ap.Logs(), password) {
+		t.Fatal("the Redis password appears in the log")
 	}
 }

@@ -2,7 +2,10 @@ package state_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"os"
 	"sort"
 	"testing"
 	"time"
@@ -220,5 +223,36 @@ func TestRedis_WrongPassword(t *testing.T) {
 	defer s.Close()
 	if err := s.Ping(context.Background()); err == nil {
 		t.Fatal("Ping with a wrong password succeeded")
+	}
+}
+
+// TestRedis_TLS: the store talks to a TLS-only server, verified with its
+// certificate; a client that does not trust it gets an error.
+func TestRedis_TLS(t *testing.T) {
+	peers.Require(t, "redis-server")
+	srv := peers.StartRedis(t, peers.RedisConfig{TLS: true})
+	pemData, err := os.ReadFile(srv.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		t.Fatal("no certificate in the CA file")
+	}
+	s, err := state.OpenRedis(state.RedisConfig{Address: srv.Addr(), TLS: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Put(t.Context(), "b/tls", []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Put over TLS: %v", err)
+	}
+	untrusted, err := state.OpenRedis(state.RedisConfig{Address: srv.Addr(), TLS: &tls.Config{ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer untrusted.Close()
+	if err := untrusted.Ping(t.Context()); err == nil {
+		t.Fatal("Ping to a server whose certificate is not trusted succeeded")
 	}
 }

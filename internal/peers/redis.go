@@ -2,8 +2,17 @@ package peers
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +27,9 @@ type RedisConfig struct {
 	Port int
 	// Password, when set, is required of clients (requirepass).
 	Password string
+	// TLS makes the port a TLS port (and no plain one), with a
+	// self-signed certificate for Host that CAFile returns.
+	TLS bool
 }
 
 // Redis is a redis-server started by StartRedis: no persistence (no RDB
@@ -52,6 +64,11 @@ func StartRedis(t testing.TB, cfg RedisConfig) *Redis {
 		cfg.Port = FreePort(t, cfg.Host)
 	}
 	r := &Redis{t: t, cfg: cfg, bin: bin, dir: t.TempDir()}
+	if cfg.TLS {
+		if err := r.writeCert(); err != nil {
+			t.Fatalf("peers: redis certificate: %v", err)
+		}
+	}
 	r.Start()
 	return r
 }
@@ -70,7 +87,52 @@ func (r *Redis) args() []string {
 	if r.cfg.Password != "" {
 		args = append(args, "--requirepass", r.cfg.Password)
 	}
+	if r.cfg.TLS {
+		args[1] = "0" // --port: no plain port
+		args = append(args, "--tls-port", strconv.Itoa(r.cfg.Port),
+			"--tls-cert-file", r.certFile(), "--tls-key-file", r.keyFile(), "--tls-auth-clients", "no")
+	}
 	return args
+}
+
+// CAFile is the PEM certificate a TLS server presents (self-signed: it is
+// its own CA); "" without TLS.
+func (r *Redis) CAFile() string {
+	if !r.cfg.TLS {
+		return ""
+	}
+	return r.certFile()
+}
+
+func (r *Redis) certFile() string { return filepath.Join(r.dir, "redis-cert.pem") }
+func (r *Redis) keyFile() string  { return filepath.Join(r.dir, "redis-key.pem") }
+
+// writeCert writes a self-signed certificate for host (an IP address) and
+// its key.
+func (r *Redis) writeCert() error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "peers redis"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP(r.cfg.Host)}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(r.certFile(), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(r.keyFile(), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
 }
 
 // Start starts the server again on the same address after Stop (empty:
