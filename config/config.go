@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/authproxy/authproxy/credentials"
@@ -55,6 +56,8 @@ type Config struct {
 	Runtime Runtime
 	// State is the [state] table.
 	State State
+	// Capture is the [capture] table (capture.go).
+	Capture Capture
 }
 
 // Runtime is the [runtime] table: Go runtime settings cmd/authproxy
@@ -146,7 +149,8 @@ type Client struct {
 	Users map[string]credentials.Secret
 }
 
-// Limits is the [limits] table: abuse limits per source and in total.
+// Limits is the [limits] table: abuse limits per source, per user of a
+// source, and in total.
 type Limits struct {
 	Rate         float64 // requests per second per source; 0 = off
 	Burst        int
@@ -156,6 +160,14 @@ type Limits struct {
 	BlockFor     time.Duration
 	MaxSources   int
 	Drop         bool // deny = "drop": refused UDP requests are not answered
+	// UserAuthFailures is how many failed local authentications one user
+	// may have from one source address before that user (not the source)
+	// is refused from it for UserBlockFor; 0 = off.
+	UserAuthFailures int
+	UserBlockFor     time.Duration
+	// ExemptNetworks are sources exempt from rate, max_per_source and the
+	// auth_failures block (a trusted office behind one NAT address).
+	ExemptNetworks []netip.Prefix
 }
 
 // Log is the [log] table: how cmd/authproxy builds its slog handler.
@@ -211,7 +223,8 @@ type Admin struct {
 // down for /readyz, /status and the metrics.
 type Health struct {
 	// OptionsInterval is the time between two OPTIONS pings to each
-	// upstream; zero (the default) turns the pings off.
+	// upstream (default 30s: an upstream that stops answering is marked
+	// down within DownAfter intervals); zero turns the pings off.
 	OptionsInterval time.Duration
 	// DownAfter is how many consecutive unanswered pings mark an upstream
 	// down, 1..100 (default 3).
@@ -283,12 +296,24 @@ type Upstream struct {
 	RegisterMode string
 }
 
-// Summary describes the configuration in one line for the startup log, e.g.
-// "2 listeners, 2 upstreams, 3 credentials". It never shows a secret.
+// Summary describes the configuration in one line for the startup log and
+// authproxy -check, counting every section, e.g. "2 listeners, 2
+// upstreams, 0 groups, 3 credentials, 1 client group, 0 client users, 0
+// registrations". It never shows a secret.
 func (c *Config) Summary() string {
-	return plural(len(c.Listen), "listener") + ", " +
-		plural(len(c.Upstreams), "upstream") + ", " +
-		plural(len(c.Credentials), "credential")
+	users := 0
+	for _, g := range c.Clients {
+		users += len(g.Users)
+	}
+	return strings.Join([]string{
+		plural(len(c.Listen), "listener"),
+		plural(len(c.Upstreams), "upstream"),
+		plural(len(c.Groups), "group"),
+		plural(len(c.Credentials), "credential"),
+		plural(len(c.Clients), "client group"),
+		plural(users, "client user"),
+		plural(len(c.Registrations), "registration"),
+	}, ", ")
 }
 
 func plural(n int, noun string) string {
@@ -305,6 +330,12 @@ type Option func(*options)
 type options struct {
 	baseDir   string
 	lookupEnv func(string) (string, bool)
+	// environ lists the environment as "NAME=value" for the check of
+	// unknown AUTHPROXY_ variables; nil skips that check.
+	environ func() []string
+	// skipSecrets leaves password_env, password_file and TLS key_file
+	// unread.
+	skipSecrets bool
 }
 
 // WithBaseDir sets the directory relative password_file paths resolve
@@ -317,9 +348,37 @@ func WithBaseDir(dir string) Option {
 // WithLookupEnv replaces os.LookupEnv as the source of environment
 // variables, both the AUTHPROXY_<TABLE>__<KEY> overrides and the variables
 // password_env names. Tests use it to inject a map instead of mutating the
-// process environment.
+// process environment. A lookup function cannot list the variables, so
+// unknown AUTHPROXY_ variables are not reported (WithEnviron does both).
 func WithLookupEnv(lookup func(key string) (string, bool)) Option {
-	return func(o *options) { o.lookupEnv = lookup }
+	return func(o *options) { o.lookupEnv, o.environ = lookup, nil }
+}
+
+// WithEnviron replaces the process environment with env ("NAME=value"
+// entries, as os.Environ returns): the overrides, the password_env
+// variables, and the list checked for unknown AUTHPROXY_ variables.
+func WithEnviron(env []string) Option {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return func(o *options) {
+		o.lookupEnv = func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+		o.environ = func() []string { return env }
+	}
+}
+
+// SkipSecrets validates the structure of the configuration without
+// reading the secrets it refers to outside itself: the variables
+// password_env names and the files password_file and a TLS listener's
+// key_file name need not exist (authproxy -check -skip-secrets, for CI).
+// Such a credential gets a placeholder secret: a Config parsed this way is
+// for checking, never for serving. Inline secrets (password, ha1) are
+// still checked.
+func SkipSecrets() Option {
+	return func(o *options) { o.skipSecrets = true }
 }
 
 // Parse parses and validates a TOML configuration. Defaults are applied
@@ -331,7 +390,7 @@ func WithLookupEnv(lookup func(key string) (string, bool)) Option {
 // Parse reads the environment variables and files that password_env and
 // password_file name, and nothing else.
 func Parse(data []byte, opts ...Option) (*Config, error) {
-	o := options{lookupEnv: os.LookupEnv}
+	o := options{lookupEnv: os.LookupEnv, environ: os.Environ}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -347,6 +406,7 @@ func Parse(data []byte, opts ...Option) (*Config, error) {
 	var fc fileConfig
 	v.checkKeys("", raw, fileConfigType)
 	v.decode(raw, &fc)
+	v.checkEnviron(&fc)
 	cfg := v.build(&fc)
 	if err := errors.Join(v.errs...); err != nil {
 		return nil, err

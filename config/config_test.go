@@ -98,7 +98,7 @@ func readExample(t *testing.T) []byte {
 func TestExampleConfig(t *testing.T) {
 	cfg := mustParse(t, string(readExample(t)))
 
-	if got, want := cfg.Summary(), "2 listeners, 2 upstreams, 3 credentials"; got != want {
+	if got, want := cfg.Summary(), "2 listeners, 2 upstreams, 0 groups, 3 credentials, 1 client group, 0 client users, 0 registrations"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 	wantListen := []config.Listen{
@@ -167,7 +167,7 @@ func TestDefaults(t *testing.T) {
 	if got, want := cfg.Upstreams[0].Transport, "udp"; got != want {
 		t.Errorf("Upstreams[0].Transport = %q, want %q", got, want)
 	}
-	if got, want := cfg.Summary(), "1 listener, 2 upstreams, 1 credential"; got != want {
+	if got, want := cfg.Summary(), "1 listener, 2 upstreams, 0 groups, 1 credential, 1 client group, 0 client users, 0 registrations"; got != want {
 		t.Errorf("Summary() = %q, want %q", got, want)
 	}
 }
@@ -795,6 +795,10 @@ func TestClientsAndLimits(t *testing.T) {
 		{"DuplicateName", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n", "client[1].name", config.ErrDuplicate},
 		{"NegativeRate", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\nrate = -1\n", "limits.rate", config.ErrInvalid},
 		{"BadDeny", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\ndeny = \"maybe\"\n", "limits.deny", config.ErrInvalid},
+		{"NegativeUserAuthFailures", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\nuser_auth_failures = -1\n", "limits.user_auth_failures", config.ErrInvalid},
+		{"BadUserBlockFor", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\nuser_block_for = \"5 minutes\"\n", "limits.user_block_for", config.ErrInvalid},
+		{"BadExemptNetwork", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\nexempt_networks = [\"10.0.0.0/8\", \"office\"]\n", "limits.exempt_networks[1]", config.ErrInvalid},
+		{"ExemptNetworksNotAList", base + "[[client]]\nname = \"a\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n[limits]\nexempt_networks = \"10.0.0.0/8\"\n", "limits.exempt_networks", config.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse([]byte(tc.toml), env(nil))
@@ -829,6 +833,9 @@ password_env = "PW"
 [limits]
 rate = 5
 deny = "drop"
+user_auth_failures = 3
+user_block_for = "2m"
+exempt_networks = ["203.0.113.10", "198.51.100.0/24"]
 `), env(map[string]string{"PW": "x"}))
 		if err != nil {
 			t.Fatal(err)
@@ -842,6 +849,10 @@ deny = "drop"
 		}
 		if cfg.Limits.Rate != 5 || !cfg.Limits.Drop || cfg.Limits.Burst != 100 || cfg.Limits.BlockFor != 5*time.Minute {
 			t.Fatalf("limits = %+v", cfg.Limits)
+		}
+		if l := cfg.Limits; l.UserAuthFailures != 3 || l.UserBlockFor != 2*time.Minute || len(l.ExemptNetworks) != 2 ||
+			l.ExemptNetworks[0].String() != "203.0.113.10/32" || l.ExemptNetworks[1].String() != "198.51.100.0/24" {
+			t.Fatalf("per-user limits and exemptions = %+v", l)
 		}
 	})
 }

@@ -13,8 +13,8 @@
 //
 //  1. built-in defaults (log.level "info", log.format "auto",
 //     log.sip_trace false, proxy.max_challenges 3, proxy.shutdown_grace "5s",
-//     admin.address "" (no admin listener), health.options_interval "0s"
-//     (no health checks), health.down_after 3, health.up_after 2,
+//     admin.address "" (no admin listener), health.options_interval "30s"
+//     (OPTIONS pings on), health.down_after 3, health.up_after 2,
 //     reload.watch false);
 //  2. the TOML file;
 //  3. environment overrides for the scalar keys of the top-level tables
@@ -25,9 +25,17 @@
 //     ([[listen]], [[upstream]], [[credential]]) are not addressable from the
 //     environment: there is no index to name an element by, and a partial
 //     override of a list is more surprising than helpful. Secrets come from
-//     the environment through password_env instead.
+//     the environment through password_env instead. A variable that looks
+//     like an override (AUTHPROXY_<TABLE>__<KEY>, or a near miss such as
+//     AUTHPROXY_LOG_LEVEL) but names no key is an error, as an unknown key
+//     in the file is.
 //
-// and then validates the result.
+// and then validates the result, including the cross-references no single
+// key shows (validate_refs.go): a [[registration]] no [[credential]]
+// answers for, an address that is an upstream's or group's name.
+//
+// SkipSecrets validates all of it without reading password_env variables,
+// password_file files or TLS key files (authproxy -check -skip-secrets).
 //
 // # Errors
 //
@@ -46,7 +54,8 @@
 // file's own terms. validate.go turns the decoded file into a Config, one
 // function per table: validate_listen.go, validate_upstreams.go,
 // validate_credentials.go, validate_clients.go ([[client]] and
-// [[registration]]), validate_dns.go ([dns] and [[group]]), tcp.go;
+// [[registration]]), validate_dns.go ([dns] and [[group]]), tcp.go, validate_refs.go
+// (cross-references), validate_env.go (unknown environment overrides);
 // address.go parses the addresses they share. errors.go holds FieldError
 // and the sentinels.
 package config

@@ -28,6 +28,7 @@ type fileConfig struct {
 	TCP        fileTCP          `koanf:"tcp"`
 	Runtime    fileRuntime      `koanf:"runtime"`
 	State      fileState        `koanf:"state"`
+	Capture    fileCapture      `koanf:"capture"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
 }
@@ -83,6 +84,10 @@ type fileLimits struct {
 	BlockFor     string `koanf:"block_for"`
 	MaxSources   int    `koanf:"max_sources"`
 	Deny         string `koanf:"deny"`
+
+	UserAuthFailures int      `koanf:"user_auth_failures"`
+	UserBlockFor     string   `koanf:"user_block_for"`
+	ExemptNetworks   []string `koanf:"exempt_networks"`
 }
 
 type fileTCP struct {
@@ -137,6 +142,13 @@ type fileProxy struct {
 	TimerC            string `koanf:"timer_c"`
 	DialogIdleTimeout string `koanf:"dialog_idle_timeout"`
 	FailoverTimeout   string `koanf:"failover_timeout"`
+}
+
+type fileCapture struct {
+	HEP     string `koanf:"hep"`
+	Redact  bool   `koanf:"redact"`
+	AgentID int64  `koanf:"agent_id"`
+	AuthKey string `koanf:"auth_key"`
 }
 
 type fileAdmin struct {
@@ -197,7 +209,7 @@ var fileConfigType = reflect.TypeFor[fileConfig]()
 // error.
 func isSecretKey(name string) bool {
 	switch name {
-	case "password", "ha1", "ha1_sha256", "ha1_sha512_256":
+	case "password", "ha1", "ha1_sha256", "ha1_sha512_256", "auth_key":
 		return true
 	}
 	return false
@@ -207,7 +219,7 @@ func isSecretKey(name string) bool {
 func isDurationKey(name string) bool {
 	switch name {
 	case "shutdown_grace", "options_interval", "timer_c", "dialog_idle_timeout", "failover_timeout",
-		"min_ttl", "max_ttl", "timeout", "block_for", "idle_timeout", "message_timeout", "handshake_timeout",
+		"min_ttl", "max_ttl", "timeout", "block_for", "user_block_for", "idle_timeout", "message_timeout", "handshake_timeout",
 		"lease":
 		return true
 	}
@@ -240,8 +252,14 @@ timeout = "2s"
 address = ""
 pprof = false
 
+[capture]
+hep = ""
+redact = true
+agent_id = 0
+auth_key = ""
+
 [health]
-options_interval = "0s"
+options_interval = "30s"
 down_after = 3
 up_after = 2
 
@@ -257,6 +275,9 @@ auth_failures = 5
 block_for = "5m"
 max_sources = 100000
 deny = "reject"
+user_auth_failures = 5
+user_block_for = "5m"
+exempt_networks = []
 
 [tcp]
 max_connections = 10000

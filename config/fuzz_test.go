@@ -75,6 +75,7 @@ func FuzzParse(f *testing.F) {
 func checkInvariants(t *testing.T, cfg *config.Config) {
 	t.Helper()
 	_ = cfg.Summary()
+	_ = cfg.Warnings()
 	if len(cfg.Listen) == 0 || len(cfg.Upstreams) == 0 {
 		t.Fatalf("valid config without listeners or upstreams: %+v", cfg)
 	}

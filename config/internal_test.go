@@ -55,8 +55,9 @@ func TestDefaultsLoad(t *testing.T) {
 	if want := (fileProxy{MaxChallenges: 3, ShutdownGrace: "5s", TimerC: "3m30s", DialogIdleTimeout: "2h", FailoverTimeout: "4s"}); fc.Proxy != want {
 		t.Errorf("proxy defaults = %+v, want %+v", fc.Proxy, want)
 	}
-	want := fileLimits{Rate: 50, Burst: 100, MaxPerSource: 200, MaxTotal: 10000, AuthFailures: 5, BlockFor: "5m", MaxSources: 100000, Deny: "reject"}
-	if fc.Limits != want {
+	want := fileLimits{Rate: 50, Burst: 100, MaxPerSource: 200, MaxTotal: 10000, AuthFailures: 5, BlockFor: "5m", MaxSources: 100000, Deny: "reject",
+		UserAuthFailures: 5, UserBlockFor: "5m", ExemptNetworks: []string{}}
+	if !reflect.DeepEqual(fc.Limits, want) {
 		t.Errorf("limits defaults = %+v, want %+v", fc.Limits, want)
 	}
 }

@@ -19,7 +19,7 @@ func TestOpsDefaultsLoad(t *testing.T) {
 	if want := (fileAdmin{}); fc.Admin != want {
 		t.Errorf("admin defaults = %+v, want %+v", fc.Admin, want)
 	}
-	if want := (fileHealth{OptionsInterval: "0s", DownAfter: 3, UpAfter: 2}); fc.Health != want {
+	if want := (fileHealth{OptionsInterval: "30s", DownAfter: 3, UpAfter: 2}); fc.Health != want {
 		t.Errorf("health defaults = %+v, want %+v", fc.Health, want)
 	}
 	if want := (fileReload{}); fc.Reload != want {

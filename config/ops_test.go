@@ -9,13 +9,13 @@ import (
 )
 
 // TestOpsDefaults: without [admin], [health] and [reload] there is no
-// admin listener, no health check and no file watching.
+// admin listener and no file watching, and upstreams are pinged every 30s.
 func TestOpsDefaults(t *testing.T) {
 	cfg := mustParse(t, baseOK)
 	if got, want := cfg.Admin, (config.Admin{}); got != want {
 		t.Errorf("Admin = %+v, want %+v", got, want)
 	}
-	if got, want := cfg.Health, (config.Health{DownAfter: 3, UpAfter: 2}); got != want {
+	if got, want := cfg.Health, (config.Health{OptionsInterval: 30 * time.Second, DownAfter: 3, UpAfter: 2}); got != want {
 		t.Errorf("Health = %+v, want %+v", got, want)
 	}
 	if got, want := cfg.Reload, (config.Reload{}); got != want {

@@ -81,12 +81,15 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.Upstreams, idx = v.buildUpstreams(fc.Upstream)
 	cfg.Groups = v.buildGroups(fc.Group, &idx)
 	cfg.Credentials = v.buildCredentials(fc.Credential, idx)
-	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams)
+	cfg.Clients = v.buildClients(fc.Client, cfg.Upstreams, cfg.Groups)
 	cfg.Limits = v.buildLimits(fc.Limits)
 	cfg.TCP = v.buildTCP(fc.TCP)
 	cfg.Registrations = v.buildRegistrations(fc.Registration, idx)
+	v.checkRegistrationCredentials(fc.Registration, cfg.Credentials, idx)
+	v.checkNamesAsHosts(fc.Upstream, fc.Registration, cfg.Groups, idx)
 	cfg.Runtime = v.buildRuntime(fc.Runtime)
 	cfg.State = v.buildState(fc.State)
+	cfg.Capture = v.buildCapture(fc.Capture)
 	return cfg
 }
 
@@ -144,12 +147,13 @@ func parseByteSize(s string) (int64, bool) {
 
 func (v *validator) buildLimits(l fileLimits) Limits {
 	out := Limits{Rate: float64(l.Rate), Burst: l.Burst, MaxPerSource: l.MaxPerSource, MaxTotal: l.MaxTotal,
-		AuthFailures: l.AuthFailures, MaxSources: l.MaxSources}
+		AuthFailures: l.AuthFailures, MaxSources: l.MaxSources, UserAuthFailures: l.UserAuthFailures}
 	for _, f := range []struct {
 		key string
 		val float64
 	}{{"limits.rate", float64(l.Rate)}, {"limits.burst", float64(l.Burst)}, {"limits.max_per_source", float64(l.MaxPerSource)},
-		{"limits.max_total", float64(l.MaxTotal)}, {"limits.auth_failures", float64(l.AuthFailures)}, {"limits.max_sources", float64(l.MaxSources)}} {
+		{"limits.max_total", float64(l.MaxTotal)}, {"limits.auth_failures", float64(l.AuthFailures)}, {"limits.max_sources", float64(l.MaxSources)},
+		{"limits.user_auth_failures", float64(l.UserAuthFailures)}} {
 		if f.val < 0 {
 			v.add(f.key, strconv.FormatFloat(f.val, 'g', -1, 64), "must not be negative (0 turns the limit off)", ErrInvalid, nil)
 		}
@@ -159,6 +163,12 @@ func (v *validator) buildLimits(l fileLimits) Limits {
 		v.add("limits.block_for", strconv.Quote(l.BlockFor), `must be a duration such as "5m"`, ErrInvalid, nil)
 	}
 	out.BlockFor = d
+	ud, err := time.ParseDuration(l.UserBlockFor)
+	if err != nil || ud < 0 {
+		v.add("limits.user_block_for", strconv.Quote(l.UserBlockFor), `must be a duration such as "5m"`, ErrInvalid, nil)
+	}
+	out.UserBlockFor = ud
+	out.ExemptNetworks = v.prefixes("limits.exempt_networks", l.ExemptNetworks)
 	switch strings.ToLower(l.Deny) {
 	case "reject":
 	case "drop":

@@ -82,7 +82,7 @@ func sipUser(u string) (string, bool) {
 	return user, true
 }
 
-func (v *validator) buildClients(cs []fileClient, ups []Upstream) []Client {
+func (v *validator) buildClients(cs []fileClient, ups []Upstream, groups []Group) []Client {
 	if len(cs) == 0 {
 		v.add("client", "", "at least one [[client]] group is required: authproxy admits no one by default", ErrRequired, nil)
 		return nil
@@ -124,7 +124,13 @@ func (v *validator) buildClients(cs []fileClient, ups []Upstream) []Client {
 				found = found || up.Name == u
 			}
 			if !found {
-				v.add(fmt.Sprintf("%s.upstreams[%d]", key, j), strconv.Quote(u), "names no configured upstream", ErrInvalid, nil)
+				rule := "names no configured upstream"
+				for _, g := range groups {
+					if g.Name == u {
+						rule = "is a [[group]]'s name: list the group's upstreams (" + strings.Join(g.Upstreams, ", ") + ") instead"
+					}
+				}
+				v.add(fmt.Sprintf("%s.upstreams[%d]", key, j), strconv.Quote(u), rule, ErrInvalid, nil)
 			}
 		}
 		if len(c.User) > 0 {

@@ -46,6 +46,11 @@ func (v *validator) buildCredentials(cs []fileCredential, idx upstreamIndex) []c
 		}
 
 		v.loadSecret(key, c, &e)
+		if c.Realm == "" && (c.HA1 != nil || c.HA1SHA256 != nil || c.HA1SHA512256 != nil) {
+			// RFC 7616 §3.4.2: HA1 = H(username:realm:password).
+			v.add(key+".realm", "", "is required with an ha1 secret: an HA1 is hashed with one realm "+
+				"and answers only that realm's challenges (RFC 7616 §3.4.2)", ErrRequired, nil)
+		}
 
 		server, ok := v.resolveServer(key, c.Server, idx)
 		e.Server = server
@@ -114,6 +119,8 @@ func (v *validator) loadSecret(key string, c fileCredential, e *credentials.Entr
 		switch {
 		case name == "":
 			v.add(key+".password_env", `""`, "must name an environment variable", ErrRequired, nil)
+		case v.opts.skipSecrets:
+			e.Password = credentials.NewSecret(skippedSecret)
 		case !set:
 			v.add(key+".password_env", strconv.Quote(name), "environment variable is not set", ErrRequired, nil)
 		case val == "":
@@ -124,6 +131,10 @@ func (v *validator) loadSecret(key string, c fileCredential, e *credentials.Entr
 	case c.PasswordFile != nil:
 		if *c.PasswordFile == "" {
 			v.add(key+".password_file", `""`, "must name a file", ErrRequired, nil)
+			return
+		}
+		if v.opts.skipSecrets {
+			e.Password = credentials.NewSecret(skippedSecret)
 			return
 		}
 		pw, rule, err := readPasswordFile(v.opts.baseDir, *c.PasswordFile)
@@ -149,6 +160,9 @@ func (v *validator) loadSecret(key string, c fileCredential, e *credentials.Entr
 		}
 	}
 }
+
+// skippedSecret stands in for a secret SkipSecrets left unread.
+const skippedSecret = "(not read: -skip-secrets)"
 
 func (c fileCredential) ha1(key string) *string {
 	switch key {

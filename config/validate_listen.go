@@ -22,7 +22,11 @@ func (v *validator) buildListen(ls []fileListen) []Listen {
 		o := Listen{Transport: tr, Address: l.Address, Advertise: l.Advertise}
 		if tr == "tls" {
 			o.CertFile = v.existingFile(key+".cert_file", l.CertFile, "the listener's PEM certificate chain")
-			o.KeyFile = v.existingFile(key+".key_file", l.KeyFile, "the listener's PEM private key")
+			if v.opts.skipSecrets && l.KeyFile != "" {
+				o.KeyFile = l.KeyFile // a secret: left unread
+			} else {
+				o.KeyFile = v.existingFile(key+".key_file", l.KeyFile, "the listener's PEM private key")
+			}
 		} else {
 			for _, f := range []struct{ k, v string }{{"cert_file", l.CertFile}, {"key_file", l.KeyFile}} {
 				if f.v != "" {

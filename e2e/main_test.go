@@ -10,8 +10,11 @@
 package e2e
 
 import (
+	"log/slog"
 	"os"
 	"testing"
+
+	"github.com/emiago/sipgo/sip"
 
 	"github.com/authproxy/authproxy/internal/peers"
 )
@@ -22,6 +25,9 @@ import (
 const alicePassword = "A-alice-Pw-7c1e9d"
 
 func TestMain(m *testing.M) {
+	// The test clients' own sipgo lines: errors only, not the shutdown
+	// noise ("WARN UDP ref went negative") of every client closed.
+	sip.SetDefaultLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	code := m.Run()
 	peers.RemoveAuthproxyBuild()
 	os.Exit(code)

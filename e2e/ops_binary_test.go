@@ -357,6 +357,10 @@ address = "127.0.0.1:0"
 name = "slow"
 address = %s
 default = true
+[[credential]]
+username = "trunk"
+password = "trunk-password"
+server = "slow"
 [[registration]]
 upstream = "slow"
 aor = "sip:trunk@slow.example.com"

@@ -89,8 +89,8 @@ func sourceAddr(s string) netip.Addr {
 var identityHeaders = []string{"P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID"}
 
 // localAuth verifies clients' answers to authproxy's own challenges. Its
-// nonces are self-validating (a timestamp and an HMAC over it and the
-// source address, so they need no table and cannot be moved to another
+// nonces are self-validating (a timestamp, random bytes and an HMAC over
+// them and the source address, so they need no table and cannot be moved to another
 // source), expire after localNonceTTL, and each nonce count is accepted
 // once (replay protection, RFC 7616 §3.3).
 type localAuth struct {
@@ -111,25 +111,35 @@ func newLocalAuth() *localAuth {
 	return &localAuth{key: k, seen: map[string]uint32{}}
 }
 
+// localNonceLen is a nonce's size before base64: an 8-byte timestamp, 8
+// random bytes, and 16 bytes of HMAC over both and the source address.
+// The random part makes two challenges to one source within a second
+// differ: phones behind one NAT address, challenged together, would
+// otherwise get the same nonce, and the second one's answer (nc=1 again)
+// would be refused as a replay.
+const localNonceLen = 32
+
 func (a *localAuth) nonce(src netip.Addr, now time.Time) string {
-	var ts [8]byte
-	binary.BigEndian.PutUint64(ts[:], uint64(now.Unix()))
+	var raw [localNonceLen]byte
+	binary.BigEndian.PutUint64(raw[:8], uint64(now.Unix()))
+	_, _ = rand.Read(raw[8:16])
 	m := hmac.New(sha256.New, a.key)
-	m.Write(ts[:])
+	m.Write(raw[:16])
 	m.Write(src.AsSlice())
-	return base64.RawURLEncoding.EncodeToString(append(ts[:], m.Sum(nil)[:16]...))
+	copy(raw[16:], m.Sum(nil)[:16])
+	return base64.RawURLEncoding.EncodeToString(raw[:])
 }
 
 // nonceValid reports whether n was issued to src and is still fresh.
 func (a *localAuth) nonceValid(n string, src netip.Addr, now time.Time) bool {
 	raw, err := base64.RawURLEncoding.DecodeString(n)
-	if err != nil || len(raw) != 24 {
+	if err != nil || len(raw) != localNonceLen {
 		return false
 	}
 	m := hmac.New(sha256.New, a.key)
-	m.Write(raw[:8])
+	m.Write(raw[:16])
 	m.Write(src.AsSlice())
-	if !hmac.Equal(raw[8:], m.Sum(nil)[:16]) {
+	if !hmac.Equal(raw[16:], m.Sum(nil)[:16]) {
 		return false
 	}
 	issued := time.Unix(int64(binary.BigEndian.Uint64(raw[:8])), 0)
@@ -194,6 +204,17 @@ func (a *localAuth) verify(req *sip.Request, g *ClientGroup, realm string, src n
 		return authOK, cr.Username
 	}
 	return authMissing, ""
+}
+
+// answeringUser returns the username of req's answer to authproxy's
+// challenge for realm, "" when it has none.
+func answeringUser(req *sip.Request, realm string) string {
+	for _, h := range headersNamed(req, "Proxy-Authorization") {
+		if cr, err := parseCredentials(h.Value()); err == nil && cr.Realm == realm {
+			return cr.Username
+		}
+	}
+	return ""
 }
 
 // acceptCount records nc for nonce and reports whether it was never seen

@@ -118,16 +118,28 @@ func (f *forwarding) admit() bool {
 		realm = "authproxy"
 	}
 	now := time.Now()
+	if user := answeringUser(f.req, realm); user != "" && f.p.limiter.userBlocked(f.src, user, now) {
+		// Refused before its password is checked: a blocked user gets
+		// no more guesses, and a phone retrying with a wrong password
+		// stops counting against its source.
+		f.p.refusalLog(f.log, "user blocked after failed authentications", f.src)
+		f.refuse(sip.StatusForbidden, "Forbidden", "user-blocked")
+		return false
+	}
 	verdict, user := f.p.local.verify(f.req, g, realm, f.src, now)
 	switch verdict {
 	case authOK:
-		f.p.limiter.authSucceeded(f.src)
+		f.p.limiter.authSucceeded(f.src, user)
 		f.log = f.log.With("client_user", user)
 		return true
 	case authBad:
 		f.p.cfg.Observer.Refused("local-auth-failed")
-		if f.p.limiter.authFailed(f.src, now) {
+		sourceBlocked, userBlocked := f.p.limiter.authFailed(f.src, user, now)
+		if sourceBlocked {
 			f.log.Warn("source blocked after failed authentications", "source", f.src.String(), "for", f.p.limiter.blockFor())
+		}
+		if userBlocked {
+			f.log.Warn("user blocked from source after failed authentications", "source", f.src.String(), "client_user", user, "for", f.p.limiter.userBlockFor())
 		}
 		f.log.Info("local authentication failed", "source", f.src.String(), "client_user", user)
 	}

@@ -176,6 +176,10 @@ type Config struct {
 	// StateReadiness makes Ready report not ready while a shared store
 	// does not answer.
 	StateReadiness bool
+	// Capture sends a HEPv3 copy of every SIP message authproxy's sockets
+	// read or write to a receiver (capture.go); the zero value sends
+	// none. Reload does not apply a change.
+	Capture Capture
 }
 
 func (c *Config) setRegistrationDefaults() {
@@ -231,6 +235,9 @@ func (c *Config) validate() ([]*upstream, error) {
 	}
 	if c.Credentials == nil {
 		return nil, fmt.Errorf("no credential source configured")
+	}
+	if err := validateCapture(c.Capture); err != nil {
+		return nil, err
 	}
 	if err := validateTCP(c.TCP); err != nil {
 		return nil, err

@@ -57,9 +57,11 @@ func (f *forwarding) send(r *sip.Request) (sip.ClientTransaction, error) {
 }
 
 // tlsReady makes sure a request to a TLS target has a connection verified
-// for its upstream's name (tlsconn.go); nothing to do otherwise.
+// for its upstream's name (tlsconn.go), and with capture on, that one to a
+// TCP target has a connection authproxy made (tcpconn.go); nothing to do
+// otherwise.
 func (f *forwarding) tlsReady(ctx context.Context) error {
-	if f.hop.transport != "TLS" || f.toClient || f.up == nil {
+	if f.hop.transport != "TLS" && f.hop.transport != "TCP" || f.toClient || f.up == nil {
 		return nil
 	}
 	t, ok := f.target()
@@ -71,10 +73,13 @@ func (f *forwarding) tlsReady(ctx context.Context) error {
 
 // tlsReady is forwarding.tlsReady for target t of u.
 func (p *Proxy) tlsReady(ctx context.Context, u *upstream, t resolve.Target) error {
-	if t.Transport != "TLS" || p.tlsConn == nil {
-		return nil
+	switch {
+	case t.Transport == "TLS" && p.tlsConn != nil:
+		return p.tlsConn.ensure(ctx, u, t)
+	case t.Transport == "TCP" && p.tcpConn != nil:
+		return p.tcpConn.ensure(ctx, t.Addr.String())
 	}
-	return p.tlsConn.ensure(ctx, u, t)
+	return nil
 }
 
 // addVia returns the option that prepends our Via for a request sent over

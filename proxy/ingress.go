@@ -107,8 +107,8 @@ func (p *Proxy) answerDatagram(local net.Addr, to netip.AddrPort, msg []byte) {
 		return
 	}
 	for _, l := range p.listeners {
-		if l.udp != nil && l.local == local.String() {
-			if _, err := l.udp.WriteTo(msg, net.UDPAddrFromAddrPort(to)); err != nil {
+		if l.sock != nil && l.local == local.String() {
+			if _, err := l.sock.WriteTo(msg, net.UDPAddrFromAddrPort(to)); err != nil {
 				p.log.Debug("cannot send response", "to", to.String(), "error", err)
 			}
 			return

@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// Limits bounds what one source, and everyone together, may ask of the
-// proxy. Zero values mean "no limit" except MaxSources.
+// Limits bounds what one source, one user of a source, and everyone
+// together, may ask of the proxy. Zero values mean "no limit" except
+// MaxSources.
 type Limits struct {
 	// Rate is the sustained requests per second one source may send, and
 	// Burst how many it may send at once (token bucket). Rate 0: no limit.
@@ -21,6 +22,19 @@ type Limits struct {
 	// have before it is blocked for BlockFor. 0: never blocked.
 	AuthFailures int
 	BlockFor     time.Duration
+	// UserAuthFailures is how many failed local authentications one user
+	// (the username answering authproxy's challenge) may have from one
+	// source address before that user is refused from that address
+	// (403, "user-blocked") for UserBlockFor, its password no longer
+	// checked: a phone with a wrong password blocks itself, not the other
+	// users behind the same address. 0: never blocked.
+	UserAuthFailures int
+	UserBlockFor     time.Duration
+	// Exempt are source prefixes the per-source limits do not apply to:
+	// Rate, MaxPerSource and the AuthFailures block. For a trusted office
+	// whose phones share one NAT address; MaxTotal and UserAuthFailures
+	// still apply to it.
+	Exempt []netip.Prefix
 	// MaxSources bounds how many sources are tracked (memory). When full,
 	// idle entries are dropped; if none is idle, new sources are refused
 	// until some are. Zero means 100,000.
@@ -39,6 +53,8 @@ type sourceState struct {
 	active       int
 	fails        int
 	blockedUntil time.Time
+	// exempt: the source is in Limits.Exempt (as of its last request).
+	exempt bool
 }
 
 // limiter enforces Limits. One mutex: every operation is a few map and
@@ -47,6 +63,7 @@ type limiter struct {
 	mu      sync.Mutex
 	l       Limits
 	sources map[netip.Addr]*sourceState
+	users   map[userKey]*userState // userlimits.go
 	total   int
 	// lastFullSweep bounds how often a full table is swept on the request
 	// path: sweeping is O(sources), and doing it for every new source of a
@@ -73,17 +90,32 @@ func newLimiter(l Limits) *limiter {
 	if l.Burst <= 0 && l.Rate > 0 {
 		l.Burst = int(l.Rate) + 1
 	}
-	return &limiter{l: l, sources: map[netip.Addr]*sourceState{}}
+	if l.UserBlockFor <= 0 {
+		l.UserBlockFor = l.BlockFor
+	}
+	return &limiter{l: l, sources: map[netip.Addr]*sourceState{}, users: map[userKey]*userState{}}
+}
+
+// exemptLocked reports whether src is in Limits.Exempt.
+func (lm *limiter) exemptLocked(src netip.Addr) bool {
+	for _, p := range lm.l.Exempt {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
 }
 
 // enter admits a request from src or says why not. An admitted request
-// must call leave(src) when done.
+// must call leave(src) when done. An exempt source (Limits.Exempt) is
+// held to MaxTotal only.
 func (lm *limiter) enter(src netip.Addr, now time.Time) limitVerdict {
 	lm.mu.Lock()
 	defer lm.mu.Unlock()
+	exempt := lm.exemptLocked(src)
 	s, ok := lm.sources[src]
 	if !ok {
-		if len(lm.sources) >= lm.l.MaxSources {
+		if len(lm.sources) >= lm.l.MaxSources && !exempt {
 			if now.Sub(lm.lastFullSweep) >= fullSweepEvery {
 				lm.lastFullSweep = now
 				lm.sweepLocked(now)
@@ -96,6 +128,15 @@ func (lm *limiter) enter(src netip.Addr, now time.Time) limitVerdict {
 		lm.sources[src] = s
 	}
 	s.seen = now
+	s.exempt = exempt
+	if exempt {
+		if lm.l.MaxTotal > 0 && lm.total >= lm.l.MaxTotal {
+			return limitTotal
+		}
+		s.active++
+		lm.total++
+		return limitOK
+	}
 	if now.Before(s.blockedUntil) {
 		return limitBlocked
 	}
@@ -132,34 +173,37 @@ func (lm *limiter) leave(src netip.Addr) {
 	}
 }
 
-// authFailed counts a failed local authentication; it reports whether the
-// source is now blocked.
-func (lm *limiter) authFailed(src netip.Addr, now time.Time) bool {
-	if lm.l.AuthFailures <= 0 {
-		return false
-	}
+// authFailed counts a failed local authentication of user from src,
+// against the source (unless exempt) and against the user from that
+// source; it reports whether either is now blocked.
+func (lm *limiter) authFailed(src netip.Addr, user string, now time.Time) (sourceBlocked, userBlocked bool) {
 	lm.mu.Lock()
 	defer lm.mu.Unlock()
+	userBlocked = lm.userFailedLocked(src, user, now)
+	if lm.l.AuthFailures <= 0 || lm.exemptLocked(src) {
+		return false, userBlocked
+	}
 	s, ok := lm.sources[src]
 	if !ok {
-		return false
+		return false, userBlocked
 	}
 	s.fails++
 	if s.fails >= lm.l.AuthFailures {
 		s.fails = 0
 		s.blockedUntil = now.Add(lm.l.BlockFor)
-		return true
+		return true, userBlocked
 	}
-	return false
+	return false, userBlocked
 }
 
-// authSucceeded forgets a source's failures.
-func (lm *limiter) authSucceeded(src netip.Addr) {
+// authSucceeded forgets the failures of src and of user from src.
+func (lm *limiter) authSucceeded(src netip.Addr, user string) {
 	lm.mu.Lock()
 	defer lm.mu.Unlock()
 	if s, ok := lm.sources[src]; ok {
 		s.fails = 0
 	}
+	delete(lm.users, userKey{src, user})
 }
 
 // fullSweepEvery is the least time between two sweeps of a full table.
@@ -178,6 +222,7 @@ func (lm *limiter) sweep(now time.Time) {
 }
 
 func (lm *limiter) sweepLocked(now time.Time) {
+	lm.sweepUsersLocked(now)
 	for a, s := range lm.sources {
 		full := lm.l.Rate <= 0 || float64(lm.l.Burst) <= s.tokens+now.Sub(s.last).Seconds()*lm.l.Rate
 		if s.active == 0 && full && now.After(s.blockedUntil) && (s.fails == 0 || now.Sub(s.seen) > failMemory) {
@@ -217,4 +262,10 @@ func (lm *limiter) blockFor() time.Duration {
 	lm.mu.Lock()
 	defer lm.mu.Unlock()
 	return lm.l.BlockFor
+}
+
+func (lm *limiter) userBlockFor() time.Duration {
+	lm.mu.Lock()
+	defer lm.mu.Unlock()
+	return lm.l.UserBlockFor
 }

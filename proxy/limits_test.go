@@ -57,11 +57,11 @@ func TestLimiter(t *testing.T) {
 		lm.enter(a, now)
 		lm.leave(a)
 		for i := 0; i < 2; i++ {
-			if lm.authFailed(a, now) {
+			if blocked, _ := lm.authFailed(a, "", now); blocked {
 				t.Fatalf("blocked after %d failures", i+1)
 			}
 		}
-		if !lm.authFailed(a, now) {
+		if blocked, _ := lm.authFailed(a, "", now); !blocked {
 			t.Fatal("not blocked after 3 failures")
 		}
 		if v := lm.enter(a, now.Add(30*time.Second)); v != limitBlocked {
@@ -127,6 +127,11 @@ func TestLocalAuthNonce(t *testing.T) {
 	}
 	if !la.acceptCount(n, 1, true) || la.acceptCount(n, 1, true) || !la.acceptCount(n, 2, true) {
 		t.Fatal("nonce counts not checked for replay")
+	}
+	// Two phones behind one address challenged within the same second
+	// get different nonces, so that both may answer with nc=1.
+	if n2 := la.nonce(src, now); n2 == n || !la.nonceValid(n2, src, now) {
+		t.Fatalf("second nonce in the same second: %q (first %q)", n2, n)
 	}
 }
 

@@ -20,15 +20,17 @@ type Observer interface {
 	// AuthRejected reports credentials the upstream refused: its re-challenge
 	// was relayed to the client.
 	AuthRejected(upstream string)
-	// Refused reports a request refused before any upstream traffic:
-	// "source-denied", "scope-denied", "local-auth-failed", a limit
+	// Refused reports a request refused before any upstream traffic
+	// (RefusedReasons): "source-denied", "scope-denied",
+	// "local-auth-failed", "user-blocked" (a client's user blocked from
+	// its source after failed local authentications), a limit
 	// ("rate-limited", "too-many-in-progress", "overloaded", "blocked",
 	// "too-many-sources"), a malformed request ("bad-request",
 	// "version-not-supported", "message-too-large") or a CANCEL from
 	// another source than its INVITE's ("cancel-source").
 	Refused(reason string)
 	// Discarded reports a message dropped unanswered because of what it
-	// is: "response-source" (a response from elsewhere than where its
+	// is (DiscardedReasons): "response-source" (a response from elsewhere than where its
 	// request went), "unparsable" (refused by the SIP parser, no response
 	// could be built), "ack-source" (an ACK from a source that may not
 	// send it), "malformed-ack", "stray-response" (a response matching no
@@ -49,6 +51,26 @@ type Observer interface {
 	// "timeout" (no response at all), "transport-error", or the status
 	// code that caused it ("503", or one of the group's list).
 	Failover(upstream, reason string)
+}
+
+// RefusedReasons are every reason Observer.Refused reports, so that a
+// metrics implementation can start each count at zero.
+var RefusedReasons = []string{
+	"source-denied", "scope-denied", "local-auth-failed", "user-blocked",
+	string(limitRate), string(limitConcurrent), string(limitTotal), string(limitBlocked), string(limitSources),
+	"bad-request", "version-not-supported", "unsupported-uri-scheme", "message-too-large", "cancel-source",
+}
+
+// DiscardedReasons are every reason Observer.Discarded reports.
+var DiscardedReasons = []string{"response-source", "unparsable", "ack-source", "malformed-ack", "stray-response"}
+
+// AuthFailureOutcomes are the RequestDone outcomes that mean the upstream
+// challenged and authproxy could not get the request accepted (besides
+// AuthRejected: credentials refused).
+var AuthFailureOutcomes = []string{
+	"challenge-limit",     // max_challenges rounds spent
+	"no-usable-challenge", // no credential/algorithm could answer
+	"no-challenge",        // a 401/407 without a parsable challenge
 }
 
 // noObserver is the Observer used when Config.Observer is nil.

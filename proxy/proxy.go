@@ -50,6 +50,9 @@ type sipStack struct {
 	parser *sip.Parser // sipgo's parser, lenient about some headers (validate.go)
 	// strayWriter sends the responses handleStrayResponse relays.
 	strayWriter strayResponseWriter
+	// capture sends HEPv3 copies of the messages (capture.go); nil when
+	// off. Set once by Run before anything serves.
+	capture atomic.Pointer[capturer]
 }
 
 // stateTables are what the proxy remembers about requests, dialogs and
@@ -90,6 +93,7 @@ type upstreamServices struct {
 	store   *stateSync     // the state store (statestore.go)
 	targets *targets       // what upstream names resolve to (targets.go)
 	tlsConn *tlsConnector  // TLS connections to upstream targets, verified for their names (tlsconn.go)
+	tcpConn *tcpConnector  // TCP connections to upstream targets, with capture on (tcpconn.go); nil otherwise
 }
 
 // listenState is the bound listeners and the requests in flight, guarded
@@ -186,12 +190,16 @@ func New(cfg Config) (*Proxy, error) {
 	p.store = newStateSync(cfg.State, instanceName(cfg.Instance), cfg.LeaseTTL, log)
 	p.store.republish = p.republishState
 	p.regs = newRegManager(p)
-	p.tcp = tcpguard.New(tcpguard.Config{
+	guard := tcpguard.Config{
 		Limits:   tcpLimits(cfg),
 		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
 		Logger:   log.With("component", "tcp"),
 		Inspect:  p.inspectStream,
-	})
+	}
+	if cfg.Capture.HEP != "" {
+		guard.Tap = p.tapStream
+	}
+	p.tcp = tcpguard.New(guard)
 	return p, nil
 }
 
@@ -210,7 +218,7 @@ func (p *Proxy) newRouting(cfg Config, ups []*upstream) (*routing, error) {
 
 // ErrRestartRequired is wrapped by Reload when the new configuration
 // changes something only a restart can apply (the listeners, their TCP
-// limits).
+// limits, the capture).
 var ErrRestartRequired = errors.New("listener changes need a restart")
 
 // Reload applies a new configuration to requests that start from now on:
@@ -218,9 +226,9 @@ var ErrRestartRequired = errors.New("listener changes need a restart")
 // routes, credentials and the challenge budget are swapped as one. The
 // DNS settings and FailoverTimeout are kept from New. Requests, transactions and dialogs in progress keep what they
 // started with. An invalid configuration is rejected whole and the old one
-// stays. Listener changes are not applied (they need new sockets): Reload
-// then applies everything else and returns an error wrapping
-// ErrRestartRequired.
+// stays. Listener and capture changes are not applied (they need new
+// sockets): Reload then applies everything else and returns an error
+// wrapping ErrRestartRequired.
 func (p *Proxy) Reload(cfg Config) error {
 	ups, err := cfg.validate()
 	if err != nil {
@@ -238,7 +246,7 @@ func (p *Proxy) Reload(cfg Config) error {
 	p.limiter.setLimits(cfg.Limits)
 	p.health.configure(cfg.Health)
 	p.regs.reconcile(cfg.Registrations)
-	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) {
+	if !sameListeners(p.cfg.Listeners, cfg.Listeners) || tcpLimits(p.cfg) != tcpLimits(cfg) || p.cfg.Capture != cfg.Capture {
 		return fmt.Errorf("reload: %w", ErrRestartRequired)
 	}
 	return nil
@@ -285,6 +293,25 @@ func (p *Proxy) ListenAddrs() map[string]string {
 // accepting requests, lets the ones in flight finish within ShutdownGrace,
 // and closes everything it started. It returns nil after a clean stop.
 func (p *Proxy) Run(ctx context.Context) error {
+	capture, err := newCapturer(ctx, p.cfg.Capture, p.log.With("component", "capture"))
+	if err != nil {
+		// SIP goes on without the copies: a receiver whose name does not
+		// resolve must not take the proxy down.
+		p.log.Error("HEP capture off: cannot open a socket to the receiver", "receiver", p.cfg.Capture.HEP, "error", err)
+	}
+	p.capture.Store(capture)
+	// Capture sends until everything else stopped, the messages of the
+	// shutdown included, then what is still queued.
+	captureCtx, stopCapture := context.WithCancel(context.Background())
+	captureDone := make(chan struct{})
+	go func() {
+		defer close(captureDone)
+		capture.run(captureCtx)
+	}()
+	defer func() {
+		stopCapture()
+		<-captureDone
+	}()
 	bound, err := p.bind()
 	if err != nil {
 		return err
@@ -323,7 +350,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		_ = ua.Close()
 		return fmt.Errorf("sip client: %w", err)
 	}
-	tlsConn := newTLSConnector(func(addr string) bool {
+	tlsConn := newTLSConnector(capture, func(addr string) bool {
 		c, _ := ua.TransportLayer().GetConnection("tls", addr)
 		if c == nil {
 			return false
@@ -331,8 +358,19 @@ func (p *Proxy) Run(ctx context.Context) error {
 		_, _ = c.TryClose() // Get took a reference
 		return true
 	})
+	var tcpConn *tcpConnector
+	if capture != nil {
+		tcpConn = newTCPConnector(capture, firstTCPAddr(bound), func(addr string) bool {
+			c, _ := ua.TransportLayer().GetConnection("tcp", addr)
+			if c == nil {
+				return false
+			}
+			_, _ = c.TryClose() // Get took a reference
+			return true
+		})
+	}
 	p.mu.Lock()
-	p.ua, p.srv, p.client, p.tlsConn = ua, srv, client, tlsConn
+	p.ua, p.srv, p.client, p.tlsConn, p.tcpConn = ua, srv, client, tlsConn, tcpConn
 	p.strayWriter = srv.WriteResponse
 	p.listeners = bound
 	p.runCtx = ctx
@@ -366,6 +404,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	var serving sync.WaitGroup
 	serving.Go(func() { _ = srv.ServeTLS(tlsConn) }) // the TLS connections authproxy makes to upstreams
+	if tcpConn != nil {
+		serving.Go(func() { _ = srv.ServeTCP(tcpConn) }) // the TCP ones, with capture on
+	}
 	for _, l := range bound {
 		serving.Add(1)
 		go func() {
@@ -454,6 +495,9 @@ loop:
 	<-healthDone
 	closeAll(bound)
 	_ = tlsConn.Close()
+	if tcpConn != nil {
+		_ = tcpConn.Close()
+	}
 	_ = ua.Close()
 	serving.Wait()
 	p.log.Info("stopped")
@@ -526,6 +570,17 @@ func (p *Proxy) bind() ([]*boundListener, error) {
 		out = append(out, bl)
 	}
 	return out, nil
+}
+
+// firstTCPAddr is the bound address of the first TCP listener, nil
+// without one.
+func firstTCPAddr(ls []*boundListener) net.Addr {
+	for _, l := range ls {
+		if l.transport == "TCP" {
+			return l.tcp.Addr()
+		}
+	}
+	return nil
 }
 
 func closeAll(ls []*boundListener) {

@@ -136,6 +136,10 @@ func (f *forwarding) logDone() {
 		upName = f.dlg.up.Name
 	}
 	f.p.cfg.Observer.RequestDone(f.req.Method.String(), upName, f.status, f.outcome, time.Since(f.start), f.hopTime)
+	realms := f.realms
+	if realms == nil {
+		realms = []string{} // [] in JSON, as on lines that answered some
+	}
 	lvl := slog.LevelInfo
 	if f.status >= 500 || !f.replied {
 		lvl = slog.LevelWarn
@@ -147,7 +151,7 @@ func (f *forwarding) logDone() {
 		logStatus, f.status,
 		logOutcome, f.outcome,
 		logChallenges, f.rounds,
-		logRealms, f.realms,
+		logRealms, realms,
 		logDuration, time.Since(f.start).Round(time.Microsecond).String(),
 	)
 }

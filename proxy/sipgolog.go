@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -19,6 +20,14 @@ import (
 //     and cuts it at sipgoLogValueMax bytes;
 //   - logs what outside input causes (sipgoInputMessages) at WARN, not
 //     ERROR: the fault is the sender's;
+//   - puts sipgo's levels on authproxy's scale (sipgoLevel): its INFO
+//     lines are a library's chatter, DEBUG for authproxy; what a stopping
+//     transport says about its own closed sockets ("UDP ref went
+//     negative on try close", "use of closed network connection") is
+//     DEBUG, not a warning on every shutdown;
+//   - joins sipgo's nested "caller" attributes (TransportLayer, then
+//     Transport<UDP>) into one, so that a JSON line has each key once, and
+//     spells sipgo's misspelt messages right (sipgoMessages);
 //   - lets one line of each message through per sipgoLogInterval at INFO
 //     and above, the next one saying how many were held back
 //     ("suppressed"); DEBUG lines, asked for, pass;
@@ -49,6 +58,68 @@ var sipgoInputMessages = map[string]bool{
 	"Failed to send stateless 400 for malformed request": true,
 }
 
+// sipgoShutdownMessages are sipgo's warnings and errors about its own
+// connections being closed: what every stop of its transports says, no
+// fault of anyone's. DEBUG.
+var sipgoShutdownMessages = map[string]bool{
+	"UDP ref went negative on try close": true,
+	"TCP ref went negative":              true,
+	"WS ref went negative":               true,
+	"connection pool not clean cleanup":  true,
+	"Closing connection returned error":  true,
+	"Failed to close listener":           true,
+}
+
+// sipgoMessages respells sipgo v1.7.3's misspelt messages.
+var sipgoMessages = map[string]string{
+	"Fail to accept conenction":                    "Fail to accept connection",
+	"ACK loop retransimission. Resending after T2": "ACK loop retransmission. Resending after T2",
+}
+
+// sipgoCallerKey is the attribute sipgo names its layers with, once per
+// layer ("TransportLayer", then "Transport<UDP>").
+const sipgoCallerKey = "caller"
+
+// closedConnection is the text of net.ErrClosed: an error carrying it is
+// a read or accept on a socket the stop closed.
+const closedConnection = "use of closed network connection"
+
+// sipgoLevel returns the level authproxy logs r at: WARN at most for what
+// outside input causes, DEBUG for shutdown noise and for sipgo's INFO
+// chatter, r's own level otherwise.
+func sipgoLevel(r slog.Record) slog.Level {
+	switch {
+	case sipgoShutdownMessages[r.Message] || recordHas(r, closedConnection):
+		return slog.LevelDebug
+	case sipgoInputMessages[r.Message]:
+		return min(r.Level, slog.LevelWarn)
+	case r.Level < slog.LevelWarn:
+		return slog.LevelDebug
+	}
+	return r.Level
+}
+
+// recordHas reports whether any of r's attribute values (an error's text
+// included) contains s.
+func recordHas(r slog.Record, s string) bool {
+	found := false
+	r.Attrs(func(a slog.Attr) bool {
+		v := a.Value.Resolve()
+		var text string
+		switch v.Kind() {
+		case slog.KindString:
+			text = v.String()
+		case slog.KindAny:
+			if err, ok := v.Any().(error); ok {
+				text = err.Error()
+			}
+		}
+		found = strings.Contains(text, s)
+		return !found
+	})
+	return found
+}
+
 // sipgoParseFailed is sipgo's message for bytes its parser refused.
 const sipgoParseFailed = "failed to parse"
 
@@ -56,6 +127,9 @@ const sipgoParseFailed = "failed to parse"
 type sipgoLogHandler struct {
 	inner    slog.Handler
 	throttle *logThrottle
+	// callers are the "caller" values of WithAttrs, outermost first,
+	// written as one attribute by Handle.
+	callers []string
 	// refused, if set, is given the bytes of every message the parser
 	// refused (Proxy.parseRefused).
 	refused func(data string)
@@ -80,16 +154,13 @@ func (h *sipgoLogHandler) Enabled(ctx context.Context, level slog.Level) bool {
 	return level >= slog.LevelError || h.inner.Enabled(ctx, level)
 }
 
-// Handle writes r redacted, at its level (WARN at most for what outside
-// input causes), unless throttled.
+// Handle writes r redacted, at authproxy's level for it (sipgoLevel),
+// unless throttled.
 func (h *sipgoLogHandler) Handle(ctx context.Context, r slog.Record) error {
-	level := r.Level
-	if sipgoInputMessages[r.Message] {
-		level = min(level, slog.LevelWarn)
-		if r.Message == sipgoParseFailed && h.refused != nil {
-			if data, ok := recordString(r, "data"); ok {
-				h.refused(data)
-			}
+	level := sipgoLevel(r)
+	if r.Message == sipgoParseFailed && h.refused != nil {
+		if data, ok := recordString(r, "data"); ok {
+			h.refused(data)
 		}
 	}
 	if !h.inner.Enabled(ctx, level) {
@@ -103,29 +174,46 @@ func (h *sipgoLogHandler) Handle(ctx context.Context, r slog.Record) error {
 		}
 		suppressed = n
 	}
-	out := slog.NewRecord(r.Time, level, r.Message, r.PC)
+	msg := r.Message
+	if m, ok := sipgoMessages[msg]; ok {
+		msg = m
+	}
+	out := slog.NewRecord(r.Time, level, msg, r.PC)
+	callers := h.callers
 	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == sipgoCallerKey {
+			callers = append(callers[:len(callers):len(callers)], a.Value.String())
+			return true
+		}
 		out.AddAttrs(redactAttr(a))
 		return true
 	})
+	if len(callers) > 0 {
+		out.AddAttrs(slog.String(sipgoCallerKey, strings.Join(callers, "/")))
+	}
 	if suppressed > 0 {
 		out.AddAttrs(slog.Int("suppressed", suppressed))
 	}
 	return h.inner.Handle(ctx, out)
 }
 
-// WithAttrs redacts attrs too.
+// WithAttrs redacts attrs too, and keeps "caller" for Handle to join.
 func (h *sipgoLogHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	red := make([]slog.Attr, len(attrs))
-	for i, a := range attrs {
-		red[i] = redactAttr(a)
+	callers := h.callers
+	red := make([]slog.Attr, 0, len(attrs))
+	for _, a := range attrs {
+		if a.Key == sipgoCallerKey {
+			callers = append(callers[:len(callers):len(callers)], a.Value.String())
+			continue
+		}
+		red = append(red, redactAttr(a))
 	}
-	return &sipgoLogHandler{inner: h.inner.WithAttrs(red), throttle: h.throttle, refused: h.refused}
+	return &sipgoLogHandler{inner: h.inner.WithAttrs(red), throttle: h.throttle, refused: h.refused, callers: callers}
 }
 
 // WithGroup keeps the wrapping.
 func (h *sipgoLogHandler) WithGroup(name string) slog.Handler {
-	return &sipgoLogHandler{inner: h.inner.WithGroup(name), throttle: h.throttle, refused: h.refused}
+	return &sipgoLogHandler{inner: h.inner.WithGroup(name), throttle: h.throttle, refused: h.refused, callers: h.callers}
 }
 
 // recordString returns the string value of r's attribute key.

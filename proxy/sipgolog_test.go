@@ -159,3 +159,56 @@ func TestSipgoLogHandlerLevel(t *testing.T) {
 		t.Fatalf("handed on %d times, wrote %q: want 1 and nothing (WARN is below the level)", calls, out.String())
 	}
 }
+
+// sipgo's levels on authproxy's scale: shutdown noise and INFO chatter at
+// DEBUG, what outside input causes at WARN at most, the rest as sipgo
+// says.
+func TestSipgoLevel(t *testing.T) {
+	closed := errors.New("read udp 127.0.0.1:5060: use of closed network connection")
+	for _, tc := range []struct {
+		name  string
+		level slog.Level
+		msg   string
+		attrs []any
+		want  slog.Level
+	}{
+		{"ref went negative", slog.LevelWarn, "UDP ref went negative on try close", []any{"ref", -1}, slog.LevelDebug},
+		{"tcp ref went negative", slog.LevelWarn, "TCP ref went negative", nil, slog.LevelDebug},
+		{"pool cleanup", slog.LevelWarn, "connection pool not clean cleanup", nil, slog.LevelDebug},
+		{"read on a closed socket", slog.LevelError, "Read connection error", []any{"error", closed}, slog.LevelDebug},
+		{"closed socket as text", slog.LevelError, "Read error", []any{"error", closed.Error()}, slog.LevelDebug},
+		{"other read error", slog.LevelError, "Read connection error", []any{"error", errors.New("connection reset by peer")}, slog.LevelError},
+		{"input", slog.LevelError, "failed to parse", []any{"data", "x"}, slog.LevelWarn},
+		{"info chatter", slog.LevelInfo, "Non existing client tx was removed", nil, slog.LevelDebug},
+		{"debug", slog.LevelDebug, "Client transaction destroyed", nil, slog.LevelDebug},
+		{"warning kept", slog.LevelWarn, "client transport error detected. Waiting for retransmission", nil, slog.LevelWarn},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := slog.NewRecord(time.Now(), tc.level, tc.msg, 0)
+			r.Add(tc.attrs...)
+			if got := sipgoLevel(r); got != tc.want {
+				t.Errorf("sipgoLevel = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// sipgo names each layer with its own "caller" attribute; a JSON line
+// carries the key once, the layers joined, and misspelt messages come out
+// spelt right.
+func TestSipgoLogHandlerCaller(t *testing.T) {
+	var out bytes.Buffer
+	h := &sipgoLogHandler{inner: slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug}), throttle: newLogThrottle(time.Hour)}
+	log := slog.New(h).With("caller", "TransportLayer").With("caller", "Transport<TCP>")
+	log.Debug("Fail to accept conenction", "error", "boom")
+	line := out.String()
+	if n := strings.Count(line, `"caller"`); n != 1 {
+		t.Errorf(`"caller" %d times in %s`, n, line)
+	}
+	if !strings.Contains(line, `"caller":"TransportLayer/Transport<TCP>"`) {
+		t.Errorf("layers not joined: %s", line)
+	}
+	if !strings.Contains(line, `"msg":"Fail to accept connection"`) {
+		t.Errorf("message not respelt: %s", line)
+	}
+}

@@ -32,6 +32,7 @@ type tlsConnector struct {
 	closeOnce sync.Once
 	addr      net.Addr
 	pool      func(addr string) bool // whether sipgo holds a connection to addr
+	capture   *capturer              // sees the connections' messages; nil: off
 
 	mu       sync.Mutex
 	pending  map[string]*tlsDial          // dials in progress, by target address
@@ -45,9 +46,9 @@ type tlsDial struct {
 	err  error
 }
 
-func newTLSConnector(pool func(string) bool) *tlsConnector {
+func newTLSConnector(capture *capturer, pool func(string) bool) *tlsConnector {
 	return &tlsConnector{
-		conns: make(chan net.Conn), done: make(chan struct{}), pool: pool,
+		conns: make(chan net.Conn), done: make(chan struct{}), pool: pool, capture: capture,
 		addr:    &net.TCPAddr{IP: net.IPv4zero},
 		pending: map[string]*tlsDial{}, verified: map[string]*x509.Certificate{},
 	}
@@ -140,7 +141,7 @@ func (c *tlsConnector) dial(ctx context.Context, u *upstream, addr string) error
 		_ = raw.Close()
 		return fmt.Errorf("tls %s as %s: %w", addr, tlsName(u), err)
 	}
-	h := &handedConn{Conn: tc, read: make(chan struct{})}
+	h := &handedConn{Conn: captureConn(tc, c.capture), tls: tc, read: make(chan struct{})}
 	h.closed = func() { c.forget(addr, h) }
 	c.mu.Lock()
 	c.verified[addr] = tc.ConnectionState().PeerCertificates[0]
@@ -176,7 +177,8 @@ func (c *tlsConnector) forget(addr string, h *handedConn) {
 // handedConn is a connection handed to sipgo: it tells when sipgo first
 // reads it and when it is closed.
 type handedConn struct {
-	net.Conn
+	net.Conn // tls, or tls as the capture sees it
+	tls      *tls.Conn
 	read     chan struct{}
 	readOnce sync.Once
 	closed   func()
@@ -194,8 +196,8 @@ func (h *handedConn) Close() error {
 }
 
 func (h *handedConn) leaf() *x509.Certificate {
-	if tc, ok := h.Conn.(*tls.Conn); ok {
-		if cs := tc.ConnectionState(); len(cs.PeerCertificates) > 0 {
+	if h.tls != nil {
+		if cs := h.tls.ConnectionState(); len(cs.PeerCertificates) > 0 {
 			return cs.PeerCertificates[0]
 		}
 	}

@@ -99,9 +99,13 @@ func redactText(s string) string {
 var digestSecrets = []string{"response", "cnonce", "nonce"}
 
 // scrubDigestParams replaces the value of every digestSecrets parameter
-// in s (name=value or name="value", any case, spaces around "=") with
-// [redacted].
-func scrubDigestParams(s string) string {
+// in s with [redacted].
+func scrubDigestParams(s string) string { return scrubParams(s, digestSecrets) }
+
+// scrubParams replaces the value of every parameter of s named in names
+// (lower case; name=value or name="value", any case, spaces around "=")
+// with [redacted], inside the quotes of a quoted one.
+func scrubParams(s string, names []string) string {
 	var out strings.Builder
 	last := 0
 	for i := 0; i < len(s); i++ {
@@ -109,7 +113,7 @@ func scrubDigestParams(s string) string {
 			continue // inside a longer name (nextnonce, x-response)
 		}
 		name := ""
-		for _, n := range digestSecrets {
+		for _, n := range names {
 			if len(s)-i >= len(n) && equalFoldASCII([]byte(s[i:i+len(n)]), n) {
 				name = n
 				break

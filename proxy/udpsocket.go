@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/authproxy/authproxy/proxy/hep"
 )
 
 // laneSocket is a UDP listener's socket as sipgo sees it (served with
@@ -30,17 +32,19 @@ import (
 //     sent.
 //
 // Every request datagram's source is noted for answering those the parser
-// refuses (unparsable.go). sipgo writes through WriteTo, the embedded
-// socket's.
+// refuses (unparsable.go). sipgo writes through WriteTo, as authproxy does.
+// Every datagram read and every one written is shown to the HEP capture
+// (capture.go): the one tap of UDP traffic, both legs.
 type laneSocket struct {
 	net.PacketConn
 	p        *Proxy
+	local    netip.AddrPort // the bound address, as captures show it
 	answered *answeredStore
 	workers  udpWorkers // above udpHandOffAbove datagrams a second (udpworkers.go)
 }
 
 func (p *Proxy) newLaneSocket(pc net.PacketConn) *laneSocket {
-	s := &laneSocket{PacketConn: pc, p: p, answered: newAnsweredStore(sip.Timer_J)}
+	s := &laneSocket{PacketConn: pc, p: p, local: addrPortOf(pc.LocalAddr()), answered: newAnsweredStore(sip.Timer_J)}
 	s.workers.back = make(chan handedDatagram, udpWorkerQueue)
 	s.workers.quit = make(chan struct{})
 	return s
@@ -65,6 +69,9 @@ func (s *laneSocket) ReadFrom(b []byte) (int, net.Addr, error) {
 		if n == 0 {
 			return n, addr, nil
 		}
+		if c := s.p.capture.Load(); c != nil {
+			c.tap(b[:n], hep.ProtoUDP, addrPortOf(addr), s.local)
+		}
 		if s.handOff(b[:n], addr) {
 			continue
 		}
@@ -72,6 +79,15 @@ func (s *laneSocket) ReadFrom(b []byte) (int, net.Addr, error) {
 			return n, addr, nil
 		}
 	}
+}
+
+// WriteTo sends b to addr and shows it to the capture (net.PacketConn).
+func (s *laneSocket) WriteTo(b []byte, addr net.Addr) (int, error) {
+	n, err := s.PacketConn.WriteTo(b, addr)
+	if c := s.p.capture.Load(); c != nil && err == nil {
+		c.tap(b[:n], hep.ProtoUDP, s.local, addrPortOf(addr))
+	}
+	return n, err
 }
 
 // take handles the datagram data from addr and reports whether it did

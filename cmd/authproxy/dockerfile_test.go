@@ -61,8 +61,14 @@ func TestDockerfileDirectives(t *testing.T) {
 	goVersion := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindSubmatch(goMod)
 	for _, want := range []string{
 		"ARG GO_VERSION=" + string(goVersion[1]), // the builder matches go.mod
-		"FROM golang:${GO_VERSION} AS build",
-		"FROM gcr.io/distroless/static-debian12:nonroot",
+		// Digest pins, empty by default: FROM image:tag@sha256:... when set.
+		"ARG GOLANG_DIGEST=\n",
+		"ARG DISTROLESS_DIGEST=\n",
+		"FROM golang:${GO_VERSION}${GOLANG_DIGEST} AS build",
+		"FROM gcr.io/distroless/static-debian12:nonroot${DISTROLESS_DIGEST}\n",
+		// The admin listener on whatever the mounted file says: HEALTHCHECK
+		// and Prometheus find it.
+		"ENV AUTHPROXY_ADMIN__ADDRESS=0.0.0.0:9060",
 		"USER nonroot:nonroot",
 		"EXPOSE 5060/udp 5060/tcp 9060/tcp",
 		"COPY --from=build /src/config.example.toml /etc/authproxy/authproxy.toml",
@@ -77,17 +83,25 @@ func TestDockerfileDirectives(t *testing.T) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
 	}
-	// The image's own configuration serves /healthz where HEALTHCHECK looks.
-	data, err := os.ReadFile(filepath.Join("..", "..", "config.example.toml"))
+	// Any configuration the image runs, with the image's environment,
+	// serves /healthz where HEALTHCHECK looks: the example, and a file
+	// without [admin] (the README's production files).
+	minimal := []byte("[[listen]]\naddress = \"0.0.0.0:5060\"\nadvertise = \"sip.example.net\"\n" +
+		"[[upstream]]\nname = \"pbx\"\naddress = \"192.0.2.10\"\n[[credential]]\nusername = \"u\"\npassword = \"p\"\n" +
+		"[[client]]\nname = \"lan\"\nnetworks = [\"10.0.0.0/8\"]\nupstreams = [\"*\"]\n")
+	example, err := os.ReadFile(filepath.Join("..", "..", "config.example.toml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, port, _ := net.SplitHostPort(cfg.Admin.Address); port != "9060" {
-		t.Errorf("config.example.toml admin.address = %q; the HEALTHCHECK probes port 9060", cfg.Admin.Address)
+	imageEnv := []string{"AUTHPROXY_ADMIN__ADDRESS=0.0.0.0:9060"}
+	for name, data := range map[string][]byte{"config.example.toml": example, "a file without [admin]": minimal} {
+		cfg, err := config.Parse(data, config.WithEnviron(imageEnv))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, port, _ := net.SplitHostPort(cfg.Admin.Address); port != "9060" {
+			t.Errorf("%s in the image: admin.address = %q; the HEALTHCHECK probes port 9060", name, cfg.Admin.Address)
+		}
 	}
 }
 
@@ -220,8 +234,12 @@ func TestDockerfileBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := run("-check", "-config", example); err != nil || !strings.Contains(got, "ok:") {
+	if got, err := run("-check", "-allow-sample-secrets", "-config", example); err != nil || !strings.Contains(got, "ok:") {
 		t.Errorf("-check the example: %q %v", got, err)
+	}
+	// The image's default command on the file it ships: refused.
+	if got, err := run("-config", example); err == nil || !strings.Contains(got, "sample password") {
+		t.Errorf("run on the example file: %q %v, want a refusal of its sample passwords", got, err)
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz" {

@@ -1,13 +1,16 @@
 // Command authproxy runs the credential-injecting SIP proxy.
 //
-//	authproxy                      run on the embedded config.example.toml
+//	authproxy                      run on the embedded config.example.toml (a demo; warns)
 //	authproxy -config F            run on F
 //	authproxy -check -config F     validate F, print the errors or a summary
-//	authproxy -version             print the version and commit
+//	authproxy -check -skip-secrets -config F   the same without reading secrets (CI)
+//	authproxy -version             print the version, commit and Go version
 //	authproxy -healthcheck URL     GET URL, exit 0 on a 2xx (container HEALTHCHECK)
 //
 // Signals: SIGINT/SIGTERM drain and stop (a second one exits at once);
-// SIGHUP reloads the configuration file.
+// SIGHUP reloads the configuration file. Under systemd (Type=notify) it
+// reports READY=1, RELOADING=1 and STOPPING=1 on $NOTIFY_SOCKET.
+// authproxy -help says all of it (usageText).
 package main
 
 import (
@@ -55,16 +58,20 @@ func onSignals(sigs <-chan os.Signal, cancel context.CancelFunc, exit func(code 
 	exit(1)
 }
 
-// run is the whole program; it returns the exit code.
+// run is the whole program; it returns the exit code (see usageText).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("authproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "TOML configuration `file` (default: the embedded config.example.toml)")
+	fs.Usage = func() {} // -help prints usageText to stdout, below
+	configPath := fs.String("config", "", "TOML configuration `file` (default: the embedded config.example.toml, a demo)")
 	check := fs.Bool("check", false, "validate the configuration, print a summary or every error, and exit")
-	showVersion := fs.Bool("version", false, "print the version and commit, and exit")
+	skipSecrets := fs.Bool("skip-secrets", false, "with -check: validate without reading password_env variables, password_file files or TLS key files (for CI)")
+	allowSamples := fs.Bool("allow-sample-secrets", false, "run a -config file that uses config.example.toml's sample passwords (a demo)")
+	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
 	healthURL := fs.String("healthcheck", "", "GET `URL` (e.g. http://127.0.0.1:9060/healthz) and exit 0 on a 2xx answer, 1 otherwise: a HEALTHCHECK for images without curl")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, fs)
 			return 0
 		}
 		fmt.Fprintln(stderr, "try: authproxy -help")
@@ -72,6 +79,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "authproxy: unexpected argument %q\ntry: authproxy -help\n", fs.Arg(0))
+		return 2
+	}
+	if *skipSecrets && !*check {
+		fmt.Fprintln(stderr, "authproxy: -skip-secrets applies only to -check: a running proxy needs its secrets\ntry: authproxy -help")
 		return 2
 	}
 	if *showVersion {
@@ -82,32 +93,42 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return probe(ctx, *healthURL, stdout, stderr)
 	}
 
+	var opts []config.Option
+	if *skipSecrets {
+		opts = append(opts, config.SkipSecrets())
+	}
 	source := *configPath
 	var cfg *config.Config
 	var err error
 	if source == "" {
-		source = "embedded config.example.toml"
-		cfg, err = config.Parse(authproxy.ExampleConfig)
+		source = embeddedSource
+		cfg, err = config.Parse(authproxy.ExampleConfig, opts...)
 	} else {
-		cfg, err = config.Load(source)
+		cfg, err = config.Load(source, opts...)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "authproxy: invalid configuration (%s):\n", source)
-		for _, e := range flattenErrors(err) {
-			fmt.Fprintf(stderr, "  %v\n", e)
-		}
+		printReport(stderr, "invalid configuration", source, err)
 		return 1
 	}
 	store, err := credentials.NewStore(cfg.Credentials)
 	if err != nil {
-		fmt.Fprintf(stderr, "authproxy: invalid credentials (%s):\n", source)
-		for _, e := range flattenErrors(err) {
-			fmt.Fprintf(stderr, "  %v\n", e)
-		}
+		printReport(stderr, "invalid credentials", source, err)
 		return 1
 	}
+	if *configPath != "" && !*allowSamples {
+		if err := sampleSecrets(cfg); err != nil {
+			printReport(stderr, "sample secrets refused", source, err)
+			return 1
+		}
+	}
 	if *check {
+		if *configPath == "" {
+			fmt.Fprintln(stderr, "authproxy: warning:", embeddedWarning)
+		}
 		if w := permissionWarning(*configPath); w != "" {
+			fmt.Fprintln(stderr, "authproxy: warning:", w)
+		}
+		for _, w := range cfg.Warnings() {
 			fmt.Fprintln(stderr, "authproxy: warning:", w)
 		}
 		for _, w := range resolutionWarnings(ctx, cfg) {
@@ -125,32 +146,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// here, before anything serves, and nowhere else.
 	proxy.TuneSIPStack()
 	sip.SetDefaultLogger(proxy.SipgoLogger(log.With("component", "sipgo")))
+	// Anything else logging through slog's or the log package's default
+	// logger writes authproxy's lines too.
+	slog.SetDefault(log)
 	if cfg.Log.SIPTrace {
 		sip.SIPDebugTracer(proxy.Tracer{Log: log.With("component", "trace")})
 		sip.SIPDebug = true
 	}
 	bv := currentVersion()
 	log.Info("starting", "version", bv.Version, "commit", bv.Commit, "modified", bv.Modified, "config", source, "summary", cfg.Summary())
+	if *configPath == "" {
+		log.Warn(embeddedWarning)
+	}
 	log.Info("go runtime", applyRuntime(cfg.Runtime)...)
 	if w := permissionWarning(*configPath); w != "" {
 		log.Warn(w, "config", source)
 	}
+	for _, w := range cfg.Warnings() {
+		log.Warn(w, "config", source)
+	}
 
-	d := &daemon{path: *configPath, source: source, log: log, level: level, boot: cfg, started: time.Now()}
+	d := &daemon{path: *configPath, source: source, log: log, level: level, boot: cfg, started: time.Now(),
+		allowSamples: *allowSamples, notify: newNotifier(os.Getenv("NOTIFY_SOCKET"), log)}
 	d.cur.Store(cfg)
 	return d.serve(ctx, store)
-}
-
-// flattenErrors unwraps errors.Join trees so each error prints on its line.
-func flattenErrors(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flattenErrors(e)...)
-		}
-		return out
-	}
-	return []error{err}
 }
 
 // newLogger builds the process logger: tint on a terminal (unless NO_COLOR
@@ -168,11 +187,11 @@ func newLogger(w io.Writer, c config.Log, level slog.Leveler) *slog.Logger {
 	switch format {
 	case "tint":
 		_, noColor := os.LookupEnv("NO_COLOR")
-		h = tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: noColor})
+		h = tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: noColor, ReplaceAttr: replaceLogAttr})
 	case "text":
-		h = slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})
+		h = slog.NewTextHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: replaceLogAttr})
 	default:
-		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: replaceLogAttr})
 	}
 	return slog.New(h)
 }
@@ -210,11 +229,17 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			MaxPerSource: cfg.Limits.MaxPerSource, MaxTotal: cfg.Limits.MaxTotal,
 			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
+			UserAuthFailures: cfg.Limits.UserAuthFailures, UserBlockFor: cfg.Limits.UserBlockFor,
+			Exempt: cfg.Limits.ExemptNetworks,
 		},
 		TCP: tcpguard.Limits{
 			MaxConns: cfg.TCP.MaxConnections, MaxConnsPerSource: cfg.TCP.MaxConnectionsPerSource,
 			IdleTimeout: cfg.TCP.IdleTimeout, MessageTimeout: cfg.TCP.MessageTimeout,
 			HandshakeTimeout: cfg.TCP.HandshakeTimeout, MaxMessageSize: cfg.TCP.MaxMessageSize,
+		},
+		Capture: proxy.Capture{
+			HEP: cfg.Capture.HEP, AgentID: cfg.Capture.AgentID, AuthKey: cfg.Capture.AuthKey,
+			KeepCredentials: !cfg.Capture.Redact,
 		},
 	}
 	for i, l := range cfg.Listen {

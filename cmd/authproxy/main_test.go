@@ -63,8 +63,14 @@ server = "pbx-z"
 		stderr    []string
 		notStderr []string
 	}{
-		{name: "check embedded example", args: []string{"-check"}, code: 0, stdout: []string{"embedded config.example.toml: ok: 2 listeners, 2 upstreams"}},
-		{name: "check example file", args: []string{"-check", "-config", "../../config.example.toml"}, code: 0, stdout: []string{"ok:"}},
+		{name: "check embedded example", args: []string{"-check"}, code: 0,
+			stdout: []string{"embedded config.example.toml: ok: 2 listeners, 2 upstreams, 0 groups, 3 credentials, 1 client group, 0 client users, 0 registrations"},
+			stderr: []string{"warning: running on the embedded example configuration"}},
+		{name: "check example file refuses its sample passwords", args: []string{"-check", "-config", "../../config.example.toml"}, code: 1,
+			stderr:    []string{"sample secrets refused", `credential[0] = username="alice": has a sample password of config.example.toml`, "credential[2]", "-allow-sample-secrets"},
+			notStderr: []string{"example-password"}},
+		{name: "check example file, samples allowed", args: []string{"-check", "-allow-sample-secrets", "-config", "../../config.example.toml"}, code: 0, stdout: []string{"ok:"}},
+		{name: "skip-secrets without check", args: []string{"-skip-secrets"}, code: 2, stderr: []string{"-skip-secrets applies only to -check"}},
 		{name: "check bad file lists every error", args: []string{"-check", "-config", bad}, code: 1,
 			stderr:    []string{"log.level", "listen[0].transport", "credential[0].server"},
 			notStderr: []string{"Sup3r-Secret-Value"}},

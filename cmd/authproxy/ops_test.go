@@ -103,7 +103,7 @@ func TestDescribeChanges(t *testing.T) {
 		"log.level info -> debug",
 		"upstreams +pbx-c -pbx-b",
 		"credentials 1 added, 1 changed, 0 removed",
-		"options_interval=0s down_after=3 up_after=2 -> options_interval=10s",
+		"options_interval=30s down_after=3 up_after=2 -> options_interval=10s",
 	} {
 		if !strings.Contains(summary, want) {
 			t.Errorf("summary %q lacks %q", summary, want)
@@ -419,6 +419,9 @@ auth_failures = 15
 block_for = "16s"
 max_sources = 17
 deny = "drop"
+user_auth_failures = 18
+user_block_for = "19s"
+exempt_networks = ["203.0.113.10"]
 `)
 	cfg.Log.SIPTrace = true
 	pcfg, err := proxyConfig(cfg, nil)
@@ -450,9 +453,42 @@ deny = "drop"
 		{"limits.block_for", pcfg.Limits.BlockFor, 16 * time.Second},
 		{"limits.max_sources", pcfg.Limits.MaxSources, 17},
 		{"limits.deny", pcfg.Limits.Drop, true},
+		{"limits.user_auth_failures", pcfg.Limits.UserAuthFailures, 18},
+		{"limits.user_block_for", pcfg.Limits.UserBlockFor, 19 * time.Second},
+		{"limits.exempt_networks", fmt.Sprint(pcfg.Limits.Exempt), "[203.0.113.10/32]"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s reaches the proxy as %v, want %v", c.key, c.got, c.want)
 		}
+	}
+}
+
+// TestCaptureWiring: the [capture] table reaches the proxy key by key
+// (redact = false as KeepCredentials), and a change needs a restart.
+func TestCaptureWiring(t *testing.T) {
+	cfg := mustParse(t, opsBase+`
+[capture]
+hep = "udp:192.0.2.9:9061"
+redact = false
+agent_id = 77
+auth_key = "hep-key"
+`)
+	pcfg, err := proxyConfig(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := proxy.Capture{HEP: "192.0.2.9:9061", AgentID: 77, AuthKey: "hep-key", KeepCredentials: true}
+	if pcfg.Capture != want {
+		t.Errorf("proxy capture %+v, want %+v", pcfg.Capture, want)
+	}
+	def, err := proxyConfig(mustParse(t, opsBase), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.Capture != (proxy.Capture{}) {
+		t.Errorf("default proxy capture %+v, want off and redacting", def.Capture)
+	}
+	if got := restartKeys(mustParse(t, opsBase), cfg); !slices.Equal(got, []string{"capture"}) {
+		t.Errorf("restartKeys = %q, want [capture]", got)
 	}
 }

@@ -53,6 +53,10 @@ type daemon struct {
 	metrics   *metrics.Metrics
 	debounce  time.Duration
 	restartOn []string // keys changed since start that only a restart applies
+	// allowSamples accepts config.example.toml's sample passwords in a
+	// -config file (-allow-sample-secrets).
+	allowSamples bool
+	notify       *notifier // systemd's; nil when not run by it
 }
 
 // load reads and validates the configuration the daemon runs on.
@@ -60,7 +64,11 @@ func (d *daemon) load() (*config.Config, error) {
 	if d.path == "" {
 		return config.Parse(authproxy.ExampleConfig)
 	}
-	return config.Load(d.path)
+	cfg, err := config.Load(d.path)
+	if err == nil && !d.allowSamples {
+		err = sampleSecrets(cfg)
+	}
+	return cfg, err
 }
 
 // serve runs the proxy, the admin listener and the reload triggers until
@@ -70,6 +78,7 @@ func (d *daemon) load() (*config.Config, error) {
 func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 	cfg := d.cur.Load()
 	m := metrics.New(versionString())
+	m.Prime(knownLabels(cfg))
 	d.metrics = m
 	pcfg, err := proxyConfig(cfg, store)
 	if err != nil {
@@ -90,7 +99,10 @@ func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 	pcfg.Instance, pcfg.LeaseTTL, pcfg.StateReadiness = cfg.State.Instance, cfg.State.LeaseTTL, cfg.State.Readiness
 	pcfg.Logger = d.log
 	pcfg.Observer = m
-	pcfg.Ready = func() { d.log.Info("ready") }
+	pcfg.Ready = func() {
+		d.log.Info("ready")
+		d.notify.ready("serving")
+	}
 	p, err := proxy.New(pcfg)
 	if err != nil {
 		d.log.Error("cannot start", "error", err)
@@ -134,7 +146,22 @@ func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 		d.reloadLoop(reloadCtx, hup)
 	}()
 
+	// STOPPING=1 as soon as the drain begins, not once it is over.
+	ran, notified := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(notified)
+		select {
+		case <-ctx.Done():
+		case <-ran:
+			if ctx.Err() == nil {
+				return // stopped by an error, not asked to
+			}
+		}
+		d.notify.stopping()
+	}()
 	runErr := p.Run(ctx)
+	close(ran)
+	<-notified
 	stopReloads()
 	<-reloadsDone
 	stopAdmin()
@@ -183,6 +210,9 @@ func (d *daemon) reloadLoop(ctx context.Context, hup <-chan os.Signal) {
 // only a restart applies (listeners, admin address, log format, SIP trace,
 // shutdown grace, file watching) are reported, not applied.
 func (d *daemon) reload(trigger string) {
+	d.notify.reloading()
+	outcome := "serving; last reload rejected"
+	defer func() { d.notify.ready(outcome) }()
 	cfg, err := d.load()
 	var store *credentials.Store
 	if err == nil {
@@ -210,8 +240,10 @@ func (d *daemon) reload(trigger string) {
 			"trigger", trigger, "config", d.source, "errors", errorList(err))
 		return
 	}
+	outcome = "serving"
 	old := d.cur.Swap(cfg)
 	d.level.Set(cfg.Log.Level)
+	d.metrics.Prime(knownLabels(cfg))
 
 	restart := restartKeys(d.boot, cfg)
 	if restartNeeded && len(restart) == 0 {
@@ -304,6 +336,10 @@ func restartKeys(boot, cfg *config.Config) []string {
 	}
 	if !reflect.DeepEqual(boot.State, cfg.State) {
 		out = append(out, "state")
+	}
+	if boot.Capture != cfg.Capture {
+		// The capture's socket is opened once, when the proxy starts.
+		out = append(out, "capture")
 	}
 	return out
 }

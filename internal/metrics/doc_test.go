@@ -28,6 +28,10 @@ func (a *allSource) Registrations() []proxy.RegistrationState { return a.regs }
 
 func (a *allSource) StoreUp() bool { return true }
 
+func (a *allSource) CaptureStats() proxy.CaptureStats {
+	return proxy.CaptureStats{Dropped: map[string]uint64{proxy.CaptureQueueFull: 1}}
+}
+
 // documented reads the metrics table of docs/operations.md: name → type
 // and sorted label names.
 func documented(t *testing.T) map[string]string {

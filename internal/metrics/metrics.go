@@ -3,15 +3,22 @@
 // request path) and reads the proxy's gauges (transactions, dialogs,
 // upstream health) when it is scraped.
 //
-// No label ever carries a username, a Call-ID, a SIP URI or anything
-// secret: labels are methods (unknown ones folded into "other"), status
-// codes, configured upstream names, challenge realms (capped, see
-// maxRealms), outcome and reason words.
+// No label ever carries a client's username, a Call-ID, a Request-URI or
+// anything secret: labels are methods (unknown ones folded into "other"),
+// status codes, configured upstream names, challenge realms (capped, see
+// maxRealms), outcome and reason words, and the address-of-record of each
+// configured trunk registration (configuration, not input).
+//
+// Every series whose labels are known before any traffic (reasons,
+// results, and with Prime the configured upstreams and realms) is
+// exported from the start at 0: rate() and increase() need a sample
+// before the first increment to see it.
 package metrics
 
 import (
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -32,9 +39,13 @@ const namespace = "authproxy"
 // counted as "other".
 const maxRealms = 64
 
-// durationBuckets span a loopback OPTIONS (a few ms) to an INVITE that
-// rings for minutes (Timer C is 3.5 min), in seconds.
-var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 240}
+// durationBuckets span what authproxy adds to a request on loopback (tens
+// to hundreds of microseconds, docs/performance.md) to an INVITE that
+// rings for minutes (Timer C is 3.5 min), in seconds: a 1-2.5-5 series
+// from 100 µs.
+var durationBuckets = []float64{
+	.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 240,
+}
 
 // knownMethods are the methods kept as label values; any other method a
 // client invents is counted as "other" (a label per invented method would
@@ -45,14 +56,9 @@ var knownMethods = map[string]bool{
 	"PRACK": true, "PUBLISH": true,
 }
 
-// authFailureOutcomes are the RequestDone outcomes that count as an
-// authentication failure besides a rejection (AuthRejected): the upstream
-// challenged and authproxy could not get the request accepted.
-var authFailureOutcomes = map[string]bool{
-	"challenge-limit":     true, // max_challenges rounds spent
-	"no-usable-challenge": true, // no credential/algorithm could answer
-	"no-challenge":        true, // a 401/407 without a parsable challenge
-}
+// authFailureReason is the reason label of a rejection (AuthRejected);
+// the other reasons are proxy.AuthFailureOutcomes.
+const authFailureReason = "rejected"
 
 // Source is what the scrape-time gauges read; *proxy.Proxy satisfies it.
 type Source interface {
@@ -81,7 +87,6 @@ type Metrics struct {
 	failovers      *prometheus.CounterVec
 	reloads        *prometheus.CounterVec
 	reloadSuccess  prometheus.Gauge
-	registrations  prometheus.Gauge
 	attachOnce     sync.Once
 	realmsMu       sync.Mutex
 	realms         map[string]bool
@@ -160,10 +165,6 @@ func New(version string) *Metrics {
 		Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
 		Help: "Unix time of the last configuration load that was applied (the start, or a reload).",
 	})
-	m.registrations = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: namespace, Name: "trunk_registrations",
-		Help: "Trunk registrations ([[registration]]) authproxy holds registered upstream now.",
-	})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help:        "Always 1; the labels say which authproxy and Go built this process.",
@@ -173,10 +174,19 @@ func New(version string) *Metrics {
 	m.reloadSuccess.SetToCurrentTime()
 	m.reg.MustRegister(
 		m.requests, m.outcomes, m.duration, m.upstreamTime, m.challenges, m.staleRetries, m.retries,
-		m.authFailures, m.refused, m.discarded, m.stateChanges, m.preemptive, m.failovers, m.reloads, m.reloadSuccess, m.registrations, build,
+		m.authFailures, m.refused, m.discarded, m.stateChanges, m.preemptive, m.failovers, m.reloads, m.reloadSuccess, build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	for _, r := range proxy.RefusedReasons {
+		m.refused.WithLabelValues(r)
+	}
+	for _, r := range proxy.DiscardedReasons {
+		m.discarded.WithLabelValues(r)
+	}
+	for _, r := range []string{ReloadOK, ReloadRestartRequired, ReloadRejected} {
+		m.reloads.WithLabelValues(r)
+	}
 	m.healthUpDesc = prometheus.NewDesc(namespace+"_upstream_up",
 		"1 when the upstream answers OPTIONS health checks, 0 when it is marked down; absent while unknown or with health checks off.",
 		[]string{"upstream"}, nil)
@@ -204,7 +214,7 @@ func New(version string) *Metrics {
 // Attach registers the gauges read from src at scrape time:
 // authproxy_active_transactions, authproxy_dialogs, the upstream health
 // metrics and, when src reports them, the listeners and TCP connections
-// (tcp.go). Call it once, after the proxy is created; later calls do
+// (tcp.go) and the HEP capture (capture.go). Call it once, after the proxy is created; later calls do
 // nothing.
 func (m *Metrics) Attach(src Source) {
 	m.attachOnce.Do(func() {
@@ -233,21 +243,11 @@ func (m *Metrics) Attach(src Source) {
 				return 0
 			}))
 		}
+		if cs, ok := src.(captureSource); ok {
+			m.reg.MustRegister(newCaptureCollector(cs))
+		}
 		if rs, ok := src.(registrationSource); ok {
-			// The trunk registrations up now, read at each scrape.
-			m.reg.Unregister(m.registrations)
-			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Namespace: namespace, Name: "trunk_registrations",
-				Help: "Trunk registrations ([[registration]]) authproxy holds registered upstream now.",
-			}, func() float64 {
-				n := 0
-				for _, r := range rs.Registrations() {
-					if r.State == proxy.RegStateRegistered {
-						n++
-					}
-				}
-				return float64(n)
-			}))
+			m.reg.MustRegister(newRegistrationCollector(rs))
 		}
 	})
 }
@@ -255,12 +255,6 @@ func (m *Metrics) Attach(src Source) {
 // storeSource is a Source with a state store (*proxy.Proxy).
 type storeSource interface {
 	StoreUp() bool
-}
-
-// registrationSource is a Source that also keeps trunk registrations
-// (*proxy.Proxy).
-type registrationSource interface {
-	Registrations() []proxy.RegistrationState
 }
 
 // Handler serves the metrics in the Prometheus exposition formats.
@@ -304,7 +298,7 @@ func (m *Metrics) RequestDone(method, upstream string, status int, outcome strin
 	if nextHop > 0 {
 		m.upstreamTime.WithLabelValues(method, up).Observe(nextHop.Seconds())
 	}
-	if authFailureOutcomes[outcome] {
+	if slices.Contains(proxy.AuthFailureOutcomes, outcome) {
 		m.authFailures.WithLabelValues(up, outcome).Inc()
 	}
 }
@@ -319,7 +313,7 @@ func (m *Metrics) ChallengeAnswered(upstream, realm string, stale bool) {
 
 // AuthRejected implements proxy.Observer.
 func (m *Metrics) AuthRejected(upstream string) {
-	m.authFailures.WithLabelValues(upstreamLabel(upstream), "rejected").Inc()
+	m.authFailures.WithLabelValues(upstreamLabel(upstream), authFailureReason).Inc()
 }
 
 // Refused implements proxy.Observer.
@@ -419,10 +413,10 @@ func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 		if u.LastRTT > 0 {
 			ch <- prometheus.MustNewConstMetric(c.m.healthRTTDesc, prometheus.GaugeValue, u.LastRTT.Seconds(), u.Name)
 		}
-		if u.Pings > 0 {
-			ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Pings-u.Failures), u.Name, "answered")
-			ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Failures), u.Name, "failed")
-		}
+		// From 0, before the first ping and with health checks off, so
+		// that rate() sees the first failure.
+		ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Pings-u.Failures), u.Name, "answered")
+		ch <- prometheus.MustNewConstMetric(c.m.healthPingDesc, prometheus.CounterValue, float64(u.Failures), u.Name, "failed")
 		c.collectTargets(ch, u)
 	}
 }

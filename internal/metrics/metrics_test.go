@@ -118,7 +118,6 @@ func TestHandlerGaugesAndHealth(t *testing.T) {
 		`authproxy_upstream_pings_total{result="failed",upstream="pbx-b"} 4`,
 		`authproxy_build_info{goversion="go`,
 		`version="v9"} 1`,
-		"authproxy_trunk_registrations 0",
 		`authproxy_upstream_targets{upstream="carrier"} 3`,
 		`authproxy_upstream_target_up{target="192.0.2.1:5060",transport="udp",upstream="carrier"} 1`,
 		`authproxy_upstream_target_up{target="192.0.2.2:5060",transport="udp",upstream="carrier"} 0`,
@@ -131,8 +130,11 @@ func TestHandlerGaugesAndHealth(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if strings.Contains(text, `upstream="pbx-c"`) {
-		t.Error("an upstream of unknown health has health series")
+	if strings.Contains(text, `authproxy_upstream_up{upstream="pbx-c"}`) {
+		t.Error("an upstream of unknown health has an authproxy_upstream_up series")
+	}
+	if !strings.Contains(text, `authproxy_upstream_pings_total{result="failed",upstream="pbx-c"} 0`) {
+		t.Error("an upstream not pinged yet has no authproxy_upstream_pings_total series at 0")
 	}
 	if strings.Contains(text, `target="[2001:db8::1]:5060"`) {
 		t.Error("a target of unknown health has a health series")

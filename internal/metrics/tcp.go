@@ -71,10 +71,22 @@ func (c *tcpCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(s.Open))
 	ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(s.Accepted))
 	ch <- prometheus.MustNewConstMetric(c.acceptErrors, prometheus.CounterValue, float64(s.AcceptErrors))
+	// Every known reason from 0, so that rate() sees the first one.
+	refused := map[string]uint64{tcpguard.ReasonSourceDenied: 0, tcpguard.ReasonPerSourceLimit: 0, tcpguard.ReasonTotalLimit: 0}
 	for reason, n := range s.Refused {
+		refused[reason] = n
+	}
+	for reason, n := range refused {
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(n), reason)
 	}
+	closed := map[string]uint64{tcpguard.ReasonMalformed: 0, tcpguard.ReasonTLSFailed: 0, tcpguard.ReasonTooLarge: 0}
+	for reason := range timeoutReasons {
+		closed[reason] = 0
+	}
 	for reason, n := range s.Closed {
+		closed[reason] = n
+	}
+	for reason, n := range closed {
 		switch {
 		case timeoutReasons[reason] != "":
 			ch <- prometheus.MustNewConstMetric(c.timedOut, prometheus.CounterValue, float64(n), timeoutReasons[reason])

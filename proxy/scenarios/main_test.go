@@ -26,6 +26,9 @@ var sipTrace = &syncBuffer{}
 func TestMain(m *testing.M) {
 	// The proxies run with sipgo's settings as cmd/authproxy sets them.
 	proxy.TuneSIPStack()
+	// sipgo's default logger as cmd/authproxy sets it: the test clients'
+	// shutdown noise ("UDP ref went negative") at DEBUG, unseen.
+	sip.SetDefaultLogger(proxy.SipgoLogger(slog.Default()))
 	sip.SIPDebugTracer(proxy.Tracer{Log: slog.New(slog.NewTextHandler(sipTrace, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	sip.SIPDebug = true
 	os.Exit(m.Run())

@@ -54,6 +54,11 @@ func startOps(t *testing.T, o opsOptions) *opsHarness {
 	h := startHarness(t, harnessOptions{A: o.A, B: o.B, Credentials: o.Credentials, Upstreams: o.Upstreams, Observer: tap, Health: o.Health})
 	p := h.Proxy
 	m.Attach(p)
+	var known metrics.Known
+	for _, u := range h.Config.Upstreams {
+		known.Upstreams = append(known.Upstreams, u.Name)
+	}
+	m.Prime(known)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

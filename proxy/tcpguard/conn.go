@@ -34,13 +34,18 @@ type conn struct {
 	handshook  bool
 	pending    counter // a close decided while bytes were still handed on, or cNone
 
-	// With Config.Inspect (insp): the bytes of the message in progress, held back
+	// With Config.Inspect (insp) or Config.Tap: the bytes of the message in progress, held back
 	// until it is complete, and those of the messages it let through, not
 	// read yet (from outOff on).
 	insp   func(msg []byte, transport string, from netip.AddrPort) (bool, []byte)
+	hold   bool // Inspect or Tap is set: messages are held back until complete
 	held   []byte
 	out    []byte
 	outOff int
+
+	// With Config.Tap: the tap and the connection's addresses.
+	tap           func(msg []byte, sent bool, local, remote netip.AddrPort)
+	local, remote netip.AddrPort
 
 	closeOnce sync.Once
 }
@@ -48,6 +53,10 @@ type conn struct {
 func newConn(g *Guard, raw net.Conn, src netip.Addr, peer Peer, tlsConf *tls.Config) *conn {
 	c := &conn{Conn: raw, g: g, src: src, peer: peer, lim: g.cfg.Limits, since: time.Now(), insp: g.cfg.Inspect}
 	c.fr.MaxSize = c.lim.MaxMessageSize
+	c.hold = c.insp != nil || g.cfg.Tap != nil
+	if g.cfg.Tap != nil {
+		c.tap, c.local, c.remote = g.cfg.Tap, addrPort(raw.LocalAddr()), addrPort(raw.RemoteAddr())
+	}
 	if tlsConf != nil {
 		c.tls = tls.Server(raw, tlsConf)
 		c.Conn = c.tls
@@ -82,7 +91,7 @@ func (c *conn) Read(b []byte) (int, error) {
 		}
 		n, err := c.Conn.Read(b)
 		out, why := c.frame(b, n, time.Now())
-		if c.insp != nil {
+		if c.hold {
 			out = c.drain(b)
 		}
 		if why != cNone {
@@ -137,7 +146,7 @@ func (c *conn) frame(b []byte, n int, now time.Time) (int, counter) {
 	for len(data) > 0 {
 		was := c.fr.InMessage()
 		k, msg, ev := c.fr.Next(data)
-		if msg && c.insp != nil {
+		if msg && c.hold {
 			c.held = append(c.held, data[:k]...)
 		} else if msg {
 			out += copy(b[out:], data[:k])
@@ -149,7 +158,7 @@ func (c *conn) frame(b []byte, n int, now time.Time) (int, counter) {
 		switch ev {
 		case End:
 			c.gotFirst, c.lastActive = true, now
-			if c.insp != nil {
+			if c.hold {
 				c.inspect()
 			}
 		case KeepAlive:
@@ -167,9 +176,18 @@ func (c *conn) frame(b []byte, n int, now time.Time) (int, counter) {
 	return out, cNone
 }
 
-// inspect shows the message held back, now complete, to Config.Inspect:
-// passed on (queued for Read), or dropped; its answer, if any, written.
+// inspect shows the message held back, now complete, to Config.Tap and
+// Config.Inspect: passed on (queued for Read), or dropped; its answer, if
+// any, written.
 func (c *conn) inspect() {
+	if c.tap != nil {
+		c.tap(c.held, false, c.local, c.remote)
+	}
+	if c.insp == nil {
+		c.out = append(c.out, c.held...)
+		c.held = c.held[:0]
+		return
+	}
 	transport := "TCP"
 	if c.tls != nil {
 		transport = "TLS"
@@ -201,11 +219,31 @@ func (c *conn) drain(b []byte) int {
 	return n
 }
 
+// Write writes b and shows what was written to Config.Tap (net.Conn).
+func (c *conn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if c.tap != nil && n > 0 {
+		c.tap(b[:n], true, c.local, c.remote)
+	}
+	return n, err
+}
+
+// addrPort is a's address and port, IPv4-mapped addresses unmapped; zero
+// for an address of no IP.
+func addrPort(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
 // write sends b under writeTimeout. Writes of the SIP stack have no
 // deadline, so the deadline is cleared again.
 func (c *conn) write(b []byte) error {
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, err := c.Conn.Write(b)
+	_, err := c.Write(b)
 	_ = c.Conn.SetWriteDeadline(time.Time{})
 	return err
 }

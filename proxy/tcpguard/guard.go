@@ -93,6 +93,12 @@ type Config struct {
 	// remote address. It runs on the connection's reading goroutine and
 	// must not keep msg.
 	Inspect func(msg []byte, transport string, from netip.AddrPort) (pass bool, answer []byte)
+	// Tap, when set, sees each complete message a connection reads (before
+	// Inspect) and everything written on it (sent true): the SIP stack's
+	// writes, one message each, and the guard's own (answers, CRLF
+	// pongs). local and remote are the connection's addresses. It runs on
+	// the reading or writing goroutine and must not keep msg.
+	Tap func(msg []byte, sent bool, local, remote netip.AddrPort)
 }
 
 // Refusal and close reasons, as Stats and the logs name them.
