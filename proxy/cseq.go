@@ -33,7 +33,10 @@ type cseqTable struct {
 }
 
 type cseqEntry struct {
-	offset  uint32
+	offset uint32
+	// stored marks a REGISTER's offset, which the state store holds too
+	// (cseqstore.go); it fits in the padding after offset.
+	stored  bool
 	expires int64 // Unix nanoseconds
 }
 
@@ -78,8 +81,8 @@ func (t *cseqTable) touch(k cseqKey, now time.Time, ttl time.Duration) {
 	}
 }
 
-// raise sets the offset for k to off when that is larger, keeping the
-// entry until now+ttl at least.
+// raise sets the offset for k to off (read from the state store) when
+// that is larger, keeping the entry until now+ttl at least.
 func (t *cseqTable) raise(k cseqKey, off uint32, now time.Time, ttl time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -88,18 +91,30 @@ func (t *cseqTable) raise(k cseqKey, off uint32, now time.Time, ttl time.Duratio
 		k = cseqKey{callID: strings.Clone(k.callID), fromTag: strings.Clone(k.fromTag)}
 	}
 	e.offset = max(e.offset, off)
+	e.stored = true // raised from the store's value
 	e.expires = max(e.expires, now.Add(ttl).UnixNano())
 	t.entries[k] = e
 }
 
-// all returns every live entry (to write them back to a store).
-func (t *cseqTable) all(now time.Time) map[cseqKey]cseqEntry {
+// markStored notes that k's offset is in the state store too.
+func (t *cseqTable) markStored(k cseqKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.entries[k]; ok && !e.stored {
+		e.stored = true
+		t.entries[k] = e
+	}
+}
+
+// stored returns the live entries markStored marked (to write them back
+// to a store that lost them).
+func (t *cseqTable) stored(now time.Time) map[cseqKey]cseqEntry {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := now.UnixNano()
-	out := make(map[cseqKey]cseqEntry, len(t.entries))
+	out := map[cseqKey]cseqEntry{}
 	for k, e := range t.entries {
-		if n < e.expires {
+		if e.stored && n < e.expires {
 			out[k] = e
 		}
 	}

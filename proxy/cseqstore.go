@@ -69,15 +69,15 @@ func (p *Proxy) saveRegisterOffset(k cseqKey, ttl time.Duration) {
 	if off == 0 {
 		return
 	}
+	p.cseq.markStored(k)
 	p.store.put(cseqStoreKey(k), []byte(strconv.FormatUint(uint64(off), 10)), ttl)
 }
 
 // republishOffsets writes the REGISTER offsets back (the store returned
-// empty). Only REGISTER's are in the store; the local table does not say
-// which entries are, so every entry goes back, with its remaining life.
+// empty), each with its remaining life.
 func (p *Proxy) republishOffsets() {
 	now := time.Now()
-	for k, e := range p.cseq.all(now) {
+	for k, e := range p.cseq.stored(now) {
 		if e.offset > 0 {
 			p.store.put(cseqStoreKey(k), []byte(strconv.FormatUint(uint64(e.offset), 10)), time.Duration(e.expires-now.UnixNano()))
 		}
