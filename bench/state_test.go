@@ -114,4 +114,3 @@ func timedRegister(t *testing.T) string {
 	}
 	return p
 }
-
