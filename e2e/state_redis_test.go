@@ -256,7 +256,7 @@ func registersAnswered(logs string) int {
 
 // TestStateRedisOutage: SIPp registers (and refreshes) through A, two
 // instances sharing a redis-server, while redis-server is stopped for
-// as long as A takes to answer 300 REGISTERs (about 8 s at this rate) and
+// as long as A takes to answer 400 REGISTERs (about 10 s at this rate) and
 // started again, empty (no persistence). No REGISTER fails: A serves from
 // its own memory, /status says the store is down, and once it is back both
 // instances write their state again: a phone that registered through A
@@ -293,8 +293,8 @@ func TestStateRedisOutage(t *testing.T) {
 		t.Fatalf("REGISTER through A while the store is down: %d", code)
 	}
 	mark := registersAnswered(a.ap.Logs())
-	testutil.Eventually(t, "A to answer 300 more REGISTERs with the store down", func() bool {
-		return registersAnswered(a.ap.Logs()) >= mark+300
+	testutil.Eventually(t, "A to answer 400 more REGISTERs with the store down", func() bool {
+		return registersAnswered(a.ap.Logs()) >= mark+400
 	})
 	rd.Start()
 	t.Logf("redis-server was down %v", time.Since(stopped).Round(time.Millisecond))
