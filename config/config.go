@@ -168,6 +168,9 @@ type Limits struct {
 	// ExemptNetworks are sources exempt from rate, max_per_source and the
 	// auth_failures block (a trusted office behind one NAT address).
 	ExemptNetworks []netip.Prefix
+	// Shared makes rate and burst hold across the instances sharing
+	// [state] backend = "redis" (docs/state.md).
+	Shared bool
 }
 
 // Log is the [log] table: how cmd/authproxy builds its slog handler.

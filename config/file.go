@@ -88,6 +88,7 @@ type fileLimits struct {
 	UserAuthFailures int      `koanf:"user_auth_failures"`
 	UserBlockFor     string   `koanf:"user_block_for"`
 	ExemptNetworks   []string `koanf:"exempt_networks"`
+	Shared           bool     `koanf:"shared"`
 }
 
 type fileTCP struct {
@@ -278,6 +279,7 @@ deny = "reject"
 user_auth_failures = 5
 user_block_for = "5m"
 exempt_networks = []
+shared = false
 
 [tcp]
 max_connections = 10000

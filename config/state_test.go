@@ -46,6 +46,7 @@ func TestState(t *testing.T) {
 		{"RedisCAWithoutTLS", "[state]\nbackend = \"redis\"\n[state.redis]\naddress = \"127.0.0.1:6379\"\nca_file = \"ca.pem\"", "state.redis.ca_file", config.ErrInvalid},
 		{"RedisTimeout", "[state]\nbackend = \"redis\"\n[state.redis]\naddress = \"127.0.0.1:6379\"\ntimeout = \"1m\"", "state.redis.timeout", config.ErrInvalid},
 		{"UnknownKey", "[state]\nbakend = \"file\"", "state.bakend", config.ErrUnknownKey},
+		{"SharedLimitsWithoutRedis", "[limits]\nshared = true", "limits.shared", config.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse([]byte(st(tc.toml)), env(nil))

@@ -68,7 +68,9 @@ const (
 	maxRedisDB      = 1 << 16
 )
 
-func (v *validator) buildState(s fileState) State {
+// buildState validates [state]; sharedLimits is [limits] shared, which
+// needs a shared backend.
+func (v *validator) buildState(s fileState, sharedLimits bool) State {
 	out := State{Backend: s.Backend, Instance: s.Instance, Readiness: s.Readiness}
 	switch s.Backend {
 	case "file", "memory", "redis":
@@ -90,6 +92,9 @@ func (v *validator) buildState(s fileState) State {
 	}
 	r := s.Redis
 	if s.Backend != "redis" {
+		if sharedLimits {
+			v.add("limits.shared", "true", `needs state.backend = "redis": a store the instances share`, ErrInvalid, nil)
+		}
 		if r.Address != "" {
 			v.add("state.redis.address", strconv.Quote(r.Address), `is set but state.backend is not "redis"`, ErrInvalid, nil)
 		}

@@ -451,6 +451,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	storeCtx, stopStore := context.WithCancel(context.Background())
 	var storing sync.WaitGroup
 	storing.Go(func() { p.store.run(storeCtx, p.member) })
+	storing.Go(func() { p.runSharedRate(storeCtx) })
 	defer func() {
 		stopStore()
 		storing.Wait()

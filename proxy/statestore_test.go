@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -68,6 +69,12 @@ func TestStateSync_RedisOutage(t *testing.T) {
 // newStoreProxy is a proxy on st, not running (no sockets).
 func newStoreProxy(t *testing.T, st state.Store) *Proxy {
 	t.Helper()
+	return newStoreProxyWith(t, st, Limits{})
+}
+
+// newStoreProxyWith is newStoreProxy with limits l.
+func newStoreProxyWith(t *testing.T, st state.Store, l Limits) *Proxy {
+	t.Helper()
 	store, err := credentials.NewStore(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +86,7 @@ func newStoreProxy(t *testing.T, st state.Store) *Proxy {
 		Logger:      slog.New(slog.DiscardHandler),
 		State:       st,
 		Instance:    "a",
+		Limits:      l,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -135,5 +143,62 @@ func TestStateRestored(t *testing.T) {
 	}
 	if got := p2.cseq.offset(k); got != 2 {
 		t.Fatalf("CSeq offset = %d, want 2", got)
+	}
+}
+
+// sharedMemory is an in-memory store that says it is shared: proxies on it
+// act as a cluster on Redis would.
+type sharedMemory struct{ *state.Memory }
+
+func (sharedMemory) Shared() bool { return true }
+
+// TestSharedRateLimit: with Limits.Shared, three instances that each
+// admitted a source's burst (within their own limits) together passed
+// the cluster's Rate+Burst in one second: each instance that adds its
+// count and sees the total refuses the source until that second ends, even
+// with tokens left in its own bucket; the next second admits it again.
+func TestSharedRateLimit(t *testing.T) {
+	st := sharedMemory{state.NewMemory()}
+	l := Limits{Rate: 10, Burst: 10, Shared: true}
+	ps := []*Proxy{newStoreProxyWith(t, st, l), newStoreProxyWith(t, st, l), newStoreProxyWith(t, st, l)}
+	src := netip.MustParseAddr("192.0.2.7")
+	now := time.Unix(1000, 0)
+	for i, p := range ps {
+		for range 10 {
+			if v := p.limiter.enter(src, now); v != limitOK {
+				t.Fatalf("instance %d: %v within its own burst", i, v)
+			}
+			p.limiter.leave(src)
+		}
+	}
+	for _, p := range ps {
+		p.syncSharedRate(t.Context(), now)
+	}
+	later := now.Add(500 * time.Millisecond) // 5 tokens back in every bucket
+	if v := ps[2].limiter.enter(src, later); v != limitRate {
+		t.Fatalf("the instance that saw 30 > 20 admitted the source: %v", v)
+	}
+	if v := ps[0].limiter.enter(src, later); v != limitOK {
+		t.Fatalf("an instance that has not seen the total yet: %v, want admitted by its own bucket", v)
+	}
+	ps[0].limiter.leave(src)
+	ps[0].syncSharedRate(t.Context(), later)
+	if v := ps[0].limiter.enter(src, later.Add(time.Millisecond)); v != limitRate {
+		t.Fatalf("after adding its count to the total: %v, want rate-limited", v)
+	}
+	next := time.Unix(1001, int64(100*time.Millisecond))
+	if v := ps[2].limiter.enter(src, next); v != limitOK {
+		t.Fatalf("the next second: %v, want admitted", v)
+	}
+	ps[2].limiter.leave(src)
+	// Without Shared, the counts are not kept and nothing is blocked.
+	solo := newStoreProxyWith(t, st, Limits{Rate: 10, Burst: 10})
+	for range 10 {
+		solo.limiter.enter(src, now)
+		solo.limiter.leave(src)
+	}
+	solo.syncSharedRate(t.Context(), now)
+	if v := solo.limiter.enter(src, later); v != limitOK {
+		t.Fatalf("without Shared: %v", v)
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -332,6 +334,29 @@ func (f *File) Scan(ctx context.Context, prefix string, fn func(string, []byte) 
 		}
 	}
 	return nil
+}
+
+// Add implements Store (one process owns the file: the read-modify-write
+// needs only the lease mutex).
+func (f *File) Add(_ context.Context, deltas map[string]int64, ttl time.Duration) (map[string]int64, error) {
+	f.leaseMu.Lock()
+	defer f.leaseMu.Unlock()
+	now := f.now()
+	out := make(map[string]int64, len(deltas))
+	for k, d := range deltas {
+		var n int64
+		if v, exp, err := f.get(k); err == nil && (exp.IsZero() || now.Before(exp)) {
+			n, _ = strconv.ParseInt(string(v), 10, 64)
+		} else if errors.Is(err, ErrClosed) {
+			return nil, err
+		}
+		n += d
+		if err := f.put(k, pendingOp{value: []byte(strconv.FormatInt(n, 10)), expires: expiry(now, ttl)}); err != nil {
+			return nil, err
+		}
+		out[k] = n
+	}
+	return out, nil
 }
 
 // token returns the last fencing token granted for name.

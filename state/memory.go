@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -94,6 +95,27 @@ func (m *Memory) Scan(ctx context.Context, prefix string, fn func(string, []byte
 		}
 	}
 	return nil
+}
+
+// Add implements Store.
+func (m *Memory) Add(_ context.Context, deltas map[string]int64, ttl time.Duration) (map[string]int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	now := m.now()
+	out := make(map[string]int64, len(deltas))
+	for k, d := range deltas {
+		var n int64
+		if it, ok := m.items[k]; ok && it.live(now) {
+			n, _ = strconv.ParseInt(string(it.value), 10, 64)
+		}
+		n += d
+		m.items[k] = item{value: []byte(strconv.FormatInt(n, 10)), expires: expiry(now, ttl)}
+		out[k] = n
+	}
+	return out, nil
 }
 
 const leasePrefix = "lease/"

@@ -156,6 +156,31 @@ func (r *Redis) Scan(ctx context.Context, prefix string, fn func(string, []byte)
 	}
 }
 
+// Add implements Store: INCRBY and PEXPIRE per key, all in one pipeline
+// (one round trip).
+func (r *Redis) Add(ctx context.Context, deltas map[string]int64, ttl time.Duration) (map[string]int64, error) {
+	keys := make([]string, 0, len(deltas))
+	cmds := make([]*redis.IntCmd, 0, len(deltas))
+	_, err := r.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for k, d := range deltas {
+			keys = append(keys, k)
+			cmds = append(cmds, p.IncrBy(ctx, r.k(k), d))
+			if ttl > 0 {
+				p.PExpire(ctx, r.k(k), ttl)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redis incrby: %w", err)
+	}
+	out := make(map[string]int64, len(keys))
+	for i, k := range keys {
+		out[k] = cmds[i].Val()
+	}
+	return out, nil
+}
+
 const tokenPrefix = "token/"
 
 // renewScript extends a lease only when it still holds the caller's value.

@@ -42,6 +42,10 @@ type Store interface {
 	// Scan calls fn for every live key starting with prefix, in no
 	// particular order.
 	Scan(ctx context.Context, prefix string, fn func(key string, value []byte) error) error
+	// Add adds each delta to its key's counter (a missing or expired key
+	// counts from 0), keeps each counter for ttl after the add, and
+	// returns the new values: the counters of cluster-wide limits.
+	Add(ctx context.Context, deltas map[string]int64, ttl time.Duration) (map[string]int64, error)
 
 	// Acquire takes the lease name for holder for ttl, when nobody else
 	// holds it (ErrHeld otherwise). Each grant carries a fencing token

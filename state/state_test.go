@@ -75,6 +75,18 @@ func contract(t *testing.T, open func(t *testing.T) state.Store) {
 			t.Fatalf("Scan(b/) = %q, want [b/1 b/2]", got)
 		}
 	})
+	t.Run("Add", func(t *testing.T) {
+		s := open(t)
+		ctx := t.Context()
+		got, err := s.Add(ctx, map[string]int64{"r/a": 3, "r/b": 1}, time.Hour)
+		if err != nil || got["r/a"] != 3 || got["r/b"] != 1 {
+			t.Fatalf("Add = %v, %v; want a=3 b=1", got, err)
+		}
+		got, err = s.Add(ctx, map[string]int64{"r/a": 4}, time.Hour)
+		if err != nil || got["r/a"] != 7 {
+			t.Fatalf("second Add = %v, %v; want a=7", got, err)
+		}
+	})
 	t.Run("LeaseOneHolder", func(t *testing.T) {
 		s := open(t)
 		ctx := t.Context()

@@ -230,7 +230,7 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
 			UserAuthFailures: cfg.Limits.UserAuthFailures, UserBlockFor: cfg.Limits.UserBlockFor,
-			Exempt: cfg.Limits.ExemptNetworks,
+			Exempt: cfg.Limits.ExemptNetworks, Shared: cfg.Limits.Shared,
 		},
 		TCP: tcpguard.Limits{
 			MaxConns: cfg.TCP.MaxConnections, MaxConnsPerSource: cfg.TCP.MaxConnectionsPerSource,
