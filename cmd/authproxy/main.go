@@ -30,7 +30,6 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/lmittmann/tint"
 
-	"github.com/authproxy/authproxy"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/proxy"
@@ -102,7 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	if source == "" {
 		source = embeddedSource
-		cfg, err = config.Parse(authproxy.ExampleConfig, opts...)
+		cfg, err = parseExample(opts...)
 	} else {
 		cfg, err = config.Load(source, opts...)
 	}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/knadh/koanf/providers/file"
 
-	"github.com/authproxy/authproxy"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/admin"
@@ -62,7 +61,7 @@ type daemon struct {
 // load reads and validates the configuration the daemon runs on.
 func (d *daemon) load() (*config.Config, error) {
 	if d.path == "" {
-		return config.Parse(authproxy.ExampleConfig)
+		return parseExample()
 	}
 	cfg, err := config.Load(d.path)
 	if err == nil && !d.allowSamples {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/authproxy/authproxy"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/internal/admin"
 	"github.com/authproxy/authproxy/proxy"
@@ -54,6 +55,17 @@ func openStore(c config.State, log *slog.Logger) (state.Store, error) {
 		return r, nil
 	}
 	return nil, fmt.Errorf("state: unknown backend %q", c.Backend)
+}
+
+// parseExample parses the embedded config.example.toml for a run without
+// -config (the demo). It keeps no state file: the example's relative
+// [state] dir would land in whatever directory the demo was started from.
+func parseExample(opts ...config.Option) (*config.Config, error) {
+	cfg, err := config.Parse(authproxy.ExampleConfig, opts...)
+	if err == nil && cfg.State.Backend == config.BackendFile {
+		cfg.State.Backend, cfg.State.Dir = config.BackendMemory, ""
+	}
+	return cfg, err
 }
 
 // redisTLS is the TLS configuration of a Redis connection: verified with
