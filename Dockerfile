@@ -53,10 +53,16 @@ ARG VERSION=dev
 ARG COMMIT=unknown
 RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/authproxy ./cmd/authproxy
 RUN /out/authproxy -check -allow-sample-secrets -config config.example.toml
+# The state file's directory ([state] backend = "file"), owned by nonroot:
+# the image has no shell to make it, and /etc/authproxy is not writable.
+RUN mkdir -p /out/state
 
 FROM gcr.io/distroless/static-debian12:nonroot${DISTROLESS_DIGEST}
 COPY --from=build /out/authproxy /usr/local/bin/authproxy
 COPY --from=build /src/config.example.toml /etc/authproxy/authproxy.toml
+COPY --from=build --chown=nonroot:nonroot /out/state /var/lib/authproxy
+ENV AUTHPROXY_STATE__DIR=/var/lib/authproxy
+VOLUME /var/lib/authproxy
 ENV AUTHPROXY_ADMIN__ADDRESS=0.0.0.0:9060
 USER nonroot:nonroot
 EXPOSE 5060/udp 5060/tcp 9060/tcp

@@ -56,6 +56,8 @@ type Config struct {
 	Registrations []Registration
 	// Runtime is the [runtime] table.
 	Runtime Runtime
+	// State is the [state] table.
+	State State
 	// Capture is the [capture] table (capture.go).
 	Capture Capture
 }
@@ -168,6 +170,9 @@ type Limits struct {
 	// ExemptNetworks are sources exempt from rate, max_per_source and the
 	// auth_failures block (a trusted office behind one NAT address).
 	ExemptNetworks []netip.Prefix
+	// Shared makes rate and burst hold across the instances sharing
+	// [state] backend = "redis" (docs/state.md).
+	Shared bool
 }
 
 // Log is the [log] table: how cmd/authproxy builds its slog handler.

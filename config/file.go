@@ -28,6 +28,7 @@ type fileConfig struct {
 	TCP        fileTCP          `koanf:"tcp"`
 	WebSocket  fileWebSocket    `koanf:"websocket"`
 	Runtime    fileRuntime      `koanf:"runtime"`
+	State      fileState        `koanf:"state"`
 	Capture    fileCapture      `koanf:"capture"`
 	// Registration lists the trunk registrations authproxy keeps up.
 	Registration []fileRegistration `koanf:"registration"`
@@ -88,6 +89,7 @@ type fileLimits struct {
 	UserAuthFailures int      `koanf:"user_auth_failures"`
 	UserBlockFor     string   `koanf:"user_block_for"`
 	ExemptNetworks   []string `koanf:"exempt_networks"`
+	Shared           bool     `koanf:"shared"`
 }
 
 type fileTCP struct {
@@ -106,6 +108,31 @@ type fileWebSocket struct {
 	IdleTimeout             string `koanf:"idle_timeout"`
 	PingInterval            string `koanf:"ping_interval"`
 	MaxMessageSize          int    `koanf:"max_message_size"`
+}
+
+// fileState is the [state] table: where bindings, REGISTER CSeq offsets
+// and trunk registrations' state are kept (docs/state.md).
+type fileState struct {
+	Backend   string         `koanf:"backend"`
+	Dir       string         `koanf:"dir"`
+	Instance  string         `koanf:"instance"`
+	Lease     string         `koanf:"lease"`
+	Readiness bool           `koanf:"readiness"`
+	Redis     fileStateRedis `koanf:"redis"`
+}
+
+type fileStateRedis struct {
+	Address      string  `koanf:"address"`
+	Username     string  `koanf:"username"`
+	Password     *string `koanf:"password"`
+	PasswordEnv  *string `koanf:"password_env"`
+	PasswordFile *string `koanf:"password_file"`
+	DB           int     `koanf:"db"`
+	TLS          bool    `koanf:"tls"`
+	CAFile       string  `koanf:"ca_file"`
+	ServerName   string  `koanf:"server_name"`
+	Prefix       string  `koanf:"prefix"`
+	Timeout      string  `koanf:"timeout"`
 }
 
 type fileRuntime struct {
@@ -208,7 +235,8 @@ func isSecretKey(name string) bool {
 func isDurationKey(name string) bool {
 	switch name {
 	case "shutdown_grace", "options_interval", "timer_c", "dialog_idle_timeout", "failover_timeout",
-		"min_ttl", "max_ttl", "timeout", "block_for", "user_block_for", "idle_timeout", "message_timeout", "handshake_timeout":
+		"min_ttl", "max_ttl", "timeout", "block_for", "user_block_for", "idle_timeout", "message_timeout", "handshake_timeout",
+		"lease":
 		return true
 	}
 	return false
@@ -266,6 +294,7 @@ deny = "reject"
 user_auth_failures = 5
 user_block_for = "5m"
 exempt_networks = []
+shared = false
 
 [tcp]
 max_connections = 10000
@@ -287,4 +316,21 @@ max_message_size = 32768
 max_procs = 0
 gc_percent = 0
 memory_limit = ""
+
+[state]
+backend = "file"
+dir = "state"
+instance = ""
+lease = "15s"
+readiness = false
+
+[state.redis]
+address = ""
+username = ""
+db = 0
+tls = false
+ca_file = ""
+server_name = ""
+prefix = "authproxy:"
+timeout = "500ms"
 `

@@ -89,6 +89,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	v.checkRegistrationCredentials(fc.Registration, cfg.Credentials, idx)
 	v.checkNamesAsHosts(fc.Upstream, fc.Registration, cfg.Groups, idx)
 	cfg.Runtime = v.buildRuntime(fc.Runtime)
+	cfg.State = v.buildState(fc.State, fc.Limits.Shared)
 	cfg.Capture = v.buildCapture(fc.Capture)
 	return cfg
 }
@@ -169,6 +170,7 @@ func (v *validator) buildLimits(l fileLimits) Limits {
 	}
 	out.UserBlockFor = ud
 	out.ExemptNetworks = v.prefixes("limits.exempt_networks", l.ExemptNetworks)
+	out.Shared = l.Shared
 	switch strings.ToLower(l.Deny) {
 	case "reject":
 	case "drop":

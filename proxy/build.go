@@ -120,6 +120,9 @@ func (f *forwarding) forwardEdits() (forwardEdits, error) {
 	}
 	e.seq = cseq.SeqNo
 	if !f.toClient {
+		if f.req.Method == sip.REGISTER {
+			f.p.loadRegisterOffset(f.key)
+		}
 		if off := f.p.cseq.offset(f.key); off > 0 {
 			// Every request after an answered challenge is shifted by the
 			// numbers authproxy added upstream (§12.2.1.1, §10.3 step 7).

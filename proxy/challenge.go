@@ -226,6 +226,9 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 	f.rounds++
 	f.p.cfg.Observer.RequestResent(f.up.Name)
 	f.p.cseq.add(f.key, 1, now, f.cseqTTL(nil))
+	if f.req.Method == sip.REGISTER && !f.own {
+		f.p.saveRegisterOffset(f.key, f.cseqTTL(nil))
+	}
 	f.fwd = next
 	f.log.Debug("answering challenge", logStatus, res.StatusCode, logRealms, f.realms, logCredential, f.credIDs)
 	return f.send(next)

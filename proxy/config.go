@@ -18,6 +18,7 @@ import (
 	"github.com/authproxy/authproxy/proxy/resolve"
 	"github.com/authproxy/authproxy/proxy/tcpguard"
 	"github.com/authproxy/authproxy/proxy/wsgate"
+	"github.com/authproxy/authproxy/state"
 )
 
 // Listener is one local socket the proxy serves clients (and upstream
@@ -184,6 +185,23 @@ type Config struct {
 	// (RFC 3263 §4.3); the last attempt keeps UpstreamTimeout. Zero means
 	// 4s.
 	FailoverTimeout time.Duration
+	// State is where the bindings, REGISTER CSeq offsets, trunk
+	// registrations' state and leases go (docs/state.md); nil keeps them
+	// in memory only. The proxy does not close it.
+	State state.Store
+	// StateBackend names State's backend, for /status ("memory", "file",
+	// "redis").
+	StateBackend string
+	// Instance names this instance in a shared store (lease holder,
+	// cluster member). Empty means the host name and the process ID.
+	Instance string
+	// LeaseTTL is how long a trunk registration's lease lasts without
+	// renewal in a shared store: a dead holder's trunk is taken over
+	// within it. Zero means 15s.
+	LeaseTTL time.Duration
+	// StateReadiness makes Ready report not ready while a shared store
+	// does not answer.
+	StateReadiness bool
 	// Capture sends a HEPv3 copy of every SIP message authproxy's sockets
 	// read or write to a receiver (capture.go); the zero value sends
 	// none. Reload does not apply a change.

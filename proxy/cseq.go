@@ -33,7 +33,10 @@ type cseqTable struct {
 }
 
 type cseqEntry struct {
-	offset  uint32
+	offset uint32
+	// stored marks a REGISTER's offset, which the state store holds too
+	// (cseqstore.go); it fits in the padding after offset.
+	stored  bool
 	expires int64 // Unix nanoseconds
 }
 
@@ -76,6 +79,46 @@ func (t *cseqTable) touch(k cseqKey, now time.Time, ttl time.Duration) {
 			t.entries[k] = e
 		}
 	}
+}
+
+// raise sets the offset for k to off (read from the state store) when
+// that is larger, keeping the entry until now+ttl at least.
+func (t *cseqTable) raise(k cseqKey, off uint32, now time.Time, ttl time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.entries[k]
+	if !ok {
+		k = cseqKey{callID: strings.Clone(k.callID), fromTag: strings.Clone(k.fromTag)}
+	}
+	e.offset = max(e.offset, off)
+	e.stored = true // raised from the store's value
+	e.expires = max(e.expires, now.Add(ttl).UnixNano())
+	t.entries[k] = e
+}
+
+// markStored notes that k's offset is in the state store too.
+func (t *cseqTable) markStored(k cseqKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.entries[k]; ok && !e.stored {
+		e.stored = true
+		t.entries[k] = e
+	}
+}
+
+// stored returns the live entries markStored marked (to write them back
+// to a store that lost them).
+func (t *cseqTable) stored(now time.Time) map[cseqKey]cseqEntry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := now.UnixNano()
+	out := map[cseqKey]cseqEntry{}
+	for k, e := range t.entries {
+		if e.stored && n < e.expires {
+			out[k] = e
+		}
+	}
+	return out
 }
 
 // remove forgets k (its dialog or transaction ended).

@@ -77,9 +77,6 @@ type destination struct {
 	up   *upstream // the upstream the request goes to (or comes from, toward a registered client); nil in a dialog toward a client
 	dlg  *dialog   // the dialog the request belongs to, if known
 	bind *binding  // the registered client an upstream's request goes to (registrar.go)
-	// flowFailed: the request came through the Path of a WebSocket client
-	// whose connection has closed (routeFlow): answered 430.
-	flowFailed bool
 }
 
 // answering is the challenge exchange: what was sent and answered

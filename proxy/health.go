@@ -104,6 +104,9 @@ func (p *Proxy) Readiness() error {
 	if p.flight.isDraining() {
 		return ErrDraining
 	}
+	if err := p.StoreReady(); err != nil {
+		return err
+	}
 	if p.health.config().Interval <= 0 {
 		return nil
 	}

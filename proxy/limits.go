@@ -42,6 +42,12 @@ type Limits struct {
 	// Drop makes refused UDP requests go unanswered instead of answered with
 	// 403/503: a flood then costs the proxy no outgoing traffic.
 	Drop bool
+	// Shared makes Rate and Burst hold across the instances sharing the
+	// state store (sharedlimits.go): a source that sent more than
+	// Rate+Burst requests in one second through all of them together is
+	// refused until that second ends. Without a shared store it changes
+	// nothing.
+	Shared bool
 }
 
 // sourceState is what the limiter remembers of one source address.
@@ -55,6 +61,11 @@ type sourceState struct {
 	blockedUntil time.Time
 	// exempt: the source is in Limits.Exempt (as of its last request).
 	exempt bool
+	// unsynced counts the requests admitted since the last sync of the
+	// cluster-wide counters, and clusterUntil is when the cluster's
+	// verdict on the source ends (Limits.Shared, sharedlimits.go).
+	unsynced     int64
+	clusterUntil time.Time
 }
 
 // limiter enforces Limits. One mutex: every operation is a few map and
@@ -140,6 +151,9 @@ func (lm *limiter) enter(src netip.Addr, now time.Time) limitVerdict {
 	if now.Before(s.blockedUntil) {
 		return limitBlocked
 	}
+	if lm.l.Shared && now.Before(s.clusterUntil) {
+		return limitRate
+	}
 	if lm.l.Rate > 0 {
 		s.tokens += now.Sub(s.last).Seconds() * lm.l.Rate
 		if s.tokens > float64(lm.l.Burst) {
@@ -158,6 +172,9 @@ func (lm *limiter) enter(src netip.Addr, now time.Time) limitVerdict {
 	}
 	if lm.l.Rate > 0 {
 		s.tokens--
+		if lm.l.Shared {
+			s.unsynced++
+		}
 	}
 	s.active++
 	lm.total++
@@ -225,7 +242,10 @@ func (lm *limiter) sweepLocked(now time.Time) {
 	lm.sweepUsersLocked(now)
 	for a, s := range lm.sources {
 		full := lm.l.Rate <= 0 || float64(lm.l.Burst) <= s.tokens+now.Sub(s.last).Seconds()*lm.l.Rate
-		if s.active == 0 && full && now.After(s.blockedUntil) && (s.fails == 0 || now.Sub(s.seen) > failMemory) {
+		// A count not yet added to the cluster's, or the cluster's verdict,
+		// is held too (Limits.Shared).
+		cluster := s.unsynced > 0 || now.Before(s.clusterUntil)
+		if s.active == 0 && full && !cluster && now.After(s.blockedUntil) && (s.fails == 0 || now.Sub(s.seen) > failMemory) {
 			delete(lm.sources, a)
 		}
 	}

@@ -31,9 +31,10 @@ import (
 // stack it runs on, the tables of request and dialog state, the guards on
 // what sources send, the services kept per upstream, and the listeners.
 type Proxy struct {
-	cfg Config
-	log *slog.Logger
-	rt  atomic.Pointer[routing] // upstreams, groups, credentials: swapped whole by Reload
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+	rt      atomic.Pointer[routing] // upstreams, groups, credentials: swapped whole by Reload
 	sipStack
 	stateTables
 	sourceGuards
@@ -93,6 +94,7 @@ type sourceGuards struct {
 type upstreamServices struct {
 	health  *healthChecker // OPTIONS pings to the upstreams' targets (health.go)
 	regs    *regManager    // trunk registrations (registration.go)
+	store   *stateSync     // the state store (statestore.go)
 	targets *targets       // what upstream names resolve to (targets.go)
 	tlsConn *tlsConnector  // TLS connections to upstream targets, verified for their names (tlsconn.go)
 	tcpConn *tcpConnector  // TCP connections to upstream targets, with capture on (tcpconn.go); nil otherwise
@@ -164,6 +166,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg:              cfg,
 		log:              log,
+		started:          time.Now(),
 		upstreamServices: upstreamServices{targets: tg},
 		sipStack:         sipStack{parser: sip.NewParser(sip.WithHeadersParsers(lenientHeaderParsers()))},
 		stateTables: stateTables{
@@ -189,6 +192,8 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.rt.Store(rt)
 	p.health = newHealthChecker(p, cfg.Health)
+	p.store = newStateSync(cfg.State, instanceName(cfg.Instance), cfg.LeaseTTL, log)
+	p.store.republish = p.republishState
 	p.regs = newRegManager(p)
 	guard := tcpguard.Config{
 		Limits:   tcpLimits(cfg),
@@ -321,6 +326,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if n := p.loadBindings(ctx); n > 0 {
+		p.log.Info("bindings restored from the state store", "bindings", n)
+	}
+	p.loadOffsets(ctx)
 	p.lane = newFastLane(p)
 	sipgoLog := p.sipgoLogger()
 	ua, err := sipgo.NewUA(
@@ -453,6 +462,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.cfg.Ready != nil {
 		p.cfg.Ready()
 	}
+	storeCtx, stopStore := context.WithCancel(context.Background())
+	var storing sync.WaitGroup
+	storing.Go(func() { p.store.run(storeCtx, p.member) })
+	storing.Go(func() { p.runSharedRate(storeCtx) })
+	defer func() {
+		stopStore()
+		storing.Wait()
+	}()
 	regCtx, stopRegs := context.WithCancel(context.Background())
 	defer stopRegs()
 	p.regs.start(regCtx, p.cfg.Registrations)

@@ -62,6 +62,7 @@ type binding struct {
 	transport string  // "UDP"/"TCP"/"TLS": how the client reached us
 	addr      string  // host:port the REGISTER came from
 	expires   time.Time
+	member    string // instance it was registered through (shared store); "" for this one
 }
 
 // Binding is a snapshot of one registered contact, for tests and status.
@@ -165,32 +166,50 @@ func (t *bindingTable) remove(aor, ckey string) {
 }
 
 // removeAOR deletes every binding of aor made through upstream (Contact: *
-// with Expires: 0, RFC 3261 §10.2.2): a walk over that AOR's contacts, not
-// the whole table.
-func (t *bindingTable) removeAOR(aor, upstream string) {
+// with Expires: 0, RFC 3261 §10.2.2) and returns them: a walk over that
+// AOR's contacts, not the whole table.
+func (t *bindingTable) removeAOR(aor, upstream string) []*binding {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var out []*binding
 	for _, b := range slices.Clone(t.byAOR[aor]) { // unindexLocked edits the list
 		if b.upstream == upstream {
 			delete(t.byKey, b.aor+"\x00"+b.ckey)
 			t.unindexLocked(b)
+			out = append(out, b)
 		}
 	}
+	return out
+}
+
+// all returns a copy of every live binding.
+func (t *bindingTable) all(now time.Time) []*binding {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*binding, 0, len(t.byKey))
+	for _, b := range t.byKey {
+		if now.Before(b.expires) {
+			cp := *b
+			out = append(out, &cp)
+		}
+	}
+	return out
 }
 
 // removeFlow deletes every binding registered over the connection of
-// transport from addr (a WebSocket that closed), and returns how many: a
-// walk over that connection's bindings, not the whole table.
-func (t *bindingTable) removeFlow(transport, addr string) int {
+// transport from addr (a WebSocket that closed) and returns them: a walk
+// over that connection's bindings, not the whole table.
+func (t *bindingTable) removeFlow(transport, addr string) []binding {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	flow := t.byFlow[flowKey(transport, addr)]
-	n := len(flow)
+	out := make([]binding, 0, len(flow))
 	for b := range flow { // unindexLocked deletes b from flow: allowed while ranging
 		delete(t.byKey, b.aor+"\x00"+b.ckey)
 		t.unindexLocked(b)
+		out = append(out, *b)
 	}
-	return n
+	return out
 }
 
 func (t *bindingTable) unindexLocked(b *binding) {
@@ -385,7 +404,9 @@ func (f *forwarding) registered(res *sip.Response) {
 			continue
 		}
 		if c.Address.Wildcard {
-			f.p.bindings.removeAOR(aor, f.up.Name)
+			for _, b := range f.p.bindings.removeAOR(aor, f.up.Name) {
+				f.p.forgetBinding(b.aor, b.ckey, b.alias)
+			}
 			continue
 		}
 		ckey := contactKey(c.Address)
@@ -417,6 +438,7 @@ func (f *forwarding) registered(res *sip.Response) {
 		}
 		if secs <= 0 {
 			f.p.bindings.remove(aor, ckey)
+			f.p.forgetBinding(aor, ckey, alias)
 			f.log.Debug("binding removed", "aor", aor, "contact", c.Address.String())
 			continue
 		}
@@ -429,6 +451,7 @@ func (f *forwarding) registered(res *sip.Response) {
 			f.log.Warn("binding table full; contact not reachable for inbound requests", "aor", aor, "bindings", maxBindings)
 			continue
 		}
+		f.p.saveBinding(b)
 		f.log.Debug("binding stored", "aor", aor, "contact", c.Address.String(), "source", b.addr, "transport", b.transport, "expires", secs)
 	}
 }
@@ -519,15 +542,18 @@ func (f *forwarding) routeInbound() bool {
 	}
 	own := f.p.isOwnURI(req.Recipient)
 	up := ups[0]
-	b := f.p.bindings.lookup(req.Recipient, own, time.Now())
+	b := f.p.lookupBinding(req.Recipient, own, time.Now())
+	if b != nil && b.member == f.p.store.id {
+		b.member = ""
+	}
 	if tp, addr, ok := f.routeFlow(); ok {
 		// The Path of a WebSocket client's registration: its flow decides
 		// (RFC 5626 §5.3), whatever the Request-URI.
 		if !f.p.webSocketOpen(tp, addr) {
-			f.flowFailed = true
-			return false
+			f.respondLocal(430, "Flow Failed", "flow-failed")
+			return true
 		}
-		if b == nil || b.transport != tp || b.addr != addr {
+		if b == nil || b.transport != tp || b.addr != addr || b.member != "" {
 			b = &binding{contact: *req.Recipient.Clone(), upstream: up.Name, transport: tp, addr: addr}
 		}
 	}
@@ -551,6 +577,14 @@ func (f *forwarding) routeInbound() bool {
 	}
 	if b == nil {
 		return false
+	}
+	if b.member != "" && b.transport != "UDP" {
+		// Over TCP and TLS the client is reached on the connection it
+		// opened, which another instance holds: say so rather than dial
+		// the client's ephemeral port.
+		f.log.Info("registered over a connection another instance holds", "aor", b.aor, "transport", b.transport, "instance", b.member)
+		f.respondLocal(sip.StatusTemporarilyUnavailable, "Registered Through Another Instance", "binding-elsewhere")
+		return true
 	}
 	f.bind, f.up, f.toClient = b, up, true
 	f.hop = hop{transport: b.transport, addr: b.addr}

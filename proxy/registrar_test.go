@@ -108,10 +108,10 @@ func TestBindingTable(t *testing.T) {
 		tb.put(onFlow("1002@pbx", mustURI(t, "sip:x@abc.invalid;transport=ws"), "203.0.113.5:50000"), now)
 		kept := onFlow("1003@pbx", mustURI(t, "sip:y@def.invalid;transport=ws"), "203.0.113.5:50001")
 		tb.put(kept, now)
-		if n := tb.removeFlow("WS", "203.0.113.5:50000"); n != 2 {
+		if n := len(tb.removeFlow("WS", "203.0.113.5:50000")); n != 2 {
 			t.Fatalf("removeFlow removed %d, want 2", n)
 		}
-		if n := tb.removeFlow("WSS", "203.0.113.5:50001"); n != 0 {
+		if n := len(tb.removeFlow("WSS", "203.0.113.5:50001")); n != 0 {
 			t.Fatalf("removeFlow of another transport removed %d", n)
 		}
 		if bs := tb.snapshot(); len(bs) != 1 || bs[0].AOR != "1003@pbx" {

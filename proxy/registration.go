@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,6 +76,9 @@ type RegistrationState struct {
 	NextAttempt time.Time
 	// Failures counts consecutive failed attempts.
 	Failures int
+	// Holder is the instance holding the registration's lease in a
+	// shared store ("" without one).
+	Holder string
 }
 
 // Registration states.
@@ -85,6 +87,8 @@ const (
 	RegStateRegistered  = "registered"
 	RegStateFailing     = "failing"
 	RegStateStopped     = "stopped"
+	// RegStateStandby: another instance of the cluster holds it.
+	RegStateStandby = "standby"
 )
 
 // Timing of trunk registrations.
@@ -208,6 +212,22 @@ type trunkReg struct {
 	callID string
 	tag    string
 	cseq   uint32 // last CSeq sent
+	// reserved is the highest CSeq written to the store before it was
+	// used: whoever resumes the registration starts above it.
+	reserved uint32
+	// replace is a contact another instance registered for this trunk,
+	// removed (expires=0) by the next REGISTER, so that the registrar
+	// never holds two contacts for it.
+	replace string
+	// resumeAt, when set, is the refresh time of a registration restored
+	// from the store: no REGISTER before it.
+	resumeAt time.Time
+	// token is the fencing token of the lease held (shared store).
+	token uint64
+	// known is the last state of the registration this instance wrote
+	// or read (shared store): restore falls back on it when the store has
+	// none.
+	known *storedTrunk
 
 	mu    sync.Mutex
 	cfg   Registration
@@ -291,13 +311,17 @@ func parseTarget(target, user string) (sip.Uri, string, string, error) {
 // errRejected marks an attempt whose credentials the registrar refused.
 var errRejected = errors.New("credentials rejected")
 
-// run keeps the registration up until ctx ends, then unregisters.
-func (tr *trunkReg) run(ctx context.Context) {
+// serve keeps the registration up until hold ends (ctx ended, or the
+// lease was lost), then unregisters, unless the store is shared: another
+// instance takes the registration over, and unregistering first would
+// leave the trunk unreachable meanwhile.
+func (tr *trunkReg) serve(ctx, hold context.Context) {
 	log := tr.p.log.With("registration", tr.cfg.AOR, logUpstream, tr.cfg.Upstream)
 	failures := 0
 	var registered bool
 	defer func() {
-		if registered {
+		unregistered := false
+		if registered && !tr.p.store.shared {
 			uctx, cancel := context.WithTimeout(context.Background(), unregisterWait)
 			_, _, err := tr.attempt(uctx, log, 0)
 			cancel()
@@ -305,12 +329,33 @@ func (tr *trunkReg) run(ctx context.Context) {
 				log.Warn("unregister failed", "error", err)
 			} else {
 				log.Info("unregistered")
+				unregistered = true
 			}
 		}
 		tr.update(func(s *RegistrationState) {
 			s.State, s.Expires, s.NextAttempt = RegStateStopped, time.Time{}, time.Time{}
 		})
+		if unregistered {
+			// The registrar holds nothing now: the next start registers
+			// at once instead of resuming a schedule.
+			tr.save()
+		}
 	}()
+	if wait := time.Until(tr.resumeAt); !tr.resumeAt.IsZero() && wait > 0 {
+		// Restored from the store: the registrar holds our binding until
+		// its expiry; refresh when it was due.
+		registered = true
+		log.Info("registration resumed from the state store", "refresh_in", wait.Round(time.Second).String())
+		t := time.NewTimer(wait)
+		select {
+		case <-hold.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	tr.resumeAt = time.Time{}
+	ctx = hold
 	for {
 		cfg := tr.config()
 		expires := cfg.Expires
@@ -330,10 +375,14 @@ func (tr *trunkReg) run(ctx context.Context) {
 			registered = true
 			failures = 0
 			wait = refreshIn(granted)
+			tr.mu.Lock()
+			tr.replace = ""
+			tr.mu.Unlock()
 			tr.update(func(s *RegistrationState) {
 				s.State, s.LastStatus, s.LastError, s.Failures = RegStateRegistered, status, "", 0
 				s.Expires, s.NextAttempt = now.Add(granted), now.Add(wait)
 			})
+			tr.save()
 			log.Info("registered", "expires", granted.String(), "refresh_in", wait.String())
 		} else {
 			failures++
@@ -348,6 +397,7 @@ func (tr *trunkReg) run(ctx context.Context) {
 				}
 				s.NextAttempt = now.Add(wait)
 			})
+			tr.save()
 			log.Warn("registration failed", "error", err.Error(), logStatus, status, "failures", failures, "retry_in", wait.Round(time.Millisecond).String())
 		}
 		t := time.NewTimer(wait)
@@ -399,26 +449,9 @@ func (tr *trunkReg) attempt(ctx context.Context, log *slog.Logger, expires int) 
 	if err := sip.ParseUri(cfg.AOR, &aor); err != nil {
 		return 0, 0, fmt.Errorf("aor %q: %w", cfg.AOR, err)
 	}
-	// The Contact names the listener facing the first target: of its
-	// transport (with "auto", the one NAPTR chose) and address family.
-	tp, dst := up.transport, netip.Addr{}
-	if ts, ok := tr.p.targets.cached(up); ok {
-		if tp == "" {
-			tp = ts[0].Transport
-		}
-		dst = ts[0].Addr.Addr()
-	}
-	l := tr.p.listenerFor(tp, dst)
-	if l == nil && len(tr.p.listeners) > 0 {
-		l = tr.p.listeners[0]
-	}
-	if l == nil {
-		return 0, 0, errors.New("no listener")
-	}
-	contact := tr.p.ownURI(l, cfg.contactUser())
-	contact.UriParams = sip.NewParams()
-	if l.transport != "UDP" {
-		contact.UriParams.Add("transport", strings.ToLower(l.transport))
+	contact, err := tr.contact(up, cfg)
+	if err != nil {
+		return 0, 0, err
 	}
 	tr.update(func(s *RegistrationState) { s.Contact = contact.String() })
 	for range max423 + 1 {
@@ -458,35 +491,18 @@ func (tr *trunkReg) attempt(ctx context.Context, log *slog.Logger, expires int) 
 	return 0, sip.StatusIntervalToBrief, errors.New("too many 423 responses")
 }
 
-// grantedFor reads the lifetime the registrar granted our contact: its
-// Contact's expires, else the Expires header, else what we asked for.
-func grantedFor(res *sip.Response, contact sip.Uri, asked int) time.Duration {
-	secs := asked
-	if h := res.GetHeader("Expires"); h != nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(h.Value())); err == nil {
-			secs = n
-		}
-	}
-	want := contactKey(contact)
-	for _, h := range res.GetHeaders("Contact") {
-		if c, ok := h.(*sip.ContactHeader); ok && contactKey(c.Address) == want {
-			if v, ok := c.Params.Get("expires"); ok {
-				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-					secs = n
-				}
-			}
-		}
-	}
-	return time.Duration(secs) * time.Second
-}
-
 // send sends one REGISTER and answers its challenges through the same code
 // as forwarded requests; it returns the final response.
 func (tr *trunkReg) send(ctx context.Context, log *slog.Logger, rt *routing, up *upstream, aor, contact sip.Uri, expires int) (*sip.Response, *forwarding, error) {
 	tr.mu.Lock()
 	tr.cseq++
 	seq := tr.cseq
+	replace := tr.replace
+	reserve := seq >= tr.reserved
 	tr.mu.Unlock()
+	if reserve {
+		tr.reserveCSeq(seq)
+	}
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: aor.Host, Port: aor.Port})
 	from := &sip.FromHeader{Address: *aor.Clone(), Params: sip.NewParams()}
 	from.Params.Add("tag", tr.tag)
@@ -499,6 +515,13 @@ func (tr *trunkReg) send(ctx context.Context, log *slog.Logger, rt *routing, up 
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: sip.REGISTER})
 	req.AppendHeader(&mf)
 	req.AppendHeader(&sip.ContactHeader{Address: contact})
+	if old, ok := oldContact(replace, contact); ok && expires > 0 {
+		// RFC 3261 §10.2.2: expires=0 on a Contact removes that binding,
+		// in the same request that adds ours.
+		p := sip.NewParams()
+		p.Add("expires", "0")
+		req.AppendHeader(&sip.ContactHeader{Address: old, Params: p})
+	}
 	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(expires)))
 	req.AppendHeader(sip.NewHeader("User-Agent", "authproxy"))
 	req.SetBody(nil)

@@ -26,6 +26,7 @@ func (f *forwarding) relay(res *sip.Response) error {
 	if res.IsSuccess() {
 		if f.req.Method == sip.REGISTER && !f.toClient {
 			f.registered(res)
+			f.p.saveRegisterOffset(f.key, f.cseqTTL(res))
 		}
 		if _, toTag := tags(f.req); toTag == "" && f.req.Method != sip.INVITE && createsDialog(f.req.Method) {
 			// A subscription (or REFER's implicit one): the NOTIFYs the

@@ -199,12 +199,9 @@ func (f *forwarding) route() bool {
 			f.dlg = p.dialogs.fromClient(f.key.callID, fromTag, toTag, now)
 		}
 	} else if f.routeInbound() {
-		// An upstream's request to a client registered through us.
-		return true
-	} else if f.flowFailed {
-		// RFC 5626 §5.3: the flow the Path names is gone.
-		f.respondLocal(430, "Flow Failed", "flow-failed")
-		return false
+		// An upstream's request to a client registered through us (or
+		// answered here when that client is out of reach).
+		return !f.replied
 	}
 	if !f.routeUpstream() {
 		return false

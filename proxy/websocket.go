@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -95,9 +96,30 @@ func validateWebSocket(l wsgate.Limits) error {
 // webSocketClosed forgets the bindings registered over the connection
 // that closed; nothing else ends with it.
 func (p *Proxy) webSocketClosed(transport string, remote netip.AddrPort) {
-	if n := p.bindings.removeFlow(transport, remote.String()); n > 0 {
-		p.log.Debug("websocket closed: bindings removed", "transport", transport, "source", remote.String(), "bindings", n)
+	removed := p.bindings.removeFlow(transport, remote.String())
+	for _, b := range removed {
+		p.forgetFlowBinding(b)
 	}
+	if len(removed) > 0 {
+		p.log.Debug("websocket closed: bindings removed", "transport", transport, "source", remote.String(), "bindings", len(removed))
+	}
+}
+
+// forgetFlowBinding removes b, which a closed WebSocket took, from the
+// state store: only while the store still holds it as registered over that
+// connection through this instance, since the client may have registered
+// again over a new one (here or through another instance) before the old
+// one was found dead.
+func (p *Proxy) forgetFlowBinding(b binding) {
+	v, err := p.store.get(keyContact + b.ckey)
+	if err != nil {
+		return // not there, or the store cannot say: its expiry removes it
+	}
+	var sb storedBinding
+	if json.Unmarshal(v, &sb) != nil || sb.Transport != b.transport || sb.Addr != b.addr || sb.Member != p.store.id {
+		return
+	}
+	p.forgetBinding(b.aor, b.ckey, b.alias)
 }
 
 // webSocketOpen reports whether sipgo still holds the connection to a

@@ -30,7 +30,6 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/lmittmann/tint"
 
-	"github.com/authproxy/authproxy"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/proxy"
@@ -103,7 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	if source == "" {
 		source = embeddedSource
-		cfg, err = config.Parse(authproxy.ExampleConfig, opts...)
+		cfg, err = parseExample(opts...)
 	} else {
 		cfg, err = config.Load(source, opts...)
 	}
@@ -231,7 +230,7 @@ func proxyConfig(cfg *config.Config, store *credentials.Store) (proxy.Config, er
 			AuthFailures: cfg.Limits.AuthFailures, BlockFor: cfg.Limits.BlockFor,
 			MaxSources: cfg.Limits.MaxSources, Drop: cfg.Limits.Drop,
 			UserAuthFailures: cfg.Limits.UserAuthFailures, UserBlockFor: cfg.Limits.UserBlockFor,
-			Exempt: cfg.Limits.ExemptNetworks,
+			Exempt: cfg.Limits.ExemptNetworks, Shared: cfg.Limits.Shared,
 		},
 		TCP: tcpguard.Limits{
 			MaxConns: cfg.TCP.MaxConnections, MaxConnsPerSource: cfg.TCP.MaxConnectionsPerSource,

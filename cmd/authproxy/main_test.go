@@ -184,6 +184,9 @@ func TestDeps(t *testing.T) {
 		// to it), and the metrics package never reads the configuration.
 		{mod + "/internal/admin", []string{mod + "/", "github.com/"}},
 		{mod + "/internal/metrics", []string{mod + "/config", mod + "/cmd"}},
+		// The state store knows keys, values and leases: nothing of SIP,
+		// the configuration or the proxy.
+		{mod + "/state", []string{mod + "/", "github.com/emiago/sipgo"}},
 	} {
 		out, err := exec.Command("go", "list", "-deps", tc.pkg).Output()
 		if err != nil {

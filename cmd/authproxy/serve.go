@@ -16,7 +16,6 @@ import (
 
 	"github.com/knadh/koanf/providers/file"
 
-	"github.com/authproxy/authproxy"
 	"github.com/authproxy/authproxy/config"
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/admin"
@@ -62,7 +61,7 @@ type daemon struct {
 // load reads and validates the configuration the daemon runs on.
 func (d *daemon) load() (*config.Config, error) {
 	if d.path == "" {
-		return config.Parse(authproxy.ExampleConfig)
+		return parseExample()
 	}
 	cfg, err := config.Load(d.path)
 	if err == nil && !d.allowSamples {
@@ -85,6 +84,18 @@ func (d *daemon) serve(ctx context.Context, store *credentials.Store) int {
 		d.log.Error("cannot start", "error", err)
 		return 1
 	}
+	st, err := openStore(cfg.State, d.log)
+	if err != nil {
+		d.log.Error("cannot start", "error", err)
+		return 1
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			d.log.Warn("state store close", "error", err)
+		}
+	}()
+	pcfg.State, pcfg.StateBackend = st, cfg.State.Backend
+	pcfg.Instance, pcfg.LeaseTTL, pcfg.StateReadiness = cfg.State.Instance, cfg.State.LeaseTTL, cfg.State.Readiness
 	pcfg.Logger = d.log
 	pcfg.Observer = m
 	pcfg.Ready = func() {
@@ -325,6 +336,9 @@ func restartKeys(boot, cfg *config.Config) []string {
 	if boot.WebSocket != cfg.WebSocket {
 		out = append(out, "websocket")
 	}
+	if !reflect.DeepEqual(boot.State, cfg.State) {
+		out = append(out, "state")
+	}
 	if boot.Capture != cfg.Capture {
 		// The capture's socket is opened once, when the proxy starts.
 		out = append(out, "capture")
@@ -457,8 +471,9 @@ func (d *daemon) status() admin.Status {
 		st.Upstreams = append(st.Upstreams, au)
 	}
 	for _, r := range p.Registrations() {
-		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State})
+		st.TrunkRegistrations = append(st.TrunkRegistrations, admin.TrunkRegistration{Name: r.AOR, Upstream: r.Upstream, State: r.State, Holder: r.Holder})
 	}
+	st.State = stateStatus(p)
 	st.Listeners, st.ListenersStopped, st.TCP = listenerStatus(p)
 	return st
 }

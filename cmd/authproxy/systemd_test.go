@@ -103,6 +103,8 @@ func TestSystemdUnit(t *testing.T) {
 		"MemoryDenyWriteExecute":  "yes",
 		"SystemCallArchitectures": "native",
 		"SystemCallErrorNumber":   "EPERM", // a call the filter misses fails, not kills
+		"StateDirectory":          "authproxy",
+		"Environment":             "AUTHPROXY_STATE__DIR=/var/lib/authproxy",
 	} {
 		if v := one(k); v != want {
 			t.Errorf("%s=%s, want %s", k, v, want)

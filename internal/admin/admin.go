@@ -49,11 +49,38 @@ type Status struct {
 	ListenersStopped int        `json:"listeners_stopped"`
 	// TCP counts the connections of the TCP and TLS listeners.
 	TCP TCPConnections `json:"tcp"`
-	// TrunkRegistrations will list the registrations authproxy maintains
-	// upstream. authproxy does not register trunks yet, so the list is
-	// always empty (never null): monitoring written against /status now
-	// keeps working once it does.
+	// TrunkRegistrations lists the [[registration]] entries authproxy
+	// keeps up upstream (never null).
 	TrunkRegistrations []TrunkRegistration `json:"trunk_registrations"`
+	// State is the state store and, on a shared one, the cluster.
+	State *State `json:"state,omitempty"`
+}
+
+// State is the state store in Status (docs/state.md).
+type State struct {
+	// Backend is "memory", "file" or "redis"; Instance this instance's
+	// name.
+	Backend  string `json:"backend"`
+	Instance string `json:"instance"`
+	// Up is false while the store does not answer (since Since; Error
+	// says why); Pending counts the writes waiting for it.
+	Up      bool       `json:"up"`
+	Since   *time.Time `json:"since,omitempty"`
+	Error   string     `json:"error,omitempty"`
+	Pending int        `json:"pending"`
+	// Members are the live instances sharing the store (never null).
+	Members []Member `json:"members"`
+	// TrunkHolders maps each trunk registration ("upstream aor") to the
+	// instance holding it.
+	TrunkHolders map[string]string `json:"trunk_holders"`
+}
+
+// Member is one live instance of a cluster.
+type Member struct {
+	ID        string    `json:"id"`
+	Advertise []string  `json:"advertise"`
+	StartedAt time.Time `json:"started_at"`
+	SeenAt    time.Time `json:"seen_at"`
 }
 
 // Upstream is one upstream in Status.
@@ -144,6 +171,8 @@ type TrunkRegistration struct {
 	Name     string `json:"name"`
 	Upstream string `json:"upstream"`
 	State    string `json:"state"`
+	// Holder is the instance holding it in a cluster.
+	Holder string `json:"holder,omitempty"`
 }
 
 // Config is what the admin server serves.

@@ -27,6 +27,8 @@ type allSource struct {
 
 func (a *allSource) Registrations() []proxy.RegistrationState { return a.regs }
 
+func (a *allSource) StoreUp() bool { return true }
+
 func (a *allSource) CaptureStats() proxy.CaptureStats {
 	return proxy.CaptureStats{Dropped: map[string]uint64{proxy.CaptureQueueFull: 1}}
 }

@@ -236,6 +236,17 @@ func (m *Metrics) Attach(src Source) {
 		if ws, ok := src.(webSocketSource); ok {
 			m.reg.MustRegister(newWebSocketCollector(ws))
 		}
+		if ss, ok := src.(storeSource); ok {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Namespace: namespace, Name: "state_store_up",
+				Help: "1 while the state store ([state]) answers, 0 while authproxy serves from its own memory.",
+			}, func() float64 {
+				if ss.StoreUp() {
+					return 1
+				}
+				return 0
+			}))
+		}
 		if cs, ok := src.(captureSource); ok {
 			m.reg.MustRegister(newCaptureCollector(cs))
 		}
@@ -243,6 +254,11 @@ func (m *Metrics) Attach(src Source) {
 			m.reg.MustRegister(newRegistrationCollector(rs))
 		}
 	})
+}
+
+// storeSource is a Source with a state store (*proxy.Proxy).
+type storeSource interface {
+	StoreUp() bool
 }
 
 // Handler serves the metrics in the Prometheus exposition formats.

@@ -15,16 +15,17 @@ import (
 )
 
 // InstallHint is the command that installs every peer this package runs.
-const InstallHint = "apt-get install -y kamailio sip-tester baresip dnsmasq-base sngrep prometheus"
+const InstallHint = "apt-get install -y kamailio sip-tester baresip dnsmasq-base sngrep prometheus redis-server"
 
 // Packages maps each peer binary to the Debian package that ships it.
 var Packages = map[string]string{
-	"kamailio": "kamailio",
-	"sipp":     "sip-tester",
-	"baresip":  "baresip",
-	"dnsmasq":  "dnsmasq-base", // the binary only; "dnsmasq" adds a system service
-	"sngrep":   "sngrep",
-	"promtool": "prometheus", // promtool check metrics lints /metrics
+	"kamailio":     "kamailio",
+	"sipp":         "sip-tester",
+	"baresip":      "baresip",
+	"dnsmasq":      "dnsmasq-base", // the binary only; "dnsmasq" adds a system service
+	"sngrep":       "sngrep",
+	"promtool":     "prometheus", // promtool check metrics lints /metrics
+	"redis-server": "redis-server",
 }
 
 // sbinDirs are searched after $PATH: Debian installs kamailio and dnsmasq in /usr/sbin,

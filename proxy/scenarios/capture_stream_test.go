@@ -116,7 +116,8 @@ func TestHEPCaptureStreams(t *testing.T) {
 			}
 		}
 		rx.mu.Unlock()
-		return client.IsValid() && len(rx.find(messageID, "SIP/2.0 200", hep.ProtoTCP, listener, client)) == 1
+		return client.IsValid() && len(rx.find(messageID, "SIP/2.0 200", hep.ProtoTCP, listener, client)) == 1 &&
+			len(rx.find(messageID, "MESSAGE ", hep.ProtoTCP, client, listener)) >= 1
 	})
 	if got := rx.find(messageID, "MESSAGE ", hep.ProtoTCP, client, listener); len(got) != 1 {
 		t.Errorf("captured %d copies of the MESSAGE from %s to the TCP listener %s, want 1", len(got), client, listener)
@@ -130,8 +131,11 @@ func TestHEPCaptureStreams(t *testing.T) {
 		t.Fatalf("the TLS upstream got %d requests, want the challenged OPTIONS and its answer", len(rs))
 	}
 	local := netip.MustParseAddrPort(rs[0].Source)
+	// A message is captured once its read or write returned, so the
+	// answer written may be captured after the 200 read: wait for both.
 	testutil.Eventually(t, "the OPTIONS over TLS captured", func() bool {
-		return len(rx.find(optionsID, "SIP/2.0 200", hep.ProtoTCP, upAddr, local)) == 1
+		return len(rx.find(optionsID, "SIP/2.0 200", hep.ProtoTCP, upAddr, local)) == 1 &&
+			len(rx.find(optionsID, "OPTIONS ", hep.ProtoTCP, local, upAddr)) >= 2
 	})
 	if got := rx.find(optionsID, "SIP/2.0 407", hep.ProtoTCP, upAddr, local); len(got) != 1 {
 		t.Errorf("captured %d challenges (407) from the TLS upstream, want 1", len(got))
