@@ -17,6 +17,7 @@ import (
 	"github.com/authproxy/authproxy/proxy"
 	"github.com/authproxy/authproxy/proxy/hep"
 	"github.com/authproxy/authproxy/proxy/wsgate"
+	"github.com/authproxy/authproxy/state"
 )
 
 // browserPassword is the local password of the browser's account at
@@ -338,5 +339,71 @@ func TestWebSocketCapture(t *testing.T) {
 	}
 	if got := rx.find(regID, "SIP/2.0 407", hep.ProtoTCP, listener, browser); len(got) != 1 {
 		t.Errorf("captured %d local challenges to the browser, want 1", len(got))
+	}
+}
+
+// TestWebSocketBindingInCluster: two instances share a state store. A
+// browser registered over a WebSocket of the first is out of reach for
+// the second (480: it holds no connection to the browser). When the
+// browser has registered again through the second instance before its
+// old WebSocket to the first is found closed, that close does not take
+// the new registration from the store; a close with no newer
+// registration does.
+func TestWebSocketBindingInCluster(t *testing.T) {
+	st := sharedMemory{state.NewMemory()}
+	member := func(name string) func(*proxy.Config) {
+		return func(c *proxy.Config) { c.State, c.StateBackend, c.Instance = st, "redis", name }
+	}
+	h1 := startWSHarness(t, wsgate.Limits{}, member("a"))
+	h2 := startWSHarness(t, wsgate.Limits{}, member("b"))
+	viaSecond := func(b fakepbx.Binding) fakepbx.Binding {
+		var route sip.Uri
+		if err := sip.ParseUri("sip:"+h2.Addr["udp"]+";lr", &route); err != nil {
+			t.Fatal(err)
+		}
+		b.Path = []sip.Uri{route}
+		return b
+	}
+	old := startWSPhone(t, "1001", wsURL(h1))
+	if res := old.register("pbx-a.example.com", uuid.NewString(), 1, 300, browserPassword); res.StatusCode != 200 {
+		t.Fatalf("REGISTER through the first instance: %d", res.StatusCode)
+	}
+	b := h1.A.Bindings("1001")[0]
+	if res := h2.A.SendTo(t, viaSecond(b), sip.MESSAGE); res == nil || res.StatusCode != 480 {
+		t.Fatalf("MESSAGE through the second instance: %v, want 480", res)
+	}
+
+	// The browser registers the same Contact again through the second
+	// instance (a new WebSocket), then its old one closes.
+	again := startWSPhone(t, "1001", wsURL(h2))
+	again.host = old.host // JsSIP keeps its Contact across reconnects
+	if res := again.register("pbx-a.example.com", uuid.NewString(), 1, 300, browserPassword); res.StatusCode != 200 {
+		t.Fatalf("REGISTER through the second instance: %d", res.StatusCode)
+	}
+	_ = old.conn.Close()
+	testutil.Eventually(t, "the first instance dropped the closed WebSocket's binding", func() bool { return len(h1.Proxy.Bindings()) == 0 })
+	done := make(chan *sip.Response, 1)
+	go func() { done <- h2.A.SendTo(t, viaSecond(b), sip.MESSAGE) }()
+	m := again.wait("MESSAGE through the second instance", func(m sip.Message) bool {
+		r, ok := m.(*sip.Request)
+		return ok && r.Method == sip.MESSAGE
+	}).(*sip.Request)
+	again.respond(m, 200, "OK")
+	if res := <-done; res == nil || res.StatusCode != 200 {
+		t.Fatalf("MESSAGE to the re-registered browser: %v", res)
+	}
+
+	// Its WebSocket to the second instance closes: nothing newer holds
+	// the Contact, so the store forgets it and the first instance no
+	// longer answers 480 for it.
+	_ = again.conn.Close()
+	testutil.Eventually(t, "the second instance dropped the binding", func() bool { return len(h2.Proxy.Bindings()) == 0 })
+	var route sip.Uri
+	if err := sip.ParseUri("sip:"+h1.Addr["udp"]+";lr", &route); err != nil {
+		t.Fatal(err)
+	}
+	b.Path = []sip.Uri{route}
+	if res := h1.A.SendTo(t, b, sip.MESSAGE); res != nil && res.StatusCode == 480 {
+		t.Fatalf("MESSAGE after every WebSocket closed: 480, the store kept the binding")
 	}
 }
