@@ -133,8 +133,9 @@ func TestDialogs(t *testing.T) {
 		dialogs, rss = sample()
 	}
 	res := <-done
-	t.Logf("dialogs: %d calls at %d/s, held %v: %d ok, %d failed; with %.0f dialogs established: RSS %.1f MB (peak %.1f MB); heap profile %s%s",
-		n, rate, hold, res.Successful, res.Failed, dialogs, rss, peakRSSMB(proc.Pid()), profile, b.String())
+	t.Logf("dialogs: %d calls at %d/s, held %v: %d ok, %d failed; with %.0f dialogs established: RSS %.1f MB (peak %.1f MB); heap profile %s%s\n%s",
+		n, rate, hold, res.Successful, res.Failed, dialogs, rss, peakRSSMB(proc.Pid()), profile, b.String(),
+		nonZero(grepMetrics(t, admin, "authproxy_messages_discarded_total", "authproxy_requests_refused_total", "authproxy_request_outcomes_total")))
 	if res.Failed > 0 {
 		t.Errorf("%d calls failed", res.Failed)
 	}
@@ -271,6 +272,17 @@ func grepMetrics(t *testing.T, admin string, names ...string) string {
 			if strings.HasPrefix(l, n) {
 				out = append(out, l)
 			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// nonZero keeps the lines of a /metrics excerpt whose value is not 0.
+func nonZero(lines string) string {
+	var out []string
+	for _, l := range strings.Split(lines, "\n") {
+		if l != "" && !strings.HasSuffix(l, " 0") {
+			out = append(out, l)
 		}
 	}
 	return strings.Join(out, "\n")
