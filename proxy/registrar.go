@@ -63,6 +63,7 @@ type binding struct {
 	addr      string  // host:port the REGISTER came from
 	expires   time.Time
 	member    string // instance it was registered through (shared store); "" for this one
+	aorIndex  int    // its place in bindingTable.byAOR[aor]
 }
 
 // Binding is a snapshot of one registered contact, for tests and status.
@@ -144,6 +145,7 @@ func (t *bindingTable) put(b *binding, now time.Time) bool {
 	if b.alias != "" {
 		t.byAlias[b.alias] = b
 	}
+	b.aorIndex = len(t.byAOR[b.aor])
 	t.byAOR[b.aor] = append(t.byAOR[b.aor], b)
 	if isWebSocket(b.transport) {
 		fk := flowKey(b.transport, b.addr)
@@ -219,11 +221,17 @@ func (t *bindingTable) unindexLocked(b *binding) {
 	if b.alias != "" && t.byAlias[b.alias] == b {
 		delete(t.byAlias, b.alias)
 	}
-	contacts := slices.DeleteFunc(t.byAOR[b.aor], func(c *binding) bool { return c == b })
-	if len(contacts) == 0 {
-		delete(t.byAOR, b.aor)
-	} else {
-		t.byAOR[b.aor] = contacts
+	// Swap-remove: an AOR with many contacts costs no more per removal.
+	if contacts := t.byAOR[b.aor]; b.aorIndex < len(contacts) && contacts[b.aorIndex] == b {
+		last := len(contacts) - 1
+		contacts[b.aorIndex] = contacts[last]
+		contacts[b.aorIndex].aorIndex = b.aorIndex
+		contacts[last] = nil
+		if last == 0 {
+			delete(t.byAOR, b.aor)
+		} else {
+			t.byAOR[b.aor] = contacts[:last]
+		}
 	}
 	if flow := t.byFlow[flowKey(b.transport, b.addr)]; flow != nil {
 		delete(flow, b)
