@@ -90,12 +90,14 @@
 //     (digest responses, nonce counts), preemptive.go;
 //   - dialog and CSeq state: dialog.go, cseq.go;
 //   - registrations: registrar.go (clients registering through authproxy),
-//     registration.go (trunk registrations authproxy keeps itself);
+//     bindingtable.go (their contacts), registration.go (trunk
+//     registrations authproxy keeps itself);
 //   - health: health.go, healthstate.go;
 //   - sockets, hostile input and the fast lane: listeners.go, udpsocket.go,
 //     udpworkers.go, pinning.go, ingress.go, tcpguard, fastlane.go,
 //     litetx.go, answered.go;
-//   - configuration and wiring: config.go, proxy.go, sipstack.go;
+//   - configuration and wiring: config.go, proxy.go, bind.go (the
+//     listeners' sockets), inflight.go (the shutdown drain), sipstack.go;
 //   - logs and metrics: sipgolog.go, unparsable.go, throttle.go, lazylog.go,
 //     trace.go, observe.go; shared header helpers: headers.go.
 //
