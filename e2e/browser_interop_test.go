@@ -119,6 +119,8 @@ func (r *jssipRig) runCalls(t *testing.T, ph softphone) {
 			// first): wait until the trunk relayed this call's ACK.
 			testutil.Eventually(t, "the trunk relayed the ACK", func() bool { return r.relayedACKs() > acks })
 			ph.do(t, "renegotiate")
+			// Likewise the BYE must not overtake the re-INVITE's ACK.
+			testutil.Eventually(t, "the trunk relayed the re-INVITE's ACK", func() bool { return r.relayedACKs() > acks+1 })
 			ph.do(t, "hangUp")
 			ph.waitEvent(t, call+":ended")
 		}},
