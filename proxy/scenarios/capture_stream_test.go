@@ -21,19 +21,30 @@ import (
 )
 
 // hepReceiver is an in-process HEP receiver: it decodes and keeps every
-// packet.
+// packet and, when it has a next receiver, forwards each unchanged to it
+// (what the pcap of a real receiver cannot show, the correlation id and
+// the agent id, is checked on the packets it kept).
 type hepReceiver struct {
 	addr string
 	mu   sync.Mutex
 	pkts []hep.Packet
-	bad  int
+	bad  []error // packets that were not HEPv3
 }
 
-func startHEPReceiver(t *testing.T) *hepReceiver {
+func startHEPReceiver(t *testing.T) *hepReceiver { return startHEPRelay(t, "") }
+
+// startHEPRelay starts a receiver that forwards to next ("": to no one).
+func startHEPRelay(t *testing.T, next string) *hepReceiver {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	var out net.Conn
+	if next != "" {
+		if out, err = net.Dial("udp", next); err != nil {
+			t.Fatal(err)
+		}
 	}
 	r := &hepReceiver{addr: pc.LocalAddr().String()}
 	done := make(chan struct{})
@@ -48,19 +59,32 @@ func startHEPReceiver(t *testing.T) *hepReceiver {
 			p, err := hep.Decode(buf[:n])
 			r.mu.Lock()
 			if err != nil {
-				r.bad++
+				r.bad = append(r.bad, err)
 			} else {
 				p.Payload = bytes.Clone(p.Payload)
 				r.pkts = append(r.pkts, p)
 			}
 			r.mu.Unlock()
+			if out != nil {
+				_, _ = out.Write(buf[:n])
+			}
 		}
 	}()
 	t.Cleanup(func() {
 		pc.Close()
 		<-done
+		if out != nil {
+			out.Close()
+		}
 	})
 	return r
+}
+
+// errors returns what was received that was not HEPv3.
+func (r *hepReceiver) errors() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]error(nil), r.bad...)
 }
 
 // find returns the packets of callID whose start line begins with line,
@@ -147,10 +171,8 @@ func TestHEPCaptureStreams(t *testing.T) {
 	if p := sent[1].Payload; !bytes.Contains(p, []byte(`response="[redacted]"`)) || !bytes.Contains(p, []byte(`username="tls-user"`)) {
 		t.Errorf("the answer as captured:\n%s", p)
 	}
-	rx.mu.Lock()
-	defer rx.mu.Unlock()
-	if rx.bad != 0 {
-		t.Errorf("%d packets were not HEPv3", rx.bad)
+	if bad := rx.errors(); len(bad) != 0 {
+		t.Errorf("%d packets were not HEPv3: %v", len(bad), bad)
 	}
 }
 

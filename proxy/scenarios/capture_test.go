@@ -2,11 +2,9 @@ package scenarios
 
 import (
 	"bytes"
-	"net"
 	"net/netip"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,65 +15,7 @@ import (
 	"github.com/authproxy/authproxy/internal/siptest"
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
-	"github.com/authproxy/authproxy/proxy/hep"
 )
-
-// hepTee receives the proxy's HEP packets, decodes each (recording it)
-// and forwards it unchanged to the next receiver: what the pcap of a real
-// receiver cannot show (the correlation id, the agent id) is checked on
-// the packets it recorded.
-type hepTee struct {
-	addr string
-	mu   sync.Mutex
-	pkts []hep.Packet
-	bad  []error
-}
-
-func startHEPTee(t *testing.T, next string) *hepTee {
-	t.Helper()
-	in, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := net.Dial("udp", next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tee := &hepTee{addr: in.LocalAddr().String()}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, _, err := in.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			p, err := hep.Decode(buf[:n])
-			tee.mu.Lock()
-			if err != nil {
-				tee.bad = append(tee.bad, err)
-			} else {
-				p.Payload = bytes.Clone(p.Payload)
-				tee.pkts = append(tee.pkts, p)
-			}
-			tee.mu.Unlock()
-			_, _ = out.Write(buf[:n])
-		}
-	}()
-	t.Cleanup(func() {
-		in.Close()
-		<-done
-		out.Close()
-	})
-	return tee
-}
-
-func (tee *hepTee) packets() ([]hep.Packet, []error) {
-	tee.mu.Lock()
-	defer tee.mu.Unlock()
-	return append([]hep.Packet(nil), tee.pkts...), append([]error(nil), tee.bad...)
-}
 
 // sipCallID returns the Call-ID header's value of a SIP message.
 func sipCallID(msg []byte) string {
@@ -194,7 +134,7 @@ var digestResponse = regexp.MustCompile(`(?i)\bresponse\s*=\s*"?([^",\s]+)`)
 // same on both legs, and the agent id.
 func TestHEPCaptureToSngrep(t *testing.T) {
 	sng := peers.StartSngrep(t, "127.0.0.1")
-	tee := startHEPTee(t, sng.Addr)
+	tee := startHEPRelay(t, sng.Addr)
 	h := startHarness(t, harnessOptions{Mutate: func(c *proxy.Config, _ *harness) {
 		c.Capture = proxy.Capture{HEP: tee.addr, AgentID: 4242}
 	}})
@@ -290,7 +230,7 @@ func TestHEPCaptureToSngrep(t *testing.T) {
 
 	// Correlation: every packet carries its message's Call-ID, so the
 	// client's leg and the upstream's leg of a call share one.
-	hepPkts, bad := tee.packets()
+	hepPkts, bad := tee.packets(), tee.errors()
 	if len(bad) > 0 {
 		t.Fatalf("authproxy sent %d packets that are not HEPv3: %v", len(bad), bad[0])
 	}
