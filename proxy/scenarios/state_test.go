@@ -89,7 +89,10 @@ func TestTrunkRegistrationRestartFromStore(t *testing.T) {
 	}
 	tp := start()
 	first := r.waitFor(t, 10*time.Second, "the registration", func(rs []*sip.Request) bool { return len(rs) == 1 })[0]
-	testutil.Eventually(t, "registered", func() bool { return regState(t, tp.p).State == proxy.RegStateRegistered })
+	testutil.Eventually(t, "registered", func() bool {
+		rs := tp.p.Registrations()
+		return len(rs) == 1 && rs[0].State == proxy.RegStateRegistered
+	})
 	expires := regState(t, tp.p).Expires
 
 	r.setMode("silent")
@@ -97,10 +100,11 @@ func TestTrunkRegistrationRestartFromStore(t *testing.T) {
 	sent := len(r.times()) // the registration and the unanswered Expires: 0
 	r.setMode("ok")
 	tp = start()
-	// The registration's loop restores the state once the proxy serves.
+	// The registration's loop starts once the proxy is ready and then
+	// restores the stored state, so that state may not be listed yet.
 	testutil.Eventually(t, "the restarted proxy registered until the stored expiry, a refresh ahead", func() bool {
-		s := regState(t, tp.p)
-		return s.State == proxy.RegStateRegistered && s.Expires.Equal(expires) && s.NextAttempt.After(time.Now())
+		rs := tp.p.Registrations()
+		return len(rs) == 1 && rs[0].State == proxy.RegStateRegistered && rs[0].Expires.Equal(expires) && rs[0].NextAttempt.After(time.Now())
 	})
 	// The old proxy's unanswered Expires: 0 may still be arriving (a
 	// retransmission in flight when it stopped); a REGISTER that asks
