@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,6 +40,7 @@ type File struct {
 	mu      sync.Mutex
 	pending map[string]pendingOp
 	tokens  map[string]uint64 // lease tokens not yet committed
+	gen     uint64            // numbers the writes, so a commit knows which it covered
 	closed  bool
 
 	stop chan struct{}
@@ -49,6 +51,7 @@ type pendingOp struct {
 	del     bool
 	value   []byte
 	expires time.Time
+	gen     uint64
 }
 
 // FileName is the name of the database file in the data directory.
@@ -133,15 +136,16 @@ func (f *File) loop() {
 	}
 }
 
-// Flush commits the pending writes now.
+// Flush commits the pending writes now. They stay pending, visible to
+// reads and counted by Pending, until the commit has returned: a write
+// is never in neither place.
 func (f *File) Flush() error {
 	f.mu.Lock()
-	ops, toks := f.pending, f.tokens
-	if len(ops) == 0 && len(toks) == 0 {
+	if len(f.pending) == 0 && len(f.tokens) == 0 {
 		f.mu.Unlock()
 		return nil
 	}
-	f.pending, f.tokens = map[string]pendingOp{}, map[string]uint64{}
+	ops, toks := maps.Clone(f.pending), maps.Clone(f.tokens)
 	f.mu.Unlock()
 	err := f.db.Update(func(tx *bolt.Tx) error {
 		kv, tb := tx.Bucket(bucketKV), tx.Bucket(bucketTokens)
@@ -166,20 +170,21 @@ func (f *File) Flush() error {
 		return nil
 	})
 	if err != nil {
-		// Put them back unless newer writes replaced them meanwhile.
-		f.mu.Lock()
-		for k, op := range ops {
-			if _, ok := f.pending[k]; !ok {
-				f.pending[k] = op
-			}
-		}
-		for n, t := range toks {
-			if f.tokens[n] < t {
-				f.tokens[n] = t
-			}
-		}
-		f.mu.Unlock()
 		return fmt.Errorf("commit state: %w", err)
+	}
+	// Forget what the commit covered, unless a newer write replaced it
+	// meanwhile (that one waits for the next commit).
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, op := range ops {
+		if cur, ok := f.pending[k]; ok && cur.gen == op.gen {
+			delete(f.pending, k)
+		}
+	}
+	for n, t := range toks {
+		if f.tokens[n] == t {
+			delete(f.tokens, n)
+		}
 	}
 	return nil
 }
@@ -226,6 +231,8 @@ func (f *File) put(key string, op pendingOp) error {
 	if f.closed {
 		return ErrClosed
 	}
+	f.gen++
+	op.gen = f.gen
 	f.pending[key] = op
 	return nil
 }
