@@ -105,6 +105,9 @@ func (r *jssipRig) runCalls(t *testing.T, ph softphone) {
 	}{
 		{"call out, browser hangs up", "uas_webrtc.xml", func(t *testing.T, call string) {
 			ph.waitEvent(t, call+":confirmed")
+			// The BYE must not overtake the ACK on the way (each hop
+			// handles requests concurrently; the UAS wants the ACK first).
+			testutil.Eventually(t, "the trunk relayed the ACK", func() bool { return r.relayedACKs() > acks })
 			ph.do(t, "hangUp")
 			ph.waitEvent(t, call+":ended")
 		}},
