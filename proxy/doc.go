@@ -79,7 +79,7 @@
 //     (check, mayRoute, admit, refuse), access.go (client groups, local
 //     digest auth), limits.go;
 //   - routing and targets: route.go, targets.go, groups.go, failover.go,
-//     sources.go, tlsconn.go, tls.go, proxy/resolve;
+//     sources.go, tlsconn.go, tcpconn.go, handover.go, tls.go, proxy/resolve;
 //   - building the forwarded request: build.go (buildForward, the
 //     forwardEdits both paths share, Record-Route, RAck), rawsip.go (the
 //     same edits in bytes);

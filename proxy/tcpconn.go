@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -20,12 +19,9 @@ import (
 // over to sipgo; it is the net.Listener sipgo's TCP transport serves them
 // from.
 type tcpConnector struct {
-	conns     chan net.Conn
-	done      chan struct{}
-	closeOnce sync.Once
-	addr      net.Addr
-	pool      func(addr string) bool // whether sipgo holds a connection to addr
-	capture   *capturer
+	handover
+	pool    func(addr string) bool // whether sipgo holds a connection to addr
+	capture *capturer
 
 	mu      sync.Mutex
 	pending map[string]*tlsDial // dials in progress, by target address
@@ -39,29 +35,10 @@ func newTCPConnector(capture *capturer, addr net.Addr, pool func(string) bool) *
 		addr = &net.TCPAddr{IP: net.IPv4zero}
 	}
 	return &tcpConnector{
-		conns: make(chan net.Conn), done: make(chan struct{}), addr: addr, pool: pool, capture: capture,
+		handover: newHandover(addr), pool: pool, capture: capture,
 		pending: map[string]*tlsDial{},
 	}
 }
-
-// Accept hands the next connection over to sipgo (net.Listener).
-func (c *tcpConnector) Accept() (net.Conn, error) {
-	select {
-	case conn := <-c.conns:
-		return conn, nil
-	case <-c.done:
-		return nil, net.ErrClosed
-	}
-}
-
-// Close stops Accept (net.Listener); connections handed over stay sipgo's.
-func (c *tcpConnector) Close() error {
-	c.closeOnce.Do(func() { close(c.done) })
-	return nil
-}
-
-// Addr is the address given to newTCPConnector (net.Listener).
-func (c *tcpConnector) Addr() net.Addr { return c.addr }
 
 // ensure makes sure sipgo holds a TCP connection to addr ("ip:port"): one
 // already there, or a new one authproxy dials.
@@ -102,14 +79,8 @@ func (c *tcpConnector) dial(ctx context.Context, addr string) error {
 		return fmt.Errorf("dial tcp %s: %w", addr, err)
 	}
 	h := &handedConn{Conn: captureConn(raw, c.capture), read: make(chan struct{}), closed: func() {}}
-	select {
-	case c.conns <- h:
-	case <-ctx.Done():
-		_ = h.Close()
-		return ctx.Err()
-	case <-c.done:
-		_ = h.Close()
-		return errors.New("tcp: shutting down")
+	if err := c.give(ctx, h); err != nil {
+		return fmt.Errorf("tcp: %w", err)
 	}
 	// sipgo starts reading a connection once it is in its pool.
 	select {

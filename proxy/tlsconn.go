@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -27,12 +26,9 @@ import (
 // tlsConnector dials, verifies and hands over TLS connections to upstream
 // targets; it is the net.Listener sipgo's TLS transport serves them from.
 type tlsConnector struct {
-	conns     chan net.Conn
-	done      chan struct{}
-	closeOnce sync.Once
-	addr      net.Addr
-	pool      func(addr string) bool // whether sipgo holds a connection to addr
-	capture   *capturer              // sees the connections' messages; nil: off
+	handover
+	pool    func(addr string) bool // whether sipgo holds a connection to addr
+	capture *capturer              // sees the connections' messages; nil: off
 
 	mu       sync.Mutex
 	pending  map[string]*tlsDial          // dials in progress, by target address
@@ -48,30 +44,10 @@ type tlsDial struct {
 
 func newTLSConnector(capture *capturer, pool func(string) bool) *tlsConnector {
 	return &tlsConnector{
-		conns: make(chan net.Conn), done: make(chan struct{}), pool: pool, capture: capture,
-		addr:    &net.TCPAddr{IP: net.IPv4zero},
+		handover: newHandover(&net.TCPAddr{IP: net.IPv4zero}), pool: pool, capture: capture,
 		pending: map[string]*tlsDial{}, verified: map[string]*x509.Certificate{},
 	}
 }
-
-// Accept hands the next connection over to sipgo (net.Listener).
-func (c *tlsConnector) Accept() (net.Conn, error) {
-	select {
-	case conn := <-c.conns:
-		return conn, nil
-	case <-c.done:
-		return nil, net.ErrClosed
-	}
-}
-
-// Close stops Accept (net.Listener); connections handed over stay sipgo's.
-func (c *tlsConnector) Close() error {
-	c.closeOnce.Do(func() { close(c.done) })
-	return nil
-}
-
-// Addr is no address: nothing listens (net.Listener).
-func (c *tlsConnector) Addr() net.Addr { return c.addr }
 
 // tlsName is the name u's certificate must carry.
 func tlsName(u *upstream) string {
@@ -146,14 +122,8 @@ func (c *tlsConnector) dial(ctx context.Context, u *upstream, addr string) error
 	c.mu.Lock()
 	c.verified[addr] = tc.ConnectionState().PeerCertificates[0]
 	c.mu.Unlock()
-	select {
-	case c.conns <- h:
-	case <-ctx.Done():
-		_ = h.Close()
-		return ctx.Err()
-	case <-c.done:
-		_ = h.Close()
-		return errors.New("tls: shutting down")
+	if err := c.give(ctx, h); err != nil {
+		return fmt.Errorf("tls: %w", err)
 	}
 	// sipgo starts reading a connection once it is in its pool.
 	select {
