@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -103,4 +106,31 @@ func (f *forwarding) ackFromDialogClient() bool {
 func (f *forwarding) ackRefused() {
 	from, _ := netip.ParseAddrPort(f.req.Source())
 	f.p.discarded("ack-source", "ACK dropped: not from a source that may send it", from)
+}
+
+// statelessBranch is the branch of our Via on a request forwarded without
+// a transaction of ours (the ACK for a 2xx): derived from the branch and
+// sent-by of the request's own top Via, so that every retransmission of it
+// leaves with the same branch and the next hop sees a retransmission, not
+// a new request (RFC 3261 §16.11). A strict UAS aborts a call on a second
+// ACK it does not recognise as a copy of the first, and a callee
+// retransmits its 2xx, so the caller ACKs again, whenever an ACK is late.
+// A request without an RFC 3261 branch gets a random one.
+func statelessBranch(r *sip.Request) string {
+	v := r.Via()
+	if v == nil {
+		return sip.GenerateBranchN(16)
+	}
+	b, ok := v.Params.Get("branch")
+	if !ok || len(b) <= len(sip.RFC3261BranchMagicCookie) || b[:len(sip.RFC3261BranchMagicCookie)] != sip.RFC3261BranchMagicCookie {
+		return sip.GenerateBranchN(16)
+	}
+	h := sha256.New()
+	h.Write([]byte(b))
+	h.Write([]byte{0})
+	h.Write([]byte(v.Host))
+	h.Write([]byte{0})
+	h.Write(strconv.AppendInt(nil, int64(v.Port), 10))
+	var sum [sha256.Size]byte
+	return sip.RFC3261BranchMagicCookie + "." + hex.EncodeToString(h.Sum(sum[:0])[:12])
 }

@@ -68,3 +68,38 @@ func viaBranch(msg []byte) string {
 	b, _, _ = strings.Cut(b, ";")
 	return b
 }
+
+// TestAckRetransmissionKeepsBranch: each copy of a caller's ACK for a 2xx
+// (it ACKs every 2xx retransmission, RFC 3261 §13.2.2.4) leaves authproxy
+// with the same Via branch, so that the callee sees a retransmission
+// (§16.11): with a branch of its own per copy a strict UAS takes the
+// second ACK for a new request and aborts the call.
+func TestAckRetransmissionKeepsBranch(t *testing.T) {
+	e := startHostile(t, hostileOptions{})
+	client := newUDPPeer(t, "127.0.0.1")
+	const callID = "ack-retransmitted"
+	client.send(t, e.udp, request("INVITE", "sip:1002@pbx-a.example.com", client.addr(), callID, 1))
+	sent := e.upA.next(t, "INVITE ")
+	e.upA.send(t, sent.src.String(), response(sent.data, "200 OK", "Contact: <sip:1002@"+e.upA.addr()+">"))
+	client.next(t, "SIP/2.0 200 ")
+
+	// sipgo absorbs a copy that arrives while the first one's handler
+	// runs: send copies until two have been forwarded.
+	ackMsg := ack(client.addr(), callID, e.upA.addr())
+	testutil.Eventually(t, "two copies of the ACK forwarded upstream", func() bool {
+		client.send(t, e.udp, ackMsg)
+		return e.upA.count("ACK ") >= 2
+	})
+	var branches []string
+	for _, d := range e.upA.received() {
+		if bytes.HasPrefix(d, []byte("ACK ")) {
+			branches = append(branches, viaBranch(d))
+		}
+	}
+	if len(branches) < 2 || branches[0] != branches[1] {
+		t.Fatalf("ACK copies left with branches %q, want one branch", branches)
+	}
+	if !strings.HasPrefix(branches[0], "z9hG4bK") {
+		t.Errorf("ACK branch %q lacks RFC 3261's magic cookie", branches[0])
+	}
+}

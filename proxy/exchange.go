@@ -92,11 +92,13 @@ func (p *Proxy) tlsReady(ctx context.Context, u *upstream, t resolve.Target) err
 // and no pin).
 func (p *Proxy) addVia(transport string) sipgo.ClientRequestOption {
 	return func(_ *sipgo.Client, r *sip.Request) error {
+		if r.Method == sip.ACK {
+			r.PrependHeader(p.newVia(transport, hopAddr(r.Destination()), statelessBranch(r)))
+			return nil
+		}
 		branch := sip.GenerateBranchN(16)
-		if r.Method != sip.ACK {
-			if err := p.pinRequest(branch, r.Method, transport, r.Destination()); err != nil {
-				return err
-			}
+		if err := p.pinRequest(branch, r.Method, transport, r.Destination()); err != nil {
+			return err
 		}
 		r.PrependHeader(p.newVia(transport, hopAddr(r.Destination()), branch))
 		return nil
