@@ -3,6 +3,7 @@ package bench
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestJudge covers the verdicts of TestBench's ratios, the bounds of the
@@ -88,5 +89,30 @@ func TestFrame(t *testing.T) {
 	}
 	if k, ok := probeIndex([]byte(two)); !ok || k != 2 {
 		t.Errorf("probeIndex = %d, %v; want 2", k, ok)
+	}
+}
+
+func TestSustained(t *testing.T) {
+	const step = 10 * time.Second
+	tests := []struct {
+		name               string
+		successful, failed int
+		endedBy            time.Duration
+		endedOK            bool
+		want               bool
+	}{
+		{"every call in time", 8000, 0, 11 * time.Second, true, true},
+		{"one lost call failed at the receive timeout", 7999, 1, 11 * time.Second, true, true},
+		{"backlog: 99.9% ended late", 8000, 0, 13 * time.Second, true, false},
+		{"too many failed", 7992, 8, 11 * time.Second, true, false},
+		{"calls missing", 7990, 0, 11 * time.Second, true, false},
+		{"99.9% never ended", 8000, 0, 0, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := sustained(8000, tt.successful, tt.failed, tt.endedBy, tt.endedOK, step); got != tt.want {
+				t.Errorf("sustained(8000, %d, %d, %v, %v) = %v, want %v", tt.successful, tt.failed, tt.endedBy, tt.endedOK, got, tt.want)
+			}
+		})
 	}
 }

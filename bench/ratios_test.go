@@ -62,6 +62,9 @@ func runKind(t *testing.T, p path, k kind, upstream string, step time.Duration) 
 	if p.start != nil {
 		addr, proc = p.start(t)
 		defer proc.Stop()
+		if cores := proxyCPUBudget(t); cores > 0 {
+			limitCPU(t, proc, cores)
+		}
 	}
 	sc := timedScenario(t, k.scenario)
 	if p.start == nil {

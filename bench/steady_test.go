@@ -91,7 +91,7 @@ func TestDialogs(t *testing.T) {
 	setup := time.Duration(n/rate+1) * time.Second
 	settle := 45 * time.Second // Timer L and M (32 s) end the INVITE transactions
 	hold := setup + settle + 50*time.Second
-	uas := peers.StartSipp(t, peers.SippRun{Scenario: scenario("uas.xml"), Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour, Extra: []string{"-bind_local", "-l", strconv.Itoa(2 * n)}})
+	uas := callee(t, 2*n+100_000)
 	upstream := startUpstream(t, uas.Addr())
 	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	addr, proc := startAuthproxyAdmin(t, authproxyBinary(t), upstream, "all", admin)
@@ -141,6 +141,33 @@ func TestDialogs(t *testing.T) {
 	}
 }
 
+// callee is the benchmarks' SIPp callee (uas.xml) on 127.0.0.4. It keeps
+// each call 4 s after its 200 to the BYE instead of 200 ms, so that it
+// answers the BYE again when the upstream retransmits it (T1, then 1 s,
+// 2 s: RFC 3261 §17.1.2.2) because that 200 was lost: SIPp drops a
+// message for a call it has ended, and one lost datagram would otherwise
+// leave the caller waiting. At hundreds of calls a second on two shared
+// cores a burst can overflow a socket buffer. maxCalls bounds the calls
+// it holds at once (SIPp's -l).
+func callee(t *testing.T, maxCalls int) *peers.SippServer {
+	t.Helper()
+	b, err := os.ReadFile(scenario("uas.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const linger = `<pause milliseconds="200"/>`
+	if !bytes.Contains(b, []byte(linger)) {
+		t.Fatalf("uas.xml has no %s", linger)
+	}
+	b = bytes.Replace(b, []byte(linger), []byte(`<pause milliseconds="4000"/>`), 1)
+	p := filepath.Join(t.TempDir(), "uas_linger.xml")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return peers.StartSipp(t, peers.SippRun{Scenario: p, Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour,
+		Extra: []string{"-bind_local", "-l", strconv.Itoa(maxCalls)}})
+}
+
 // heldCallScenario is call.xml with the talk lasting hold.
 func heldCallScenario(t *testing.T, hold time.Duration) string {
 	t.Helper()
@@ -188,20 +215,29 @@ func TestProfile(t *testing.T) {
 	const seconds = 40
 	run := peers.SippRun{Scenario: scenario("message.xml"), Domain: domain, Service: benchUser,
 		Rate: rate, Calls: rate * seconds, Timeout: 2 * seconds * time.Second, Extra: []string{"-l", strconv.Itoa(rate * 4)}}
-	callee := "127.0.0.4:9"
+	relayTo := "127.0.0.4:9"
 	switch kind := cmp.Or(os.Getenv("AUTHPROXY_BENCH_PROFILE_KIND"), "message"); kind {
 	case "message":
 	case "call":
-		uas := peers.StartSipp(t, peers.SippRun{Scenario: scenario("uas.xml"), Local: "127.0.0.4", Calls: 100_000_000, Rate: 10_000, Timeout: time.Hour, Extra: []string{"-bind_local"}})
-		callee = uas.Addr()
+		uas := callee(t, 100_000)
+		relayTo = uas.Addr()
+		defer func() {
+			if os.Getenv("DEBUGLOG") != "" {
+				r := uas.Stop()
+				t.Logf("callee errors:\n%s", firstLines(r.Errors, 40))
+			}
+		}()
 		run.Scenario, run.Service, run.Keys = scenario("call.xml"), "1002", map[string]string{"caller": benchUser}
 	default:
 		t.Fatalf("AUTHPROXY_BENCH_PROFILE_KIND=%q: want message or call", kind)
 	}
-	upstream := startUpstream(t, callee)
+	upstream := startUpstream(t, relayTo)
 	admin := fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t, "127.0.0.1"))
 	addr, proc := startAuthproxyAdmin(t, authproxyBinary(t), upstream, preemptive, admin)
 	defer proc.Stop()
+	if cores := proxyCPUBudget(t); cores > 0 {
+		limitCPU(t, proc, cores)
+	}
 	run.Remote = addr
 	done := make(chan peers.SippResult, 1)
 	go func() {
@@ -228,7 +264,8 @@ func TestProfile(t *testing.T) {
 	if os.Getenv("DEBUGLOG") != "" {
 		t.Log(proc.Output())
 	}
-	counters := grepMetrics(t, admin, "authproxy_challenges_answered_total", "authproxy_preemptive_auth_total", "authproxy_stale_retries_total")
+	counters := grepMetrics(t, admin, "authproxy_challenges_answered_total", "authproxy_preemptive_auth_total", "authproxy_stale_retries_total") +
+		nonZero(grepMetrics(t, admin, "authproxy_messages_discarded_total", "authproxy_requests_refused_total", "authproxy_request_outcomes_total"))
 	t.Logf("profile: %d/s for %ds: %d ok, %d failed in %v; authproxy CPU %v (user %v, system %v) over the 20 s profiled (%.0f%% of a core); peak RSS %.0f MB; profiles in %s\n%s",
 		rate, seconds, res.Successful, res.Failed, res.Duration.Round(time.Millisecond), cpu, u1, s1, 100*cpu.Seconds()/20, peakRSSMB(proc.Pid()), dir, counters)
 }

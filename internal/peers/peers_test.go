@@ -76,6 +76,36 @@ func TestSippCounters(t *testing.T) {
 	}
 }
 
+func TestSippProgress(t *testing.T) {
+	csv := "StartTime;CurrentTime;SuccessfulCall(C);FailedCall(C)\n" +
+		"2026-12-03\t15:37:24.380681\t1796312244.380681;2026-12-03\t15:37:24.380681\t1796312244.380681;0;0\n" +
+		"2026-12-03\t15:37:24.380681\t1796312244.380681;2026-12-03\t15:37:25.383689\t1796312245.383689;24;1\n" +
+		"2026-12-03\t15:37:24.380681\t1796312244.380681;2026-12-03\t15:37:26.893987\t1796312246.893987;99;1\n"
+	res := SippResult{Progress: sippProgress(csv)}
+	if len(res.Progress) != 3 {
+		t.Fatalf("sippProgress = %+v, want 3 rows", res.Progress)
+	}
+	tests := []struct {
+		n      int
+		want   time.Duration
+		wantOK bool
+	}{
+		{0, 0, true},
+		{25, 1003 * time.Millisecond, true},
+		{100, 2513 * time.Millisecond, true},
+		{101, 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := res.EndedBy(tt.n)
+		if ok != tt.wantOK || got.Round(time.Millisecond) != tt.want {
+			t.Errorf("EndedBy(%d) = %v, %v; want %v, %v", tt.n, got, ok, tt.want, tt.wantOK)
+		}
+	}
+	if got := sippProgress(""); got != nil {
+		t.Errorf("sippProgress(empty) = %v", got)
+	}
+}
+
 func TestRedactArgs(t *testing.T) {
 	got := redactArgs([]string{"-au", "u", "-ap", "secret", "-s", "1001"})
 	if strings.Contains(strings.Join(got, " "), "secret") {

@@ -82,6 +82,10 @@ type SippResult struct {
 	// element, numbered from 0, has "<index>_<method or status>_Sent" or
 	// "_Recv", "_Retrans", "_Timeout" and "_Unexp" (e.g. "3_200_Recv").
 	Counters map[string]int
+	// Progress is the calls ended (successful or failed) at each row of
+	// SIPp's statistics, by time since the run's start: one row a
+	// -fd interval (60 s unless the run's Extra sets "-fd").
+	Progress []SippProgress
 	// Messages is the message trace (-trace_msg): every message SIPp sent
 	// and received.
 	Messages string
@@ -172,7 +176,9 @@ func (r *SippResult) readTraces(dir string) {
 	}
 	r.Messages = read("messages.log")
 	r.Errors = read("errors.log")
-	r.Counters = sippCounters(read("stats.csv"))
+	stats := read("stats.csv")
+	r.Counters = sippCounters(stats)
+	r.Progress = sippProgress(stats)
 	counts, _ := filepath.Glob(filepath.Join(dir, "*_counts.csv"))
 	for _, name := range counts {
 		b, _ := os.ReadFile(name)
@@ -310,6 +316,72 @@ func sippCounters(stats string) map[string]int {
 		if n, err := strconv.Atoi(strings.TrimSpace(last[i])); err == nil {
 			out[name] = n
 		}
+	}
+	return out
+}
+
+// SippProgress is one row of SIPp's statistics: Ended calls (successful
+// and failed) At a time since the run's start.
+type SippProgress struct {
+	At    time.Duration
+	Ended int
+}
+
+// EndedBy returns the time at which at least n calls had ended, as the
+// first statistics row that counted them (so up to one -fd interval
+// late), and false when no row did.
+func (r SippResult) EndedBy(n int) (time.Duration, bool) {
+	for _, p := range r.Progress {
+		if p.Ended >= n {
+			return p.At, true
+		}
+	}
+	return 0, false
+}
+
+// sippProgress reads the rows of a -trace_stat CSV: StartTime and
+// CurrentTime are "date<TAB>time<TAB>epoch seconds".
+func sippProgress(stats string) []SippProgress {
+	r := csv.NewReader(strings.NewReader(stats))
+	r.Comma = ';'
+	r.FieldsPerRecord = -1
+	r.LazyQuotes = true
+	rows, err := r.ReadAll()
+	if err != nil || len(rows) < 2 {
+		return nil
+	}
+	col := map[string]int{}
+	for i, name := range rows[0] {
+		col[name] = i
+	}
+	field := func(row []string, name string) (string, bool) {
+		i, ok := col[name]
+		if !ok || i >= len(row) {
+			return "", false
+		}
+		return strings.TrimSpace(row[i]), true
+	}
+	epoch := func(row []string, name string) (float64, bool) {
+		v, ok := field(row, name)
+		if !ok {
+			return 0, false
+		}
+		parts := strings.Split(v, "\t")
+		f, err := strconv.ParseFloat(parts[len(parts)-1], 64)
+		return f, err == nil
+	}
+	var out []SippProgress
+	for _, row := range rows[1:] {
+		start, ok1 := epoch(row, "StartTime")
+		now, ok2 := epoch(row, "CurrentTime")
+		ok, okf := field(row, "SuccessfulCall(C)")
+		failed, oks := field(row, "FailedCall(C)")
+		nok, err1 := strconv.Atoi(ok)
+		nfailed, err2 := strconv.Atoi(failed)
+		if !ok1 || !ok2 || !okf || !oks || err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, SippProgress{At: time.Duration((now - start) * float64(time.Second)), Ended: nok + nfailed})
 	}
 	return out
 }
