@@ -299,12 +299,8 @@ func redactArgs(args []string) []string {
 // sippCounters reads every integer column of the last row of SIPp's
 // -trace_stat CSV (";"-separated), by column name.
 func sippCounters(stats string) map[string]int {
-	r := csv.NewReader(strings.NewReader(stats))
-	r.Comma = ';'
-	r.FieldsPerRecord = -1
-	r.LazyQuotes = true
-	rows, err := r.ReadAll()
-	if err != nil || len(rows) < 2 {
+	rows := sippStatRows(stats)
+	if len(rows) < 2 {
 		return map[string]int{}
 	}
 	head, last := rows[0], rows[len(rows)-1]
@@ -318,6 +314,20 @@ func sippCounters(stats string) map[string]int {
 		}
 	}
 	return out
+}
+
+// sippStatRows splits a -trace_stat or -trace_counts CSV (";"-separated)
+// into rows, its header first; nil when it cannot be read.
+func sippStatRows(stats string) [][]string {
+	r := csv.NewReader(strings.NewReader(stats))
+	r.Comma = ';'
+	r.FieldsPerRecord = -1
+	r.LazyQuotes = true
+	rows, err := r.ReadAll()
+	if err != nil {
+		return nil
+	}
+	return rows
 }
 
 // SippProgress is one row of SIPp's statistics: Ended calls (successful
@@ -342,12 +352,8 @@ func (r SippResult) EndedBy(n int) (time.Duration, bool) {
 // sippProgress reads the rows of a -trace_stat CSV: StartTime and
 // CurrentTime are "date<TAB>time<TAB>epoch seconds".
 func sippProgress(stats string) []SippProgress {
-	r := csv.NewReader(strings.NewReader(stats))
-	r.Comma = ';'
-	r.FieldsPerRecord = -1
-	r.LazyQuotes = true
-	rows, err := r.ReadAll()
-	if err != nil || len(rows) < 2 {
+	rows := sippStatRows(stats)
+	if len(rows) < 2 {
 		return nil
 	}
 	col := map[string]int{}
