@@ -138,10 +138,24 @@ func isTokenChar(b byte) bool {
 }
 
 // answer handles a 401/407. It returns the client transaction of the
-// authenticated re-send, or nil when the response must be relayed instead:
-// no usable challenge, credentials just rejected (RFC 3261 §22.1: never
-// retry them unless the nonce was stale), or the challenge budget spent.
+// authenticated re-send, or nil when the response must be relayed instead
+// (prepareAnswer says when).
 func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
+	next, err := f.prepareAnswer(res)
+	if next == nil || err != nil {
+		return nil, err
+	}
+	return f.send(next)
+}
+
+// prepareAnswer decides how to answer a 401/407 and builds the
+// authenticated re-send (RFC 3261 §22.2), without our Via: a new
+// transaction with CSeq+1 (§8.1.3.5), f.fwd from then on. It returns nil
+// when the response must be relayed instead: no usable challenge,
+// credentials just rejected (§22.1: never retry them unless the nonce was
+// stale), or the challenge budget spent. The caller sends it: a client
+// transaction of sipgo's (answer), or the fast lane's socket.
+func (f *forwarding) prepareAnswer(res *sip.Response) (*sip.Request, error) {
 	chs, perrs := collectChallenges(res)
 	for _, e := range perrs {
 		f.log.Debug("ignoring challenge", "error", e)
@@ -231,5 +245,5 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 	}
 	f.fwd = next
 	f.log.Debug("answering challenge", logStatus, res.StatusCode, logRealms, f.realms, logCredential, f.credIDs)
-	return f.send(next)
+	return next, nil
 }

@@ -4,3 +4,16 @@ package proxy
 // the fast lane's datagrams to workers (udpworkers.go), for tests that run
 // both ways.
 var UDPHandOffAbove = udpHandOffAbove
+
+// LaneState returns the Via branches the fast lane of p waits on for a
+// response and how many requests it holds, for tests that tell what the
+// lane forwards from what it hands to sipgo's transactions.
+func LaneState(p *Proxy) (branches []string, requests int) {
+	l := p.lane
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for b := range l.byBranch {
+		branches = append(branches, b)
+	}
+	return branches, len(l.byKey)
+}

@@ -33,9 +33,12 @@ import (
 // the request that reaches us while we wait is sent on again (both hops
 // are UDP, so the schedule is the client's, RFC 3261 §17.1.2.2's). Timer F
 // is UpstreamTimeout, checked by one sweeper for all waiting requests (408
-// to the client). A 401/407 takes the request off the lane: a goroutine
-// answers the challenge with a sipgo client transaction as the usual path
-// does, and so does a next hop over TCP or TLS. The sender's side (Timer J,
+// to the client). A 401/407 is answered on the lane: the authenticated
+// re-send goes to the same target from the same socket with a new branch,
+// and the request waits for its response under it
+// (fastlane_challenge.go). A failover, and a next hop over TCP or TLS,
+// take the request off the lane: a goroutine forwards it with a sipgo
+// client transaction as the usual path does. The sender's side (Timer J,
 // answering retransmissions after the final response) is the liteTx's.
 type fastLane struct {
 	p *Proxy
@@ -349,12 +352,16 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 	f := e.f
 	defer l.recoverRelay(e)
 	l.answered(e)
-	if _, failover := f.failoverOnStatus(res.StatusCode); failover || (!f.toClient && isChallenge(res)) {
-		// The challenge is answered, or the request fails over to its
-		// next target or upstream, off the lane, with a client
-		// transaction of sipgo's, as on the usual path.
+	if _, failover := f.failoverOnStatus(res.StatusCode); failover {
+		// The request fails over to its next target or upstream off the
+		// lane, with a client transaction of sipgo's, as on the usual
+		// path.
 		l.stopWaiting(e)
 		go l.offLane(e, res, false)
+		return true
+	}
+	if !f.toClient && isChallenge(res) {
+		l.challenged(e, res) // fastlane_challenge.go
 		return true
 	}
 	l.deliver(e, res.StatusCode, func() { f.relay(res) })
@@ -463,9 +470,10 @@ func (l *fastLane) answered(e *laneEntry) {
 
 // offLane forwards the request the usual way, with a sipgo client
 // transaction, in a goroutine of its own: first (res nil; to a next hop
-// over TCP or TLS, or to an upstream whose name has no result yet), after
-// a challenge (res the 401/407), or failing over to the next target or
-// upstream (res a response that moves it on, or timedOut).
+// over TCP or TLS, or to an upstream whose name has no result yet), or
+// failing over to the next target or upstream (res a response that moves
+// it on, or timedOut). A challenge to a request sent off the lane is
+// answered there (relayLoop).
 func (l *fastLane) offLane(e *laneEntry, res *sip.Response, timedOut bool) {
 	f := e.f
 	defer func() {
@@ -489,32 +497,12 @@ func (l *fastLane) offLane(e *laneEntry, res *sip.Response, timedOut bool) {
 		}
 		return
 	}
-	if why, ok := f.failoverOn(res); ok {
-		if tx, ok := f.failover(f.ctx, why, res); ok {
-			f.relayLoop(tx)
-			return
-		}
-		f.relay(res)
+	why, _ := f.failoverOn(res) // HandleResponse's decision: it fails over
+	if tx, ok := f.failover(f.ctx, why, res); ok {
+		f.relayLoop(tx)
 		return
 	}
-	if f.fwd == nil {
-		if err := l.buildSent(e); err != nil {
-			f.log.Warn("cannot build forwarded request", "error", err)
-			f.relay(res)
-			return
-		}
-	}
-	next, err := f.answer(res)
-	if err != nil {
-		f.log.Warn("upstream unreachable on retry", "error", err)
-		f.unreachable()
-		return
-	}
-	if next == nil {
-		f.relay(res)
-		return
-	}
-	f.relayLoop(next)
+	f.relay(res)
 }
 
 // remove drops e's claim on its key (and its branch, if any).
@@ -579,8 +567,8 @@ func (l *fastLane) run(ctx context.Context) {
 func (l *fastLane) timeout(e *laneEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.waiting {
-		return
+	if !e.waiting || time.Now().UnixNano() <= e.deadline.Load() {
+		return // answered, or sent again after a challenge, meanwhile
 	}
 	if !e.f.att.answered && e.f.canFailover() {
 		l.stopWaiting(e)

@@ -227,9 +227,10 @@ func testFastLaneTransactionBehaviour(t *testing.T) {
 	}
 }
 
-// A 401/407 on the fast lane is answered off it, as on the usual path:
-// the request goes again with credentials and CSeq+1, and the client gets
-// the upstream's final answer to that.
+// A 401/407 on the fast lane is answered as on the usual path: the
+// request goes again with credentials and CSeq+1, and the client gets the
+// upstream's final answer to that (fastlane_challenge_test.go has the
+// rest).
 func TestFastLaneChallenge(t *testing.T) {
 	up, c, again := laneAfterChallenge(t, "lane-2")
 	if !bytes.Contains(again.data, []byte("Proxy-Authorization: Digest")) || !bytes.Contains(again.data, []byte("CSeq: 2 MESSAGE")) {

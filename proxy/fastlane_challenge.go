@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Answering a 401/407 on the fast lane (RFC 3261 §22.2, §22.3). The
+// authenticated re-send is a new transaction to the same UDP target: it
+// leaves from the lane's socket with a new Via branch, and the request
+// keeps waiting on the lane under that branch, its entry and key kept. The
+// client's retransmissions are sent on as the re-send (its credentials and
+// CSeq, its branch), the final response is relayed as bytes, a further
+// challenge is answered the same way, and Timer F is the sweeper's. The
+// decisions and the bookkeeping (which challenges are answered, when the
+// credentials were rejected, the challenge budget, nonce counts, the
+// preemptive cache, metrics) are prepareAnswer's, shared with the usual
+// path.
+
+// challenged handles a 401/407 to e's request waiting on the lane (e.mu
+// held, the response's attempt answered): it sends the authenticated
+// re-send on the lane, or relays the challenge as the final response when
+// it is not to be answered (no usable challenge, credentials rejected,
+// budget spent), or answers 503 when the re-send cannot be sent.
+func (l *fastLane) challenged(e *laneEntry, res *sip.Response) {
+	f := e.f
+	if f.fwd == nil {
+		// Sent as the client's bytes edited: prepareAnswer starts from the
+		// parsed form of what the upstream received.
+		if err := l.buildSent(e); err != nil {
+			f.log.Warn("cannot build forwarded request", "error", err)
+			l.deliver(e, res.StatusCode, func() { f.relay(res) })
+			return
+		}
+	}
+	next, err := f.prepareAnswer(res)
+	if err == nil && next != nil {
+		err = l.resend(e, next)
+	}
+	if err != nil {
+		l.finish(e)
+		f.log.Warn("upstream unreachable on retry", "error", err)
+		f.unreachable()
+		f.end()
+		return
+	}
+	if next == nil {
+		l.deliver(e, res.StatusCode, func() { f.relay(res) })
+	}
+}
+
+// resend sends next, the authenticated re-send of e's request (e.mu
+// held), on the lane: our Via on top with a new branch, pinned to the
+// target, serialised into e.raw for the client's retransmissions to go on
+// as, and waited on under that branch instead of the challenged one. The
+// wait is Timer F from now: the target has answered. On an error the
+// entry still waits under one of its branches; the caller finishes it.
+func (l *fastLane) resend(e *laneEntry, next *sip.Request) error {
+	f := e.f
+	branch := sip.GenerateBranchN(16)
+	next.PrependHeader(l.p.newVia(f.hop.transport, hopAddr(f.hop.addr), branch))
+	if err := l.p.pinRequest(branch, f.req.Method, f.hop.transport, f.hop.addr); err != nil {
+		return fmt.Errorf("answer challenge: %w", err)
+	}
+	e.raw = []byte(next.String())
+	e.deadline.Store(time.Now().Add(l.p.cfg.UpstreamTimeout).UnixNano())
+	// Findable under the new branch before the re-send leaves: its
+	// response may be read by another worker before WriteTo returns (and
+	// waits for e.mu).
+	l.swapBranch(e, branch)
+	if err := e.send(); err != nil {
+		return fmt.Errorf("answer challenge: %w", err)
+	}
+	return nil
+}
+
+// swapBranch makes branch the one e waits under (e.mu held): the
+// challenged attempt's branch forgotten and its pin released, as
+// stopWaiting does, the new one registered.
+func (l *fastLane) swapBranch(e *laneEntry, branch string) {
+	old := e.branch
+	l.mu.Lock()
+	delete(l.byBranch, old)
+	l.byBranch[branch] = e
+	e.branch = branch
+	l.mu.Unlock()
+	l.p.pins.release(old, false, time.Now())
+}
