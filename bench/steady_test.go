@@ -122,7 +122,11 @@ func TestDialogs(t *testing.T) {
 	// an idle process would only collect at the next periodic GC (2 min);
 	// the profile shows what the dialogs hold. Then the scavenger returns
 	// the freed pages to the OS over some seconds.
-	profile := filepath.Join(cmp.Or(os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR"), t.TempDir()), "dialogs-heap.pprof")
+	profileDir := cmp.Or(os.Getenv("AUTHPROXY_BENCH_PROFILE_DIR"), t.TempDir())
+	if err := os.MkdirAll(profileDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	profile := filepath.Join(profileDir, "dialogs-heap.pprof")
 	if err := savePprof(admin, "heap?gc=1", profile); err != nil {
 		t.Error(err)
 	}
