@@ -61,7 +61,7 @@ func TestFastLaneChallengeOnLane(t *testing.T) {
 				defer proxy.UDPHandOffAbove.Store(was)
 
 				up := startScriptedUpstream(t)
-				p, addr, obs := startLaneProxy(t, up.conn.LocalAddr().String())
+				p, addr, obs := startLaneProxy(t, up.conn.LocalAddr().String(), 0)
 				callID := fmt.Sprintf("lane-ch-%d-%d", n, handOff.at)
 				c := newLaneClient(t, addr, callID)
 				c.send(t)
@@ -133,6 +133,40 @@ func TestFastLaneChallengeOnLane(t *testing.T) {
 	}
 }
 
+// An authenticated re-send on the fast lane the upstream never answers
+// ends at Timer F (UpstreamTimeout, from the re-send): 408 to the client,
+// and the lane keeps nothing.
+func TestFastLaneChallengeTimerF(t *testing.T) {
+	up := startScriptedUpstream(t)
+	p, addr, obs := startLaneProxy(t, up.conn.LocalAddr().String(), 200*time.Millisecond)
+	c := newLaneClient(t, addr, "lane-ch-timer-f")
+	c.send(t)
+	sent := up.next(t, hostileWait)
+	up.answer(t, sent, "407 Proxy Authentication Required",
+		`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
+	resent := up.next(t, hostileWait)
+	checkResend(t, sent.data, resent.data, 2)
+	if got := c.read(t, hostileWait); got != "SIP/2.0 408 Request Timeout" {
+		t.Fatalf("client got %q, want 408", got)
+	}
+	testutil.Eventually(t, "the lane to hold nothing", func() bool {
+		branches, requests := proxy.LaneState(p)
+		return len(branches) == 0 && requests == 0
+	})
+	var d requestEnd
+	testutil.Eventually(t, "the request to end", func() bool {
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		if len(obs.ended) > 0 {
+			d = obs.ended[0]
+		}
+		return len(obs.ended) > 0
+	})
+	if d.status != 408 || d.outcome != "timeout" {
+		t.Errorf("request ended %d %q, want 408 timeout", d.status, d.outcome)
+	}
+}
+
 // checkResend fails the test unless resent is prev sent again with
 // credentials, CSeq seq and a new branch.
 func checkResend(t *testing.T, prev, resent []byte, seq int) {
@@ -169,8 +203,9 @@ func (c *laneClient) readMessage(t *testing.T, wait time.Duration) []byte {
 }
 
 // startLaneProxy starts a proxy as startLoopbackProxy does (preemptive
-// off), with an observer of how requests end.
-func startLaneProxy(t *testing.T, upstream string) (*proxy.Proxy, string, *doneObserver) {
+// off), with an observer of how requests end; upstreamTimeout 0 keeps the
+// default.
+func startLaneProxy(t *testing.T, upstream string, upstreamTimeout time.Duration) (*proxy.Proxy, string, *doneObserver) {
 	t.Helper()
 	store, err := credentials.NewStore([]credentials.Entry{{Username: "bench", Password: credentials.NewSecret("bench-secret"), Server: upstream}})
 	if err != nil {
@@ -179,14 +214,15 @@ func startLaneProxy(t *testing.T, upstream string) (*proxy.Proxy, string, *doneO
 	obs := &doneObserver{countingObserver: newCountingObserver()}
 	ready := make(chan struct{})
 	p, err := proxy.New(proxy.Config{
-		Listeners:     []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}},
-		Upstreams:     []proxy.Upstream{{Name: "pbx", Address: upstream, Transport: "udp", Domains: []string{"pbx.example.com"}, Preemptive: proxy.PreemptiveOff}},
-		Credentials:   store,
-		Clients:       []proxy.ClientGroup{{Name: "loopback", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
-		ShutdownGrace: time.Second,
-		Observer:      obs,
-		Logger:        slog.New(slog.DiscardHandler),
-		Ready:         func() { close(ready) },
+		Listeners:       []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}},
+		Upstreams:       []proxy.Upstream{{Name: "pbx", Address: upstream, Transport: "udp", Domains: []string{"pbx.example.com"}, Preemptive: proxy.PreemptiveOff}},
+		Credentials:     store,
+		Clients:         []proxy.ClientGroup{{Name: "loopback", Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Upstreams: []string{"*"}}},
+		ShutdownGrace:   time.Second,
+		UpstreamTimeout: upstreamTimeout,
+		Observer:        obs,
+		Logger:          slog.New(slog.DiscardHandler),
+		Ready:           func() { close(ready) },
 	})
 	if err != nil {
 		t.Fatal(err)
