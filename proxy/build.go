@@ -16,8 +16,8 @@ import (
 // the client's bytes, rawsip.go), Record-Route and the CSeq shift.
 
 // build makes f.fwd, the request to send, with the preemptive answers
-// (the fast lane sends most requests as edited bytes instead and builds
-// f.fwd only if it needs it after all: buildSent).
+// (the fast lane sends most requests as edited bytes instead, and builds
+// their parsed form only to answer a challenge: buildSent).
 func (f *forwarding) build() bool {
 	if err := f.buildWithAnswers(); err != nil {
 		f.log.Warn("cannot build forwarded request", "error", err)

@@ -141,7 +141,7 @@ func isTokenChar(b byte) bool {
 // authenticated re-send, or nil when the response must be relayed instead
 // (prepareAnswer says when).
 func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
-	next, err := f.prepareAnswer(res)
+	next, err := f.prepareAnswer(res, nil)
 	if next == nil || err != nil {
 		return nil, err
 	}
@@ -154,8 +154,10 @@ func (f *forwarding) answer(res *sip.Response) (sip.ClientTransaction, error) {
 // when the response must be relayed instead: no usable challenge,
 // credentials just rejected (§22.1: never retry them unless the nonce was
 // stale), or the challenge budget spent. The caller sends it: a client
-// transaction of sipgo's (answer), or the fast lane's socket.
-func (f *forwarding) prepareAnswer(res *sip.Response) (*sip.Request, error) {
+// transaction of sipgo's (answer), or the fast lane's socket. The re-send
+// is made from sent, the request as the upstream received it without our
+// Via, the caller's to edit; nil means a clone of f.fwd.
+func (f *forwarding) prepareAnswer(res *sip.Response, sent *sip.Request) (*sip.Request, error) {
 	chs, perrs := collectChallenges(res)
 	for _, e := range perrs {
 		f.log.Debug("ignoring challenge", "error", e)
@@ -208,8 +210,11 @@ func (f *forwarding) prepareAnswer(res *sip.Response) (*sip.Request, error) {
 		return nil, nil
 	}
 
-	next := f.fwd.Clone()
-	removeFirst(next, "Via") // ours; addVia puts a new one with a new branch
+	next := sent
+	if next == nil {
+		next = f.fwd.Clone()
+		removeFirst(next, "Via") // ours; the sender puts a new one with a new branch
+	}
 	removeAll(next, "Authorization")
 	removeAll(next, "Proxy-Authorization")
 	// §22.1/§8.1.3.5: the re-send is a new transaction with CSeq+1.

@@ -279,23 +279,6 @@ func (e *laneEntry) send() error {
 	return nil
 }
 
-// buildSent makes f.fwd, the parsed form of a request the lane sent as
-// bytes, for what needs one (answering a challenge): built as buildForward
-// builds it, with the answers and the CSeq number that were sent and our
-// Via, so that it is the request the upstream received.
-func (l *fastLane) buildSent(e *laneEntry) error {
-	f := e.f
-	fwd, err := f.buildForward()
-	if err != nil {
-		return err
-	}
-	appendAuth(fwd, f.auth)
-	fwd.CSeq().SeqNo = e.seq
-	fwd.PrependHeader(l.p.newVia(f.hop.transport, hopAddr(f.hop.addr), e.branch))
-	f.fwd = fwd
-	return nil
-}
-
 // takeResponse offers the lane a response datagram a UDP listener read
 // (from addr, checked against the pins already) and reports whether it
 // took it: relayed as bytes (HandleRawResponse), or parsed and relayed

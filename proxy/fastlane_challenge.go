@@ -26,16 +26,18 @@ import (
 // budget spent), or answers 503 when the re-send cannot be sent.
 func (l *fastLane) challenged(e *laneEntry, res *sip.Response) {
 	f := e.f
+	var sent *sip.Request // nil: f.fwd, the parsed copy sent
 	if f.fwd == nil {
-		// Sent as the client's bytes edited: prepareAnswer starts from the
-		// parsed form of what the upstream received.
-		if err := l.buildSent(e); err != nil {
+		// Sent as the client's bytes edited: the re-send is made from
+		// the parsed form of what the upstream received.
+		var err error
+		if sent, err = l.buildSent(e); err != nil {
 			f.log.Warn("cannot build forwarded request", "error", err)
 			l.deliver(e, res.StatusCode, func() { f.relay(res) })
 			return
 		}
 	}
-	next, err := f.prepareAnswer(res)
+	next, err := f.prepareAnswer(res, sent)
 	if err == nil && next != nil {
 		err = l.resend(e, next)
 	}
@@ -87,4 +89,17 @@ func (l *fastLane) swapBranch(e *laneEntry, branch string) {
 	e.branch = branch
 	l.mu.Unlock()
 	l.p.pins.release(old, false, time.Now())
+}
+
+// buildSent is the parsed form of a request the lane sent as bytes,
+// without our Via, for prepareAnswer to make the re-send from: built as
+// buildForward builds it, with the CSeq number that was sent. The answers
+// sent with it, if any, are in f.auth, which prepareAnswer reads.
+func (l *fastLane) buildSent(e *laneEntry) (*sip.Request, error) {
+	fwd, err := e.f.buildForward()
+	if err != nil {
+		return nil, fmt.Errorf("build sent request: %w", err)
+	}
+	fwd.CSeq().SeqNo = e.seq
+	return fwd, nil
 }
