@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -227,22 +226,7 @@ func startLaneProxy(t *testing.T, upstream string, upstreamTimeout time.Duration
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy Run: %v", err)
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("proxy stopped before ready: %v", err)
-	case <-time.After(hostileWait):
-		t.Fatal("proxy not ready")
-	}
+	runProxy(t, p, ready, nil)
 	return p, p.ListenAddrs()["udp"], obs
 }
 

@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -169,20 +168,7 @@ func startUDPFuzzEnv(t *testing.T, challenge byte, timeout time.Duration) *udpFu
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy Run: %v", err)
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("proxy stopped before ready: %v", err)
-	}
+	runProxy(t, e.p, ready, nil)
 	if e.addr, err = net.ResolveUDPAddr("udp4", e.p.ListenAddrs()["udp"]); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -88,23 +87,7 @@ func startHostile(t *testing.T, o hostileOptions) *hostileEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy Run: %v", err)
-		}
-		e.checkLogs(t)
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("proxy stopped before ready: %v", err)
-	case <-time.After(hostileWait):
-		t.Fatal("proxy not ready")
-	}
+	runProxy(t, p, ready, func() { e.checkLogs(t) })
 	addrs := p.ListenAddrs()
 	e.udp, e.tcp = addrs["udp"], addrs["tcp"]
 	return e
