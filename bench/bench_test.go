@@ -456,19 +456,11 @@ func treeCPU(p *peers.Process) time.Duration {
 	if p == nil {
 		return 0
 	}
-	root := p.Pid()
 	var total time.Duration
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+	for _, pid := range treePIDs(p) {
+		if st, ok := readStat(pid); ok {
+			total += st.user + st.system
 		}
-		st, ok := readStat(pid)
-		if !ok || (pid != root && st.ppid != root) {
-			continue
-		}
-		total += st.user + st.system
 	}
 	return total
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -122,7 +123,7 @@ func statelessBranch(r *sip.Request) string {
 		return sip.GenerateBranchN(16)
 	}
 	b, ok := v.Params.Get("branch")
-	if !ok || len(b) <= len(sip.RFC3261BranchMagicCookie) || b[:len(sip.RFC3261BranchMagicCookie)] != sip.RFC3261BranchMagicCookie {
+	if !ok || len(b) == len(sip.RFC3261BranchMagicCookie) || !strings.HasPrefix(b, sip.RFC3261BranchMagicCookie) {
 		return sip.GenerateBranchN(16)
 	}
 	h := sha256.New()
