@@ -67,7 +67,7 @@ func newConn(g *Guard, raw net.Conn, src netip.Addr, peer Peer, tlsConf *tls.Con
 // Close closes the connection and gives its place under the caps back.
 func (c *conn) Close() error {
 	err := c.Conn.Close()
-	c.closeOnce.Do(func() { c.g.release(c.src, c.peer) })
+	c.closeOnce.Do(func() { c.g.admission.Release(c.src, c.peer) })
 	return err
 }
 

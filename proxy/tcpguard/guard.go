@@ -30,7 +30,6 @@ package tcpguard
 import (
 	"log/slog"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -162,12 +161,8 @@ type Guard struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	clients  int                // client connections open
-	bySource map[netip.Addr]int // client connections open per source
-
-	open   atomic.Int64 // every connection open
-	counts [numCounters]atomic.Uint64
+	admission *Admission
+	counts    [numCounters]atomic.Uint64
 
 	// refusalLog rate-limits the refusal lines: a flood must not turn into
 	// a log flood.
@@ -184,13 +179,13 @@ func New(cfg Config) *Guard {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Guard{cfg: cfg, log: log, bySource: map[netip.Addr]int{}}
+	return &Guard{cfg: cfg, log: log, admission: NewAdmission(cfg.Classify, cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource)}
 }
 
 // Stats returns what the guard counted so far.
 func (g *Guard) Stats() Stats {
 	s := Stats{
-		Open:         int(g.open.Load()),
+		Open:         g.admission.Open(),
 		Accepted:     g.counts[cAccepted].Load(),
 		AcceptErrors: g.counts[cAcceptErrors].Load(),
 		Refused:      map[string]uint64{},
@@ -208,47 +203,12 @@ func (g *Guard) Stats() Stats {
 // admit decides whether a connection from src is served; it returns the
 // peer kind, or the counter of the refusal.
 func (g *Guard) admit(src netip.Addr) (Peer, counter) {
-	peer := Client
-	if g.cfg.Classify != nil {
-		peer = g.cfg.Classify(src)
-	}
-	switch peer {
-	case Refused:
-		return peer, cSourceDenied
-	case Upstream:
-		g.open.Add(1)
-		return peer, cAccepted
-	}
-	l := g.cfg.Limits
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if l.MaxConns > 0 && g.clients >= l.MaxConns {
-		return Refused, cTotal
-	}
-	if l.MaxConnsPerSource > 0 && g.bySource[src] >= l.MaxConnsPerSource {
-		return Refused, cPerSource
-	}
-	g.clients++
-	g.bySource[src]++
-	g.open.Add(1)
-	return peer, cAccepted
+	peer, why := g.admission.Admit(src)
+	return peer, refusalCounters[why]
 }
 
-// release undoes an admit once the connection is closed.
-func (g *Guard) release(src netip.Addr, peer Peer) {
-	g.open.Add(-1)
-	if peer != Client {
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.clients--
-	if n := g.bySource[src] - 1; n > 0 {
-		g.bySource[src] = n
-	} else {
-		delete(g.bySource, src)
-	}
-}
+// refusalCounters is the counter of each refusal of Admission.
+var refusalCounters = [...]counter{NotRefused: cAccepted, SourceDenied: cSourceDenied, TotalLimit: cTotal, PerSourceLimit: cPerSource}
 
 // refused counts and logs (rate-limited) a connection closed at once.
 func (g *Guard) refused(c counter, src netip.Addr, listener string) {

@@ -327,7 +327,7 @@ func (c *conn) Close() error {
 		// The connection's place and bindings go before the peer sees it
 		// closed: whoever reconnects finds them free.
 		g := c.l.g
-		g.release(c.remote.Addr(), c.peer)
+		g.admission.Release(c.remote.Addr(), c.peer)
 		if c.user != "" {
 			g.mu.Lock()
 			delete(g.users, c.remote)

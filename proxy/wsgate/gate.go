@@ -123,12 +123,11 @@ type Gate struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	clients  int
-	bySource map[netip.Addr]int
-	users    map[netip.AddrPort]string // token user of each open connection that had one
+	admission *tcpguard.Admission
 
-	open     atomic.Int64
+	mu    sync.Mutex
+	users map[netip.AddrPort]string // token user of each open connection that had one
+
 	upgraded atomic.Uint64
 	cmu      sync.Mutex
 	refused  map[string]uint64
@@ -149,7 +148,8 @@ func New(cfg Config) *Gate {
 	if cfg.Limits.MaxMessageSize <= 0 || cfg.Limits.MaxMessageSize > DefaultMaxMessageSize {
 		cfg.Limits.MaxMessageSize = DefaultMaxMessageSize
 	}
-	return &Gate{cfg: cfg, log: log, bySource: map[netip.Addr]int{}, users: map[netip.AddrPort]string{},
+	return &Gate{cfg: cfg, log: log, admission: tcpguard.NewAdmission(cfg.Classify, cfg.Limits.MaxConns, cfg.Limits.MaxConnsPerSource),
+		users:   map[netip.AddrPort]string{},
 		refused: map[string]uint64{}, closed: map[string]uint64{}}
 }
 
@@ -157,7 +157,7 @@ func New(cfg Config) *Gate {
 func (g *Gate) Stats() Stats {
 	g.cmu.Lock()
 	defer g.cmu.Unlock()
-	s := Stats{Open: int(g.open.Load()), Upgraded: g.upgraded.Load(), Refused: map[string]uint64{}, Closed: map[string]uint64{}}
+	s := Stats{Open: g.admission.Open(), Upgraded: g.upgraded.Load(), Refused: map[string]uint64{}, Closed: map[string]uint64{}}
 	for k, v := range g.refused {
 		s.Refused[k] = v
 	}
@@ -178,47 +178,13 @@ func (g *Gate) TokenUser(remote netip.AddrPort) string {
 // admit decides whether a connection from src is served: the peer kind,
 // or a refusal reason.
 func (g *Gate) admit(src netip.Addr) (tcpguard.Peer, string) {
-	peer := tcpguard.Client
-	if g.cfg.Classify != nil {
-		peer = g.cfg.Classify(src)
-	}
-	switch peer {
-	case tcpguard.Refused:
-		return peer, ReasonSourceDenied
-	case tcpguard.Upstream:
-		g.open.Add(1)
-		return peer, ""
-	}
-	l := g.cfg.Limits
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if l.MaxConns > 0 && g.clients >= l.MaxConns {
-		return tcpguard.Refused, ReasonTotalLimit
-	}
-	if l.MaxConnsPerSource > 0 && g.bySource[src] >= l.MaxConnsPerSource {
-		return tcpguard.Refused, ReasonPerSourceLimit
-	}
-	g.clients++
-	g.bySource[src]++
-	g.open.Add(1)
-	return peer, ""
+	peer, why := g.admission.Admit(src)
+	return peer, refusalReasons[why]
 }
 
-// release undoes an admit once the connection is closed.
-func (g *Gate) release(src netip.Addr, peer tcpguard.Peer) {
-	g.open.Add(-1)
-	if peer != tcpguard.Client {
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.clients--
-	if n := g.bySource[src] - 1; n > 0 {
-		g.bySource[src] = n
-	} else {
-		delete(g.bySource, src)
-	}
-}
+// refusalReasons is the reason of each refusal of tcpguard.Admission.
+var refusalReasons = [...]string{tcpguard.NotRefused: "", tcpguard.SourceDenied: ReasonSourceDenied,
+	tcpguard.TotalLimit: ReasonTotalLimit, tcpguard.PerSourceLimit: ReasonPerSourceLimit}
 
 // refusal counts a connection refused for reason and logs it, at most one
 // line a second (a flood must not become a log flood).

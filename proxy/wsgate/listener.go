@@ -217,7 +217,7 @@ func (l *Listener) upgrade(raw net.Conn, src netip.AddrPort, peer tcpguard.Peer)
 // the HTTP answer when err is a refusal (counted first, so that whoever
 // reads the answer finds it counted).
 func (l *Listener) fail(c net.Conn, src netip.AddrPort, peer tcpguard.Peer, reason string, err error) {
-	l.g.release(src.Addr(), peer)
+	l.g.admission.Release(src.Addr(), peer)
 	l.g.refusal(reason, src, l.name)
 	l.g.log.Debug("websocket upgrade refused", "listener", l.name, "source", src.String(), "reason", reason, "error", err)
 	var rf *refusal
