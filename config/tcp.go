@@ -47,16 +47,23 @@ const (
 	maxMessageSize = 65535
 )
 
-func (v *validator) buildTCP(t fileTCP) TCP {
-	out := TCP{MaxConnections: t.MaxConnections, MaxConnectionsPerSource: t.MaxConnectionsPerSource, MaxMessageSize: t.MaxMessageSize}
+// connectionCaps checks the caps on client connections of the table
+// named table, max_connections and max_connections_per_source: 0 turns a
+// cap off, a negative one is refused.
+func (v *validator) connectionCaps(table string, total, perSource int) {
 	for _, f := range []struct {
 		key string
 		val int
-	}{{"tcp.max_connections", t.MaxConnections}, {"tcp.max_connections_per_source", t.MaxConnectionsPerSource}} {
+	}{{table + ".max_connections", total}, {table + ".max_connections_per_source", perSource}} {
 		if f.val < 0 {
 			v.add(f.key, strconv.Itoa(f.val), "must not be negative (0 turns the limit off)", ErrInvalid, nil)
 		}
 	}
+}
+
+func (v *validator) buildTCP(t fileTCP) TCP {
+	out := TCP{MaxConnections: t.MaxConnections, MaxConnectionsPerSource: t.MaxConnectionsPerSource, MaxMessageSize: t.MaxMessageSize}
+	v.connectionCaps("tcp", t.MaxConnections, t.MaxConnectionsPerSource)
 	out.IdleTimeout = v.tcpTimeout("tcp.idle_timeout", t.IdleTimeout)
 	out.MessageTimeout = v.tcpTimeout("tcp.message_timeout", t.MessageTimeout)
 	out.HandshakeTimeout = v.tcpTimeout("tcp.handshake_timeout", t.HandshakeTimeout)

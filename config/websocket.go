@@ -40,14 +40,7 @@ const maxWSMessageSize = 32768
 
 func (v *validator) buildWebSocket(w fileWebSocket) WebSocket {
 	out := WebSocket{MaxConnections: w.MaxConnections, MaxConnectionsPerSource: w.MaxConnectionsPerSource, MaxMessageSize: w.MaxMessageSize}
-	for _, f := range []struct {
-		key string
-		val int
-	}{{"websocket.max_connections", w.MaxConnections}, {"websocket.max_connections_per_source", w.MaxConnectionsPerSource}} {
-		if f.val < 0 {
-			v.add(f.key, strconv.Itoa(f.val), "must not be negative (0 turns the limit off)", ErrInvalid, nil)
-		}
-	}
+	v.connectionCaps("websocket", w.MaxConnections, w.MaxConnectionsPerSource)
 	out.HandshakeTimeout = v.tcpTimeout("websocket.handshake_timeout", w.HandshakeTimeout)
 	out.IdleTimeout = v.tcpTimeout("websocket.idle_timeout", w.IdleTimeout)
 	out.PingInterval = v.tcpTimeout("websocket.ping_interval", w.PingInterval)
