@@ -3,6 +3,7 @@ package proxy
 import (
 	"hash/maphash"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +58,53 @@ type dialog struct {
 	// become meanwhile (a challenged BYE racing the ACK).
 	inviteCSeq, inviteUpCSeq uint32
 	lastUse                  time.Time
+	// oneAuth holds inviteAuth when it is a single answer (the usual
+	// case), so that it needs no allocation of its own (compact).
+	oneAuth [1]authAnswer
+}
+
+// compact gives d its own copy of the strings it keeps, packed into one
+// allocation, and its answers a slice of its own. A dialog outlives the
+// request it was recorded from by minutes or hours, and its strings would
+// otherwise be a dozen small allocations (Call-ID and tags parsed from
+// the messages, the client's address, the credentials) scattered through
+// heap spans the request's short-lived garbage shares: with 10,000 calls
+// up, those half-empty spans held more memory than the dialogs.
+func (d *dialog) compact() {
+	auth := d.inviteAuth
+	if len(auth) == 1 {
+		d.oneAuth[0] = auth[0]
+		d.inviteAuth = d.oneAuth[:]
+	} else if len(auth) > 1 {
+		d.inviteAuth = append([]authAnswer(nil), auth...)
+	}
+	var buf [8]*string
+	fields := append(buf[:0], &d.key.callID, &d.key.callerTag, &d.key.calleeTag, &d.clientAddr)
+	for i := range d.inviteAuth {
+		fields = append(fields, &d.inviteAuth[i].key, &d.inviteAuth[i].value)
+	}
+	packStrings(fields)
+}
+
+// packStrings copies the strings fields point to into one new allocation
+// and points them at their copies.
+func packStrings(fields []*string) {
+	n := 0
+	for _, f := range fields {
+		n += len(*f)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, f := range fields {
+		b.WriteString(*f)
+	}
+	all := b.String()
+	off := 0
+	for _, f := range fields {
+		l := len(*f)
+		*f = all[off : off+l]
+		off += l
+	}
 }
 
 // fromItsUpstream reports whether a request from src may enter the dialog
@@ -124,8 +172,10 @@ func (t *dialogTable) shard(k dialogKey) *dialogShard {
 	return &t.shards[maphash.String(t.seed, k.callID)%dialogShards]
 }
 
-// put stores d (replacing an entry with the same key: a retransmitted 2xx).
+// put stores d (replacing an entry with the same key: a retransmitted 2xx),
+// compacted.
 func (t *dialogTable) put(d *dialog) {
+	d.compact()
 	s := t.shard(d.key)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -121,6 +122,56 @@ func BenchmarkDialogSweep(b *testing.B) {
 			b.ReportMetric(float64(longest.Nanoseconds()), "lock-ns")
 			if got := tb.len(); got != n {
 				b.Fatalf("%d dialogs after the sweeps, want %d", got, n)
+			}
+		})
+	}
+}
+
+// TestDialogCompact checks that a stored dialog keeps its strings in one
+// allocation of its own: equal values, none sharing memory with the
+// message they came from, the answers in a slice of the dialog's.
+func TestDialogCompact(t *testing.T) {
+	tests := []struct {
+		name string
+		auth []authAnswer
+	}{
+		{"no credentials", nil},
+		{"one answer", []authAnswer{{key: "proxy:pbx", header: "Proxy-Authorization", value: `Digest username="1001"`}}},
+		{"two answers", []authAnswer{
+			{key: "proxy:pbx", header: "Proxy-Authorization", value: `Digest username="1001"`},
+			{key: "www:carrier", header: "Authorization", value: `Digest username="trunk"`},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := "a84b4c76e66710@pc33.example.com 1928301774 a6c85cf 192.0.2.4:5060"
+			callID, from, to, addr := msg[:31], msg[32:42], msg[43:50], msg[51:]
+			auth := append([]authAnswer(nil), tt.auth...)
+			d := &dialog{key: dialogKey{callID: callID, callerTag: from, calleeTag: to}, clientAddr: addr, inviteAuth: auth}
+			d.compact()
+			want := []string{callID, from, to, addr}
+			got := []string{d.key.callID, d.key.callerTag, d.key.calleeTag, d.clientAddr}
+			for i := range want {
+				if got[i] != want[i] {
+					t.Errorf("field %d = %q, want %q", i, got[i], want[i])
+				}
+				if unsafe.StringData(got[i]) == unsafe.StringData(want[i]) {
+					t.Errorf("field %d still shares the message's memory", i)
+				}
+			}
+			if len(d.inviteAuth) != len(tt.auth) {
+				t.Fatalf("%d answers, want %d", len(d.inviteAuth), len(tt.auth))
+			}
+			for i, a := range d.inviteAuth {
+				if a != tt.auth[i] {
+					t.Errorf("answer %d = %+v, want %+v", i, a, tt.auth[i])
+				}
+				if unsafe.StringData(a.value) == unsafe.StringData(auth[i].value) {
+					t.Errorf("answer %d's value still shares the request's memory", i)
+				}
+			}
+			if len(auth) > 0 && &d.inviteAuth[0] == &auth[0] {
+				t.Error("the answers still share the request's slice")
 			}
 		})
 	}
