@@ -79,8 +79,10 @@ func newFastLane(p *Proxy) *fastLane {
 }
 
 // TakesRequest takes out-of-dialog requests that create no dialog and are
-// no registration: what the lane can forward with no state beyond the
-// request's own transaction. Everything else keeps sipgo's transactions.
+// no registration, what the lane can forward with no state beyond the
+// request's own transaction, and a dialog's client's BYE, INFO, MESSAGE,
+// OPTIONS and NOTIFY toward its upstream (takesInDialog). Everything else
+// keeps sipgo's transactions.
 func (l *fastLane) TakesRequest(req *sip.Request) bool {
 	switch req.Method {
 	case sip.INVITE, sip.ACK, sip.CANCEL, sip.REGISTER:
@@ -89,8 +91,11 @@ func (l *fastLane) TakesRequest(req *sip.Request) bool {
 	if createsDialog(req.Method) {
 		return false
 	}
-	_, toTag := tags(req)
-	return toTag == ""
+	fromTag, toTag := tags(req)
+	if toTag != "" {
+		return l.takesInDialog(req, fromTag, toTag) // fastlane_dialog.go
+	}
+	return true
 }
 
 // HandleRequest forwards req, or sends a retransmission of a request still
@@ -136,10 +141,11 @@ func (l *fastLane) HandleRequest(req *sip.Request, tx *liteTx) {
 // bytes, instead of a parsed copy serialised again.
 func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	f := e.f
-	if !f.pickCachedTarget() || f.hop.transport != "UDP" || !l.hasSocketFor(f.hop.addr) {
+	if f.toClient || !f.pickCachedTarget() || f.hop.transport != "UDP" || !l.hasSocketFor(f.hop.addr) {
 		// A name not resolved yet (the wait for it must not hold up this
 		// goroutine), a next hop over TCP or TLS, or none a UDP listener
-		// can reach: the usual way.
+		// can reach: the usual way. So too a request route sent toward
+		// a client (a dialog recorded since TakesRequest looked).
 		go l.offLane(e, nil, false)
 		return true
 	}

@@ -131,7 +131,7 @@ func (s *laneSocket) takeRequest(data []byte, addr net.Addr, from netip.AddrPort
 		}
 	}
 	req := s.parseRequest(data, addr)
-	if req == nil || !p.lane.TakesRequest(req) {
+	if req == nil {
 		return false
 	}
 	key, ok := serverTxKey(req)
@@ -139,11 +139,16 @@ func (s *laneSocket) takeRequest(data []byte, addr net.Addr, from netip.AddrPort
 		return false // sipgo answers 400
 	}
 	if res, to, ok := s.answered.get(key, time.Now()); ok {
-		// A retransmission after the final response (RFC 3261 §17.2.2).
+		// A retransmission after the final response (RFC 3261 §17.2.2),
+		// of a request the lane took: answered whatever TakesRequest
+		// would say now (a BYE's dialog may have gone since).
 		if _, err := s.WriteTo(res, net.UDPAddrFromAddrPort(to)); err != nil {
 			p.log.Debug("cannot resend final response", "error", err)
 		}
 		return true
+	}
+	if !p.lane.TakesRequest(req) {
+		return false
 	}
 	tx := &liteTx{key: key, sock: s, src: from, raw: data}
 	p.lane.HandleRequest(req, tx)
