@@ -216,7 +216,7 @@ func (l *fastLane) prepareParsed(e *laneEntry) {
 // answers, once computed, are in f.auth either way.
 func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) bool {
 	f, req := e.f, e.f.req
-	if raw == nil || f.toClient || f.bind != nil || f.up == nil || req.Method == sip.REGISTER || req.Route() != nil {
+	if raw == nil || f.toClient || f.bind != nil || f.up == nil || req.Method == sip.REGISTER {
 		return false
 	}
 	dst := f.up.udpAddr // an IP literal's, computed once
