@@ -14,19 +14,23 @@ import (
 )
 
 // fastLane forwards the out-of-dialog non-INVITE requests clients send
-// over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter) without
-// sipgo's transactions. The UDP listener's socket (laneSocket) offers it
-// every request datagram before sipgo reads it; the request is checked,
-// routed and admitted exactly as on the usual path (forwarding.check), on
-// the goroutine that read it, and sent at once from that socket, as the
-// client's datagram with authproxy's edits made in its bytes
-// (forwardBytes) or else as a parsed copy (forwarding.build); the
-// upstream's response is matched to it by our Via branch and relayed as
-// bytes from where it was read (HandleRawResponse), or parsed when it is a
-// challenge or unusual. No goroutine, FSM,
-// timer or channel per request: on a machine whose two cores authproxy
-// shares with its PBX, those handoffs are most of its CPU and of the
-// latency it adds (docs/performance.md, "The fast lane").
+// over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter), and
+// a dialog's client's BYE, INFO, MESSAGE, OPTIONS and NOTIFY toward its
+// upstream (fastlane_dialog.go: every call's hang-up), without sipgo's
+// transactions. INVITE, ACK, CANCEL, REGISTER, what creates or refreshes
+// a dialog or a subscription (SUBSCRIBE, REFER, UPDATE), PRACK, and what
+// an upstream sends into a dialog keep them. The UDP listener's socket
+// (laneSocket) offers it every request datagram before sipgo reads it;
+// the request is checked, routed and admitted exactly as on the usual
+// path (forwarding.check), on the goroutine that read it, and sent at
+// once from that socket, as the client's datagram with authproxy's edits
+// made in its bytes (forwardBytes) or else as a parsed copy
+// (forwarding.build); the upstream's response is matched to it by our Via
+// branch and relayed as bytes from where it was read (HandleRawResponse),
+// or parsed when it is a challenge or unusual. No goroutine, FSM, timer
+// or channel per request: on a machine whose two cores authproxy shares
+// with its PBX, those handoffs are most of its CPU and of the latency it
+// adds (docs/performance.md, "The fast lane").
 //
 // What a client transaction would do is done as follows. Retransmission
 // toward the upstream (Timer E) is the client's: each retransmission of

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/authproxy/authproxy/internal/testutil"
 	"github.com/authproxy/authproxy/proxy"
@@ -22,10 +23,10 @@ type laneDialog struct {
 	authedInvite []byte
 }
 
-func startLaneDialog(t *testing.T, callID string) *laneDialog {
+func startLaneDialog(t *testing.T, callID string, upstreamTimeout time.Duration) *laneDialog {
 	t.Helper()
 	d := &laneDialog{up: newUDPPeer(t, "127.0.0.1"), client: newUDPPeer(t, "127.0.0.1"), callID: callID}
-	d.p, d.addr, _ = startLaneProxy(t, d.up.addr(), 0)
+	d.p, d.addr, _ = startLaneProxy(t, d.up.addr(), upstreamTimeout)
 	d.client.send(t, d.addr, request("INVITE", "sip:1002@pbx.example.com", d.client.addr(), callID, 1))
 	first := d.up.next(t, "INVITE ")
 	d.up.send(t, first.src.String(), response(first.data, "407 Proxy Authentication Required",
@@ -87,7 +88,7 @@ func TestFastLaneInDialog(t *testing.T) {
 			t.Run(tc.name+"/"+handOff.name, func(t *testing.T) {
 				was := proxy.UDPHandOffAbove.Swap(handOff.at)
 				defer proxy.UDPHandOffAbove.Store(was)
-				d := startLaneDialog(t, fmt.Sprintf("lane-dlg-%s-%t-%d", tc.method, tc.challenged, handOff.at))
+				d := startLaneDialog(t, fmt.Sprintf("lane-dlg-%s-%t-%d", tc.method, tc.challenged, handOff.at), 0)
 				req := d.inDialogRequest(tc.method, 2)
 				d.client.send(t, d.addr, req)
 				sent := d.up.next(t, tc.method+" ")
@@ -146,6 +147,24 @@ func TestFastLaneInDialog(t *testing.T) {
 	}
 }
 
+// A BYE on the fast lane the upstream never answers ends at Timer F
+// (UpstreamTimeout): the caller gets 408, and the dialog ends as after a
+// 2xx (RFC 3261 §15.1.1), the lane keeping nothing.
+func TestFastLaneInDialogByeTimeout(t *testing.T) {
+	d := startLaneDialog(t, "lane-dlg-bye-timeout", 500*time.Millisecond)
+	d.client.send(t, d.addr, d.inDialogRequest("BYE", 2))
+	sent := d.up.next(t, "BYE ")
+	d.onLane(t, sent.data)
+	d.client.next(t, "SIP/2.0 408 ", "CSeq: 2 BYE")
+	if n := d.p.DialogCount(); n != 0 {
+		t.Errorf("%d dialogs after the BYE timed out, want 0", n)
+	}
+	testutil.Eventually(t, "the lane to hold nothing", func() bool {
+		branches, requests := proxy.LaneState(d.p)
+		return len(branches) == 0 && requests == 0
+	})
+}
+
 // What the fast lane leaves to sipgo's transactions in a dialog: a
 // request the upstream sends into it toward the caller (route's
 // toClient), a caller's UPDATE (a target refresh, RFC 3311), and a BYE
@@ -187,7 +206,7 @@ func TestFastLaneInDialogNotTaken(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := startLaneDialog(t, "lane-dlg-not-"+tc.method+fmt.Sprint(tc.dialogs))
+			d := startLaneDialog(t, "lane-dlg-not-"+tc.method+fmt.Sprint(tc.dialogs), 0)
 			from, msg := tc.send(d)
 			to := tc.to(d)
 			from.send(t, d.addr, msg)
