@@ -14,10 +14,12 @@ import (
 // (its upstream and target, RFC 3261 §12.2.1.1: in-dialog requests never
 // re-resolve and never fail over), admit lets the dialog's client in,
 // forwardEdits shifts the CSeq by what authproxy added in the dialog's
-// CSeq space (cseq.go), buildForward removes authproxy's own Route
-// entries (§16.4; forwardBytes leaves a request with a Route to it), and
+// CSeq space (cseq.go) and removes authproxy's own Route entries (§16.4),
+// in the parsed copy or in the datagram's bytes (appendForward), and
 // relay and relayRaw end the dialog at a BYE's final 2xx, 408 or 481
-// (byeAnswered, §15.1.1), keeping it for the caller's late ACK.
+// (byeAnswered, §15.1.1), keeping it for the caller's late ACK (ack.go:
+// with the INVITE's CSeq and credentials, whatever the BYE's challenge
+// added to the offset).
 
 // takesInDialog reports whether the lane takes req, a request with To tag
 // toTag (in a dialog, §12.2): a method that neither creates, refreshes nor
