@@ -43,9 +43,10 @@ func startLaneDialog(t *testing.T, callID string, upstreamTimeout time.Duration)
 
 // inDialogRequest is the caller's request of method in the dialog, CSeq
 // seq, to the callee's Contact, with the Route authproxy's Record-Route
-// gives.
+// gives and a header spelt oddly (X-Odd), which arrives verbatim only when
+// the request is sent on as the client's bytes.
 func (d *laneDialog) inDialogRequest(method string, seq int) []byte {
-	return inDialog(request(method, "sip:1002@"+d.up.addr(), d.client.addr(), d.callID, seq, "Route: <sip:"+d.addr+";lr>"))
+	return inDialog(request(method, "sip:1002@"+d.up.addr(), d.client.addr(), d.callID, seq, "Route: <sip:"+d.addr+";lr>", "X-Odd:   spaced"))
 }
 
 // onLane fails the test unless the fast lane waits for a response under
@@ -61,14 +62,15 @@ func (d *laneDialog) onLane(t *testing.T, sent []byte) {
 // A caller's BYE, or INFO, over UDP in a dialog authproxy holds takes the
 // fast lane (no sipgo transaction: the lane waits for its response under
 // the forwarded request's branch), and everything the usual path does for
-// it still happens: authproxy's Route entry removed (RFC 3261 §16.4), the
-// CSeq shifted by the INVITE's challenge (§12.2.1.1), a 407 answered on
-// the lane with the caller's credentials and CSeq+1 (§22.2), the client's
-// own CSeq back on the response, the dialog ended by the BYE's 200
-// (§15.1.1), a retransmission after the final response answered again
-// without reaching the upstream (§17.2.2), and the caller's ACK sent after
-// the BYE still reaching the upstream as the authenticated INVITE's: its
-// CSeq and credentials (§22.1). Both ways a UDP listener reads.
+// it still happens: authproxy's Route entry removed (RFC 3261 §16.4)
+// from the client's datagram sent on, the CSeq shifted by the INVITE's
+// challenge (§12.2.1.1), a 407 answered on the lane with the caller's
+// credentials and CSeq+1 (§22.2), the client's own CSeq back on the
+// response, the dialog ended by the BYE's 200 (§15.1.1), a retransmission
+// after the final response answered again without reaching the upstream
+// (§17.2.2), and the caller's ACK sent after the BYE still reaching the
+// upstream as the authenticated INVITE's: its CSeq and credentials
+// (§22.1). Both ways a UDP listener reads.
 func TestFastLaneInDialog(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -98,6 +100,9 @@ func TestFastLaneInDialog(t *testing.T) {
 				}
 				if bytes.Contains(sent.data, []byte("\r\nRoute:")) {
 					t.Errorf("%s went upstream with authproxy's Route:\n%s", tc.method, sent.data)
+				}
+				if !bytes.Contains(sent.data, []byte("\r\nX-Odd:   spaced\r\n")) {
+					t.Errorf("%s went upstream as a parsed copy, not as the client's bytes edited:\n%s", tc.method, sent.data)
 				}
 				if tc.challenged {
 					d.up.send(t, sent.src.String(), response(sent.data, "407 Proxy Authentication Required",
