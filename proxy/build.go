@@ -54,14 +54,6 @@ func appendAuth(r *sip.Request, answers []authAnswer) {
 func (f *forwarding) buildForward() (*sip.Request, error) {
 	req := f.req
 	fwd := req.Clone()
-	// §16.4: remove the Route entries that name us.
-	for {
-		r := fwd.Route()
-		if r == nil || !f.p.isOwnURI(r.Address) {
-			break
-		}
-		removeFirst(fwd, "Route")
-	}
 	f.p.setHop(fwd, f.hop)
 	e, err := f.forwardEdits()
 	if err != nil {
@@ -85,13 +77,15 @@ func (f *forwarding) buildForward() (*sip.Request, error) {
 }
 
 // forwardEdits decides what buildForward changes in the request (or the
-// fast lane in its bytes): credentials and, for untrusted clients,
-// identity headers removed, Max-Forwards decremented, the sender's real
-// address recorded in its Via, the CSeq number shifted by what authproxy
-// added upstream in this CSeq space.
+// fast lane in its bytes): authproxy's own Route entries removed,
+// credentials and, for untrusted clients, identity headers removed,
+// Max-Forwards decremented, the sender's real address recorded in its
+// Via, the CSeq number shifted by what authproxy added upstream in this
+// CSeq space.
 func (f *forwarding) forwardEdits() (forwardEdits, error) {
 	req := f.req
 	var e forwardEdits
+	e.dropRoutes = f.ownRoutes()
 	if !f.toClient {
 		// Clients hold no passwords; whatever they send (including answers
 		// to authproxy's own challenge) is not ours to forward.
@@ -132,6 +126,24 @@ func (f *forwarding) forwardEdits() (forwardEdits, error) {
 		}
 	}
 	return e, nil
+}
+
+// ownRoutes is how many of the request's Route entries, from the top,
+// name authproxy (§16.4: a proxy removes the Route entries that name it;
+// one, or two after a double Record-Route).
+func (f *forwarding) ownRoutes() int {
+	n := 0
+	for _, h := range f.req.Headers() {
+		if !strings.EqualFold(h.Name(), "Route") {
+			continue
+		}
+		r, ok := h.(*sip.RouteHeader)
+		if !ok || !f.p.isOwnURI(r.Address) {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // createsDialog reports whether an out-of-dialog request of this method

@@ -245,6 +245,29 @@ func (t *dialogTable) ackFromClient(callID, fromTag, toTag string, now time.Time
 	return &cp
 }
 
+// sentByClient reports whether a request with these identifiers is one
+// a dialog's client sends toward its upstream (route then finds the
+// dialog with fromClient, or, its BYE having ended it, not at all): its
+// tags name an established dialog from the caller's side, or one ended
+// within endedAckWindow, and no dialog from the upstream's side (route
+// looks that one up first: such a request goes toward the client). It
+// marks nothing used and copies nothing: the fast lane asks it of every
+// in-dialog request it is offered (fastlane_dialog.go).
+func (t *dialogTable) sentByClient(callID, fromTag, toTag string, now time.Time) bool {
+	k := dialogKey{callID: callID, callerTag: fromTag, calleeTag: toTag}
+	s := t.shard(k) // the Call-ID's: the upstream side's key is in it too
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.entries[dialogKey{callID: callID, callerTag: toTag, calleeTag: fromTag}]; ok {
+		return false
+	}
+	if _, ok := s.entries[k]; ok {
+		return true
+	}
+	e, ok := s.ended[k]
+	return ok && !now.After(e.until)
+}
+
 // sweep ends dialogs idle for longer than idle, and forgets ended ones
 // past their ACK window, one shard at a time.
 func (t *dialogTable) sweep(now time.Time, idle time.Duration) {

@@ -14,19 +14,23 @@ import (
 )
 
 // fastLane forwards the out-of-dialog non-INVITE requests clients send
-// over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter) without
-// sipgo's transactions. The UDP listener's socket (laneSocket) offers it
-// every request datagram before sipgo reads it; the request is checked,
-// routed and admitted exactly as on the usual path (forwarding.check), on
-// the goroutine that read it, and sent at once from that socket, as the
-// client's datagram with authproxy's edits made in its bytes
-// (forwardBytes) or else as a parsed copy (forwarding.build); the
-// upstream's response is matched to it by our Via branch and relayed as
-// bytes from where it was read (HandleRawResponse), or parsed when it is a
-// challenge or unusual. No goroutine, FSM,
-// timer or channel per request: on a machine whose two cores authproxy
-// shares with its PBX, those handoffs are most of its CPU and of the
-// latency it adds (docs/performance.md, "The fast lane").
+// over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter), and
+// a dialog's client's BYE, INFO, MESSAGE, OPTIONS and NOTIFY toward its
+// upstream (fastlane_dialog.go: every call's hang-up), without sipgo's
+// transactions. INVITE, ACK, CANCEL, REGISTER, what creates or refreshes
+// a dialog or a subscription (SUBSCRIBE, REFER, UPDATE), PRACK, and what
+// an upstream sends into a dialog keep them. The UDP listener's socket
+// (laneSocket) offers it every request datagram before sipgo reads it;
+// the request is checked, routed and admitted exactly as on the usual
+// path (forwarding.check), on the goroutine that read it, and sent at
+// once from that socket, as the client's datagram with authproxy's edits
+// made in its bytes (forwardBytes) or else as a parsed copy
+// (forwarding.build); the upstream's response is matched to it by our Via
+// branch and relayed as bytes from where it was read (HandleRawResponse),
+// or parsed when it is a challenge or unusual. No goroutine, FSM, timer
+// or channel per request: on a machine whose two cores authproxy shares
+// with its PBX, those handoffs are most of its CPU and of the latency it
+// adds (docs/performance.md, "The fast lane").
 //
 // What a client transaction would do is done as follows. Retransmission
 // toward the upstream (Timer E) is the client's: each retransmission of
@@ -79,8 +83,10 @@ func newFastLane(p *Proxy) *fastLane {
 }
 
 // TakesRequest takes out-of-dialog requests that create no dialog and are
-// no registration: what the lane can forward with no state beyond the
-// request's own transaction. Everything else keeps sipgo's transactions.
+// no registration, what the lane can forward with no state beyond the
+// request's own transaction, and a dialog's client's BYE, INFO, MESSAGE,
+// OPTIONS and NOTIFY toward its upstream (takesInDialog). Everything else
+// keeps sipgo's transactions.
 func (l *fastLane) TakesRequest(req *sip.Request) bool {
 	switch req.Method {
 	case sip.INVITE, sip.ACK, sip.CANCEL, sip.REGISTER:
@@ -89,8 +95,11 @@ func (l *fastLane) TakesRequest(req *sip.Request) bool {
 	if createsDialog(req.Method) {
 		return false
 	}
-	_, toTag := tags(req)
-	return toTag == ""
+	fromTag, toTag := tags(req)
+	if toTag != "" {
+		return l.takesInDialog(req, fromTag, toTag) // fastlane_dialog.go
+	}
+	return true
 }
 
 // HandleRequest forwards req, or sends a retransmission of a request still
@@ -136,10 +145,11 @@ func (l *fastLane) HandleRequest(req *sip.Request, tx *liteTx) {
 // bytes, instead of a parsed copy serialised again.
 func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	f := e.f
-	if !f.pickCachedTarget() || f.hop.transport != "UDP" || !l.hasSocketFor(f.hop.addr) {
+	if f.toClient || !f.pickCachedTarget() || f.hop.transport != "UDP" || !l.hasSocketFor(f.hop.addr) {
 		// A name not resolved yet (the wait for it must not hold up this
 		// goroutine), a next hop over TCP or TLS, or none a UDP listener
-		// can reach: the usual way.
+		// can reach: the usual way. So too a request route sent toward
+		// a client (a dialog recorded since TakesRequest looked).
 		go l.offLane(e, nil, false)
 		return true
 	}
@@ -210,7 +220,7 @@ func (l *fastLane) prepareParsed(e *laneEntry) {
 // answers, once computed, are in f.auth either way.
 func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) bool {
 	f, req := e.f, e.f.req
-	if raw == nil || f.toClient || f.bind != nil || f.up == nil || req.Method == sip.REGISTER || req.Route() != nil {
+	if raw == nil || f.toClient || f.bind != nil || f.up == nil || req.Method == sip.REGISTER {
 		return false
 	}
 	dst := f.up.udpAddr // an IP literal's, computed once

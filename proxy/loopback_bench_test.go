@@ -84,6 +84,104 @@ func BenchmarkForwardLoopback(b *testing.B) {
 	}
 }
 
+// BenchmarkCallLoopback places one call at a time through a running
+// Proxy on loopback UDP sockets, as BenchmarkForwardLoopback sends
+// MESSAGEs: INVITE (the client waits for its 200), ACK, and BYE with the
+// Route a Record-Route of authproxy's gives (the client waits for its
+// 200). "challenged" pays the 407 round on the INVITE and on the BYE,
+// "preemptive" neither.
+//
+//	go test ./proxy -run '^$' -bench CallLoopback -benchmem
+func BenchmarkCallLoopback(b *testing.B) {
+	for _, mode := range []proxy.Preemptive{proxy.PreemptiveAll, proxy.PreemptiveOff} {
+		name := "preemptive"
+		if mode == proxy.PreemptiveOff {
+			name = "challenged"
+		}
+		b.Run(name, func(b *testing.B) {
+			upstream := startByteUpstream(b)
+			addr := startLoopbackProxy(b, upstream, mode)
+			c := newCallClient(b, addr)
+			c.call(b) // the first challenges, outside the measurement
+			b.ReportAllocs()
+			for b.Loop() {
+				c.call(b)
+			}
+		})
+	}
+}
+
+// callClient places calls (callClient.call) through a proxy at dst.
+type callClient struct {
+	conn net.PacketConn
+	dst  net.Addr
+	buf  []byte
+	n    int
+}
+
+func newCallClient(tb testing.TB, proxyAddr string) *callClient {
+	tb.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	dst, err := net.ResolveUDPAddr("udp", proxyAddr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &callClient{conn: conn, dst: dst, buf: make([]byte, 65535)}
+}
+
+// call places one call: INVITE, ACK for its 200, BYE, each answered as
+// startByteUpstream answers (To tag "up").
+func (c *callClient) call(tb testing.TB) {
+	tb.Helper()
+	c.n++
+	local := c.conn.LocalAddr().String()
+	id := fmt.Sprintf("call-%d@bench", c.n)
+	head := func(method string, seq int, branch string, toTag string) []byte {
+		return fmt.Appendf(nil, "%s sip:1002@pbx.example.com SIP/2.0\r\n"+
+			"Via: SIP/2.0/UDP %s;branch=z9hG4bK-%s;rport\r\nMax-Forwards: 70\r\n"+
+			"From: <sip:1001@pbx.example.com>;tag=c%d\r\nTo: <sip:1002@pbx.example.com>%s\r\n"+
+			"Call-ID: %s\r\nCSeq: %d %s\r\n",
+			method, local, branch, c.n, toTag, id, seq, method)
+	}
+	inv := append(head("INVITE", 1, fmt.Sprintf("i%d", c.n), ""), fmt.Sprintf("Contact: <sip:1001@%s>\r\nContent-Length: 0\r\n\r\n", local)...)
+	c.exchange(tb, inv, id, "INVITE")
+	ack := append(head("ACK", 1, fmt.Sprintf("a%d", c.n), ";tag=up"), fmt.Sprintf("Route: <sip:%s;lr>\r\nContent-Length: 0\r\n\r\n", c.dst)...)
+	if _, err := c.conn.WriteTo(ack, c.dst); err != nil {
+		tb.Fatal(err)
+	}
+	bye := append(head("BYE", 2, fmt.Sprintf("b%d", c.n), ";tag=up"), fmt.Sprintf("Route: <sip:%s;lr>\r\nContent-Length: 0\r\n\r\n", c.dst)...)
+	c.exchange(tb, bye, id, "BYE")
+}
+
+// exchange sends req and waits for its final response, a 200 (of Call-ID
+// id, to method).
+func (c *callClient) exchange(tb testing.TB, req []byte, id, method string) {
+	tb.Helper()
+	if _, err := c.conn.WriteTo(req, c.dst); err != nil {
+		tb.Fatal(err)
+	}
+	wantID, wantCSeq := []byte("Call-ID: "+id+"\r\n"), []byte(" "+method+"\r\n")
+	for {
+		_ = c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := c.conn.ReadFrom(c.buf)
+		if err != nil {
+			tb.Fatalf("%s of %s: no answer: %v", method, id, err)
+		}
+		res := c.buf[:n]
+		if !bytes.Contains(res, wantID) || !bytes.Contains(res, wantCSeq) || bytes.HasPrefix(res, []byte("SIP/2.0 1")) {
+			continue // a provisional response, or a late one to an earlier call
+		}
+		if !bytes.HasPrefix(res, []byte("SIP/2.0 200 ")) {
+			tb.Fatalf("%s of %s: %s", method, id, bytes.SplitN(res, []byte("\r\n"), 2)[0])
+		}
+		return
+	}
+}
+
 // startLoopbackProxy runs a Proxy with one UDP listener and one upstream,
 // logging discarded, and returns the listener's address.
 func startLoopbackProxy(tb testing.TB, upstream string, mode proxy.Preemptive) string {
@@ -146,8 +244,8 @@ func startByteUpstream(tb testing.TB) string {
 				return // closed
 			}
 			msg := buf[:n]
-			if bytes.HasPrefix(msg, []byte("SIP/2.0 ")) {
-				continue
+			if bytes.HasPrefix(msg, []byte("SIP/2.0 ")) || bytes.HasPrefix(msg, []byte("ACK ")) {
+				continue // an ACK gets no response
 			}
 			out = out[:0]
 			if bytes.Contains(msg, []byte("\r\nProxy-Authorization:")) {

@@ -316,6 +316,7 @@ var datagramBufs = sync.Pool{New: func() any {
 // datagram it came in (the fast lane, appendForward): both must send the
 // same request (FuzzAppendForward checks).
 type forwardEdits struct {
+	dropRoutes   int    // remove the first Route entries, authproxy's own (§16.4)
 	dropAuth     bool   // remove Authorization and Proxy-Authorization: clients hold no passwords
 	dropIdentity bool   // remove identityHeaders: the client group is not trusted with them
 	maxForwards  uint32 // the Max-Forwards to send (§16.6 step 3)
@@ -328,6 +329,9 @@ type forwardEdits struct {
 
 // applyToRequest makes the edits on fwd, a clone of the request.
 func (e *forwardEdits) applyToRequest(fwd *sip.Request) {
+	for range e.dropRoutes {
+		removeFirst(fwd, "Route")
+	}
 	if e.dropAuth {
 		removeAll(fwd, "Authorization")
 		removeAll(fwd, "Proxy-Authorization")
@@ -365,7 +369,8 @@ func (e *forwardEdits) applyToRequest(fwd *sip.Request) {
 // nothing usable, when it cannot be sure to edit the bytes the way
 // applyToRequest edits the parsed request (what nextHeader refuses, a top
 // Via line holding several values or spelt unusually, no Content-Length,
-// bytes after the body): the caller then builds a parsed copy as before.
+// bytes after the body, a Route line to remove holding several values):
+// the caller then builds a parsed copy as before.
 func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, extra []authAnswer) ([]byte, bool) {
 	start := len(dst)
 	fail := func() ([]byte, bool) { return dst[:start], false }
@@ -376,6 +381,7 @@ func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, 
 	dst = append(dst, data[:pos]...)
 	dst = append(dst, via...)
 	seenVia, seenMF, seenCSeq, seenLength := false, false, false, false
+	routes := e.dropRoutes // Route lines still to remove
 	for {
 		h, last, ok := nextHeader(data, pos)
 		if !ok {
@@ -387,6 +393,14 @@ func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, 
 		}
 		name, from, valueAt, end := h.name, h.from, h.valueAt, h.end
 		switch {
+		case routes > 0 && equalFoldASCII(name, "route"):
+			// The parser makes one entry of a line without a comma, so
+			// the first lines are the first entries; a line holding
+			// several is left to the parsed copy.
+			if bytes.IndexByte(data[valueAt:end-2], ',') >= 0 {
+				return fail()
+			}
+			routes--
 		case e.dropAuth && (equalFoldASCII(name, "authorization") || equalFoldASCII(name, "proxy-authorization")):
 		case e.dropIdentity && isIdentityHeader(name):
 		case !seenVia && h.isVia():
@@ -421,7 +435,7 @@ func (e *forwardEdits) appendForward(dst, data []byte, bodyLen int, via []byte, 
 		}
 		pos = end
 	}
-	if !seenVia || !seenCSeq || !seenLength || len(data)-pos != bodyLen || (!seenMF && !e.addMF) {
+	if !seenVia || !seenCSeq || !seenLength || routes > 0 || len(data)-pos != bodyLen || (!seenMF && !e.addMF) {
 		return fail()
 	}
 	if e.addMF {

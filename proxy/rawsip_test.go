@@ -140,6 +140,7 @@ func checkAppendForward(t testing.TB, data []byte, flags byte, shift uint32) (se
 		return false
 	}
 	e := forwardEdits{dropAuth: flags&1 != 0, dropIdentity: flags&2 != 0, maxForwards: 70, addMF: true, seq: req.CSeq().SeqNo + shift}
+	e.dropRoutes = min(int(flags>>4&3), len(headersNamed(req, "Route")))
 	if mf := req.MaxForwards(); mf != nil {
 		e.maxForwards, e.addMF = mf.Val()-1, false
 	}
@@ -198,6 +199,9 @@ func TestAppendForward(t *testing.T) {
 		{name: "IPv6 sent-by", in: strings.Replace(forwardOK, "10.0.0.5:5062", "[2001:db8::5]:5062", 1), flags: 1 | 4, sent: true},
 		{name: "folded header", in: strings.Replace(forwardOK, "Content-Type: text/plain", "Subject: a\r\n b\r\nContent-Type: text/plain", 1), flags: 1},
 		{name: "bytes after the body", in: forwardOK + "xx", flags: 1},
+		{name: "own Route removed", in: strings.Replace(forwardOK, "Max-Forwards", "Route: <sip:127.0.0.1:5060;lr>\r\nroute : <sip:10.9.9.9;lr>\r\nMax-Forwards", 1), flags: 1 | 1<<4, sent: true},
+		{name: "two own Routes removed", in: strings.Replace(forwardOK, "Max-Forwards", "Route: <sip:127.0.0.1:5060;lr>\r\nContact: <sip:a@b>\r\nRoute: <sip:127.0.0.1:5080;lr>\r\nRoute: <sip:10.9.9.9;lr>\r\nMax-Forwards", 1), flags: 1 | 2<<4, sent: true},
+		{name: "two Routes on a line", in: strings.Replace(forwardOK, "Max-Forwards", "Route: <sip:127.0.0.1:5060;lr>, <sip:10.9.9.9;lr>\r\nMax-Forwards", 1), flags: 1 | 1<<4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if sent := checkAppendForward(t, []byte(tc.in), tc.flags, tc.shift); sent != tc.sent {
@@ -224,6 +228,7 @@ func FuzzAppendForward(f *testing.F) {
 	f.Add([]byte(forwardOK), byte(7), uint32(0))
 	f.Add([]byte(strings.Replace(forwardOK, "Max-Forwards: 70\r\n", "", 1)), byte(9), uint32(2))
 	f.Add([]byte(strings.Replace(forwardOK, "Via:", "v:", 1)), byte(1), uint32(1))
+	f.Add([]byte(strings.Replace(forwardOK, "Max-Forwards", "Route: <sip:127.0.0.1:5060;lr>\r\nRoute: <sip:10.9.9.9;lr>\r\nMax-Forwards", 1)), byte(1|1<<4), uint32(1))
 	f.Fuzz(func(t *testing.T, data []byte, flags byte, shift uint32) {
 		checkAppendForward(t, data, flags, shift)
 	})

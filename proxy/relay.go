@@ -61,12 +61,14 @@ func (f *forwarding) relayed(status int, err error) {
 // relayRaw relays a response to a fast lane request as the bytes the
 // upstream sent (scanned by scanResponse): what relay does for the
 // requests the lane takes (no REGISTER, nothing creating a dialog, never
-// toward a client), on bytes instead of a parsed message.
+// toward a client; a BYE's final response ending its dialog), on bytes
+// instead of a parsed message.
 func (f *forwarding) relayRaw(tx *liteTx, data []byte, r *scannedResponse) {
 	f.preemptiveDone(r.status)
 	if r.status >= 200 && r.status < 300 {
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))
 	}
+	f.byeAnswered(r.status)
 	buf := datagramBufs.Get().(*[]byte)
 	*buf = r.relayBytes((*buf)[:0], data, f.req.CSeq().SeqNo)
 	err := tx.RespondRaw(*buf, r.status >= 200)

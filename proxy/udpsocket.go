@@ -17,19 +17,20 @@ import (
 // sipgo.Server.ServeUDP): authproxy owns the socket and reads every
 // datagram first, on sipgo's read loop, before the parser. ReadFrom
 // returns to sipgo only the datagrams sipgo must handle (INVITE, ACK,
-// CANCEL, requests in a dialog or creating one, REGISTER, responses to
-// sipgo's client transactions, what the fast lane hands over); it handles
-// the others itself, synchronously:
+// CANCEL, requests creating a dialog, in-dialog requests the fast lane
+// does not take, REGISTER, responses to sipgo's client transactions, what
+// the fast lane hands over); it handles the others itself, synchronously:
 //
 //   - a datagram carrying the branch of one of authproxy's requests is
 //     dropped unless it comes from where that request went (pinning.go);
 //   - a request larger than MaxDatagramSize is answered 513 (validate.go);
 //   - a CANCEL from anywhere but its INVITE's source is refused (cancel.go),
 //     and each INVITE's source noted for that;
-//   - an out-of-dialog non-INVITE request is the fast lane's (fastlane.go),
-//     its retransmissions after the final response answered from the
-//     socket's answered store, and so is a response to a request the lane
-//     sent.
+//   - an out-of-dialog non-INVITE request, and a dialog's client's BYE
+//     (INFO, MESSAGE, OPTIONS, NOTIFY), is the fast lane's (fastlane.go,
+//     fastlane_dialog.go), its retransmissions after the final response
+//     answered from the socket's answered store, and so is a response to
+//     a request the lane sent.
 //
 // Every request datagram's source is noted for answering those the parser
 // refuses (unparsable.go). sipgo writes through WriteTo, as authproxy does.
@@ -131,7 +132,7 @@ func (s *laneSocket) takeRequest(data []byte, addr net.Addr, from netip.AddrPort
 		}
 	}
 	req := s.parseRequest(data, addr)
-	if req == nil || !p.lane.TakesRequest(req) {
+	if req == nil {
 		return false
 	}
 	key, ok := serverTxKey(req)
@@ -139,11 +140,16 @@ func (s *laneSocket) takeRequest(data []byte, addr net.Addr, from netip.AddrPort
 		return false // sipgo answers 400
 	}
 	if res, to, ok := s.answered.get(key, time.Now()); ok {
-		// A retransmission after the final response (RFC 3261 §17.2.2).
+		// A retransmission after the final response (RFC 3261 §17.2.2),
+		// of a request the lane took: answered whatever TakesRequest
+		// would say now (a BYE's dialog may have gone since).
 		if _, err := s.WriteTo(res, net.UDPAddrFromAddrPort(to)); err != nil {
 			p.log.Debug("cannot resend final response", "error", err)
 		}
 		return true
+	}
+	if !p.lane.TakesRequest(req) {
+		return false
 	}
 	tx := &liteTx{key: key, sock: s, src: from, raw: data}
 	p.lane.HandleRequest(req, tx)

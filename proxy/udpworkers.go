@@ -26,7 +26,8 @@ import (
 //
 // Only what the fast lane may take is handed off (a response whose branch
 // it waits on, a request of a method it may take); whatever a worker finds
-// is sipgo's after all (a request in a dialog) goes back to the read loop,
+// is sipgo's after all (a request the upstream sends into a dialog, one
+// in a dialog authproxy does not know) goes back to the read loop,
 // which returns it to sipgo from its next ReadFrom, woken by a read
 // deadline in the past if it waits on the socket.
 var udpHandOffAbove = func() *atomic.Int64 { var v atomic.Int64; v.Store(10_000); return &v }()
