@@ -4,9 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
 	"runtime"
@@ -26,6 +33,13 @@ import (
 // address. timeout is UpstreamTimeout (0: the default).
 func startStreamLaneProxy(tb testing.TB, upstream string, mode proxy.Preemptive, timeout time.Duration) (*proxy.Proxy, string) {
 	tb.Helper()
+	return startStreamProxy(tb, upstream, mode, timeout, proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"})
+}
+
+// startStreamProxy is startStreamLaneProxy with the stream listener lst
+// (TCP or TLS), whose address it returns.
+func startStreamProxy(tb testing.TB, upstream string, mode proxy.Preemptive, timeout time.Duration, lst proxy.Listener) (*proxy.Proxy, string) {
+	tb.Helper()
 	store, err := credentials.NewStore([]credentials.Entry{{Username: "bench", Password: credentials.NewSecret("bench-secret"), Server: upstream}})
 	if err != nil {
 		tb.Fatal(err)
@@ -34,7 +48,7 @@ func startStreamLaneProxy(tb testing.TB, upstream string, mode proxy.Preemptive,
 	p, err := proxy.New(proxy.Config{
 		Listeners: []proxy.Listener{
 			{Transport: "udp", Address: "127.0.0.1:0"},
-			{Transport: "tcp", Address: "127.0.0.1:0"},
+			lst,
 		},
 		Upstreams:       []proxy.Upstream{{Name: "pbx", Address: upstream, Transport: "udp", Domains: []string{"pbx.example.com"}, Preemptive: mode}},
 		Credentials:     store,
@@ -63,7 +77,36 @@ func startStreamLaneProxy(tb testing.TB, upstream string, mode proxy.Preemptive,
 	case <-time.After(5 * time.Second):
 		tb.Fatal("proxy not ready after 5s")
 	}
-	return p, p.ListenAddrs()["tcp"]
+	return p, p.ListenAddrs()[strings.ToLower(lst.Transport)]
+}
+
+// selfSignedTLS is a server configuration with a certificate for
+// 127.0.0.1 signed by itself, and a client configuration trusting it.
+func selfSignedTLS(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		&tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 }
 
 // streamClient is a SIP client on one TCP connection.
@@ -74,7 +117,19 @@ type streamClient struct {
 
 func dialStreamClient(t *testing.T, addr string) *streamClient {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
+	return dialStream(t, addr, nil)
+}
+
+// dialStream connects to addr over TCP, or TLS with tlsConf.
+func dialStream(t *testing.T, addr string, tlsConf *tls.Config) *streamClient {
+	t.Helper()
+	var conn net.Conn
+	var err error
+	if tlsConf != nil {
+		conn, err = tls.Dial("tcp", addr, tlsConf)
+	} else {
+		conn, err = net.Dial("tcp", addr)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +140,15 @@ func dialStreamClient(t *testing.T, addr string) *streamClient {
 // request is a request of method with Call-ID callID as the client sends
 // it over TCP (Via with rport).
 func (c *streamClient) request(method, callID string) []byte {
+	transport := "TCP"
+	if _, ok := c.conn.(*tls.Conn); ok {
+		transport = "TLS"
+	}
 	return fmt.Appendf(nil, "%s sip:1002@pbx.example.com SIP/2.0\r\n"+
-		"Via: SIP/2.0/TCP %s;branch=z9hG4bK-%s;rport\r\nMax-Forwards: 70\r\n"+
+		"Via: SIP/2.0/%s %s;branch=z9hG4bK-%s;rport\r\nMax-Forwards: 70\r\n"+
 		"From: <sip:1001@pbx.example.com>;tag=c-%s\r\nTo: <sip:1002@pbx.example.com>\r\n"+
 		"Call-ID: %s\r\nCSeq: 1 %s\r\nX-Odd:   spaced\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
-		method, c.conn.LocalAddr(), callID, callID, callID, method)
+		method, transport, c.conn.LocalAddr(), callID, callID, callID, method)
 }
 
 func (c *streamClient) send(t *testing.T, msgs ...[]byte) {
@@ -136,21 +195,33 @@ func onLane(t *testing.T, p *proxy.Proxy, d datagram) bool {
 	return slices.Contains(branches, topBranch(t, d.data))
 }
 
-// Requests the fast lane takes from UDP clients take it from TCP clients
-// too: forwarded as the client's bytes edited (its odd spelling kept, its
-// Via given received and rport as on the usual path), waited on by the
-// lane under the branch the upstream got, and answered on the connection,
-// framed with a Content-Length even when the upstream's datagram had none.
+// Requests the fast lane takes from UDP clients take it from TCP and TLS
+// clients too: forwarded as the client's bytes edited (its odd spelling
+// kept, its Via given received and rport as on the usual path), waited on
+// by the lane under the branch the upstream got, and answered on the
+// connection, framed with a Content-Length even when the upstream's
+// datagram had none.
 func TestStreamLaneTakesRequest(t *testing.T) {
-	for _, method := range []string{"OPTIONS", "MESSAGE", "PUBLISH"} {
-		t.Run(method, func(t *testing.T) {
+	serverTLS, clientTLS := selfSignedTLS(t)
+	for _, tc := range []struct {
+		method string
+		lst    proxy.Listener
+		client *tls.Config
+	}{
+		{"OPTIONS", proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"}, nil},
+		{"MESSAGE", proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"}, nil},
+		{"PUBLISH", proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"}, nil},
+		{"OPTIONS", proxy.Listener{Transport: "tls", Address: "127.0.0.1:0", TLS: serverTLS}, clientTLS},
+	} {
+		method := tc.method
+		t.Run(tc.lst.Transport+"/"+method, func(t *testing.T) {
 			up := startScriptedUpstream(t)
-			p, addr := startStreamLaneProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff, 0)
-			c := dialStreamClient(t, addr)
+			p, addr := startStreamProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff, 0, tc.lst)
+			c := dialStream(t, addr, tc.client)
 			c.send(t, c.request(method, "tcp-"+method))
 			d := up.next(t, 5*time.Second)
 			if !onLane(t, p, d) {
-				t.Fatalf("%s from a TCP client not on the fast lane", method)
+				t.Fatalf("%s from a %s client not on the fast lane", method, tc.lst.Transport)
 			}
 			_, port, _ := net.SplitHostPort(c.conn.LocalAddr().String())
 			for _, want := range []string{"\r\nX-Odd:   spaced\r\n", ";rport=" + port, "\r\nMax-Forwards: 69\r\n"} {
