@@ -115,13 +115,13 @@ type streamClient struct {
 	r    *bufio.Reader
 }
 
-func dialStreamClient(t *testing.T, addr string) *streamClient {
+func dialStreamClient(t testing.TB, addr string) *streamClient {
 	t.Helper()
 	return dialStream(t, addr, nil)
 }
 
 // dialStream connects to addr over TCP, or TLS with tlsConf.
-func dialStream(t *testing.T, addr string, tlsConf *tls.Config) *streamClient {
+func dialStream(t testing.TB, addr string, tlsConf *tls.Config) *streamClient {
 	t.Helper()
 	var conn net.Conn
 	var err error
@@ -151,7 +151,7 @@ func (c *streamClient) request(method, callID string) []byte {
 		method, transport, c.conn.LocalAddr(), callID, callID, callID, method)
 }
 
-func (c *streamClient) send(t *testing.T, msgs ...[]byte) {
+func (c *streamClient) send(t testing.TB, msgs ...[]byte) {
 	t.Helper()
 	if _, err := c.conn.Write(bytes.Join(msgs, nil)); err != nil {
 		t.Fatal(err)
@@ -160,7 +160,7 @@ func (c *streamClient) send(t *testing.T, msgs ...[]byte) {
 
 // read returns the next message on the connection, framed by its
 // Content-Length (mandatory on a stream, RFC 3261 §18.3).
-func (c *streamClient) read(t *testing.T) []byte {
+func (c *streamClient) read(t testing.TB) []byte {
 	t.Helper()
 	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var msg []byte
