@@ -33,19 +33,20 @@ import (
 // address. timeout is UpstreamTimeout (0: the default).
 func startStreamLaneProxy(tb testing.TB, upstream string, mode proxy.Preemptive, timeout time.Duration) (*proxy.Proxy, string) {
 	tb.Helper()
-	return startStreamProxy(tb, upstream, mode, timeout, proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"})
+	return startStreamProxy(tb, upstream, mode, timeout, proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"}, nil)
 }
 
 // startStreamProxy is startStreamLaneProxy with the stream listener lst
-// (TCP or TLS), whose address it returns.
-func startStreamProxy(tb testing.TB, upstream string, mode proxy.Preemptive, timeout time.Duration, lst proxy.Listener) (*proxy.Proxy, string) {
+// (TCP or TLS), whose address it returns, and the configuration changed
+// by mutate (nil: none).
+func startStreamProxy(tb testing.TB, upstream string, mode proxy.Preemptive, timeout time.Duration, lst proxy.Listener, mutate func(*proxy.Config)) (*proxy.Proxy, string) {
 	tb.Helper()
 	store, err := credentials.NewStore([]credentials.Entry{{Username: "bench", Password: credentials.NewSecret("bench-secret"), Server: upstream}})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ready := make(chan struct{})
-	p, err := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Listeners: []proxy.Listener{
 			{Transport: "udp", Address: "127.0.0.1:0"},
 			lst,
@@ -57,7 +58,11 @@ func startStreamProxy(tb testing.TB, upstream string, mode proxy.Preemptive, tim
 		ShutdownGrace:   time.Second,
 		Logger:          slog.New(slog.DiscardHandler),
 		Ready:           func() { close(ready) },
-	})
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	p, err := proxy.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -216,7 +221,7 @@ func TestStreamLaneTakesRequest(t *testing.T) {
 		method := tc.method
 		t.Run(tc.lst.Transport+"/"+method, func(t *testing.T) {
 			up := startScriptedUpstream(t)
-			p, addr := startStreamProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff, 0, tc.lst)
+			p, addr := startStreamProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff, 0, tc.lst, nil)
 			c := dialStream(t, addr, tc.client)
 			c.send(t, c.request(method, "tcp-"+method))
 			d := up.next(t, 5*time.Second)
@@ -356,4 +361,50 @@ func callIDOf(msg []byte) string {
 	_, rest, _ := bytes.Cut(msg, []byte("\r\nCall-ID: "))
 	id, _, _ := bytes.Cut(rest, []byte("\r\n"))
 	return string(id)
+}
+
+// A TCP client's request the lane hands to sipgo's client transactions
+// (a next hop over TCP; a failover to the next upstream of a group after
+// a 503) is answered on the client's connection all the same.
+func TestStreamLaneOffLane(t *testing.T) {
+	t.Run("tcp next hop", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		_, addr := startStreamProxy(t, ln.Addr().String(), proxy.PreemptiveOff, 0,
+			proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"},
+			func(cfg *proxy.Config) { cfg.Upstreams[0].Transport = "tcp" })
+		c := dialStreamClient(t, addr)
+		c.send(t, c.request("MESSAGE", "tcp-up"))
+		conn, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		up := &streamClient{conn: conn, r: bufio.NewReader(conn)}
+		req := up.read(t)
+		up.send(t, appendResponseHeaders([]byte("SIP/2.0 202 Accepted\r\n"), req))
+		if got := c.read(t); firstLine(got) != "SIP/2.0 202 Accepted" || callIDOf(got) != "tcp-up" {
+			t.Fatalf("client got:\n%s", got)
+		}
+	})
+	t.Run("failover", func(t *testing.T) {
+		a, b := startScriptedUpstream(t), startScriptedUpstream(t)
+		_, addr := startStreamProxy(t, a.conn.LocalAddr().String(), proxy.PreemptiveOff, 0,
+			proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"},
+			func(cfg *proxy.Config) {
+				cfg.Upstreams[0].Domains = nil
+				cfg.Upstreams = append(cfg.Upstreams, proxy.Upstream{Name: "pbx-b", Address: b.conn.LocalAddr().String(), Transport: "udp"})
+				cfg.Groups = []proxy.UpstreamGroup{{Name: "carriers", Upstreams: []string{"pbx", "pbx-b"}, Domains: []string{"pbx.example.com"}}}
+			})
+		c := dialStreamClient(t, addr)
+		c.send(t, c.request("OPTIONS", "tcp-failover"))
+		a.answer(t, a.next(t, 5*time.Second), "503 Service Unavailable")
+		b.answer(t, b.next(t, 5*time.Second), "200 OK")
+		if got := c.read(t); firstLine(got) != "SIP/2.0 200 OK" || callIDOf(got) != "tcp-failover" {
+			t.Fatalf("client got:\n%s", got)
+		}
+	})
 }
