@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -22,6 +23,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 
 	"github.com/authproxy/authproxy/credentials"
 	"github.com/authproxy/authproxy/internal/testutil"
@@ -407,4 +411,40 @@ func TestStreamLaneOffLane(t *testing.T) {
 			t.Fatalf("client got:\n%s", got)
 		}
 	})
+}
+
+// WebSocket clients (RFC 7118) keep sipgo's transactions: their requests
+// never wait on the fast lane, and are answered on their WebSocket.
+func TestStreamLaneNotForWebSocket(t *testing.T) {
+	up := startScriptedUpstream(t)
+	p, addr := startStreamProxy(t, up.conn.LocalAddr().String(), proxy.PreemptiveOff, 0,
+		proxy.Listener{Transport: "ws", Address: "127.0.0.1:0", WebSocket: proxy.WebSocketListener{Path: "/sip", Origins: []string{"https://app.example.com"}}}, nil)
+	hdr := http.Header{}
+	hdr.Set("Origin", "https://app.example.com")
+	d := ws.Dialer{Protocols: []string{"sip"}, Header: ws.HandshakeHeaderHTTP(hdr), Timeout: 5 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, _, _, err := d.Dial(ctx, "ws://"+addr+"/sip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &streamClient{conn: conn}
+	msg := bytes.Replace(c.request("MESSAGE", "ws-1"), []byte("SIP/2.0/TCP"), []byte("SIP/2.0/WS"), 1)
+	if err := wsutil.WriteClientText(conn, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := up.next(t, 5*time.Second)
+	if onLane(t, p, got) {
+		t.Fatal("request from a WebSocket client on the fast lane")
+	}
+	up.answer(t, got, "202 Accepted")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err := wsutil.ReadServerText(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if firstLine(res) != "SIP/2.0 202 Accepted" {
+		t.Fatalf("client got:\n%s", res)
+	}
 }
