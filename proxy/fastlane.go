@@ -15,7 +15,9 @@ import (
 
 // fastLane forwards the out-of-dialog non-INVITE requests clients send
 // over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter) without
-// sipgo's transactions. The UDP listener's socket (laneSocket) offers it
+// sipgo's transactions; over TCP and TLS too, toward a UDP next hop
+// (fastlane_stream.go: answered on the client's connection, the lane
+// running Timer E for it). The UDP listener's socket (laneSocket) offers it
 // every request datagram before sipgo reads it; the request is checked,
 // routed and admitted exactly as on the usual path (forwarding.check), on
 // the goroutine that read it, and sent at once from that socket, as the
