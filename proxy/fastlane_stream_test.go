@@ -233,7 +233,7 @@ func TestStreamLaneTakesRequest(t *testing.T) {
 				t.Fatalf("%s from a %s client not on the fast lane", method, tc.lst.Transport)
 			}
 			_, port, _ := net.SplitHostPort(c.conn.LocalAddr().String())
-			for _, want := range []string{"\r\nX-Odd:   spaced\r\n", ";rport=" + port, "\r\nMax-Forwards: 69\r\n"} {
+			for _, want := range []string{"\r\nX-Odd:   spaced\r\n", ";rport=" + port, "received=127.0.0.1", "\r\nMax-Forwards: 69\r\n"} {
 				if !bytes.Contains(d.data, []byte(want)) {
 					t.Errorf("forwarded request lacks %q:\n%s", want, d.data)
 				}
