@@ -146,8 +146,12 @@
 // challenge or unusual, which it parses. The client's retransmissions
 // stand in for Timer E (each is sent on at once), one sweeper for Timer
 // F, and the final response's bytes, kept by the socket (answered.go),
-// answer later retransmissions (liteTx). A 401/407, or a next hop over TCP or
-// TLS, hands the request to a goroutine that continues the usual way with
+// answer later retransmissions (liteTx). The same requests from TCP and
+// TLS clients are offered to the lane by the connection guard (tcpguard's
+// Divert, fastlane_stream.go) and answered on their connection (streamTx);
+// the lane retransmits those toward the UDP upstream itself (Timer E).
+// WebSocket clients keep sipgo's transactions. A failover, or a next hop
+// over TCP or TLS, hands the request to a goroutine that continues the usual way with
 // a sipgo client transaction. It exists for latency: at 3,500 requests a
 // second on two shared cores, the goroutines, FSMs, timers and channels of
 // two transactions per request are what authproxy would add to the tail

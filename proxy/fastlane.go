@@ -17,11 +17,13 @@ import (
 // over UDP (MESSAGE, OPTIONS, PUBLISH: a dialer's bread and butter), and
 // a dialog's client's BYE, INFO, MESSAGE, OPTIONS and NOTIFY toward its
 // upstream (fastlane_dialog.go: every call's hang-up), without sipgo's
-// transactions. INVITE, ACK, CANCEL, REGISTER, what creates or refreshes
-// a dialog or a subscription (SUBSCRIBE, REFER, UPDATE), PRACK, and what
-// an upstream sends into a dialog keep them. The UDP listener's socket
-// (laneSocket) offers it every request datagram before sipgo reads it;
-// the request is checked, routed and admitted exactly as on the usual
+// transactions; over TCP and TLS too, toward a UDP next hop
+// (fastlane_stream.go: answered on the client's connection, the lane
+// running Timer E for it). INVITE, ACK, CANCEL, REGISTER, what creates or
+// refreshes a dialog or a subscription (SUBSCRIBE, REFER, UPDATE), PRACK,
+// and what an upstream sends into a dialog keep them. The UDP listener's
+// socket (laneSocket) offers it every request datagram before sipgo reads
+// it; the request is checked, routed and admitted exactly as on the usual
 // path (forwarding.check), on the goroutine that read it, and sent at
 // once from that socket, as the client's datagram with authproxy's edits
 // made in its bytes (forwardBytes) or else as a parsed copy
@@ -58,7 +60,7 @@ type fastLane struct {
 type laneEntry struct {
 	key string // the sender's server transaction key
 	f   *forwarding
-	tx  *liteTx
+	tx  laneTx
 
 	// The request as sent: its bytes (the client's datagram edited by
 	// appendForward, or f.fwd serialised), the listening socket they go
@@ -76,6 +78,12 @@ type laneEntry struct {
 	// failover timeout, then Timer F once it was answered. Atomic: the
 	// sweeper reads it holding only the lane's lock.
 	deadline atomic.Int64
+	// For a request from a stream (reliable) client, which does not
+	// retransmit: the lane's own Timer E (fastlane_stream.go). gap is the
+	// current interval (e.mu held), resendAt when the next send is due,
+	// in Unix nanoseconds (0: none).
+	gap      time.Duration
+	resendAt atomic.Int64
 }
 
 func newFastLane(p *Proxy) *fastLane {
@@ -104,7 +112,7 @@ func (l *fastLane) TakesRequest(req *sip.Request) bool {
 
 // HandleRequest forwards req, or sends a retransmission of a request still
 // waiting for its response on again.
-func (l *fastLane) HandleRequest(req *sip.Request, tx *liteTx) {
+func (l *fastLane) HandleRequest(req *sip.Request, tx laneTx) {
 	key := tx.Key()
 	l.mu.Lock()
 	if old := l.byKey[key]; old != nil {
@@ -177,6 +185,7 @@ func (l *fastLane) forward(e *laneEntry, raw []byte) bool {
 	l.mu.Lock()
 	l.byBranch[branch] = e
 	l.mu.Unlock()
+	e.newAttempt()
 	if err := e.send(); err != nil {
 		l.finish(e)
 		f.log.Warn("next hop unreachable", "error", err)
@@ -286,6 +295,7 @@ func (e *laneEntry) send() error {
 	if _, err := e.sock.WriteTo(e.raw, e.dst); err != nil {
 		return fmt.Errorf("send request: %w", err)
 	}
+	e.scheduleResend()
 	return nil
 }
 
@@ -530,26 +540,32 @@ func (l *fastLane) finish(e *laneEntry) {
 const laneSweep = 100 * time.Millisecond
 
 // run answers 408 for the requests whose upstream did not answer in
-// UpstreamTimeout (Timer F), until ctx ends.
+// UpstreamTimeout (Timer F), ends those whose stream client went away,
+// and retransmits those of stream clients (Timer E), until ctx ends.
 func (l *fastLane) run(ctx context.Context) {
 	t := time.NewTicker(laneSweep)
 	defer t.Stop()
-	var expired []*laneEntry
+	var expired, resend []*laneEntry
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			expired = expired[:0]
+			expired, resend = expired[:0], resend[:0]
 			l.mu.Lock()
 			for _, e := range l.byBranch {
-				if now.UnixNano() > e.deadline.Load() {
+				if now.UnixNano() > e.deadline.Load() || e.tx.gone() {
 					expired = append(expired, e)
+				} else if at := e.resendAt.Load(); at != 0 && now.UnixNano() >= at {
+					resend = append(resend, e)
 				}
 			}
 			l.mu.Unlock()
 			for _, e := range expired {
 				l.timeout(e)
+			}
+			for _, e := range resend {
+				e.timerE()
 			}
 		}
 	}
@@ -560,6 +576,10 @@ func (l *fastLane) run(ctx context.Context) {
 func (l *fastLane) timeout(e *laneEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.waiting && e.tx.gone() {
+		l.abandon(e) // fastlane_stream.go
+		return
+	}
 	if !e.waiting || time.Now().UnixNano() <= e.deadline.Load() {
 		return // answered, or sent again after a challenge, meanwhile
 	}

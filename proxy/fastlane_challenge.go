@@ -72,6 +72,7 @@ func (l *fastLane) resend(e *laneEntry, next *sip.Request) error {
 	// response may be read by another worker before WriteTo returns (and
 	// waits for e.mu).
 	l.swapBranch(e, branch)
+	e.newAttempt()
 	if err := e.send(); err != nil {
 		return fmt.Errorf("answer challenge: %w", err)
 	}

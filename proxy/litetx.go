@@ -163,3 +163,9 @@ func serverTxKey(req *sip.Request) (key string, ok bool) {
 	b.WriteString(strconv.Itoa(via.Port))
 	return b.String(), true
 }
+
+// reliable reports false: a UDP client retransmits by itself.
+func (tx *liteTx) reliable() bool { return false }
+
+// gone reports false: a UDP client cannot go away.
+func (tx *liteTx) gone() bool { return false }

@@ -199,6 +199,7 @@ func New(cfg Config) (*Proxy, error) {
 		Classify: func(src netip.Addr) tcpguard.Peer { return p.rt.Load().connectionPeer(src) },
 		Logger:   log.With("component", "tcp"),
 		Inspect:  p.inspectStream,
+		Divert:   p.divertStream,
 	}
 	if cfg.Capture.HEP != "" {
 		guard.Tap = p.tapStream

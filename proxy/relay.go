@@ -63,7 +63,7 @@ func (f *forwarding) relayed(status int, err error) {
 // requests the lane takes (no REGISTER, nothing creating a dialog, never
 // toward a client; a BYE's final response ending its dialog), on bytes
 // instead of a parsed message.
-func (f *forwarding) relayRaw(tx *liteTx, data []byte, r *scannedResponse) {
+func (f *forwarding) relayRaw(tx laneTx, data []byte, r *scannedResponse) {
 	f.preemptiveDone(r.status)
 	if r.status >= 200 && r.status < 300 {
 		f.p.cseq.touch(f.key, time.Now(), f.cseqTTL(nil))

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,13 +48,19 @@ type conn struct {
 	tap           func(msg []byte, sent bool, local, remote netip.AddrPort)
 	local, remote netip.AddrPort
 
+	// With Config.Divert: shown each message Inspect let through.
+	divert func(msg []byte, s Stream) bool
+
+	wmu       sync.Mutex // held by the guard's writes under a deadline (writeWithin)
+	closed    atomic.Bool
 	closeOnce sync.Once
 }
 
 func newConn(g *Guard, raw net.Conn, src netip.Addr, peer Peer, tlsConf *tls.Config) *conn {
 	c := &conn{Conn: raw, g: g, src: src, peer: peer, lim: g.cfg.Limits, since: time.Now(), insp: g.cfg.Inspect}
 	c.fr.MaxSize = c.lim.MaxMessageSize
-	c.hold = c.insp != nil || g.cfg.Tap != nil
+	c.divert = g.cfg.Divert
+	c.hold = c.insp != nil || g.cfg.Tap != nil || c.divert != nil
 	if g.cfg.Tap != nil {
 		c.tap, c.local, c.remote = g.cfg.Tap, addrPort(raw.LocalAddr()), addrPort(raw.RemoteAddr())
 	}
@@ -66,6 +73,7 @@ func newConn(g *Guard, raw net.Conn, src netip.Addr, peer Peer, tlsConf *tls.Con
 
 // Close closes the connection and gives its place under the caps back.
 func (c *conn) Close() error {
+	c.closed.Store(true)
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() { c.g.admission.Release(c.src, c.peer) })
 	return err
@@ -183,24 +191,17 @@ func (c *conn) inspect() {
 	if c.tap != nil {
 		c.tap(c.held, false, c.local, c.remote)
 	}
-	if c.insp == nil {
-		c.out = append(c.out, c.held...)
-		c.held = c.held[:0]
-		return
+	pass := true
+	if c.insp != nil {
+		var answer []byte
+		pass, answer = c.insp(c.held, c.Transport(), c.Remote())
+		if answer != nil {
+			// A failed write shows on the next read.
+			_ = c.write(answer)
+		}
 	}
-	transport := "TCP"
-	if c.tls != nil {
-		transport = "TLS"
-	}
-	from := netip.AddrPortFrom(c.src, 0)
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		from = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	pass, answer := c.insp(c.held, transport, from)
-	if answer != nil {
-		// A failed write shows on the next read.
-		_ = c.write(answer)
+	if pass && c.divert != nil && c.divert(c.held, c) {
+		pass = false
 	}
 	if pass {
 		c.out = append(c.out, c.held...)
@@ -242,10 +243,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 // write sends b under writeTimeout. Writes of the SIP stack have no
 // deadline, so the deadline is cleared again.
 func (c *conn) write(b []byte) error {
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, err := c.Write(b)
-	_ = c.Conn.SetWriteDeadline(time.Time{})
-	return err
+	return c.writeWithin(b, writeTimeout)
 }
 
 // handshake runs the TLS handshake under HandshakeTimeout.

@@ -16,7 +16,9 @@
 //     SIP stack sees all of it: the request is answered 513 (Message Too
 //     Large, §21.5.14) when its headers allow, and the connection closed;
 //   - with Config.Inspect, each complete message is shown to it before the
-//     SIP stack reads it, and dropped (or answered) when it says so.
+//     SIP stack reads it, and dropped (or answered) when it says so;
+//   - with Config.Divert, a message may be taken from the SIP stack
+//     altogether and answered later on the connection (Stream).
 //
 // CRLF keep-alives between messages (RFC 5626 §3.5.1) are taken out of the
 // stream: a double CRLF is answered with a CRLF, and every CRLF counts as
@@ -92,6 +94,13 @@ type Config struct {
 	// remote address. It runs on the connection's reading goroutine and
 	// must not keep msg.
 	Inspect func(msg []byte, transport string, from netip.AddrPort) (pass bool, answer []byte)
+	// Divert, when set, is offered each complete message Inspect let
+	// through (each one, without Inspect) and reports whether it took it:
+	// the SIP stack then never reads it, and whatever answers it is
+	// written with s.WriteMessage, then or later. It runs on the
+	// connection's reading goroutine, after Inspect, and must not keep
+	// msg.
+	Divert func(msg []byte, s Stream) bool
 	// Tap, when set, sees each complete message a connection reads (before
 	// Inspect) and everything written on it (sent true): the SIP stack's
 	// writes, one message each, and the guard's own (answers, CRLF

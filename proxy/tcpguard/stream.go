@@ -1,0 +1,83 @@
+package tcpguard
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Stream is an inbound connection as Config.Divert sees it: where it comes
+// from, over what, and a way to write a message on it later, from any
+// goroutine, after Divert returned. The SIP stack's own writes on the
+// connection are whole messages in one Write each (sipgo's WriteMsg), and
+// so are WriteMessage's: the kernel (TCP) and crypto/tls (TLS) write each
+// call whole, so the messages never interleave (RFC 3261 §18.3 frames
+// them by Content-Length).
+type Stream interface {
+	// Transport is "TCP" or "TLS".
+	Transport() string
+	// Remote is the client's address and port (unmapped); RemoteAddr its
+	// net.Addr, as the SIP stack reports it as a request's source.
+	Remote() netip.AddrPort
+	RemoteAddr() net.Addr
+	// WriteMessage writes one complete message, under StreamWriteTimeout;
+	// a write that does not complete in time closes the connection (a
+	// message cut short would break the framing of all that follow).
+	WriteMessage(b []byte) error
+	// Closed reports whether the connection was closed, by either side
+	// (the SIP stack closes it once a read fails).
+	Closed() bool
+}
+
+// StreamWriteTimeout bounds a write of WriteMessage. It only runs out
+// when the client has left the kernel's buffers full (it does not read):
+// the writer, which may be serving other connections, is not held longer.
+const StreamWriteTimeout = 500 * time.Millisecond
+
+var _ Stream = (*conn)(nil)
+
+// Transport is "TCP" or "TLS" (Stream).
+func (c *conn) Transport() string {
+	if c.tls != nil {
+		return "TLS"
+	}
+	return "TCP"
+}
+
+// Remote is the client's address and port (Stream).
+func (c *conn) Remote() netip.AddrPort {
+	if ap := addrPort(c.RemoteAddr()); ap.IsValid() {
+		return ap
+	}
+	return netip.AddrPortFrom(c.src, 0)
+}
+
+// WriteMessage writes b, one complete message, under StreamWriteTimeout,
+// and closes the connection when it fails (Stream).
+func (c *conn) WriteMessage(b []byte) error {
+	if c.closed.Load() {
+		return net.ErrClosed
+	}
+	if err := c.writeWithin(b, StreamWriteTimeout); err != nil {
+		_ = c.Close()
+		return fmt.Errorf("write message: %w", err)
+	}
+	return nil
+}
+
+// Closed reports whether Close was called (Stream).
+func (c *conn) Closed() bool { return c.closed.Load() }
+
+// writeWithin writes b under a write deadline of d from now, then clears
+// the deadline: the SIP stack's writes have none. The guard's deadline
+// writes hold wmu, so that one's clearing does not lift another's
+// deadline.
+func (c *conn) writeWithin(b []byte, d time.Duration) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(d))
+	_, err := c.Write(b)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return err
+}
