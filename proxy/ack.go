@@ -15,14 +15,26 @@ import (
 // The ACK for a 2xx: a request of its own, forwarded end to end
 // (RFC 3261 §13.2.2.4).
 
-// handleAck forwards an ACK for a 2xx: end to end, a transaction of its
+// handleAck is sipgo's handler of the ACKs the UDP listener's socket does
+// not take (fastlane_ack.go) and of every ACK over TCP, TLS and WebSocket:
+// forwardAck's.
+func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
+	p.sipgoAcks.Add(1)
+	p.forwardAck(req, false)
+}
+
+// forwardAck forwards an ACK for a 2xx: end to end, a transaction of its
 // own, shifted in CSeq like every request of the dialog and carrying the
 // credentials its INVITE was accepted with (RFC 3261 §22.1: a server must
-// accept them and must not challenge an ACK). The ACK for a non-2xx is hop
-// by hop: on UDP sipgo absorbs it in the INVITE server transaction, on TCP
-// it arrives here and is dropped, our client transaction having ACKed the
-// upstream itself.
-func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
+// accept them and must not challenge an ACK), with a branch derived from
+// the client's (statelessBranch, §16.11). The ACK for a non-2xx is hop by
+// hop (§17.1.1.3): on UDP sipgo absorbs it in the INVITE server
+// transaction (the socket never takes it), on TCP it arrives here and is
+// dropped, our client transaction having ACKed the upstream itself.
+// onLane says it runs on a UDP listener's reading goroutine, which must
+// not wait: a next hop over TCP or TLS is then written to from a goroutine
+// (a connection may have to be dialled).
+func (p *Proxy) forwardAck(req *sip.Request, onLane bool) {
 	log := p.log.With(logMethod, "ACK", logCallID, callID(req))
 	if code, _ := malformedRequest(req); code != 0 {
 		from, _ := netip.ParseAddrPort(req.Source())
@@ -62,14 +74,25 @@ func (p *Proxy) handleAck(req *sip.Request, _ sip.ServerTransaction) {
 		}
 		appendAuth(fwd, f.dlg.inviteAuth)
 	}
+	if onLane && f.hop.transport != "UDP" {
+		go f.sendAck(fwd)
+		return
+	}
+	f.sendAck(fwd)
+}
+
+// sendAck sends fwd, the ACK built by forwardAck, to f's next hop with our
+// Via (addVia: statelessBranch). Over UDP it leaves from the listener's
+// socket, which shows it to the HEP capture (laneSocket.WriteTo).
+func (f *forwarding) sendAck(fwd *sip.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounds a TLS dial
 	defer cancel()
 	if err := f.tlsReady(ctx); err != nil {
-		log.Warn("cannot forward ACK", "error", err)
+		f.log.Warn("cannot forward ACK", "error", err)
 		return
 	}
-	if err := p.client.WriteRequest(fwd, p.addVia(f.hop.transport)); err != nil {
-		log.Warn("cannot forward ACK", "error", err)
+	if err := f.p.client.WriteRequest(fwd, f.p.addVia(f.hop.transport)); err != nil {
+		f.log.Warn("cannot forward ACK", "error", err)
 	}
 }
 

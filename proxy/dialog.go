@@ -57,7 +57,11 @@ type dialog struct {
 	// must reach the upstream as inviteUpCSeq, whatever the offset has
 	// become meanwhile (a challenged BYE racing the ACK).
 	inviteCSeq, inviteUpCSeq uint32
-	lastUse                  time.Time
+	// inviteBranch is hashKey of that INVITE's top Via branch: the ACK
+	// for a non-2xx final to it carries that branch (RFC 3261 §17.1.1.3),
+	// the ACK for its 2xx a new one (§13.2.2.4).
+	inviteBranch uint64
+	lastUse      time.Time
 	// oneAuth holds inviteAuth when it is a single answer (the usual
 	// case), so that it needs no allocation of its own (compact).
 	oneAuth [1]authAnswer
@@ -254,6 +258,26 @@ func (t *dialogTable) ackFromClient(callID, fromTag, toTag string, now time.Time
 // marks nothing used and copies nothing: the fast lane asks it of every
 // in-dialog request it is offered (fastlane_dialog.go).
 func (t *dialogTable) sentByClient(callID, fromTag, toTag string, now time.Time) bool {
+	return t.peekFromClient(callID, fromTag, toTag, now, func(*dialog) bool { return true })
+}
+
+// acksLast2xx reports whether an ACK with these identifiers, CSeq number
+// seq and top Via branch hashed to branch (hashKey) is a dialog's
+// client's ACK for the 2xx last relayed in it (sentByClient's dialog,
+// whose inviteCSeq is seq and whose INVITE's branch is another: an ACK
+// for a non-2xx final carries its INVITE's branch, RFC 3261 §17.1.1.3,
+// and a rejected re-INVITE's ACK its higher CSeq). Like sentByClient it
+// marks nothing used and copies nothing (fastlane_ack.go).
+func (t *dialogTable) acksLast2xx(callID, fromTag, toTag string, seq uint32, branch uint64, now time.Time) bool {
+	return t.peekFromClient(callID, fromTag, toTag, now, func(d *dialog) bool {
+		return d.inviteCSeq == seq && d.inviteBranch != branch
+	})
+}
+
+// peekFromClient reports whether the dialog a client's request with these
+// identifiers goes in toward the upstream (sentByClient) exists and
+// passes test, which runs under the shard's lock.
+func (t *dialogTable) peekFromClient(callID, fromTag, toTag string, now time.Time, test func(*dialog) bool) bool {
 	k := dialogKey{callID: callID, callerTag: fromTag, calleeTag: toTag}
 	s := t.shard(k) // the Call-ID's: the upstream side's key is in it too
 	s.mu.Lock()
@@ -261,11 +285,11 @@ func (t *dialogTable) sentByClient(callID, fromTag, toTag string, now time.Time)
 	if _, ok := s.entries[dialogKey{callID: callID, callerTag: toTag, calleeTag: fromTag}]; ok {
 		return false
 	}
-	if _, ok := s.entries[k]; ok {
-		return true
+	if d, ok := s.entries[k]; ok {
+		return test(d)
 	}
 	e, ok := s.ended[k]
-	return ok && !now.After(e.until)
+	return ok && !now.After(e.until) && test(e.d)
 }
 
 // sweep ends dialogs idle for longer than idle, and forgets ended ones

@@ -17,3 +17,7 @@ func LaneState(p *Proxy) (branches []string, requests int) {
 	}
 	return branches, len(l.byKey)
 }
+
+// SipgoAcks returns how many ACKs sipgo's handler got on p: those the UDP
+// listeners' sockets did not forward themselves.
+func SipgoAcks(p *Proxy) int64 { return p.sipgoAcks.Load() }

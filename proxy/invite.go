@@ -352,6 +352,7 @@ func (f *forwarding) recordDialog(res *sip.Response, auth []authAnswer, upCSeq u
 		inviteAuth:      auth,
 		inviteCSeq:      f.req.CSeq().SeqNo,
 		inviteUpCSeq:    upCSeq,
+		inviteBranch:    hashKey(topViaBranch(f.req)),
 		lastUse:         time.Now(),
 	}
 	if t, ok := f.target(); ok {

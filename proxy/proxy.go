@@ -47,13 +47,16 @@ type sipStack struct {
 	ua     *sipgo.UserAgent
 	srv    *sipgo.Server
 	client *sipgo.Client
-	lane   *fastLane   // UDP out-of-dialog non-INVITE requests, without sipgo's transactions
+	lane   *fastLane   // requests forwarded without sipgo's transactions (fastlane.go)
 	parser *sip.Parser // sipgo's parser, lenient about some headers (validate.go)
 	// strayWriter sends the responses handleStrayResponse relays.
 	strayWriter strayResponseWriter
 	// capture sends HEPv3 copies of the messages (capture.go); nil when
 	// off. Set once by Run before anything serves.
 	capture atomic.Pointer[capturer]
+	// sipgoAcks counts the ACKs sipgo's handler got (handleAck), those the
+	// UDP listeners' sockets did not take (fastlane_ack.go).
+	sipgoAcks atomic.Int64
 }
 
 // stateTables are what the proxy remembers about requests, dialogs and

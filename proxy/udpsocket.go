@@ -16,10 +16,11 @@ import (
 // laneSocket is a UDP listener's socket as sipgo sees it (served with
 // sipgo.Server.ServeUDP): authproxy owns the socket and reads every
 // datagram first, on sipgo's read loop, before the parser. ReadFrom
-// returns to sipgo only the datagrams sipgo must handle (INVITE, ACK,
-// CANCEL, requests creating a dialog, in-dialog requests the fast lane
-// does not take, REGISTER, responses to sipgo's client transactions, what
-// the fast lane hands over); it handles the others itself, synchronously:
+// returns to sipgo only the datagrams sipgo must handle (INVITE, the ACK
+// for a non-2xx, CANCEL, requests creating a dialog, in-dialog requests
+// the fast lane does not take, REGISTER, responses to sipgo's client
+// transactions, what the fast lane hands over); it handles the others
+// itself, synchronously:
 //
 //   - a datagram carrying the branch of one of authproxy's requests is
 //     dropped unless it comes from where that request went (pinning.go);
@@ -30,7 +31,9 @@ import (
 //     (INFO, MESSAGE, OPTIONS, NOTIFY), is the fast lane's (fastlane.go,
 //     fastlane_dialog.go), its retransmissions after the final response
 //     answered from the socket's answered store, and so is a response to
-//     a request the lane sent.
+//     a request the lane sent;
+//   - a dialog's client's ACK for the 2xx last relayed in the dialog is
+//     forwarded as sipgo's handler would (fastlane_ack.go).
 //
 // Every request datagram's source is noted for answering those the parser
 // refuses (unparsable.go). sipgo writes through WriteTo, as authproxy does.
@@ -124,7 +127,9 @@ func (s *laneSocket) takeRequest(data []byte, addr net.Addr, from netip.AddrPort
 		return false
 	case sip.CANCEL:
 		return s.refuseCancel(data, addr, from)
-	case sip.ACK, sip.REGISTER:
+	case sip.ACK:
+		return s.takeAck(data, addr) // fastlane_ack.go
+	case sip.REGISTER:
 		return false
 	default:
 		if createsDialog(method) || p.lane == nil {
