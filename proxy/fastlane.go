@@ -19,20 +19,23 @@ import (
 // upstream (fastlane_dialog.go: every call's hang-up), without sipgo's
 // transactions; over TCP and TLS too, toward a UDP next hop
 // (fastlane_stream.go: answered on the client's connection, the lane
-// running Timer E for it). INVITE, ACK, CANCEL, REGISTER, what creates or
-// refreshes a dialog or a subscription (SUBSCRIBE, REFER, UPDATE), PRACK,
-// and what an upstream sends into a dialog keep them. The UDP listener's
-// socket (laneSocket) offers it every request datagram before sipgo reads
-// it; the request is checked, routed and admitted exactly as on the usual
-// path (forwarding.check), on the goroutine that read it, and sent at
-// once from that socket, as the client's datagram with authproxy's edits
-// made in its bytes (forwardBytes) or else as a parsed copy
+// running Timer E for it). A UDP client's ACK for its dialog's 2xx, which
+// no transaction answers, is forwarded by the socket with sipgo's ACK
+// handler's code (fastlane_ack.go; the ACK for a non-2xx is the INVITE
+// server transaction's, RFC 3261 §17.1.1.3). INVITE, CANCEL, REGISTER,
+// what creates or refreshes a dialog or a subscription (SUBSCRIBE, REFER,
+// UPDATE), PRACK, and what an upstream sends into a dialog keep sipgo's
+// transactions. The UDP listener's socket (laneSocket) offers it every
+// request datagram before sipgo reads it; the request is checked, routed
+// and admitted exactly as on the usual path (forwarding.check), on the
+// goroutine that read it, and sent at once from that socket, as the
+// client's datagram edited in its bytes (forwardBytes) or a parsed copy
 // (forwarding.build); the upstream's response is matched to it by our Via
 // branch and relayed as bytes from where it was read (HandleRawResponse),
 // or parsed when it is a challenge or unusual. No goroutine, FSM, timer
-// or channel per request: on a machine whose two cores authproxy shares
-// with its PBX, those handoffs are most of its CPU and of the latency it
-// adds (docs/performance.md, "The fast lane").
+// or channel per request: on two cores shared with the PBX, those
+// handoffs are most of authproxy's CPU and of the latency it adds
+// (docs/performance.md, "The fast lane").
 //
 // What a client transaction would do is done as follows. Retransmission
 // toward the upstream (Timer E) is the client's: each retransmission of
