@@ -309,3 +309,26 @@ func TestStreamLaneInDialogByeClientGone(t *testing.T) {
 		})
 	}
 }
+
+// What outlivesClient matches: on the usual path, a TCP caller's request
+// in the dialog (an UPDATE, which keeps sipgo's transactions) whose
+// connection closes while it waits is still followed by relayLoop, its
+// challenge answered toward the upstream, sipgo's server transaction not
+// ending with the connection.
+func TestStreamUsualPathOutlivesConnection(t *testing.T) {
+	d := startStreamDialog(t, "stream-update-gone", proxy.Listener{Transport: "tcp", Address: "127.0.0.1:0"}, nil, 0)
+	d.c.send(t, d.inDialogRequest("UPDATE", 2))
+	sent := d.up.next(t, "UPDATE ")
+	if onLane(t, d.p, sent) {
+		t.Fatal("UPDATE on the fast lane")
+	}
+	d.c.conn.Close()
+	testutil.Eventually(t, "the connection to close", func() bool { return d.p.TCPStats().Open == 0 })
+	d.up.send(t, sent.src.String(), response(sent.data, "407 Proxy Authentication Required",
+		`Proxy-Authenticate: Digest realm="bench", nonce="n-update-gone", qop="auth", algorithm=MD5`))
+	sent = d.up.next(t, "UPDATE ", `nonce="n-update-gone"`)
+	if cs := header(sent.data, "CSeq"); cs != "4 UPDATE" {
+		t.Errorf("re-sent UPDATE CSeq %q, want 4 UPDATE", cs)
+	}
+	d.up.send(t, sent.src.String(), response(sent.data, "200 OK"))
+}
