@@ -24,7 +24,7 @@ import (
 //	go test -run '^$' -bench Scale -benchtime 3s -timeout 90m ./proxy
 //
 // and with a hundredth of the state, as a check (a few minutes still: each
-// measurement first waits out 32 s of transaction timers, see settle):
+// measurement first waits out the transaction timers, see settle):
 //
 //	AUTHPROXY_BENCH_SCALE=0.01 go test -run '^$' -bench Scale -benchtime 200x ./proxy
 //
@@ -34,11 +34,10 @@ import (
 // Custom metrics:
 //   - heapB/dialog, heapB/binding: live heap (after GC) grown by filling
 //     the table, per item, once what only lasts a transaction's timers
-//     (32 s at most) has ended (scaleProxy.settle).
+//     (5 s under TuneSIPStack) has ended (scaleProxy.settle).
 //   - freshB/dialog, freshB/binding: the same right after the fill, those
 //     timers still running (sipgo keeps a challenged request's client
-//     transaction for Timer D, 32 s, and an answered INVITE's for
-//     Timer M).
+//     transaction for Timer D, and an answered INVITE's for Timer M).
 //   - heapMB: the settled heap the whole table adds.
 //   - fill-ns/dialog, fill-ns/binding: the fill's wall time per item
 //     (INVITE challenged and answered 200, then ACK; REGISTER challenged

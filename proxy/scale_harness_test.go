@@ -233,8 +233,9 @@ func scaleAnswer(req *sip.Request) *sip.Response {
 }
 
 // settle lets every transaction timer of the requests so far run out, as
-// a quiet minute would: it waits until Timer D (32 s, which sipgo also
-// applies as Timer K to non-INVITE transactions over UDP) after the
+// a quiet minute would: it waits until Timer D (T4 = 5 s under
+// TuneSIPStack, which sipgo also applies as Timer K to non-INVITE
+// transactions over UDP) after the
 // double's last transaction began, since sipgo may arm that timer after
 // the transaction was terminated (the proxy ends a challenged
 // transaction as soon as it has its 407, and sipgo's actFinal starts the
