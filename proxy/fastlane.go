@@ -557,7 +557,7 @@ func (l *fastLane) run(ctx context.Context) {
 			expired, resend = expired[:0], resend[:0]
 			l.mu.Lock()
 			for _, e := range l.byBranch {
-				if now.UnixNano() > e.deadline.Load() || e.tx.gone() {
+				if now.UnixNano() > e.deadline.Load() || e.abandons() {
 					expired = append(expired, e)
 				} else if at := e.resendAt.Load(); at != 0 && now.UnixNano() >= at {
 					resend = append(resend, e)
@@ -579,7 +579,7 @@ func (l *fastLane) run(ctx context.Context) {
 func (l *fastLane) timeout(e *laneEntry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.waiting && e.tx.gone() {
+	if e.waiting && e.abandons() {
 		l.abandon(e) // fastlane_stream.go
 		return
 	}

@@ -52,3 +52,21 @@ func takesInDialogMethod(m sip.RequestMethod) bool {
 	}
 	return false
 }
+
+// outlivesClient reports whether e's request is followed to its final
+// response after its client's connection closed: a BYE in a dialog
+// authproxy holds. The usual path does so: sipgo's server transaction for
+// a request over TCP or TLS does not end when its connection closes (no
+// timer runs in its Trying and Proceeding states, RFC 3261 §17.2.2, and
+// the transaction layer is not asked to end it on close), so relayLoop
+// answers the BYE's challenges, and its final response, or Timer F's 408,
+// ends the dialog (byeAnswered) before failing to reach the client. The
+// lane matches it: abandoned, the BYE would leave the upstream's call up
+// when a challenge to it went unanswered, and authproxy's dialog held
+// until it idles out, while the caller, its BYE sent, considers the
+// dialog over (§15.1.1) and sends nothing more in it. Its responses are
+// written nowhere (the stream's writes fail), as on the usual path. Other
+// requests end nothing authproxy keeps: the sweeper abandons them.
+func (e *laneEntry) outlivesClient() bool {
+	return e.f.req.Method == sip.BYE && e.f.dlg != nil
+}

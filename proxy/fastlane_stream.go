@@ -27,7 +27,9 @@ import (
 // its request toward the upstream, at T1 doubling to T2, while it waits.
 // Nothing answers retransmissions from the client (there are none: no
 // Timer J, §17.2.2), and a client whose connection closes while its request
-// waits has it ended by the sweeper, unanswered. WebSocket clients
+// waits has it ended by the sweeper, unanswered; but a BYE, whose final
+// response ends the dialog, is followed to its end (outlivesClient,
+// fastlane_dialog.go). WebSocket clients
 // (RFC 7118) keep sipgo's transactions: wsgate offers no Divert.
 
 // laneTx is the server side of a request the fast lane took: liteTx for a
@@ -272,6 +274,13 @@ func (e *laneEntry) timerE() {
 	if err := e.send(); err != nil {
 		e.f.log.Debug("cannot retransmit request", "error", err)
 	}
+}
+
+// abandons reports whether the sweeper ends e's request, waiting on the
+// lane, unanswered (abandon): its client's connection closed, and its
+// final response changes nothing authproxy keeps (outlivesClient).
+func (e *laneEntry) abandons() bool {
+	return e.tx.gone() && !e.outlivesClient()
 }
 
 // abandon ends a waiting entry whose client's connection closed (e.mu
