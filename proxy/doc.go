@@ -94,8 +94,8 @@
 //     registrations authproxy keeps itself);
 //   - health: health.go, healthstate.go;
 //   - sockets, hostile input and the fast lane: listeners.go, udpsocket.go,
-//     udpworkers.go, pinning.go, ingress.go, tcpguard, fastlane.go,
-//     litetx.go, answered.go;
+//     udpworkers.go, pinning.go, ingress.go, tcpguard, fastlane.go
+//     (fastlane_dialog.go, fastlane_ack.go), litetx.go, answered.go;
 //   - configuration and wiring: config.go, proxy.go, bind.go (the
 //     listeners' sockets), inflight.go (the shutdown drain), sipstack.go;
 //   - logs and metrics: sipgolog.go, unparsable.go, throttle.go, lazylog.go,
