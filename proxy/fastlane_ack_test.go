@@ -50,39 +50,32 @@ func TestFastLaneAckFor2xx(t *testing.T) {
 			},
 		},
 	} {
-		for _, handOff := range []struct {
-			name string
-			at   int64
-		}{{"read loop", proxy.UDPHandOffAbove.Load()}, {"workers", -1}} {
-			t.Run(tc.name+"/"+handOff.name, func(t *testing.T) {
-				was := proxy.UDPHandOffAbove.Swap(handOff.at)
-				defer proxy.UDPHandOffAbove.Store(was)
-				d := startLaneDialog(t, fmt.Sprintf("lane-ack-%s-%d", strings.ReplaceAll(tc.name, " ", "-"), handOff.at), 0)
-				msg, cseq, auth := tc.prepare(t, d)
-				var branches []string
-				for range 2 { // a copy, as the caller sends for each 2xx retransmission
-					d.client.send(t, d.addr, msg)
-					got := d.up.next(t, "ACK ")
-					if cs := header(got.data, "CSeq"); cs != cseq {
-						t.Errorf("ACK CSeq %q upstream, want %s:\n%s", cs, cseq, got.data)
-					}
-					want := ""
-					if auth {
-						want = header(d.authedInvite, "Proxy-Authorization")
-					}
-					if got := header(got.data, "Proxy-Authorization"); got != want {
-						t.Errorf("ACK credentials %q upstream, want %q", got, want)
-					}
-					branches = append(branches, viaBranch(got.data))
+		eachHandOff(t, tc.name, func(t *testing.T, handOffAt int64) {
+			d := startLaneDialog(t, fmt.Sprintf("lane-ack-%s-%d", strings.ReplaceAll(tc.name, " ", "-"), handOffAt), 0)
+			msg, cseq, auth := tc.prepare(t, d)
+			var branches []string
+			for range 2 { // a copy, as the caller sends for each 2xx retransmission
+				d.client.send(t, d.addr, msg)
+				got := d.up.next(t, "ACK ")
+				if cs := header(got.data, "CSeq"); cs != cseq {
+					t.Errorf("ACK CSeq %q upstream, want %s:\n%s", cs, cseq, got.data)
 				}
-				if branches[0] != branches[1] || !strings.HasPrefix(branches[0], "z9hG4bK") || branches[0] == viaBranch(msg) {
-					t.Errorf("ACK copies left with branches %q, want one RFC 3261 branch of authproxy's", branches)
+				want := ""
+				if auth {
+					want = header(d.authedInvite, "Proxy-Authorization")
 				}
-				if n := proxy.SipgoAcks(d.p); n != 0 {
-					t.Errorf("sipgo's ACK handler ran %d times, want the socket to forward the ACK itself", n)
+				if got := header(got.data, "Proxy-Authorization"); got != want {
+					t.Errorf("ACK credentials %q upstream, want %q", got, want)
 				}
-			})
-		}
+				branches = append(branches, viaBranch(got.data))
+			}
+			if branches[0] != branches[1] || !strings.HasPrefix(branches[0], "z9hG4bK") || branches[0] == viaBranch(msg) {
+				t.Errorf("ACK copies left with branches %q, want one RFC 3261 branch of authproxy's", branches)
+			}
+			if n := proxy.SipgoAcks(d.p); n != 0 {
+				t.Errorf("sipgo's ACK handler ran %d times, want the socket to forward the ACK itself", n)
+			}
+		})
 	}
 }
 

@@ -51,84 +51,77 @@ func TestFastLaneChallengeOnLane(t *testing.T) {
 		{name: "stale then rejected", steps: []challengeStep{stale, again}, retransmit: true, final: "SIP/2.0 407 Proxy Authentication Required", outcome: "rejected", rounds: 2},
 	} {
 		n++
-		for _, handOff := range []struct {
-			name string
-			at   int64
-		}{{"read loop", proxy.UDPHandOffAbove.Load()}, {"workers", -1}} {
-			t.Run(tc.name+"/"+handOff.name, func(t *testing.T) {
-				was := proxy.UDPHandOffAbove.Swap(handOff.at)
-				defer proxy.UDPHandOffAbove.Store(was)
+		eachHandOff(t, tc.name, func(t *testing.T, handOffAt int64) {
 
-				up := startScriptedUpstream(t)
-				p, addr, obs := startLaneProxy(t, up.conn.LocalAddr().String(), 0)
-				callID := fmt.Sprintf("lane-ch-%d-%d", n, handOff.at)
-				c := newLaneClient(t, addr, callID)
-				c.send(t)
-				sent := up.next(t, hostileWait)
-				if bytes.Contains(sent.data, []byte("Proxy-Authorization:")) {
-					t.Fatalf("first request carries credentials with preemptive off:\n%s", sent.data)
-				}
-				up.answer(t, sent, "407 Proxy Authentication Required",
-					`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
+			up := startScriptedUpstream(t)
+			p, addr, obs := startLaneProxy(t, up.conn.LocalAddr().String(), 0)
+			callID := fmt.Sprintf("lane-ch-%d-%d", n, handOffAt)
+			c := newLaneClient(t, addr, callID)
+			c.send(t)
+			sent := up.next(t, hostileWait)
+			if bytes.Contains(sent.data, []byte("Proxy-Authorization:")) {
+				t.Fatalf("first request carries credentials with preemptive off:\n%s", sent.data)
+			}
+			up.answer(t, sent, "407 Proxy Authentication Required",
+				`Proxy-Authenticate: Digest realm="bench", nonce="n1", qop="auth", algorithm=MD5`)
 
-				for i, step := range tc.steps {
-					resent := up.next(t, hostileWait)
-					checkResend(t, sent.data, resent.data, i+2)
-					nonce := []byte(`nonce="n1"`)
-					if i > 0 {
-						nonce = []byte(`nonce="n2"`)
-					}
-					if !bytes.Contains(resent.data, nonce) {
-						t.Errorf("re-send %d does not answer %s:\n%s", i+1, nonce, resent.data)
-					}
-					// On the lane: it waits for the response under the
-					// re-send's branch, not in a client transaction.
-					if branches, _ := proxy.LaneState(p); !slices.Equal(branches, []string{topBranch(t, resent.data)}) {
-						t.Fatalf("re-send %d: the lane waits under %v, want the re-send's branch %s", i+1, branches, topBranch(t, resent.data))
-					}
-					if tc.retransmit && i == 0 {
-						c.send(t)
-						if d := up.next(t, hostileWait); !bytes.Equal(d.data, resent.data) {
-							t.Fatalf("client's retransmission went on as\n%s\nwant the re-send\n%s", d.data, resent.data)
-						}
-					}
-					up.answer(t, resent, step.status, step.extra...)
-					sent = resent
+			for i, step := range tc.steps {
+				resent := up.next(t, hostileWait)
+				checkResend(t, sent.data, resent.data, i+2)
+				nonce := []byte(`nonce="n1"`)
+				if i > 0 {
+					nonce = []byte(`nonce="n2"`)
 				}
+				if !bytes.Contains(resent.data, nonce) {
+					t.Errorf("re-send %d does not answer %s:\n%s", i+1, nonce, resent.data)
+				}
+				// On the lane: it waits for the response under the
+				// re-send's branch, not in a client transaction.
+				if branches, _ := proxy.LaneState(p); !slices.Equal(branches, []string{topBranch(t, resent.data)}) {
+					t.Fatalf("re-send %d: the lane waits under %v, want the re-send's branch %s", i+1, branches, topBranch(t, resent.data))
+				}
+				if tc.retransmit && i == 0 {
+					c.send(t)
+					if d := up.next(t, hostileWait); !bytes.Equal(d.data, resent.data) {
+						t.Fatalf("client's retransmission went on as\n%s\nwant the re-send\n%s", d.data, resent.data)
+					}
+				}
+				up.answer(t, resent, step.status, step.extra...)
+				sent = resent
+			}
 
-				res := c.readMessage(t, hostileWait)
-				if got := firstLine(res); got != tc.final {
-					t.Fatalf("client got %q, want %q:\n%s", got, tc.final, res)
-				}
-				if !bytes.Contains(res, []byte("\r\nCSeq: 1 MESSAGE\r\n")) {
-					t.Errorf("final response lacks the client's CSeq:\n%s", res)
-				}
-				// The client's next request is answered next: no second
-				// final response to the first, and nothing more went
-				// upstream for it.
-				barrier := c.other(callID + "-b")
-				barrier.send(t)
-				b := up.next(t, hostileWait)
-				if !bytes.Contains(b.data, []byte("\r\nCall-ID: "+callID+"-b\r\n")) {
-					t.Fatalf("upstream got %q after the final response, want the next request", firstLine(b.data))
-				}
-				up.answer(t, b, "202 Accepted")
-				if got := c.read(t, hostileWait); got != "SIP/2.0 202 Accepted" {
-					t.Fatalf("client got %q after its final response, want only the next request's 202", got)
-				}
-				testutil.Eventually(t, "the lane to hold nothing", func() bool {
-					branches, requests := proxy.LaneState(p)
-					return len(branches) == 0 && requests == 0
-				})
-				d := obs.challenged(t)
-				if d.outcome != tc.outcome || d.status != statusOf(tc.final) {
-					t.Errorf("request ended %d %q, want %d %q", d.status, d.outcome, statusOf(tc.final), tc.outcome)
-				}
-				if n := obs.answered(); n != tc.rounds {
-					t.Errorf("%d challenges answered, want %d", n, tc.rounds)
-				}
+			res := c.readMessage(t, hostileWait)
+			if got := firstLine(res); got != tc.final {
+				t.Fatalf("client got %q, want %q:\n%s", got, tc.final, res)
+			}
+			if !bytes.Contains(res, []byte("\r\nCSeq: 1 MESSAGE\r\n")) {
+				t.Errorf("final response lacks the client's CSeq:\n%s", res)
+			}
+			// The client's next request is answered next: no second
+			// final response to the first, and nothing more went
+			// upstream for it.
+			barrier := c.other(callID + "-b")
+			barrier.send(t)
+			b := up.next(t, hostileWait)
+			if !bytes.Contains(b.data, []byte("\r\nCall-ID: "+callID+"-b\r\n")) {
+				t.Fatalf("upstream got %q after the final response, want the next request", firstLine(b.data))
+			}
+			up.answer(t, b, "202 Accepted")
+			if got := c.read(t, hostileWait); got != "SIP/2.0 202 Accepted" {
+				t.Fatalf("client got %q after its final response, want only the next request's 202", got)
+			}
+			testutil.Eventually(t, "the lane to hold nothing", func() bool {
+				branches, requests := proxy.LaneState(p)
+				return len(branches) == 0 && requests == 0
 			})
-		}
+			d := obs.challenged(t)
+			if d.outcome != tc.outcome || d.status != statusOf(tc.final) {
+				t.Errorf("request ended %d %q, want %d %q", d.status, d.outcome, statusOf(tc.final), tc.outcome)
+			}
+			if n := obs.answered(); n != tc.rounds {
+				t.Errorf("%d challenges answered, want %d", n, tc.rounds)
+			}
+		})
 	}
 }
 

@@ -83,72 +83,65 @@ func TestFastLaneInDialog(t *testing.T) {
 		{name: "info", method: "INFO", dialogs: 1},
 		{name: "info challenged", method: "INFO", challenged: true, dialogs: 1},
 	} {
-		for _, handOff := range []struct {
-			name string
-			at   int64
-		}{{"read loop", proxy.UDPHandOffAbove.Load()}, {"workers", -1}} {
-			t.Run(tc.name+"/"+handOff.name, func(t *testing.T) {
-				was := proxy.UDPHandOffAbove.Swap(handOff.at)
-				defer proxy.UDPHandOffAbove.Store(was)
-				d := startLaneDialog(t, fmt.Sprintf("lane-dlg-%s-%t-%d", tc.method, tc.challenged, handOff.at), 0)
-				req := d.inDialogRequest(tc.method, 2)
-				d.client.send(t, d.addr, req)
-				sent := d.up.next(t, tc.method+" ")
+		eachHandOff(t, tc.name, func(t *testing.T, handOffAt int64) {
+			d := startLaneDialog(t, fmt.Sprintf("lane-dlg-%s-%t-%d", tc.method, tc.challenged, handOffAt), 0)
+			req := d.inDialogRequest(tc.method, 2)
+			d.client.send(t, d.addr, req)
+			sent := d.up.next(t, tc.method+" ")
+			d.onLane(t, sent.data)
+			if cs := header(sent.data, "CSeq"); cs != "3 "+tc.method {
+				t.Errorf("%s went upstream with CSeq %q, want 3 %s (shifted by the INVITE's challenge)", tc.method, cs, tc.method)
+			}
+			if bytes.Contains(sent.data, []byte("\r\nRoute:")) {
+				t.Errorf("%s went upstream with authproxy's Route:\n%s", tc.method, sent.data)
+			}
+			if !bytes.Contains(sent.data, []byte("\r\nX-Odd:   spaced\r\n")) {
+				t.Errorf("%s went upstream as a parsed copy, not as the client's bytes edited:\n%s", tc.method, sent.data)
+			}
+			if tc.challenged {
+				d.up.send(t, sent.src.String(), response(sent.data, "407 Proxy Authentication Required",
+					`Proxy-Authenticate: Digest realm="bench", nonce="n-`+tc.method+`", qop="auth", algorithm=MD5`))
+				sent = d.up.next(t, tc.method+" ", "Proxy-Authorization:")
 				d.onLane(t, sent.data)
-				if cs := header(sent.data, "CSeq"); cs != "3 "+tc.method {
-					t.Errorf("%s went upstream with CSeq %q, want 3 %s (shifted by the INVITE's challenge)", tc.method, cs, tc.method)
+				if cs := header(sent.data, "CSeq"); cs != "4 "+tc.method {
+					t.Errorf("re-sent %s CSeq %q, want 4 %s", tc.method, cs, tc.method)
 				}
-				if bytes.Contains(sent.data, []byte("\r\nRoute:")) {
-					t.Errorf("%s went upstream with authproxy's Route:\n%s", tc.method, sent.data)
+				if got := header(sent.data, "Proxy-Authorization"); !bytes.Contains([]byte(got), []byte(`username="bench"`)) || !bytes.Contains([]byte(got), []byte(`nonce="n-`+tc.method+`"`)) {
+					t.Errorf("re-sent %s answers with %q, want the bench credential for nonce n-%s", tc.method, got, tc.method)
 				}
-				if !bytes.Contains(sent.data, []byte("\r\nX-Odd:   spaced\r\n")) {
-					t.Errorf("%s went upstream as a parsed copy, not as the client's bytes edited:\n%s", tc.method, sent.data)
-				}
-				if tc.challenged {
-					d.up.send(t, sent.src.String(), response(sent.data, "407 Proxy Authentication Required",
-						`Proxy-Authenticate: Digest realm="bench", nonce="n-`+tc.method+`", qop="auth", algorithm=MD5`))
-					sent = d.up.next(t, tc.method+" ", "Proxy-Authorization:")
-					d.onLane(t, sent.data)
-					if cs := header(sent.data, "CSeq"); cs != "4 "+tc.method {
-						t.Errorf("re-sent %s CSeq %q, want 4 %s", tc.method, cs, tc.method)
-					}
-					if got := header(sent.data, "Proxy-Authorization"); !bytes.Contains([]byte(got), []byte(`username="bench"`)) || !bytes.Contains([]byte(got), []byte(`nonce="n-`+tc.method+`"`)) {
-						t.Errorf("re-sent %s answers with %q, want the bench credential for nonce n-%s", tc.method, got, tc.method)
-					}
-				}
-				d.up.send(t, sent.src.String(), response(sent.data, "200 OK"))
-				d.client.next(t, "SIP/2.0 200 ", "CSeq: 2 "+tc.method)
-				testutil.Eventually(t, "the lane to hold nothing", func() bool {
-					branches, requests := proxy.LaneState(d.p)
-					return len(branches) == 0 && requests == 0
-				})
-				if n := d.p.DialogCount(); n != tc.dialogs {
-					t.Errorf("%d dialogs after the %s's 200, want %d", n, tc.method, tc.dialogs)
-				}
-
-				// A retransmission of the request: the 200 again, from
-				// the answered store.
-				d.client.send(t, d.addr, req)
-				d.client.next(t, "SIP/2.0 200 ", "CSeq: 2 "+tc.method)
-
-				// The caller's ACK for the INVITE's 200, late.
-				d.client.send(t, d.addr, ack(d.client.addr(), d.callID, d.up.addr()))
-				got := d.up.next(t, "ACK ", "Proxy-Authorization:")
-				if cs := header(got.data, "CSeq"); cs != "2 ACK" {
-					t.Errorf("ACK CSeq %q upstream, want 2 ACK (the authenticated INVITE's):\n%s", cs, got.data)
-				}
-				if want := header(d.authedInvite, "Proxy-Authorization"); header(got.data, "Proxy-Authorization") != want {
-					t.Errorf("ACK credentials %q upstream, want the INVITE's %q", header(got.data, "Proxy-Authorization"), want)
-				}
-				want := 1
-				if tc.challenged {
-					want = 2
-				}
-				if n := d.up.count(tc.method + " "); n != want {
-					t.Errorf("the upstream received %d %s requests, want %d: the retransmission went on", n, tc.method, want)
-				}
+			}
+			d.up.send(t, sent.src.String(), response(sent.data, "200 OK"))
+			d.client.next(t, "SIP/2.0 200 ", "CSeq: 2 "+tc.method)
+			testutil.Eventually(t, "the lane to hold nothing", func() bool {
+				branches, requests := proxy.LaneState(d.p)
+				return len(branches) == 0 && requests == 0
 			})
-		}
+			if n := d.p.DialogCount(); n != tc.dialogs {
+				t.Errorf("%d dialogs after the %s's 200, want %d", n, tc.method, tc.dialogs)
+			}
+
+			// A retransmission of the request: the 200 again, from
+			// the answered store.
+			d.client.send(t, d.addr, req)
+			d.client.next(t, "SIP/2.0 200 ", "CSeq: 2 "+tc.method)
+
+			// The caller's ACK for the INVITE's 200, late.
+			d.client.send(t, d.addr, ack(d.client.addr(), d.callID, d.up.addr()))
+			got := d.up.next(t, "ACK ", "Proxy-Authorization:")
+			if cs := header(got.data, "CSeq"); cs != "2 ACK" {
+				t.Errorf("ACK CSeq %q upstream, want 2 ACK (the authenticated INVITE's):\n%s", cs, got.data)
+			}
+			if want := header(d.authedInvite, "Proxy-Authorization"); header(got.data, "Proxy-Authorization") != want {
+				t.Errorf("ACK credentials %q upstream, want the INVITE's %q", header(got.data, "Proxy-Authorization"), want)
+			}
+			want := 1
+			if tc.challenged {
+				want = 2
+			}
+			if n := d.up.count(tc.method + " "); n != want {
+				t.Errorf("the upstream received %d %s requests, want %d: the retransmission went on", n, tc.method, want)
+			}
+		})
 	}
 }
 

@@ -70,22 +70,7 @@ func startStreamProxy(tb testing.TB, upstream string, mode proxy.Preemptive, tim
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("proxy Run: %v", err)
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		tb.Fatalf("proxy stopped before ready: %v", err)
-	case <-time.After(5 * time.Second):
-		tb.Fatal("proxy not ready after 5s")
-	}
+	runProxy(tb, p, ready, nil)
 	return p, p.ListenAddrs()[strings.ToLower(lst.Transport)]
 }
 

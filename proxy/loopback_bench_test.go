@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -203,22 +202,7 @@ func startLoopbackProxy(tb testing.TB, upstream string, mode proxy.Preemptive) s
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("proxy Run: %v", err)
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		tb.Fatalf("proxy stopped before ready: %v", err)
-	case <-time.After(5 * time.Second):
-		tb.Fatal("proxy not ready after 5s")
-	}
+	runProxy(tb, p, ready, nil)
 	return p.ListenAddrs()["udp"]
 }
 
