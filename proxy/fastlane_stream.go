@@ -106,6 +106,7 @@ func (p *Proxy) divertStream(msg []byte, s tcpguard.Stream) (taken bool) {
 // the first final one once. Nothing is kept after it: on a reliable
 // transport the client does not retransmit (§17.2.2, Timer J is zero).
 type streamTx struct {
+	laneTxState
 	key string
 	s   tcpguard.Stream
 	raw []byte // the request's bytes, during HandleRequest only
@@ -161,25 +162,6 @@ func (tx *streamTx) RespondRaw(data []byte, final bool) error {
 	}
 	return nil
 }
-
-// Acks returns nil: a non-INVITE transaction gets no ACK.
-func (tx *streamTx) Acks() <-chan *sip.Request { return nil }
-
-// OnCancel returns false: CANCEL applies to INVITE only.
-func (tx *streamTx) OnCancel(sip.FnTxCancel) bool { return false }
-
-// Terminate does nothing: there is nothing to stop.
-func (tx *streamTx) Terminate() {}
-
-// OnTerminate returns false: see Done.
-func (tx *streamTx) OnTerminate(sip.FnTxTerminate) bool { return false }
-
-// Done returns nil, a channel that never closes: the sweeper sees a
-// closed connection (gone) instead.
-func (tx *streamTx) Done() <-chan struct{} { return nil }
-
-// Err returns nil.
-func (tx *streamTx) Err() error { return nil }
 
 // errUnframable is what streamFrame returns for a message whose
 // Content-Length claims more body than the datagram carries.

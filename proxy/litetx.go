@@ -24,6 +24,7 @@ import (
 // sender cannot go away. It is a sip.ServerTransaction, so the forwarding
 // code answers it as it answers sipgo's.
 type liteTx struct {
+	laneTxState
 	key  string
 	sock *laneSocket
 	src  netip.AddrPort // where the request came from (unmapped)
@@ -92,23 +93,31 @@ func (tx *liteTx) RespondRaw(data []byte, final bool) error {
 	return nil
 }
 
-// Acks returns nil: a non-INVITE transaction gets no ACK.
-func (tx *liteTx) Acks() <-chan *sip.Request { return nil }
+// laneTxState is the part of sip.ServerTransaction a request on the fast
+// lane has no use for, shared by liteTx and streamTx: a non-INVITE
+// transaction gets no ACK and no CANCEL (both apply to INVITE only), has
+// nothing to stop and never reports itself done (a UDP sender cannot go
+// away; a stream client's closed connection is seen by the lane's
+// sweeper instead).
+type laneTxState struct{}
 
-// OnCancel returns false: CANCEL applies to INVITE only.
-func (tx *liteTx) OnCancel(sip.FnTxCancel) bool { return false }
+// Acks returns nil: no ACK.
+func (laneTxState) Acks() <-chan *sip.Request { return nil }
+
+// OnCancel returns false: no CANCEL.
+func (laneTxState) OnCancel(sip.FnTxCancel) bool { return false }
 
 // Terminate does nothing: there is nothing to stop.
-func (tx *liteTx) Terminate() {}
+func (laneTxState) Terminate() {}
 
 // OnTerminate returns false: see Done.
-func (tx *liteTx) OnTerminate(sip.FnTxTerminate) bool { return false }
+func (laneTxState) OnTerminate(sip.FnTxTerminate) bool { return false }
 
 // Done returns nil, a channel that never closes.
-func (tx *liteTx) Done() <-chan struct{} { return nil }
+func (laneTxState) Done() <-chan struct{} { return nil }
 
 // Err returns nil.
-func (tx *liteTx) Err() error { return nil }
+func (laneTxState) Err() error { return nil }
 
 // msgBufs holds the buffers messages are serialised into before a write.
 var msgBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
