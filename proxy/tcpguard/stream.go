@@ -1,6 +1,7 @@
 package tcpguard
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -31,9 +32,11 @@ type Stream interface {
 }
 
 // StreamWriteTimeout bounds a write of WriteMessage. It only runs out
-// when the client has left the kernel's buffers full (it does not read):
-// the writer, which may be serving other connections, is not held longer.
-const StreamWriteTimeout = 500 * time.Millisecond
+// when the client has left the kernel's buffers full (it has not read
+// megabytes of responses): the writer, which may be the goroutine reading
+// a UDP socket for every client, is not held longer, and the connection
+// is closed.
+const StreamWriteTimeout = 50 * time.Millisecond
 
 var _ Stream = (*conn)(nil)
 
@@ -54,12 +57,35 @@ func (c *conn) Remote() netip.AddrPort {
 }
 
 // WriteMessage writes b, one complete message, under StreamWriteTimeout,
-// and closes the connection when it fails (Stream).
+// and closes the connection when it fails (Stream). When one of the
+// guard's own writes holds the connection (a keep-alive reply or an
+// answer, under writeTimeout, blocked by a client that does not read), a
+// copy of b is written by a goroutine of its own instead, so that the
+// caller is never held up to writeTimeout; that goroutine ends with the
+// guard's write, within writeTimeout.
 func (c *conn) WriteMessage(b []byte) error {
 	if c.closed.Load() {
 		return net.ErrClosed
 	}
-	if err := c.writeWithin(b, StreamWriteTimeout); err != nil {
+	if !c.wmu.TryLock() {
+		msg := bytes.Clone(b)
+		go func() {
+			c.wmu.Lock()
+			defer c.wmu.Unlock()
+			_ = c.writeMessageLocked(msg)
+		}()
+		return nil
+	}
+	defer c.wmu.Unlock()
+	return c.writeMessageLocked(b)
+}
+
+// writeMessageLocked is WriteMessage's write, wmu held.
+func (c *conn) writeMessageLocked(b []byte) error {
+	if c.closed.Load() {
+		return net.ErrClosed
+	}
+	if err := c.writeWithinLocked(b, StreamWriteTimeout); err != nil {
 		_ = c.Close()
 		return fmt.Errorf("write message: %w", err)
 	}
@@ -76,6 +102,11 @@ func (c *conn) Closed() bool { return c.closed.Load() }
 func (c *conn) writeWithin(b []byte, d time.Duration) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	return c.writeWithinLocked(b, d)
+}
+
+// writeWithinLocked is writeWithin with wmu held.
+func (c *conn) writeWithinLocked(b []byte, d time.Duration) error {
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(d))
 	_, err := c.Write(b)
 	_ = c.Conn.SetWriteDeadline(time.Time{})
