@@ -166,7 +166,7 @@ func (d *streamDialog) laneEmpty(t *testing.T) {
 // INVITE's 200, sent again after the BYE (§13.2.2.4), still reaching the
 // upstream as the authenticated INVITE's.
 func TestStreamLaneInDialogBye(t *testing.T) {
-	serverTLS, clientTLS := selfSignedTLS(t)
+	serverTLS, clientTLS := testutil.SelfSignedTLS(t)
 	for _, tc := range []struct {
 		name       string
 		lst        proxy.Listener

@@ -4,16 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -72,35 +66,6 @@ func startStreamProxy(tb testing.TB, upstream string, mode proxy.Preemptive, tim
 	}
 	runProxy(tb, p, ready, nil)
 	return p, p.ListenAddrs()[strings.ToLower(lst.Transport)]
-}
-
-// selfSignedTLS is a server configuration with a certificate for
-// 127.0.0.1 signed by itself, and a client configuration trusting it.
-func selfSignedTLS(t *testing.T) (server, client *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		&tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 }
 
 // streamClient is a SIP client on one TCP connection.
@@ -196,7 +161,7 @@ func onLane(t *testing.T, p *proxy.Proxy, d datagram) bool {
 // connection, framed with a Content-Length even when the upstream's
 // datagram had none.
 func TestStreamLaneTakesRequest(t *testing.T) {
-	serverTLS, clientTLS := selfSignedTLS(t)
+	serverTLS, clientTLS := testutil.SelfSignedTLS(t)
 	for _, tc := range []struct {
 		method string
 		lst    proxy.Listener

@@ -345,7 +345,7 @@ func TestConn_TooLarge(t *testing.T) {
 }
 
 func TestConn_TLS(t *testing.T) {
-	conf := testTLSConfig(t)
+	conf, _ := testutil.SelfSignedTLS(t)
 	g := New(Config{Limits: Limits{HandshakeTimeout: 150 * time.Millisecond, MessageTimeout: time.Hour}})
 	s := serve(t, g, conf)
 
