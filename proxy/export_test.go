@@ -1,5 +1,7 @@
 package proxy
 
+import "time"
+
 // UDPHandOffAbove is the rate above which a UDP listener's read loop hands
 // the fast lane's datagrams to workers (udpworkers.go), for tests that run
 // both ways.
@@ -21,3 +23,11 @@ func LaneState(p *Proxy) (branches []string, requests int) {
 // SipgoAcks returns how many ACKs sipgo's handler got on p: those the UDP
 // listeners' sockets did not forward themselves.
 func SipgoAcks(p *Proxy) int64 { return p.sipgoAcks.Load() }
+
+// LaneInvites returns how many INVITE server transactions the fast lane
+// of p holds (invitetx.go).
+func LaneInvites(p *Proxy) int { return p.lane.invites.len() }
+
+// SweepLaneInvites runs the timers of p's lane INVITE transactions as
+// the sweeper would at now, for tests that skip ahead of them.
+func SweepLaneInvites(p *Proxy, now time.Time) { p.lane.invites.sweep(now, nil) }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -22,7 +21,9 @@ import (
 // running Timer E for it). A UDP client's ACK for its dialog's 2xx, which
 // no transaction answers, is forwarded by the socket with sipgo's ACK
 // handler's code (fastlane_ack.go; the ACK for a non-2xx is the INVITE
-// server transaction's, RFC 3261 §17.1.1.3). INVITE, CANCEL, REGISTER,
+// server transaction's, RFC 3261 §17.1.1.3: invitetx.go's for an initial
+// INVITE from a UDP client, forwarded with sipgo's client transactions
+// in a goroutine as on the usual path). Other INVITEs, CANCEL, REGISTER,
 // what creates or refreshes a dialog or a subscription (SUBSCRIBE, REFER,
 // UPDATE), PRACK, and what an upstream sends into a dialog keep sipgo's
 // transactions. The UDP listener's socket (laneSocket) offers it every
@@ -55,6 +56,7 @@ type fastLane struct {
 	mu       sync.Mutex
 	byKey    map[string]*laneEntry // server transaction key → request still forwarded
 	byBranch map[string]*laneEntry // our Via branch → request waiting on the lane for its response
+	invites  *inviteTable          // UDP clients' initial INVITEs (invitetx.go)
 }
 
 // laneEntry is a request forwarded through the fast lane, from the moment
@@ -90,7 +92,7 @@ type laneEntry struct {
 }
 
 func newFastLane(p *Proxy) *fastLane {
-	return &fastLane{p: p, byKey: map[string]*laneEntry{}, byBranch: map[string]*laneEntry{}}
+	return &fastLane{p: p, byKey: map[string]*laneEntry{}, byBranch: map[string]*laneEntry{}, invites: newInviteTable()}
 }
 
 // TakesRequest takes out-of-dialog requests that create no dialog and are
@@ -536,62 +538,4 @@ func (l *fastLane) stopWaiting(e *laneEntry) {
 func (l *fastLane) finish(e *laneEntry) {
 	l.stopWaiting(e)
 	l.remove(e)
-}
-
-// laneSweep is how often the sweeper looks for requests whose upstream
-// has not answered within UpstreamTimeout.
-const laneSweep = 100 * time.Millisecond
-
-// run answers 408 for the requests whose upstream did not answer in
-// UpstreamTimeout (Timer F), ends those whose stream client went away,
-// and retransmits those of stream clients (Timer E), until ctx ends.
-func (l *fastLane) run(ctx context.Context) {
-	t := time.NewTicker(laneSweep)
-	defer t.Stop()
-	var expired, resend []*laneEntry
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			expired, resend = expired[:0], resend[:0]
-			l.mu.Lock()
-			for _, e := range l.byBranch {
-				if now.UnixNano() > e.deadline.Load() || e.abandons() {
-					expired = append(expired, e)
-				} else if at := e.resendAt.Load(); at != 0 && now.UnixNano() >= at {
-					resend = append(resend, e)
-				}
-			}
-			l.mu.Unlock()
-			for _, e := range expired {
-				l.timeout(e)
-			}
-			for _, e := range resend {
-				e.timerE()
-			}
-		}
-	}
-}
-
-// timeout ends e's attempt without a response in time: it fails over off
-// the lane when it can, else answers 408.
-func (l *fastLane) timeout(e *laneEntry) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.waiting && e.abandons() {
-		l.abandon(e) // fastlane_stream.go
-		return
-	}
-	if !e.waiting || time.Now().UnixNano() <= e.deadline.Load() {
-		return // answered, or sent again after a challenge, meanwhile
-	}
-	if !e.f.att.answered && e.f.canFailover() {
-		l.stopWaiting(e)
-		go l.offLane(e, nil, true)
-		return
-	}
-	l.finish(e)
-	e.f.respondLocal(sip.StatusRequestTimeout, "Request Timeout", "timeout")
-	e.f.end()
 }

@@ -46,7 +46,13 @@ func (s *laneSocket) takeAck(data []byte, addr net.Addr) bool {
 		return false
 	}
 	req := s.parseRequest(data, addr)
-	if req == nil || req.Method != sip.ACK || !p.lane.takesAck(req) {
+	if req == nil || req.Method != sip.ACK {
+		return false
+	}
+	if p.lane.absorbInviteAck(req) { // invitetx_socket.go
+		return true
+	}
+	if !p.lane.takesAck(req) {
 		return false
 	}
 	p.forwardAck(req, true)

@@ -129,13 +129,23 @@ var msgBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // uses, for requests the fast lane takes instead. ok is false when the
 // request has no Via or CSeq.
 func serverTxKey(req *sip.Request) (key string, ok bool) {
-	via, cseq := req.Via(), req.CSeq()
-	if via == nil || cseq == nil {
+	cseq := req.CSeq()
+	if cseq == nil {
 		return "", false
 	}
 	method := cseq.MethodName
 	if method == sip.ACK {
 		method = sip.INVITE
+	}
+	return serverTxKeyAs(req, method)
+}
+
+// serverTxKeyAs is serverTxKey with method for the request's: a CANCEL's
+// as INVITE is the key of the INVITE it cancels (§9.2).
+func serverTxKeyAs(req *sip.Request, method sip.RequestMethod) (key string, ok bool) {
+	via, cseq := req.Via(), req.CSeq()
+	if via == nil || cseq == nil {
+		return "", false
 	}
 	var b strings.Builder
 	branch, _ := via.Params.Get("branch")

@@ -16,17 +16,20 @@ import (
 // laneSocket is a UDP listener's socket as sipgo sees it (served with
 // sipgo.Server.ServeUDP): authproxy owns the socket and reads every
 // datagram first, on sipgo's read loop, before the parser. ReadFrom
-// returns to sipgo only the datagrams sipgo must handle (INVITE, the ACK
-// for a non-2xx, CANCEL, requests creating a dialog, in-dialog requests
-// the fast lane does not take, REGISTER, responses to sipgo's client
-// transactions, what the fast lane hands over); it handles the others
-// itself, synchronously:
+// returns to sipgo only the datagrams sipgo must handle (a re-INVITE, the
+// ACK and CANCEL of sipgo's INVITE transactions, requests creating a
+// dialog, in-dialog requests the fast lane does not take, REGISTER,
+// responses to sipgo's client transactions, what the fast lane hands
+// over); it handles the others itself, synchronously:
 //
 //   - a datagram carrying the branch of one of authproxy's requests is
 //     dropped unless it comes from where that request went (pinning.go);
 //   - a request larger than MaxDatagramSize is answered 513 (validate.go);
 //   - a CANCEL from anywhere but its INVITE's source is refused (cancel.go),
 //     and each INVITE's source noted for that;
+//   - an initial INVITE gets the lane's INVITE server transaction
+//     (invitetx.go), which its retransmissions, its CANCEL and the ACK
+//     for its non-2xx final response are matched to (invitetx_socket.go);
 //   - an out-of-dialog non-INVITE request, and a dialog's client's BYE
 //     (INFO, MESSAGE, OPTIONS, NOTIFY), is the fast lane's (fastlane.go,
 //     fastlane_dialog.go), its retransmissions after the final response
@@ -124,9 +127,9 @@ func (s *laneSocket) takeRequest(data []byte, addr net.Addr, from netip.AddrPort
 		return false
 	case sip.INVITE:
 		p.invites.note(data, "UDP", from, time.Now())
-		return false
+		return s.takeInvite(data, addr, from) // invitetx_socket.go
 	case sip.CANCEL:
-		return s.refuseCancel(data, addr, from)
+		return s.takeCancel(data, addr, from)
 	case sip.ACK:
 		return s.takeAck(data, addr) // fastlane_ack.go
 	case sip.REGISTER:
@@ -162,11 +165,10 @@ func (s *laneSocket) takeRequest(data []byte, addr net.Addr, from netip.AddrPort
 	return true
 }
 
-// refuseCancel answers or drops a CANCEL datagram cancelRefused refuses
-// and reports whether it did; any other goes on to sipgo.
-func (s *laneSocket) refuseCancel(data []byte, addr net.Addr, from netip.AddrPort) bool {
-	req := s.parseRequest(data, addr)
-	if req == nil || req.Method != sip.CANCEL || !s.p.cancelRefused(req, "UDP", from) {
+// refuseCancel answers or drops a CANCEL cancelRefused refuses and
+// reports whether it did.
+func (s *laneSocket) refuseCancel(req *sip.Request, addr net.Addr, from netip.AddrPort) bool {
+	if !s.p.cancelRefused(req, "UDP", from) {
 		return false
 	}
 	if !s.p.limiter.drop() {
