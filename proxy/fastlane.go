@@ -57,6 +57,7 @@ type fastLane struct {
 	byKey    map[string]*laneEntry // server transaction key → request still forwarded
 	byBranch map[string]*laneEntry // our Via branch → request waiting on the lane for its response
 	invites  *inviteTable          // UDP clients' initial INVITEs (invitetx.go)
+	acks     laneAcks              // ACKs for INVITEs' non-2xx final responses, for Timer D (fastlane_invite_ack.go)
 }
 
 // laneEntry is a request forwarded through the fast lane, from the moment
@@ -66,6 +67,7 @@ type laneEntry struct {
 	key string // the sender's server transaction key
 	f   *forwarding
 	tx  laneTx
+	inv *laneInvite // an INVITE's own state (fastlane_invite.go); nil for any other request
 
 	// The request as sent: its bytes (the client's datagram edited by
 	// appendForward, or f.fwd serialised), the listening socket they go
@@ -359,6 +361,10 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 	defer e.mu.Unlock()
 	f := e.f
 	defer l.recoverRelay(e)
+	if e.inv != nil {
+		l.inviteResponse(e, res) // fastlane_invite.go
+		return true
+	}
 	l.answered(e)
 	if _, failover := f.failoverOnStatus(res.StatusCode); failover {
 		// The request fails over to its next target or upstream off the
@@ -383,6 +389,9 @@ func (l *fastLane) HandleResponse(res *sip.Response) bool {
 // parser and HandleResponse instead.
 func (l *fastLane) HandleRawResponse(data []byte) bool {
 	r, ok := scanResponse(data)
+	if ok && r.status >= 300 && l.reAck(r.branch) {
+		return true // a retransmitted final response to an INVITE: ACKed again
+	}
 	if !ok || r.status == sip.StatusUnauthorized || r.status == sip.StatusProxyAuthRequired || r.status == sip.StatusServiceUnavailable {
 		return false // a 503 is relayed as 500 or failed over: HandleResponse
 	}
@@ -392,6 +401,10 @@ func (l *fastLane) HandleRawResponse(data []byte) bool {
 	}
 	defer e.mu.Unlock()
 	f := e.f
+	if e.inv != nil {
+		defer l.recoverRelay(e)
+		return l.inviteRaw(e, data, &r) // fastlane_invite.go
+	}
 	if _, failover := f.failoverOnStatus(r.status); failover {
 		return false // HandleResponse fails it over
 	}
@@ -437,7 +450,7 @@ func (l *fastLane) deliver(e *laneEntry, status int, relay func()) {
 	default:
 		relay()
 		l.finish(e)
-		e.f.end()
+		e.end()
 	}
 }
 
@@ -448,7 +461,7 @@ func (l *fastLane) recoverRelay(e *laneEntry) {
 	if r := recover(); r != nil {
 		l.finish(e)
 		e.f.panicked(r)
-		e.f.end()
+		e.end()
 	}
 }
 
@@ -483,6 +496,10 @@ func (l *fastLane) answered(e *laneEntry) {
 // it on, or timedOut). A challenge to a request sent off the lane is
 // answered there (relayLoop).
 func (l *fastLane) offLane(e *laneEntry, res *sip.Response, timedOut bool) {
+	if e.inv != nil {
+		l.offLaneInvite(e, res, timedOut) // fastlane_invite.go
+		return
+	}
 	f := e.f
 	defer func() {
 		l.mu.Lock()
@@ -529,7 +546,7 @@ func (l *fastLane) stopWaiting(e *laneEntry) {
 	l.mu.Lock()
 	delete(l.byBranch, e.branch)
 	l.mu.Unlock()
-	l.p.pins.release(e.branch, false, time.Now())
+	l.p.pins.release(e.branch, e.inv != nil, time.Now()) // an INVITE's lingers for late 2xx (pinLinger)
 	e.waiting = false
 }
 

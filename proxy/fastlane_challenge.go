@@ -45,7 +45,7 @@ func (l *fastLane) challenged(e *laneEntry, res *sip.Response) {
 		l.finish(e)
 		f.log.Warn("upstream unreachable on retry", "error", err)
 		f.unreachable()
-		f.end()
+		e.end()
 		return
 	}
 	if next == nil {
@@ -89,7 +89,7 @@ func (l *fastLane) swapBranch(e *laneEntry, branch string) {
 	l.byBranch[branch] = e
 	e.branch = branch
 	l.mu.Unlock()
-	l.p.pins.release(old, false, time.Now())
+	l.p.pins.release(old, e.inv != nil, time.Now())
 }
 
 // buildSent is the parsed form of a request the lane sent as bytes,

@@ -226,10 +226,11 @@ func scanContentLength(msg []byte) (length, bodyAt int, ok bool) {
 
 // newAttempt starts Timer E for a new transaction toward the upstream
 // (e.mu held): the first send, or the re-send answering a challenge.
-// Only for a stream client: a UDP client's retransmissions drive the
-// lane's.
+// Only for a stream client (a UDP client's retransmissions drive the
+// lane's), and as Timer A for an INVITE (its client stops retransmitting
+// at our first provisional response, fastlane_invite.go).
 func (e *laneEntry) newAttempt() {
-	if e.tx.reliable() {
+	if e.tx.reliable() || e.inv != nil {
 		e.gap = sip.T1
 	}
 }
@@ -245,14 +246,17 @@ func (e *laneEntry) scheduleResend() {
 // timerE retransmits a stream client's request toward the upstream while
 // it waits, the interval doubling up to T2 (RFC 3261 §17.1.2.2; in the
 // Proceeding state the interval is T2, which the doubling reaches by
-// then).
+// then); an INVITE's, Timer A, doubling with no cap until a response
+// stops it (§17.1.1.2).
 func (e *laneEntry) timerE() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.waiting || time.Now().UnixNano() < e.resendAt.Load() {
+	if !e.waiting || e.gap == 0 || time.Now().UnixNano() < e.resendAt.Load() {
 		return
 	}
-	e.gap = min(2*e.gap, sip.T2)
+	if e.gap *= 2; e.inv == nil {
+		e.gap = min(e.gap, sip.T2)
+	}
 	if err := e.send(); err != nil {
 		e.f.log.Debug("cannot retransmit request", "error", err)
 	}
@@ -270,5 +274,5 @@ func (e *laneEntry) abandons() bool {
 func (l *fastLane) abandon(e *laneEntry) {
 	l.finish(e)
 	e.f.log.Debug("client connection closed while its request waited")
-	e.f.end()
+	e.end()
 }

@@ -153,27 +153,72 @@ func (tx *inviteTx) Respond(res *sip.Response) error {
 	defer msgBufs.Put(buf)
 	buf.Reset()
 	res.StringWrite(buf)
-	if buf.Len() > sip.UDPMTUSize-200 {
+	return tx.respond(res.StatusCode, buf.Bytes())
+}
+
+// RespondRaw sends data, a response already serialised (its status line
+// first), as Respond sends a parsed one (laneTx); final is implied by the
+// status. data may be reused once it returns.
+func (tx *inviteTx) RespondRaw(data []byte, _ bool) error {
+	status, ok := statusOf(data)
+	if !ok {
+		return errors.New("send response: no status line")
+	}
+	return tx.respond(status, data)
+}
+
+// respond sends data, a response of status, as Respond says.
+func (tx *inviteTx) respond(status int, data []byte) error {
+	if len(data) > sip.UDPMTUSize-200 {
 		return sip.ErrUDPMTUCongestion
 	}
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if err := tx.refuses(res.StatusCode); err != nil {
+	if err := tx.refuses(status); err != nil {
 		return err
 	}
 	now := time.Now()
 	switch {
-	case res.StatusCode < 200:
-		tx.last = append(tx.last[:0], buf.Bytes()...)
-	case res.StatusCode < 300:
+	case status < 200:
+		tx.last = append(tx.last[:0], data...)
+	case status < 300:
 		tx.accept(now)
 	default:
-		tx.complete(buf.Bytes(), now)
+		tx.complete(data, now)
 	}
 	tx.responded = true
 	tx.schedule()
-	return tx.write(buf.Bytes())
+	return tx.write(data)
 }
+
+// statusOf returns the status code of the response data ("SIP/2.0 NNN").
+func statusOf(data []byte) (int, bool) {
+	const prefix = "SIP/2.0 "
+	if len(data) < len(prefix)+3 || string(data[:len(prefix)]) != prefix {
+		return 0, false
+	}
+	code := 0
+	for _, c := range data[len(prefix) : len(prefix)+3] {
+		if !isDigit(c) {
+			return 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	return code, code >= 100
+}
+
+// Raw returns nil: the INVITE goes on as a parsed copy (laneTx), our
+// Record-Route among its headers.
+func (tx *inviteTx) Raw() []byte { return nil }
+
+// CanRespondRaw reports whether the client's address is known (laneTx).
+func (tx *inviteTx) CanRespondRaw() bool { return tx.src.IsValid() }
+
+// reliable reports false: a UDP client (laneTx).
+func (tx *inviteTx) reliable() bool { return false }
+
+// gone reports false: a UDP client cannot go away (laneTx).
+func (tx *inviteTx) gone() bool { return false }
 
 // refuses returns why a response of status cannot be sent in the current
 // state (tx.mu held), nil if it can.

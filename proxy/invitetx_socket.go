@@ -13,8 +13,10 @@ import (
 // A UDP client's initial INVITE, and what its server transaction matches
 // (the INVITE's retransmissions, the ACK for a non-2xx final response, the
 // CANCEL), are taken from sipgo by the listener's socket: the transaction
-// is an inviteTx (invitetx.go), and the forwarding runs as on sipgo's
-// path, in a goroutine of its own (Proxy.handle). A re-INVITE (a To tag),
+// is an inviteTx (invitetx.go), and the INVITE is forwarded by the fast
+// lane (fastlane_invite.go): on the lane toward a UDP target, else with
+// sipgo's client transactions in a goroutine of its own, as on sipgo's
+// path. A re-INVITE (a To tag),
 // an INVITE whose top Via branch lacks RFC 3261's magic cookie (RFC 2543
 // matching, §17.2.3), and one the parser refuses keep sipgo's
 // transactions, as do INVITEs over TCP, TLS and WebSocket.
@@ -45,15 +47,8 @@ func (s *laneSocket) takeInvite(data []byte, addr net.Addr, from netip.AddrPort)
 		old.retransmitted()
 		return true
 	}
-	go p.handleLaneInvite(req, tx)
+	p.lane.HandleInvite(req, tx) // fastlane_invite.go
 	return true
-}
-
-// handleLaneInvite forwards an INVITE the lane took, as sipgo's handler
-// would (Proxy.handle), then lets its transaction know.
-func (p *Proxy) handleLaneInvite(req *sip.Request, tx *inviteTx) {
-	defer tx.handled()
-	p.handle(req, tx)
 }
 
 // hasRFC3261Branch reports whether req's top Via has a branch with RFC

@@ -25,7 +25,7 @@ type inviteEnv struct {
 
 const inviteRURI = "sip:1002@pbx-a.example.com"
 
-func startInviteEnv(t *testing.T) *inviteEnv {
+func startInviteEnv(t *testing.T, opts ...func(*proxy.Config)) *inviteEnv {
 	t.Helper()
 	e := &inviteEnv{client: newUDPPeer(t, "127.0.0.1"), up: newUDPPeer(t, "127.0.0.1")}
 	store, err := credentials.NewStore([]credentials.Entry{{Username: "trunk", Password: credentials.NewSecret("trunk-secret"), Server: e.up.addr()}})
@@ -33,7 +33,7 @@ func startInviteEnv(t *testing.T) *inviteEnv {
 		t.Fatal(err)
 	}
 	ready := make(chan struct{})
-	e.p, err = proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Listeners:     []proxy.Listener{{Transport: "udp", Address: "127.0.0.1:0"}},
 		Upstreams:     []proxy.Upstream{{Name: "pbx-a", Address: e.up.addr(), Transport: "udp", Domains: []string{"pbx-a.example.com"}, Preemptive: proxy.PreemptiveOff}},
 		Credentials:   store,
@@ -41,7 +41,11 @@ func startInviteEnv(t *testing.T) *inviteEnv {
 		ShutdownGrace: time.Second,
 		Logger:        slog.New(slog.DiscardHandler),
 		Ready:         func() { close(ready) },
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	e.p, err = proxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,13 +103,15 @@ func countWith(u *udpPeer, prefix string, with ...string) int {
 	return n
 }
 
-// drained checks that the lane's INVITE transactions all go once their
+// drained checks that everything the lane kept for the INVITEs (server
+// transactions, requests waiting under a branch, ACKs) goes once their
 // timers are over.
 func (e *inviteEnv) drained(t *testing.T) {
 	t.Helper()
-	testutil.Eventually(t, "lane INVITE transactions gone after their timers", func() bool {
-		proxy.SweepLaneInvites(e.p, time.Now().Add(time.Minute))
-		return proxy.LaneInvites(e.p) == 0
+	testutil.Eventually(t, "the lane empty after its timers", func() bool {
+		proxy.SweepLane(e.p, time.Now().Add(time.Minute))
+		branches, requests := proxy.LaneState(e.p)
+		return proxy.LaneInvites(e.p) == 0 && proxy.LaneAcks(e.p) == 0 && len(branches) == 0 && requests == 0
 	})
 }
 
@@ -162,7 +168,7 @@ func TestLaneInviteRejected(t *testing.T) {
 	}
 	// Confirmed: Timer G no longer fires.
 	before := e.client.count("SIP/2.0 486 ")
-	proxy.SweepLaneInvites(e.p, time.Now().Add(3*time.Second))
+	proxy.SweepLane(e.p, time.Now().Add(3*time.Second))
 	e.barrier(t, "li-busy-c")
 	if after := e.client.count("SIP/2.0 486 "); after != before {
 		t.Errorf("486 sent %d more times after the ACK", after-before)
