@@ -163,3 +163,47 @@ func TestLaneInviteTimerC(t *testing.T) {
 	}
 	e.drained(t)
 }
+
+// Failover from the lane: a 503, which the lane ACKs, or no response
+// within FailoverTimeout (Timer A retransmitting meanwhile) moves the
+// INVITE to the group's next upstream, off the lane with sipgo's client
+// transactions and the same server transaction; the call goes on there.
+func TestLaneInviteFailover(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer bool // pbx-a answers 503, else nothing
+	}{
+		{"503", true},
+		{"timeout", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newUDPPeer(t, "127.0.0.1")
+			e := startInviteEnv(t, func(c *proxy.Config) {
+				c.FailoverTimeout = 700 * time.Millisecond
+				c.Upstreams[0].Domains = nil
+				c.Upstreams = append(c.Upstreams, proxy.Upstream{Name: "pbx-b", Address: b.addr(), Transport: "udp"})
+				c.Groups = []proxy.UpstreamGroup{{Name: "both", Upstreams: []string{"pbx-a", "pbx-b"}, Domains: []string{"pbx-a.example.com"}}}
+			})
+			id := "la-failover-" + tc.name
+			_, d := e.invite(t, id)
+			waitsUnder(t, e.p, d)
+			if tc.answer {
+				e.answer(t, d, "503 Service Unavailable")
+				checkNon2xxAck(t, e.up.next(t, "ACK ", "Call-ID: "+id).data, d.data)
+			} else {
+				e.up.next(t, "INVITE ", "Call-ID: "+id) // Timer A
+			}
+			db := b.next(t, "INVITE ", "Call-ID: "+id)
+			b.send(t, db.src.String(), response(db.data, "180 Ringing"))
+			e.client.next(t, "SIP/2.0 180 ")
+			b.send(t, db.src.String(), response(db.data, "200 OK", "Contact: <sip:1002@"+b.addr()+">"))
+			ok := e.client.next(t, "SIP/2.0 200 ", "CSeq: 1 INVITE")
+			if !proxy.HasDialog(e.p, id, "from-"+id, "up") {
+				t.Error("no dialog recorded for the 2xx from pbx-b")
+			}
+			e.client.send(t, e.addr, e.clientAck(id, ok.data))
+			b.next(t, "ACK ", "Call-ID: "+id)
+			e.drained(t)
+		})
+	}
+}
