@@ -251,6 +251,10 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) bool {
 	if lst == nil || lst.ip.IsUnspecified() || lst.sock == nil {
 		return false
 	}
+	extra, ok := l.recordRoute(f)
+	if !ok {
+		return false
+	}
 	edits, err := f.forwardEdits()
 	if err != nil {
 		return false // build answers it
@@ -268,7 +272,12 @@ func (l *fastLane) forwardBytes(e *laneEntry, raw []byte, branch string) bool {
 	defer datagramBufs.Put(buf)
 	*buf = appendVia((*buf)[:0], lst.advertise, lst.port, branch)
 	via := len(*buf)
-	out, ok := edits.appendForward(*buf, raw, len(req.Body()), (*buf)[:via], f.auth)
+	if extra != nil {
+		extra = append(extra, f.auth...)
+	} else {
+		extra = f.auth
+	}
+	out, ok := edits.appendForward(*buf, raw, len(req.Body()), (*buf)[:via], extra)
 	*buf = out
 	if !ok || len(out)-via > sip.UDPMTUSize-200 {
 		// The parsed copy carries the answers computed here (build adds

@@ -85,7 +85,7 @@ func (l *fastLane) HandleInvite(req *sip.Request, tx *inviteTx) {
 	if !f.check() {
 		return
 	}
-	forwarded = l.forward(e, nil) // the parsed copy: it carries our Record-Route
+	forwarded = l.forward(e, tx.Raw())
 }
 
 // end ends e's forwarding: its log line and what begin took; for an
@@ -129,7 +129,9 @@ func (l *fastLane) cancelUpstream(e *laneEntry) {
 		return
 	}
 	e.inv.cancelSent = true
-	e.f.sendCancel(e.f.fwd)
+	if l.sentInvite(e) {
+		e.f.sendCancel(e.f.fwd)
+	}
 }
 
 // stopTimerA stops the INVITE's retransmissions (e.mu held): a response
@@ -262,13 +264,18 @@ func (l *fastLane) invite2xx(e *laneEntry, res *sip.Response) {
 	}
 	if inv.cancelling {
 		f.outcome = "cancel-raced-2xx"
-		f.hangUpUpstream(res)
+		if l.sentInvite(e) {
+			f.hangUpUpstream(res)
+		}
 		if first {
 			e.end()
 		}
 		return
 	}
-	auth, upCSeq := f.auth, f.fwd.CSeq().SeqNo
+	auth, upCSeq := f.auth, e.seq
+	if f.fwd != nil {
+		upCSeq = f.fwd.CSeq().SeqNo
+	}
 	inv.dialogs.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
 	if !first {
 		f.prepareRelay(res)
@@ -283,7 +290,9 @@ func (l *fastLane) invite2xx(e *laneEntry, res *sip.Response) {
 		f.forgetDialog(res)
 		f.outcome, f.status = "cancel-raced-2xx", sip.StatusRequestTerminated
 		inv.cancelling = true
-		f.hangUpUpstream(res)
+		if l.sentInvite(e) {
+			f.hangUpUpstream(res)
+		}
 	} else if k, ok := acceptedKey(f.req); ok {
 		// The client retransmits an INVITE for at most Timer B (64×T1).
 		f.p.accepted.add(k, time.Now().Add(64*sip.T1))
@@ -357,4 +366,48 @@ func (l *fastLane) offLaneInvite(e *laneEntry, res *sip.Response, timedOut bool)
 	}
 	f.relay(res)
 	f.p.cseq.remove(f.key)
+}
+
+// sentInvite makes f.fwd the INVITE as last sent, our Via on top, when it
+// went as the client's bytes edited (f.fwd nil): parsed from those bytes,
+// addressed to the hop, for the CANCEL (§9.1) and the hang-up of a 2xx
+// crossing it (e.mu held). It reports false, logged, when they do not
+// parse.
+func (l *fastLane) sentInvite(e *laneEntry) bool {
+	f := e.f
+	if f.fwd != nil {
+		return true
+	}
+	msg, err := l.p.parser.ParseSIP(e.raw)
+	inv, ok := msg.(*sip.Request)
+	if err != nil || !ok {
+		f.log.Warn("cannot parse the INVITE as sent", "error", err)
+		return false
+	}
+	l.p.setHop(inv, f.hop)
+	f.fwd = inv
+	return true
+}
+
+// recordRoute returns our Record-Route header lines for an INVITE sent
+// as the client's bytes edited (forwardBytes; §16.6 step 4: the parsed
+// copy gets them from buildForward), none for any other request. It
+// reports false when the INVITE has Record-Route entries already: ours
+// must come first, which appending lines cannot do; the parsed copy
+// then goes.
+func (l *fastLane) recordRoute(f *forwarding) ([]authAnswer, bool) {
+	if f.req.Method != sip.INVITE {
+		return nil, true
+	}
+	if f.req.GetHeader("Record-Route") != nil {
+		return nil, false
+	}
+	r := sip.NewRequest(sip.INVITE, sip.Uri{})
+	l.p.addRecordRoute(r, f.req.Transport(), f.src, f.hop)
+	hs := r.GetHeaders("Record-Route")
+	out := make([]authAnswer, 0, len(hs)+len(f.auth))
+	for _, h := range hs {
+		out = append(out, authAnswer{header: "Record-Route", value: h.Value()})
+	}
+	return out, true
 }

@@ -207,3 +207,29 @@ func TestLaneInviteFailover(t *testing.T) {
 		})
 	}
 }
+
+// The INVITE goes upstream as the client's bytes edited, our
+// Record-Route added (§16.6 step 4), unless it has Record-Route entries
+// already (ours must come first): then as the parsed copy, ours on top.
+func TestLaneInviteRecordRoute(t *testing.T) {
+	e := startInviteEnv(t)
+	rr := "Record-Route: <sip:" + e.addr + ";lr>"
+	inv := request("INVITE", inviteRURI, e.client.addr(), "la-rr", 1, "X-Odd:   spaced")
+	e.client.send(t, e.addr, inv)
+	d := e.up.next(t, "INVITE ", "Call-ID: la-rr")
+	if !containsAll(d.data, []string{"\r\nX-Odd:   spaced\r\n", "\r\n" + rr + "\r\n"}) {
+		t.Errorf("INVITE not sent as the client's bytes with our Record-Route:\n%s", d.data)
+	}
+	e.answer(t, d, "486 Busy Here")
+	e.client.next(t, "SIP/2.0 486 ", "Call-ID: la-rr")
+
+	inv = request("INVITE", inviteRURI, e.client.addr(), "la-rr2", 1, "X-Odd:   spaced", "Record-Route: <sip:10.1.1.1;lr>")
+	e.client.send(t, e.addr, inv)
+	d = e.up.next(t, "INVITE ", "Call-ID: la-rr2")
+	if i, j := bytes.Index(d.data, []byte(rr)), bytes.Index(d.data, []byte("<sip:10.1.1.1;lr>")); i < 0 || j < i || bytes.Contains(d.data, []byte("X-Odd:   spaced")) {
+		t.Errorf("INVITE with a Record-Route not sent as the parsed copy with ours on top:\n%s", d.data)
+	}
+	e.answer(t, d, "486 Busy Here")
+	e.client.next(t, "SIP/2.0 486 ", "Call-ID: la-rr2")
+	e.drained(t)
+}

@@ -41,6 +41,7 @@ type inviteTx struct {
 	src  netip.AddrPort // where the INVITE came from (unmapped): the responses go there (RFC 3581 §4)
 	req  *sip.Request   // the INVITE, read only: the 100 and the 487 are built from it
 	tbl  *inviteTable
+	raw  []byte // the INVITE's datagram, during HandleInvite only
 
 	// due is the earliest deadline of the transaction's timers, in Unix
 	// nanoseconds (0: none): the sweeper reads it holding only the
@@ -207,9 +208,9 @@ func statusOf(data []byte) (int, bool) {
 	return code, code >= 100
 }
 
-// Raw returns nil: the INVITE goes on as a parsed copy (laneTx), our
-// Record-Route among its headers.
-func (tx *inviteTx) Raw() []byte { return nil }
+// Raw returns the datagram the INVITE was parsed from (laneTx): the
+// socket's read buffer, valid only during HandleInvite, nil afterwards.
+func (tx *inviteTx) Raw() []byte { return tx.raw }
 
 // CanRespondRaw reports whether the client's address is known (laneTx).
 func (tx *inviteTx) CanRespondRaw() bool { return tx.src.IsValid() }

@@ -47,7 +47,9 @@ func (s *laneSocket) takeInvite(data []byte, addr net.Addr, from netip.AddrPort)
 		old.retransmitted()
 		return true
 	}
+	tx.raw = data
 	p.lane.HandleInvite(req, tx) // fastlane_invite.go
+	tx.raw = nil                 // the read buffer is sipgo's again
 	return true
 }
 
