@@ -150,7 +150,12 @@
 // TLS clients are offered to the lane by the connection guard (tcpguard's
 // Divert, fastlane_stream.go) and answered on their connection (streamTx);
 // the lane retransmits those toward the UDP upstream itself (Timer E).
-// WebSocket clients keep sipgo's transactions. A failover, or a next hop
+// WebSocket clients keep sipgo's transactions. A UDP client's initial
+// INVITE gets a server transaction of the lane's (invitetx.go: no
+// goroutine or timer, its timers run by the lane's sweeper) and is
+// forwarded on the lane too toward a UDP target (fastlane_invite.go:
+// Timers A and C, the ACK for each non-2xx final, its challenge, CANCEL,
+// 2xx and forks). A failover, or a next hop
 // over TCP or TLS, hands the request to a goroutine that continues the usual way with
 // a sipgo client transaction. It exists for latency: at 3,500 requests a
 // second on two shared cores, the goroutines, FSMs, timers and channels of
