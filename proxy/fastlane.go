@@ -91,6 +91,7 @@ type laneEntry struct {
 	// in Unix nanoseconds (0: none).
 	gap      time.Duration
 	resendAt atomic.Int64
+	ended    atomic.Bool // end ran
 }
 
 func newFastLane(p *Proxy) *fastLane {
@@ -458,6 +459,9 @@ func (l *fastLane) deliver(e *laneEntry, status int, relay func()) {
 		relay()
 	default:
 		relay()
+		if e.inv != nil && status >= 300 {
+			e.f.p.cseq.remove(e.f.key) // no dialog came of the INVITE: its CSeq offset goes
+		}
 		l.finish(e)
 		e.end()
 	}

@@ -93,6 +93,9 @@ func (l *fastLane) HandleInvite(req *sip.Request, tx *inviteTx) {
 // forgotten (a CANCEL cancels nothing from then on) and its server
 // transaction told.
 func (e *laneEntry) end() {
+	if e.ended.Swap(true) {
+		return // an INVITE's forwarding ends at its first 2xx, its entry later
+	}
 	e.f.end()
 	if e.inv != nil {
 		e.f.p.invites.forget(topViaBranch(e.f.req))
@@ -178,15 +181,15 @@ func (l *fastLane) inviteResponse(e *laneEntry, res *sip.Response) {
 		l.startCancelling(e)
 	}
 	switch {
+	case res.StatusCode >= 200 && res.StatusCode < 300:
+		l.invite2xx(e, res)
+		return
+	case e.inv.accepted.Load():
+		return // a provisional response or another fork's failure after a 2xx
 	case res.StatusCode < 200:
 		if l.inviteProvisional(e, res.StatusCode) {
 			f.relay(res)
 		}
-		return
-	case res.StatusCode < 300:
-		l.invite2xx(e, res)
-		return
-	case e.inv.accepted.Load():
 		return
 	}
 	to := ""
@@ -232,8 +235,8 @@ func (l *fastLane) inviteProvisional(e *laneEntry, status int) bool {
 }
 
 // inviteFinal ends e's INVITE with a non-2xx final response, ACKed
-// already (e.mu held): relayed unless the client has its 487 (or Timer
-// C's 408); the CSeq offset goes, no dialog came of it.
+// already (e.mu held): relayed (deliver) unless the client has its 487
+// (or Timer C's 408).
 func (l *fastLane) inviteFinal(e *laneEntry, status int, relay func()) {
 	e.stopTimerA()
 	l.answered(e)
@@ -242,10 +245,7 @@ func (l *fastLane) inviteFinal(e *laneEntry, status int, relay func()) {
 		e.end()
 		return
 	}
-	l.deliver(e, status, func() {
-		relay()
-		e.f.p.cseq.remove(e.f.key)
-	})
+	l.deliver(e, status, relay)
 }
 
 // invite2xx handles a 2xx to e's INVITE (e.mu held): the first of each
