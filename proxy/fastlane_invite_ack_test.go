@@ -55,34 +55,43 @@ func TestAppendNon2xxAck(t *testing.T) {
 	}
 }
 
-// FuzzAppendNon2xxAck checks, for any INVITE bytes and any To value (the
-// upstream's, untrusted), that appendNon2xxAck declines or builds one
-// message, an ACK of well-formed lines; and that when the INVITE and the
-// To parse, the ACK parses, with the INVITE's top Via alone, its Call-ID
-// and CSeq number.
+// FuzzAppendNon2xxAck checks, for any INVITE bytes and any response (the
+// upstream's, untrusted), that responseTo and appendNon2xxAck decline or
+// build one message, an ACK of well-formed lines; and that when the
+// INVITE and the To parse, the ACK parses, with the INVITE's top Via
+// alone, its Call-ID and CSeq number. The response's bytes are tried as a
+// To value too.
 func FuzzAppendNon2xxAck(f *testing.F) {
-	f.Add([]byte(sentInvite), []byte("<sip:1002@pbx.example.com>;tag=up"))
-	f.Add([]byte(strings.NewReplacer("Via:", "v:", "From:", "f:", "Call-ID:", "i:").Replace(sentInvite)), []byte("sip:x@y;tag=a"))
+	f.Add([]byte(sentInvite), []byte("SIP/2.0 486 Busy Here\r\nTo: <sip:1002@pbx.example.com>;tag=up\r\n\r\n"))
+	f.Add([]byte(strings.NewReplacer("Via:", "v:", "From:", "f:", "Call-ID:", "i:").Replace(sentInvite)), []byte("SIP/2.0 407 X\r\nt: sip:x@y;tag=a\r\n\r\n"))
 	f.Add([]byte(sentInvite), []byte("\"A\" <sip:1002@pbx.example.com>;tag=up"))
-	f.Fuzz(func(t *testing.T, inv, to []byte) {
-		out, ok := appendNon2xxAck([]byte("x"), inv, to)
-		if !ok {
-			if string(out) != "x" {
-				t.Fatalf("declined with %q appended", out)
-			}
-			return
+	f.Fuzz(func(t *testing.T, inv, res []byte) {
+		if to, ok := responseTo(res); ok {
+			checkBuiltAck(t, inv, to)
 		}
-		ack := out[1:]
-		if !bytes.HasPrefix(ack, []byte("ACK ")) || bytes.Index(ack, []byte("\r\n\r\n")) != len(ack)-4 {
-			t.Fatalf("not one ACK without body:\n%q", ack)
-		}
-		for i, c := range ack {
-			if (c == '\n' && (i == 0 || ack[i-1] != '\r')) || (c == '\r' && (i+1 == len(ack) || ack[i+1] != '\n')) {
-				t.Fatalf("bare CR or LF at %d:\n%q", i, ack)
-			}
-		}
-		checkParsedAck(t, inv, to, ack)
+		checkBuiltAck(t, inv, res)
 	})
+}
+
+// checkBuiltAck checks what appendNon2xxAck makes of inv and to.
+func checkBuiltAck(t *testing.T, inv, to []byte) {
+	out, ok := appendNon2xxAck([]byte("x"), inv, to)
+	if !ok {
+		if string(out) != "x" {
+			t.Fatalf("declined with %q appended", out)
+		}
+		return
+	}
+	ack := out[1:]
+	if !bytes.HasPrefix(ack, []byte("ACK ")) || bytes.Index(ack, []byte("\r\n\r\n")) != len(ack)-4 {
+		t.Fatalf("not one ACK without body:\n%q", ack)
+	}
+	for i, c := range ack {
+		if (c == '\n' && (i == 0 || ack[i-1] != '\r')) || (c == '\r' && (i+1 == len(ack) || ack[i+1] != '\n')) {
+			t.Fatalf("bare CR or LF at %d:\n%q", i, ack)
+		}
+	}
+	checkParsedAck(t, inv, to, ack)
 }
 
 // checkParsedAck checks the ACK against the INVITE and To it was built
