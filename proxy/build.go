@@ -163,28 +163,41 @@ func createsDialog(m sip.RequestMethod) bool {
 // Record-Route), the upstream-facing one on top, so that each side's route
 // set starts with the address it can reach us on.
 func (p *Proxy) addRecordRoute(r *sip.Request, clientTransport string, client netip.Addr, next hop) {
+	switch top, second := p.recordRouteListeners(clientTransport, client, next); {
+	case top == nil:
+	case second == nil:
+		r.PrependHeader(recordRouteHeader(top))
+	default:
+		r.PrependHeader(recordRouteHeader(top), recordRouteHeader(second))
+	}
+}
+
+// recordRouteListeners returns the listeners our Record-Route entries
+// name, as addRecordRoute says, top first: none (nil, nil), one (second
+// nil), or the upstream-facing one and the client-facing one.
+func (p *Proxy) recordRouteListeners(clientTransport string, client netip.Addr, next hop) (top, second *boundListener) {
 	cl := p.listenerFor(clientTransport, client)
 	ul := p.listenerFor(next.transport, hopAddr(next.addr))
-	mk := func(l *boundListener) *sip.RecordRouteHeader {
-		u := sip.Uri{Scheme: "sip", Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
-		if l.transport != "UDP" {
-			u.UriParams.Add("transport", l.uriTransport())
-		}
-		u.UriParams.Add("lr", "")
-		return &sip.RecordRouteHeader{Address: u}
-	}
 	switch {
 	case cl == nil && ul == nil:
-		return
+		return nil, nil
 	case cl == nil || ul == nil || cl == ul:
-		l := ul
-		if l == nil {
-			l = cl
+		if ul == nil {
+			return cl, nil
 		}
-		r.PrependHeader(mk(l))
-	default:
-		r.PrependHeader(mk(ul), mk(cl))
+		return ul, nil
 	}
+	return ul, cl
+}
+
+// recordRouteHeader is our Record-Route entry naming listener l.
+func recordRouteHeader(l *boundListener) *sip.RecordRouteHeader {
+	u := sip.Uri{Scheme: "sip", Host: l.advertise, Port: l.port, UriParams: sip.NewParams()}
+	if l.transport != "UDP" {
+		u.UriParams.Add("transport", l.uriTransport())
+	}
+	u.UriParams.Add("lr", "")
+	return &sip.RecordRouteHeader{Address: u}
 }
 
 // shiftRAck adds off to the CSeq number inside a PRACK's RAck header

@@ -58,6 +58,9 @@ type fastLane struct {
 	byBranch map[string]*laneEntry // our Via branch → request waiting on the lane for its response
 	invites  *inviteTable          // UDP clients' initial INVITEs (invitetx.go)
 	acks     laneAcks              // ACKs for INVITEs' non-2xx final responses, for Timer D (fastlane_invite_ack.go)
+
+	rrMu    sync.RWMutex
+	rrLines map[[2]*boundListener][]authAnswer // our Record-Route lines per pair of listeners (fastLane.recordRoute)
 }
 
 // laneEntry is a request forwarded through the fast lane, from the moment

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -394,7 +395,9 @@ func (l *fastLane) sentInvite(e *laneEntry) bool {
 // copy gets them from buildForward), none for any other request. It
 // reports false when the INVITE has Record-Route entries already: ours
 // must come first, which appending lines cannot do; the parsed copy
-// then goes.
+// then goes. The lines are made once per pair of listeners and shared:
+// never to be modified (their capacity is their length, so that an
+// append copies).
 func (l *fastLane) recordRoute(f *forwarding) ([]authAnswer, bool) {
 	if f.req.Method != sip.INVITE {
 		return nil, true
@@ -402,12 +405,28 @@ func (l *fastLane) recordRoute(f *forwarding) ([]authAnswer, bool) {
 	if f.req.GetHeader("Record-Route") != nil {
 		return nil, false
 	}
-	r := sip.NewRequest(sip.INVITE, sip.Uri{})
-	l.p.addRecordRoute(r, f.req.Transport(), f.src, f.hop)
-	hs := r.GetHeaders("Record-Route")
-	out := make([]authAnswer, 0, len(hs)+len(f.auth))
-	for _, h := range hs {
-		out = append(out, authAnswer{header: "Record-Route", value: h.Value()})
+	top, second := l.p.recordRouteListeners(f.req.Transport(), f.src, f.hop)
+	if top == nil {
+		return nil, true
 	}
-	return out, true
+	k := [2]*boundListener{top, second}
+	l.rrMu.RLock()
+	lines, ok := l.rrLines[k]
+	l.rrMu.RUnlock()
+	if ok {
+		return lines, true
+	}
+	for _, b := range k {
+		if b != nil {
+			lines = append(lines, authAnswer{header: "Record-Route", value: recordRouteHeader(b).Value()})
+		}
+	}
+	lines = slices.Clip(lines)
+	l.rrMu.Lock()
+	if l.rrLines == nil {
+		l.rrLines = map[[2]*boundListener][]authAnswer{}
+	}
+	l.rrLines[k] = lines
+	l.rrMu.Unlock()
+	return lines, true
 }
