@@ -21,12 +21,13 @@ import (
 // running Timer E for it). A UDP client's ACK for its dialog's 2xx, which
 // no transaction answers, is forwarded by the socket with sipgo's ACK
 // handler's code (fastlane_ack.go; the ACK for a non-2xx is the INVITE
-// server transaction's, RFC 3261 §17.1.1.3: invitetx.go's for an initial
-// INVITE from a UDP client, forwarded with sipgo's client transactions
-// in a goroutine as on the usual path). Other INVITEs, CANCEL, REGISTER,
-// what creates or refreshes a dialog or a subscription (SUBSCRIBE, REFER,
-// UPDATE), PRACK, and what an upstream sends into a dialog keep sipgo's
-// transactions. The UDP listener's socket (laneSocket) offers it every
+// server transaction's, RFC 3261 §17.1.1.3). A UDP client's initial
+// INVITE is the lane's too: its server transaction is an inviteTx
+// (invitetx.go), and toward a UDP target it is forwarded on the lane
+// (fastlane_invite.go). Other INVITEs, a CANCEL of none of the lane's,
+// REGISTER, what creates or refreshes a dialog or a subscription
+// (SUBSCRIBE, REFER, UPDATE), PRACK, and what an upstream sends into a
+// dialog keep sipgo's transactions. The UDP listener's socket (laneSocket) offers it every
 // request datagram before sipgo reads it; the request is checked, routed
 // and admitted exactly as on the usual path (forwarding.check), on the
 // goroutine that read it, and sent at once from that socket, as the
