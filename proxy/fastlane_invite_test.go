@@ -83,8 +83,13 @@ func TestLaneInviteTimerA(t *testing.T) {
 // A challenged INVITE on the lane: the 407 ACKed (and again when the
 // upstream retransmits it), the re-send with credentials, CSeq+1 and a new
 // branch; the client's CANCEL then goes upstream with the re-send's
-// branch and CSeq, and the upstream's 487 is ACKed.
+// branch and CSeq, and the upstream's 487 is ACKed. The upstream's
+// responses read on the listener's read loop, then by its workers.
 func TestLaneInviteChallenged(t *testing.T) {
+	eachHandOff(t, "challenged", func(t *testing.T, _ int64) { testLaneInviteChallenged(t) })
+}
+
+func testLaneInviteChallenged(t *testing.T) {
 	e := startInviteEnv(t)
 	id := "la-auth"
 	_, d := e.invite(t, id)
