@@ -65,24 +65,28 @@ func (l *fastLane) HandleInvite(req *sip.Request, tx *inviteTx) {
 	e := &laneEntry{key: tx.key, inv: &laneInvite{tx: tx}}
 	f := l.p.newForwarding(req, tx)
 	e.f, e.tx = f, tx
-	if !f.begin() {
-		tx.handled()
-		return
-	}
-	tx.OnCancel(func(*sip.Request) {
-		e.inv.cancelled.Store(true)
-		go l.clientCancelled(e)
-	})
-	forwarded := false
+	begun, forwarded := false, false
 	defer func() {
 		if r := recover(); r != nil {
 			forwarded = false
 			f.panicked(r)
 		}
-		if !forwarded {
+		switch {
+		case forwarded:
+		case begun:
 			e.end()
+		default:
+			tx.handled() // refused by begin: no end to run
 		}
 	}()
+	if !f.begin() {
+		return
+	}
+	begun = true
+	tx.OnCancel(func(*sip.Request) {
+		e.inv.cancelled.Store(true)
+		go l.clientCancelled(e)
+	})
 	if !f.check() {
 		return
 	}
