@@ -2,9 +2,11 @@ package tcpguard
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 )
 
@@ -31,11 +33,11 @@ type Stream interface {
 	Closed() bool
 }
 
-// StreamWriteTimeout bounds a write of WriteMessage. It only runs out
-// when the client has left the kernel's buffers full (it has not read
-// megabytes of responses): the writer, which may be the goroutine reading
-// a UDP socket for every client, is not held longer, and the connection
-// is closed.
+// StreamWriteTimeout bounds a write of WriteMessage. Over TCP it only
+// runs out when the client has left the kernel's buffers full (it has not
+// read megabytes of responses; writeNow): the writer, which may be the
+// goroutine reading a UDP socket for every client, is not held longer,
+// and the connection is closed.
 const StreamWriteTimeout = 50 * time.Millisecond
 
 var _ Stream = (*conn)(nil)
@@ -80,16 +82,57 @@ func (c *conn) WriteMessage(b []byte) error {
 	return c.writeMessageLocked(b)
 }
 
-// writeMessageLocked is WriteMessage's write, wmu held.
+// writeMessageLocked is WriteMessage's write, wmu held: what the kernel
+// takes at once (writeNow), then the rest under StreamWriteTimeout.
 func (c *conn) writeMessageLocked(b []byte) error {
 	if c.closed.Load() {
 		return net.ErrClosed
 	}
-	if err := c.writeWithinLocked(b, StreamWriteTimeout); err != nil {
+	n := c.writeNow(b)
+	if n == len(b) {
+		return nil
+	}
+	if err := c.writeWithinLocked(b[n:], StreamWriteTimeout); err != nil {
 		_ = c.Close()
 		return fmt.Errorf("write message: %w", err)
 	}
 	return nil
+}
+
+// writeNow writes as much of b as a plain TCP connection's send buffer
+// takes without waiting, and returns how much that was (0 over TLS, or
+// for a connection of no socket). A write deadline is checked before the
+// write is tried: on a busy machine the writer may be descheduled past a
+// short one between setting it and writing, and a healthy client whose
+// buffers have room would lose its connection. Written this way, only a
+// client that has left the buffers full meets StreamWriteTimeout.
+func (c *conn) writeNow(b []byte) int {
+	sc, ok := c.Conn.(syscall.Conn)
+	if c.tls != nil || !ok {
+		return 0
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	_ = rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, err := syscall.Write(int(fd), b[n:])
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			if err != nil || m <= 0 {
+				break
+			}
+			n += m
+		}
+		return true // never wait: the rest goes under the deadline
+	})
+	if c.tap != nil && n > 0 {
+		c.tap(b[:n], true, c.local, c.remote)
+	}
+	return n
 }
 
 // Closed reports whether Close was called (Stream).
