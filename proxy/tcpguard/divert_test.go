@@ -2,6 +2,7 @@ package tcpguard
 
 import (
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +101,67 @@ func TestConn_WriteMessageWhileGuardWrites(t *testing.T) {
 	got := make([]byte, len(answer))
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != answer {
 		t.Fatalf("client read %q, %v; want %q", got, err, answer)
+	}
+}
+
+// divertedStream serves a guard that diverts every message, sends one
+// from a new client, and returns the client's connection and the guard's
+// side of it.
+func divertedStream(t *testing.T) (net.Conn, *conn) {
+	t.Helper()
+	streams := make(chan Stream, 1)
+	g := New(Config{
+		Limits: Limits{IdleTimeout: time.Hour},
+		Divert: func(msg []byte, s Stream) bool {
+			streams <- s
+			return true
+		},
+	})
+	s := serve(t, g, nil)
+	c := dial(t, s.addr, "127.0.0.1")
+	if _, err := c.Write([]byte(request("diverted"))); err != nil {
+		t.Fatal(err)
+	}
+	cn, ok := (<-streams).(*conn)
+	if !ok {
+		t.Fatal("stream is no *conn")
+	}
+	return c, cn
+}
+
+// A message the send buffer takes goes out whole at once (writeNow),
+// with no deadline set: a writer descheduled between setting a short
+// deadline and writing would otherwise lose a client that reads.
+func TestConn_WriteMessageAtOnce(t *testing.T) {
+	c, cn := divertedStream(t)
+	answer := "SIP/2.0 200 OK\r\nCall-ID: diverted\r\nContent-Length: 0\r\n\r\n"
+	if n := cn.writeNow([]byte(answer)); n != len(answer) {
+		t.Fatalf("wrote %d of %d bytes at once", n, len(answer))
+	}
+	_ = c.SetReadDeadline(time.Now().Add(testutil.EventuallyLimit))
+	got := make([]byte, len(answer))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != answer {
+		t.Fatalf("client read %q, %v; want %q", got, err, answer)
+	}
+	if cn.Closed() {
+		t.Fatal("connection closed")
+	}
+}
+
+// A client that never reads fills the kernel's buffers: WriteMessage
+// then writes the rest under StreamWriteTimeout, fails, and closes the
+// connection instead of holding its caller.
+func TestConn_WriteMessageClientNotReading(t *testing.T) {
+	_, cn := divertedStream(t)
+	msg := []byte("SIP/2.0 200 OK\r\nCall-ID: diverted\r\nContent-Length: 0\r\n" + strings.Repeat("X-Fill: "+strings.Repeat("x", 1000)+"\r\n", 60) + "\r\n")
+	var err error
+	for i := 0; i < 100_000 && err == nil; i++ {
+		err = cn.WriteMessage(msg)
+	}
+	if err == nil {
+		t.Fatal("every write succeeded to a client that never reads")
+	}
+	if !cn.Closed() {
+		t.Fatalf("connection open after the write failed (%v)", err)
 	}
 }

@@ -105,7 +105,10 @@ func (c *conn) writeMessageLocked(b []byte) error {
 // write is tried: on a busy machine the writer may be descheduled past a
 // short one between setting it and writing, and a healthy client whose
 // buffers have room would lose its connection. Written this way, only a
-// client that has left the buffers full meets StreamWriteTimeout.
+// client that has left the buffers full meets StreamWriteTimeout. No
+// deadline is pending here (the guard sets them only with wmu held, as
+// the caller holds it, and clears them after): RawConn.Write checks one
+// too.
 func (c *conn) writeNow(b []byte) int {
 	sc, ok := c.Conn.(syscall.Conn)
 	if c.tls != nil || !ok {
