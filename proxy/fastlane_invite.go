@@ -277,30 +277,19 @@ func (l *fastLane) invite2xx(e *laneEntry, res *sip.Response) {
 		}
 		return
 	}
-	auth, upCSeq := f.auth, e.seq
+	upCSeq := e.seq
 	if f.fwd != nil {
 		upCSeq = f.fwd.CSeq().SeqNo
 	}
-	inv.dialogs.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
 	if !first {
-		f.prepareRelay(res)
-		if err := e.tx.Respond(res); err != nil {
-			f.log.Debug("cannot relay 2xx retransmission", "error", err)
-		}
+		f.relay2xxAgain(res, &inv.dialogs, f.auth, upCSeq)
 		return
 	}
-	if err := f.relay(res); err != nil && inv.cancelled.Load() {
-		// The client's CANCEL took the server transaction between this
-		// response's arrival and its relay: it has a 487 instead.
-		f.forgetDialog(res)
-		f.outcome, f.status = "cancel-raced-2xx", sip.StatusRequestTerminated
+	if f.relayFirst2xx(res, &inv.dialogs, upCSeq, inv.cancelled.Load) {
 		inv.cancelling = true
 		if l.sentInvite(e) {
 			f.hangUpUpstream(res)
 		}
-	} else if k, ok := acceptedKey(f.req); ok {
-		// The client retransmits an INVITE for at most Timer B (64×T1).
-		f.p.accepted.add(k, time.Now().Add(64*sip.T1))
 	}
 	e.end()
 }

@@ -160,22 +160,8 @@ func (f *forwarding) inviteLoop(clTx sip.ClientTransaction, cw *cancelWatch) {
 				}
 			}
 			if res.IsSuccess() {
-				auth, upCSeq := f.auth, f.fwd.CSeq().SeqNo
-				answered.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
-				if err := f.relay(res); err != nil && isCancelled.Load() {
-					// The client's CANCEL took the server transaction
-					// between this response's arrival and its relay: the
-					// client has a 487 instead, so hang up as above.
-					f.forgetDialog(res)
-					f.outcome = "cancel-raced-2xx"
-					f.status = sip.StatusRequestTerminated
-					f.hangUpUpstream(res)
-					return
-				}
-				if k, ok := acceptedKey(f.req); ok {
-					// The client retransmits an INVITE for at most Timer B
-					// (64×T1) from its first send.
-					f.p.accepted.add(k, time.Now().Add(64*sip.T1))
+				if f.relayFirst2xx(res, answered, f.fwd.CSeq().SeqNo, isCancelled.Load) {
+					f.hangUpUpstream(res) // the client has a 487 instead, as above
 				}
 				// Keep the client transaction: sipgo hands 2xx
 				// retransmissions and forked 2xx to the hook until Timer M.
@@ -289,12 +275,41 @@ func (f *forwarding) watch2xxRetransmissions(clTx sip.ClientTransaction, cancell
 			f.hangUpUpstream(res)
 			return
 		}
-		answered.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
-		f.prepareRelay(res)
-		if err := f.tx.Respond(res); err != nil {
-			f.log.Debug("cannot relay 2xx retransmission", "error", err)
-		}
+		f.relay2xxAgain(res, answered, auth, upCSeq)
 	})
+}
+
+// relayFirst2xx relays the first 2xx to the INVITE (upCSeq the CSeq
+// number the upstream saw), its dialog recorded before it goes (so that
+// the client's ACK finds the INVITE's CSeq and credentials), and the
+// INVITE remembered for the client's retransmissions (Timer B, 64×T1,
+// from its first send). It reports true when the client's CANCEL
+// (cancelled) took the server transaction between the 2xx's arrival and
+// its relay: the client has a 487, the dialog is forgotten again, and the
+// caller hangs the call up upstream.
+func (f *forwarding) relayFirst2xx(res *sip.Response, answered *answeredDialogs, upCSeq uint32, cancelled func() bool) (raced bool) {
+	auth := f.auth
+	answered.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
+	if err := f.relay(res); err != nil && cancelled() {
+		f.forgetDialog(res)
+		f.outcome, f.status = "cancel-raced-2xx", sip.StatusRequestTerminated
+		return true
+	}
+	if k, ok := acceptedKey(f.req); ok {
+		f.p.accepted.add(k, time.Now().Add(64*sip.T1))
+	}
+	return false
+}
+
+// relay2xxAgain relays a 2xx after the first (a retransmission, or
+// another fork's, whose dialog is recorded first: RFC 3261 §16.7 step 5
+// forwards every 2xx), answered with auth at upCSeq.
+func (f *forwarding) relay2xxAgain(res *sip.Response, answered *answeredDialogs, auth []authAnswer, upCSeq uint32) {
+	answered.recordFirst(res, func() { f.recordDialog(res, auth, upCSeq) })
+	f.prepareRelay(res)
+	if err := f.tx.Respond(res); err != nil {
+		f.log.Debug("cannot relay 2xx retransmission", "error", err)
+	}
 }
 
 // answeredDialogs are the dialogs (To tags) an INVITE's 2xx responses
